@@ -1,0 +1,52 @@
+# Shoal's make targets. `make test` is the test command CI runs.
+GO        ?= go
+BIN       := bin
+GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
+PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build test test-short proto proto-tools proto-check lint bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/shoal ./cmd/shoal
+
+# The test command: the whole suite with the race detector.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -count=1 -short ./...
+
+# Regenerate proto/*.pb.go offline: Debian's protoc plus the pinned plugins.
+proto-tools:
+	@command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+	GOBIN=$(GOBIN_DIR) $(GO) install $(PROTO_GEN_GO)
+	GOBIN=$(GOBIN_DIR) $(GO) install $(PROTO_GEN_GO_GRPC)
+
+proto: proto-tools
+	cd proto && PATH=$(GOBIN_DIR):$$PATH protoc -I . \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		*.proto
+
+# proto-check fails when the committed generated code is stale.
+proto-check: proto
+	git diff --exit-code -- proto/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+bench:
+	$(GO) run ./cmd/shoal-bench
+
+demo:
+	@echo "make demo: not yet (the one-command tour arrives with the routing mesh issue)"
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/rpc"
+	"github.com/shoal-cluster/shoal/manager"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// clientFlags are the flags of every client command.
+type clientFlags struct {
+	host    string
+	dataDir string
+	timeout time.Duration
+	format  string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet, withFormat bool) {
+	fs.StringVar(&c.host, "host", os.Getenv("SHOAL_HOST"), "manager to talk to, IP[:PORT] (env SHOAL_HOST; default: the node in --data-dir, else 127.0.0.1:4242)")
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir(), "data dir of the local node, used to find it (env SHOAL_DATA_DIR)")
+	fs.DurationVar(&c.timeout, "timeout", 15*time.Second, "how long to wait for the cluster")
+	if withFormat {
+		fs.StringVar(&c.format, "format", "table", "output format: table or json")
+	}
+}
+
+// target is the manager address to talk to.
+func (c *clientFlags) target() string {
+	if c.host != "" {
+		return manager.WithDefaultPort(c.host)
+	}
+	if id, err := datadir.Load(c.dataDir); err == nil && id.Advertise != "" {
+		return id.Advertise
+	}
+	return manager.WithDefaultPort("127.0.0.1")
+}
+
+// session is a connection to a manager with a deadline.
+type session struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	conn    *grpc.ClientConn
+	control pb.ControlClient
+	addr    string
+}
+
+func (c *clientFlags) connect() (*session, error) {
+	if c.format != "" && c.format != "table" && c.format != "json" {
+		return nil, usagef("--format %q: use table or json", c.format)
+	}
+	addr := c.target()
+	conn, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	return &session{ctx: ctx, cancel: cancel, conn: conn, control: pb.NewControlClient(conn), addr: addr}, nil
+}
+
+func (s *session) close() {
+	s.cancel()
+	s.conn.Close()
+}
+
+// explain turns a gRPC error into one line that says what to do.
+func (s *session) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	st := status.Convert(err)
+	msg := st.Message()
+	switch st.Code() {
+	case codes.Unavailable:
+		if strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host") || strings.Contains(msg, "connect:") {
+			return fmt.Errorf("no Shoal manager answers at %s; start one, or point --host / SHOAL_HOST at a manager", s.addr)
+		}
+		return fmt.Errorf("the cluster is unavailable: %s", msg)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("no answer from the cluster through %s in time (is a majority of managers up?): %s", s.addr, msg)
+	case codes.Unimplemented:
+		return fmt.Errorf("%s does not serve this call: is it a manager? (%s)", s.addr, msg)
+	}
+	return fmt.Errorf("%s", msg)
+}
+
+// printJSON prints messages as indented JSON (an array, as `docker inspect`).
+func printJSON[T proto.Message](msgs []T) error {
+	raw := make([]json.RawMessage, 0, len(msgs))
+	for _, m := range msgs {
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		raw = append(raw, b)
+	}
+	out, err := json.MarshalIndent(raw, "", "    ")
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(out))
+	return nil
+}
+
+// table prints aligned columns as Docker's CLI does.
+type table struct{ w *tabwriter.Writer }
+
+func newTable(headers ...string) *table {
+	t := &table{w: tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', 0)}
+	t.row(headers...)
+	return t
+}
+
+func (t *table) row(cols ...string) { fmt.Fprintln(t.w, strings.Join(cols, "\t")) }
+func (t *table) flush()             { t.w.Flush() }
+
+// ago formats a time as "5 seconds ago".
+func ago(unixNano int64) string {
+	if unixNano == 0 {
+		return "never"
+	}
+	d := time.Since(time.Unix(0, unixNano))
+	switch {
+	case d < 2*time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%d seconds ago", int(d.Seconds()))
+	case d < 2*time.Hour:
+		return fmt.Sprintf("%d minutes ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d hours ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
+}

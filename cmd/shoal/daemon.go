@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/manager"
+	"github.com/shoal-cluster/shoal/raftstore"
+)
+
+// daemonFlags are the flags every node-starting command takes.
+type daemonFlags struct {
+	dataDir         string
+	advertise       string
+	listenIP        string
+	hostname        string
+	electionTimeout time.Duration
+	logLevel        string
+}
+
+func (d *daemonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&d.dataDir, "data-dir", defaultDataDir(), "node state directory (env SHOAL_DATA_DIR)")
+	fs.StringVar(&d.advertise, "advertise", "", "IP[:PORT] other nodes reach this one on; Raft uses PORT+1, gossip PORT+2 (default port 4242)")
+	fs.StringVar(&d.listenIP, "listen-addr", "", "IP to bind to (default: the advertised IP)")
+	fs.StringVar(&d.hostname, "hostname", "", "name to register the node under (default: the machine's hostname)")
+	fs.DurationVar(&d.electionTimeout, "election-timeout", raftstore.DefaultTiming().ElectionTimeout, "Raft election and heartbeat timeout (leader lease is half of it)")
+	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// config turns the flags into a manager configuration.
+func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
+	var cfg manager.Config
+	if d.dataDir == "" {
+		return cfg, usagef("--data-dir is required")
+	}
+	level := slog.LevelInfo
+	if err := level.UnmarshalText([]byte(d.logLevel)); err != nil {
+		return cfg, usagef("--log-level %q: use debug, info, warn or error", d.logLevel)
+	}
+	if d.electionTimeout < 10*time.Millisecond || d.electionTimeout > time.Minute {
+		return cfg, usagef("--election-timeout %s is out of range (10ms to 1m)", d.electionTimeout)
+	}
+	cfg.DataDir = d.dataDir
+	cfg.Hostname = d.hostname
+	cfg.ListenIP = d.listenIP
+	cfg.Timing = raftstore.TimingFromElection(d.electionTimeout)
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if d.advertise == "" {
+		if needAdvertise {
+			return cfg, usagef("--advertise IP[:PORT] is required: the address other nodes reach this one on")
+		}
+		return cfg, nil
+	}
+	ip, port, err := splitAdvertise(d.advertise)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.AdvertiseIP, cfg.APIPort = ip, port
+	if d.listenIP != "" && net.ParseIP(d.listenIP) == nil {
+		return cfg, usagef("--listen-addr %q is not an IP address", d.listenIP)
+	}
+	return cfg, nil
+}
+
+// splitAdvertise parses IP or IP:PORT.
+func splitAdvertise(s string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		host, portStr = strings.Trim(s, "[]"), strconv.Itoa(manager.DefaultAPIPort)
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		return "", 0, usagef("--advertise %q: give the IP address other nodes reach this one on (e.g. 127.0.0.1 or 10.0.0.5:4242)", s)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65533 {
+		return "", 0, usagef("--advertise %q: port must be 1-65533", s)
+	}
+	return ip.String(), port, nil
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("SHOAL_DATA_DIR"); d != "" {
+		return d
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".shoal")
+	}
+	return ""
+}
+
+const initUsage = "shoal init --advertise IP[:PORT] [--data-dir DIR] [--force-new-cluster]"
+
+func runInit(args []string) error {
+	var d daemonFlags
+	fs := newFlags("init", initUsage)
+	d.register(fs)
+	force := fs.Bool("force-new-cluster", false, "recover a manager whose cluster lost quorum: make it the only manager, keeping the state")
+	pos, err := parseFlags(fs, initUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("init takes no arguments, got %q", pos)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	id, idErr := datadir.Load(d.dataDir)
+	switch {
+	case *force:
+		if idErr != nil {
+			return fmt.Errorf("--force-new-cluster needs the data dir of a surviving manager: %w", idErr)
+		}
+		cfg, err := d.config(false)
+		if err != nil {
+			return err
+		}
+		m, err := manager.Restart(ctx, cfg, true)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("Cluster %s recovered: node %s is now its only manager, with its state kept.\n", m.ClusterID(), m.ID())
+		fmt.Println("Add managers again with `shoal cluster join-token manager`.")
+		return serve(ctx, m)
+	case idErr == nil && id.InitializedHere:
+		cfg, err := d.config(false)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "Data dir %s already holds node %s, which created cluster %s: resuming it (not bootstrapping again).\n", d.dataDir, id.NodeID, id.ClusterID)
+		m, err := manager.Restart(ctx, cfg, false)
+		if err != nil {
+			return err
+		}
+		return serve(ctx, m)
+	case idErr == nil:
+		return fmt.Errorf("data dir %s belongs to node %s, which joined cluster %s; it cannot create a new cluster. Restart it with `shoal start --data-dir %s`, or use an empty data dir", d.dataDir, id.NodeID, id.ClusterID, d.dataDir)
+	case !errors.Is(idErr, datadir.ErrNoIdentity):
+		return idErr
+	}
+	cfg, err := d.config(true)
+	if err != nil {
+		return err
+	}
+	m, err := manager.Init(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	printJoinHelp(m, cfg)
+	return serve(ctx, m)
+}
+
+// printJoinHelp tells the user how to add managers, as `docker swarm init` does.
+func printJoinHelp(m *manager.Manager, cfg manager.Config) {
+	var token string
+	m.Store().View(func(tx *raftstore.Tx) {
+		if c := tx.Cluster(); c != nil {
+			token = c.GetJoinTokens().GetManager()
+		}
+	})
+	fmt.Printf("Cluster initialised: node %s is now the manager of cluster %s.\n\n", m.ID(), m.ClusterID())
+	fmt.Printf("To add a manager to this cluster, run:\n\n    shoal join --data-dir DIR --advertise IP --token %s %s\n\n", token, m.APIAddr())
+	fmt.Printf("Show the join tokens again with `shoal cluster join-token manager|worker`.\n")
+}
+
+const joinUsage = "shoal join --token TOKEN --advertise IP[:PORT] [--data-dir DIR] MANAGER_ADDR[:PORT]"
+
+func runJoin(args []string) error {
+	var d daemonFlags
+	fs := newFlags("join", joinUsage)
+	d.register(fs)
+	token := fs.String("token", "", "the cluster's join token (`shoal cluster join-token manager`)")
+	pos, err := parseFlags(fs, joinUsage, args)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if id, err := datadir.Load(d.dataDir); err == nil {
+		cfg, err := d.config(false)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "Data dir %s already holds node %s of cluster %s: resuming it (the token and address are not used).\n", d.dataDir, id.NodeID, id.ClusterID)
+		m, err := manager.Restart(ctx, cfg, false)
+		if err != nil {
+			return err
+		}
+		return serve(ctx, m)
+	}
+	if len(pos) != 1 {
+		return usagef("join needs exactly one manager address, e.g. `shoal join --token TOKEN --advertise 127.0.0.2 127.0.0.1`")
+	}
+	if *token == "" {
+		return usagef("--token is required; get it on a manager with `shoal cluster join-token manager`")
+	}
+	cfg, err := d.config(true)
+	if err != nil {
+		return err
+	}
+	m, err := manager.Join(ctx, cfg, pos[0], *token)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("This node joined cluster %s as a manager (node %s).\n", m.ClusterID(), m.ID())
+	return serve(ctx, m)
+}
+
+const startUsage = "shoal start [--data-dir DIR]"
+
+func runStart(args []string) error {
+	var d daemonFlags
+	fs := newFlags("start", startUsage)
+	d.register(fs)
+	pos, err := parseFlags(fs, startUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("start takes no arguments, got %q", pos)
+	}
+	cfg, err := d.config(false)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	m, err := manager.Restart(ctx, cfg, false)
+	if err != nil {
+		if errors.Is(err, datadir.ErrNoIdentity) {
+			return fmt.Errorf("data dir %s holds no node; create one with `shoal init` or `shoal join`", d.dataDir)
+		}
+		return err
+	}
+	return serve(ctx, m)
+}
+
+// serve runs a manager until a signal (stop, stay a member) or removal.
+func serve(ctx context.Context, m *manager.Manager) error {
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(os.Stderr, "Stopping; the node stays a member of the cluster. Restart it with `shoal start`.")
+		return m.Close()
+	case <-m.Done():
+		m.Close()
+		if err := m.Err(); err != nil {
+			return err
+		}
+		return nil
+	}
+}

@@ -1,0 +1,168 @@
+package manager
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+)
+
+// Default ports: the API port is advertised; Raft and gossip sit just above.
+const (
+	DefaultAPIPort  = 4242
+	raftPortOffset  = 1
+	gossipPortOfset = 2
+)
+
+// Config configures a manager node.
+type Config struct {
+	// DataDir holds node.json and the Raft state (raft/).
+	DataDir string
+	// Hostname is the name the node registers with (default: os.Hostname).
+	Hostname string
+	// AdvertiseIP is the address other nodes reach this one on.
+	AdvertiseIP string
+	// APIPort is the gRPC port; Raft uses APIPort+1 and gossip APIPort+2.
+	APIPort int
+	// ListenIP is the address the servers bind to (default: AdvertiseIP).
+	ListenIP string
+	// Timing are the Raft timings (default raftstore.DefaultTiming).
+	Timing raftstore.Timing
+	// SnapshotThreshold and TrailingLogs tune log compaction (0: defaults).
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	// ProbeInterval is how often the leader checks the other managers.
+	ProbeInterval time.Duration
+	// WrapRaftStream wraps the Raft transport's stream layer (fault
+	// injection in tests, TLS later).
+	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer
+	Logger         *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return fmt.Errorf("a data dir is required (--data-dir)")
+	}
+	if c.AdvertiseIP == "" {
+		return fmt.Errorf("an advertise address is required (--advertise IP[:PORT])")
+	}
+	if ip := net.ParseIP(c.AdvertiseIP); ip == nil || ip.IsUnspecified() {
+		return fmt.Errorf("advertise address %q must be a concrete IP address other nodes can reach", c.AdvertiseIP)
+	}
+	if c.APIPort == 0 {
+		c.APIPort = DefaultAPIPort
+	}
+	if c.APIPort < 1 || c.APIPort > 65535-gossipPortOfset {
+		return fmt.Errorf("API port %d out of range (1-%d)", c.APIPort, 65535-gossipPortOfset)
+	}
+	if c.ListenIP == "" {
+		c.ListenIP = c.AdvertiseIP
+	}
+	if c.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			h = "localhost"
+		}
+		c.Hostname = h
+	}
+	if c.Timing == (raftstore.Timing{}) {
+		c.Timing = raftstore.DefaultTiming()
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// adoptIdentity fills the address and hostname a node was created with,
+// and refuses a different advertise address: other managers know this one.
+func (c *Config) adoptIdentity(id *datadir.Identity) error {
+	if c.Hostname == "" {
+		c.Hostname = id.Hostname
+	}
+	if id.Advertise == "" {
+		return nil
+	}
+	host, portStr, err := net.SplitHostPort(id.Advertise)
+	if err != nil {
+		return fmt.Errorf("node.json: bad advertise address %q: %w", id.Advertise, err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	if c.AdvertiseIP == "" {
+		c.AdvertiseIP, c.APIPort = host, port
+		return nil
+	}
+	if c.APIPort == 0 {
+		c.APIPort = DefaultAPIPort
+	}
+	if c.AdvertiseIP != host || c.APIPort != port {
+		return fmt.Errorf("this node was created with advertise address %s; restart it with that address (or without --advertise)", id.Advertise)
+	}
+	return nil
+}
+
+// APIAddr is the advertised gRPC address.
+func (c *Config) APIAddr() string { return hostPort(c.AdvertiseIP, c.APIPort) }
+
+// RaftAddr is the advertised Raft address.
+func (c *Config) RaftAddr() string { return hostPort(c.AdvertiseIP, c.APIPort+raftPortOffset) }
+
+// GossipAddr is the advertised gossip address.
+func (c *Config) GossipAddr() string { return hostPort(c.AdvertiseIP, c.APIPort+gossipPortOfset) }
+
+func (c *Config) listenAPI() string  { return hostPort(c.ListenIP, c.APIPort) }
+func (c *Config) listenRaft() string { return hostPort(c.ListenIP, c.APIPort+raftPortOffset) }
+
+func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
+
+// WithDefaultPort appends the default API port to an address without one.
+func WithDefaultPort(addr string) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return addr
+	}
+	return hostPort(strings.Trim(addr, "[]"), DefaultAPIPort)
+}
+
+// describeHost reports this machine's resources.
+func describeHost(hostname string) *pb.NodeDescription {
+	return &pb.NodeDescription{
+		Hostname: hostname,
+		Os:       runtime.GOOS,
+		Arch:     runtime.GOARCH,
+		Resources: &pb.Resources{
+			NanoCpus:    int64(runtime.NumCPU()) * 1e9,
+			MemoryBytes: totalMemory(),
+		},
+	}
+}
+
+// totalMemory reads MemTotal from /proc/meminfo (0 when unknown).
+func totalMemory() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, _ := strconv.ParseInt(fields[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,539 @@
+// Package manager is a Shoal manager node: it keeps the cluster state in
+// the Raft-replicated store, serves the control and membership gRPC APIs,
+// forwards writes from followers to the leader, and runs the leader-only
+// loops while it leads.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/rpc"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrRemoved means this node was removed from (or demoted in) its cluster.
+var ErrRemoved = errors.New("this node was removed from the cluster or demoted; its data dir can no longer act as a manager: delete it and join again with a token")
+
+// Manager is a running manager node.
+type Manager struct {
+	cfg   Config
+	log   *slog.Logger
+	id    *datadir.Identity
+	store *raftstore.Store
+
+	grpc  *grpc.Server
+	lis   net.Listener
+	conns *connPool
+	reach *reachability
+
+	stopOnce sync.Once
+	stopped  chan struct{}
+	stopErr  error
+	wg       sync.WaitGroup
+}
+
+// Init creates a new cluster with this node as its first manager. The data
+// dir must be new or empty; it is bootstrapped exactly once.
+func Init(ctx context.Context, cfg Config) (*Manager, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := datadir.CheckUnused(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	id := &datadir.Identity{
+		NodeID:          raftstore.NewID(),
+		ClusterID:       raftstore.NewID(),
+		RaftID:          raftstore.NewID(),
+		Role:            "manager",
+		InitializedHere: true,
+		Hostname:        cfg.Hostname,
+		Advertise:       cfg.APIAddr(),
+	}
+	// The identity is written before the bootstrap: a crash in between
+	// leaves a dir that restarts and bootstraps once (raft refuses twice).
+	if err := datadir.Save(cfg.DataDir, id); err != nil {
+		return nil, err
+	}
+	m, err := start(ctx, cfg, id, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.waitInitialized(ctx); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Restart resumes the node whose identity is in cfg.DataDir. With
+// forceNewCluster the Raft configuration is rewritten to this manager
+// alone, keeping the state: the way back after quorum was lost for good.
+func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, error) {
+	id, err := datadir.Load(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.adoptIdentity(id); err != nil {
+		return nil, err
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if id.Removed {
+		return nil, fmt.Errorf("node %s: %w", id.NodeID, ErrRemoved)
+	}
+	if id.Role != "manager" {
+		return nil, fmt.Errorf("data dir %s holds worker node %s, not a manager", cfg.DataDir, id.NodeID)
+	}
+	m, err := start(ctx, cfg, id, forceNewCluster)
+	if err != nil {
+		return nil, err
+	}
+	if forceNewCluster {
+		if err := m.waitLeader(ctx); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("force-new-cluster: %w", err)
+		}
+		if err := m.forgetOtherManagers(ctx); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Join makes this node a manager of the cluster that the manager at
+// remote belongs to, using the cluster's manager join token.
+func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	clusterID, err := parseToken(token)
+	if err != nil {
+		return nil, err
+	}
+	if err := datadir.CheckUnused(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	id := &datadir.Identity{
+		NodeID:    raftstore.NewID(),
+		ClusterID: clusterID,
+		RaftID:    raftstore.NewID(),
+		Role:      "manager",
+		Hostname:  cfg.Hostname,
+		Advertise: cfg.APIAddr(),
+	}
+	// Raft must listen before the leader adds this node as a voter.
+	m, err := start(ctx, cfg, id, false)
+	if err != nil {
+		wipeDataDir(cfg.DataDir)
+		return nil, err
+	}
+	resp, err := m.requestJoin(ctx, WithDefaultPort(remote), token)
+	if err != nil {
+		m.Close()
+		wipeDataDir(cfg.DataDir)
+		return nil, err
+	}
+	id.ClusterID = resp.GetClusterId()
+	if err := datadir.Save(cfg.DataDir, id); err != nil {
+		m.Close()
+		return nil, err
+	}
+	m.log.Info("joined cluster as manager", "cluster", id.ClusterID, "node", id.NodeID)
+	return m, nil
+}
+
+// start opens the store and the API server of a manager.
+func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool) (*Manager, error) {
+	m := &Manager{
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", id.NodeID[:8], "role", "manager"),
+		id:      id,
+		conns:   newConnPool(),
+		reach:   newReachability(),
+		stopped: make(chan struct{}),
+	}
+	scfg := raftstore.Config{
+		ID:                id.RaftID,
+		Dir:               filepath.Join(cfg.DataDir, "raft"),
+		BindAddr:          cfg.listenRaft(),
+		AdvertiseAddr:     cfg.RaftAddr(),
+		Timing:            cfg.Timing,
+		SnapshotThreshold: cfg.SnapshotThreshold,
+		TrailingLogs:      cfg.TrailingLogs,
+		WrapStream:        cfg.WrapRaftStream,
+		Logger:            cfg.Logger,
+	}
+	var err error
+	if forceNew {
+		m.store, err = raftstore.OpenForceNewCluster(scfg)
+	} else {
+		m.store, err = raftstore.Open(scfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if id.InitializedHere && !forceNew {
+		if err := m.store.Bootstrap(); err == nil {
+			m.log.Info("bootstrapped a new Raft cluster", "raft_id", id.RaftID)
+		} else {
+			m.log.Info("existing Raft state found; not bootstrapping again")
+		}
+	}
+	m.lis, err = net.Listen("tcp", cfg.listenAPI())
+	if err != nil {
+		m.store.Close()
+		return nil, fmt.Errorf("listen on %s for the API: %w (is another node using this address and port?)", cfg.listenAPI(), err)
+	}
+	m.grpc = grpc.NewServer(rpc.ServerOptions(grpc.ChainUnaryInterceptor(m.unaryInterceptor))...)
+	pb.RegisterControlServer(m.grpc, &controlServer{m: m})
+	pb.RegisterMembershipServer(m.grpc, &membershipServer{m: m})
+	m.wg.Add(3)
+	go func() {
+		defer m.wg.Done()
+		if err := m.grpc.Serve(m.lis); err != nil {
+			m.log.Error("API server stopped", "err", err)
+		}
+	}()
+	go m.leadership()
+	go m.watchMembership()
+	m.log.Info("manager started", "api", cfg.APIAddr(), "raft", cfg.RaftAddr(), "cluster", id.ClusterID)
+	return m, nil
+}
+
+// requestJoin asks the cluster (through any manager) to admit this node.
+func (m *Manager) requestJoin(ctx context.Context, remote, token string) (*pb.JoinResponse, error) {
+	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	resp, err := pb.NewMembershipClient(conn).Join(ctx, &pb.JoinRequest{
+		Token:       token,
+		NodeId:      m.id.NodeID,
+		RaftId:      m.id.RaftID,
+		ApiAddr:     m.cfg.APIAddr(),
+		RaftAddr:    m.cfg.RaftAddr(),
+		Description: describeHost(m.cfg.Hostname),
+	})
+	if err != nil {
+		st := status.Convert(err)
+		if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
+			return nil, fmt.Errorf("join %s: no Shoal manager answered (%s); check the address and that a manager runs there", remote, st.Message())
+		}
+		return nil, fmt.Errorf("join %s: %s", remote, st.Message())
+	}
+	return resp, nil
+}
+
+// waitInitialized waits until the cluster object exists (first init).
+func (m *Manager) waitInitialized(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var ok bool
+		m.store.View(func(tx *raftstore.Tx) { ok = tx.Cluster() != nil })
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("init: the new cluster did not become ready: %w", ctx.Err())
+		case <-m.stopped:
+			return m.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitLeader waits until this manager leads.
+func (m *Manager) waitLeader(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for !m.store.IsLeader() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("this manager did not become leader: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// leadership starts the leader-only loops after each won election (the
+// store signals only once its Barrier is done) and stops them on loss.
+func (m *Manager) leadership() {
+	defer m.wg.Done()
+	var running *loopGroup
+	defer func() { running.stop() }()
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case leader := <-m.store.LeaderChanges():
+			running.stop()
+			running = nil
+			if leader {
+				running = startLoops(m.leaderLoops())
+			}
+		}
+	}
+}
+
+// loopGroup is a set of running leader-only loops.
+type loopGroup struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func startLoops(loops []func(context.Context)) *loopGroup {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &loopGroup{cancel: cancel}
+	for _, loop := range loops {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			loop(ctx)
+		}()
+	}
+	return g
+}
+
+// stop cancels the loops and waits for them; nil is a no-op.
+func (g *loopGroup) stop() {
+	if g == nil {
+		return
+	}
+	g.cancel()
+	g.wg.Wait()
+}
+
+// leaderLoops are the loops that run only on the leader.
+func (m *Manager) leaderLoops() []func(context.Context) {
+	return []func(context.Context){
+		m.ensureCluster,
+		m.probeManagers,
+	}
+}
+
+// ensureCluster creates the cluster object and this node's record on the
+// node that initialised the cluster; it is idempotent.
+func (m *Manager) ensureCluster(ctx context.Context) {
+	if !m.id.InitializedHere {
+		return
+	}
+	var exists bool
+	m.store.View(func(tx *raftstore.Tx) { exists = tx.Cluster() != nil })
+	if exists {
+		return
+	}
+	ctx = raftstore.WithRequestID(ctx, "init/"+m.id.ClusterID)
+	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+		if tx.Cluster() != nil {
+			return nil
+		}
+		c := &pb.Cluster{
+			Id: m.id.ClusterID,
+			Spec: &pb.ClusterSpec{
+				Annotations:      &pb.Annotations{Name: "default"},
+				TaskHistoryLimit: 5,
+				HeartbeatPeriod:  int64(5 * time.Second),
+				CertExpiry:       int64(90 * 24 * time.Hour),
+			},
+			JoinTokens: &pb.JoinTokens{Worker: newJoinToken(m.id.ClusterID), Manager: newJoinToken(m.id.ClusterID)},
+		}
+		if err := tx.Clusters().Create(c); err != nil {
+			return err
+		}
+		return tx.Nodes().Create(m.selfNode())
+	})
+	if err != nil {
+		m.log.Error("create cluster object", "err", err)
+		return
+	}
+	m.log.Info("cluster initialised", "cluster", m.id.ClusterID)
+}
+
+// selfNode is this manager's node record.
+func (m *Manager) selfNode() *pb.Node {
+	return &pb.Node{
+		Id: m.id.NodeID,
+		Spec: &pb.NodeSpec{
+			Annotations:  &pb.Annotations{Name: m.cfg.Hostname},
+			DesiredRole:  pb.NodeRole_NODE_ROLE_MANAGER,
+			Availability: pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE,
+		},
+		Description: describeHost(m.cfg.Hostname),
+		Status:      &pb.NodeStatus{State: pb.NodeState_NODE_STATE_READY, Addr: m.cfg.AdvertiseIP, LastHeartbeat: time.Now().UnixNano()},
+		ManagerStatus: &pb.ManagerStatus{
+			RaftId:   m.id.RaftID,
+			RaftAddr: m.cfg.RaftAddr(),
+			ApiAddr:  m.cfg.APIAddr(),
+		},
+		Role:    pb.NodeRole_NODE_ROLE_MANAGER,
+		ApiAddr: m.cfg.APIAddr(),
+	}
+}
+
+// forgetOtherManagers turns the other managers into removed nodes after a
+// force-new-cluster: they are no longer in the Raft configuration.
+func (m *Manager) forgetOtherManagers(ctx context.Context) error {
+	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+		c := tx.Cluster()
+		for _, n := range tx.Nodes().List() {
+			if n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER || n.GetId() == m.id.NodeID {
+				continue
+			}
+			if err := tx.Nodes().Delete(n.GetId()); err != nil {
+				return err
+			}
+			if c != nil {
+				c.RemovedNodes = append(c.RemovedNodes, n.GetId())
+			}
+		}
+		if c != nil {
+			return tx.Clusters().Update(c)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("force-new-cluster: drop the old managers: %w", err)
+	}
+	m.log.Warn("force-new-cluster: this manager is now the only one; join new managers with the manager token")
+	return nil
+}
+
+// watchMembership stops the manager when it learns it was removed: its
+// Raft shut down by itself, or another manager says so.
+func (m *Manager) watchMembership() {
+	defer m.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case <-t.C:
+		}
+		st := m.store.Status()
+		if st.State == "Leader" {
+			continue
+		}
+		leaderID, _ := m.store.Leader()
+		if st.State != "Shutdown" && leaderID != "" && time.Since(st.LastContact) < 5*time.Second {
+			continue
+		}
+		if m.askRemoved() {
+			m.log.Warn("this node was removed from the cluster; stopping the manager")
+			m.id.Removed = true
+			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
+				m.log.Error("mark data dir removed", "err", err)
+			}
+			go m.stop(ErrRemoved)
+			return
+		}
+	}
+}
+
+// askRemoved asks the other managers whether this node is still a member.
+func (m *Manager) askRemoved() bool {
+	var addrs []string
+	m.store.View(func(tx *raftstore.Tx) {
+		for _, n := range tx.Nodes().List() {
+			if n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER && n.GetId() != m.id.NodeID {
+				addrs = append(addrs, n.GetManagerStatus().GetApiAddr())
+			}
+		}
+	})
+	for _, addr := range addrs {
+		conn, err := m.conns.get(addr)
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := pb.NewMembershipClient(conn).CheckMember(ctx, &pb.CheckMemberRequest{NodeId: m.id.NodeID, RaftId: m.id.RaftID})
+		cancel()
+		if err == nil && resp.GetRemoved() {
+			return true
+		}
+	}
+	return false
+}
+
+// ID is this node's ID.
+func (m *Manager) ID() string { return m.id.NodeID }
+
+// ClusterID is the cluster this node belongs to.
+func (m *Manager) ClusterID() string { return m.id.ClusterID }
+
+// Store is this manager's replica of the cluster state.
+func (m *Manager) Store() *raftstore.Store { return m.store }
+
+// APIAddr is the advertised gRPC address.
+func (m *Manager) APIAddr() string { return m.cfg.APIAddr() }
+
+// IsLeader reports whether this manager leads the cluster.
+func (m *Manager) IsLeader() bool { return m.store.IsLeader() }
+
+// Done is closed when the manager stops (Close, or removal).
+func (m *Manager) Done() <-chan struct{} { return m.stopped }
+
+// Err is why the manager stopped: nil after Close, ErrRemoved after removal.
+func (m *Manager) Err() error {
+	select {
+	case <-m.stopped:
+		return m.stopErr
+	default:
+		return nil
+	}
+}
+
+// Close stops the manager without leaving the cluster; restarting it on
+// the same data dir resumes it.
+func (m *Manager) Close() error {
+	m.stop(nil)
+	m.wg.Wait()
+	return nil
+}
+
+func (m *Manager) stop(reason error) {
+	m.stopOnce.Do(func() {
+		m.stopErr = reason
+		close(m.stopped)
+		done := make(chan struct{})
+		go func() { m.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			m.grpc.Stop()
+		}
+		if err := m.store.Close(); err != nil {
+			m.log.Warn("close store", "err", err)
+		}
+		m.conns.closeAll()
+		m.log.Info("manager stopped")
+	})
+}
+
+// wipeDataDir removes what a failed join created, so the dir is unused again.
+func wipeDataDir(dir string) {
+	_ = os.RemoveAll(filepath.Join(dir, "raft"))
+	_ = os.Remove(filepath.Join(dir, datadir.FileName))
+}

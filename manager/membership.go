@@ -1,0 +1,247 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// membershipServer serves joins, leaves and Raft status.
+type membershipServer struct {
+	pb.UnimplementedMembershipServer
+	m *Manager
+}
+
+// Join admits a node holding a valid token (runs on the leader).
+func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+	m := s.m
+	var cluster *pb.Cluster
+	m.store.View(func(tx *raftstore.Tx) { cluster = tx.Cluster() })
+	if cluster == nil {
+		return nil, status.Error(codes.Unavailable, "the cluster is still initialising; retry")
+	}
+	if cid, err := parseToken(req.GetToken()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	} else if cid != cluster.GetId() {
+		return nil, status.Errorf(codes.PermissionDenied, "the join token is for cluster %s, but this is cluster %s; get a token with `shoal cluster join-token` on this cluster", cid, cluster.GetId())
+	}
+	role, ok := roleForToken(cluster, req.GetToken())
+	if !ok {
+		return nil, status.Error(codes.PermissionDenied, "invalid join token (it may have been rotated); get the current one with `shoal cluster join-token manager|worker`")
+	}
+	if role != pb.NodeRole_NODE_ROLE_MANAGER {
+		return nil, status.Error(codes.Unimplemented, "this is a worker token, and this version of Shoal admits managers only; use the manager token")
+	}
+	if req.GetNodeId() == "" || req.GetRaftId() == "" || req.GetRaftAddr() == "" || req.GetApiAddr() == "" {
+		return nil, status.Error(codes.InvalidArgument, "join request needs node ID, Raft ID, API and Raft addresses")
+	}
+	if slices.Contains(cluster.GetRemovedNodes(), req.GetNodeId()) {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s was removed from this cluster and cannot rejoin with its old identity; join with an empty data dir", req.GetNodeId())
+	}
+	node := &pb.Node{
+		Id: req.GetNodeId(),
+		Spec: &pb.NodeSpec{
+			Annotations:  &pb.Annotations{Name: req.GetDescription().GetHostname()},
+			DesiredRole:  role,
+			Availability: pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE,
+		},
+		Description:   req.GetDescription(),
+		Status:        &pb.NodeStatus{State: pb.NodeState_NODE_STATE_READY, Addr: hostOf(req.GetApiAddr()), LastHeartbeat: time.Now().UnixNano()},
+		ManagerStatus: &pb.ManagerStatus{RaftId: req.GetRaftId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr()},
+		Role:          role,
+		ApiAddr:       req.GetApiAddr(),
+	}
+	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+		if old, ok := tx.Nodes().Get(node.GetId()); ok {
+			if old.GetManagerStatus().GetRaftId() == req.GetRaftId() {
+				return nil // a retried join
+			}
+			return status.Errorf(codes.AlreadyExists, "node ID %s is taken", node.GetId())
+		}
+		for _, n := range tx.Nodes().List() {
+			if n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER && n.GetManagerStatus().GetApiAddr() == req.GetApiAddr() {
+				return status.Errorf(codes.AlreadyExists, "manager %s already uses address %s; remove it first (`shoal node rm --force %s`) or advertise another address", n.GetId(), req.GetApiAddr(), n.GetId())
+			}
+		}
+		return tx.Nodes().Create(node)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.store.AddVoter(ctx, req.GetRaftId(), req.GetRaftAddr()); err != nil {
+		m.log.Warn("add voter failed; undoing the join", "node", req.GetNodeId(), "err", err)
+		_, _ = m.store.Update(context.Background(), func(tx *raftstore.Tx) error {
+			if _, ok := tx.Nodes().Get(node.GetId()); ok {
+				return tx.Nodes().Delete(node.GetId())
+			}
+			return nil
+		})
+		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.GetRaftAddr(), err)
+	}
+	m.log.Info("manager joined", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role}, nil
+}
+
+// Leave removes the calling node from the cluster (runs on the leader).
+func (s *membershipServer) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResponse, error) {
+	if err := s.m.removeNode(ctx, req.GetNodeId(), true); err != nil {
+		return nil, err
+	}
+	return &pb.LeaveResponse{}, nil
+}
+
+// RaftStatus reports this manager's own Raft state.
+func (s *membershipServer) RaftStatus(ctx context.Context, _ *pb.RaftStatusRequest) (*pb.ManagerRaftStatus, error) {
+	return s.m.localRaftStatus(), nil
+}
+
+// CheckMember tells a node whether it was removed. It answers from this
+// manager's replica: "removed" is only said when known for sure.
+func (s *membershipServer) CheckMember(ctx context.Context, req *pb.CheckMemberRequest) (*pb.CheckMemberResponse, error) {
+	resp := &pb.CheckMemberResponse{ClusterId: s.m.id.ClusterID}
+	s.m.store.View(func(tx *raftstore.Tx) {
+		c := tx.Cluster()
+		if slices.Contains(c.GetRemovedNodes(), req.GetNodeId()) {
+			resp.Removed = true
+			return
+		}
+		n, ok := tx.Nodes().Get(req.GetNodeId())
+		if ok && req.GetRaftId() != "" && (n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER || n.GetManagerStatus().GetRaftId() != req.GetRaftId()) {
+			resp.Removed = true
+		}
+	})
+	return resp, nil
+}
+
+// localRaftStatus is this manager's own view of Raft.
+func (m *Manager) localRaftStatus() *pb.ManagerRaftStatus {
+	st := m.store.Status()
+	out := &pb.ManagerRaftStatus{
+		NodeId:       m.id.NodeID,
+		Hostname:     m.cfg.Hostname,
+		RaftId:       m.id.RaftID,
+		RaftAddr:     m.cfg.RaftAddr(),
+		ApiAddr:      m.cfg.APIAddr(),
+		State:        st.State,
+		Term:         st.Term,
+		CommitIndex:  st.CommitIndex,
+		AppliedIndex: st.AppliedIndex,
+		LastLogIndex: st.LastIndex,
+		Reachability: pb.Reachability_REACHABILITY_REACHABLE,
+	}
+	if servers, err := m.store.Servers(); err == nil {
+		for _, sv := range servers {
+			if sv.ID == m.id.RaftID {
+				out.Voter = sv.Voter
+			}
+		}
+	}
+	return out
+}
+
+// reachability is the leader's latest view of which managers answer.
+type reachability struct {
+	mu    sync.Mutex
+	state map[string]pb.Reachability // by node ID
+}
+
+func newReachability() *reachability { return &reachability{state: map[string]pb.Reachability{}} }
+
+func (r *reachability) set(id string, v pb.Reachability) {
+	r.mu.Lock()
+	r.state[id] = v
+	r.mu.Unlock()
+}
+
+func (r *reachability) get(id string) (pb.Reachability, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.state[id]
+	return v, ok
+}
+
+// probeManagers runs on the leader: it asks every other manager for its
+// Raft status each ProbeInterval and records who answers.
+func (m *Manager) probeManagers(ctx context.Context) {
+	t := time.NewTicker(m.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		m.probeAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Manager) probeAll(ctx context.Context) {
+	var managers []*pb.Node
+	m.store.View(func(tx *raftstore.Tx) {
+		for _, n := range tx.Nodes().List() {
+			if n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
+				managers = append(managers, n)
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	for _, n := range managers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.reach.set(n.GetId(), m.probe(ctx, n))
+		}()
+	}
+	wg.Wait()
+}
+
+// probe checks one manager.
+func (m *Manager) probe(ctx context.Context, n *pb.Node) pb.Reachability {
+	if n.GetId() == m.id.NodeID {
+		return pb.Reachability_REACHABILITY_REACHABLE
+	}
+	if _, err := m.remoteRaftStatus(ctx, n); err != nil {
+		return pb.Reachability_REACHABILITY_UNREACHABLE
+	}
+	return pb.Reachability_REACHABILITY_REACHABLE
+}
+
+// remoteRaftStatus asks a manager for its Raft status.
+func (m *Manager) remoteRaftStatus(ctx context.Context, n *pb.Node) (*pb.ManagerRaftStatus, error) {
+	if n.GetId() == m.id.NodeID {
+		return m.localRaftStatus(), nil
+	}
+	conn, err := m.conns.get(n.GetManagerStatus().GetApiAddr())
+	if err != nil {
+		return nil, err
+	}
+	timeout := m.cfg.ProbeInterval
+	if timeout > time.Second {
+		timeout = time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st, err := pb.NewMembershipClient(conn).RaftStatus(ctx, &pb.RaftStatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("manager %s at %s: %w", n.GetId(), n.GetManagerStatus().GetApiAddr(), err)
+	}
+	return st, nil
+}
+
+// reachabilityOf returns the leader's view of a manager, probing it now
+// when no view exists yet.
+func (m *Manager) reachabilityOf(ctx context.Context, n *pb.Node) pb.Reachability {
+	if v, ok := m.reach.get(n.GetId()); ok {
+		return v
+	}
+	v := m.probe(ctx, n)
+	m.reach.set(n.GetId(), v)
+	return v
+}
