@@ -1,0 +1,141 @@
+package gossip
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// freeGossipPort finds a port free for TCP and UDP on ip.
+func freeGossipPort(t *testing.T, ip string) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func startMember(t *testing.T, i int, cluster, role string) *Gossip {
+	t.Helper()
+	ip := fmt.Sprintf("127.0.0.%d", 10+i)
+	g, err := New(Config{
+		Meta:      Meta{NodeID: fmt.Sprintf("node-%d", i), Role: role, API: ip + ":4242"},
+		BindIP:    ip,
+		BindPort:  freeGossipPort(t, ip),
+		ClusterID: cluster,
+		Fast:      true,
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Shutdown() })
+	return g
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestMembersMetaAndManagers(t *testing.T) {
+	seed := startMember(t, 0, "c1", RoleManager)
+	var all []*Gossip
+	all = append(all, seed)
+	for i := 1; i < 5; i++ {
+		g := startMember(t, i, "c1", RoleWorker)
+		if _, err := g.Join([]string{seed.LocalAddr()}); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, g)
+	}
+	for _, g := range all {
+		waitFor(t, "five members everywhere", func() bool { return len(g.Members()) == 5 })
+		mgrs := g.Managers()
+		if len(mgrs) != 1 || mgrs[0].NodeID != "node-0" || mgrs[0].API != "127.0.0.10:4242" {
+			t.Fatalf("managers = %+v", mgrs)
+		}
+	}
+}
+
+func TestLeaveAndDeathAreReported(t *testing.T) {
+	a := startMember(t, 20, "c2", RoleManager)
+	b := startMember(t, 21, "c2", RoleWorker)
+	c := startMember(t, 22, "c2", RoleWorker)
+	for _, g := range []*Gossip{b, c} {
+		if _, err := g.Join([]string{a.LocalAddr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three members", func() bool { return len(a.Members()) == 3 })
+
+	// Graceful leave is gossiped as a leave.
+	if err := b.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, a, EventLeave, "node-21")
+
+	// A member that stops without leaving is reported dead.
+	if err := c.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, a, EventDead, "node-22")
+	waitFor(t, "one member left", func() bool { return len(a.Members()) == 1 })
+}
+
+func waitEvent(t *testing.T, g *Gossip, kind EventKind, node string) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev := <-g.Events():
+			if ev.Kind == kind && ev.Member.NodeID == node {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %s event for %s", kind, node)
+		}
+	}
+}
+
+func TestClustersStayApart(t *testing.T) {
+	a := startMember(t, 30, "cluster-a", RoleManager)
+	b := startMember(t, 31, "cluster-b", RoleWorker)
+	if n, err := b.Join([]string{a.LocalAddr()}); err == nil && n > 0 {
+		t.Fatalf("a member of another cluster joined (%d answered)", n)
+	}
+	if len(a.Members()) != 1 || len(b.Members()) != 1 {
+		t.Fatalf("clusters mixed: %d and %d members", len(a.Members()), len(b.Members()))
+	}
+}
+
+func TestMetaTooLarge(t *testing.T) {
+	big := make([]byte, 600)
+	for i := range big {
+		big[i] = 'x'
+	}
+	_, err := New(Config{Meta: Meta{NodeID: "n", API: string(big)}, BindIP: "127.0.0.1", BindPort: 0})
+	if err == nil {
+		t.Fatal("metadata over 512 bytes was accepted")
+	}
+}
