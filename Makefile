@@ -45,8 +45,12 @@ lint:
 bench:
 	$(GO) run ./cmd/shoal-bench
 
-demo:
-	@echo "make demo: not yet (the one-command tour arrives with the routing mesh issue)"
+bench-quick:
+	$(GO) run ./cmd/shoal-bench --quick
+
+# The local tour: a 3-manager cluster on loopback that survives a leader kill.
+demo: build
+	bash scripts/demo.sh
 
 clean:
 	rm -rf $(BIN)

@@ -43,6 +43,11 @@ type Config struct {
 	TrailingLogs      uint64
 	// ProbeInterval is how often the leader checks the other managers.
 	ProbeInterval time.Duration
+	// HeartbeatPeriod is how often workers report; a worker that misses
+	// three periods is marked Down (default 1s).
+	HeartbeatPeriod time.Duration
+	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
+	GossipFast bool
 	// WrapRaftStream wraps the Raft transport's stream layer (fault
 	// injection in tests, TLS later).
 	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer
@@ -80,6 +85,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ProbeInterval == 0 {
 		c.ProbeInterval = time.Second
+	}
+	if c.HeartbeatPeriod == 0 {
+		c.HeartbeatPeriod = time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -123,7 +131,23 @@ func (c *Config) RaftAddr() string { return hostPort(c.AdvertiseIP, c.APIPort+ra
 // GossipAddr is the advertised gossip address.
 func (c *Config) GossipAddr() string { return hostPort(c.AdvertiseIP, c.APIPort+gossipPortOfset) }
 
-func (c *Config) listenAPI() string  { return hostPort(c.ListenIP, c.APIPort) }
+func (c *Config) listenAPI() string { return hostPort(c.ListenIP, c.APIPort) }
+
+// GossipAddrOf derives a node's gossip address from its API address.
+func GossipAddrOf(apiAddr string) (string, bool) {
+	host, port, err := net.SplitHostPort(apiAddr)
+	if err != nil {
+		return "", false
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", false
+	}
+	return hostPort(host, p+gossipPortOfset), true
+}
+
+// GossipPort is the gossip port for an API port.
+func GossipPort(apiPort int) int     { return apiPort + gossipPortOfset }
 func (c *Config) listenRaft() string { return hostPort(c.ListenIP, c.APIPort+raftPortOffset) }
 
 func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }

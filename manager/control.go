@@ -70,6 +70,11 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 	if err != nil {
 		return nil, err
 	}
+	// Refuse a stale update before demoting: the Raft removal cannot be
+	// undone when the version check in the transaction fails afterwards.
+	if req.GetVersion() != 0 && req.GetVersion() != target.GetMeta().GetVersion() {
+		return nil, status.Errorf(codes.Aborted, "node %s changed since version %d (now %d); read it again and retry", target.GetId(), req.GetVersion(), target.GetMeta().GetVersion())
+	}
 	if target.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER && spec.GetDesiredRole() == pb.NodeRole_NODE_ROLE_WORKER {
 		if err := m.demote(ctx, target); err != nil {
 			return nil, err
@@ -197,6 +202,11 @@ func (s *controlServer) RotateJoinToken(ctx context.Context, req *pb.RotateJoinT
 func (m *Manager) decorate(ctx context.Context, nodes []*pb.Node) {
 	leaderID, _ := m.store.Leader()
 	for _, n := range nodes {
+		if n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
+			if t, ok := m.disp.lastBeat(n.GetId()); ok && n.Status != nil {
+				n.Status.LastHeartbeat = t.UnixNano()
+			}
+		}
 		if n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER || n.ManagerStatus == nil {
 			continue
 		}

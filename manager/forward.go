@@ -158,8 +158,9 @@ func toStatus(err error) error {
 
 // connPool keeps one client connection per manager address.
 type connPool struct {
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
 }
 
 func newConnPool() *connPool { return &connPool{conns: map[string]*grpc.ClientConn{}} }
@@ -167,6 +168,11 @@ func newConnPool() *connPool { return &connPool{conns: map[string]*grpc.ClientCo
 func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// A handler or loop still running while the manager stops must not
+	// open a connection that nobody would close.
+	if p.closed {
+		return nil, status.Error(codes.Unavailable, "this manager is stopping")
+	}
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
@@ -181,6 +187,7 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 func (p *connPool) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	for addr, c := range p.conns {
 		c.Close()
 		delete(p.conns, addr)

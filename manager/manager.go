@@ -12,9 +12,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -34,10 +37,12 @@ type Manager struct {
 	id    *datadir.Identity
 	store *raftstore.Store
 
-	grpc  *grpc.Server
-	lis   net.Listener
-	conns *connPool
-	reach *reachability
+	grpc   *grpc.Server
+	lis    net.Listener
+	conns  *connPool
+	reach  *reachability
+	disp   *dispatcher
+	gossip *gossip.Gossip
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -129,6 +134,11 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 	if err := datadir.CheckUnused(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if role, _, err := CheckToken(ctx, remote, token); err != nil {
+		return nil, err
+	} else if role != pb.NodeRole_NODE_ROLE_MANAGER {
+		return nil, fmt.Errorf("this is a worker token: it joins the node as a worker, not a manager")
+	}
 	id := &datadir.Identity{
 		NodeID:    raftstore.NewID(),
 		ClusterID: clusterID,
@@ -168,6 +178,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		reach:   newReachability(),
 		stopped: make(chan struct{}),
 	}
+	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -203,7 +214,23 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 	m.grpc = grpc.NewServer(rpc.ServerOptions(grpc.ChainUnaryInterceptor(m.unaryInterceptor))...)
 	pb.RegisterControlServer(m.grpc, &controlServer{m: m})
 	pb.RegisterMembershipServer(m.grpc, &membershipServer{m: m})
-	m.wg.Add(3)
+	pb.RegisterDispatcherServer(m.grpc, m.disp)
+	m.gossip, err = gossip.New(gossip.Config{
+		Meta:          gossip.Meta{NodeID: id.NodeID, Role: gossip.RoleManager, API: cfg.APIAddr()},
+		BindIP:        cfg.ListenIP,
+		BindPort:      GossipPort(cfg.APIPort),
+		AdvertiseIP:   cfg.AdvertiseIP,
+		AdvertisePort: GossipPort(cfg.APIPort),
+		ClusterID:     id.ClusterID,
+		Fast:          cfg.GossipFast,
+		Logger:        cfg.Logger,
+	})
+	if err != nil {
+		m.lis.Close()
+		m.store.Close()
+		return nil, err
+	}
+	m.wg.Add(5)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
@@ -212,8 +239,40 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 	}()
 	go m.leadership()
 	go m.watchMembership()
+	go m.joinGossip()
+	go m.watchGossip()
 	m.log.Info("manager started", "api", cfg.APIAddr(), "raft", cfg.RaftAddr(), "cluster", id.ClusterID)
 	return m, nil
+}
+
+// CheckToken asks the manager at remote which role a join token grants
+// and which cluster it belongs to, before the node starts anything.
+func CheckToken(ctx context.Context, remote, token string) (pb.NodeRole, string, error) {
+	if _, err := parseToken(token); err != nil {
+		return 0, "", err
+	}
+	remote = WithDefaultPort(remote)
+	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	if err != nil {
+		return 0, "", err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	resp, err := pb.NewMembershipClient(conn).CheckToken(ctx, &pb.CheckTokenRequest{Token: token})
+	if err != nil {
+		return 0, "", joinError(remote, err)
+	}
+	return resp.GetRole(), resp.GetClusterId(), nil
+}
+
+// joinError explains a failed call to the manager a node joins through.
+func joinError(remote string, err error) error {
+	st := status.Convert(err)
+	if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
+		return fmt.Errorf("join %s: no Shoal manager answered (%s); check the address and that a manager runs there", remote, st.Message())
+	}
+	return fmt.Errorf("join %s: %s", remote, st.Message())
 }
 
 // requestJoin asks the cluster (through any manager) to admit this node.
@@ -234,11 +293,7 @@ func (m *Manager) requestJoin(ctx context.Context, remote, token string) (*pb.Jo
 		Description: describeHost(m.cfg.Hostname),
 	})
 	if err != nil {
-		st := status.Convert(err)
-		if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
-			return nil, fmt.Errorf("join %s: no Shoal manager answered (%s); check the address and that a manager runs there", remote, st.Message())
-		}
-		return nil, fmt.Errorf("join %s: %s", remote, st.Message())
+		return nil, joinError(remote, err)
 	}
 	return resp, nil
 }
@@ -330,6 +385,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 	return []func(context.Context){
 		m.ensureCluster,
 		m.probeManagers,
+		m.disp.run,
 	}
 }
 
@@ -354,7 +410,7 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 			Spec: &pb.ClusterSpec{
 				Annotations:      &pb.Annotations{Name: "default"},
 				TaskHistoryLimit: 5,
-				HeartbeatPeriod:  int64(5 * time.Second),
+				HeartbeatPeriod:  int64(m.cfg.HeartbeatPeriod),
 				CertExpiry:       int64(90 * 24 * time.Hour),
 			},
 			JoinTokens: &pb.JoinTokens{Worker: newJoinToken(m.id.ClusterID), Manager: newJoinToken(m.id.ClusterID)},
@@ -462,6 +518,16 @@ func (m *Manager) askRemoved() bool {
 			}
 		}
 	})
+	// A restarted manager's replica stays empty until a leader tells it
+	// what is committed, which never happens once it was removed while it
+	// was down: ask the peers of its Raft configuration too.
+	if servers, err := m.store.Servers(); err == nil {
+		for _, sv := range servers {
+			if addr, ok := apiAddrOfRaft(sv.Address); ok && sv.ID != m.id.RaftID && !slices.Contains(addrs, addr) {
+				addrs = append(addrs, addr)
+			}
+		}
+	}
 	for _, addr := range addrs {
 		conn, err := m.conns.get(addr)
 		if err != nil {
@@ -476,6 +542,70 @@ func (m *Manager) askRemoved() bool {
 	}
 	return false
 }
+
+// apiAddrOfRaft returns the API address of the manager whose Raft
+// transport listens on raftAddr (Raft uses the API port + raftPortOffset).
+func apiAddrOfRaft(raftAddr string) (string, bool) {
+	host, port, err := net.SplitHostPort(raftAddr)
+	if err != nil {
+		return "", false
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p-raftPortOffset < 1 {
+		return "", false
+	}
+	return hostPort(host, p-raftPortOffset), true
+}
+
+// joinGossip meets the other managers' gossip members, retrying until one
+// answers (a lone manager has nobody to meet, which is fine).
+func (m *Manager) joinGossip() {
+	defer m.wg.Done()
+	for attempt := 0; ; attempt++ {
+		var addrs []string
+		m.store.View(func(tx *raftstore.Tx) {
+			for _, n := range tx.Nodes().List() {
+				if n.GetId() == m.id.NodeID || n.GetApiAddr() == "" {
+					continue
+				}
+				if a, ok := GossipAddrOf(n.GetApiAddr()); ok {
+					addrs = append(addrs, a)
+				}
+			}
+		})
+		if len(addrs) > 0 {
+			if n, err := m.gossip.Join(addrs); err == nil && n > 0 {
+				return
+			} else if attempt%10 == 0 {
+				m.log.Debug("gossip join", "err", err)
+			}
+		}
+		select {
+		case <-m.stopped:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// watchGossip passes gossip's death notices to the dispatcher, which
+// starts the node's down clock early.
+func (m *Manager) watchGossip() {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case ev := <-m.gossip.Events():
+			if ev.Kind == gossip.EventDead && ev.Member.Role == gossip.RoleWorker {
+				m.disp.Suspect(ev.Member.NodeID)
+			}
+		}
+	}
+}
+
+// Gossip is this manager's gossip member.
+func (m *Manager) Gossip() *gossip.Gossip { return m.gossip }
 
 // ID is this node's ID.
 func (m *Manager) ID() string { return m.id.NodeID }
@@ -523,6 +653,9 @@ func (m *Manager) stop(reason error) {
 		case <-done:
 		case <-time.After(2 * time.Second):
 			m.grpc.Stop()
+		}
+		if err := m.gossip.Shutdown(); err != nil {
+			m.log.Warn("stop gossip", "err", err)
 		}
 		if err := m.store.Close(); err != nil {
 			m.log.Warn("close store", "err", err)

@@ -2,6 +2,8 @@ package manager
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"sync"
@@ -27,20 +29,18 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	if cluster == nil {
 		return nil, status.Error(codes.Unavailable, "the cluster is still initialising; retry")
 	}
-	if cid, err := parseToken(req.GetToken()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	} else if cid != cluster.GetId() {
-		return nil, status.Errorf(codes.PermissionDenied, "the join token is for cluster %s, but this is cluster %s; get a token with `shoal cluster join-token` on this cluster", cid, cluster.GetId())
+	role, err := checkToken(cluster, req.GetToken())
+	if err != nil {
+		return nil, err
 	}
-	role, ok := roleForToken(cluster, req.GetToken())
-	if !ok {
-		return nil, status.Error(codes.PermissionDenied, "invalid join token (it may have been rotated); get the current one with `shoal cluster join-token manager|worker`")
+	if req.GetNodeId() == "" || req.GetApiAddr() == "" {
+		return nil, status.Error(codes.InvalidArgument, "join request needs a node ID and an API address")
 	}
-	if role != pb.NodeRole_NODE_ROLE_MANAGER {
-		return nil, status.Error(codes.Unimplemented, "this is a worker token, and this version of Shoal admits managers only; use the manager token")
+	if role == pb.NodeRole_NODE_ROLE_MANAGER && (req.GetRaftId() == "" || req.GetRaftAddr() == "") {
+		return nil, status.Error(codes.InvalidArgument, "a manager's join request needs its Raft ID and address")
 	}
-	if req.GetNodeId() == "" || req.GetRaftId() == "" || req.GetRaftAddr() == "" || req.GetApiAddr() == "" {
-		return nil, status.Error(codes.InvalidArgument, "join request needs node ID, Raft ID, API and Raft addresses")
+	if role == pb.NodeRole_NODE_ROLE_WORKER && len(req.GetNodeSecret()) < 16 {
+		return nil, status.Error(codes.InvalidArgument, "a worker's join request needs a node secret of at least 16 characters")
 	}
 	if slices.Contains(cluster.GetRemovedNodes(), req.GetNodeId()) {
 		return nil, status.Errorf(codes.PermissionDenied, "node %s was removed from this cluster and cannot rejoin with its old identity; join with an empty data dir", req.GetNodeId())
@@ -58,9 +58,17 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 		Role:          role,
 		ApiAddr:       req.GetApiAddr(),
 	}
-	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	if role == pb.NodeRole_NODE_ROLE_WORKER {
+		// A worker is Unknown until it opens its first session.
+		sum := sha256.Sum256([]byte(req.GetNodeSecret()))
+		node.SecretHash = sum[:]
+		node.ManagerStatus = nil
+		node.Status.State = pb.NodeState_NODE_STATE_UNKNOWN
+	}
+	_, err = m.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if old, ok := tx.Nodes().Get(node.GetId()); ok {
-			if old.GetManagerStatus().GetRaftId() == req.GetRaftId() {
+			if old.GetRole() == role && old.GetManagerStatus().GetRaftId() == req.GetRaftId() &&
+				subtle.ConstantTimeCompare(old.GetSecretHash(), node.GetSecretHash()) == 1 {
 				return nil // a retried join
 			}
 			return status.Errorf(codes.AlreadyExists, "node ID %s is taken", node.GetId())
@@ -74,6 +82,10 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	})
 	if err != nil {
 		return nil, err
+	}
+	if role == pb.NodeRole_NODE_ROLE_WORKER {
+		m.log.Info("worker joined", "node", req.GetNodeId(), "addr", req.GetApiAddr())
+		return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role}, nil
 	}
 	if err := m.store.AddVoter(ctx, req.GetRaftId(), req.GetRaftAddr()); err != nil {
 		m.log.Warn("add voter failed; undoing the join", "node", req.GetNodeId(), "err", err)
@@ -89,8 +101,50 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role}, nil
 }
 
+// CheckToken tells a joining node which role its token grants.
+func (s *membershipServer) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
+	var cluster *pb.Cluster
+	s.m.store.View(func(tx *raftstore.Tx) { cluster = tx.Cluster() })
+	if cluster == nil {
+		return nil, status.Error(codes.Unavailable, "the cluster is still initialising; retry")
+	}
+	role, err := checkToken(cluster, req.GetToken())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.CheckTokenResponse{ClusterId: cluster.GetId(), Role: role}, nil
+}
+
+// checkToken returns the role a token grants in this cluster.
+func checkToken(cluster *pb.Cluster, token string) (pb.NodeRole, error) {
+	cid, err := parseToken(token)
+	if err != nil {
+		return 0, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if cid != cluster.GetId() {
+		return 0, status.Errorf(codes.PermissionDenied, "the join token is for cluster %s, but this is cluster %s; get a token with `shoal cluster join-token` on this cluster", cid, cluster.GetId())
+	}
+	role, ok := roleForToken(cluster, token)
+	if !ok {
+		return 0, status.Error(codes.PermissionDenied, "invalid join token (it may have been rotated); get the current one with `shoal cluster join-token manager|worker`")
+	}
+	return role, nil
+}
+
 // Leave removes the calling node from the cluster (runs on the leader).
+// A worker proves who it is with its node secret.
 func (s *membershipServer) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResponse, error) {
+	var n *pb.Node
+	s.m.store.View(func(tx *raftstore.Tx) { n, _ = tx.Nodes().Get(req.GetNodeId()) })
+	if n == nil {
+		return &pb.LeaveResponse{}, nil // already gone
+	}
+	if n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
+		sum := sha256.Sum256([]byte(req.GetNodeSecret()))
+		if subtle.ConstantTimeCompare(sum[:], n.GetSecretHash()) != 1 {
+			return nil, status.Errorf(codes.PermissionDenied, "wrong node secret for node %s", req.GetNodeId())
+		}
+	}
 	if err := s.m.removeNode(ctx, req.GetNodeId(), true); err != nil {
 		return nil, err
 	}

@@ -730,23 +730,122 @@ func (x *RotateJoinTokenResponse) GetToken() string {
 	return ""
 }
 
+type CheckTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckTokenRequest) Reset() {
+	*x = CheckTokenRequest{}
+	mi := &file_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckTokenRequest) ProtoMessage() {}
+
+func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
+func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CheckTokenRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type CheckTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckTokenResponse) Reset() {
+	*x = CheckTokenResponse{}
+	mi := &file_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckTokenResponse) ProtoMessage() {}
+
+func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
+func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CheckTokenResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *CheckTokenResponse) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// node_id and raft_id are chosen by the joining node; the leader refuses
 	// IDs that are taken or were removed.
-	NodeId        string           `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	RaftId        string           `protobuf:"bytes,3,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
-	ApiAddr       string           `protobuf:"bytes,4,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
-	RaftAddr      string           `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	Description   *NodeDescription `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	NodeId      string           `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftId      string           `protobuf:"bytes,3,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	ApiAddr     string           `protobuf:"bytes,4,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	RaftAddr    string           `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	Description *NodeDescription `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	// node_secret is the secret a worker will open its sessions with; the
+	// store keeps only its SHA-256.
+	NodeSecret    string `protobuf:"bytes,7,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +857,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +870,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -816,6 +915,13 @@ func (x *JoinRequest) GetDescription() *NodeDescription {
 	return nil
 }
 
+func (x *JoinRequest) GetNodeSecret() string {
+	if x != nil {
+		return x.NodeSecret
+	}
+	return ""
+}
+
 type JoinResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
@@ -828,7 +934,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +946,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +959,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -885,15 +991,17 @@ func (x *JoinResponse) GetRaft() *RaftSettings {
 }
 
 type LeaveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// node_secret authenticates a worker leaving on its own behalf.
+	NodeSecret    string `protobuf:"bytes,2,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1013,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,12 +1026,19 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LeaveRequest) GetNodeId() string {
 	if x != nil {
 		return x.NodeId
+	}
+	return ""
+}
+
+func (x *LeaveRequest) GetNodeSecret() string {
+	if x != nil {
+		return x.NodeSecret
 	}
 	return ""
 }
@@ -936,7 +1051,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1063,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1076,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 type RaftStatusRequest struct {
@@ -972,7 +1087,7 @@ type RaftStatusRequest struct {
 
 func (x *RaftStatusRequest) Reset() {
 	*x = RaftStatusRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1099,7 @@ func (x *RaftStatusRequest) String() string {
 func (*RaftStatusRequest) ProtoMessage() {}
 
 func (x *RaftStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1112,7 @@ func (x *RaftStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftStatusRequest.ProtoReflect.Descriptor instead.
 func (*RaftStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 type CheckMemberRequest struct {
@@ -1010,7 +1125,7 @@ type CheckMemberRequest struct {
 
 func (x *CheckMemberRequest) Reset() {
 	*x = CheckMemberRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1137,7 @@ func (x *CheckMemberRequest) String() string {
 func (*CheckMemberRequest) ProtoMessage() {}
 
 func (x *CheckMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1150,7 @@ func (x *CheckMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckMemberRequest.ProtoReflect.Descriptor instead.
 func (*CheckMemberRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckMemberRequest) GetNodeId() string {
@@ -1062,7 +1177,7 @@ type CheckMemberResponse struct {
 
 func (x *CheckMemberResponse) Reset() {
 	*x = CheckMemberResponse{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1189,7 @@ func (x *CheckMemberResponse) String() string {
 func (*CheckMemberResponse) ProtoMessage() {}
 
 func (x *CheckMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1202,7 @@ func (x *CheckMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckMemberResponse.ProtoReflect.Descriptor instead.
 func (*CheckMemberResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckMemberResponse) GetRemoved() bool {
@@ -1152,22 +1267,32 @@ const file_control_proto_rawDesc = "" +
 	"\x16RotateJoinTokenRequest\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"/\n" +
 	"\x17RotateJoinTokenResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\xca\x01\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\")\n" +
+	"\x11CheckTokenRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"[\n" +
+	"\x12CheckTokenResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\xeb\x01\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n" +
 	"\araft_id\x18\x03 \x01(\tR\x06raftId\x12\x19\n" +
 	"\bapi_addr\x18\x04 \x01(\tR\aapiAddr\x12\x1b\n" +
 	"\traft_addr\x18\x05 \x01(\tR\braftAddr\x12;\n" +
-	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\"\xba\x01\n" +
+	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12\x1f\n" +
+	"\vnode_secret\x18\a \x01(\tR\n" +
+	"nodeSecret\"\xba\x01\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x127\n" +
 	"\bmanagers\x18\x03 \x03(\v2\x1b.shoal.v1.ManagerRaftStatusR\bmanagers\x12*\n" +
-	"\x04raft\x18\x04 \x01(\v2\x16.shoal.v1.RaftSettingsR\x04raft\"'\n" +
+	"\x04raft\x18\x04 \x01(\v2\x16.shoal.v1.RaftSettingsR\x04raft\"H\n" +
 	"\fLeaveRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x0f\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1f\n" +
+	"\vnode_secret\x18\x02 \x01(\tR\n" +
+	"nodeSecret\"\x0f\n" +
 	"\rLeaveResponse\"\x13\n" +
 	"\x11RaftStatusRequest\"F\n" +
 	"\x12CheckMemberRequest\x12\x17\n" +
@@ -1186,14 +1311,16 @@ const file_control_proto_rawDesc = "" +
 	"RemoveNode\x12\x1b.shoal.v1.RemoveNodeRequest\x1a\x1c.shoal.v1.RemoveNodeResponse\x12G\n" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponse\x12V\n" +
-	"\x0fRotateJoinToken\x12 .shoal.v1.RotateJoinTokenRequest\x1a!.shoal.v1.RotateJoinTokenResponse2\x91\x02\n" +
+	"\x0fRotateJoinToken\x12 .shoal.v1.RotateJoinTokenRequest\x1a!.shoal.v1.RotateJoinTokenResponse2\xda\x02\n" +
 	"\n" +
 	"Membership\x125\n" +
 	"\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x16.shoal.v1.JoinResponse\x128\n" +
 	"\x05Leave\x12\x16.shoal.v1.LeaveRequest\x1a\x17.shoal.v1.LeaveResponse\x12F\n" +
 	"\n" +
 	"RaftStatus\x12\x1b.shoal.v1.RaftStatusRequest\x1a\x1b.shoal.v1.ManagerRaftStatus\x12J\n" +
-	"\vCheckMember\x12\x1c.shoal.v1.CheckMemberRequest\x1a\x1d.shoal.v1.CheckMemberResponseB.Z,github.com/shoal-cluster/shoal/proto;shoalpbb\x06proto3"
+	"\vCheckMember\x12\x1c.shoal.v1.CheckMemberRequest\x1a\x1d.shoal.v1.CheckMemberResponse\x12G\n" +
+	"\n" +
+	"CheckToken\x12\x1b.shoal.v1.CheckTokenRequest\x1a\x1c.shoal.v1.CheckTokenResponseB.Z,github.com/shoal-cluster/shoal/proto;shoalpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1207,7 +1334,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_control_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),        // 0: shoal.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),       // 1: shoal.v1.ListNodesResponse
@@ -1222,60 +1349,65 @@ var file_control_proto_goTypes = []any{
 	(*GetClusterResponse)(nil),      // 10: shoal.v1.GetClusterResponse
 	(*RotateJoinTokenRequest)(nil),  // 11: shoal.v1.RotateJoinTokenRequest
 	(*RotateJoinTokenResponse)(nil), // 12: shoal.v1.RotateJoinTokenResponse
-	(*JoinRequest)(nil),             // 13: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),            // 14: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),            // 15: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),           // 16: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),       // 17: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),      // 18: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),     // 19: shoal.v1.CheckMemberResponse
-	(NodeRole)(0),                   // 20: shoal.v1.NodeRole
-	(*Node)(nil),                    // 21: shoal.v1.Node
-	(*NodeSpec)(nil),                // 22: shoal.v1.NodeSpec
-	(Reachability)(0),               // 23: shoal.v1.Reachability
-	(*Cluster)(nil),                 // 24: shoal.v1.Cluster
-	(*NodeDescription)(nil),         // 25: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),            // 26: shoal.v1.RaftSettings
+	(*CheckTokenRequest)(nil),       // 13: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),      // 14: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),             // 15: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),            // 16: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),            // 17: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),           // 18: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),       // 19: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),      // 20: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),     // 21: shoal.v1.CheckMemberResponse
+	(NodeRole)(0),                   // 22: shoal.v1.NodeRole
+	(*Node)(nil),                    // 23: shoal.v1.Node
+	(*NodeSpec)(nil),                // 24: shoal.v1.NodeSpec
+	(Reachability)(0),               // 25: shoal.v1.Reachability
+	(*Cluster)(nil),                 // 26: shoal.v1.Cluster
+	(*NodeDescription)(nil),         // 27: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),            // 28: shoal.v1.RaftSettings
 }
 var file_control_proto_depIdxs = []int32{
-	20, // 0: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	21, // 1: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	21, // 2: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	22, // 3: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	21, // 4: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	23, // 5: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	24, // 6: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	22, // 0: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	23, // 1: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	23, // 2: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	24, // 3: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	23, // 4: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	25, // 5: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	26, // 6: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	9,  // 7: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	20, // 8: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	25, // 9: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	20, // 10: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
-	9,  // 11: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	26, // 12: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	0,  // 13: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	2,  // 14: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	4,  // 15: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	6,  // 16: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	8,  // 17: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	11, // 18: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	13, // 19: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	15, // 20: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	17, // 21: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	18, // 22: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	1,  // 23: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	3,  // 24: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	5,  // 25: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	7,  // 26: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	10, // 27: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	12, // 28: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	14, // 29: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	16, // 30: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	9,  // 31: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	19, // 32: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	22, // 8: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	22, // 9: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	27, // 10: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	22, // 11: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	9,  // 12: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	28, // 13: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	0,  // 14: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	2,  // 15: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	4,  // 16: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	6,  // 17: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	8,  // 18: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	11, // 19: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	15, // 20: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	17, // 21: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	19, // 22: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	20, // 23: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	13, // 24: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	1,  // 25: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	3,  // 26: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	5,  // 27: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	7,  // 28: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	10, // 29: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	12, // 30: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	16, // 31: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	18, // 32: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	9,  // 33: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	21, // 34: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	14, // 35: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1290,7 +1422,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

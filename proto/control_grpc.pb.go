@@ -322,6 +322,7 @@ const (
 	Membership_Leave_FullMethodName       = "/shoal.v1.Membership/Leave"
 	Membership_RaftStatus_FullMethodName  = "/shoal.v1.Membership/RaftStatus"
 	Membership_CheckMember_FullMethodName = "/shoal.v1.Membership/CheckMember"
+	Membership_CheckToken_FullMethodName  = "/shoal.v1.Membership/CheckToken"
 )
 
 // MembershipClient is the client API for Membership service.
@@ -337,6 +338,9 @@ type MembershipClient interface {
 	RaftStatus(ctx context.Context, in *RaftStatusRequest, opts ...grpc.CallOption) (*ManagerRaftStatus, error)
 	// CheckMember tells a restarting node whether it may still take part.
 	CheckMember(ctx context.Context, in *CheckMemberRequest, opts ...grpc.CallOption) (*CheckMemberResponse, error)
+	// CheckToken tells a joining node which role its token grants, before it
+	// starts anything.
+	CheckToken(ctx context.Context, in *CheckTokenRequest, opts ...grpc.CallOption) (*CheckTokenResponse, error)
 }
 
 type membershipClient struct {
@@ -387,6 +391,16 @@ func (c *membershipClient) CheckMember(ctx context.Context, in *CheckMemberReque
 	return out, nil
 }
 
+func (c *membershipClient) CheckToken(ctx context.Context, in *CheckTokenRequest, opts ...grpc.CallOption) (*CheckTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckTokenResponse)
+	err := c.cc.Invoke(ctx, Membership_CheckToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MembershipServer is the server API for Membership service.
 // All implementations must embed UnimplementedMembershipServer
 // for forward compatibility.
@@ -400,6 +414,9 @@ type MembershipServer interface {
 	RaftStatus(context.Context, *RaftStatusRequest) (*ManagerRaftStatus, error)
 	// CheckMember tells a restarting node whether it may still take part.
 	CheckMember(context.Context, *CheckMemberRequest) (*CheckMemberResponse, error)
+	// CheckToken tells a joining node which role its token grants, before it
+	// starts anything.
+	CheckToken(context.Context, *CheckTokenRequest) (*CheckTokenResponse, error)
 	mustEmbedUnimplementedMembershipServer()
 }
 
@@ -421,6 +438,9 @@ func (UnimplementedMembershipServer) RaftStatus(context.Context, *RaftStatusRequ
 }
 func (UnimplementedMembershipServer) CheckMember(context.Context, *CheckMemberRequest) (*CheckMemberResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckMember not implemented")
+}
+func (UnimplementedMembershipServer) CheckToken(context.Context, *CheckTokenRequest) (*CheckTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckToken not implemented")
 }
 func (UnimplementedMembershipServer) mustEmbedUnimplementedMembershipServer() {}
 func (UnimplementedMembershipServer) testEmbeddedByValue()                    {}
@@ -515,6 +535,24 @@ func _Membership_CheckMember_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Membership_CheckToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServer).CheckToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Membership_CheckToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServer).CheckToken(ctx, req.(*CheckTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Membership_ServiceDesc is the grpc.ServiceDesc for Membership service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -537,6 +575,10 @@ var Membership_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckMember",
 			Handler:    _Membership_CheckMember_Handler,
+		},
+		{
+			MethodName: "CheckToken",
+			Handler:    _Membership_CheckToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1241,7 +1241,9 @@ type Node struct {
 	Role NodeRole `protobuf:"varint,7,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
 	// api_addr is the host:port of the node's gRPC endpoint (managers and
 	// workers alike).
-	ApiAddr       string `protobuf:"bytes,8,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	ApiAddr string `protobuf:"bytes,8,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	// secret_hash is the SHA-256 of the worker's session secret.
+	SecretHash    []byte `protobuf:"bytes,9,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1330,6 +1332,13 @@ func (x *Node) GetApiAddr() string {
 		return x.ApiAddr
 	}
 	return ""
+}
+
+func (x *Node) GetSecretHash() []byte {
+	if x != nil {
+		return x.SecretHash
+	}
+	return nil
 }
 
 // ServiceMode says how many tasks a service wants.
@@ -3544,7 +3553,7 @@ const file_objects_proto_rawDesc = "" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12:\n" +
 	"\freachability\x18\x04 \x01(\x0e2\x16.shoal.v1.ReachabilityR\freachability\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xd0\x02\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xf1\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12&\n" +
@@ -3553,7 +3562,9 @@ const file_objects_proto_rawDesc = "" +
 	"\x06status\x18\x05 \x01(\v2\x14.shoal.v1.NodeStatusR\x06status\x12>\n" +
 	"\x0emanager_status\x18\x06 \x01(\v2\x17.shoal.v1.ManagerStatusR\rmanagerStatus\x12&\n" +
 	"\x04role\x18\a \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x12\x19\n" +
-	"\bapi_addr\x18\b \x01(\tR\aapiAddr\"/\n" +
+	"\bapi_addr\x18\b \x01(\tR\aapiAddr\x12\x1f\n" +
+	"\vsecret_hash\x18\t \x01(\fR\n" +
+	"secretHash\"/\n" +
 	"\x11ReplicatedService\x12\x1a\n" +
 	"\breplicas\x18\x01 \x01(\x04R\breplicas\"\x0f\n" +
 	"\rGlobalService\"c\n" +

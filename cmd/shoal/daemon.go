@@ -17,7 +17,9 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/manager"
+	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
+	"github.com/shoal-cluster/shoal/worker"
 )
 
 // daemonFlags are the flags every node-starting command takes.
@@ -27,7 +29,10 @@ type daemonFlags struct {
 	listenIP        string
 	hostname        string
 	electionTimeout time.Duration
+	heartbeat       time.Duration
+	gossipFast      bool
 	logLevel        string
+	leaveOnStop     bool
 }
 
 func (d *daemonFlags) register(fs *flag.FlagSet) {
@@ -36,7 +41,10 @@ func (d *daemonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.listenIP, "listen-addr", "", "IP to bind to (default: the advertised IP)")
 	fs.StringVar(&d.hostname, "hostname", "", "name to register the node under (default: the machine's hostname)")
 	fs.DurationVar(&d.electionTimeout, "election-timeout", raftstore.DefaultTiming().ElectionTimeout, "Raft election and heartbeat timeout (leader lease is half of it)")
+	fs.DurationVar(&d.heartbeat, "heartbeat-period", time.Second, "managers: how often workers must report; three missed periods mark a worker Down")
+	fs.BoolVar(&d.gossipFast, "gossip-fast", false, "gossip with LAN-local timings: dead nodes are noticed in ~1.5s (loopback and small LANs)")
 	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&d.leaveOnStop, "leave-on-stop", false, "workers: leave the cluster on Ctrl-C or SIGTERM instead of just stopping")
 }
 
 // config turns the flags into a manager configuration.
@@ -57,6 +65,11 @@ func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
 	cfg.ListenIP = d.listenIP
 	cfg.Timing = raftstore.TimingFromElection(d.electionTimeout)
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if d.heartbeat < 100*time.Millisecond || d.heartbeat > time.Minute {
+		return cfg, usagef("--heartbeat-period %s is out of range (100ms to 1m)", d.heartbeat)
+	}
+	cfg.HeartbeatPeriod = d.heartbeat
+	cfg.GossipFast = d.gossipFast
 	if d.advertise == "" {
 		if needAdvertise {
 			return cfg, usagef("--advertise IP[:PORT] is required: the address other nodes reach this one on")
@@ -175,13 +188,13 @@ func printJoinHelp(m *manager.Manager, cfg manager.Config) {
 	fmt.Printf("Show the join tokens again with `shoal cluster join-token manager|worker`.\n")
 }
 
-const joinUsage = "shoal join --token TOKEN --advertise IP[:PORT] [--data-dir DIR] MANAGER_ADDR[:PORT]"
+const joinUsage = "shoal join --token TOKEN --advertise IP[:PORT] [--data-dir DIR] [--leave-on-stop] MANAGER_ADDR[:PORT]"
 
 func runJoin(args []string) error {
 	var d daemonFlags
 	fs := newFlags("join", joinUsage)
 	d.register(fs)
-	token := fs.String("token", "", "the cluster's join token (`shoal cluster join-token manager`)")
+	token := fs.String("token", "", "the cluster's join token (`shoal cluster join-token worker|manager`); it decides the node's role")
 	pos, err := parseFlags(fs, joinUsage, args)
 	if err != nil {
 		return err
@@ -189,33 +202,118 @@ func runJoin(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if id, err := datadir.Load(d.dataDir); err == nil {
-		cfg, err := d.config(false)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "Data dir %s already holds node %s of cluster %s: resuming it (the token and address are not used).\n", d.dataDir, id.NodeID, id.ClusterID)
-		m, err := manager.Restart(ctx, cfg, false)
-		if err != nil {
-			return err
-		}
-		return serve(ctx, m)
+		fmt.Fprintf(os.Stderr, "Data dir %s already holds %s node %s of cluster %s: resuming it (the token and address are not used).\n", d.dataDir, id.Role, id.NodeID, id.ClusterID)
+		return resume(ctx, &d, id)
 	}
 	if len(pos) != 1 {
 		return usagef("join needs exactly one manager address, e.g. `shoal join --token TOKEN --advertise 127.0.0.2 127.0.0.1`")
 	}
 	if *token == "" {
-		return usagef("--token is required; get it on a manager with `shoal cluster join-token manager`")
+		return usagef("--token is required; get it on a manager with `shoal cluster join-token worker|manager`")
 	}
 	cfg, err := d.config(true)
 	if err != nil {
 		return err
 	}
-	m, err := manager.Join(ctx, cfg, pos[0], *token)
+	if err := datadir.CheckUnused(cfg.DataDir); err != nil {
+		return err
+	}
+	remote := manager.WithDefaultPort(pos[0])
+	role, _, err := manager.CheckToken(ctx, remote, *token)
+	if err != nil {
+		return err
+	}
+	if role == pb.NodeRole_NODE_ROLE_WORKER {
+		wcfg, err := workerConfig(cfg, &d)
+		if err != nil {
+			return err
+		}
+		a, err := worker.Join(ctx, wcfg, remote, *token)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("This node joined cluster %s as a worker (node %s).\n", a.ClusterID(), a.ID())
+		return serveWorker(ctx, a, d.leaveOnStop)
+	}
+	m, err := manager.Join(ctx, cfg, remote, *token)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("This node joined cluster %s as a manager (node %s).\n", m.ClusterID(), m.ID())
 	return serve(ctx, m)
+}
+
+// resume restarts the node in a data dir, as the role it has.
+func resume(ctx context.Context, d *daemonFlags, id *datadir.Identity) error {
+	cfg, err := d.config(false)
+	if err != nil {
+		return err
+	}
+	if id.Role == "worker" {
+		wcfg, err := workerConfig(cfg, d)
+		if err != nil {
+			return err
+		}
+		a, err := worker.Restart(ctx, wcfg)
+		if err != nil {
+			return err
+		}
+		return serveWorker(ctx, a, d.leaveOnStop)
+	}
+	m, err := manager.Restart(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, m)
+}
+
+// workerConfig derives a worker's configuration from the daemon flags.
+func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
+	wcfg := worker.Config{
+		DataDir:     cfg.DataDir,
+		Hostname:    cfg.Hostname,
+		AdvertiseIP: cfg.AdvertiseIP,
+		APIPort:     cfg.APIPort,
+		ListenIP:    cfg.ListenIP,
+		GossipFast:  d.gossipFast,
+		Logger:      cfg.Logger,
+	}
+	if wcfg.AdvertiseIP == "" {
+		if id, err := datadir.Load(cfg.DataDir); err == nil && id.Advertise != "" {
+			ip, port, err := splitAdvertise(id.Advertise)
+			if err != nil {
+				return wcfg, err
+			}
+			wcfg.AdvertiseIP, wcfg.APIPort = ip, port
+		}
+	}
+	wcfg.Runtimes = func() ([]worker.Runtime, error) {
+		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, cfg.Logger)
+	}
+	return wcfg, nil
+}
+
+// serveWorker runs a worker until a signal (stop, or leave with
+// --leave-on-stop) or until the cluster removes it.
+func serveWorker(ctx context.Context, a *worker.Agent, leaveOnStop bool) error {
+	select {
+	case <-ctx.Done():
+		if leaveOnStop {
+			lctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := a.Leave(lctx); err != nil {
+				a.Close()
+				return fmt.Errorf("leave the cluster: %w", err)
+			}
+			fmt.Fprintln(os.Stderr, "Left the cluster; this data dir can no longer rejoin.")
+			return nil
+		}
+		fmt.Fprintln(os.Stderr, "Stopping; the node stays a member and its tasks keep running. Restart it with `shoal start`.")
+		return a.Close()
+	case <-a.Removed():
+		a.Close()
+		return fmt.Errorf("this node was removed from the cluster; delete its data dir and join again with a token")
+	}
 }
 
 const startUsage = "shoal start [--data-dir DIR]"
@@ -231,20 +329,19 @@ func runStart(args []string) error {
 	if len(pos) > 0 {
 		return usagef("start takes no arguments, got %q", pos)
 	}
-	cfg, err := d.config(false)
-	if err != nil {
+	if _, err := d.config(false); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	m, err := manager.Restart(ctx, cfg, false)
+	id, err := datadir.Load(d.dataDir)
+	if errors.Is(err, datadir.ErrNoIdentity) {
+		return fmt.Errorf("data dir %s holds no node; create one with `shoal init` or `shoal join`", d.dataDir)
+	}
 	if err != nil {
-		if errors.Is(err, datadir.ErrNoIdentity) {
-			return fmt.Errorf("data dir %s holds no node; create one with `shoal init` or `shoal join`", d.dataDir)
-		}
 		return err
 	}
-	return serve(ctx, m)
+	return resume(ctx, &d, id)
 }
 
 // serve runs a manager until a signal (stop, stay a member) or removal.

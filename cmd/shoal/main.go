@@ -10,7 +10,17 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/shoal-cluster/shoal/worker/process"
 )
+
+// selfExecutable is the path of this binary.
+func selfExecutable() string {
+	if p, err := os.Executable(); err == nil {
+		return p
+	}
+	return os.Args[0]
+}
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -26,8 +36,9 @@ type command struct {
 func commands() []*command {
 	return []*command{
 		{name: "init", summary: "Create a new cluster with this node as its first manager", run: runInit},
-		{name: "join", summary: "Join a cluster as a manager", run: runJoin},
+		{name: "join", summary: "Join a cluster as a worker or a manager (the token decides)", run: runJoin},
 		{name: "start", summary: "Restart a node from its data dir", run: runStart},
+		{name: "leave", summary: "Take the node in --data-dir out of the cluster", run: runLeave},
 		{name: "node", summary: "Manage nodes", sub: []*command{
 			{name: "ls", summary: "List nodes", run: runNodeLs},
 			{name: "inspect", summary: "Show one or more nodes in detail", run: runNodeInspect},
@@ -59,6 +70,9 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == supervisorCommand {
+		return process.Supervise(args[1:])
+	}
 	cmds := commands()
 	path := "shoal"
 	for {

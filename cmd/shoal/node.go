@@ -71,7 +71,7 @@ func runNodeLs(args []string) error {
 	case c.format == "json":
 		return printJSON(nodes)
 	}
-	t := newTable("ID", "HOSTNAME", "ADDRESS", "ROLE", "STATUS", "AVAILABILITY", "MANAGER STATUS")
+	t := newTable("ID", "HOSTNAME", "ADDRESS", "ROLE", "STATUS", "AVAILABILITY", "RESOURCES", "MANAGER STATUS")
 	for _, n := range nodes {
 		id := n.GetId()
 		if n.GetApiAddr() == s.addr {
@@ -79,10 +79,19 @@ func runNodeLs(args []string) error {
 		}
 		t.row(id, n.GetDescription().GetHostname(), n.GetStatus().GetAddr(), roleWord(n.GetRole()),
 			enumWord(n.GetStatus().GetState().String(), "NODE_STATE_"),
-			enumWord(n.GetSpec().GetAvailability().String(), "NODE_AVAILABILITY_"), managerStatus(n))
+			enumWord(n.GetSpec().GetAvailability().String(), "NODE_AVAILABILITY_"), resources(n), managerStatus(n))
 	}
 	t.flush()
 	return nil
+}
+
+// resources formats a node's CPUs and memory, e.g. "2 CPU 23.5GiB".
+func resources(n *pb.Node) string {
+	r := n.GetDescription().GetResources()
+	if r == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%g CPU %s", float64(r.GetNanoCpus())/1e9, humanBytes(r.GetMemoryBytes()))
 }
 
 const nodeInspectUsage = "shoal node inspect [--pretty] NODE [NODE...]"

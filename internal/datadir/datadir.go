@@ -33,6 +33,10 @@ type Identity struct {
 	Hostname string `json:"hostname,omitempty"`
 	// Advertise is the node's advertised IP:PORT (API port).
 	Advertise string `json:"advertise,omitempty"`
+	// NodeSecret is a worker's session secret (the file is private: 0600).
+	NodeSecret string `json:"node_secret,omitempty"`
+	// Managers are the manager API addresses a worker last heard of.
+	Managers []string `json:"managers,omitempty"`
 }
 
 // ErrNoIdentity means the directory holds no node.json.

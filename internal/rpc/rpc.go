@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -87,6 +88,8 @@ func Forwarded(ctx context.Context) bool {
 // and retries it, with the same ID, while the cluster answers Unavailable
 // (no leader yet, leadership moving, a manager restarting), until the call's
 // deadline. The ID makes the retry safe: a write is applied at most once.
+// When nothing listens at the address at all, it gives up after
+// refusedGrace: a wrong address should fail fast.
 func RetryUnavailable() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		md, _ := metadata.FromOutgoingContext(ctx)
@@ -94,10 +97,20 @@ func RetryUnavailable() grpc.UnaryClientInterceptor {
 			ctx = metadata.AppendToOutgoingContext(ctx, RequestIDKey, NewRequestID())
 		}
 		backoff := 50 * time.Millisecond
+		var refusedSince time.Time
 		for {
 			err := invoker(ctx, method, req, reply, cc, opts...)
 			if status.Code(err) != codes.Unavailable {
 				return err
+			}
+			if IsConnectionRefused(err) {
+				if refusedSince.IsZero() {
+					refusedSince = time.Now()
+				} else if time.Since(refusedSince) > refusedGrace {
+					return err
+				}
+			} else {
+				refusedSince = time.Time{}
 			}
 			select {
 			case <-ctx.Done():
@@ -109,4 +122,14 @@ func RetryUnavailable() grpc.UnaryClientInterceptor {
 			}
 		}
 	}
+}
+
+// refusedGrace is how long a refused connection is retried: long enough for
+// a manager to restart, short enough that a wrong address fails fast.
+const refusedGrace = 3 * time.Second
+
+// IsConnectionRefused reports whether err says nothing listens at the address.
+func IsConnectionRefused(err error) bool {
+	msg := status.Convert(err).Message()
+	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "no route to host")
 }

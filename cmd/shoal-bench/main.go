@@ -1,0 +1,301 @@
+// Command shoal-bench measures a real Shoal cluster: it builds the shoal
+// binary, starts managers as separate processes on 127.0.0.1, .2 and .3,
+// drives them over gRPC and prints a table of min/median/max figures. A
+// full run also writes docs/benchmarks.md.
+//
+//	go run ./cmd/shoal-bench            # full run, writes docs/benchmarks.md
+//	go run ./cmd/shoal-bench --quick    # fewer and shorter runs, prints only
+//	go run ./cmd/shoal-bench -only failover -runs 3
+//
+// Each benchmark is an entry in benchmarks(): a name and a function that
+// returns one or more series of samples (one sample per run). Add new
+// benchmarks there.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// series is one measured quantity: one sample per run.
+type series struct {
+	name    string
+	unit    string
+	samples []float64
+}
+
+// bench is one named benchmark. run starts whatever it needs through env
+// (clusters are torn down by env on exit too) and returns its series.
+type bench struct {
+	name string
+	desc string
+	run  func(ctx context.Context, e *env) ([]series, error)
+}
+
+// benchmarks lists every benchmark in the order they run.
+func benchmarks() []bench {
+	return []bench{
+		{
+			name: "writes-1",
+			desc: "committed UpdateNode writes sent to the leader by 1 client",
+			run: func(ctx context.Context, e *env) ([]series, error) {
+				return runWrites(ctx, e, "writes-1", writeConfig{clients: 1})
+			},
+		},
+		{
+			name: "writes-64",
+			desc: "committed UpdateNode writes sent to the leader by 64 concurrent clients",
+			run: func(ctx context.Context, e *env) ([]series, error) {
+				return runWrites(ctx, e, "writes-64", writeConfig{clients: 64})
+			},
+		},
+		{
+			name: "writes-forwarded-1",
+			desc: "UpdateNode writes sent to a follower (forwarded to the leader) by 1 client",
+			run: func(ctx context.Context, e *env) ([]series, error) {
+				return runWrites(ctx, e, "writes-forwarded-1", writeConfig{clients: 1, viaFollower: true})
+			},
+		},
+		{
+			name: "failover",
+			desc: "kill -9 the leader; time to the first committed write through a survivor and to a new leader in ListNodes",
+			run:  runFailover,
+		},
+	}
+}
+
+// options are the command-line settings.
+type options struct {
+	quick       bool
+	only        string
+	out         string
+	outSet      bool
+	keep        bool
+	bin         string
+	election    time.Duration
+	runs        int
+	failRuns    int
+	duration    time.Duration
+	warmup      time.Duration
+	logLevel    string
+	list        bool
+	commandLine string
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("shoal-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&o.quick, "quick", false, "fewer and shorter runs (about a minute); does not write the docs unless -out is given")
+	fs.StringVar(&o.only, "only", "", "run only these benchmarks (comma-separated names or name prefixes; see -list)")
+	fs.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report to write (written by a full run of every benchmark, or whenever -out is given)")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (data dirs and manager logs)")
+	fs.StringVar(&o.bin, "bin", "", "use this shoal binary instead of building ./cmd/shoal")
+	fs.DurationVar(&o.election, "election-timeout", 300*time.Millisecond, "Raft election timeout given to the managers (heartbeat = election, lease = half)")
+	fs.IntVar(&o.runs, "runs", 0, "runs per write measurement (default 5, quick 3)")
+	fs.IntVar(&o.failRuns, "failover-runs", 0, "leader kills in the failover benchmark (default 10, quick 3)")
+	fs.DurationVar(&o.duration, "duration", 0, "measured time of each write run (default 10s, quick 3s)")
+	fs.DurationVar(&o.warmup, "warmup", 0, "warm-up before each write run (default 1s, quick 500ms)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "progress log level: debug, info, warn or error")
+	fs.BoolVar(&o.list, "list", false, "list the benchmarks and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "shoal-bench takes no arguments, got %q\n", fs.Args())
+		return 2
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "out" {
+			o.outSet = true
+		}
+	})
+	o.commandLine = strings.TrimSpace("go run ./cmd/shoal-bench " + strings.Join(args, " "))
+	o.setDefaults()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "-log-level %q: use debug, info, warn or error\n", o.logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	all := benchmarks()
+	if o.list {
+		for _, b := range all {
+			fmt.Fprintf(stdout, "%-20s %s\n", b.name, b.desc)
+		}
+		return 0
+	}
+	selected, err := selectBenchmarks(all, o.only)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if o.election < 10*time.Millisecond || o.election > time.Minute {
+		fmt.Fprintf(stderr, "-election-timeout %s is out of range (10ms to 1m)\n", o.election)
+		return 2
+	}
+
+	// Ctrl-C and SIGTERM cancel the context; the deferred cleanup then
+	// kills every manager. A global deadline bounds the whole run.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+
+	e, err := newEnv(ctx, o, log)
+	if err != nil {
+		log.Error("setup failed", "err", err)
+		return 1
+	}
+	defer e.cleanup()
+
+	started := time.Now()
+	var results []benchResult
+	failed := false
+	for _, b := range selected {
+		if ctx.Err() != nil {
+			break
+		}
+		log.Info("benchmark starting", "name", b.name, "desc", b.desc)
+		t0 := time.Now()
+		ss, err := b.run(ctx, e)
+		e.closeClusters() // whatever the benchmark left running
+		r := benchResult{bench: b, series: ss, err: err, took: time.Since(t0)}
+		if err != nil {
+			failed = true
+			log.Error("benchmark failed", "name", b.name, "err", err)
+			e.notef("%s failed: %v", b.name, err)
+		} else {
+			log.Info("benchmark done", "name", b.name, "took", r.took.Round(time.Millisecond))
+		}
+		results = append(results, r)
+	}
+	if err := ctx.Err(); err != nil {
+		log.Error("interrupted", "err", context.Cause(ctx))
+		failed = true
+	}
+
+	if e.peerDownErrors > 0 {
+		e.notef("managers logged %d raft ERROR lines about a peer being unreachable (connection refused/reset, EOF) while a killed manager was down: expected", e.peerDownErrors)
+	}
+	if e.stopErrors > 0 {
+		e.notef("managers logged %d ERROR lines while being stopped with SIGTERM at the end of a benchmark (shutdown noise)", e.stopErrors)
+	}
+	rep := &report{opts: o, machine: describeMachine(), shoal: e.shoalVersion, started: started, took: time.Since(started), results: results, notes: e.notes}
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, rep.table())
+	if len(e.notes) > 0 {
+		fmt.Fprintln(stdout, "\nNotes:")
+		for _, n := range e.notes {
+			fmt.Fprintf(stdout, "- %s\n", n)
+		}
+	}
+
+	writeDocs := o.outSet || (!o.quick && o.only == "")
+	switch {
+	case !writeDocs:
+		log.Info("report not written (quick or partial run; pass -out to write one)", "path", o.out)
+	case failed:
+		log.Warn("report not written: a benchmark failed or the run was interrupted", "path", o.out)
+	default:
+		path := o.out
+		if !filepath.IsAbs(path) && !o.outSet && e.moduleRoot != "" {
+			path = filepath.Join(e.moduleRoot, path)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			log.Error("write report", "err", err)
+			return 1
+		}
+		if err := os.WriteFile(path, []byte(rep.markdown()), 0o644); err != nil {
+			log.Error("write report", "err", err)
+			return 1
+		}
+		log.Info("report written", "path", path)
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+func (o *options) setDefaults() {
+	def := func(v *int, full, quick int) {
+		if *v == 0 {
+			*v = full
+			if o.quick {
+				*v = quick
+			}
+		}
+	}
+	defDur := func(v *time.Duration, full, quick time.Duration) {
+		if *v == 0 {
+			*v = full
+			if o.quick {
+				*v = quick
+			}
+		}
+	}
+	def(&o.runs, 5, 3)
+	def(&o.failRuns, 10, 3)
+	defDur(&o.duration, 10*time.Second, 3*time.Second)
+	defDur(&o.warmup, time.Second, 500*time.Millisecond)
+}
+
+// selectBenchmarks applies -only: comma-separated exact names or prefixes.
+func selectBenchmarks(all []bench, only string) ([]bench, error) {
+	if strings.TrimSpace(only) == "" {
+		return all, nil
+	}
+	var out []bench
+	seen := map[string]bool{}
+	for _, want := range strings.Split(only, ",") {
+		want = strings.TrimSpace(want)
+		if want == "" {
+			continue
+		}
+		matched := false
+		for _, b := range all {
+			if b.name == want || strings.HasPrefix(b.name, want) {
+				matched = true
+				if !seen[b.name] {
+					seen[b.name] = true
+					out = append(out, b)
+				}
+			}
+		}
+		if !matched {
+			names := make([]string, len(all))
+			for i, b := range all {
+				names[i] = b.name
+			}
+			return nil, fmt.Errorf("-only %q: no benchmark matches; have %s", want, strings.Join(names, ", "))
+		}
+	}
+	// Keep the declared order.
+	ordered := out[:0:0]
+	for _, b := range all {
+		if seen[b.name] {
+			ordered = append(ordered, b)
+		}
+	}
+	return ordered, nil
+}

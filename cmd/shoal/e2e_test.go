@@ -1,0 +1,382 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// shoalBin is the binary under test, built once in TestMain.
+var shoalBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "shoal-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	shoalBin = filepath.Join(dir, "shoal")
+	build := exec.Command("go", "build", "-race", "-o", shoalBin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build shoal:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// node is a shoal daemon process.
+type node struct {
+	t       *testing.T
+	ip      string
+	port    int
+	dataDir string
+	cmd     *exec.Cmd
+	log     *os.File
+	exited  chan struct{}
+}
+
+func (n *node) addr() string { return net.JoinHostPort(n.ip, strconv.Itoa(n.port)) }
+
+// freePort picks an API port whose Raft port (+1) is also free on every IP.
+func freePort(t *testing.T, ips ...string) int {
+	t.Helper()
+	for range 100 {
+		port := 20000 + rand.IntN(40000)
+		ok := true
+		for _, ip := range ips {
+			for _, p := range []int{port, port + 1} {
+				l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p)))
+				if err != nil {
+					ok = false
+					break
+				}
+				l.Close()
+			}
+		}
+		if ok {
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startDaemon runs `shoal <args>` in the background and stops it with the test.
+func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...string) *node {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "node.log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(shoalBin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, ip: ip, port: port, dataDir: dataDir, cmd: cmd, log: f, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(n.exited) }()
+	t.Cleanup(func() {
+		n.kill()
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("log of %s:\n%s", n.addr(), tail(string(data), 40))
+		}
+		f.Close()
+	})
+	return n
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// kill stops the process with SIGKILL and waits for it.
+func (n *node) kill() {
+	select {
+	case <-n.exited:
+		return
+	default:
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.exited
+}
+
+// cli runs a shoal client command and returns stdout, stderr and the exit code.
+func cli(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, shoalBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run shoal %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, info := cond()
+		if ok {
+			return
+		}
+		last = info
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, last)
+}
+
+// formCluster starts n managers on 127.0.0.1..n and waits until all are in.
+func formCluster(t *testing.T, count int) []*node {
+	t.Helper()
+	ips := make([]string, count)
+	for i := range ips {
+		ips[i] = fmt.Sprintf("127.0.0.%d", i+1)
+	}
+	port := freePort(t, ips...)
+	base := t.TempDir()
+	var nodes []*node
+	first := filepath.Join(base, "m1")
+	nodes = append(nodes, startDaemon(t, ips[0], port, first, "init", "--data-dir", first,
+		"--advertise", fmt.Sprintf("%s:%d", ips[0], port), "--hostname", "m1"))
+	var token string
+	eventually(t, 20*time.Second, "the manager token", func() (bool, string) {
+		out, errOut, code := cli(t, "cluster", "join-token", "-q", "manager", "--host", nodes[0].addr(), "--timeout", "2s")
+		token = strings.TrimSpace(out)
+		return code == 0 && strings.HasPrefix(token, "SHOAL-1-"), errOut
+	})
+	for i := 1; i < count; i++ {
+		dir := filepath.Join(base, fmt.Sprintf("m%d", i+1))
+		nodes = append(nodes, startDaemon(t, ips[i], port, dir, "join", "--data-dir", dir,
+			"--advertise", fmt.Sprintf("%s:%d", ips[i], port), "--hostname", fmt.Sprintf("m%d", i+1),
+			"--token", token, nodes[0].addr()))
+		// Join one at a time: each join changes the Raft configuration.
+		want := i + 1
+		eventually(t, 30*time.Second, fmt.Sprintf("%d reachable managers", want), func() (bool, string) {
+			out, errOut, code := cli(t, "node", "ls", "--host", nodes[0].addr(), "--timeout", "2s")
+			return code == 0 && countReady(out) == want, out + errOut
+		})
+	}
+	return nodes
+}
+
+// countReady counts rows of `node ls` whose manager is Leader or Reachable.
+func countReady(out string) int {
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, " Ready ") && (strings.HasSuffix(strings.TrimSpace(line), "Leader") || strings.HasSuffix(strings.TrimSpace(line), "Reachable")) {
+			n++
+		}
+	}
+	return n
+}
+
+// leaderHostname returns the hostname marked Leader in `node ls` output.
+func leaderHostname(out string) string {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[len(f)-1] == "Leader" {
+			if f[1] == "*" {
+				return f[2]
+			}
+			return f[1]
+		}
+	}
+	return ""
+}
+
+func TestThreeManagersSurviveLeaderKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	nodes := formCluster(t, 3)
+
+	// Every manager answers node ls alike (same rows, ignoring the * marker).
+	var views []string
+	for _, n := range nodes {
+		out, errOut, code := cli(t, "node", "ls", "-q", "--host", n.addr())
+		if code != 0 {
+			t.Fatalf("node ls on %s: %s", n.addr(), errOut)
+		}
+		views = append(views, out)
+	}
+	for i := range views {
+		if views[i] != views[0] || len(strings.Fields(views[i])) != 3 {
+			t.Fatalf("managers disagree on node ls:\n%v", views)
+		}
+	}
+
+	out, _, _ := cli(t, "node", "ls", "--host", nodes[1].addr())
+	leaderName := leaderHostname(out)
+	idx, _ := strconv.Atoi(strings.TrimPrefix(leaderName, "m"))
+	if idx < 1 || idx > 3 {
+		t.Fatalf("no leader in:\n%s", out)
+	}
+	leader := nodes[idx-1]
+	var survivors []*node
+	for _, n := range nodes {
+		if n != leader {
+			survivors = append(survivors, n)
+		}
+	}
+	// A write acknowledged before the kill.
+	if _, errOut, code := cli(t, "node", "update", "--label-add", "before=1", "m1", "--host", survivors[0].addr()); code != 0 {
+		t.Fatalf("write before kill: %s", errOut)
+	}
+
+	leader.kill()
+	eventually(t, 20*time.Second, "a new leader", func() (bool, string) {
+		out, errOut, code := cli(t, "node", "ls", "--host", survivors[0].addr(), "--timeout", "2s")
+		l := leaderHostname(out)
+		return code == 0 && l != "" && l != leaderName, out + errOut
+	})
+	// Writes succeed through every survivor (followers forward to the leader).
+	for i, n := range survivors {
+		label := fmt.Sprintf("after%d=1", i)
+		if _, errOut, code := cli(t, "node", "update", "--label-add", label, "m1", "--host", n.addr()); code != 0 {
+			t.Fatalf("write through %s after failover: %s", n.addr(), errOut)
+		}
+	}
+	out, errOut, code := cli(t, "node", "inspect", "m1", "--host", survivors[1].addr())
+	if code != 0 {
+		t.Fatalf("inspect: %s", errOut)
+	}
+	for _, l := range []string{`"before"`, `"after0"`, `"after1"`} {
+		if !strings.Contains(out, l) {
+			t.Fatalf("label %s lost after failover:\n%s", l, out)
+		}
+	}
+
+	// The killed manager comes back with `shoal start` and catches up.
+	back := startDaemon(t, leader.ip, leader.port, leader.dataDir, "start", "--data-dir", leader.dataDir)
+	eventually(t, 30*time.Second, "the old leader back and caught up", func() (bool, string) {
+		out, errOut, code := cli(t, "node", "inspect", "m1", "--host", back.addr(), "--timeout", "2s")
+		ls, _, _ := cli(t, "node", "ls", "--host", back.addr(), "--timeout", "2s")
+		return code == 0 && strings.Contains(out, `"after1"`) && countReady(ls) == 3, out + errOut + ls
+	})
+}
+
+func TestQuorumLossAndForceNewCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	nodes := formCluster(t, 3)
+	if _, errOut, code := cli(t, "node", "update", "--label-add", "keep=yes", "m2", "--host", nodes[0].addr()); code != 0 {
+		t.Fatalf("write: %s", errOut)
+	}
+	survivor := nodes[0]
+	nodes[1].kill()
+	nodes[2].kill()
+	_, errOut, code := cli(t, "node", "update", "--label-add", "lost=1", "m1", "--host", survivor.addr(), "--timeout", "3s")
+	if code == 0 {
+		t.Fatal("a write succeeded without quorum")
+	}
+	if !strings.Contains(errOut, "majority") && !strings.Contains(errOut, "leader") {
+		t.Fatalf("quorum-loss error does not say why: %s", errOut)
+	}
+	survivor.kill()
+	back := startDaemon(t, survivor.ip, survivor.port, survivor.dataDir, "init", "--force-new-cluster", "--data-dir", survivor.dataDir)
+	eventually(t, 30*time.Second, "the recovered cluster", func() (bool, string) {
+		out, errOut, code := cli(t, "node", "ls", "--host", back.addr(), "--timeout", "2s")
+		return code == 0 && countReady(out) == 1 && leaderHostname(out) == "m1", out + errOut
+	})
+	out, errOut, code := cli(t, "node", "inspect", "m2", "--host", back.addr())
+	if code == 0 || !strings.Contains(errOut, "no node") {
+		t.Fatalf("old managers should be gone after force-new-cluster: %s %s", out, errOut)
+	}
+	if _, errOut, code := cli(t, "node", "update", "--label-add", "after=1", "m1", "--host", back.addr()); code != 0 {
+		t.Fatalf("write after recovery: %s", errOut)
+	}
+}
+
+func TestCLIBadInput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	ip := "127.0.0.1"
+	port := freePort(t, ip)
+	dir := filepath.Join(t.TempDir(), "m1")
+	m := startDaemon(t, ip, port, dir, "init", "--data-dir", dir, "--advertise", fmt.Sprintf("%s:%d", ip, port), "--hostname", "m1")
+	eventually(t, 20*time.Second, "the manager", func() (bool, string) {
+		_, errOut, code := cli(t, "node", "ls", "--host", m.addr(), "--timeout", "2s")
+		return code == 0, errOut
+	})
+	token, _, _ := cli(t, "cluster", "join-token", "-q", "manager", "--host", m.addr())
+	token = strings.TrimSpace(token)
+
+	notShoal := t.TempDir()
+	if err := os.WriteFile(filepath.Join(notShoal, "stuff"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadPort := freePort(t, "127.0.0.9")
+	cases := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"init without advertise", []string{"init", "--data-dir", filepath.Join(t.TempDir(), "x")}, 2, "--advertise"},
+		{"init with a bad advertise", []string{"init", "--data-dir", filepath.Join(t.TempDir(), "x"), "--advertise", "0.0.0.0"}, 2, "--advertise"},
+		{"unknown flag", []string{"node", "ls", "--frobnicate"}, 2, "frobnicate"},
+		{"unknown command", []string{"nodez"}, 2, "unknown command"},
+		{"join with a wrong token", []string{"join", "--data-dir", filepath.Join(t.TempDir(), "j"), "--advertise", "127.0.0.5:" + strconv.Itoa(port),
+			"--token", "SHOAL-1-" + strings.Split(token, "-")[2] + "-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", m.addr()}, 1, "invalid join token"},
+		{"join with a malformed token", []string{"join", "--data-dir", filepath.Join(t.TempDir(), "j"), "--advertise", "127.0.0.5:" + strconv.Itoa(port),
+			"--token", "nonsense", m.addr()}, 1, "malformed join token"},
+		{"join where no manager listens", []string{"join", "--data-dir", filepath.Join(t.TempDir(), "j"), "--advertise", "127.0.0.6:" + strconv.Itoa(port),
+			"--token", token, fmt.Sprintf("127.0.0.9:%d", deadPort)}, 1, "no Shoal manager answered"},
+		{"init on a used data dir of another kind", []string{"init", "--data-dir", notShoal, "--advertise", "127.0.0.7"}, 1, "not a Shoal data dir"},
+		{"unknown node", []string{"node", "inspect", "nosuchnode", "--host", m.addr()}, 1, "no node"},
+		{"demote the only manager", []string{"node", "demote", "m1", "--host", m.addr()}, 1, "last manager"},
+		{"remove a manager without force", []string{"node", "rm", "m1", "--host", m.addr()}, 1, "demote it first"},
+		{"bad availability", []string{"node", "update", "--availability", "sideways", "m1", "--host", m.addr()}, 2, "active, pause or drain"},
+		{"join-token without a role", []string{"cluster", "join-token", "--host", m.addr()}, 2, "worker"},
+		{"no manager at host", []string{"node", "ls", "--host", fmt.Sprintf("127.0.0.9:%d", deadPort), "--timeout", "2s"}, 1, "no Shoal manager answers"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := cli(t, tc.args...)
+			if code != tc.wantCode || !strings.Contains(errOut, tc.wantErr) {
+				t.Fatalf("shoal %v: exit %d, stderr %q, stdout %q; want exit %d and %q", tc.args, code, errOut, out, tc.wantCode, tc.wantErr)
+			}
+			// Daemon commands log to stderr too; the error itself is one line.
+			if n := strings.Count(errOut, "Error: "); n != 1 {
+				t.Fatalf("want exactly one error line, got %d:\n%s", n, errOut)
+			}
+		})
+	}
+	// Nothing changed: still one manager, and failed joins left their dirs unused.
+	out, _, _ := cli(t, "node", "ls", "-q", "--host", m.addr())
+	if n := len(strings.Fields(out)); n != 1 {
+		t.Fatalf("bad input changed the cluster: %d nodes", n)
+	}
+}

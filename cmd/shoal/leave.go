@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	pb "github.com/shoal-cluster/shoal/proto"
+)
+
+const leaveUsage = "shoal leave [--data-dir DIR] [--host MANAGER]"
+
+// runLeave asks the cluster to remove the node in the data dir. The node's
+// daemon notices, stops its tasks (a worker) or its Raft member (a
+// manager, which first hands over leadership), and exits.
+func runLeave(args []string) error {
+	var c clientFlags
+	fs := newFlags("leave", leaveUsage)
+	c.register(fs, false)
+	pos, err := parseFlags(fs, leaveUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("leave takes no arguments")
+	}
+	id, err := datadir.Load(c.dataDir)
+	if err != nil {
+		return fmt.Errorf("data dir %s: %w; point --data-dir at the node that should leave", c.dataDir, err)
+	}
+	if id.Removed {
+		return fmt.Errorf("node %s already left the cluster", id.NodeID)
+	}
+	if c.host == "" {
+		switch {
+		case id.Role == "manager":
+			c.host = id.Advertise
+		case len(id.Managers) > 0:
+			c.host = id.Managers[0]
+		default:
+			return usagef("no manager known for this worker yet; give one with --host")
+		}
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if id.Role == "manager" {
+		// A manager leaves as `node rm --force` would remove it: quorum checks apply.
+		if _, err := s.control.RemoveNode(s.ctx, &pb.RemoveNodeRequest{Ref: id.NodeID, Force: true}); err != nil {
+			return s.explain(err)
+		}
+	} else {
+		_, err := pb.NewMembershipClient(s.conn).Leave(s.ctx, &pb.LeaveRequest{NodeId: id.NodeID, NodeSecret: id.NodeSecret})
+		if err != nil {
+			return s.explain(err)
+		}
+	}
+	fmt.Printf("Node %s left the cluster; its daemon stops by itself.\n", id.NodeID)
+	return nil
+}

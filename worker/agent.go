@@ -1,0 +1,845 @@
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoal-cluster/shoal/gossip"
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/rpc"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// Config configures a worker agent.
+type Config struct {
+	// DataDir holds node.json and the agent's state (worker/).
+	DataDir string
+	// Hostname is the name the node registers with (default: os.Hostname).
+	Hostname string
+	// AdvertiseIP is the address other nodes reach this one on.
+	AdvertiseIP string
+	// APIPort is the node's port; gossip uses APIPort+2.
+	APIPort int
+	// ListenIP is the address to bind to (default: AdvertiseIP).
+	ListenIP string
+	// Managers are manager API addresses to start from (the join address).
+	Managers []string
+	// Runtimes builds the runtimes that run the tasks. It is called once
+	// the data dir is known to be this node's (runtimes keep state there).
+	Runtimes func() ([]Runtime, error)
+	// Labels are engine labels the node reports.
+	Labels map[string]string
+	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
+	GossipFast bool
+	// StatusInterval is how often pending task statuses are sent (default 100ms).
+	StatusInterval time.Duration
+	Logger         *slog.Logger
+}
+
+// Ports derived from the API port, as on managers.
+const gossipPortOffset = 2
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return errors.New("a data dir is required (--data-dir)")
+	}
+	if c.AdvertiseIP == "" {
+		return errors.New("an advertise address is required (--advertise IP[:PORT])")
+	}
+	if c.APIPort == 0 {
+		c.APIPort = 4242
+	}
+	if c.ListenIP == "" {
+		c.ListenIP = c.AdvertiseIP
+	}
+	if c.Hostname == "" {
+		c.Hostname, _ = os.Hostname()
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = 100 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Runtimes == nil {
+		return errors.New("a worker needs at least one runtime")
+	}
+	return nil
+}
+
+func (c *Config) apiAddr() string {
+	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.APIPort))
+}
+
+// Agent is a running worker.
+type Agent struct {
+	cfg          Config
+	log          *slog.Logger
+	id           *datadir.Identity
+	db           *taskDB
+	runtimes     map[string]Runtime
+	runtimeNames []string
+	gossip       *gossip.Gossip
+
+	mu          sync.Mutex
+	tasks       map[string]*pb.Task // assigned tasks with their observed status
+	controllers map[string]*taskController
+	pending     map[string]*pb.TaskStatus // statuses not yet acknowledged
+	session     *activeSession
+	leaderHint  string
+	connected   chan struct{} // closed when the first session opens
+
+	statusWake chan struct{}
+	removed    chan struct{} // closed when the cluster says this node is gone
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+}
+
+type activeSession struct {
+	id     string
+	conn   *grpc.ClientConn
+	addr   string
+	period time.Duration
+}
+
+// CheckUnused tells whether a data dir may become a new worker.
+func CheckUnused(dir string) error { return datadir.CheckUnused(dir) }
+
+// Join registers a new worker with the cluster through the manager at
+// remote, using the cluster's worker join token, and starts it.
+func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := datadir.CheckUnused(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	id := &datadir.Identity{
+		NodeID:     newNodeID(),
+		Role:       "worker",
+		Hostname:   cfg.Hostname,
+		Advertise:  cfg.apiAddr(),
+		NodeSecret: randomHex(24),
+	}
+	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	jctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	resp, err := pb.NewMembershipClient(conn).Join(jctx, &pb.JoinRequest{
+		Token:       token,
+		NodeId:      id.NodeID,
+		ApiAddr:     cfg.apiAddr(),
+		Description: describe(&cfg, nil),
+		NodeSecret:  id.NodeSecret,
+	})
+	if err != nil {
+		st := status.Convert(err)
+		if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
+			return nil, fmt.Errorf("join %s: no Shoal manager answered (%s); check the address and that a manager runs there", remote, st.Message())
+		}
+		return nil, fmt.Errorf("join %s: %s", remote, st.Message())
+	}
+	if resp.GetRole() != pb.NodeRole_NODE_ROLE_WORKER {
+		return nil, fmt.Errorf("join %s: the token admits a %s, not a worker", remote, resp.GetRole())
+	}
+	id.ClusterID = resp.GetClusterId()
+	if err := datadir.Save(cfg.DataDir, id); err != nil {
+		return nil, err
+	}
+	cfg.Managers = append([]string{remote}, cfg.Managers...)
+	return start(cfg, id)
+}
+
+// Restart resumes the worker whose identity is in cfg.DataDir.
+func Restart(ctx context.Context, cfg Config) (*Agent, error) {
+	id, err := datadir.Load(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if id.Role != "worker" {
+		return nil, fmt.Errorf("data dir %s holds a %s, not a worker", cfg.DataDir, id.Role)
+	}
+	if id.Removed {
+		return nil, fmt.Errorf("node %s left or was removed from the cluster; delete %s and join again with a token", id.NodeID, cfg.DataDir)
+	}
+	if cfg.AdvertiseIP == "" && id.Advertise != "" {
+		host, port, err := net.SplitHostPort(id.Advertise)
+		if err == nil {
+			cfg.AdvertiseIP = host
+			cfg.APIPort, _ = strconv.Atoi(port)
+		}
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = id.Hostname
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return start(cfg, id)
+}
+
+func start(cfg Config, id *datadir.Identity) (*Agent, error) {
+	dir := filepath.Join(cfg.DataDir, "worker")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	db, err := openTaskDB(dir)
+	if err != nil {
+		return nil, err
+	}
+	rts, err := cfg.Runtimes()
+	if err != nil {
+		db.close()
+		return nil, err
+	}
+	if len(rts) == 0 {
+		db.close()
+		return nil, errors.New("a worker needs at least one runtime")
+	}
+	a := &Agent{
+		cfg:         cfg,
+		log:         cfg.Logger.With("node", id.NodeID[:8], "role", "worker"),
+		id:          id,
+		db:          db,
+		runtimes:    map[string]Runtime{},
+		tasks:       map[string]*pb.Task{},
+		controllers: map[string]*taskController{},
+		pending:     map[string]*pb.TaskStatus{},
+		connected:   make(chan struct{}),
+		statusWake:  make(chan struct{}, 1),
+		removed:     make(chan struct{}),
+	}
+	for _, rt := range rts {
+		a.runtimes[rt.Name()] = rt
+		a.runtimeNames = append(a.runtimeNames, rt.Name())
+	}
+	a.gossip, err = gossip.New(gossip.Config{
+		Meta:          gossip.Meta{NodeID: id.NodeID, Role: gossip.RoleWorker, API: cfg.apiAddr()},
+		BindIP:        cfg.ListenIP,
+		BindPort:      cfg.APIPort + gossipPortOffset,
+		AdvertiseIP:   cfg.AdvertiseIP,
+		AdvertisePort: cfg.APIPort + gossipPortOffset,
+		ClusterID:     id.ClusterID,
+		Fast:          cfg.GossipFast,
+		Logger:        cfg.Logger,
+	})
+	if err != nil {
+		db.close()
+		return nil, err
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if err := a.restoreTasks(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.wg.Add(3)
+	go a.joinGossip()
+	go a.sessionLoop()
+	go a.reportStatuses()
+	a.log.Info("worker started", "cluster", id.ClusterID, "addr", cfg.apiAddr())
+	return a, nil
+}
+
+// restoreTasks reloads the tasks a previous agent knew and removes what
+// the runtimes hold that no task claims.
+func (a *Agent) restoreTasks() error {
+	tasks, err := a.db.all()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, t := range tasks {
+		known[t.GetId()] = true
+		a.mu.Lock()
+		a.tasks[t.GetId()] = t
+		a.pending[t.GetId()] = t.GetStatus()
+		a.startController(t.GetId())
+		a.mu.Unlock()
+	}
+	for _, rt := range a.runtimes {
+		infos, err := rt.List(a.ctx)
+		if err != nil {
+			a.log.Warn("list runtime tasks", "runtime", rt.Name(), "err", err)
+			continue
+		}
+		for _, info := range infos {
+			if !known[info.TaskID] {
+				a.log.Info("removing a task no assignment claims", "task", info.TaskID, "runtime", rt.Name())
+				a.removeFromRuntime(rt, info.TaskID, time.Second)
+			}
+		}
+	}
+	if len(tasks) > 0 {
+		a.log.Info("restored tasks from the local store", "tasks", len(tasks))
+	}
+	return nil
+}
+
+func (a *Agent) removeFromRuntime(rt Runtime, id string, grace time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace+10*time.Second)
+	defer cancel()
+	if err := rt.Stop(ctx, id, grace); err != nil && !errors.Is(err, ErrTaskNotFound) {
+		a.log.Warn("stop task", "task", id, "err", err)
+	}
+	if err := rt.Remove(ctx, id); err != nil {
+		a.log.Warn("remove task", "task", id, "err", err)
+	}
+}
+
+// startController starts the state machine of a task; a.mu must be held.
+func (a *Agent) startController(id string) {
+	if _, ok := a.controllers[id]; ok {
+		return
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	c := &taskController{a: a, id: id, poke: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	a.controllers[id] = c
+	go c.run(ctx)
+}
+
+// task returns a copy of the local record of a task, or nil.
+func (a *Agent) task(id string) *pb.Task {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.tasks[id]
+	if !ok {
+		return nil
+	}
+	return proto.Clone(t).(*pb.Task)
+}
+
+// setStatus records a task's new observed status and queues its report.
+func (a *Agent) setStatus(id string, s *pb.TaskStatus) {
+	a.mu.Lock()
+	t, ok := a.tasks[id]
+	if ok {
+		t = proto.Clone(t).(*pb.Task)
+		t.Status = s
+		a.tasks[id] = t
+		a.pending[id] = s
+		if err := a.db.put(t); err != nil {
+			a.log.Error("persist task status", "task", id, "err", err)
+		}
+	}
+	a.mu.Unlock()
+	if ok {
+		a.log.Debug("task state", "task", id, "state", s.GetState().String(), "err", s.GetErr())
+		select {
+		case a.statusWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// applyAssignments brings the local task set in line with the managers'.
+func (a *Agent) applyAssignments(as *pb.Assignments) {
+	if as == nil {
+		return
+	}
+	var toRemove []string
+	a.mu.Lock()
+	if as.GetType() == pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE {
+		keep := map[string]bool{}
+		for _, t := range as.GetUpdated() {
+			keep[t.GetId()] = true
+		}
+		for id := range a.tasks {
+			if !keep[id] {
+				toRemove = append(toRemove, id)
+			}
+		}
+	}
+	toRemove = append(toRemove, as.GetRemoved()...)
+	for _, u := range as.GetUpdated() {
+		local := a.tasks[u.GetId()]
+		next := merged(local, u)
+		if local != nil && proto.Equal(local, next) {
+			continue
+		}
+		a.tasks[u.GetId()] = next
+		if err := a.db.put(next); err != nil {
+			a.log.Error("persist task", "task", u.GetId(), "err", err)
+		}
+		if c, ok := a.controllers[u.GetId()]; ok {
+			c.wake()
+		} else {
+			a.startController(u.GetId())
+		}
+	}
+	a.mu.Unlock()
+	for _, id := range toRemove {
+		a.removeTask(id)
+	}
+}
+
+// removeTask stops and forgets a task the managers no longer assign.
+func (a *Agent) removeTask(id string) {
+	a.mu.Lock()
+	t := a.tasks[id]
+	c := a.controllers[id]
+	delete(a.tasks, id)
+	delete(a.controllers, id)
+	delete(a.pending, id)
+	a.mu.Unlock()
+	if c != nil {
+		c.cancel()
+		<-c.done
+	}
+	if t != nil {
+		if rt, err := a.runtimeFor(t); err == nil {
+			grace := time.Duration(t.GetSpec().GetContainer().GetStopGracePeriod())
+			if grace <= 0 {
+				grace = defaultStopGrace
+			}
+			a.removeFromRuntime(rt, id, grace)
+		}
+	}
+	if err := a.db.delete(id); err != nil {
+		a.log.Error("forget task", "task", id, "err", err)
+	}
+	a.log.Info("task removed", "task", id)
+}
+
+// managerCandidates lists manager addresses to try, best first: the
+// leader's, then those of the last session, gossip's and the configured.
+func (a *Agent) managerCandidates() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(addr string) {
+		if addr != "" && !seen[addr] {
+			seen[addr] = true
+			out = append(out, addr)
+		}
+	}
+	a.mu.Lock()
+	add(a.leaderHint)
+	a.mu.Unlock()
+	stored := a.db.managers()
+	sort.SliceStable(stored, func(i, j int) bool { return stored[i].GetLeader() && !stored[j].GetLeader() })
+	for _, m := range stored {
+		add(m.GetApiAddr())
+	}
+	for _, m := range a.gossip.Managers() {
+		add(m.API)
+	}
+	for _, m := range a.cfg.Managers {
+		add(m)
+	}
+	return out
+}
+
+// joinGossip meets the managers' gossip members until one answers.
+func (a *Agent) joinGossip() {
+	defer a.wg.Done()
+	for {
+		var addrs []string
+		for _, m := range a.managerCandidates() {
+			host, port, err := net.SplitHostPort(m)
+			if err != nil {
+				continue
+			}
+			p, _ := strconv.Atoi(port)
+			addrs = append(addrs, net.JoinHostPort(host, strconv.Itoa(p+gossipPortOffset)))
+		}
+		if n, err := a.gossip.Join(addrs); err == nil && n > 0 {
+			return
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// sessionLoop keeps one session open with the leader, moving to another
+// manager when the current one fails or redirects.
+func (a *Agent) sessionLoop() {
+	defer a.wg.Done()
+	backoff := 100 * time.Millisecond
+	next := 0
+	for a.ctx.Err() == nil {
+		cands := a.managerCandidates()
+		if len(cands) == 0 {
+			a.log.Warn("no manager known; waiting for gossip")
+		} else {
+			addr := cands[next%len(cands)]
+			err := a.runSession(addr)
+			if a.ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				a.log.Info("session ended", "manager", addr, "err", err)
+			}
+			a.mu.Lock()
+			if a.leaderHint != "" && a.leaderHint != addr {
+				next = 0 // try the leader we were told about first
+				backoff = 50 * time.Millisecond
+			} else {
+				a.leaderHint = ""
+				next++
+			}
+			a.mu.Unlock()
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// runSession opens a session with one manager and serves it until it fails.
+func (a *Agent) runSession(addr string) error {
+	conn, err := rpc.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(a.ctx)
+	defer cancel()
+	stream, err := pb.NewDispatcherClient(conn).Session(ctx, &pb.SessionRequest{
+		NodeId: a.id.NodeID, NodeSecret: a.id.NodeSecret, Description: describe(&a.cfg, a.runtimeNames),
+	})
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		a.noteRedirect(stream.Trailer().Get(managerLeaderTrailer))
+		if status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.NotFound {
+			a.log.Error("the cluster refused this node", "err", status.Convert(err).Message())
+			if strings.Contains(status.Convert(err).Message(), "removed") || status.Code(err) == codes.NotFound {
+				go a.forgetCluster()
+			}
+		}
+		return err
+	}
+	sess := &activeSession{id: first.GetSessionId(), conn: conn, addr: addr, period: time.Duration(first.GetHeartbeatPeriod())}
+	if err := a.db.saveManagers(first.GetManagers()); err != nil {
+		a.log.Warn("remember managers", "err", err)
+	}
+	a.rememberManagers(first.GetManagers())
+	a.applyAssignments(first.GetAssignments())
+	a.mu.Lock()
+	a.session = sess
+	a.leaderHint = addr
+	for id, t := range a.tasks { // the new leader hears every status again
+		a.pending[id] = t.GetStatus()
+	}
+	select {
+	case <-a.connected:
+	default:
+		close(a.connected)
+	}
+	a.mu.Unlock()
+	a.log.Info("session open", "manager", addr, "session", sess.id, "heartbeat", sess.period)
+	defer func() {
+		a.mu.Lock()
+		if a.session == sess {
+			a.session = nil
+		}
+		a.mu.Unlock()
+	}()
+
+	hbErr := make(chan error, 1)
+	go func() { hbErr <- a.heartbeat(ctx, conn, sess) }()
+	msgs := make(chan *pb.SessionMessage)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case err := <-hbErr:
+			return fmt.Errorf("heartbeat: %w", err)
+		case err := <-recvErr:
+			a.noteRedirect(stream.Trailer().Get(managerLeaderTrailer))
+			return err
+		case m := <-msgs:
+			a.applyAssignments(m.GetAssignments())
+		case <-a.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// rememberManagers keeps the manager addresses in node.json too, so that
+// `shoal leave` finds the cluster while this agent holds its task db.
+func (a *Agent) rememberManagers(ms []*pb.ManagerAddr) {
+	var addrs []string
+	for _, m := range ms {
+		addrs = append(addrs, m.GetApiAddr())
+	}
+	sort.Strings(addrs)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if slices.Equal(addrs, a.id.Managers) {
+		return
+	}
+	a.id.Managers = addrs
+	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
+		a.log.Warn("remember managers", "err", err)
+	}
+}
+
+// managerLeaderTrailer mirrors manager.LeaderTrailer (a worker never
+// imports the manager).
+const managerLeaderTrailer = "shoal-leader"
+
+func (a *Agent) noteRedirect(v []string) {
+	if len(v) == 0 || v[0] == "" {
+		return
+	}
+	a.mu.Lock()
+	a.leaderHint = v[0]
+	a.mu.Unlock()
+}
+
+// heartbeat beats at the period the manager asks for.
+func (a *Agent) heartbeat(ctx context.Context, conn *grpc.ClientConn, sess *activeSession) error {
+	client := pb.NewDispatcherClient(conn)
+	period := sess.period
+	if period <= 0 {
+		period = time.Second
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(period):
+		}
+		hctx, cancel := context.WithTimeout(ctx, period)
+		resp, err := client.Heartbeat(hctx, &pb.HeartbeatRequest{SessionId: sess.id, NodeId: a.id.NodeID})
+		cancel()
+		if err != nil {
+			return err
+		}
+		if p := time.Duration(resp.GetPeriod()); p > 0 {
+			period = p
+		}
+	}
+}
+
+// reportStatuses sends pending task statuses in batches while a session
+// is open, keeping them until the leader acknowledges.
+func (a *Agent) reportStatuses() {
+	defer a.wg.Done()
+	t := time.NewTicker(a.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		case <-a.statusWake:
+		}
+		a.mu.Lock()
+		sess := a.session
+		if sess == nil || len(a.pending) == 0 {
+			a.mu.Unlock()
+			continue
+		}
+		sent := make(map[string]*pb.TaskStatus, len(a.pending))
+		req := &pb.UpdateTaskStatusRequest{SessionId: sess.id, NodeId: a.id.NodeID}
+		for id, s := range a.pending {
+			sent[id] = s
+			req.Updates = append(req.Updates, &pb.TaskStatusUpdate{TaskId: id, Status: s})
+		}
+		a.mu.Unlock()
+		ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+		_, err := pb.NewDispatcherClient(sess.conn).UpdateTaskStatus(ctx, req)
+		cancel()
+		if err != nil {
+			a.log.Debug("report task status", "err", err)
+			continue
+		}
+		a.mu.Lock()
+		for id, s := range sent {
+			if a.pending[id] == s {
+				delete(a.pending, id)
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
+// forgetCluster runs when the managers say this node was removed (or
+// left with `shoal leave`): its tasks stop, the data dir is marked so it
+// cannot rejoin, and Removed is closed.
+func (a *Agent) forgetCluster() {
+	select {
+	case <-a.removed:
+		return
+	default:
+	}
+	a.log.Warn("this node is no longer a member of the cluster; stopping its tasks")
+	for _, t := range a.Tasks() {
+		a.removeTask(t.GetId())
+	}
+	a.id.Removed = true
+	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
+		a.log.Error("mark data dir removed", "err", err)
+	}
+	_ = a.gossip.Leave(time.Second)
+	close(a.removed)
+}
+
+// Removed is closed when the cluster has removed this node.
+func (a *Agent) Removed() <-chan struct{} { return a.removed }
+
+// WaitConnected waits until the first session is open.
+func (a *Agent) WaitConnected(ctx context.Context) error {
+	select {
+	case <-a.connected:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("no session with a manager yet: %w", ctx.Err())
+	}
+}
+
+// ID is this node's ID.
+func (a *Agent) ID() string { return a.id.NodeID }
+
+// ClusterID is the cluster this node belongs to.
+func (a *Agent) ClusterID() string { return a.id.ClusterID }
+
+// Gossip is this node's gossip member.
+func (a *Agent) Gossip() *gossip.Gossip { return a.gossip }
+
+// Tasks returns the local records of the assigned tasks.
+func (a *Agent) Tasks() []*pb.Task {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]*pb.Task, 0, len(a.tasks))
+	for _, t := range a.tasks {
+		out = append(out, proto.Clone(t).(*pb.Task))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
+	return out
+}
+
+// Close stops the agent and leaves its tasks running: a restarted agent
+// reattaches to them.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		a.cancel()
+		a.mu.Lock()
+		ctrls := make([]*taskController, 0, len(a.controllers))
+		for _, c := range a.controllers {
+			ctrls = append(ctrls, c)
+		}
+		a.mu.Unlock()
+		for _, c := range ctrls {
+			<-c.done
+		}
+		a.wg.Wait()
+		if err := a.gossip.Shutdown(); err != nil {
+			a.log.Warn("stop gossip", "err", err)
+		}
+		if err := a.db.close(); err != nil {
+			a.log.Warn("close task db", "err", err)
+		}
+		a.log.Info("worker stopped")
+	})
+	return nil
+}
+
+// Leave removes this node from the cluster: the managers forget it, its
+// tasks are stopped and removed, gossip is told, and the data dir can no
+// longer rejoin.
+func (a *Agent) Leave(ctx context.Context) error {
+	var lastErr error
+	for _, addr := range a.managerCandidates() {
+		conn, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = pb.NewMembershipClient(conn).Leave(lctx, &pb.LeaveRequest{NodeId: a.id.NodeID, NodeSecret: a.id.NodeSecret})
+		cancel()
+		conn.Close()
+		if err == nil {
+			lastErr = nil
+			break
+		}
+		lastErr = fmt.Errorf("leave through %s: %s", addr, status.Convert(err).Message())
+	}
+	if lastErr != nil {
+		return lastErr
+	}
+	a.forgetCluster()
+	return a.Close()
+}
+
+// describe reports this node's resources and runtimes.
+func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
+	d := &pb.NodeDescription{
+		Hostname:     cfg.Hostname,
+		Os:           runtime.GOOS,
+		Arch:         runtime.GOARCH,
+		Resources:    &pb.Resources{NanoCpus: int64(runtime.NumCPU()) * 1e9, MemoryBytes: totalMemory()},
+		EngineLabels: cfg.Labels,
+	}
+	d.Runtimes = runtimes
+	return d
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("worker: no randomness: " + err.Error())
+	}
+	return hex.EncodeToString(b)
+}
+
+// newNodeID returns a 25-character lower-case ID like the managers'.
+func newNodeID() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+	b := make([]byte, 25)
+	if _, err := rand.Read(b); err != nil {
+		panic("worker: no randomness: " + err.Error())
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}

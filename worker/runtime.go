@@ -1,0 +1,105 @@
+// Package worker is the Shoal agent: it holds a session with the managers,
+// keeps its assigned tasks in a local bolt file, drives each task through
+// its states one step at a time, and runs them through a Runtime.
+package worker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+)
+
+// ErrTaskNotFound means the runtime knows no task with that ID.
+var ErrTaskNotFound = errors.New("task not found in the runtime")
+
+// Runtime runs tasks on this node. Every method is idempotent: the agent
+// may call it again after a crash or a retry, so starting a started task,
+// stopping a stopped one and removing a removed one all succeed.
+type Runtime interface {
+	// Name is the runtime's name as tasks ask for it ("process", "docker").
+	Name() string
+	// Prepare makes everything a task needs before it starts (checks the
+	// executable or image, allocates ports, creates directories). A
+	// permanent problem (no such executable) is a *PermanentError.
+	Prepare(ctx context.Context, t *pb.Task) error
+	// Start starts a prepared task.
+	Start(ctx context.Context, taskID string) error
+	// Wait blocks until the task has exited and returns how; it returns at
+	// once for a task that exited already, even if it exited while the
+	// agent was not running.
+	Wait(ctx context.Context, taskID string) (Exit, error)
+	// Stop asks the task to stop (SIGTERM or the runtime's equivalent),
+	// waits up to grace, then kills it.
+	Stop(ctx context.Context, taskID string, grace time.Duration) error
+	// Remove deletes everything the runtime keeps for the task; an unknown
+	// task is already removed.
+	Remove(ctx context.Context, taskID string) error
+	// Inspect reports what the runtime knows of a task, or ErrTaskNotFound.
+	Inspect(ctx context.Context, taskID string) (TaskInfo, error)
+	// List reports every task this runtime holds on this node.
+	List(ctx context.Context) ([]TaskInfo, error)
+	// Logs returns the task's output.
+	Logs(ctx context.Context, taskID string, opts LogOptions) (io.ReadCloser, error)
+}
+
+// RunState is where a task stands in its runtime.
+type RunState int
+
+// Runtime states.
+const (
+	RunCreated RunState = iota + 1
+	RunRunning
+	RunExited
+)
+
+func (s RunState) String() string {
+	switch s {
+	case RunCreated:
+		return "created"
+	case RunRunning:
+		return "running"
+	case RunExited:
+		return "exited"
+	}
+	return "unknown"
+}
+
+// TaskInfo is a runtime's view of one task.
+type TaskInfo struct {
+	TaskID string
+	State  RunState
+	// Pid is the task's main process (process runtime) while it runs.
+	Pid int
+	// ContainerID is the container's ID (docker runtime).
+	ContainerID string
+	// Ports are where the task's ports are reachable on this node.
+	Ports []*pb.PortBinding
+	// Exit is set once State is RunExited.
+	Exit Exit
+}
+
+// Exit is how a task ended.
+type Exit struct {
+	Code     int
+	Signal   string
+	Message  string
+	ExitedAt time.Time
+}
+
+// LogOptions select a task's output.
+type LogOptions struct {
+	// Tail is how many lines from the end; 0 means all.
+	Tail int
+	// Follow keeps the stream open for new output until ctx ends.
+	Follow bool
+}
+
+// PermanentError is a failure that retrying will not fix: the task is
+// rejected rather than tried again.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }

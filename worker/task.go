@@ -1,0 +1,228 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/protobuf/proto"
+)
+
+// taskController drives one task through its states, one step at a time,
+// never past its desired state. Each step is idempotent, so a controller
+// started on a task a previous agent left half-way just carries on.
+type taskController struct {
+	a      *Agent
+	id     string
+	poke   chan struct{} // the managers changed the task: look again
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+const defaultStopGrace = 10 * time.Second
+
+// runtimeFor returns the runtime a task asks for.
+func (a *Agent) runtimeFor(t *pb.Task) (Runtime, error) {
+	name := t.GetSpec().GetRuntime()
+	if name == "" {
+		name = "process"
+	}
+	if rt, ok := a.runtimes[name]; ok {
+		return rt, nil
+	}
+	return nil, &PermanentError{Err: fmt.Errorf("runtime %q is not available on node %s", name, a.id.NodeID)}
+}
+
+func (c *taskController) run(ctx context.Context) {
+	defer close(c.done)
+	for {
+		t := c.a.task(c.id)
+		if t == nil {
+			return
+		}
+		next, wait := c.step(ctx, t)
+		if next != nil {
+			c.a.setStatus(c.id, next)
+			continue
+		}
+		if !wait {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.poke:
+		}
+	}
+}
+
+// wake tells the controller the task changed; it never blocks.
+func (c *taskController) wake() {
+	select {
+	case c.poke <- struct{}{}:
+	default:
+	}
+}
+
+// newStatus makes a status for the next state.
+func newStatus(state pb.TaskState, msg string) *pb.TaskStatus {
+	return &pb.TaskStatus{Timestamp: time.Now().UnixNano(), State: state, Message: msg}
+}
+
+// step takes one step. It returns the next status, or nil and whether to
+// wait for a change from the managers before looking again.
+func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, bool) {
+	cur, desired := t.GetStatus().GetState(), t.GetDesiredState()
+	if cur >= pb.TaskState_TASK_STATE_COMPLETE {
+		return nil, true // terminal: nothing to do until the task is removed
+	}
+	rt, err := c.a.runtimeFor(t)
+	if err != nil {
+		s := newStatus(pb.TaskState_TASK_STATE_REJECTED, "rejected")
+		s.Err = err.Error()
+		return s, false
+	}
+	if desired >= pb.TaskState_TASK_STATE_SHUTDOWN {
+		return c.shutdown(ctx, rt, t), false
+	}
+	switch {
+	case cur < pb.TaskState_TASK_STATE_ACCEPTED:
+		return newStatus(pb.TaskState_TASK_STATE_ACCEPTED, "accepted"), false
+	case cur == pb.TaskState_TASK_STATE_ACCEPTED:
+		return newStatus(pb.TaskState_TASK_STATE_PREPARING, "preparing"), false
+	case cur == pb.TaskState_TASK_STATE_PREPARING:
+		if err := rt.Prepare(ctx, t); err != nil {
+			if ctx.Err() != nil {
+				return nil, true
+			}
+			return failure(err, "prepare"), false
+		}
+		return newStatus(pb.TaskState_TASK_STATE_READY, "prepared"), false
+	case cur == pb.TaskState_TASK_STATE_READY:
+		if desired < pb.TaskState_TASK_STATE_RUNNING {
+			return nil, true // not past the desired state
+		}
+		return newStatus(pb.TaskState_TASK_STATE_STARTING, "starting"), false
+	case cur == pb.TaskState_TASK_STATE_STARTING:
+		info, err := rt.Inspect(ctx, t.GetId())
+		if err == nil && info.State == RunExited {
+			return exitStatus(info.Exit), false
+		}
+		if err != nil || info.State == RunCreated {
+			if err := rt.Start(ctx, t.GetId()); err != nil {
+				if ctx.Err() != nil {
+					return nil, true
+				}
+				return failure(err, "start"), false
+			}
+			info, _ = rt.Inspect(ctx, t.GetId())
+		}
+		s := newStatus(pb.TaskState_TASK_STATE_RUNNING, "started")
+		s.Pid, s.ContainerId, s.Ports = int32(info.Pid), info.ContainerID, info.Ports
+		return s, false
+	case cur == pb.TaskState_TASK_STATE_RUNNING:
+		return c.waitRunning(ctx, rt, t)
+	}
+	return nil, true
+}
+
+// waitRunning waits for a running task to exit or to be told to stop.
+func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task) (*pb.TaskStatus, bool) {
+	if _, err := rt.Inspect(ctx, t.GetId()); errors.Is(err, ErrTaskNotFound) {
+		s := newStatus(pb.TaskState_TASK_STATE_FAILED, "lost")
+		s.Err = "the task's process is gone and left no exit status (the node may have restarted)"
+		return s, false
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		exit Exit
+		err  error
+	}
+	exited := make(chan result, 1)
+	go func() {
+		e, err := rt.Wait(wctx, t.GetId())
+		exited <- result{e, err}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, true
+		case r := <-exited:
+			if r.err != nil {
+				if ctx.Err() != nil {
+					return nil, true
+				}
+				return failure(r.err, "wait"), false
+			}
+			return exitStatus(r.exit), false
+		case <-c.poke:
+			if now := c.a.task(c.id); now == nil || now.GetDesiredState() >= pb.TaskState_TASK_STATE_SHUTDOWN {
+				return nil, false // the next step stops it
+			}
+		}
+	}
+}
+
+// shutdown stops a task that should no longer run.
+func (c *taskController) shutdown(ctx context.Context, rt Runtime, t *pb.Task) *pb.TaskStatus {
+	cur := t.GetStatus().GetState()
+	if cur < pb.TaskState_TASK_STATE_STARTING {
+		return newStatus(pb.TaskState_TASK_STATE_SHUTDOWN, "shut down before it started")
+	}
+	grace := time.Duration(t.GetSpec().GetContainer().GetStopGracePeriod())
+	if grace <= 0 {
+		grace = defaultStopGrace
+	}
+	if err := rt.Stop(ctx, t.GetId(), grace); err != nil && !errors.Is(err, ErrTaskNotFound) {
+		c.a.log.Warn("stop task", "task", t.GetId(), "err", err)
+	}
+	s := newStatus(pb.TaskState_TASK_STATE_SHUTDOWN, "shut down")
+	if info, err := rt.Inspect(ctx, t.GetId()); err == nil && info.State == RunExited {
+		s.ExitCode = int32(info.Exit.Code)
+	}
+	return s
+}
+
+// exitStatus turns a process exit into the task's final status.
+func exitStatus(e Exit) *pb.TaskStatus {
+	if e.Code == 0 && e.Signal == "" {
+		s := newStatus(pb.TaskState_TASK_STATE_COMPLETE, "finished")
+		return s
+	}
+	s := newStatus(pb.TaskState_TASK_STATE_FAILED, "exited")
+	s.ExitCode = int32(e.Code)
+	switch {
+	case e.Message != "":
+		s.Err = e.Message
+	case e.Signal != "":
+		s.Err = fmt.Sprintf("task was killed by signal %s", e.Signal)
+	default:
+		s.Err = fmt.Sprintf("task exited with code %d", e.Code)
+	}
+	return s
+}
+
+// failure turns a runtime error into FAILED, or REJECTED when permanent.
+func failure(err error, what string) *pb.TaskStatus {
+	state := pb.TaskState_TASK_STATE_FAILED
+	var perm *PermanentError
+	if errors.As(err, &perm) {
+		state = pb.TaskState_TASK_STATE_REJECTED
+	}
+	s := newStatus(state, what+" failed")
+	s.Err = err.Error()
+	return s
+}
+
+// merged combines the managers' view of a task (desired state, spec) with
+// the local record, keeping the locally observed status when it is ahead.
+func merged(local, remote *pb.Task) *pb.Task {
+	next := proto.Clone(remote).(*pb.Task)
+	if local != nil && local.GetStatus().GetState() >= next.GetStatus().GetState() {
+		next.Status = local.GetStatus()
+	}
+	return next
+}
