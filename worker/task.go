@@ -218,10 +218,12 @@ func failure(err error, what string) *pb.TaskStatus {
 }
 
 // merged combines the managers' view of a task (desired state, spec) with
-// the local record, keeping the locally observed status when it is ahead.
+// the local record. The local status is the truth about the local process:
+// the managers may have failed the task meanwhile (its node was Down), but
+// if it still runs here it must still be stopped.
 func merged(local, remote *pb.Task) *pb.Task {
 	next := proto.Clone(remote).(*pb.Task)
-	if local != nil && local.GetStatus().GetState() >= next.GetStatus().GetState() {
+	if local != nil {
 		next.Status = local.GetStatus()
 	}
 	return next
