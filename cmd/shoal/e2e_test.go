@@ -380,3 +380,56 @@ func TestCLIBadInput(t *testing.T) {
 		t.Fatalf("bad input changed the cluster: %d nodes", n)
 	}
 }
+
+func TestWorkerKilledIsDownAndComesBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	ips := []string{"127.0.0.1", "127.0.0.4"}
+	port := freePort(t, ips...)
+	base := t.TempDir()
+	mdir, wdir := filepath.Join(base, "m1"), filepath.Join(base, "w1")
+	m := startDaemon(t, ips[0], port, mdir, "init", "--data-dir", mdir, "--advertise", fmt.Sprintf("%s:%d", ips[0], port),
+		"--hostname", "m1", "--gossip-fast", "--heartbeat-period", "500ms")
+	var token string
+	eventually(t, 20*time.Second, "the worker token", func() (bool, string) {
+		out, errOut, code := cli(t, "cluster", "join-token", "-q", "worker", "--host", m.addr(), "--timeout", "2s")
+		token = strings.TrimSpace(out)
+		return code == 0 && strings.HasPrefix(token, "SHOAL-1-"), errOut
+	})
+	w := startDaemon(t, ips[1], port, wdir, "join", "--data-dir", wdir, "--advertise", fmt.Sprintf("%s:%d", ips[1], port),
+		"--hostname", "w1", "--gossip-fast", "--token", token, m.addr())
+	workerRow := func() string {
+		out, _, _ := cli(t, "node", "ls", "--host", m.addr(), "--timeout", "2s")
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, " w1 ") {
+				return line
+			}
+		}
+		return ""
+	}
+	eventually(t, 20*time.Second, "the worker Ready", func() (bool, string) {
+		row := workerRow()
+		return strings.Contains(row, " worker ") && strings.Contains(row, " Ready "), row
+	})
+	w.kill()
+	killed := time.Now()
+	eventually(t, 20*time.Second, "the killed worker Down", func() (bool, string) {
+		row := workerRow()
+		return strings.Contains(row, " Down "), row
+	})
+	t.Logf("worker Down %s after kill -9 (heartbeat 500ms, deadline 1.5s)", time.Since(killed).Round(time.Millisecond))
+	startDaemon(t, ips[1], port, wdir, "start", "--data-dir", wdir, "--gossip-fast")
+	eventually(t, 20*time.Second, "the restarted worker Ready", func() (bool, string) {
+		row := workerRow()
+		return strings.Contains(row, " Ready "), row
+	})
+	// shoal leave takes it out for good.
+	if out, errOut, code := cli(t, "leave", "--data-dir", wdir); code != 0 {
+		t.Fatalf("leave: %s %s", out, errOut)
+	}
+	eventually(t, 20*time.Second, "the worker gone from node ls", func() (bool, string) {
+		row := workerRow()
+		return row == "", row
+	})
+}
