@@ -242,7 +242,7 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 			Dir:               filepath.Join(cfg.DataDir, "worker", "process"),
 			AdvertiseIP:       cfg.AdvertiseIP,
 			SupervisorCommand: []string{os.Args[0]},
-			SupervisorEnv:     []string{superviseEnv + "=1"},
+			SupervisorEnv:     []string{superviseEnv + "=1", "GORACE=atexit_sleep_ms=0"},
 			Logger:            cfg.Logger,
 		})
 		if err != nil {

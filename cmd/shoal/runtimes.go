@@ -10,7 +10,7 @@ import (
 
 // supervisorCommand is the hidden subcommand the process runtime re-executes
 // this binary with, to supervise one task outside the agent.
-const supervisorCommand = "__supervise"
+const supervisorCommand = process.SupervisorSubcommand
 
 // newRuntimes builds the runtimes a worker offers.
 func newRuntimes(dataDir, advertiseIP string, log *slog.Logger) ([]worker.Runtime, error) {
