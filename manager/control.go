@@ -100,6 +100,11 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 	if err != nil {
 		return nil, err
 	}
+	// Read back: a retried request that already committed skips the function.
+	m.store.View(func(tx *raftstore.Tx) { out, _ = tx.Nodes().Get(target.GetId()) })
+	if out == nil {
+		return nil, status.Errorf(codes.NotFound, "node %s was removed meanwhile", target.GetId())
+	}
 	m.decorate(ctx, []*pb.Node{out})
 	return &pb.UpdateNodeResponse{Node: out}, nil
 }
@@ -193,6 +198,14 @@ func (s *controlServer) RotateJoinToken(ctx context.Context, req *pb.RotateJoinT
 	})
 	if err != nil {
 		return nil, err
+	}
+	if token == "" { // a retried request that already committed
+		s.m.store.View(func(tx *raftstore.Tx) {
+			token = tx.Cluster().GetJoinTokens().GetWorker()
+			if req.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
+				token = tx.Cluster().GetJoinTokens().GetManager()
+			}
+		})
 	}
 	return &pb.RotateJoinTokenResponse{Token: token}, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/rpc"
+	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -386,6 +387,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		m.ensureCluster,
 		m.probeManagers,
 		m.disp.run,
+		orchestrator.New(m.store, m.log).Run,
 	}
 }
 

@@ -378,6 +378,9 @@ func (s *Store) waitLeader(ctx context.Context) error {
 			return ErrClosed
 		default:
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if s.IsLeader() {
 			return nil
 		}
@@ -422,7 +425,9 @@ const maxConflictRetries = 16
 // Update runs fn in a write transaction on the leader and commits its
 // changes as one Raft entry. It returns the entry's index. When another
 // write changed an object fn read, fn runs again on the new state. On a
-// follower it returns ErrNotLeader without running fn.
+// follower it returns ErrNotLeader without running fn. When ctx carries a
+// request ID that already committed, Update returns that entry's index
+// without running fn.
 func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (uint64, error) {
 	reqID := RequestID(ctx)
 	if reqID == "" {
@@ -433,15 +438,24 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (uint64, erro
 			return 0, err
 		}
 		s.fsm.mu.RLock()
+		// A retry of a request that already committed (after
+		// ErrOutcomeUnknown) succeeds without running fn again: fn would
+		// see its own effects and might refuse them (a Create finding its
+		// object, say) before the FSM could recognise the duplicate.
+		if idx, done := s.fsm.st.requests.lookup(reqID); done {
+			s.fsm.mu.RUnlock()
+			return idx, nil
+		}
 		tx := newTx(s.fsm.st, true, reqID)
 		err := fn(tx)
+		index := tx.Index()
 		s.fsm.mu.RUnlock()
 		if err != nil {
 			return 0, err
 		}
 		actions := tx.actions()
 		if len(actions) == 0 {
-			return tx.Index(), nil
+			return index, nil
 		}
 		res, err := s.propose(ctx, &pb.Transaction{RequestId: reqID, Timestamp: time.Now().UnixNano(), Actions: actions})
 		if err != nil {
