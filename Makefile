@@ -12,6 +12,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/shoal ./cmd/shoal
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/hello ./cmd/hello
 
 # The test command: the whole suite with the race detector.
 test:

@@ -98,6 +98,7 @@ type Agent struct {
 	runtimes     map[string]Runtime
 	runtimeNames []string
 	gossip       *gossip.Gossip
+	grpc         *grpc.Server
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status
@@ -251,6 +252,12 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if err := a.serveAPI(); err != nil {
+		a.cancel()
+		a.gossip.Shutdown()
+		db.close()
+		return nil, err
+	}
 	if err := a.restoreTasks(); err != nil {
 		a.Close()
 		return nil, err
@@ -761,6 +768,9 @@ func (a *Agent) Tasks() []*pb.Task {
 func (a *Agent) Close() error {
 	a.closeOnce.Do(func() {
 		a.cancel()
+		if a.grpc != nil {
+			a.grpc.Stop()
+		}
 		a.mu.Lock()
 		ctrls := make([]*taskController, 0, len(a.controllers))
 		for _, c := range a.controllers {

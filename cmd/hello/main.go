@@ -1,0 +1,93 @@
+// Command hello is Shoal's sample web app: it answers every request with
+// the name of the task (or host) that served it and its version, and has
+// a health endpoint. It runs under the process runtime (listening on $PORT)
+// and in a container (FROM scratch, listening on :80).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// version is set at build time: -ldflags "-X main.version=v2".
+var version = "v1"
+
+func main() {
+	addr := flag.String("listen", "", "address to listen on (default :$PORT, else :80)")
+	ver := flag.String("version", envOr("HELLO_VERSION", version), "version to report")
+	unhealthy := flag.Bool("unhealthy", os.Getenv("HELLO_UNHEALTHY") != "", "fail the health check (for update and rollback tests)")
+	healthcheck := flag.String("healthcheck", "", "probe URL and exit 0 if healthy (for a container HEALTHCHECK)")
+	flag.Parse()
+	if *healthcheck != "" {
+		os.Exit(probe(*healthcheck))
+	}
+	if *addr == "" {
+		*addr = ":" + envOr("PORT", "80")
+	}
+	name := os.Getenv("SHOAL_TASK_NAME")
+	if name == "" {
+		if svc, slot := os.Getenv("SHOAL_SERVICE_NAME"), os.Getenv("SHOAL_TASK_SLOT"); svc != "" {
+			name = svc + "." + slot
+		} else {
+			name, _ = os.Hostname()
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if *unhealthy {
+			http.Error(w, "unhealthy on purpose", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Served-By", name)
+		fmt.Fprintf(w, "hello from %s (%s)\n", name, *ver)
+	})
+	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("hello listening", "addr", *addr, "name", name, "version", *ver, "unhealthy", *unhealthy)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("serve", "err", err)
+		os.Exit(1)
+	}
+	log.Info("hello stopped")
+}
+
+// probe asks a URL and returns 0 when it answers 2xx.
+func probe(url string) int {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return 1
+	}
+	return 0
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

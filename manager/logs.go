@@ -1,0 +1,117 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// ServiceLogs streams the output of a service's tasks, fetched from every
+// node that ran them. It reads this manager's replica, so any manager
+// serves it.
+func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.ServerStreamingServer[pb.LogLine]) error {
+	var (
+		svc   *pb.Service
+		tasks []*pb.Task
+		nodes = map[string]*pb.Node{}
+		err   error
+	)
+	s.m.store.View(func(tx *raftstore.Tx) {
+		if svc, err = resolveService(tx, req.GetRef()); err != nil {
+			return
+		}
+		tasks = tx.Tasks().Find(raftstore.IndexService, svc.GetId())
+		for _, n := range tx.Nodes().List() {
+			nodes[n.GetId()] = n
+		}
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	lines := make(chan *pb.LogLine, 256)
+	var wg sync.WaitGroup
+	for _, t := range tasks {
+		n := nodes[t.GetNodeId()]
+		if n == nil || n.GetApiAddr() == "" || t.GetStatus().GetState() < pb.TaskState_TASK_STATE_STARTING {
+			continue // never started anywhere: no output
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.m.taskLogs(ctx, t, n, req, lines); err != nil && ctx.Err() == nil {
+				line := &pb.LogLine{TaskId: t.GetId(), NodeId: n.GetId(), Slot: t.GetSlot(), ServiceName: t.GetServiceName(),
+					Data: []byte(fmt.Sprintf("shoal: logs unavailable from node %s: %s", n.GetDescription().GetHostname(), status.Convert(err).Message()))}
+				select {
+				case lines <- line:
+				case <-ctx.Done():
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(lines) }()
+	for l := range lines {
+		if err := stream.Send(l); err != nil {
+			cancel()
+			for range lines { // let the readers finish
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// taskLogs reads one task's output from its node and splits it into lines.
+func (m *Manager) taskLogs(ctx context.Context, t *pb.Task, n *pb.Node, req *pb.ServiceLogsRequest, out chan<- *pb.LogLine) error {
+	conn, err := m.conns.get(n.GetApiAddr())
+	if err != nil {
+		return err
+	}
+	rs, err := pb.NewTaskLogsClient(conn).Logs(ctx, &pb.TaskLogsRequest{TaskId: t.GetId(), Follow: req.GetFollow(), Tail: req.GetTail()})
+	if err != nil {
+		return err
+	}
+	var partial []byte
+	emit := func(data []byte) bool {
+		line := &pb.LogLine{TaskId: t.GetId(), NodeId: n.GetId(), Slot: t.GetSlot(), ServiceName: t.GetServiceName(), Data: data}
+		select {
+		case out <- line:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		chunk, err := rs.Recv()
+		if err != nil {
+			if len(partial) > 0 {
+				emit(partial)
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		data := append(partial, chunk.GetData()...)
+		for {
+			i := bytes.IndexByte(data, '\n')
+			if i < 0 {
+				break
+			}
+			if !emit(append([]byte(nil), data[:i]...)) {
+				return nil
+			}
+			data = data[i+1:]
+		}
+		partial = append([]byte(nil), data...)
+	}
+}
