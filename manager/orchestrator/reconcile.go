@@ -204,6 +204,9 @@ func (r *run) promoteDelayed(tasks []*pb.Task) error {
 		if t.GetDesiredState() != pb.TaskState_TASK_STATE_READY || t.GetMeta().GetCreatedAt() == 0 {
 			continue // created in this transaction: its wake-up is already scheduled
 		}
+		if r.predecessorRunning(t, tasks) {
+			continue // a stop-first update: the updater starts it once the old task stopped
+		}
 		due := time.Unix(0, t.GetMeta().GetCreatedAt()).Add(delay)
 		if r.now.Before(due) {
 			r.delays = append(r.delays, delayed{serviceID: r.svc.GetId(), taskID: t.GetId(), at: due})
@@ -215,6 +218,20 @@ func (r *run) promoteDelayed(tasks []*pb.Task) error {
 		}
 	}
 	return nil
+}
+
+// predecessorRunning reports whether another task of t's slot (or node) is
+// still running while being stopped.
+func (r *run) predecessorRunning(t *pb.Task, tasks []*pb.Task) bool {
+	for _, o := range tasks {
+		if o.GetId() == t.GetId() || r.groupKey(o) != r.groupKey(t) || o.GetDesiredState() <= stateRunning {
+			continue
+		}
+		if s := o.GetStatus().GetState(); s >= pb.TaskState_TASK_STATE_ASSIGNED && s <= stateRunning {
+			return true
+		}
+	}
+	return false
 }
 
 // newTask makes a pending task from the service's current spec.

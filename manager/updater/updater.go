@@ -1,0 +1,496 @@
+// Package updater rolls a service's tasks to its new spec: a batch of
+// tasks at a time (parallelism), stop-first or start-first, waiting for
+// each new task to run (and be healthy) and watching it for the monitor
+// period, with a delay between batches. When too many new tasks fail it
+// pauses, continues or rolls back, as the update config says. It runs on
+// the leader only and picks up an update where the previous leader left it.
+package updater
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+	"google.golang.org/protobuf/proto"
+)
+
+// Updater supervises the rolling updates of every service.
+type Updater struct {
+	store *raftstore.Store
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]*rollout // by service ID
+	wg      sync.WaitGroup
+}
+
+type rollout struct {
+	specVersion uint64
+	cancel      context.CancelFunc
+	done        chan struct{}
+}
+
+// New returns an updater over the store.
+func New(store *raftstore.Store, log *slog.Logger) *Updater {
+	return &Updater{store: store, log: log.With("component", "updater"), running: map[string]*rollout{}}
+}
+
+// updating reports whether a service has a rollout to drive.
+func updating(s *pb.Service) bool {
+	switch s.GetUpdateStatus().GetState() {
+	case pb.UpdateState_UPDATE_STATE_UPDATING, pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED:
+		return true
+	}
+	return false
+}
+
+// Run starts a rollout for every service being updated until ctx ends.
+func (u *Updater) Run(ctx context.Context) {
+	defer u.stopAll()
+	for ctx.Err() == nil {
+		var services []*pb.Service
+		sub := u.store.ViewAndWatch(func(tx *raftstore.Tx) { services = tx.Services().List() },
+			func(ev raftstore.Event) bool { return ev.Table == raftstore.KindService })
+		for _, s := range services {
+			u.sync(ctx, s, false)
+		}
+		for open := true; open; {
+			select {
+			case <-ctx.Done():
+				sub.Close()
+				return
+			case ev, ok := <-sub.C():
+				if !ok {
+					open = false
+					break
+				}
+				u.sync(ctx, ev.Object.(*pb.Service), ev.Kind == raftstore.EventDelete)
+			}
+		}
+		sub.Close()
+	}
+}
+
+// sync starts, restarts or stops the rollout of one service.
+func (u *Updater) sync(ctx context.Context, s *pb.Service, deleted bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r := u.running[s.GetId()]
+	if r != nil {
+		select {
+		case <-r.done:
+			delete(u.running, s.GetId())
+			r = nil
+		default:
+		}
+	}
+	want := !deleted && updating(s)
+	if r != nil && (!want || r.specVersion != s.GetSpecVersion()) {
+		r.cancel()
+		<-r.done
+		delete(u.running, s.GetId())
+		r = nil
+	}
+	if !want || r != nil {
+		return
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	r = &rollout{specVersion: s.GetSpecVersion(), cancel: cancel, done: make(chan struct{})}
+	u.running[s.GetId()] = r
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		defer close(r.done)
+		u.rollout(rctx, s.GetId(), s.GetSpecVersion())
+	}()
+}
+
+func (u *Updater) stopAll() {
+	u.mu.Lock()
+	for id, r := range u.running {
+		r.cancel()
+		delete(u.running, id)
+	}
+	u.mu.Unlock()
+	u.wg.Wait()
+}
+
+// pollInterval is how often a rollout looks at its tasks.
+const pollInterval = 100 * time.Millisecond
+
+// rollout drives one service to spec version v.
+func (u *Updater) rollout(ctx context.Context, serviceID string, v uint64) {
+	log := u.log.With("service", serviceID, "spec_version", v)
+	log.Info("rolling update started")
+	failed := map[string]bool{} // new tasks seen failing
+	updated := 0
+	for ctx.Err() == nil {
+		svc, tasks, ok := u.read(serviceID)
+		if !ok || svc.GetSpecVersion() != v || !updating(svc) {
+			return
+		}
+		cfg := config(svc)
+		rollingBack := svc.GetUpdateStatus().GetState() == pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED
+
+		// Failures among the new tasks decide whether to go on.
+		for _, t := range tasks {
+			if t.GetSpecVersion() == v && isFailure(t) {
+				failed[t.GetId()] = true
+			}
+		}
+		if len(failed) > 0 && float64(len(failed)) > float64(max(updated, 1))*float64(cfg.GetMaxFailureRatio()) {
+			u.onFailure(ctx, svc, cfg, rollingBack, fmt.Sprintf("%d of %d updated tasks failed", len(failed), max(updated, len(failed))))
+			return
+		}
+
+		old := outdated(tasks, v)
+		if len(old) == 0 {
+			if !u.settled(tasks, v, svc) {
+				if !sleep(ctx, pollInterval) {
+					return
+				}
+				continue
+			}
+			u.finish(ctx, svc, rollingBack)
+			return
+		}
+		batch := int(cfg.GetParallelism())
+		if batch <= 0 || batch > len(old) {
+			batch = len(old)
+		}
+		if err := u.replace(ctx, svc, old[:batch], cfg.GetOrder()); err != nil {
+			log.Warn("replace tasks", "err", err)
+			if !sleep(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		updated += batch
+		// Wait for the batch to run (healthy where checked), then watch it.
+		if !u.waitBatch(ctx, serviceID, v, svc) {
+			continue // failures show up at the top of the loop
+		}
+		monitor := time.Duration(cfg.GetMonitor())
+		if !sleep(ctx, monitor+time.Duration(cfg.GetDelay())) {
+			return
+		}
+	}
+}
+
+// read loads a service and its tasks.
+func (u *Updater) read(id string) (*pb.Service, []*pb.Task, bool) {
+	var (
+		svc   *pb.Service
+		tasks []*pb.Task
+		ok    bool
+	)
+	u.store.View(func(tx *raftstore.Tx) {
+		svc, ok = tx.Services().Get(id)
+		tasks = tx.Tasks().Find(raftstore.IndexService, id)
+	})
+	return svc, tasks, ok
+}
+
+// config is the update config in force: the rollback config while rolling back.
+func config(s *pb.Service) *pb.UpdateConfig {
+	if s.GetUpdateStatus().GetState() == pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED && s.GetSpec().GetRollback() != nil {
+		return s.GetSpec().GetRollback()
+	}
+	if c := s.GetSpec().GetUpdate(); c != nil {
+		return c
+	}
+	return &pb.UpdateConfig{Parallelism: 1}
+}
+
+// isFailure reports whether a task failed (as opposed to being stopped).
+func isFailure(t *pb.Task) bool {
+	switch t.GetStatus().GetState() {
+	case pb.TaskState_TASK_STATE_FAILED, pb.TaskState_TASK_STATE_REJECTED:
+		return true
+	}
+	return false
+}
+
+// outdated lists what the rollout must replace, in slot order: active
+// tasks on an older spec, and for slots (or global nodes) with no active
+// task, the last task when it ended on an older spec (a rollback refills
+// the slots whose new task failed).
+func outdated(tasks []*pb.Task, v uint64) []*pb.Task {
+	var out []*pb.Task
+	live := map[string]bool{}
+	latest := map[string]*pb.Task{}
+	for _, t := range tasks {
+		k := group(t)
+		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING {
+			live[k] = true
+			if t.GetSpecVersion() != v {
+				out = append(out, t)
+			}
+			continue
+		}
+		if t.GetDesiredState() >= pb.TaskState_TASK_STATE_REMOVE {
+			continue
+		}
+		if l := latest[k]; l == nil || t.GetMeta().GetCreatedAt() > l.GetMeta().GetCreatedAt() {
+			latest[k] = t
+		}
+	}
+	for k, t := range latest {
+		if !live[k] && t.GetSpecVersion() != v {
+			out = append(out, t)
+		}
+	}
+	sortBySlot(out)
+	return out
+}
+
+// group is a task's slot, or its node for global tasks.
+func group(t *pb.Task) string {
+	if t.GetSlot() != 0 {
+		return fmt.Sprint(t.GetSlot())
+	}
+	return "node/" + t.GetNodeId()
+}
+
+// runningOK reports whether a task counts as running: observed RUNNING,
+// and healthy when the spec has a health check.
+func runningOK(t *pb.Task) bool {
+	if t.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
+		return false
+	}
+	hc := t.GetSpec().GetContainer().GetHealthcheck()
+	checked := hc != nil && !hc.GetDisable() && (len(hc.GetCommand()) > 0 || hc.GetHttpGet() != "" || hc.GetTcpSocket() != 0)
+	return !checked || t.GetStatus().GetHealth() == pb.HealthState_HEALTH_STATE_HEALTHY
+}
+
+// settled reports whether every active task of version v runs.
+func (u *Updater) settled(tasks []*pb.Task, v uint64, svc *pb.Service) bool {
+	for _, t := range tasks {
+		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && t.GetSpecVersion() == v && !runningOK(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// replace swaps a batch of old tasks for new ones in the same slots.
+// Stop-first: the old task is told to stop and its successor waits in
+// READY until it has; start-first: the successor starts at once and the
+// old task stops once the successor runs (see promote).
+func (u *Updater) replace(ctx context.Context, svc *pb.Service, batch []*pb.Task, order pb.UpdateOrder) error {
+	_, err := u.store.Update(ctx, func(tx *raftstore.Tx) error {
+		cur, ok := tx.Services().Get(svc.GetId())
+		if !ok || cur.GetSpecVersion() != svc.GetSpecVersion() {
+			return nil
+		}
+		now := time.Now().UnixNano()
+		for _, old := range batch {
+			t, ok := tx.Tasks().Get(old.GetId())
+			if !ok || t.GetDesiredState() >= pb.TaskState_TASK_STATE_REMOVE || replaced(tx, t, cur.GetSpecVersion()) {
+				continue
+			}
+			desired := pb.TaskState_TASK_STATE_RUNNING
+			if t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
+				// An ended slot: nothing to stop, just refill it.
+			} else if order == pb.UpdateOrder_UPDATE_ORDER_STOP_FIRST {
+				t.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
+				if err := tx.Tasks().Update(t); err != nil {
+					return err
+				}
+				if t.GetStatus().GetState() >= pb.TaskState_TASK_STATE_ASSIGNED && t.GetStatus().GetState() <= pb.TaskState_TASK_STATE_RUNNING {
+					desired = pb.TaskState_TASK_STATE_READY
+				}
+			}
+			nt := &pb.Task{
+				Id: tx.NewID(), ServiceId: cur.GetId(), ServiceName: cur.GetSpec().GetAnnotations().GetName(),
+				Slot: t.GetSlot(), Spec: proto.Clone(cur.GetSpec().GetTask()).(*pb.TaskSpec), SpecVersion: cur.GetSpecVersion(),
+				DesiredState: desired, Endpoint: proto.Clone(cur.GetEndpoint()).(*pb.Endpoint),
+				Status: &pb.TaskStatus{Timestamp: now, State: pb.TaskState_TASK_STATE_PENDING, Message: "pending (update)"},
+			}
+			if cur.GetSpec().GetGlobal() != nil {
+				nt.NodeId = t.GetNodeId()
+			}
+			if err := tx.Tasks().Create(nt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// replaced reports whether t's slot already has a live task on version v.
+func replaced(tx *raftstore.Tx, t *pb.Task, v uint64) bool {
+	for _, o := range tx.Tasks().Find(raftstore.IndexService, t.GetServiceId()) {
+		if group(o) == group(t) && o.GetSpecVersion() == v && o.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING {
+			return true
+		}
+	}
+	return false
+}
+
+// waitBatch waits until every new task runs; meanwhile it completes the
+// hand-overs (stop-first successors start once their predecessor stopped;
+// start-first predecessors stop once their successor runs). It returns
+// false when a new task failed.
+func (u *Updater) waitBatch(ctx context.Context, id string, v uint64, svc *pb.Service) bool {
+	for ctx.Err() == nil {
+		_, tasks, ok := u.read(id)
+		if !ok {
+			return false
+		}
+		if err := u.promote(ctx, id, v); err != nil {
+			u.log.Warn("hand over tasks", "service", id, "err", err)
+		}
+		done := true
+		for _, t := range tasks {
+			if t.GetSpecVersion() != v || t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
+				continue
+			}
+			if isFailure(t) {
+				return false
+			}
+			if !runningOK(t) {
+				done = false
+			}
+		}
+		if done {
+			return true
+		}
+		if !sleep(ctx, pollInterval) {
+			return false
+		}
+	}
+	return false
+}
+
+// promote completes hand-overs between old and new tasks of each slot.
+func (u *Updater) promote(ctx context.Context, id string, v uint64) error {
+	_, err := u.store.Update(ctx, func(tx *raftstore.Tx) error {
+		tasks := tx.Tasks().Find(raftstore.IndexService, id)
+		bySlot := map[string][]*pb.Task{}
+		for _, t := range tasks {
+			bySlot[group(t)] = append(bySlot[group(t)], t)
+		}
+		for _, group := range bySlot {
+			for _, nt := range group {
+				if nt.GetSpecVersion() != v {
+					continue
+				}
+				for _, old := range group {
+					if old.GetSpecVersion() == v {
+						continue
+					}
+					switch {
+					case nt.GetDesiredState() == pb.TaskState_TASK_STATE_READY && stopped(old):
+						nt.DesiredState = pb.TaskState_TASK_STATE_RUNNING
+						if err := tx.Tasks().Update(nt); err != nil {
+							return err
+						}
+					case old.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && runningOK(nt):
+						old.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
+						if err := tx.Tasks().Update(old); err != nil {
+							return err
+						}
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// stopped reports whether nothing runs for an old task any more.
+func stopped(t *pb.Task) bool {
+	return t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING &&
+		(t.GetStatus().GetState() > pb.TaskState_TASK_STATE_RUNNING || t.GetStatus().GetState() < pb.TaskState_TASK_STATE_ASSIGNED)
+}
+
+// onFailure applies the failure action.
+func (u *Updater) onFailure(ctx context.Context, svc *pb.Service, cfg *pb.UpdateConfig, rollingBack bool, why string) {
+	action := cfg.GetFailureAction()
+	if rollingBack && action == pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_ROLLBACK {
+		action = pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_PAUSE
+	}
+	if action == pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_CONTINUE {
+		return
+	}
+	_, err := u.store.Update(ctx, func(tx *raftstore.Tx) error {
+		cur, ok := tx.Services().Get(svc.GetId())
+		if !ok || cur.GetSpecVersion() != svc.GetSpecVersion() || !updating(cur) {
+			return nil
+		}
+		now := time.Now().UnixNano()
+		if action == pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_ROLLBACK && cur.GetPreviousSpec() != nil {
+			prev := cur.GetPreviousSpec()
+			cur.PreviousSpec, cur.Spec = cur.GetSpec(), prev
+			cur.SpecVersion++
+			cur.UpdateStatus = &pb.UpdateStatus{State: pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED, StartedAt: now,
+				Message: "update failed (" + why + "); rolling back automatically"}
+			return tx.Services().Update(cur)
+		}
+		state := pb.UpdateState_UPDATE_STATE_PAUSED
+		if rollingBack {
+			state = pb.UpdateState_UPDATE_STATE_ROLLBACK_PAUSED
+		}
+		cur.UpdateStatus = &pb.UpdateStatus{State: state, StartedAt: cur.GetUpdateStatus().GetStartedAt(),
+			Message: "update paused: " + why + "; fix the spec and update again, or roll back"}
+		return tx.Services().Update(cur)
+	})
+	if err != nil {
+		u.log.Warn("record update failure", "service", svc.GetId(), "err", err)
+		return
+	}
+	u.log.Warn("rolling update failed", "service", svc.GetSpec().GetAnnotations().GetName(), "action", action.String(), "why", why)
+}
+
+// finish records a completed rollout.
+func (u *Updater) finish(ctx context.Context, svc *pb.Service, rollingBack bool) {
+	_, err := u.store.Update(ctx, func(tx *raftstore.Tx) error {
+		cur, ok := tx.Services().Get(svc.GetId())
+		if !ok || cur.GetSpecVersion() != svc.GetSpecVersion() || !updating(cur) {
+			return nil
+		}
+		state, msg := pb.UpdateState_UPDATE_STATE_COMPLETED, "update completed"
+		if rollingBack {
+			state, msg = pb.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED, "rollback completed"
+			if m := cur.GetUpdateStatus().GetMessage(); m != "" && m != "manually requested rollback" {
+				msg = m + "; rollback completed"
+			}
+		}
+		cur.UpdateStatus = &pb.UpdateStatus{State: state, StartedAt: cur.GetUpdateStatus().GetStartedAt(), CompletedAt: time.Now().UnixNano(), Message: msg}
+		return tx.Services().Update(cur)
+	})
+	if err != nil {
+		u.log.Warn("record update completion", "service", svc.GetId(), "err", err)
+		return
+	}
+	u.log.Info("rolling update finished", "service", svc.GetSpec().GetAnnotations().GetName(), "rollback", rollingBack)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func sortBySlot(ts []*pb.Task) {
+	for i := 1; i < len(ts); i++ {
+		for j := i; j > 0 && ts[j].GetSlot() < ts[j-1].GetSlot(); j-- {
+			ts[j], ts[j-1] = ts[j-1], ts[j]
+		}
+	}
+}
