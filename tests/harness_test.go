@@ -406,7 +406,7 @@ func (c *cluster) createTaskSpec(nodeID string, spec *pb.ContainerSpec) string {
 	c.t.Helper()
 	id := raftstore.NewID()
 	t := &pb.Task{
-		Id: id, ServiceId: "svc-test", ServiceName: "test", Slot: 1, NodeId: nodeID,
+		Id: id, ServiceName: "test", Slot: 1, NodeId: nodeID, // standalone: no service, so no orchestrator
 		Spec:         &pb.TaskSpec{Runtime: "process", Container: spec},
 		DesiredState: pb.TaskState_TASK_STATE_RUNNING,
 		Status:       &pb.TaskStatus{State: pb.TaskState_TASK_STATE_ASSIGNED, Timestamp: time.Now().UnixNano()},

@@ -146,8 +146,36 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 		e, err := rt.Wait(wctx, t.GetId())
 		exited <- result{e, err}
 	}()
+	var health chan healthEvent
+	if healthCheck(t) != nil {
+		health = make(chan healthEvent)
+		go c.a.watchHealth(wctx, rt, t, t.GetStatus(), health)
+	}
 	for {
 		select {
+		case e := <-health:
+			if e.state == pb.HealthState_HEALTH_STATE_UNHEALTHY {
+				c.a.log.Warn("task unhealthy; stopping it", "task", t.GetId(), "output", e.output)
+				grace := time.Duration(t.GetSpec().GetContainer().GetStopGracePeriod())
+				if grace <= 0 {
+					grace = defaultStopGrace
+				}
+				if err := rt.Stop(ctx, t.GetId(), grace); err != nil && !errors.Is(err, ErrTaskNotFound) {
+					c.a.log.Warn("stop unhealthy task", "task", t.GetId(), "err", err)
+				}
+				s := newStatus(pb.TaskState_TASK_STATE_FAILED, "unhealthy")
+				s.Err = "task is unhealthy: " + e.output
+				s.Health = pb.HealthState_HEALTH_STATE_UNHEALTHY
+				return s, false
+			}
+			if cur := c.a.task(c.id); cur != nil {
+				s := proto.Clone(cur.GetStatus()).(*pb.TaskStatus)
+				s.Health = e.state
+				if e.state == pb.HealthState_HEALTH_STATE_HEALTHY {
+					s.Message = "healthy"
+				}
+				c.a.setStatus(c.id, s)
+			}
 		case <-ctx.Done():
 			return nil, true
 		case r := <-exited:

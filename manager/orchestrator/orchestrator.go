@@ -61,7 +61,7 @@ func (o *Orchestrator) Run(ctx context.Context) {
 				seen[id] = true
 			}
 			for _, t := range tx.Tasks().List() {
-				if !seen[t.GetServiceId()] {
+				if !seen[t.GetServiceId()] && t.GetServiceId() != "" {
 					seen[t.GetServiceId()] = true
 					services = append(services, t.GetServiceId())
 				}
@@ -148,12 +148,16 @@ func (o *Orchestrator) mark(ev raftstore.Event, dirty map[string]bool) bool {
 	case *pb.Service:
 		dirty[obj.GetId()] = true
 	case *pb.Task:
-		dirty[obj.GetServiceId()] = true
+		if obj.GetServiceId() != "" { // standalone tasks are not the orchestrator's
+			dirty[obj.GetServiceId()] = true
+		}
 	case *pb.Node:
 		// A node's state or availability moves tasks of every service on it.
 		o.store.View(func(tx *raftstore.Tx) {
 			for _, t := range tx.Tasks().Find(raftstore.IndexNode, obj.GetId()) {
-				dirty[t.GetServiceId()] = true
+				if t.GetServiceId() != "" {
+					dirty[t.GetServiceId()] = true
+				}
 			}
 		})
 		return true
@@ -173,7 +177,7 @@ func (o *Orchestrator) reconcileAll(ctx context.Context) {
 			ids = append(ids, s.GetId())
 		}
 		for _, t := range tx.Tasks().List() {
-			if !seen[t.GetServiceId()] {
+			if !seen[t.GetServiceId()] && t.GetServiceId() != "" {
 				seen[t.GetServiceId()] = true
 				ids = append(ids, t.GetServiceId())
 			}
