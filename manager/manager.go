@@ -21,6 +21,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
+	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/updater"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -389,6 +390,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		m.probeManagers,
 		m.disp.run,
 		orchestrator.New(m.store, m.log).Run,
+		scheduler.New(m.store, m.log).Run,
 		updater.New(m.store, m.log).Run,
 	}
 }

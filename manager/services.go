@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-cluster/shoal/manager/scheduler"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
@@ -27,10 +28,6 @@ var serviceName = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
 
 // knownRuntimes are the runtimes a task may ask for.
 var knownRuntimes = map[string]bool{"process": true, "docker": true}
-
-// validateConstraints checks placement constraint syntax; the scheduler's
-// parser is plugged in here.
-var validateConstraints = func([]string) error { return nil }
 
 // CreateService stores a new service; the orchestrator makes its tasks.
 func (s *controlServer) CreateService(ctx context.Context, req *pb.CreateServiceRequest) (*pb.CreateServiceResponse, error) {
@@ -160,13 +157,11 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 			return bad("environment entry %q must be KEY=VALUE", kv)
 		}
 	}
-	if err := validateConstraints(task.GetPlacement().GetConstraints()); err != nil {
+	if _, err := scheduler.ParseConstraints(task.GetPlacement().GetConstraints()); err != nil {
 		return bad("%v", err)
 	}
-	for _, p := range task.GetPlacement().GetPreferences() {
-		if !strings.HasPrefix(p.GetSpreadDescriptor(), "node.labels.") && !strings.HasPrefix(p.GetSpreadDescriptor(), "engine.labels.") {
-			return bad("placement preference %q: spread over node.labels.KEY or engine.labels.KEY", p.GetSpreadDescriptor())
-		}
+	if err := scheduler.ValidatePreferences(task.GetPlacement().GetPreferences()); err != nil {
+		return bad("%v", err)
 	}
 	res := task.GetResources()
 	for what, v := range map[string]int64{

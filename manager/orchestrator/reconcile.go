@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/shoal-cluster/shoal/manager/scheduler"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/protobuf/proto"
@@ -13,9 +14,20 @@ import (
 // DefaultRestartDelay applies when a service sets no restart policy.
 const DefaultRestartDelay = 5 * time.Second
 
-// NodeMatches reports whether a node satisfies placement constraints; the
-// scheduler's constraint language is plugged in here by the manager.
-var NodeMatches = func(n *pb.Node, constraints []string) bool { return true }
+// nodeMatches reports whether a node satisfies placement constraints (an
+// unparsable constraint matches nothing; the control API refuses those).
+func nodeMatches(n *pb.Node, exprs []string) bool {
+	cs, err := scheduler.ParseConstraints(exprs)
+	if err != nil {
+		return false
+	}
+	for _, c := range cs {
+		if !c.Match(n) {
+			return false
+		}
+	}
+	return true
+}
 
 // snapshot is what one reconcile transaction knows of the cluster.
 type snapshot struct {
@@ -336,7 +348,7 @@ func (r *run) global(tasks []*pb.Task) error {
 	sort.Strings(ids)
 	for _, id := range ids {
 		n := r.st.nodes[id]
-		fits := len(n.GetDescription().GetRuntimes()) > 0 && NodeMatches(n, constraints) &&
+		fits := len(n.GetDescription().GetRuntimes()) > 0 && nodeMatches(n, constraints) &&
 			n.GetSpec().GetAvailability() != pb.NodeAvailability_NODE_AVAILABILITY_DRAIN
 		if !fits {
 			for _, t := range byNode[id] {
