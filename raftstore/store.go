@@ -26,8 +26,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -209,6 +209,13 @@ func open(cfg Config, forceNew bool) (*Store, error) {
 		MaxPool: 5,
 		Timeout: 5 * time.Second,
 		Logger:  hl,
+		// 1 turns pipelined replication off. raft v1.7.3's pipeline can
+		// deadlock: when the decoder stops on a refused or stale-term
+		// response, the sender may block for ever handing over one more
+		// request. Replication to that follower then stops while heartbeats
+		// go on, and Shutdown (so Close) never returns. Raft's own analysis
+		// (#541) found pipelining of little benefit on a LAN.
+		MaxRPCsInFlight: 1,
 	})
 
 	if forceNew {
