@@ -190,7 +190,9 @@ func (d *dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 				Err:       fmt.Sprintf("node %s is down (%s)", nodeID, why),
 				Message:   "node down",
 			}
-			if t.GetDesiredState() < pb.TaskState_TASK_STATE_SHUTDOWN {
+			// A service's orchestrator replaces the task (and tells it to
+			// stop); a standalone task has nobody else to do so.
+			if t.GetServiceId() == "" && t.GetDesiredState() < pb.TaskState_TASK_STATE_SHUTDOWN {
 				t.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
 			}
 			if err := tx.Tasks().Update(t); err != nil {

@@ -51,6 +51,7 @@ func commands() []*command {
 			{name: "info", summary: "Show the cluster ID, the managers' Raft state and the leader", run: runClusterInfo},
 			{name: "join-token", summary: "Show or rotate a join token", run: runJoinToken},
 		}},
+		{name: "service", summary: "Manage services", sub: serviceCommands()},
 		{name: "version", summary: "Print the version", run: func([]string) error {
 			fmt.Println("shoal", version)
 			return nil
@@ -135,7 +136,6 @@ func newFlags(name, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	fs.Func("help", "", func(string) error { return flag.ErrHelp })
 	_ = usage
 	return fs
 }

@@ -1,0 +1,639 @@
+package main
+
+// `shoal service`: create, ls, ps, inspect, scale, update, rollback, logs
+// and rm, modelled on `docker service`. See service_flags.go for how the
+// flags become a ServiceSpec, and service_progress.go for the progress
+// create, scale, update and rollback show until the service converges.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// progressTimeout is the default --timeout of the commands that wait for a
+// service to converge.
+const progressTimeout = 2 * time.Minute
+
+func serviceCommands() []*command {
+	return []*command{
+		{name: "create", summary: "Create a service", run: runServiceCreate},
+		{name: "ls", summary: "List services", run: runServiceLs},
+		{name: "ps", summary: "List the tasks of one or more services", run: runServicePs},
+		{name: "inspect", summary: "Show one or more services in detail", run: runServiceInspect},
+		{name: "scale", summary: "Change the number of replicas of services", run: runServiceScale},
+		{name: "update", summary: "Change a service (rolling update)", run: runServiceUpdate},
+		{name: "rollback", summary: "Return a service to its previous spec", run: runServiceRollback},
+		{name: "logs", summary: "Show the output of a service's tasks", run: runServiceLogs},
+		{name: "rm", summary: "Remove one or more services", run: runServiceRm},
+	}
+}
+
+// registerProgressClient registers the client flags of a command that
+// waits for convergence: --timeout covers the wait and defaults to 2m.
+func registerProgressClient(c *clientFlags, fs *flag.FlagSet) {
+	c.register(fs, false)
+	c.timeout = progressTimeout
+	f := fs.Lookup("timeout")
+	f.DefValue = progressTimeout.String()
+	f.Usage = "how long to wait for the cluster and, unless --detach, for the service to converge"
+}
+
+// aborted turns a failed optimistic-concurrency check into advice.
+func aborted(s *session, err error, name string) error {
+	if status.Code(err) == codes.Aborted {
+		return fmt.Errorf("service %s was changed by someone else; run the command again", name)
+	}
+	return s.explain(err)
+}
+
+func serviceName(svc *pb.Service) string {
+	if n := svc.GetSpec().GetAnnotations().GetName(); n != "" {
+		return n
+	}
+	return svc.GetId()
+}
+
+// ---------------------------------------------------------------- create
+
+const serviceCreateUsage = "shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]"
+
+func runServiceCreate(args []string) error {
+	var c clientFlags
+	var o createOptions
+	fs := newFlags("service create", serviceCreateUsage)
+	registerProgressClient(&c, fs)
+	o.register(fs)
+	pos, err := parseFlagsUntilArg(fs, serviceCreateUsage, args)
+	if err != nil {
+		return err
+	}
+	spec, err := o.spec(setFlags(fs), pos)
+	if err != nil {
+		return err
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	resp, err := s.control.CreateService(s.ctx, &pb.CreateServiceRequest{Spec: spec})
+	if err != nil {
+		return s.explain(err)
+	}
+	svc := resp.GetService()
+	fmt.Println(svc.GetId())
+	if o.detach {
+		return nil
+	}
+	return watchService(s, svc, progressOpts{}, o.quiet, c.timeout)
+}
+
+// ---------------------------------------------------------------- ls
+
+const serviceLsUsage = "shoal service ls [-q] [--format table|json]"
+
+func runServiceLs(args []string) error {
+	var c clientFlags
+	fs := newFlags("service ls", serviceLsUsage)
+	c.register(fs, true)
+	quiet := fs.Bool("q", false, "print service IDs only")
+	pos, err := parseFlags(fs, serviceLsUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("service ls takes no arguments")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	resp, err := s.control.ListServices(s.ctx, &pb.ListServicesRequest{})
+	if err != nil {
+		return s.explain(err)
+	}
+	services := resp.GetServices()
+	sortServices(services)
+	switch {
+	case *quiet:
+		for _, svc := range services {
+			fmt.Println(svc.GetId())
+		}
+		return nil
+	case c.format == "json":
+		return printServicesJSON(os.Stdout, services, resp.GetCounts())
+	}
+	renderServiceList(os.Stdout, services, resp.GetCounts())
+	return nil
+}
+
+// printServicesJSON prints the services as a JSON array, each with its
+// task counts as "task_counts".
+func printServicesJSON(w io.Writer, services []*pb.Service, counts []*pb.ServiceTaskCounts) error {
+	byID := map[string]*pb.ServiceTaskCounts{}
+	for _, c := range counts {
+		byID[c.GetServiceId()] = c
+	}
+	opts := protojson.MarshalOptions{UseProtoNames: true}
+	raw := make([]json.RawMessage, 0, len(services))
+	for _, svc := range services {
+		b, err := opts.Marshal(svc)
+		if err != nil {
+			return err
+		}
+		c := byID[svc.GetId()]
+		if c == nil {
+			c = &pb.ServiceTaskCounts{ServiceId: svc.GetId()}
+		}
+		cb, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(c)
+		if err != nil {
+			return err
+		}
+		body := strings.TrimSuffix(strings.TrimSpace(string(b)), "}")
+		if strings.TrimSpace(body) != "{" {
+			body += ","
+		}
+		raw = append(raw, json.RawMessage(body+`"task_counts":`+string(cb)+"}"))
+	}
+	out, err := json.MarshalIndent(raw, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(out))
+	return err
+}
+
+// ---------------------------------------------------------------- ps
+
+const servicePsUsage = "shoal service ps [--no-trunc] [-q] [--format table|json] [--filter KEY=VALUE] SERVICE [SERVICE...]"
+
+func runServicePs(args []string) error {
+	var c clientFlags
+	fs := newFlags("service ps", servicePsUsage)
+	c.register(fs, true)
+	quiet := fs.Bool("q", false, "print task IDs only")
+	noTrunc := fs.Bool("no-trunc", false, "do not shorten IDs and errors")
+	var filters stringList
+	fs.Var(&filters, "filter", "show only tasks that match: desired-state=running|shutdown|..., node=NODE, id=PREFIX, name=web.1 (repeatable)")
+	pos, err := parseFlags(fs, servicePsUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("service ps needs at least one service name or ID")
+	}
+	filter, err := parseTaskFilters(filters)
+	if err != nil {
+		return err
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	nresp, err := s.control.ListNodes(s.ctx, &pb.ListNodesRequest{})
+	if err != nil {
+		return s.explain(err)
+	}
+	nodes := hostnames(nresp.GetNodes())
+	var tasks []*pb.Task
+	for _, ref := range pos {
+		got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: ref})
+		if err != nil {
+			return s.explain(err)
+		}
+		resp, err := s.control.ListTasks(s.ctx, &pb.ListTasksRequest{ServiceRef: got.GetService().GetId()})
+		if err != nil {
+			return s.explain(err)
+		}
+		for _, t := range resp.GetTasks() {
+			if filter.match(t, nodes) {
+				tasks = append(tasks, t)
+			}
+		}
+	}
+	sortTasks(tasks)
+	switch {
+	case *quiet:
+		for _, t := range tasks {
+			fmt.Println(t.GetId())
+		}
+		return nil
+	case c.format == "json":
+		return printJSON(tasks)
+	}
+	renderTaskList(os.Stdout, tasks, nodes, *noTrunc, time.Now())
+	return nil
+}
+
+// ---------------------------------------------------------------- inspect
+
+const serviceInspectUsage = "shoal service inspect [--pretty] SERVICE [SERVICE...]"
+
+func runServiceInspect(args []string) error {
+	var c clientFlags
+	fs := newFlags("service inspect", serviceInspectUsage)
+	c.register(fs, false)
+	pretty := fs.Bool("pretty", false, "human-readable output instead of JSON")
+	pos, err := parseFlags(fs, serviceInspectUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("service inspect needs at least one service name or ID")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	var services []*pb.Service
+	for _, ref := range pos {
+		resp, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: ref})
+		if err != nil {
+			return s.explain(err)
+		}
+		services = append(services, resp.GetService())
+	}
+	if !*pretty {
+		return printJSON(services)
+	}
+	for i, svc := range services {
+		if i > 0 {
+			fmt.Println()
+		}
+		renderServicePretty(os.Stdout, svc, time.Now())
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------- scale
+
+const serviceScaleUsage = "shoal service scale [--detach] SERVICE=REPLICAS [SERVICE=REPLICAS...]"
+
+type scaleTarget struct {
+	ref      string
+	replicas uint64
+}
+
+func parseScaleArgs(pos []string) ([]scaleTarget, error) {
+	if len(pos) == 0 {
+		return nil, usagef("service scale needs SERVICE=REPLICAS, e.g. web=5")
+	}
+	var out []scaleTarget
+	for _, arg := range pos {
+		ref, n, ok := strings.Cut(arg, "=")
+		v, err := strconv.ParseInt(n, 10, 64)
+		if !ok || ref == "" || err != nil {
+			return nil, usagef("scale: %q: use SERVICE=REPLICAS, e.g. web=5", arg)
+		}
+		if v < 0 || v > maxReplicas {
+			return nil, usagef("scale: %q: replicas must be from 0 to %d", arg, maxReplicas)
+		}
+		out = append(out, scaleTarget{ref, uint64(v)})
+	}
+	return out, nil
+}
+
+// scaleSpec sets the replicas of a spec; only replicated services (and
+// replicated jobs: their completions) can be scaled.
+func scaleSpec(spec *pb.ServiceSpec, n uint64) error {
+	switch m := spec.GetMode().(type) {
+	case *pb.ServiceSpec_Replicated:
+		m.Replicated.Replicas = n
+	case *pb.ServiceSpec_ReplicatedJob:
+		m.ReplicatedJob.TotalCompletions = n
+	default:
+		return fmt.Errorf("scale: service %s is %s; only replicated services can be scaled", spec.GetAnnotations().GetName(), modeWord(spec))
+	}
+	return nil
+}
+
+func runServiceScale(args []string) error {
+	var c clientFlags
+	var detach, quiet bool
+	fs := newFlags("service scale", serviceScaleUsage)
+	registerProgressClient(&c, fs)
+	registerDetach(fs, &detach, &quiet)
+	pos, err := parseFlags(fs, serviceScaleUsage, args)
+	if err != nil {
+		return err
+	}
+	targets, err := parseScaleArgs(pos)
+	if err != nil {
+		return err
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	type scaled struct {
+		svc    *pb.Service
+		before *pb.UpdateStatus
+	}
+	var done []scaled
+	for _, target := range targets {
+		// Scaling sets the replicas whatever they were, so a concurrent
+		// change is retried on the fresh spec rather than reported.
+		for attempt := 1; ; attempt++ {
+			got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: target.ref})
+			if err != nil {
+				return s.explain(err)
+			}
+			svc := got.GetService()
+			spec := proto.Clone(svc.GetSpec()).(*pb.ServiceSpec)
+			if spec.GetAnnotations().GetName() == "" {
+				spec.Annotations = &pb.Annotations{Name: target.ref}
+			}
+			if err := scaleSpec(spec, target.replicas); err != nil {
+				return err
+			}
+			if !proto.Equal(spec, svc.GetSpec()) {
+				resp, err := s.control.UpdateService(s.ctx, &pb.UpdateServiceRequest{Ref: svc.GetId(), Version: svc.GetMeta().GetVersion(), Spec: spec})
+				if status.Code(err) == codes.Aborted && attempt < 3 {
+					continue
+				}
+				if err != nil {
+					return aborted(s, err, target.ref)
+				}
+				done = append(done, scaled{resp.GetService(), svc.GetUpdateStatus()})
+			} else {
+				done = append(done, scaled{svc, svc.GetUpdateStatus()})
+			}
+			fmt.Printf("%s scaled to %d\n", target.ref, target.replicas)
+			break
+		}
+	}
+	if detach {
+		return nil
+	}
+	for _, d := range done {
+		if err := watchService(s, d.svc, progressOpts{update: true, before: d.before}, quiet, c.timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------- update
+
+const serviceUpdateUsage = "shoal service update [OPTIONS] SERVICE"
+
+func runServiceUpdate(args []string) error {
+	var c clientFlags
+	var o updateOptions
+	fs := newFlags("service update", serviceUpdateUsage)
+	registerProgressClient(&c, fs)
+	o.register(fs)
+	pos, err := parseFlags(fs, serviceUpdateUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("service update needs exactly one service name or ID")
+	}
+	o.set = setFlags(fs)
+	if !o.changes() {
+		return usagef("nothing to update: give an option to change (see --help), or --force to replace the tasks as they are")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: pos[0]})
+	if err != nil {
+		return s.explain(err)
+	}
+	svc := got.GetService()
+	name := serviceName(svc)
+	spec := proto.Clone(svc.GetSpec()).(*pb.ServiceSpec)
+	if spec == nil {
+		spec = &pb.ServiceSpec{}
+	}
+	if err := o.apply(spec); err != nil {
+		return err
+	}
+	updated := svc
+	if !proto.Equal(spec, svc.GetSpec()) {
+		resp, err := s.control.UpdateService(s.ctx, &pb.UpdateServiceRequest{Ref: svc.GetId(), Version: svc.GetMeta().GetVersion(), Spec: spec})
+		if err != nil {
+			return aborted(s, err, name)
+		}
+		updated = resp.GetService()
+	}
+	fmt.Println(name)
+	if o.detach {
+		return nil
+	}
+	return watchService(s, updated, progressOpts{update: true, before: svc.GetUpdateStatus()}, o.quiet, c.timeout)
+}
+
+// ---------------------------------------------------------------- rollback
+
+const serviceRollbackUsage = "shoal service rollback [--detach] SERVICE"
+
+func runServiceRollback(args []string) error {
+	var c clientFlags
+	var detach, quiet bool
+	fs := newFlags("service rollback", serviceRollbackUsage)
+	registerProgressClient(&c, fs)
+	registerDetach(fs, &detach, &quiet)
+	pos, err := parseFlags(fs, serviceRollbackUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("service rollback needs exactly one service name or ID")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: pos[0]})
+	if err != nil {
+		return s.explain(err)
+	}
+	svc := got.GetService()
+	name := serviceName(svc)
+	if svc.GetPreviousSpec() == nil {
+		return fmt.Errorf("service %s has no previous spec to roll back to: it was never updated", name)
+	}
+	resp, err := s.control.UpdateService(s.ctx, &pb.UpdateServiceRequest{Ref: svc.GetId(), Version: svc.GetMeta().GetVersion(), Rollback: true})
+	if err != nil {
+		return aborted(s, err, name)
+	}
+	fmt.Println(name)
+	if detach {
+		return nil
+	}
+	return watchService(s, resp.GetService(), progressOpts{update: true, rollback: true, before: svc.GetUpdateStatus()}, quiet, c.timeout)
+}
+
+// ---------------------------------------------------------------- logs
+
+const serviceLogsUsage = "shoal service logs [-f] [--tail N] [--no-task-ids] [--raw] SERVICE"
+
+// logPrinter writes log lines with Docker's prefix, "web.1.abcdef123456@w1    | ".
+type logPrinter struct {
+	w         io.Writer
+	nodes     map[string]string
+	noTaskIDs bool
+	raw       bool
+	width     int
+}
+
+func (p *logPrinter) prefix(l *pb.LogLine) string {
+	name := l.GetServiceName()
+	if l.GetSlot() != 0 || l.GetNodeId() == "" {
+		name += "." + strconv.FormatUint(l.GetSlot(), 10)
+	} else {
+		name += "." + shortID(l.GetNodeId())
+	}
+	if !p.noTaskIDs && l.GetTaskId() != "" {
+		name += "." + shortID(l.GetTaskId())
+	}
+	if n := nodeName(p.nodes, l.GetNodeId()); n != "" {
+		name += "@" + n
+	}
+	return name
+}
+
+func (p *logPrinter) print(l *pb.LogLine) error {
+	data := strings.TrimSuffix(string(l.GetData()), "\n")
+	var b strings.Builder
+	if p.raw {
+		b.WriteString(data + "\n")
+	} else {
+		prefix := p.prefix(l)
+		p.width = max(p.width, len(prefix))
+		for _, line := range strings.Split(data, "\n") {
+			fmt.Fprintf(&b, "%-*s    | %s\n", p.width, prefix, line)
+		}
+	}
+	_, err := io.WriteString(p.w, b.String())
+	return err
+}
+
+func parseTail(s string) (int32, error) {
+	if s == "all" || s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil || n < 0 {
+		return 0, usagef("--tail %q: use a number of lines, or all", s)
+	}
+	return int32(n), nil
+}
+
+func runServiceLogs(args []string) error {
+	var c clientFlags
+	fs := newFlags("service logs", serviceLogsUsage)
+	c.register(fs, false)
+	var follow bool
+	fs.BoolVar(&follow, "follow", false, "keep printing new output until Ctrl-C")
+	fs.BoolVar(&follow, "f", false, "short for --follow")
+	tail := fs.String("tail", "all", "lines to show from the end of each task's output, or all")
+	noTaskIDs := fs.Bool("no-task-ids", false, "leave task IDs out of the prefix")
+	raw := fs.Bool("raw", false, "print the output alone, without prefixes")
+	pos, err := parseFlags(fs, serviceLogsUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("service logs needs exactly one service name or ID")
+	}
+	n, err := parseTail(*tail)
+	if err != nil {
+		return err
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	p := &logPrinter{w: os.Stdout, noTaskIDs: *noTaskIDs, raw: *raw}
+	if nresp, err := s.control.ListNodes(s.ctx, &pb.ListNodesRequest{}); err == nil {
+		p.nodes = hostnames(nresp.GetNodes())
+	} else if status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded {
+		return s.explain(err)
+	}
+	// Following has no deadline: it runs until Ctrl-C.
+	parent := s.ctx
+	if follow {
+		parent = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt)
+	defer stop()
+	stream, err := s.control.ServiceLogs(ctx, &pb.ServiceLogsRequest{Ref: pos[0], Follow: follow, Tail: n})
+	if err != nil {
+		return s.explain(err)
+	}
+	for {
+		line, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil // Ctrl-C
+			}
+			return s.explain(err)
+		}
+		if err := p.print(line); err != nil {
+			return err
+		}
+	}
+}
+
+// ---------------------------------------------------------------- rm
+
+const serviceRmUsage = "shoal service rm SERVICE [SERVICE...]"
+
+func runServiceRm(args []string) error {
+	var c clientFlags
+	fs := newFlags("service rm", serviceRmUsage)
+	c.register(fs, false)
+	pos, err := parseFlags(fs, serviceRmUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("service rm needs at least one service name or ID")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	var failed []string
+	for _, ref := range pos {
+		if _, err := s.control.RemoveService(s.ctx, &pb.RemoveServiceRequest{Ref: ref}); err != nil {
+			failed = append(failed, s.explain(err).Error())
+			continue
+		}
+		fmt.Println(ref)
+	}
+	if len(failed) > 0 {
+		return errors.New(strings.Join(failed, "; "))
+	}
+	return nil
+}
