@@ -31,13 +31,14 @@ type dispatcher struct {
 	pb.UnimplementedDispatcherServer
 	m *Manager
 
-	mu       sync.Mutex
-	active   bool
-	ctx      context.Context // the leadership's context while active
-	period   time.Duration
-	sessions map[string]*workerSession // by node ID
-	timers   map[string]*time.Timer    // heartbeat deadlines by node ID
-	beats    map[string]time.Time      // last heartbeat by node ID (not stored: one write per beat would flood Raft)
+	mu        sync.Mutex
+	active    bool
+	ctx       context.Context // the leadership's context while active
+	period    time.Duration
+	sessions  map[string]*workerSession // by node ID
+	timers    map[string]*time.Timer    // heartbeat deadlines by node ID
+	deadlines map[string]time.Time      // when each timer fires
+	beats     map[string]time.Time      // last heartbeat by node ID (not stored: one write per beat would flood Raft)
 
 	statusCh chan statusBatch
 }
@@ -57,12 +58,13 @@ type statusBatch struct {
 
 func newDispatcher(m *Manager, period time.Duration) *dispatcher {
 	return &dispatcher{
-		m:        m,
-		period:   period,
-		sessions: map[string]*workerSession{},
-		timers:   map[string]*time.Timer{},
-		beats:    map[string]time.Time{},
-		statusCh: make(chan statusBatch, 256),
+		m:         m,
+		period:    period,
+		sessions:  map[string]*workerSession{},
+		timers:    map[string]*time.Timer{},
+		deadlines: map[string]time.Time{},
+		beats:     map[string]time.Time{},
+		statusCh:  make(chan statusBatch, 256),
 	}
 }
 
@@ -97,6 +99,7 @@ func (d *dispatcher) run(ctx context.Context) {
 	for id, t := range d.timers {
 		t.Stop()
 		delete(d.timers, id)
+		delete(d.deadlines, id)
 	}
 	d.mu.Unlock()
 }
@@ -114,6 +117,7 @@ func (d *dispatcher) armDeadline(nodeID string, after time.Duration) {
 		t.Stop()
 	}
 	d.timers[nodeID] = time.AfterFunc(after, func() { d.expire(nodeID) })
+	d.deadlines[nodeID] = time.Now().Add(after)
 }
 
 // beat records a heartbeat.
@@ -135,9 +139,10 @@ func (d *dispatcher) lastBeat(nodeID string) (time.Time, bool) {
 // The heartbeat deadline stays the authority.
 func (d *dispatcher) Suspect(nodeID string) {
 	d.mu.Lock()
-	_, tracked := d.timers[nodeID]
+	deadline, tracked := d.deadlines[nodeID]
+	sooner := time.Now().Add(d.period).Before(deadline)
 	d.mu.Unlock()
-	if tracked {
+	if tracked && sooner {
 		d.m.log.Info("gossip reports a worker dead; shortening its heartbeat deadline", "worker", nodeID)
 		d.armDeadline(nodeID, d.period)
 	}
@@ -152,6 +157,7 @@ func (d *dispatcher) expire(nodeID string) {
 	}
 	ctx := d.ctx
 	delete(d.timers, nodeID)
+	delete(d.deadlines, nodeID)
 	if s, ok := d.sessions[nodeID]; ok {
 		s.cancel()
 		delete(d.sessions, nodeID)

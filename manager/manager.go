@@ -563,18 +563,20 @@ func apiAddrOfRaft(raftAddr string) (string, bool) {
 	return hostPort(host, p-raftPortOffset), true
 }
 
-// joinGossip meets the other managers' gossip members, retrying until one
-// answers (a lone manager has nobody to meet, which is fine).
+// joinGossip meets the other managers' gossip members (workers join the
+// managers themselves), retrying with a growing pause until one answers;
+// a lone manager has nobody to meet, which is fine.
 func (m *Manager) joinGossip() {
 	defer m.wg.Done()
-	for attempt := 0; ; attempt++ {
+	pause := 500 * time.Millisecond
+	for {
 		var addrs []string
 		m.store.View(func(tx *raftstore.Tx) {
 			for _, n := range tx.Nodes().List() {
-				if n.GetId() == m.id.NodeID || n.GetApiAddr() == "" {
+				if n.GetId() == m.id.NodeID || n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER {
 					continue
 				}
-				if a, ok := GossipAddrOf(n.GetApiAddr()); ok {
+				if a, ok := GossipAddrOf(n.GetManagerStatus().GetApiAddr()); ok {
 					addrs = append(addrs, a)
 				}
 			}
@@ -582,15 +584,14 @@ func (m *Manager) joinGossip() {
 		if len(addrs) > 0 {
 			if n, err := m.gossip.Join(addrs); err == nil && n > 0 {
 				return
-			} else if attempt%10 == 0 {
-				m.log.Debug("gossip join", "err", err)
 			}
 		}
 		select {
 		case <-m.stopped:
 			return
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(pause):
 		}
+		pause = min(pause*2, 10*time.Second)
 	}
 }
 

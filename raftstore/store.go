@@ -122,6 +122,10 @@ type Store struct {
 	readyMu   sync.Mutex
 	readyCond chan struct{} // closed and replaced whenever readiness may change
 
+	// contended serialises writers that lost optimistic races (see Update):
+	// a one-slot semaphore, so waiting for it honours the context.
+	contended chan struct{}
+
 	closeOnce sync.Once
 	closed    chan struct{}
 	wg        sync.WaitGroup
@@ -156,6 +160,7 @@ func open(cfg Config, forceNew bool) (*Store, error) {
 		notifyCh:  make(chan bool, 16),
 		leaderCh:  make(chan bool, 16),
 		readyCond: make(chan struct{}),
+		contended: make(chan struct{}, 1),
 		closed:    make(chan struct{}),
 	}
 	var err error
@@ -425,9 +430,13 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
+// optimisticAttempts is how many times Update tries before taking the
+// contention lock.
+const optimisticAttempts = 3
+
 // maxConflictRetries bounds how often Update re-runs fn after a version
 // conflict detected at commit time.
-const maxConflictRetries = 16
+const maxConflictRetries = 64
 
 // Update runs fn in a write transaction on the leader and commits its
 // changes as one Raft entry. It returns the entry's index. When another
@@ -440,7 +449,24 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (uint64, erro
 	if reqID == "" {
 		reqID = NewID()
 	}
+	serialized := false
+	defer func() {
+		if serialized {
+			<-s.contended
+		}
+	}()
 	for attempt := 0; ; attempt++ {
+		// Optimistic first; a writer that keeps losing to others retries
+		// under the leader's contention lock, so hot objects serialise
+		// instead of failing.
+		if attempt == optimisticAttempts {
+			select {
+			case s.contended <- struct{}{}:
+				serialized = true
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
 		if err := s.waitLeader(ctx); err != nil {
 			return 0, err
 		}

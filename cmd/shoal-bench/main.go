@@ -71,6 +71,21 @@ func benchmarks() []bench {
 			desc: "kill -9 the leader; time to the first committed write through a survivor and to a new leader in ListNodes",
 			run:  runFailover,
 		},
+		{
+			name: "assign",
+			desc: "in-process manager + worker: a task written ASSIGNED to the store → RUNNING (process runtime, /bin/sleep), then desired SHUTDOWN → SHUTDOWN",
+			run:  runAssign,
+		},
+		{
+			name: "dead-worker",
+			desc: "1 manager + 1 worker process, heartbeat period 1s: kill -9 the worker → Down in ListNodes, with default and --gossip-fast gossip",
+			run:  runDeadWorker,
+		},
+		{
+			name: "heartbeat-load",
+			desc: "leader CPU and RSS with 0 to 1000 simulated workers holding sessions and heartbeating every 1s",
+			run:  runHeartbeatLoad,
+		},
 	}
 }
 
@@ -195,7 +210,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if e.peerDownErrors > 0 {
-		e.notef("managers logged %d raft ERROR lines about a peer being unreachable (connection refused/reset, EOF) while a killed manager was down: expected", e.peerDownErrors)
+		e.notef("managers logged %d raft or gossip ERROR lines about a peer being unreachable (connection refused/reset, EOF) while a killed manager or worker was down: expected", e.peerDownErrors)
 	}
 	if e.stopErrors > 0 {
 		e.notef("managers logged %d ERROR lines while being stopped with SIGTERM at the end of a benchmark (shutdown noise)", e.stopErrors)

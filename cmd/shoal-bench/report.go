@@ -175,8 +175,8 @@ func (r *report) markdown() string {
 	p("| cluster | 3 managers, one `shoal` process each, on 127.0.0.1, .2 and .3; data dirs in one temp dir (same disk, Raft log fsync'd by bolt) |\n")
 	p("| Raft timings | `--election-timeout %s`: election %s, heartbeat %s, leader lease %s, commit %s |\n",
 		o.election, t.ElectionTimeout, t.HeartbeatTimeout, t.LeaderLeaseTimeout, t.CommitTimeout)
-	p("| runs | writes: %d runs of %s measured after %s warm-up; failover: %d leader kills |\n\n",
-		o.runs, o.duration, o.warmup, o.failRuns)
+	p("| runs | writes: %d runs of %s measured after %s warm-up; failover: %d leader kills; %s |\n\n",
+		o.runs, o.duration, o.warmup, o.failRuns, workerRuns(o))
 	p("## Results\n\n")
 	p("Each row is one quantity measured once per run; min, median and max are over the runs.\n\n")
 	b.WriteString(r.table())
@@ -202,6 +202,7 @@ func (r *report) markdown() string {
 	p("  reachable with one leader and `GetCluster` shows every manager applied up to the leader's\n")
 	p("  commit index (the leader re-probes managers every second, which bounds this row from below).\n")
 	p("  The next kill follows 500 ms later.\n")
+	b.WriteString(workerMethod(o))
 	p("- Client and managers share the machine's cores: with 64 clients the load generator takes CPU\n")
 	p("  from the managers.\n")
 	if len(r.notes) > 0 {
