@@ -29,7 +29,13 @@ func freeGossipPort(t *testing.T, ip string) int {
 	return 0
 }
 
+// startMember starts a member with LAN timings, which tolerate a loaded
+// machine; fast ones are for the death test.
 func startMember(t *testing.T, i int, cluster, role string) *Gossip {
+	return startMemberTimed(t, i, cluster, role, false)
+}
+
+func startMemberTimed(t *testing.T, i int, cluster, role string, fast bool) *Gossip {
 	t.Helper()
 	ip := fmt.Sprintf("127.0.0.%d", 10+i)
 	g, err := New(Config{
@@ -37,7 +43,7 @@ func startMember(t *testing.T, i int, cluster, role string) *Gossip {
 		BindIP:    ip,
 		BindPort:  freeGossipPort(t, ip),
 		ClusterID: cluster,
-		Fast:      true,
+		Fast:      fast,
 		Logger:    slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -49,7 +55,7 @@ func startMember(t *testing.T, i int, cluster, role string) *Gossip {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -79,9 +85,9 @@ func TestMembersMetaAndManagers(t *testing.T) {
 }
 
 func TestLeaveAndDeathAreReported(t *testing.T) {
-	a := startMember(t, 20, "c2", RoleManager)
-	b := startMember(t, 21, "c2", RoleWorker)
-	c := startMember(t, 22, "c2", RoleWorker)
+	a := startMemberTimed(t, 20, "c2", RoleManager, true)
+	b := startMemberTimed(t, 21, "c2", RoleWorker, true)
+	c := startMemberTimed(t, 22, "c2", RoleWorker, true)
 	for _, g := range []*Gossip{b, c} {
 		if _, err := g.Join([]string{a.LocalAddr()}); err != nil {
 			t.Fatal(err)

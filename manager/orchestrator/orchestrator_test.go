@@ -57,7 +57,11 @@ func start(t *testing.T) *harness {
 	done := make(chan struct{})
 	go func() { New(s, slog.New(slog.DiscardHandler)).Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return &harness{t: t, store: s}
+	h := &harness{t: t, store: s}
+	// Node a exists for the tests that place tasks on it: a task on an
+	// unknown node is replaced whatever the restart policy says.
+	addNode(h, "a", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
+	return h
 }
 
 func (h *harness) update(fn func(tx *raftstore.Tx) error) {
@@ -188,7 +192,6 @@ func TestReplicatedScaleUpAndDown(t *testing.T) {
 
 func TestScaleDownPrefersCrowdedNodes(t *testing.T) {
 	h := start(t)
-	addNode(h, "a", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
 	addNode(h, "b", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
 	h.update(func(tx *raftstore.Tx) error { return tx.Services().Create(service("api", 3, nil)) })
 	h.eventually("api", "three tasks", func(ts []*pb.Task) bool { return len(activeSlots(ts)) == 3 })
@@ -284,7 +287,6 @@ func TestRestartMaxAttemptsAndDelay(t *testing.T) {
 
 func TestTasksMoveOffDrainedAndRemovedNodes(t *testing.T) {
 	h := start(t)
-	addNode(h, "a", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
 	h.update(func(tx *raftstore.Tx) error { return tx.Services().Create(service("web", 2, nil)) })
 	h.eventually("web", "two tasks", func(ts []*pb.Task) bool { return len(activeSlots(ts)) == 2 })
 	h.place("web", "a")
@@ -326,7 +328,6 @@ func TestTasksMoveOffDrainedAndRemovedNodes(t *testing.T) {
 
 func TestGlobalServiceFollowsNodes(t *testing.T) {
 	h := start(t)
-	addNode(h, "a", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
 	addNode(h, "b", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
 	svc := service("agent", 0, nil)
 	svc.Spec.Mode = &pb.ServiceSpec_Global{Global: &pb.GlobalService{}}
