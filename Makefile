@@ -49,9 +49,10 @@ bench:
 bench-quick:
 	$(GO) run ./cmd/shoal-bench --quick
 
-# The local tour: a 3-manager cluster on loopback that survives a leader kill.
+# The local tour: 3 managers and 3 workers on loopback, a replicated
+# service, the leader killed, the service scaled through a survivor.
 demo: build
-	bash scripts/demo.sh
+	$(GO) run ./cmd/shoal-demo -bin $(BIN)
 
 clean:
 	rm -rf $(BIN)
