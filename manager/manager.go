@@ -6,6 +6,9 @@ package manager
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,8 +33,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// ErrRemoved means this node was removed from (or demoted in) its cluster.
-var ErrRemoved = errors.New("this node was removed from the cluster or demoted; its data dir can no longer act as a manager: delete it and join again with a token")
+// ErrRemoved means this node was removed from its cluster.
+var ErrRemoved = errors.New("this node was removed from the cluster; its data dir can no longer rejoin: delete it and join again with a token")
+
+// ErrDemoted means this manager was demoted: it is a worker of the same
+// cluster now, and its data dir says so.
+var ErrDemoted = errors.New("this node was demoted to a worker")
 
 // Manager is a running manager node.
 type Manager struct {
@@ -67,6 +74,7 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 		ClusterID:       raftstore.NewID(),
 		RaftID:          raftstore.NewID(),
 		Role:            "manager",
+		NodeSecret:      newSecret(),
 		InitializedHere: true,
 		Hostname:        cfg.Hostname,
 		Advertise:       cfg.APIAddr(),
@@ -143,12 +151,13 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 		return nil, fmt.Errorf("this is a worker token: it joins the node as a worker, not a manager")
 	}
 	id := &datadir.Identity{
-		NodeID:    raftstore.NewID(),
-		ClusterID: clusterID,
-		RaftID:    raftstore.NewID(),
-		Role:      "manager",
-		Hostname:  cfg.Hostname,
-		Advertise: cfg.APIAddr(),
+		NodeID:     raftstore.NewID(),
+		ClusterID:  clusterID,
+		RaftID:     raftstore.NewID(),
+		Role:       "manager",
+		Hostname:   cfg.Hostname,
+		Advertise:  cfg.APIAddr(),
+		NodeSecret: newSecret(),
 	}
 	// Raft must listen before the leader adds this node as a voter.
 	m, err := start(ctx, cfg, id, false)
@@ -156,7 +165,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 		wipeDataDir(cfg.DataDir)
 		return nil, err
 	}
-	resp, err := m.requestJoin(ctx, WithDefaultPort(remote), token)
+	resp, err := m.requestJoin(ctx, WithDefaultPort(remote), token, false)
 	if err != nil {
 		m.Close()
 		wipeDataDir(cfg.DataDir)
@@ -248,6 +257,50 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 	return m, nil
 }
 
+// Promote turns the worker in cfg.DataDir into a manager after `shoal node
+// promote`: it starts Raft under a fresh Raft ID and asks the cluster,
+// through any of managers, to add it as a voter, proving itself with its
+// node secret. The caller must have stopped the node's worker agent.
+func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, error) {
+	id, err := datadir.Load(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if id.Role != "worker" || id.NodeSecret == "" {
+		return nil, fmt.Errorf("data dir %s holds no worker to promote", cfg.DataDir)
+	}
+	if err := cfg.adoptIdentity(id); err != nil {
+		return nil, err
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
+	id.RaftID = raftstore.NewID()
+	m, err := start(ctx, cfg, id, false)
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for _, remote := range managers {
+		if _, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true); lastErr == nil {
+			break
+		}
+	}
+	if lastErr != nil {
+		m.Close()
+		_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
+		return nil, fmt.Errorf("promote: %w", lastErr)
+	}
+	id.Role = "manager"
+	if err := datadir.Save(cfg.DataDir, id); err != nil {
+		m.Close()
+		return nil, err
+	}
+	m.log.Info("promoted to manager", "raft_id", id.RaftID)
+	return m, nil
+}
+
 // CheckToken asks the manager at remote which role a join token grants
 // and which cluster it belongs to, before the node starts anything.
 func CheckToken(ctx context.Context, remote, token string) (pb.NodeRole, string, error) {
@@ -279,7 +332,7 @@ func joinError(remote string, err error) error {
 }
 
 // requestJoin asks the cluster (through any manager) to admit this node.
-func (m *Manager) requestJoin(ctx context.Context, remote, token string) (*pb.JoinResponse, error) {
+func (m *Manager) requestJoin(ctx context.Context, remote, token string, promotion bool) (*pb.JoinResponse, error) {
 	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		return nil, err
@@ -294,6 +347,8 @@ func (m *Manager) requestJoin(ctx context.Context, remote, token string) (*pb.Jo
 		ApiAddr:     m.cfg.APIAddr(),
 		RaftAddr:    m.cfg.RaftAddr(),
 		Description: describeHost(m.cfg.Hostname),
+		NodeSecret:  m.id.NodeSecret,
+		Promotion:   promotion,
 	})
 	if err != nil {
 		return nil, joinError(remote, err)
@@ -449,9 +504,28 @@ func (m *Manager) selfNode() *pb.Node {
 			RaftAddr: m.cfg.RaftAddr(),
 			ApiAddr:  m.cfg.APIAddr(),
 		},
-		Role:    pb.NodeRole_NODE_ROLE_MANAGER,
-		ApiAddr: m.cfg.APIAddr(),
+		Role:       pb.NodeRole_NODE_ROLE_MANAGER,
+		ApiAddr:    m.cfg.APIAddr(),
+		SecretHash: secretHash(m.id.NodeSecret),
 	}
+}
+
+// newSecret returns a node secret: 192 random bits, hex.
+func newSecret() string {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("manager: no randomness: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// secretHash is what the store keeps of a node secret (nil for none).
+func secretHash(secret string) []byte {
+	if secret == "" {
+		return nil
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return sum[:]
 }
 
 // forgetOtherManagers turns the other managers into removed nodes after a
@@ -502,7 +576,21 @@ func (m *Manager) watchMembership() {
 		if st.State != "Shutdown" && leaderID != "" && time.Since(st.LastContact) < 5*time.Second {
 			continue
 		}
-		if m.askRemoved() {
+		removed, demoted := m.askRemoved()
+		switch {
+		case demoted:
+			m.log.Warn("this node was demoted to a worker; stopping the manager")
+			m.id.Role, m.id.RaftID = "worker", ""
+			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
+				m.log.Error("record the demotion", "err", err)
+			}
+			go func() {
+				m.stop(ErrDemoted)
+				// The Raft state belongs to a membership that ended.
+				_ = os.RemoveAll(filepath.Join(m.cfg.DataDir, "raft"))
+			}()
+			return
+		case removed:
 			m.log.Warn("this node was removed from the cluster; stopping the manager")
 			m.id.Removed = true
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
@@ -515,7 +603,7 @@ func (m *Manager) watchMembership() {
 }
 
 // askRemoved asks the other managers whether this node is still a member.
-func (m *Manager) askRemoved() bool {
+func (m *Manager) askRemoved() (removed, demoted bool) {
 	var addrs []string
 	m.store.View(func(tx *raftstore.Tx) {
 		for _, n := range tx.Nodes().List() {
@@ -543,10 +631,10 @@ func (m *Manager) askRemoved() bool {
 		resp, err := pb.NewMembershipClient(conn).CheckMember(ctx, &pb.CheckMemberRequest{NodeId: m.id.NodeID, RaftId: m.id.RaftID})
 		cancel()
 		if err == nil && resp.GetRemoved() {
-			return true
+			return true, resp.GetDemoted()
 		}
 	}
-	return false
+	return false, false
 }
 
 // apiAddrOfRaft returns the API address of the manager whose Raft

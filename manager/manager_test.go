@@ -699,7 +699,7 @@ func TestDemoteAndRemove(t *testing.T) {
 	// checkGone checks that n left the Raft configuration (seen from
 	// another manager, via), that it noticed and stopped, and that its
 	// data dir can no longer start a manager.
-	checkGone := func(n, via *node, raftID string) {
+	checkGone := func(n, via *node, raftID string, demoted bool) {
 		t.Helper()
 		eventually(t, settleTimeout, n.name+" leaves the Raft configuration", func() error {
 			if ids := raftIDs(t, via.m); slices.Contains(ids, raftID) {
@@ -714,11 +714,22 @@ func TestDemoteAndRemove(t *testing.T) {
 		case <-time.After(15 * time.Second):
 			t.Fatalf("removed manager %s did not stop within 15s", n.name)
 		}
-		if !errors.Is(n.m.Err(), manager.ErrRemoved) {
-			t.Errorf("removed manager %s stopped with %v, want ErrRemoved", n.name, n.m.Err())
-		}
+		stopErr := n.m.Err()
 		n.stop()
 		id, err := datadir.Load(n.cfg.DataDir)
+		if demoted {
+			// A demoted manager carries on as a worker of the same cluster.
+			if !errors.Is(stopErr, manager.ErrDemoted) {
+				t.Errorf("demoted manager %s stopped with %v, want ErrDemoted", n.name, stopErr)
+			}
+			if err != nil || id.Role != "worker" || id.Removed || id.NodeSecret == "" {
+				t.Errorf("demoted manager's identity: %+v, %v; want a worker with its node secret", id, err)
+			}
+			return
+		}
+		if !errors.Is(stopErr, manager.ErrRemoved) {
+			t.Errorf("removed manager %s stopped with %v, want ErrRemoved", n.name, stopErr)
+		}
 		if err != nil || !id.Removed {
 			t.Errorf("removed manager's identity not marked removed: %+v, %v", id, err)
 		}
@@ -757,7 +768,7 @@ func TestDemoteAndRemove(t *testing.T) {
 		t.Fatalf("demote the leader %s: %v", l.name, err)
 	}
 	checkWorker(b, l.id)
-	checkGone(l, b, lRaft)
+	checkGone(l, b, lRaft, true)
 	l2 := c.leader()
 
 	// Force-remove a follower manager while it is down (`node rm --force`
@@ -772,7 +783,7 @@ func TestDemoteAndRemove(t *testing.T) {
 		t.Fatalf("force-remove manager %s: %v", victim.name, err)
 	}
 	victim.restart(t, false)
-	checkGone(victim, l2, vRaft)
+	checkGone(victim, l2, vRaft, false)
 
 	// Demote the last follower, through itself.
 	last := c.followers(l2)[0]
@@ -781,7 +792,7 @@ func TestDemoteAndRemove(t *testing.T) {
 		t.Fatalf("demote %s: %v", last.name, err)
 	}
 	checkWorker(l2, last.id)
-	checkGone(last, l2, lastRaft)
+	checkGone(last, l2, lastRaft, true)
 
 	// The leader is the last manager: it cannot be demoted.
 	if err := demote(l2, l2.id); status.Code(err) != codes.FailedPrecondition {

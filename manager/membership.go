@@ -29,6 +29,9 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	if cluster == nil {
 		return nil, status.Error(codes.Unavailable, "the cluster is still initialising; retry")
 	}
+	if req.GetPromotion() {
+		return m.promote(ctx, cluster, req)
+	}
 	role, err := checkToken(cluster, req.GetToken())
 	if err != nil {
 		return nil, err
@@ -58,10 +61,12 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 		Role:          role,
 		ApiAddr:       req.GetApiAddr(),
 	}
-	if role == pb.NodeRole_NODE_ROLE_WORKER {
-		// A worker is Unknown until it opens its first session.
+	if req.GetNodeSecret() != "" {
 		sum := sha256.Sum256([]byte(req.GetNodeSecret()))
 		node.SecretHash = sum[:]
+	}
+	if role == pb.NodeRole_NODE_ROLE_WORKER {
+		// A worker is Unknown until it opens its first session.
 		node.ManagerStatus = nil
 		node.Status.State = pb.NodeState_NODE_STATE_UNKNOWN
 	}
@@ -131,6 +136,62 @@ func checkToken(cluster *pb.Cluster, token string) (pb.NodeRole, error) {
 	return role, nil
 }
 
+// promote makes a worker that was promoted a manager: it proves itself with
+// its node secret, then its record turns into a manager's (its tasks are
+// failed so they are placed elsewhere: managers run no tasks) and it is
+// added to Raft as a voter.
+func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+	if req.GetRaftId() == "" || req.GetRaftAddr() == "" || req.GetApiAddr() == "" {
+		return nil, status.Error(codes.InvalidArgument, "a promotion needs the node's Raft ID, Raft and API addresses")
+	}
+	sum := sha256.Sum256([]byte(req.GetNodeSecret()))
+	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+		n, ok := tx.Nodes().Get(req.GetNodeId())
+		switch {
+		case !ok:
+			return status.Errorf(codes.NotFound, "node %s is not a member of this cluster", req.GetNodeId())
+		case subtle.ConstantTimeCompare(sum[:], n.GetSecretHash()) != 1:
+			return status.Errorf(codes.PermissionDenied, "wrong node secret for node %s", req.GetNodeId())
+		case n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER && n.GetManagerStatus().GetRaftId() == req.GetRaftId():
+			return nil // a retried promotion
+		case n.GetRole() != pb.NodeRole_NODE_ROLE_WORKER || n.GetSpec().GetDesiredRole() != pb.NodeRole_NODE_ROLE_MANAGER:
+			return status.Errorf(codes.FailedPrecondition, "node %s was not promoted; run `shoal node promote %s` first", req.GetNodeId(), req.GetNodeId())
+		}
+		n.Role = pb.NodeRole_NODE_ROLE_MANAGER
+		n.ApiAddr = req.GetApiAddr()
+		n.ManagerStatus = &pb.ManagerStatus{RaftId: req.GetRaftId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr()}
+		if n.Description != nil {
+			n.Description.Runtimes = nil // managers run no tasks
+		}
+		n.Status = &pb.NodeStatus{State: pb.NodeState_NODE_STATE_READY, Addr: hostOf(req.GetApiAddr()), LastHeartbeat: time.Now().UnixNano()}
+		if err := tx.Nodes().Update(n); err != nil {
+			return err
+		}
+		for _, t := range tx.Tasks().Find(raftstore.IndexNode, n.GetId()) {
+			if t.GetStatus().GetState() >= pb.TaskState_TASK_STATE_COMPLETE {
+				continue
+			}
+			t.Status = &pb.TaskStatus{Timestamp: time.Now().UnixNano(), State: pb.TaskState_TASK_STATE_FAILED,
+				Message: "node promoted", Err: fmt.Sprintf("node %s became a manager; managers run no tasks", n.GetId())}
+			if t.GetServiceId() == "" && t.GetDesiredState() < pb.TaskState_TASK_STATE_SHUTDOWN {
+				t.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
+			}
+			if err := tx.Tasks().Update(t); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.store.AddVoter(ctx, req.GetRaftId(), req.GetRaftAddr()); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v; the promotion will be retried", req.GetRaftAddr(), err)
+	}
+	m.log.Info("worker promoted to manager", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER}, nil
+}
+
 // Leave removes the calling node from the cluster (runs on the leader).
 // A worker proves who it is with its node secret.
 func (s *membershipServer) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResponse, error) {
@@ -169,6 +230,7 @@ func (s *membershipServer) CheckMember(ctx context.Context, req *pb.CheckMemberR
 		n, ok := tx.Nodes().Get(req.GetNodeId())
 		if ok && req.GetRaftId() != "" && (n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER || n.GetManagerStatus().GetRaftId() != req.GetRaftId()) {
 			resp.Removed = true
+			resp.Demoted = n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER
 		}
 	})
 	return resp, nil

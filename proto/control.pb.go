@@ -1714,9 +1714,12 @@ type JoinRequest struct {
 	ApiAddr     string           `protobuf:"bytes,4,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
 	RaftAddr    string           `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	Description *NodeDescription `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
-	// node_secret is the secret a worker will open its sessions with; the
-	// store keeps only its SHA-256.
-	NodeSecret    string `protobuf:"bytes,7,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
+	// node_secret is the secret the node proves itself with later (worker
+	// sessions, promotion); the store keeps only its SHA-256.
+	NodeSecret string `protobuf:"bytes,7,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
+	// promotion is set by a worker that was promoted: it joins Raft with its
+	// existing identity (node_id and node_secret) instead of a token.
+	Promotion     bool `protobuf:"varint,8,opt,name=promotion,proto3" json:"promotion,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1798,6 +1801,13 @@ func (x *JoinRequest) GetNodeSecret() string {
 		return x.NodeSecret
 	}
 	return ""
+}
+
+func (x *JoinRequest) GetPromotion() bool {
+	if x != nil {
+		return x.Promotion
+	}
+	return false
 }
 
 type JoinResponse struct {
@@ -2046,9 +2056,11 @@ func (x *CheckMemberRequest) GetRaftId() string {
 }
 
 type CheckMemberResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Removed       bool                   `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
-	ClusterId     string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Removed   bool                   `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	ClusterId string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// demoted is set when the node is still a member, as a worker.
+	Demoted       bool `protobuf:"varint,3,opt,name=demoted,proto3" json:"demoted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2095,6 +2107,13 @@ func (x *CheckMemberResponse) GetClusterId() string {
 		return x.ClusterId
 	}
 	return ""
+}
+
+func (x *CheckMemberResponse) GetDemoted() bool {
+	if x != nil {
+		return x.Demoted
+	}
+	return false
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -2202,7 +2221,7 @@ const file_control_proto_rawDesc = "" +
 	"\x12CheckTokenResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\xeb\x01\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x89\x02\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n" +
@@ -2211,7 +2230,8 @@ const file_control_proto_rawDesc = "" +
 	"\traft_addr\x18\x05 \x01(\tR\braftAddr\x12;\n" +
 	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12\x1f\n" +
 	"\vnode_secret\x18\a \x01(\tR\n" +
-	"nodeSecret\"\xba\x01\n" +
+	"nodeSecret\x12\x1c\n" +
+	"\tpromotion\x18\b \x01(\bR\tpromotion\"\xba\x01\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
@@ -2226,11 +2246,12 @@ const file_control_proto_rawDesc = "" +
 	"\x11RaftStatusRequest\"F\n" +
 	"\x12CheckMemberRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x17\n" +
-	"\araft_id\x18\x02 \x01(\tR\x06raftId\"N\n" +
+	"\araft_id\x18\x02 \x01(\tR\x06raftId\"h\n" +
 	"\x13CheckMemberResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x01(\bR\aremoved\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\tR\tclusterId2\xd8\a\n" +
+	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
+	"\ademoted\x18\x03 \x01(\bR\ademoted2\xd8\a\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +

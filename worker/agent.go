@@ -110,6 +110,8 @@ type Agent struct {
 
 	statusWake chan struct{}
 	removed    chan struct{} // closed when the cluster says this node is gone
+	promoted   chan struct{} // closed when the node is to become a manager
+	promoteOne sync.Once
 	ctx        context.Context
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
@@ -232,6 +234,7 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		connected:   make(chan struct{}),
 		statusWake:  make(chan struct{}, 1),
 		removed:     make(chan struct{}),
+		promoted:    make(chan struct{}),
 	}
 	for _, rt := range rts {
 		a.runtimes[rt.Name()] = rt
@@ -554,6 +557,7 @@ func (a *Agent) runSession(addr string) error {
 	}
 	a.rememberManagers(first.GetManagers())
 	a.applyAssignments(first.GetAssignments())
+	a.noteNode(first.GetNode())
 	a.mu.Lock()
 	a.session = sess
 	a.leaderHint = addr
@@ -602,6 +606,7 @@ func (a *Agent) runSession(addr string) error {
 			return err
 		case m := <-msgs:
 			a.applyAssignments(m.GetAssignments())
+			a.noteNode(m.GetNode())
 		case <-a.ctx.Done():
 			return nil
 		}
@@ -728,6 +733,31 @@ func (a *Agent) forgetCluster() {
 	_ = a.gossip.Leave(time.Second)
 	close(a.removed)
 }
+
+// noteNode watches the node's own record for a promotion.
+func (a *Agent) noteNode(n *pb.Node) {
+	if n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER && n.GetSpec().GetDesiredRole() == pb.NodeRole_NODE_ROLE_MANAGER {
+		a.promoteOne.Do(func() {
+			a.log.Info("this node was promoted to manager")
+			close(a.promoted)
+		})
+	}
+}
+
+// Promoted is closed when the node was promoted: its owner should stop
+// the agent (StopTasks first) and start the node as a manager.
+func (a *Agent) Promoted() <-chan struct{} { return a.promoted }
+
+// StopTasks stops and removes every task of this node; the managers place
+// them elsewhere.
+func (a *Agent) StopTasks() {
+	for _, t := range a.Tasks() {
+		a.removeTask(t.GetId())
+	}
+}
+
+// ManagerAddrs lists the manager addresses this agent knows, best first.
+func (a *Agent) ManagerAddrs() []string { return a.managerCandidates() }
 
 // Removed is closed when the cluster has removed this node.
 func (a *Agent) Removed() <-chan struct{} { return a.removed }

@@ -146,7 +146,7 @@ func runInit(args []string) error {
 		}
 		fmt.Printf("Cluster %s recovered: node %s is now its only manager, with its state kept.\n", m.ClusterID(), m.ID())
 		fmt.Println("Add managers again with `shoal cluster join-token manager`.")
-		return serve(ctx, m)
+		return serve(ctx, &d, m)
 	case idErr == nil && id.InitializedHere:
 		cfg, err := d.config(false)
 		if err != nil {
@@ -157,7 +157,7 @@ func runInit(args []string) error {
 		if err != nil {
 			return err
 		}
-		return serve(ctx, m)
+		return serve(ctx, &d, m)
 	case idErr == nil:
 		return fmt.Errorf("data dir %s belongs to node %s, which joined cluster %s; it cannot create a new cluster. Restart it with `shoal start --data-dir %s`, or use an empty data dir", d.dataDir, id.NodeID, id.ClusterID, d.dataDir)
 	case !errors.Is(idErr, datadir.ErrNoIdentity):
@@ -172,7 +172,7 @@ func runInit(args []string) error {
 		return err
 	}
 	printJoinHelp(m, cfg)
-	return serve(ctx, m)
+	return serve(ctx, &d, m)
 }
 
 // printJoinHelp tells the user how to add managers, as `docker swarm init` does.
@@ -233,14 +233,14 @@ func runJoin(args []string) error {
 			return err
 		}
 		fmt.Printf("This node joined cluster %s as a worker (node %s).\n", a.ClusterID(), a.ID())
-		return serveWorker(ctx, a, d.leaveOnStop)
+		return serveWorker(ctx, &d, a)
 	}
 	m, err := manager.Join(ctx, cfg, remote, *token)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("This node joined cluster %s as a manager (node %s).\n", m.ClusterID(), m.ID())
-	return serve(ctx, m)
+	return serve(ctx, &d, m)
 }
 
 // resume restarts the node in a data dir, as the role it has.
@@ -258,13 +258,13 @@ func resume(ctx context.Context, d *daemonFlags, id *datadir.Identity) error {
 		if err != nil {
 			return err
 		}
-		return serveWorker(ctx, a, d.leaveOnStop)
+		return serveWorker(ctx, d, a)
 	}
 	m, err := manager.Restart(ctx, cfg, false)
 	if err != nil {
 		return err
 	}
-	return serve(ctx, m)
+	return serve(ctx, d, m)
 }
 
 // workerConfig derives a worker's configuration from the daemon flags.
@@ -294,11 +294,12 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 }
 
 // serveWorker runs a worker until a signal (stop, or leave with
-// --leave-on-stop) or until the cluster removes it.
-func serveWorker(ctx context.Context, a *worker.Agent, leaveOnStop bool) error {
+// --leave-on-stop), until the cluster removes it, or until it is promoted
+// (then it carries on as a manager).
+func serveWorker(ctx context.Context, d *daemonFlags, a *worker.Agent) error {
 	select {
 	case <-ctx.Done():
-		if leaveOnStop {
+		if d.leaveOnStop {
 			lctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := a.Leave(lctx); err != nil {
@@ -313,6 +314,20 @@ func serveWorker(ctx context.Context, a *worker.Agent, leaveOnStop bool) error {
 	case <-a.Removed():
 		a.Close()
 		return fmt.Errorf("this node was removed from the cluster; delete its data dir and join again with a token")
+	case <-a.Promoted():
+		managers := a.ManagerAddrs()
+		a.StopTasks()
+		a.Close()
+		cfg, err := d.config(false)
+		if err != nil {
+			return err
+		}
+		m, err := manager.Promote(ctx, cfg, managers)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "This node is now a manager of cluster %s.\n", m.ClusterID())
+		return serve(ctx, d, m)
 	}
 }
 
@@ -344,17 +359,32 @@ func runStart(args []string) error {
 	return resume(ctx, &d, id)
 }
 
-// serve runs a manager until a signal (stop, stay a member) or removal.
-func serve(ctx context.Context, m *manager.Manager) error {
+// serve runs a manager until a signal (stop, stay a member), removal, or
+// demotion (then it carries on as a worker).
+func serve(ctx context.Context, d *daemonFlags, m *manager.Manager) error {
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "Stopping; the node stays a member of the cluster. Restart it with `shoal start`.")
 		return m.Close()
 	case <-m.Done():
 		m.Close()
-		if err := m.Err(); err != nil {
+		err := m.Err()
+		if !errors.Is(err, manager.ErrDemoted) {
 			return err
 		}
-		return nil
+		cfg, cerr := d.config(false)
+		if cerr != nil {
+			return cerr
+		}
+		wcfg, werr := workerConfig(cfg, d)
+		if werr != nil {
+			return werr
+		}
+		a, werr := worker.Restart(ctx, wcfg)
+		if werr != nil {
+			return fmt.Errorf("carry on as a worker after the demotion: %w", werr)
+		}
+		fmt.Fprintf(os.Stderr, "This node was demoted; it carries on as a worker of cluster %s.\n", a.ClusterID())
+		return serveWorker(ctx, d, a)
 	}
 }

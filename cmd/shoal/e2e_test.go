@@ -433,3 +433,62 @@ func TestWorkerKilledIsDownAndComesBack(t *testing.T) {
 		return row == "", row
 	})
 }
+
+func TestPromoteAndDemote(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.4"}
+	port := freePort(t, ips...)
+	base := t.TempDir()
+	daemon := func(name, ip string, args ...string) *node {
+		dir := filepath.Join(base, name)
+		full := append([]string{args[0], "--data-dir", dir, "--advertise", fmt.Sprintf("%s:%d", ip, port),
+			"--hostname", name, "--gossip-fast", "--heartbeat-period", "500ms"}, args[1:]...)
+		return startDaemon(t, ip, port, dir, full...)
+	}
+	m1 := daemon("m1", ips[0], "init")
+	token := func(role string) string {
+		var tok string
+		eventually(t, 20*time.Second, role+" token", func() (bool, string) {
+			out, errOut, code := cli(t, "cluster", "join-token", "-q", role, "--host", m1.addr(), "--timeout", "2s")
+			tok = strings.TrimSpace(out)
+			return code == 0 && strings.HasPrefix(tok, "SHOAL-1-"), errOut
+		})
+		return tok
+	}
+	daemon("m2", ips[1], "join", "--token", token("manager"), m1.addr())
+	daemon("w1", ips[2], "join", "--token", token("worker"), m1.addr())
+	row := func(host string) string {
+		out, _, _ := cli(t, "node", "ls", "--host", m1.addr(), "--timeout", "2s")
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, " "+host+" ") {
+				return line
+			}
+		}
+		return ""
+	}
+	eventually(t, 30*time.Second, "w1 a Ready worker", func() (bool, string) {
+		r := row("w1")
+		return strings.Contains(r, " worker ") && strings.Contains(r, " Ready "), r
+	})
+	if _, errOut, code := cli(t, "node", "promote", "w1", "--host", m1.addr()); code != 0 {
+		t.Fatalf("promote: %s", errOut)
+	}
+	eventually(t, 30*time.Second, "w1 a reachable manager", func() (bool, string) {
+		r := row("w1")
+		return strings.Contains(r, " manager ") && strings.Contains(r, "Reachable"), r
+	})
+	// Three voters now: the cluster survives losing m2.
+	out, _, _ := cli(t, "cluster", "info", "--host", m1.addr())
+	if strings.Count(out, " true") != 3 {
+		t.Fatalf("want 3 voters after the promotion:\n%s", out)
+	}
+	if _, errOut, code := cli(t, "node", "demote", "w1", "--host", m1.addr()); code != 0 {
+		t.Fatalf("demote: %s", errOut)
+	}
+	eventually(t, 30*time.Second, "w1 a Ready worker again", func() (bool, string) {
+		r := row("w1")
+		return strings.Contains(r, " worker ") && strings.Contains(r, " Ready "), r
+	})
+}
