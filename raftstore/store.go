@@ -807,6 +807,18 @@ func newHCLogger(l *slog.Logger) hclog.Logger {
 	})
 }
 
+// peerTrouble reports whether a raft error line is about an unreachable
+// peer or a connection closed under it.
+func peerTrouble(line string) bool {
+	for _, sign := range []string{"connection refused", "connection reset", "EOF", "i/o timeout",
+		"use of closed network connection", "no route to host", "broken pipe"} {
+		if strings.Contains(line, sign) {
+			return true
+		}
+	}
+	return false
+}
+
 // slogWriter turns hclog's formatted lines into slog records.
 type slogWriter struct{ l *slog.Logger }
 
@@ -816,6 +828,9 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	level := slog.LevelInfo
 	switch {
+	case strings.Contains(line, "[ERROR]") && peerTrouble(line):
+		// A peer that is down or restarting: expected, and raft retries.
+		level = slog.LevelWarn
 	case strings.Contains(line, "[ERROR]"):
 		level = slog.LevelError
 	case strings.Contains(line, "[WARN]"):
