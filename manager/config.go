@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"bufio"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/host"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -160,33 +160,7 @@ func WithDefaultPort(addr string) string {
 	return hostPort(strings.Trim(addr, "[]"), DefaultAPIPort)
 }
 
-// describeHost reports this machine's resources.
+// describeHost reports this machine's platform and resources.
 func describeHost(hostname string) *pb.NodeDescription {
-	return &pb.NodeDescription{
-		Hostname: hostname,
-		Os:       runtime.GOOS,
-		Arch:     runtime.GOARCH,
-		Resources: &pb.Resources{
-			NanoCpus:    int64(runtime.NumCPU()) * 1e9,
-			MemoryBytes: totalMemory(),
-		},
-	}
-}
-
-// totalMemory reads MemTotal from /proc/meminfo (0 when unknown).
-func totalMemory() int64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
-			kb, _ := strconv.ParseInt(fields[1], 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
+	return &pb.NodeDescription{Hostname: hostname, Os: runtime.GOOS, Arch: runtime.GOARCH, Resources: host.Resources()}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
@@ -29,8 +30,6 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // ErrRemoved means this node was removed from its cluster.
@@ -307,40 +306,16 @@ func CheckToken(ctx context.Context, remote, token string) (pb.NodeRole, string,
 	if _, err := parseToken(token); err != nil {
 		return 0, "", err
 	}
-	remote = WithDefaultPort(remote)
-	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	resp, err := joinclient.CheckToken(ctx, WithDefaultPort(remote), token)
 	if err != nil {
 		return 0, "", err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	resp, err := pb.NewMembershipClient(conn).CheckToken(ctx, &pb.CheckTokenRequest{Token: token})
-	if err != nil {
-		return 0, "", joinError(remote, err)
 	}
 	return resp.GetRole(), resp.GetClusterId(), nil
 }
 
-// joinError explains a failed call to the manager a node joins through.
-func joinError(remote string, err error) error {
-	st := status.Convert(err)
-	if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
-		return fmt.Errorf("join %s: no Shoal manager answered (%s); check the address and that a manager runs there", remote, st.Message())
-	}
-	return fmt.Errorf("join %s: %s", remote, st.Message())
-}
-
 // requestJoin asks the cluster (through any manager) to admit this node.
 func (m *Manager) requestJoin(ctx context.Context, remote, token string, promotion bool) (*pb.JoinResponse, error) {
-	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	resp, err := pb.NewMembershipClient(conn).Join(ctx, &pb.JoinRequest{
+	return joinclient.Join(ctx, remote, &pb.JoinRequest{
 		Token:       token,
 		NodeId:      m.id.NodeID,
 		RaftId:      m.id.RaftID,
@@ -350,10 +325,6 @@ func (m *Manager) requestJoin(ctx context.Context, remote, token string, promoti
 		NodeSecret:  m.id.NodeSecret,
 		Promotion:   promotion,
 	})
-	if err != nil {
-		return nil, joinError(remote, err)
-	}
-	return resp, nil
 }
 
 // waitInitialized waits until the cluster object exists (first init).

@@ -20,6 +20,8 @@ import (
 
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/host"
+	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -144,14 +146,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error)
 		Advertise:  cfg.apiAddr(),
 		NodeSecret: randomHex(24),
 	}
-	conn, err := rpc.Dial(remote, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	jctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	resp, err := pb.NewMembershipClient(conn).Join(jctx, &pb.JoinRequest{
+	resp, err := joinclient.Join(ctx, remote, &pb.JoinRequest{
 		Token:       token,
 		NodeId:      id.NodeID,
 		ApiAddr:     cfg.apiAddr(),
@@ -159,11 +154,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error)
 		NodeSecret:  id.NodeSecret,
 	})
 	if err != nil {
-		st := status.Convert(err)
-		if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
-			return nil, fmt.Errorf("join %s: no Shoal manager answered (%s); check the address and that a manager runs there", remote, st.Message())
-		}
-		return nil, fmt.Errorf("join %s: %s", remote, st.Message())
+		return nil, err
 	}
 	if resp.GetRole() != pb.NodeRole_NODE_ROLE_WORKER {
 		return nil, fmt.Errorf("join %s: the token admits a %s, not a worker", remote, resp.GetRole())
@@ -856,7 +847,7 @@ func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
 		Hostname:     cfg.Hostname,
 		Os:           runtime.GOOS,
 		Arch:         runtime.GOARCH,
-		Resources:    &pb.Resources{NanoCpus: int64(runtime.NumCPU()) * 1e9, MemoryBytes: totalMemory()},
+		Resources:    host.Resources(),
 		EngineLabels: cfg.Labels,
 	}
 	d.Runtimes = runtimes
