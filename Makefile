@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-short proto proto-tools proto-check lint bench demo clean
+.PHONY: all build test test-short proto proto-tools proto-check lint bench demo clean images
 
 all: build
 
@@ -53,6 +53,11 @@ bench-quick:
 # service, the leader killed, the service scaled through a survivor.
 demo: build
 	$(GO) run ./cmd/shoal-demo -bin $(BIN)
+
+# The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
+# the local Docker Engine (FROM scratch, no registry).
+images:
+	GO=$(GO) scripts/images.sh
 
 clean:
 	rm -rf $(BIN)

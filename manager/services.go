@@ -305,8 +305,9 @@ func countTasks(svc *pb.Service, tasks []*pb.Task) *pb.ServiceTaskCounts {
 		if t.GetStatus().GetState() == pb.TaskState_TASK_STATE_COMPLETE {
 			c.Completed++
 		}
+		health := t.GetStatus().GetHealth()
 		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && t.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING &&
-			(!checked || t.GetStatus().GetHealth() == pb.HealthState_HEALTH_STATE_HEALTHY) {
+			((!checked && health == pb.HealthState_HEALTH_STATE_NONE) || health == pb.HealthState_HEALTH_STATE_HEALTHY) {
 			c.Running++
 		}
 	}

@@ -29,6 +29,18 @@ type CommandProber interface {
 	ProbeCommand(ctx context.Context, taskID string, argv []string, timeout time.Duration) (exitCode int, output string, err error)
 }
 
+// HealthReporter is implemented by runtimes whose tasks may carry a health
+// check of their own (a container image's HEALTHCHECK, run by the Engine).
+// When a task's spec has no check and does not disable checks, the agent
+// reports the runtime's view of its health instead of probing it. A task
+// without a check of its own reports HEALTH_STATE_NONE.
+type HealthReporter interface {
+	Health(ctx context.Context, taskID string) (state pb.HealthState, output string, err error)
+}
+
+// reportedHealthInterval is how often the agent asks a HealthReporter.
+const reportedHealthInterval = time.Second
+
 // healthCheck returns a task's check, or nil when it has none.
 func healthCheck(t *pb.Task) *pb.HealthCheck {
 	hc := t.GetSpec().GetContainer().GetHealthcheck()
@@ -102,6 +114,40 @@ func (a *Agent) watchHealth(ctx context.Context, rt Runtime, t *pb.Task, status 
 			}
 		}
 		next.Reset(interval)
+	}
+}
+
+// watchReportedHealth relays a HealthReporter's view of a running task:
+// each change of state, until ctx ends or the task turns out to have no
+// check of its own.
+func watchReportedHealth(ctx context.Context, hr HealthReporter, taskID string, events chan<- healthEvent) {
+	current := pb.HealthState_HEALTH_STATE_NONE
+	next := time.NewTimer(200 * time.Millisecond)
+	defer next.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-next.C:
+		}
+		state, out, err := hr.Health(ctx, taskID)
+		if ctx.Err() != nil || errors.Is(err, ErrTaskNotFound) {
+			return
+		}
+		if err == nil {
+			if state == pb.HealthState_HEALTH_STATE_NONE {
+				return // no check: nothing to report
+			}
+			if state != current {
+				current = state
+				select {
+				case events <- healthEvent{state: state, output: out}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+		next.Reset(reportedHealthInterval)
 	}
 }
 

@@ -150,6 +150,9 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 	if healthCheck(t) != nil {
 		health = make(chan healthEvent)
 		go c.a.watchHealth(wctx, rt, t, t.GetStatus(), health)
+	} else if hr, ok := rt.(HealthReporter); ok && !t.GetSpec().GetContainer().GetHealthcheck().GetDisable() {
+		health = make(chan healthEvent) // the task's own check (an image HEALTHCHECK)
+		go watchReportedHealth(wctx, hr, t.GetId(), health)
 	}
 	for {
 		select {

@@ -264,6 +264,8 @@ func runningOK(t *pb.Task) bool {
 	}
 	hc := t.GetSpec().GetContainer().GetHealthcheck()
 	checked := hc != nil && !hc.GetDisable() && (len(hc.GetCommand()) > 0 || hc.GetHttpGet() != "" || hc.GetTcpSocket() != 0)
+	// A task may also be checked by its image's own HEALTHCHECK.
+	checked = checked || t.GetStatus().GetHealth() != pb.HealthState_HEALTH_STATE_NONE
 	return !checked || t.GetStatus().GetHealth() == pb.HealthState_HEALTH_STATE_HEALTHY
 }
 
