@@ -525,8 +525,9 @@ func (a *Agent) runSession(addr string) error {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(a.ctx)
 	defer cancel()
+	offered := a.offered()
 	stream, err := pb.NewDispatcherClient(conn).Session(ctx, &pb.SessionRequest{
-		NodeId: a.id.NodeID, NodeSecret: a.id.NodeSecret, Description: describe(&a.cfg, a.runtimeNames),
+		NodeId: a.id.NodeID, NodeSecret: a.id.NodeSecret, Description: describe(&a.cfg, offered),
 	})
 	if err != nil {
 		return err
@@ -572,6 +573,7 @@ func (a *Agent) runSession(addr string) error {
 
 	hbErr := make(chan error, 1)
 	go func() { hbErr <- a.heartbeat(ctx, conn, sess) }()
+	go a.watchRuntimes(ctx, cancel, offered)
 	msgs := make(chan *pb.SessionMessage)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -622,6 +624,41 @@ func (a *Agent) rememberManagers(ms []*pb.ManagerAddr) {
 		a.log.Warn("remember managers", "err", err)
 	}
 }
+
+// offered lists the runtimes available right now.
+func (a *Agent) offered() []string {
+	var out []string
+	for _, name := range a.runtimeNames {
+		if av, ok := a.runtimes[name].(Availability); ok && !av.Available() {
+			continue
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// watchRuntimes ends the session when the set of available runtimes
+// changes, so the next session tells the managers (the scheduler places
+// tasks only on nodes that offer their runtime).
+func (a *Agent) watchRuntimes(ctx context.Context, cancel context.CancelFunc, offered []string) {
+	t := time.NewTicker(runtimeCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if now := a.offered(); !slices.Equal(now, offered) {
+				a.log.Info("available runtimes changed; reconnecting to tell the managers", "was", offered, "now", now)
+				cancel()
+				return
+			}
+		}
+	}
+}
+
+// runtimeCheckInterval is how often the agent looks at its runtimes.
+const runtimeCheckInterval = 2 * time.Second
 
 // managerLeaderTrailer mirrors manager.LeaderTrailer (a worker never
 // imports the manager).

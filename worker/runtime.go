@@ -103,3 +103,9 @@ type PermanentError struct{ Err error }
 
 func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Availability is implemented by runtimes that can come and go (the Docker
+// Engine may stop): the node offers them only while they are available.
+type Availability interface {
+	Available() bool
+}
