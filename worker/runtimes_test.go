@@ -47,8 +47,9 @@ func TestOfferedRuntimesFollowAvailability(t *testing.T) {
 	defer cancel()
 	var ended atomic.Bool
 	done := make(chan struct{})
+	initial := a.offered()
 	go func() {
-		a.watchRuntimes(ctx, func() { ended.Store(true); cancel() }, a.offered())
+		a.watchRuntimes(ctx, func() { ended.Store(true); cancel() }, initial)
 		close(done)
 	}()
 	engine.up.Store(false)
