@@ -350,11 +350,15 @@ func (u *Updater) waitBatch(ctx context.Context, id string, v uint64, svc *pb.Se
 		}
 		done := true
 		for _, t := range tasks {
-			if t.GetSpecVersion() != v || t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
+			if t.GetSpecVersion() != v {
 				continue
 			}
+			// A failed new task counts even once the orchestrator replaced it.
 			if isFailure(t) {
 				return false
+			}
+			if t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
+				continue
 			}
 			if !runningOK(t) {
 				done = false
