@@ -30,7 +30,12 @@ func main() {
 		os.Exit(probe(*healthcheck))
 	}
 	if *addr == "" {
-		*addr = ":" + envOr("PORT", "80")
+		// Under the process runtime the port was allocated on the node's
+		// address: listen there only, not on every address.
+		*addr = ":80"
+		if port := os.Getenv("PORT"); port != "" {
+			*addr = os.Getenv("SHOAL_HOST_IP") + ":" + port
+		}
 	}
 	name := os.Getenv("SHOAL_TASK_NAME")
 	if name == "" {

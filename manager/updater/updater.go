@@ -89,7 +89,9 @@ func (u *Updater) sync(ctx context.Context, s *pb.Service, deleted bool) {
 		}
 	}
 	want := !deleted && updating(s)
-	if r != nil && (!want || r.specVersion != s.GetSpecVersion()) {
+	// A new spec version replaces the rollout at once; a rollout whose
+	// update ended (often by its own write) notices and stops by itself.
+	if r != nil && (deleted || r.specVersion != s.GetSpecVersion()) {
 		r.cancel()
 		<-r.done
 		delete(u.running, s.GetId())
@@ -142,12 +144,13 @@ func (u *Updater) rollout(ctx context.Context, serviceID string, v uint64) {
 				failed[t.GetId()] = true
 			}
 		}
-		if len(failed) > 0 && float64(len(failed)) > float64(max(updated, 1))*float64(cfg.GetMaxFailureRatio()) {
+		if len(failed) > 0 && float64(len(failed)) > float64(max(updated, 1))*float64(cfg.GetMaxFailureRatio()) &&
+			cfg.GetFailureAction() != pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_CONTINUE {
 			u.onFailure(ctx, svc, cfg, rollingBack, fmt.Sprintf("%d of %d updated tasks failed", len(failed), max(updated, len(failed))))
 			return
 		}
 
-		old := outdated(tasks, v)
+		old := outdated(tasks, v, svc.GetSpec().GetTask())
 		if len(old) == 0 {
 			if !u.settled(tasks, v, svc) {
 				if !sleep(ctx, pollInterval) {
@@ -219,7 +222,7 @@ func isFailure(t *pb.Task) bool {
 // tasks on an older spec, and for slots (or global nodes) with no active
 // task, the last task when it ended on an older spec (a rollback refills
 // the slots whose new task failed).
-func outdated(tasks []*pb.Task, v uint64) []*pb.Task {
+func outdated(tasks []*pb.Task, v uint64, spec *pb.TaskSpec) []*pb.Task {
 	var out []*pb.Task
 	live := map[string]bool{}
 	latest := map[string]*pb.Task{}
@@ -227,7 +230,9 @@ func outdated(tasks []*pb.Task, v uint64) []*pb.Task {
 		k := group(t)
 		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING {
 			live[k] = true
-			if t.GetSpecVersion() != v {
+			// A task already running this spec (a rollback to the spec it
+			// never left) stays.
+			if t.GetSpecVersion() != v && !proto.Equal(t.GetSpec(), spec) {
 				out = append(out, t)
 			}
 			continue
@@ -422,9 +427,6 @@ func (u *Updater) onFailure(ctx context.Context, svc *pb.Service, cfg *pb.Update
 	action := cfg.GetFailureAction()
 	if rollingBack && action == pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_ROLLBACK {
 		action = pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_PAUSE
-	}
-	if action == pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_CONTINUE {
-		return
 	}
 	_, err := u.store.Update(ctx, func(tx *raftstore.Tx) error {
 		cur, ok := tx.Services().Get(svc.GetId())
