@@ -202,7 +202,14 @@ type simFleet struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	joinConn *grpc.ClientConn
-	wg       sync.WaitGroup
+	// resources, if set, are the CPUs and memory the simulated nodes
+	// describe (the scheduler places tasks only where they fit).
+	resources *pb.Resources
+	// actor, if set, makes a worker act on its assignments: it is called
+	// once a session is open and returns the function that receives each
+	// session message (the first, complete one included) in order.
+	actor func(w *simWorker, client pb.DispatcherClient, sessionID string) func(*pb.SessionMessage)
+	wg    sync.WaitGroup
 
 	mu       sync.Mutex
 	workers  []*simWorker
@@ -323,7 +330,7 @@ func (f *simFleet) grow(ctx context.Context, n int) error {
 // start joins one worker, opens its session and, once the first message
 // is in, leaves a receive loop and a heartbeat loop running.
 func (f *simFleet) start(ctx context.Context, w *simWorker, port int) error {
-	desc := &pb.NodeDescription{Hostname: w.host, Os: "linux", Arch: "amd64", Runtimes: []string{"process"}}
+	desc := &pb.NodeDescription{Hostname: w.host, Os: "linux", Arch: "amd64", Runtimes: []string{"process"}, Resources: f.resources}
 	cctx, cancel := context.WithTimeout(ctx, hbCallTimeout)
 	_, err := pb.NewMembershipClient(f.joinConn).Join(cctx, &pb.JoinRequest{
 		Token:       f.token,
@@ -374,16 +381,23 @@ func (f *simFleet) start(ctx context.Context, w *simWorker, port int) error {
 	if period <= 0 {
 		period = time.Second
 	}
+	handle := func(*pb.SessionMessage) {}
+	if f.actor != nil {
+		handle = f.actor(w, pb.NewDispatcherClient(conn), msg.GetSessionId())
+		handle(msg)
+	}
 	f.wg.Add(2)
-	go func() { // drain the stream, as the agent does
+	go func() { // read the stream, as the agent does
 		defer f.wg.Done()
 		for {
-			if _, err := stream.Recv(); err != nil {
+			m, err := stream.Recv()
+			if err != nil {
 				if f.ctx.Err() == nil {
 					f.fail("session stream ended", err)
 				}
 				return
 			}
+			handle(m)
 		}
 	}()
 	go func() {

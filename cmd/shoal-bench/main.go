@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -85,6 +86,16 @@ func benchmarks() []bench {
 			name: "heartbeat-load",
 			desc: "leader CPU and RSS with 0 to 1000 simulated workers holding sessions and heartbeating every 1s",
 			run:  runHeartbeatLoad,
+		},
+		{
+			name: "schedule",
+			desc: "scheduler throughput on a real single-manager store: 10k and 100k pending tasks placed on 1000 simulated nodes; peak memory",
+			run:  runSchedule,
+		},
+		{
+			name: "converge",
+			desc: "in-process manager + 100 simulated workers over gRPC: a 1000-replica service created → all running, scaled to 2000, rolling-updated; manager memory",
+			run:  runConverge,
 		},
 	}
 }
@@ -192,8 +203,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		log.Info("benchmark starting", "name", b.name, "desc", b.desc)
 		t0 := time.Now()
+		cpu0, cpuErr := readCPUSample()
 		ss, err := b.run(ctx, e)
 		e.closeClusters() // whatever the benchmark left running
+		if cpu1, err := readCPUSample(); err == nil && cpuErr == nil {
+			// The figures assume the machine runs nothing else.
+			if other := otherCPU(cpu0, cpu1); other > 0.1 {
+				log.Warn("other processes used CPU during the benchmark", "name", b.name, "cores", round1(other))
+				e.notef("%s: other processes on the machine used %.0f%% of a core on average while it ran (of %d cores): its figures are disturbed", b.name, 100*other, runtime.NumCPU())
+			}
+		}
 		r := benchResult{bench: b, series: ss, err: err, took: time.Since(t0)}
 		if err != nil {
 			failed = true

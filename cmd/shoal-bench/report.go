@@ -172,7 +172,7 @@ func (r *report) markdown() string {
 	p("| OS | %s |\n", r.machine.kernel)
 	p("| Go | %s |\n", r.machine.goVer)
 	p("| Shoal | %s |\n", r.shoal)
-	p("| cluster | 3 managers, one `shoal` process each, on 127.0.0.1, .2 and .3; data dirs in one temp dir (same disk, Raft log fsync'd by bolt) |\n")
+	p("| cluster | writes and failover: 3 managers, one `shoal` process each, on 127.0.0.1, .2 and .3; data dirs in one temp dir (same disk, Raft log fsync'd by bolt). The other benchmarks' setups are under Method |\n")
 	p("| Raft timings | `--election-timeout %s`: election %s, heartbeat %s, leader lease %s, commit %s |\n",
 		o.election, t.ElectionTimeout, t.HeartbeatTimeout, t.LeaderLeaseTimeout, t.CommitTimeout)
 	p("| runs | writes: %d runs of %s measured after %s warm-up; failover: %d leader kills; %s |\n\n",
@@ -180,6 +180,10 @@ func (r *report) markdown() string {
 	p("## Results\n\n")
 	p("Each row is one quantity measured once per run; min, median and max are over the runs.\n\n")
 	b.WriteString(r.table())
+	p("\n### What each benchmark measures\n\n")
+	for _, res := range r.results {
+		p("- `%s`: %s.\n", res.bench.name, res.bench.desc)
+	}
 	p("\n## Method\n\n")
 	p("- **Writes.** A write is one `Control.UpdateNode` call that changes a label of a manager's node record,\n")
 	p("  sent with `version: 0` (no version check by the caller) through `rpc.Dial` with the\n")
@@ -205,6 +209,10 @@ func (r *report) markdown() string {
 	b.WriteString(workerMethod(o))
 	p("- Client and managers share the machine's cores: with 64 clients the load generator takes CPU\n")
 	p("  from the managers.\n")
+	p("- The figures assume nothing else runs on the machine. Around each benchmark the bench compares\n")
+	p("  the machine's busy CPU time (`/proc/stat`) with its own and its reaped children's (the manager\n")
+	p("  and worker processes it started); when other processes used more than 10%% of a core on\n")
+	p("  average, a note below says so and that benchmark's figures should not be trusted.\n")
 	if len(r.notes) > 0 {
 		p("\n## Notes from this run\n\n")
 		for _, n := range r.notes {

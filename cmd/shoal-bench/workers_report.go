@@ -13,8 +13,19 @@ func workerRuns(o options) string {
 	for i, n := range levels {
 		ls[i] = fmt.Sprint(n)
 	}
-	return fmt.Sprintf("heartbeat load: one %s window at each of %s workers; assign: %d tasks; dead worker: %d kills per gossip setting",
-		hbWindow(o.quick), strings.Join(ls, ", "), assignSamples(o.quick), dwRuns(o.quick))
+	var sched []string
+	for _, sz := range schedSizes(o.quick) {
+		sched = append(sched, fmt.Sprintf("%s of %s tasks", plural(sz.runs, "run"), kilo(sz.tasks)))
+	}
+	return fmt.Sprintf("heartbeat load: one %s window at each of %s workers; assign: %d tasks; dead worker: %d kills per gossip setting; schedule: %s; converge: %s",
+		hbWindow(o.quick), strings.Join(ls, ", "), assignSamples(o.quick), dwRuns(o.quick), strings.Join(sched, " and "), plural(convergeRuns(o.quick), "run"))
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // workerMethod is the Method section's text for the worker benchmarks.
@@ -50,5 +61,34 @@ func workerMethod(o options) string {
 	p("  node is Down. The gossip row is the time stamp of the manager's \"%s\" log line\n", dwGossipNotice)
 	p("  (millisecond resolution); the worker is then restarted with `shoal start --data-dir …` and the\n")
 	p("  last row is the time until `ListNodes` shows it Ready again.\n")
+	p("- **Schedule.** `scheduler.Throughput(tasks, %d)`, in the bench process: a real single-manager store\n", schedNodes)
+	p("  (Raft on 127.0.0.1 with raftstore's default timings, bolt log in a temp dir), %d simulated\n", schedNodes)
+	p("  Ready nodes (64 CPUs, 256 GiB, process runtime, three zones) written to the store, the leader's\n")
+	p("  scheduler running, then the tasks created `PENDING` in transactions of 1,000 (100 per service, each\n")
+	p("  reserving 0.01 CPU and 16 MiB, with a `node.platform.os==linux` constraint) while it runs. The\n")
+	p("  figure is tasks `ASSIGNED` per second of wall clock from the first task created to the last\n")
+	p("  assignment seen by a store watch, Raft commits included. \"Manager memory\" is this process\n")
+	p("  during the run: its peak RSS (`VmHWM`, reset through `/proc/self/clear_refs` after a GC and\n")
+	p("  `debug.FreeOSMemory` before each run, so it includes the bench process's own ~20 MiB) and the\n")
+	p("  peak Go heap in use sampled every 20 ms. Nothing else runs meanwhile. No worker sessions, no\n")
+	p("  orchestrator: this is the scheduler and the store alone.\n")
+	p("- **Converge.** A manager (`manager.Init`, `--election-timeout %s` timings, heartbeat period %s)\n", o.election, cvHeartbeat)
+	p("  runs in the bench process on 127.0.0.1 with %d simulated workers connected over real gRPC as in\n", cvWorkers)
+	p("  the heartbeat-load benchmark (join with the worker token and a node secret, `Dispatcher.Session`,\n")
+	p("  heartbeats), each describing the process runtime, 4 CPUs and 8 GiB. These workers act on their\n")
+	p("  assignments without running anything: for every task of a session message (the complete set\n")
+	p("  or an increment) they report `RUNNING` when its desired state is `RUNNING`, `READY` when it is\n")
+	p("  `READY` (a stop-first successor waiting for its predecessor), and `SHUTDOWN` when it is `SHUTDOWN`\n")
+	p("  or beyond, through `Dispatcher.UpdateTaskStatus` from one sender per worker, up to %d updates a\n", cvStatusBatch)
+	p("  call; a failed call fails the run. Through the Control API the bench then creates a service of\n")
+	p("  %d replicas (`/bin/true`, process runtime, no reservations) and polls `ListServices` every %s\n", cvReplicas, cvPoll)
+	p("  until its counts show %d running; scales it to %d (`UpdateService`) and waits the same way; then\n", cvReplicas, cvScaled)
+	p("  changes its environment with parallelism %d, monitor 0, stop-first (the default order) and waits\n", cvParallelism)
+	p("  until `GetService` shows the update `COMPLETED`, `ListServices` counts %d running and `ListTasks`\n", cvScaled)
+	p("  shows every active task on the new spec version and running. Each time runs from just before\n")
+	p("  the call. Memory is the bench process's Go heap in use after `runtime.GC()` (and its RSS) at each\n")
+	p("  step: it holds the manager and also the simulated workers (their gRPC connections and task\n")
+	p("  maps), so compare the rows with the \"no service\" one. Each run starts a fresh manager and fleet;\n")
+	p("  off the clock, the tasks must be spread evenly over the workers after the scale and the update.\n")
 	return b.String()
 }
