@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/shoal-cluster/shoal/manager/scheduler"
@@ -115,7 +116,7 @@ func (r *run) groupKey(t *pb.Task) string {
 	if isGlobal(r.svc) {
 		return "node/" + t.GetNodeId()
 	}
-	return fmt.Sprintf("slot/%d", t.GetSlot())
+	return "slot/" + strconv.FormatUint(t.GetSlot(), 10)
 }
 
 // handleEnded deals with active tasks that cannot go on: ended, on a
@@ -212,12 +213,20 @@ func (r *run) replace(t *pb.Task, tasks []*pb.Task, restart bool) error {
 // promoteDelayed raises delayed restarts to RUNNING once their delay passed.
 func (r *run) promoteDelayed(tasks []*pb.Task) error {
 	_, delay, _, _ := r.restartPolicy()
+	// Groups with a task still running while being stopped (a stop-first
+	// update: the updater starts the successor once the old task stopped).
+	stopping := map[string]bool{}
+	for _, o := range tasks {
+		if s := o.GetStatus().GetState(); o.GetDesiredState() > stateRunning && s >= pb.TaskState_TASK_STATE_ASSIGNED && s <= stateRunning {
+			stopping[r.groupKey(o)] = true
+		}
+	}
 	for _, t := range tasks {
 		if t.GetDesiredState() != pb.TaskState_TASK_STATE_READY || t.GetMeta().GetCreatedAt() == 0 {
 			continue // created in this transaction: its wake-up is already scheduled
 		}
-		if r.predecessorRunning(t, tasks) {
-			continue // a stop-first update: the updater starts it once the old task stopped
+		if stopping[r.groupKey(t)] {
+			continue
 		}
 		due := time.Unix(0, t.GetMeta().GetCreatedAt()).Add(delay)
 		if r.now.Before(due) {
@@ -230,20 +239,6 @@ func (r *run) promoteDelayed(tasks []*pb.Task) error {
 		}
 	}
 	return nil
-}
-
-// predecessorRunning reports whether another task of t's slot (or node) is
-// still running while being stopped.
-func (r *run) predecessorRunning(t *pb.Task, tasks []*pb.Task) bool {
-	for _, o := range tasks {
-		if o.GetId() == t.GetId() || r.groupKey(o) != r.groupKey(t) || o.GetDesiredState() <= stateRunning {
-			continue
-		}
-		if s := o.GetStatus().GetState(); s >= pb.TaskState_TASK_STATE_ASSIGNED && s <= stateRunning {
-			return true
-		}
-	}
-	return false
 }
 
 // newTask makes a pending task from the service's current spec.

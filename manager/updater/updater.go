@@ -295,11 +295,19 @@ func (u *Updater) replace(ctx context.Context, svc *pb.Service, batch []*pb.Task
 			return nil
 		}
 		now := time.Now().UnixNano()
+		// Groups that already have a live task on the new version: read once.
+		done := map[string]bool{}
+		for _, o := range tx.Tasks().Find(raftstore.IndexService, cur.GetId()) {
+			if o.GetSpecVersion() == cur.GetSpecVersion() && o.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING {
+				done[group(o)] = true
+			}
+		}
 		for _, old := range batch {
 			t, ok := tx.Tasks().Get(old.GetId())
-			if !ok || t.GetDesiredState() >= pb.TaskState_TASK_STATE_REMOVE || replaced(tx, t, cur.GetSpecVersion()) {
+			if !ok || t.GetDesiredState() >= pb.TaskState_TASK_STATE_REMOVE || done[group(t)] {
 				continue
 			}
+			done[group(t)] = true
 			desired := pb.TaskState_TASK_STATE_RUNNING
 			if t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
 				// An ended slot: nothing to stop, just refill it.
@@ -328,16 +336,6 @@ func (u *Updater) replace(ctx context.Context, svc *pb.Service, batch []*pb.Task
 		return nil
 	})
 	return err
-}
-
-// replaced reports whether t's slot already has a live task on version v.
-func replaced(tx *raftstore.Tx, t *pb.Task, v uint64) bool {
-	for _, o := range tx.Tasks().Find(raftstore.IndexService, t.GetServiceId()) {
-		if group(o) == group(t) && o.GetSpecVersion() == v && o.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING {
-			return true
-		}
-	}
-	return false
 }
 
 // waitBatch waits until every new task runs; meanwhile it completes the
