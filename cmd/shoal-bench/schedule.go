@@ -43,7 +43,7 @@ func runSchedule(ctx context.Context, e *env) ([]series, error) {
 	var out []series
 	resetOK := true
 	for _, sz := range schedSizes(e.opts.quick) {
-		var perSec, peakRSS, peakHeap, took []float64
+		var perSec, peakRSS, peakHeap []float64
 		for run := 1; run <= sz.runs; run++ {
 			if err := ctx.Err(); err != nil {
 				return nil, context.Cause(ctx)
@@ -71,7 +71,6 @@ func runSchedule(ctx context.Context, e *env) ([]series, error) {
 			perSec = append(perSec, r)
 			peakRSS = append(peakRSS, float64(hwm)/1024)
 			peakHeap = append(peakHeap, float64(heap)/(1<<20))
-			took = append(took, d.Seconds())
 			e.log.Info("scheduling throughput", "tasks", sz.tasks, "nodes", schedNodes, "run", run,
 				"tasks/s", round1(r), "peak_rss_mib", round1(float64(hwm)/1024), "rss_before_mib", round1(float64(base)/1024),
 				"peak_heap_mib", round1(float64(heap)/(1<<20)), "took", d.Round(time.Millisecond))
