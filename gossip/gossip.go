@@ -12,6 +12,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,6 +114,10 @@ type Gossip struct {
 
 	mu       sync.Mutex
 	shutdown bool
+	// members is this node's own copy of the membership, kept by the event
+	// callbacks (which memberlist calls under its lock): the nodes its
+	// Members() returns are shared with memberlist's packet handlers.
+	members map[string]Member
 }
 
 // New starts a member; call Join to meet the others.
@@ -130,14 +135,17 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	g := &Gossip{cfg: cfg.Meta, meta: meta, log: cfg.Logger.With("component", "gossip"), events: make(chan Event, 1024)}
+	g := &Gossip{cfg: cfg.Meta, meta: meta, log: cfg.Logger.With("component", "gossip"), events: make(chan Event, 1024),
+		members: map[string]Member{}}
 
 	mc := memberlist.DefaultLANConfig()
 	if cfg.Fast {
+		// Quick, but with room for a loaded machine: a probe that waits
+		// too little marks live nodes dead.
 		mc = memberlist.DefaultLocalConfig()
 		mc.ProbeInterval = 500 * time.Millisecond
-		mc.ProbeTimeout = 200 * time.Millisecond
-		mc.SuspicionMult = 2
+		mc.ProbeTimeout = 400 * time.Millisecond
+		mc.SuspicionMult = 3
 	}
 	mc.Name = cfg.Meta.NodeID
 	mc.BindAddr = cfg.BindIP
@@ -180,12 +188,15 @@ func (g *Gossip) Join(addrs []string) (int, error) {
 
 // Members returns every member currently alive, this one included.
 func (g *Gossip) Members() []Member {
-	var out []Member
-	for _, n := range g.ml.Members() {
-		if m, ok := toMember(n); ok && m.Alive {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]Member, 0, len(g.members))
+	for _, m := range g.members {
+		if m.Alive {
 			out = append(out, m)
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
 	return out
 }
 
@@ -259,6 +270,13 @@ func (g *Gossip) emit(kind EventKind, n *memberlist.Node) {
 	if !ok {
 		return
 	}
+	g.mu.Lock()
+	if kind == EventLeave || kind == EventDead {
+		delete(g.members, m.NodeID)
+	} else {
+		g.members[m.NodeID] = m
+	}
+	g.mu.Unlock()
 	select {
 	case g.events <- Event{Kind: kind, Member: m}:
 	default:
@@ -288,7 +306,10 @@ type eventDelegate struct{ g *Gossip }
 func (e *eventDelegate) NotifyJoin(n *memberlist.Node)   { e.g.emit(EventJoin, n) }
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.g.emit(EventUpdate, n) }
 func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
-	if m, ok := toMember(n); ok && m.Leaving {
+	e.g.mu.Lock()
+	last, known := e.g.members[n.Name]
+	e.g.mu.Unlock()
+	if m, ok := toMember(n); (ok && m.Leaving) || (known && last.Leaving) {
 		e.g.emit(EventLeave, n)
 		return
 	}

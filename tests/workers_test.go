@@ -24,13 +24,13 @@ func TestClusterOfManagersAndWorkersForms(t *testing.T) {
 
 	// Gossip shows all six on every node.
 	for _, m := range c.managers {
-		c.eventually(20*time.Second, "six gossip members on "+m.cfg.Hostname, func() (bool, string) {
+		c.eventually(40*time.Second, "six gossip members on "+m.cfg.Hostname, func() (bool, string) {
 			n := len(m.m.Gossip().Members())
 			return n == 6, fmt.Sprintf("%d members", n)
 		})
 	}
 	for _, w := range c.workers {
-		c.eventually(20*time.Second, "six gossip members on "+w.cfg.Hostname, func() (bool, string) {
+		c.eventually(40*time.Second, "six gossip members on "+w.cfg.Hostname, func() (bool, string) {
 			n := len(w.a.Gossip().Members())
 			return n == 6, fmt.Sprintf("%d members", n)
 		})

@@ -472,6 +472,11 @@ func freePort() int {
 				}
 				l.Close()
 			}
+			if u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.%d:%d", host, port+2)); err != nil {
+				ok = false
+			} else {
+				u.Close()
+			}
 		}
 		if ok {
 			return port
