@@ -413,16 +413,11 @@ func runServiceUpdate(args []string) error {
 	if !o.changes() {
 		return usagef("nothing to update: give an option to change (see --help), or --force to replace the tasks as they are")
 	}
-	s, err := c.connect()
+	s, svc, err := c.readService(pos[0])
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: pos[0]})
-	if err != nil {
-		return s.explain(err)
-	}
-	svc := got.GetService()
 	name := serviceName(svc)
 	spec := proto.Clone(svc.GetSpec()).(*pb.ServiceSpec)
 	if spec == nil {
@@ -463,16 +458,11 @@ func runServiceRollback(args []string) error {
 	if len(pos) != 1 {
 		return usagef("service rollback needs exactly one service name or ID")
 	}
-	s, err := c.connect()
+	s, svc, err := c.readService(pos[0])
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: pos[0]})
-	if err != nil {
-		return s.explain(err)
-	}
-	svc := got.GetService()
 	name := serviceName(svc)
 	if svc.GetPreviousSpec() == nil {
 		return fmt.Errorf("service %s has no previous spec to roll back to: it was never updated", name)
@@ -636,4 +626,19 @@ func runServiceRm(args []string) error {
 		return errors.New(strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// readService connects and reads one service; the caller closes the
+// session.
+func (c *clientFlags) readService(ref string) (*session, *pb.Service, error) {
+	s, err := c.connect()
+	if err != nil {
+		return nil, nil, err
+	}
+	got, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: ref})
+	if err != nil {
+		s.close()
+		return nil, nil, s.explain(err)
+	}
+	return s, got.GetService(), nil
 }

@@ -4,45 +4,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"sort"
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/storetest"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// openStore starts a one-server store on loopback and waits until it leads.
-func openStore(t *testing.T) *raftstore.Store {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	s, err := raftstore.Open(raftstore.Config{ID: "n1", Dir: t.TempDir(), BindAddr: addr,
-		Timing: raftstore.TimingFromElection(100 * time.Millisecond), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.Bootstrap(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.IsLeader() {
-		if time.Now().After(deadline) {
-			t.Fatal("store did not become leader")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return s
-}
 
 // harness runs an orchestrator over a store.
 type harness struct {
@@ -52,7 +24,7 @@ type harness struct {
 
 func start(t *testing.T) *harness {
 	t.Helper()
-	s := openStore(t)
+	s := storetest.OpenLeader(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { New(s, slog.New(slog.DiscardHandler)).Run(ctx); close(done) }()

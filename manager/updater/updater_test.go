@@ -3,10 +3,10 @@ package updater
 import (
 	"context"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/storetest"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -14,33 +14,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func openStore(t *testing.T) *raftstore.Store {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	s, err := raftstore.Open(raftstore.Config{ID: "n1", Dir: t.TempDir(), BindAddr: addr,
-		Timing: raftstore.TimingFromElection(100 * time.Millisecond), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.Bootstrap(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.IsLeader() {
-		if time.Now().After(deadline) {
-			t.Fatal("store did not become leader")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return s
-}
 
 // cluster runs the orchestrator, the updater and a simulated scheduler and
 // worker: pending tasks are placed and run, except tasks whose image is
@@ -52,7 +25,7 @@ type cluster struct {
 
 func start(t *testing.T) *cluster {
 	t.Helper()
-	s := openStore(t)
+	s := storetest.OpenLeader(t)
 	c := &cluster{t: t, store: s}
 	c.update(func(tx *raftstore.Tx) error {
 		return tx.Nodes().Create(&pb.Node{Id: "node-a", Role: pb.NodeRole_NODE_ROLE_WORKER,
