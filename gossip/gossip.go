@@ -6,12 +6,15 @@
 package gossip
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,8 +98,10 @@ type Config struct {
 	AdvertisePort int
 	// ClusterID labels every packet, keeping two clusters on one network apart.
 	ClusterID string
-	// SecretKey, if set, encrypts gossip (16, 24 or 32 bytes).
-	SecretKey []byte
+	// Keys encrypt gossip (AES-GCM; 16, 24 or 32 bytes each), the primary
+	// key first: packets are sent with it and accepted with any of them.
+	// At least one is required: gossip is never plaintext.
+	Keys [][]byte
 	// Fast uses LAN-local timings (probe every 500ms, suspicion ~1.5s),
 	// for loopback clusters and tests.
 	Fast   bool
@@ -106,6 +111,7 @@ type Config struct {
 // Gossip is this node's membership in the cluster's gossip network.
 type Gossip struct {
 	ml     *memberlist.Memberlist
+	ring   *memberlist.Keyring
 	cfg    Meta
 	metaMu sync.Mutex
 	meta   []byte
@@ -159,7 +165,17 @@ func New(cfg Config) (*Gossip, error) {
 		mc.AdvertisePort = cfg.BindPort
 	}
 	mc.Label = "shoal/" + cfg.ClusterID
-	mc.SecretKey = cfg.SecretKey
+	if len(cfg.Keys) == 0 {
+		return nil, fmt.Errorf("gossip: an encryption key is required")
+	}
+	ring, err := memberlist.NewKeyring(cfg.Keys[1:], cfg.Keys[0])
+	if err != nil {
+		return nil, fmt.Errorf("gossip: keys: %w", err)
+	}
+	mc.Keyring = ring
+	g.ring = ring
+	mc.GossipVerifyIncoming = true
+	mc.GossipVerifyOutgoing = true
 	mc.Delegate = &delegate{g: g}
 	mc.Events = &eventDelegate{g: g}
 	mc.DeadNodeReclaimTime = time.Second
@@ -171,6 +187,40 @@ func New(cfg Config) (*Gossip, error) {
 	}
 	g.ml = ml
 	return g, nil
+}
+
+// SetKeys replaces the gossip keys, the primary first (a rotation): the
+// new keys are installed, the primary is used, the rest removed.
+func (g *Gossip) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return fmt.Errorf("gossip: an encryption key is required")
+	}
+	ring := g.ring
+	for _, k := range keys {
+		if err := ring.AddKey(k); err != nil {
+			return fmt.Errorf("gossip: add key: %w", err)
+		}
+	}
+	if err := ring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("gossip: use key: %w", err)
+	}
+	for _, old := range ring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, old) }) {
+			if err := ring.RemoveKey(old); err != nil {
+				return fmt.Errorf("gossip: remove key: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// NewKey returns a fresh 32-byte gossip key (AES-256).
+func NewKey() []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic("gossip: no randomness: " + err.Error())
+	}
+	return k
 }
 
 // Join contacts the given gossip addresses (host:port) and returns how

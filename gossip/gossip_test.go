@@ -1,10 +1,12 @@
 package gossip
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -36,9 +38,20 @@ func startMember(t *testing.T, i int, cluster, role string) *Gossip {
 }
 
 func startMemberTimed(t *testing.T, i int, cluster, role string, fast bool) *Gossip {
+	return startMemberKeyed(t, i, cluster, role, fast, clusterKey(cluster))
+}
+
+// clusterKey is a test cluster's gossip key.
+func clusterKey(cluster string) []byte {
+	sum := sha256.Sum256([]byte(cluster))
+	return sum[:]
+}
+
+func startMemberKeyed(t *testing.T, i int, cluster, role string, fast bool, keys ...[]byte) *Gossip {
 	t.Helper()
 	ip := fmt.Sprintf("127.0.0.%d", 10+i)
 	g, err := New(Config{
+		Keys:      keys,
 		Meta:      Meta{NodeID: fmt.Sprintf("node-%d", i), Role: role, API: ip + ":4242"},
 		BindIP:    ip,
 		BindPort:  freeGossipPort(t, ip),
@@ -135,12 +148,58 @@ func TestClustersStayApart(t *testing.T) {
 	}
 }
 
+func TestWrongKeyDoesNotJoin(t *testing.T) {
+	a := startMember(t, 40, "cluster-k", RoleManager)
+	b := startMemberKeyed(t, 41, "cluster-k", RoleWorker, false, NewKey())
+	if n, err := b.Join([]string{a.LocalAddr()}); err == nil && n > 0 {
+		t.Fatalf("a member with the wrong key joined (%d answered)", n)
+	}
+	if len(a.Members()) != 1 || len(b.Members()) != 1 {
+		t.Fatalf("a member with the wrong key got in: %d and %d members", len(a.Members()), len(b.Members()))
+	}
+}
+
+func TestNoKeyIsRefused(t *testing.T) {
+	_, err := New(Config{Meta: Meta{NodeID: "n"}, BindIP: "127.0.0.1"})
+	if err == nil || !strings.Contains(err.Error(), "key is required") {
+		t.Fatalf("err = %v, want a key to be required", err)
+	}
+}
+
+func TestKeyRotation(t *testing.T) {
+	oldKey, newKey := clusterKey("cluster-r"), NewKey()
+	a := startMember(t, 50, "cluster-r", RoleManager)
+	b := startMember(t, 51, "cluster-r", RoleWorker)
+	if _, err := b.Join([]string{a.LocalAddr()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two members", func() bool { return len(a.Members()) == 2 && len(b.Members()) == 2 })
+	// Both install the new key as primary, keeping the old one, then drop it.
+	for _, keys := range [][][]byte{{newKey, oldKey}, {newKey}} {
+		for _, g := range []*Gossip{a, b} {
+			if err := g.SetKeys(keys); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Only the new key gets in now.
+	c := startMemberKeyed(t, 52, "cluster-r", RoleWorker, false, newKey)
+	if _, err := c.Join([]string{a.LocalAddr()}); err != nil {
+		t.Fatalf("a member with the new key: %v", err)
+	}
+	d := startMemberKeyed(t, 53, "cluster-r", RoleWorker, false, oldKey)
+	if n, err := d.Join([]string{a.LocalAddr()}); err == nil && n > 0 {
+		t.Fatal("a member with the retired key joined")
+	}
+	waitFor(t, "three members", func() bool { return len(a.Members()) == 3 && len(b.Members()) == 3 && len(c.Members()) == 3 })
+}
+
 func TestMetaTooLarge(t *testing.T) {
 	big := make([]byte, 600)
 	for i := range big {
 		big[i] = 'x'
 	}
-	_, err := New(Config{Meta: Meta{NodeID: "n", API: string(big)}, BindIP: "127.0.0.1", BindPort: 0})
+	_, err := New(Config{Meta: Meta{NodeID: "n", API: string(big)}, BindIP: "127.0.0.1", BindPort: 0, Keys: [][]byte{clusterKey("c")}})
 	if err == nil {
 		t.Fatal("metadata over 512 bytes was accepted")
 	}

@@ -8,6 +8,7 @@ package manager_test
 import (
 	"context"
 	"fmt"
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -147,7 +148,12 @@ func (c *cluster) newConfig(name string) manager.Config {
 // when the test ends (before its data dir is removed).
 func (c *cluster) addNode(name string, cfg manager.Config, m *manager.Manager) *node {
 	c.t.Helper()
-	conn, err := rpc.Dial(cfg.APIAddr(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	creds, _, err := clientcreds.Find(cfg.DataDir, "")
+	if err != nil {
+		m.Close()
+		c.t.Fatal(err)
+	}
+	conn, err := rpc.Dial(cfg.APIAddr(), creds, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		m.Close()
 		c.t.Fatalf("dial %s: %v", cfg.APIAddr(), err)

@@ -48,8 +48,15 @@ type Config struct {
 	HeartbeatPeriod time.Duration
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
 	GossipFast bool
+	// CertExpiry is the lifetime of node certificates, set at init
+	// (default 90 days); nodes renew theirs after two thirds of it.
+	CertExpiry time.Duration
+	// CertCheckInterval is how often a manager checks whether its
+	// certificate is due for renewal and follows CA and gossip key
+	// rotations (default 1s).
+	CertCheckInterval time.Duration
 	// WrapRaftStream wraps the Raft transport's stream layer (fault
-	// injection in tests, TLS later).
+	// injection in tests); TLS is beneath it.
 	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer
 	Logger         *slog.Logger
 }
@@ -88,6 +95,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.HeartbeatPeriod == 0 {
 		c.HeartbeatPeriod = time.Second
+	}
+	if c.CertExpiry == 0 {
+		c.CertExpiry = DefaultCertExpiry
+	}
+	if c.CertExpiry < 3*time.Second {
+		return fmt.Errorf("certificate expiry %s is too short (at least 3s; the default is 90 days)", c.CertExpiry)
+	}
+	if c.CertCheckInterval == 0 {
+		c.CertCheckInterval = time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

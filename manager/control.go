@@ -137,7 +137,7 @@ func (s *controlServer) GetCluster(ctx context.Context, _ *pb.GetClusterRequest)
 	resp := &pb.GetClusterResponse{}
 	var managers []*pb.Node
 	m.store.View(func(tx *raftstore.Tx) {
-		resp.Cluster = tx.Cluster()
+		resp.Cluster = publicCluster(tx.Cluster())
 		for _, n := range tx.Nodes().List() {
 			if n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
 				managers = append(managers, n)
@@ -185,7 +185,7 @@ func (s *controlServer) RotateJoinToken(ctx context.Context, req *pb.RotateJoinT
 		if c.JoinTokens == nil {
 			c.JoinTokens = &pb.JoinTokens{}
 		}
-		token = newJoinToken(c.GetId())
+		token = newJoinToken(c.GetRootCa().GetDigest())
 		switch req.GetRole() {
 		case pb.NodeRole_NODE_ROLE_WORKER:
 			c.JoinTokens.Worker = token

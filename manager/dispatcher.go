@@ -2,8 +2,6 @@ package manager
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"sync"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // LeaderTrailer names the trailer in which a follower's dispatcher says
@@ -230,8 +229,10 @@ func (d *dispatcher) leaderOnly(ctx context.Context) error {
 	return status.Error(codes.Unavailable, "no leader right now; retry shortly")
 }
 
-// authenticate checks that the caller is the worker it claims to be.
-func (d *dispatcher) authenticate(nodeID, secret string) (*pb.Node, error) {
+// authenticate checks that the worker may open a session. Its certificate
+// proved who it is (the authorisation interceptor checks that it acts for
+// itself).
+func (d *dispatcher) authenticate(nodeID string) (*pb.Node, error) {
 	var n *pb.Node
 	var removed bool
 	d.m.store.View(func(tx *raftstore.Tx) {
@@ -250,10 +251,6 @@ func (d *dispatcher) authenticate(nodeID, secret string) (*pb.Node, error) {
 	case n.GetRole() != pb.NodeRole_NODE_ROLE_WORKER:
 		return nil, status.Errorf(codes.PermissionDenied, "node %s is not a worker", nodeID)
 	}
-	sum := sha256.Sum256([]byte(secret))
-	if subtle.ConstantTimeCompare(sum[:], n.GetSecretHash()) != 1 {
-		return nil, status.Errorf(codes.PermissionDenied, "wrong node secret for node %s: a node may only open its own session", nodeID)
-	}
 	return n, nil
 }
 
@@ -263,7 +260,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		return err
 	}
 	nodeID := req.GetNodeId()
-	if _, err := d.authenticate(nodeID, req.GetNodeSecret()); err != nil {
+	if _, err := d.authenticate(nodeID); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -317,14 +314,16 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 
 	// Read the node's tasks and subscribe in one step: no change slips between.
 	var (
-		tasks []*pb.Task
-		node  *pb.Node
-		index uint64
+		tasks    []*pb.Task
+		node     *pb.Node
+		index    uint64
+		security *pb.SecurityUpdate
 	)
 	sub := d.m.store.ViewAndWatch(func(tx *raftstore.Tx) {
 		tasks = tx.Tasks().Find(raftstore.IndexNode, nodeID)
 		node, _ = tx.Nodes().Get(nodeID)
 		index = tx.Index()
+		security = securityUpdate(tx.Cluster())
 	}, func(ev raftstore.Event) bool {
 		switch o := ev.Object.(type) {
 		case *pb.Task:
@@ -332,6 +331,8 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			return o.GetNodeId() == nodeID || (old != nil && old.GetNodeId() == nodeID)
 		case *pb.Node:
 			return o.GetId() == nodeID
+		case *pb.Cluster:
+			return true
 		}
 		return false
 	})
@@ -343,6 +344,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		Managers:        d.managers(),
 		Node:            node,
 		Assignments:     &pb.Assignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE, Updated: assigned(tasks), Index: index},
+		Security:        security,
 	}
 	if err := stream.Send(first); err != nil {
 		return err
@@ -385,6 +387,10 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 					return status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster", nodeID)
 				}
 				msg.Node = o
+			case *pb.Cluster:
+				if up := securityUpdate(o); !proto.Equal(up, security) {
+					security, msg.Security = up, up
+				}
 			case *pb.Task:
 				old, _ := ev.Old.(*pb.Task)
 				switch {
@@ -397,7 +403,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 			}
 		}
-		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil {
+		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil {
 			continue
 		}
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {
@@ -407,6 +413,12 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			return err
 		}
 	}
+}
+
+// securityUpdate is what workers must know of the cluster's trust roots
+// and gossip keys.
+func securityUpdate(c *pb.Cluster) *pb.SecurityUpdate {
+	return &pb.SecurityUpdate{RootCas: c.GetRootCa().GetTrustBundle(), RootDigest: c.GetRootCa().GetDigest(), GossipKeys: c.GetGossipKeys()}
 }
 
 // isAssigned reports whether a task is the node's to run: the scheduler

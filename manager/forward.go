@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -62,6 +63,7 @@ func (m *Manager) forwardToLeader(ctx context.Context, method string, req any) (
 	md, _ := metadata.FromIncomingContext(ctx)
 	md = md.Copy()
 	md.Set(rpc.ForwardedKey, m.id.NodeID)
+	md.Set(callerHeader, forwardedCaller(ctx))
 	outCtx := metadata.NewOutgoingContext(ctx, md)
 	if err := conn.Invoke(outCtx, method, req, out); err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && !strings.Contains(s.Message(), "leader") {
@@ -156,16 +158,28 @@ func toStatus(err error) error {
 	return status.Error(code, err.Error())
 }
 
-// connPool keeps one client connection per manager address.
+// connPool keeps one client connection per node address, made with this
+// manager's certificate.
 type connPool struct {
+	creds  *rpc.Credentials
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
 }
 
-func newConnPool() *connPool { return &connPool{conns: map[string]*grpc.ClientConn{}} }
+func newConnPool(creds *rpc.Credentials) *connPool {
+	return &connPool{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
 
-func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
+// get is a connection to the manager at addr.
+func (p *connPool) get(addr string) (*grpc.ClientConn, error) { return p.dial(addr, pki.RoleManager) }
+
+// getWorker is a connection to the worker at addr.
+func (p *connPool) getWorker(addr string) (*grpc.ClientConn, error) {
+	return p.dial(addr, pki.RoleWorker)
+}
+
+func (p *connPool) dial(addr, role string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	// A handler or loop still running while the manager stops must not
@@ -173,14 +187,15 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	if p.closed {
 		return nil, status.Error(codes.Unavailable, "this manager is stopping")
 	}
-	if c, ok := p.conns[addr]; ok {
+	key := role + "@" + addr
+	if c, ok := p.conns[key]; ok {
 		return c, nil
 	}
-	c, err := rpc.Dial(addr)
+	c, err := rpc.DialRole(addr, p.creds, role)
 	if err != nil {
 		return nil, err
 	}
-	p.conns[addr] = c
+	p.conns[key] = c
 	return c, nil
 }
 

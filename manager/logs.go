@@ -72,7 +72,7 @@ func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.Serv
 
 // taskLogs reads one task's output from its node and splits it into lines.
 func (m *Manager) taskLogs(ctx context.Context, t *pb.Task, n *pb.Node, req *pb.ServiceLogsRequest, out chan<- *pb.LogLine) error {
-	conn, err := m.conns.get(n.GetApiAddr())
+	conn, err := m.conns.getWorker(n.GetApiAddr())
 	if err != nil {
 		return err
 	}

@@ -6,9 +6,6 @@ package manager
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,11 +15,14 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/nodecreds"
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
@@ -44,6 +44,7 @@ type Manager struct {
 	cfg   Config
 	log   *slog.Logger
 	id    *datadir.Identity
+	creds *nodecreds.Node
 	store *raftstore.Store
 
 	grpc   *grpc.Server
@@ -52,6 +53,10 @@ type Manager struct {
 	reach  *reachability
 	disp   *dispatcher
 	gossip *gossip.Gossip
+
+	// storeReady is set once store is assigned (Raft handshakes may come
+	// before).
+	storeReady atomic.Bool
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -73,17 +78,23 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 		ClusterID:       raftstore.NewID(),
 		RaftID:          raftstore.NewID(),
 		Role:            "manager",
-		NodeSecret:      newSecret(),
 		InitializedHere: true,
 		Hostname:        cfg.Hostname,
 		Advertise:       cfg.APIAddr(),
+	}
+	if err := bootstrapSecurity(cfg, id); err != nil {
+		return nil, fmt.Errorf("init: create the cluster's CA: %w", err)
 	}
 	// The identity is written before the bootstrap: a crash in between
 	// leaves a dir that restarts and bootstraps once (raft refuses twice).
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
-	m, err := start(ctx, cfg, id, false)
+	nc, err := loadNodeCreds(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := start(ctx, cfg, id, false, nc)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +125,11 @@ func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, e
 	if id.Role != "manager" {
 		return nil, fmt.Errorf("data dir %s holds worker node %s, not a manager", cfg.DataDir, id.NodeID)
 	}
-	m, err := start(ctx, cfg, id, forceNewCluster)
+	nc, err := loadNodeCreds(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := start(ctx, cfg, id, forceNewCluster, nc)
 	if err != nil {
 		return nil, err
 	}
@@ -137,55 +152,83 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	clusterID, err := parseToken(token)
+	digest, _, err := parseToken(token)
 	if err != nil {
 		return nil, err
 	}
 	if err := datadir.CheckUnused(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if role, _, err := CheckToken(ctx, remote, token); err != nil {
+	role, clusterID, err := CheckToken(ctx, remote, token)
+	if err != nil {
 		return nil, err
 	} else if role != pb.NodeRole_NODE_ROLE_MANAGER {
 		return nil, fmt.Errorf("this is a worker token: it joins the node as a worker, not a manager")
 	}
 	id := &datadir.Identity{
-		NodeID:     raftstore.NewID(),
-		ClusterID:  clusterID,
-		RaftID:     raftstore.NewID(),
-		Role:       "manager",
-		Hostname:   cfg.Hostname,
-		Advertise:  cfg.APIAddr(),
-		NodeSecret: newSecret(),
+		NodeID:    raftstore.NewID(),
+		ClusterID: clusterID,
+		RaftID:    raftstore.NewID(),
+		Role:      "manager",
+		Hostname:  cfg.Hostname,
+		Advertise: cfg.APIAddr(),
+		// Until the join hands out the cluster's key, gossip uses one
+		// nobody else has: it talks to no one.
+		GossipKeys: [][]byte{gossip.NewKey()},
 	}
-	// Raft must listen before the leader adds this node as a voter.
-	m, err := start(ctx, cfg, id, false)
+	// Raft must listen before the leader adds this node as a voter; it
+	// refuses every handshake until the join brings the certificate.
+	key, keyPEM, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	nc := nodecreds.Pending(cfg.DataDir, digest)
+	m, err := start(ctx, cfg, id, false, nc)
 	if err != nil {
 		wipeDataDir(cfg.DataDir)
 		return nil, err
 	}
-	resp, err := m.requestJoin(ctx, WithDefaultPort(remote), token, false)
+	resp, err := m.requestJoin(ctx, WithDefaultPort(remote), token, false, csr)
+	if err == nil {
+		err = m.adoptJoin(resp, keyPEM)
+	}
 	if err != nil {
 		m.Close()
 		wipeDataDir(cfg.DataDir)
-		return nil, err
-	}
-	id.ClusterID = resp.GetClusterId()
-	if err := datadir.Save(cfg.DataDir, id); err != nil {
-		m.Close()
 		return nil, err
 	}
 	m.log.Info("joined cluster as manager", "cluster", id.ClusterID, "node", id.NodeID)
 	return m, nil
 }
 
+// adoptJoin installs what a join handed out: the certificate, the roots
+// and the gossip keys; then the identity is saved.
+func (m *Manager) adoptJoin(resp *pb.JoinResponse, keyPEM []byte) error {
+	if err := m.creds.Install(resp.GetCertificate(), keyPEM, resp.GetRootCas()); err != nil {
+		return fmt.Errorf("install the certificate the cluster issued: %w", err)
+	}
+	if len(resp.GetGossipKeys()) > 0 {
+		if err := m.gossip.SetKeys(resp.GetGossipKeys()); err != nil {
+			return err
+		}
+		m.id.GossipKeys = resp.GetGossipKeys()
+	}
+	m.id.ClusterID = resp.GetClusterId()
+	return datadir.Save(m.cfg.DataDir, m.id)
+}
+
 // start opens the store and the API server of a manager.
-func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool) (*Manager, error) {
+func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool, nc *nodecreds.Node) (*Manager, error) {
 	m := &Manager{
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", id.NodeID[:8], "role", "manager"),
 		id:      id,
-		conns:   newConnPool(),
+		creds:   nc,
+		conns:   newConnPool(nc.Creds()),
 		reach:   newReachability(),
 		stopped: make(chan struct{}),
 	}
@@ -198,6 +241,8 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		Timing:            cfg.Timing,
 		SnapshotThreshold: cfg.SnapshotThreshold,
 		TrailingLogs:      cfg.TrailingLogs,
+		ServerTLS:         nc.Creds().ServerTLS(true, m.acceptRaftPeer, m.log.With("link", "raft")),
+		ClientTLS:         nc.Creds().ClientTLS(pki.RoleManager),
 		WrapStream:        cfg.WrapRaftStream,
 		Logger:            cfg.Logger,
 	}
@@ -210,6 +255,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 	if err != nil {
 		return nil, err
 	}
+	m.storeReady.Store(true)
 	if id.InitializedHere && !forceNew {
 		if err := m.store.Bootstrap(); err == nil {
 			m.log.Info("bootstrapped a new Raft cluster", "raft_id", id.RaftID)
@@ -222,7 +268,8 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		m.store.Close()
 		return nil, fmt.Errorf("listen on %s for the API: %w (is another node using this address and port?)", cfg.listenAPI(), err)
 	}
-	m.grpc = grpc.NewServer(rpc.ServerOptions(grpc.ChainUnaryInterceptor(m.unaryInterceptor))...)
+	m.grpc = grpc.NewServer(rpc.ServerOptions(nc.Creds(), nil, m.log.With("link", "api"),
+		grpc.ChainUnaryInterceptor(m.authUnary, m.unaryInterceptor), grpc.ChainStreamInterceptor(m.authStream))...)
 	pb.RegisterControlServer(m.grpc, &controlServer{m: m})
 	pb.RegisterMembershipServer(m.grpc, &membershipServer{m: m})
 	pb.RegisterDispatcherServer(m.grpc, m.disp)
@@ -233,6 +280,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		AdvertiseIP:   cfg.AdvertiseIP,
 		AdvertisePort: GossipPort(cfg.APIPort),
 		ClusterID:     id.ClusterID,
+		Keys:          id.GossipKeys,
 		Fast:          cfg.GossipFast,
 		Logger:        cfg.Logger,
 	})
@@ -241,7 +289,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		m.store.Close()
 		return nil, err
 	}
-	m.wg.Add(5)
+	m.wg.Add(6)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
@@ -252,6 +300,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 	go m.watchMembership()
 	go m.joinGossip()
 	go m.watchGossip()
+	go m.keepCredentials()
 	m.log.Info("manager started", "api", cfg.APIAddr(), "raft", cfg.RaftAddr(), "cluster", id.ClusterID)
 	return m, nil
 }
@@ -265,7 +314,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	if err != nil {
 		return nil, err
 	}
-	if id.Role != "worker" || id.NodeSecret == "" {
+	if id.Role != "worker" {
 		return nil, fmt.Errorf("data dir %s holds no worker to promote", cfg.DataDir)
 	}
 	if err := cfg.adoptIdentity(id); err != nil {
@@ -274,15 +323,29 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	nc, err := loadNodeCreds(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
 	id.RaftID = raftstore.NewID()
-	m, err := start(ctx, cfg, id, false)
+	key, keyPEM, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	m, err := start(ctx, cfg, id, false, nc)
 	if err != nil {
 		return nil, err
 	}
 	var lastErr error
 	for _, remote := range managers {
-		if _, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true); lastErr == nil {
+		var resp *pb.JoinResponse
+		if resp, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true, csr); lastErr == nil {
+			lastErr = m.creds.Install(resp.GetCertificate(), keyPEM, resp.GetRootCas())
 			break
 		}
 	}
@@ -303,7 +366,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 // CheckToken asks the manager at remote which role a join token grants
 // and which cluster it belongs to, before the node starts anything.
 func CheckToken(ctx context.Context, remote, token string) (pb.NodeRole, string, error) {
-	if _, err := parseToken(token); err != nil {
+	if _, _, err := parseToken(token); err != nil {
 		return 0, "", err
 	}
 	resp, err := joinclient.CheckToken(ctx, WithDefaultPort(remote), token)
@@ -313,16 +376,17 @@ func CheckToken(ctx context.Context, remote, token string) (pb.NodeRole, string,
 	return resp.GetRole(), resp.GetClusterId(), nil
 }
 
-// requestJoin asks the cluster (through any manager) to admit this node.
-func (m *Manager) requestJoin(ctx context.Context, remote, token string, promotion bool) (*pb.JoinResponse, error) {
-	return joinclient.Join(ctx, remote, &pb.JoinRequest{
+// requestJoin asks the cluster (through any manager) to admit this node
+// and sign its certificate request.
+func (m *Manager) requestJoin(ctx context.Context, remote, token string, promotion bool, csr []byte) (*pb.JoinResponse, error) {
+	return joinclient.Join(ctx, remote, m.creds.Creds(), &pb.JoinRequest{
 		Token:       token,
 		NodeId:      m.id.NodeID,
 		RaftId:      m.id.RaftID,
 		ApiAddr:     m.cfg.APIAddr(),
 		RaftAddr:    m.cfg.RaftAddr(),
 		Description: describeHost(m.cfg.Hostname),
-		NodeSecret:  m.id.NodeSecret,
+		Csr:         csr,
 		Promotion:   promotion,
 	})
 }
@@ -414,6 +478,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 	return []func(context.Context){
 		m.ensureCluster,
 		m.probeManagers,
+		m.finishRotation,
 		m.disp.run,
 		orchestrator.New(m.store, m.log).Run,
 		scheduler.New(m.store, m.log).Run,
@@ -430,10 +495,16 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 	var exists bool
 	m.store.View(func(tx *raftstore.Tx) { exists = tx.Cluster() != nil })
 	if exists {
+		_ = os.Remove(filepath.Join(m.cfg.DataDir, pendingRootKey))
+		return
+	}
+	rootCA, err := m.initialRootCA()
+	if err != nil {
+		m.log.Error("create cluster object", "err", err)
 		return
 	}
 	ctx = raftstore.WithRequestID(ctx, "init/"+m.id.ClusterID)
-	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err = m.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if tx.Cluster() != nil {
 			return nil
 		}
@@ -443,9 +514,11 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 				Annotations:      &pb.Annotations{Name: "default"},
 				TaskHistoryLimit: 5,
 				HeartbeatPeriod:  int64(m.cfg.HeartbeatPeriod),
-				CertExpiry:       int64(90 * 24 * time.Hour),
+				CertExpiry:       int64(m.cfg.CertExpiry),
 			},
-			JoinTokens: &pb.JoinTokens{Worker: newJoinToken(m.id.ClusterID), Manager: newJoinToken(m.id.ClusterID)},
+			JoinTokens: &pb.JoinTokens{Worker: newJoinToken(rootCA.GetDigest()), Manager: newJoinToken(rootCA.GetDigest())},
+			RootCa:     rootCA,
+			GossipKeys: m.id.GossipKeys,
 		}
 		if err := tx.Clusters().Create(c); err != nil {
 			return err
@@ -456,6 +529,7 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 		m.log.Error("create cluster object", "err", err)
 		return
 	}
+	_ = os.Remove(filepath.Join(m.cfg.DataDir, pendingRootKey))
 	m.log.Info("cluster initialised", "cluster", m.id.ClusterID)
 }
 
@@ -475,28 +549,40 @@ func (m *Manager) selfNode() *pb.Node {
 			RaftAddr: m.cfg.RaftAddr(),
 			ApiAddr:  m.cfg.APIAddr(),
 		},
-		Role:       pb.NodeRole_NODE_ROLE_MANAGER,
-		ApiAddr:    m.cfg.APIAddr(),
-		SecretHash: secretHash(m.id.NodeSecret),
+		Role:        pb.NodeRole_NODE_ROLE_MANAGER,
+		ApiAddr:     m.cfg.APIAddr(),
+		Certificate: m.certInfo(),
 	}
 }
 
-// newSecret returns a node secret: 192 random bits, hex.
-func newSecret() string {
-	var b [24]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("manager: no randomness: " + err.Error())
-	}
-	return hex.EncodeToString(b[:])
-}
-
-// secretHash is what the store keeps of a node secret (nil for none).
-func secretHash(secret string) []byte {
-	if secret == "" {
+// certInfo describes this node's current certificate for its record.
+func (m *Manager) certInfo() *pb.NodeCertificate {
+	leaf := m.creds.Creds().Leaf()
+	if leaf == nil {
 		return nil
 	}
-	sum := sha256.Sum256([]byte(secret))
-	return sum[:]
+	roots, err := pki.ParseCerts(m.creds.Creds().RootsPEM())
+	if err != nil {
+		return nil
+	}
+	return &pb.NodeCertificate{Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter.UnixNano(),
+		RootDigest: pki.Digest(roots[len(roots)-1]), Role: pb.NodeRole_NODE_ROLE_MANAGER}
+}
+
+// acceptRaftPeer lets only managers that were not removed dial Raft.
+func (m *Manager) acceptRaftPeer(id pki.Identity) error {
+	if id.Role != pki.RoleManager {
+		return fmt.Errorf("only managers join Raft; %s refused", id)
+	}
+	if !m.storeReady.Load() {
+		return nil // this manager is starting: nobody is removed yet
+	}
+	var removed bool
+	m.store.View(func(tx *raftstore.Tx) { removed = slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID) })
+	if removed {
+		return fmt.Errorf("manager %s was removed from the cluster: its certificate is revoked", id.ID)
+	}
+	return nil
 }
 
 // forgetOtherManagers turns the other managers into removed nodes after a
@@ -734,5 +820,6 @@ func (m *Manager) stop(reason error) {
 // wipeDataDir removes what a failed join created, so the dir is unused again.
 func wipeDataDir(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "raft"))
+	datadir.RemoveCerts(dir)
 	_ = os.Remove(filepath.Join(dir, datadir.FileName))
 }

@@ -445,7 +445,6 @@ func TestJoinErrors(t *testing.T) {
 	a := startCluster(t, 1, opts{})
 	other := startCluster(t, 1, opts{})
 	an := a.nodes[0]
-	cidA := an.m.ClusterID()
 	current := func(t *testing.T) string { return managerToken(t, an) }
 	worker := func(t *testing.T) string {
 		resp, err := an.ctl.GetCluster(callCtx(t, callTimeout), &pb.GetClusterRequest{})
@@ -467,7 +466,10 @@ func TestJoinErrors(t *testing.T) {
 		want    string
 	}{
 		{name: "malformed token", token: func(*testing.T) string { return "SWARM-1-abc" }, want: "malformed join token"},
-		{name: "wrong secret", token: func(*testing.T) string { return "SHOAL-1-" + cidA + "-" + strings.Repeat("a", 32) }, want: "invalid join token"},
+		{name: "wrong secret", token: func(t *testing.T) string {
+			digest, _, _ := strings.Cut(strings.TrimPrefix(current(t), "SHOAL-1-"), "-")
+			return "SHOAL-1-" + digest + "-" + strings.Repeat("a", 32)
+		}, want: "invalid join token"},
 		{name: "worker token", token: worker, want: "worker token"},
 		{name: "rotated token", token: func(t *testing.T) string {
 			old := current(t)
@@ -479,7 +481,7 @@ func TestJoinErrors(t *testing.T) {
 			}
 			return old
 		}, want: "invalid join token"},
-		{name: "token of another cluster", token: func(t *testing.T) string { return managerToken(t, other.nodes[0]) }, want: "is for cluster " + other.nodes[0].m.ClusterID()},
+		{name: "token of another cluster", token: func(t *testing.T) string { return managerToken(t, other.nodes[0]) }, want: "CA digest mismatch"},
 		{name: "nothing listens", token: current, remote: deadAddr, want: "no Shoal manager answered"},
 		{name: "data dir not Shoal's", token: current, foreign: true, want: "not a Shoal data dir"},
 	}
@@ -722,8 +724,11 @@ func TestDemoteAndRemove(t *testing.T) {
 			if !errors.Is(stopErr, manager.ErrDemoted) {
 				t.Errorf("demoted manager %s stopped with %v, want ErrDemoted", n.name, stopErr)
 			}
-			if err != nil || id.Role != "worker" || id.Removed || id.NodeSecret == "" {
-				t.Errorf("demoted manager's identity: %+v, %v; want a worker with its node secret", id, err)
+			if err != nil || id.Role != "worker" || id.Removed {
+				t.Errorf("demoted manager's identity: %+v, %v; want a worker", id, err)
+			}
+			if _, _, _, err := datadir.LoadCerts(n.cfg.DataDir); err != nil {
+				t.Errorf("demoted manager's certificate: %v", err)
 			}
 			return
 		}

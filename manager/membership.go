@@ -2,8 +2,6 @@ package manager
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"slices"
 	"sync"
@@ -42,8 +40,8 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	if role == pb.NodeRole_NODE_ROLE_MANAGER && (req.GetRaftId() == "" || req.GetRaftAddr() == "") {
 		return nil, status.Error(codes.InvalidArgument, "a manager's join request needs its Raft ID and address")
 	}
-	if role == pb.NodeRole_NODE_ROLE_WORKER && len(req.GetNodeSecret()) < 16 {
-		return nil, status.Error(codes.InvalidArgument, "a worker's join request needs a node secret of at least 16 characters")
+	if len(req.GetCsr()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "a join request needs a certificate request")
 	}
 	if slices.Contains(cluster.GetRemovedNodes(), req.GetNodeId()) {
 		return nil, status.Errorf(codes.PermissionDenied, "node %s was removed from this cluster and cannot rejoin with its old identity; join with an empty data dir", req.GetNodeId())
@@ -61,10 +59,11 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 		Role:          role,
 		ApiAddr:       req.GetApiAddr(),
 	}
-	if req.GetNodeSecret() != "" {
-		sum := sha256.Sum256([]byte(req.GetNodeSecret()))
-		node.SecretHash = sum[:]
+	certPEM, info, err := issueNode(cluster, req.GetCsr(), req.GetNodeId(), role)
+	if err != nil {
+		return nil, err
 	}
+	node.Certificate = info
 	if role == pb.NodeRole_NODE_ROLE_WORKER {
 		// A worker is Unknown until it opens its first session.
 		node.ManagerStatus = nil
@@ -72,9 +71,11 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	}
 	_, err = m.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if old, ok := tx.Nodes().Get(node.GetId()); ok {
-			if old.GetRole() == role && old.GetManagerStatus().GetRaftId() == req.GetRaftId() &&
-				subtle.ConstantTimeCompare(old.GetSecretHash(), node.GetSecretHash()) == 1 {
-				return nil // a retried join
+			if old.GetRole() == role && old.GetManagerStatus().GetRaftId() == req.GetRaftId() && old.GetApiAddr() == req.GetApiAddr() {
+				// A retried join (it holds the token): the record stays,
+				// the certificate is the one just issued.
+				old.Certificate = info
+				return tx.Nodes().Update(old)
 			}
 			return status.Errorf(codes.AlreadyExists, "node ID %s is taken", node.GetId())
 		}
@@ -88,9 +89,11 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	if err != nil {
 		return nil, err
 	}
+	resp := &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role, Certificate: certPEM,
+		RootCas: cluster.GetRootCa().GetTrustBundle(), GossipKeys: cluster.GetGossipKeys()}
 	if role == pb.NodeRole_NODE_ROLE_WORKER {
 		m.log.Info("worker joined", "node", req.GetNodeId(), "addr", req.GetApiAddr())
-		return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role}, nil
+		return resp, nil
 	}
 	if err := m.store.AddVoter(ctx, req.GetRaftId(), req.GetRaftAddr()); err != nil {
 		m.log.Warn("add voter failed; undoing the join", "node", req.GetNodeId(), "err", err)
@@ -103,7 +106,7 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.GetRaftAddr(), err)
 	}
 	m.log.Info("manager joined", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
-	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role}, nil
+	return resp, nil
 }
 
 // CheckToken tells a joining node which role its token grants.
@@ -122,12 +125,12 @@ func (s *membershipServer) CheckToken(ctx context.Context, req *pb.CheckTokenReq
 
 // checkToken returns the role a token grants in this cluster.
 func checkToken(cluster *pb.Cluster, token string) (pb.NodeRole, error) {
-	cid, err := parseToken(token)
+	digest, _, err := parseToken(token)
 	if err != nil {
 		return 0, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if cid != cluster.GetId() {
-		return 0, status.Errorf(codes.PermissionDenied, "the join token is for cluster %s, but this is cluster %s; get a token with `shoal cluster join-token` on this cluster", cid, cluster.GetId())
+	if digest != cluster.GetRootCa().GetDigest() {
+		return 0, status.Errorf(codes.PermissionDenied, "the join token pins another root CA than this cluster's (it is for another cluster, or from before a CA rotation); get a token with `shoal cluster join-token` on this cluster")
 	}
 	role, ok := roleForToken(cluster, token)
 	if !ok {
@@ -137,27 +140,37 @@ func checkToken(cluster *pb.Cluster, token string) (pb.NodeRole, error) {
 }
 
 // promote makes a worker that was promoted a manager: it proves itself with
-// its node secret, then its record turns into a manager's (its tasks are
-// failed so they are placed elsewhere: managers run no tasks) and it is
-// added to Raft as a voter.
+// its certificate, then its record turns into a manager's (its tasks are
+// failed so they are placed elsewhere: managers run no tasks), it gets a
+// manager certificate and it is added to Raft as a voter.
 func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	if req.GetRaftId() == "" || req.GetRaftAddr() == "" || req.GetApiAddr() == "" {
 		return nil, status.Error(codes.InvalidArgument, "a promotion needs the node's Raft ID, Raft and API addresses")
 	}
-	sum := sha256.Sum256([]byte(req.GetNodeSecret()))
+	if caller := callerOf(ctx); !caller.IsNode() || caller.ID != req.GetNodeId() {
+		return nil, status.Errorf(codes.PermissionDenied, "only node %s itself may complete its promotion, with its certificate", req.GetNodeId())
+	}
+	var certPEM []byte
 	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
 		n, ok := tx.Nodes().Get(req.GetNodeId())
+		var info *pb.NodeCertificate
+		var err error
+		if ok {
+			if certPEM, info, err = issueNode(cluster, req.GetCsr(), req.GetNodeId(), pb.NodeRole_NODE_ROLE_MANAGER); err != nil {
+				return err
+			}
+		}
 		switch {
 		case !ok:
 			return status.Errorf(codes.NotFound, "node %s is not a member of this cluster", req.GetNodeId())
-		case subtle.ConstantTimeCompare(sum[:], n.GetSecretHash()) != 1:
-			return status.Errorf(codes.PermissionDenied, "wrong node secret for node %s", req.GetNodeId())
 		case n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER && n.GetManagerStatus().GetRaftId() == req.GetRaftId():
-			return nil // a retried promotion
+			n.Certificate = info // a retried promotion
+			return tx.Nodes().Update(n)
 		case n.GetRole() != pb.NodeRole_NODE_ROLE_WORKER || n.GetSpec().GetDesiredRole() != pb.NodeRole_NODE_ROLE_MANAGER:
 			return status.Errorf(codes.FailedPrecondition, "node %s was not promoted; run `shoal node promote %s` first", req.GetNodeId(), req.GetNodeId())
 		}
 		n.Role = pb.NodeRole_NODE_ROLE_MANAGER
+		n.Certificate = info
 		n.ApiAddr = req.GetApiAddr()
 		n.ManagerStatus = &pb.ManagerStatus{RaftId: req.GetRaftId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr()}
 		if n.Description != nil {
@@ -189,22 +202,18 @@ func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.Join
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v; the promotion will be retried", req.GetRaftAddr(), err)
 	}
 	m.log.Info("worker promoted to manager", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
-	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER}, nil
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER, Certificate: certPEM,
+		RootCas: cluster.GetRootCa().GetTrustBundle(), GossipKeys: cluster.GetGossipKeys()}, nil
 }
 
 // Leave removes the calling node from the cluster (runs on the leader).
-// A worker proves who it is with its node secret.
+// A worker may only take itself out: the authorisation interceptor checks
+// the node ID against its certificate.
 func (s *membershipServer) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.LeaveResponse, error) {
 	var n *pb.Node
 	s.m.store.View(func(tx *raftstore.Tx) { n, _ = tx.Nodes().Get(req.GetNodeId()) })
 	if n == nil {
 		return &pb.LeaveResponse{}, nil // already gone
-	}
-	if n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
-		sum := sha256.Sum256([]byte(req.GetNodeSecret()))
-		if subtle.ConstantTimeCompare(sum[:], n.GetSecretHash()) != 1 {
-			return nil, status.Errorf(codes.PermissionDenied, "wrong node secret for node %s", req.GetNodeId())
-		}
 	}
 	if err := s.m.removeNode(ctx, req.GetNodeId(), true); err != nil {
 		return nil, err

@@ -1,41 +1,22 @@
 package manager
 
 import (
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base32"
-	"fmt"
-	"strings"
 
+	"github.com/shoal-cluster/shoal/internal/jointoken"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/protobuf/proto"
 )
 
-// tokenPrefix starts every join token: SHOAL-1-<cluster-id>-<secret>.
-const tokenPrefix = "SHOAL-1-"
+// newJoinToken returns a fresh token pinning the root CA with digest.
+func newJoinToken(digest string) string { return jointoken.Format(digest, jointoken.NewSecret()) }
 
-var tokenEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+// formatToken builds a token from a root digest and a secret.
+func formatToken(digest, secret string) string { return jointoken.Format(digest, secret) }
 
-// newJoinToken returns a fresh token for the cluster with 160 random bits.
-func newJoinToken(clusterID string) string {
-	var b [20]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("manager: no randomness: " + err.Error())
-	}
-	return tokenPrefix + clusterID + "-" + strings.ToLower(tokenEncoding.EncodeToString(b[:]))
-}
-
-// parseToken splits a token into its cluster ID; it checks only the shape.
-func parseToken(token string) (clusterID string, err error) {
-	rest, ok := strings.CutPrefix(token, tokenPrefix)
-	if !ok {
-		return "", fmt.Errorf("malformed join token: it must start with %q; copy it from `shoal cluster join-token`", tokenPrefix)
-	}
-	cid, secret, ok := strings.Cut(rest, "-")
-	if !ok || cid == "" || len(secret) < 16 {
-		return "", fmt.Errorf("malformed join token; copy it again from `shoal cluster join-token`")
-	}
-	return cid, nil
-}
+// parseToken splits a token into its root CA digest and secret; it checks
+// only the shape.
+func parseToken(token string) (digest, secret string, err error) { return jointoken.Parse(token) }
 
 // roleForToken returns the role a token admits, comparing in constant time.
 func roleForToken(c *pb.Cluster, token string) (pb.NodeRole, bool) {
@@ -50,3 +31,6 @@ func roleForToken(c *pb.Cluster, token string) (pb.NodeRole, bool) {
 	}
 	return pb.NodeRole_NODE_ROLE_UNSPECIFIED, false
 }
+
+// cloneCluster deep-copies a cluster object.
+func cloneCluster(c *pb.Cluster) *pb.Cluster { return proto.Clone(c).(*pb.Cluster) }

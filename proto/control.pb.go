@@ -1714,11 +1714,11 @@ type JoinRequest struct {
 	ApiAddr     string           `protobuf:"bytes,4,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
 	RaftAddr    string           `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	Description *NodeDescription `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
-	// node_secret is the secret the node proves itself with later (worker
-	// sessions, promotion); the store keeps only its SHA-256.
-	NodeSecret string `protobuf:"bytes,7,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
+	// csr is the node's PEM certificate request: the cluster signs it and
+	// returns the certificate (the key never leaves the node).
+	Csr []byte `protobuf:"bytes,9,opt,name=csr,proto3" json:"csr,omitempty"`
 	// promotion is set by a worker that was promoted: it joins Raft with its
-	// existing identity (node_id and node_secret) instead of a token.
+	// existing identity (its certificate) instead of a token.
 	Promotion     bool `protobuf:"varint,8,opt,name=promotion,proto3" json:"promotion,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1796,11 +1796,11 @@ func (x *JoinRequest) GetDescription() *NodeDescription {
 	return nil
 }
 
-func (x *JoinRequest) GetNodeSecret() string {
+func (x *JoinRequest) GetCsr() []byte {
 	if x != nil {
-		return x.NodeSecret
+		return x.Csr
 	}
-	return ""
+	return nil
 }
 
 func (x *JoinRequest) GetPromotion() bool {
@@ -1811,11 +1811,17 @@ func (x *JoinRequest) GetPromotion() bool {
 }
 
 type JoinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
-	Managers      []*ManagerRaftStatus   `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
-	Raft          *RaftSettings          `protobuf:"bytes,4,opt,name=raft,proto3" json:"raft,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Role      NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	Managers  []*ManagerRaftStatus   `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
+	Raft      *RaftSettings          `protobuf:"bytes,4,opt,name=raft,proto3" json:"raft,omitempty"`
+	// certificate is the node's new certificate chain (PEM, leaf first).
+	Certificate []byte `protobuf:"bytes,5,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// root_cas are the roots to trust (PEM).
+	RootCas []byte `protobuf:"bytes,6,opt,name=root_cas,json=rootCas,proto3" json:"root_cas,omitempty"`
+	// gossip_keys encrypt gossip, the primary key first.
+	GossipKeys    [][]byte `protobuf:"bytes,7,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1878,11 +1884,30 @@ func (x *JoinResponse) GetRaft() *RaftSettings {
 	return nil
 }
 
+func (x *JoinResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetRootCas() []byte {
+	if x != nil {
+		return x.RootCas
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetGossipKeys() [][]byte {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
 type LeaveRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// node_secret authenticates a worker leaving on its own behalf.
-	NodeSecret    string `protobuf:"bytes,2,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1920,13 +1945,6 @@ func (*LeaveRequest) Descriptor() ([]byte, []int) {
 func (x *LeaveRequest) GetNodeId() string {
 	if x != nil {
 		return x.NodeId
-	}
-	return ""
-}
-
-func (x *LeaveRequest) GetNodeSecret() string {
-	if x != nil {
-		return x.NodeSecret
 	}
 	return ""
 }
@@ -2116,6 +2134,374 @@ func (x *CheckMemberResponse) GetDemoted() bool {
 	return false
 }
 
+// IssueClientCertificateRequest asks for an admin client certificate.
+type IssueClientCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// csr is the client's PEM certificate request.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueClientCertificateRequest) Reset() {
+	*x = IssueClientCertificateRequest{}
+	mi := &file_control_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueClientCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueClientCertificateRequest) ProtoMessage() {}
+
+func (x *IssueClientCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueClientCertificateRequest.ProtoReflect.Descriptor instead.
+func (*IssueClientCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *IssueClientCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type IssueClientCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	RootCas       []byte                 `protobuf:"bytes,2,opt,name=root_cas,json=rootCas,proto3" json:"root_cas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueClientCertificateResponse) Reset() {
+	*x = IssueClientCertificateResponse{}
+	mi := &file_control_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueClientCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueClientCertificateResponse) ProtoMessage() {}
+
+func (x *IssueClientCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueClientCertificateResponse.ProtoReflect.Descriptor instead.
+func (*IssueClientCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *IssueClientCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *IssueClientCertificateResponse) GetRootCas() []byte {
+	if x != nil {
+		return x.RootCas
+	}
+	return nil
+}
+
+// RotateRootCARequest starts a root CA rotation.
+type RotateRootCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateRootCARequest) Reset() {
+	*x = RotateRootCARequest{}
+	mi := &file_control_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateRootCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateRootCARequest) ProtoMessage() {}
+
+func (x *RotateRootCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateRootCARequest.ProtoReflect.Descriptor instead.
+func (*RotateRootCARequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{41}
+}
+
+type RotateRootCAResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// digest is the new root's digest (join tokens now carry it).
+	Digest        string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateRootCAResponse) Reset() {
+	*x = RotateRootCAResponse{}
+	mi := &file_control_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateRootCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateRootCAResponse) ProtoMessage() {}
+
+func (x *RotateRootCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateRootCAResponse.ProtoReflect.Descriptor instead.
+func (*RotateRootCAResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RotateRootCAResponse) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+// RotateGossipKeyRequest installs a new primary gossip key.
+type RotateGossipKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGossipKeyRequest) Reset() {
+	*x = RotateGossipKeyRequest{}
+	mi := &file_control_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGossipKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGossipKeyRequest) ProtoMessage() {}
+
+func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGossipKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateGossipKeyRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{43}
+}
+
+type RotateGossipKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// keys is how many keys nodes keep (the new one and the previous one).
+	Keys          int32 `protobuf:"varint,1,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGossipKeyResponse) Reset() {
+	*x = RotateGossipKeyResponse{}
+	mi := &file_control_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGossipKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGossipKeyResponse) ProtoMessage() {}
+
+func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGossipKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateGossipKeyResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RotateGossipKeyResponse) GetKeys() int32 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+// RenewCertificateRequest asks for a new certificate for the calling node
+// (identified by its current certificate), with the role it has now.
+type RenewCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateRequest) Reset() {
+	*x = RenewCertificateRequest{}
+	mi := &file_control_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateRequest) ProtoMessage() {}
+
+func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RenewCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type RenewCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	RootCas       []byte                 `protobuf:"bytes,2,opt,name=root_cas,json=rootCas,proto3" json:"root_cas,omitempty"`
+	GossipKeys    [][]byte               `protobuf:"bytes,3,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateResponse) Reset() {
+	*x = RenewCertificateResponse{}
+	mi := &file_control_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateResponse) ProtoMessage() {}
+
+func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RenewCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *RenewCertificateResponse) GetRootCas() []byte {
+	if x != nil {
+		return x.RootCas
+	}
+	return nil
+}
+
+func (x *RenewCertificateResponse) GetGossipKeys() [][]byte {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -2221,27 +2607,28 @@ const file_control_proto_rawDesc = "" +
 	"\x12CheckTokenResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x89\x02\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x80\x02\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x17\n" +
 	"\araft_id\x18\x03 \x01(\tR\x06raftId\x12\x19\n" +
 	"\bapi_addr\x18\x04 \x01(\tR\aapiAddr\x12\x1b\n" +
 	"\traft_addr\x18\x05 \x01(\tR\braftAddr\x12;\n" +
-	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12\x1f\n" +
-	"\vnode_secret\x18\a \x01(\tR\n" +
-	"nodeSecret\x12\x1c\n" +
-	"\tpromotion\x18\b \x01(\bR\tpromotion\"\xba\x01\n" +
+	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12\x10\n" +
+	"\x03csr\x18\t \x01(\fR\x03csr\x12\x1c\n" +
+	"\tpromotion\x18\b \x01(\bR\tpromotionJ\x04\b\a\x10\b\"\x98\x02\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x127\n" +
 	"\bmanagers\x18\x03 \x03(\v2\x1b.shoal.v1.ManagerRaftStatusR\bmanagers\x12*\n" +
-	"\x04raft\x18\x04 \x01(\v2\x16.shoal.v1.RaftSettingsR\x04raft\"H\n" +
+	"\x04raft\x18\x04 \x01(\v2\x16.shoal.v1.RaftSettingsR\x04raft\x12 \n" +
+	"\vcertificate\x18\x05 \x01(\fR\vcertificate\x12\x19\n" +
+	"\broot_cas\x18\x06 \x01(\fR\arootCas\x12\x1f\n" +
+	"\vgossip_keys\x18\a \x03(\fR\n" +
+	"gossipKeys\"-\n" +
 	"\fLeaveRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1f\n" +
-	"\vnode_secret\x18\x02 \x01(\tR\n" +
-	"nodeSecret\"\x0f\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeIdJ\x04\b\x02\x10\x03\"\x0f\n" +
 	"\rLeaveResponse\"\x13\n" +
 	"\x11RaftStatusRequest\"F\n" +
 	"\x12CheckMemberRequest\x12\x17\n" +
@@ -2251,7 +2638,25 @@ const file_control_proto_rawDesc = "" +
 	"\aremoved\x18\x01 \x01(\bR\aremoved\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
-	"\ademoted\x18\x03 \x01(\bR\ademoted2\xd8\a\n" +
+	"\ademoted\x18\x03 \x01(\bR\ademoted\"1\n" +
+	"\x1dIssueClientCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"]\n" +
+	"\x1eIssueClientCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x19\n" +
+	"\broot_cas\x18\x02 \x01(\fR\arootCas\"\x15\n" +
+	"\x13RotateRootCARequest\".\n" +
+	"\x14RotateRootCAResponse\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\"\x18\n" +
+	"\x16RotateGossipKeyRequest\"-\n" +
+	"\x17RotateGossipKeyResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x01(\x05R\x04keys\"+\n" +
+	"\x17RenewCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"x\n" +
+	"\x18RenewCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x19\n" +
+	"\broot_cas\x18\x02 \x01(\fR\arootCas\x12\x1f\n" +
+	"\vgossip_keys\x18\x03 \x03(\fR\n" +
+	"gossipKeys2\xec\t\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -2269,9 +2674,12 @@ const file_control_proto_rawDesc = "" +
 	"\rUpdateService\x12\x1e.shoal.v1.UpdateServiceRequest\x1a\x1f.shoal.v1.UpdateServiceResponse\x12P\n" +
 	"\rRemoveService\x12\x1e.shoal.v1.RemoveServiceRequest\x1a\x1f.shoal.v1.RemoveServiceResponse\x12D\n" +
 	"\tListTasks\x12\x1a.shoal.v1.ListTasksRequest\x1a\x1b.shoal.v1.ListTasksResponse\x12@\n" +
-	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x012C\n" +
+	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12k\n" +
+	"\x16IssueClientCertificate\x12'.shoal.v1.IssueClientCertificateRequest\x1a(.shoal.v1.IssueClientCertificateResponse\x12M\n" +
+	"\fRotateRootCA\x12\x1d.shoal.v1.RotateRootCARequest\x1a\x1e.shoal.v1.RotateRootCAResponse\x12V\n" +
+	"\x0fRotateGossipKey\x12 .shoal.v1.RotateGossipKeyRequest\x1a!.shoal.v1.RotateGossipKeyResponse2C\n" +
 	"\bTaskLogs\x127\n" +
-	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xda\x02\n" +
+	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
 	"\n" +
 	"Membership\x125\n" +
 	"\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x16.shoal.v1.JoinResponse\x128\n" +
@@ -2280,7 +2688,8 @@ const file_control_proto_rawDesc = "" +
 	"RaftStatus\x12\x1b.shoal.v1.RaftStatusRequest\x1a\x1b.shoal.v1.ManagerRaftStatus\x12J\n" +
 	"\vCheckMember\x12\x1c.shoal.v1.CheckMemberRequest\x1a\x1d.shoal.v1.CheckMemberResponse\x12G\n" +
 	"\n" +
-	"CheckToken\x12\x1b.shoal.v1.CheckTokenRequest\x1a\x1c.shoal.v1.CheckTokenResponseB.Z,github.com/shoal-cluster/shoal/proto;shoalpbb\x06proto3"
+	"CheckToken\x12\x1b.shoal.v1.CheckTokenRequest\x1a\x1c.shoal.v1.CheckTokenResponse\x12Y\n" +
+	"\x10RenewCertificate\x12!.shoal.v1.RenewCertificateRequest\x1a\".shoal.v1.RenewCertificateResponseB.Z,github.com/shoal-cluster/shoal/proto;shoalpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -2294,81 +2703,89 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_control_proto_goTypes = []any{
-	(*CreateServiceRequest)(nil),    // 0: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),   // 1: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),       // 2: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),      // 3: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),     // 4: shoal.v1.ListServicesRequest
-	(*ServiceTaskCounts)(nil),       // 5: shoal.v1.ServiceTaskCounts
-	(*ListServicesResponse)(nil),    // 6: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),    // 7: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),   // 8: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),    // 9: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),   // 10: shoal.v1.RemoveServiceResponse
-	(*ListTasksRequest)(nil),        // 11: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),       // 12: shoal.v1.ListTasksResponse
-	(*ServiceLogsRequest)(nil),      // 13: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                 // 14: shoal.v1.LogLine
-	(*TaskLogsRequest)(nil),         // 15: shoal.v1.TaskLogsRequest
-	(*LogChunk)(nil),                // 16: shoal.v1.LogChunk
-	(*ListNodesRequest)(nil),        // 17: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 18: shoal.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 19: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),         // 20: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),       // 21: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),      // 22: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),       // 23: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 24: shoal.v1.RemoveNodeResponse
-	(*GetClusterRequest)(nil),       // 25: shoal.v1.GetClusterRequest
-	(*ManagerRaftStatus)(nil),       // 26: shoal.v1.ManagerRaftStatus
-	(*GetClusterResponse)(nil),      // 27: shoal.v1.GetClusterResponse
-	(*RotateJoinTokenRequest)(nil),  // 28: shoal.v1.RotateJoinTokenRequest
-	(*RotateJoinTokenResponse)(nil), // 29: shoal.v1.RotateJoinTokenResponse
-	(*CheckTokenRequest)(nil),       // 30: shoal.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),      // 31: shoal.v1.CheckTokenResponse
-	(*JoinRequest)(nil),             // 32: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),            // 33: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),            // 34: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),           // 35: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),       // 36: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),      // 37: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),     // 38: shoal.v1.CheckMemberResponse
-	(*ServiceSpec)(nil),             // 39: shoal.v1.ServiceSpec
-	(*Service)(nil),                 // 40: shoal.v1.Service
-	(*Task)(nil),                    // 41: shoal.v1.Task
-	(NodeRole)(0),                   // 42: shoal.v1.NodeRole
-	(*Node)(nil),                    // 43: shoal.v1.Node
-	(*NodeSpec)(nil),                // 44: shoal.v1.NodeSpec
-	(Reachability)(0),               // 45: shoal.v1.Reachability
-	(*Cluster)(nil),                 // 46: shoal.v1.Cluster
-	(*NodeDescription)(nil),         // 47: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),            // 48: shoal.v1.RaftSettings
+	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),              // 2: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 3: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 4: shoal.v1.ListServicesRequest
+	(*ServiceTaskCounts)(nil),              // 5: shoal.v1.ServiceTaskCounts
+	(*ListServicesResponse)(nil),           // 6: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),           // 7: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),          // 8: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),           // 9: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),          // 10: shoal.v1.RemoveServiceResponse
+	(*ListTasksRequest)(nil),               // 11: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),              // 12: shoal.v1.ListTasksResponse
+	(*ServiceLogsRequest)(nil),             // 13: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                        // 14: shoal.v1.LogLine
+	(*TaskLogsRequest)(nil),                // 15: shoal.v1.TaskLogsRequest
+	(*LogChunk)(nil),                       // 16: shoal.v1.LogChunk
+	(*ListNodesRequest)(nil),               // 17: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 18: shoal.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),                 // 19: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),                // 20: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),              // 21: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),             // 22: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),              // 23: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),             // 24: shoal.v1.RemoveNodeResponse
+	(*GetClusterRequest)(nil),              // 25: shoal.v1.GetClusterRequest
+	(*ManagerRaftStatus)(nil),              // 26: shoal.v1.ManagerRaftStatus
+	(*GetClusterResponse)(nil),             // 27: shoal.v1.GetClusterResponse
+	(*RotateJoinTokenRequest)(nil),         // 28: shoal.v1.RotateJoinTokenRequest
+	(*RotateJoinTokenResponse)(nil),        // 29: shoal.v1.RotateJoinTokenResponse
+	(*CheckTokenRequest)(nil),              // 30: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),             // 31: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),                    // 32: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),                   // 33: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),                   // 34: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),                  // 35: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),              // 36: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),             // 37: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),            // 38: shoal.v1.CheckMemberResponse
+	(*IssueClientCertificateRequest)(nil),  // 39: shoal.v1.IssueClientCertificateRequest
+	(*IssueClientCertificateResponse)(nil), // 40: shoal.v1.IssueClientCertificateResponse
+	(*RotateRootCARequest)(nil),            // 41: shoal.v1.RotateRootCARequest
+	(*RotateRootCAResponse)(nil),           // 42: shoal.v1.RotateRootCAResponse
+	(*RotateGossipKeyRequest)(nil),         // 43: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),        // 44: shoal.v1.RotateGossipKeyResponse
+	(*RenewCertificateRequest)(nil),        // 45: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 46: shoal.v1.RenewCertificateResponse
+	(*ServiceSpec)(nil),                    // 47: shoal.v1.ServiceSpec
+	(*Service)(nil),                        // 48: shoal.v1.Service
+	(*Task)(nil),                           // 49: shoal.v1.Task
+	(NodeRole)(0),                          // 50: shoal.v1.NodeRole
+	(*Node)(nil),                           // 51: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 52: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 53: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 54: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 55: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 56: shoal.v1.RaftSettings
 }
 var file_control_proto_depIdxs = []int32{
-	39, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	40, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	40, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	47, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	48, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	48, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	48, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	39, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	41, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	42, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	43, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	43, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	44, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	43, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	45, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	46, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	47, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	48, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	49, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	50, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	51, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	51, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	52, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	51, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	53, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	54, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	42, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	42, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	47, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	42, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	50, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	50, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	55, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	50, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	48, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	56, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
 	17, // 22: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
 	19, // 23: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
 	21, // 24: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
@@ -2382,33 +2799,41 @@ var file_control_proto_depIdxs = []int32{
 	9,  // 32: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
 	11, // 33: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
 	13, // 34: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	15, // 35: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 36: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 37: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 38: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 39: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 40: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	18, // 41: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 42: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 43: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 44: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 45: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 46: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 47: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 48: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 49: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 50: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 51: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 52: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 53: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	16, // 54: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 55: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 56: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 57: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 58: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 59: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	41, // [41:60] is the sub-list for method output_type
-	22, // [22:41] is the sub-list for method input_type
+	39, // 35: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	41, // 36: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	43, // 37: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	15, // 38: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	32, // 39: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	34, // 40: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	36, // 41: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	37, // 42: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	30, // 43: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	45, // 44: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	18, // 45: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	20, // 46: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	22, // 47: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	24, // 48: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	27, // 49: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	29, // 50: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	1,  // 51: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 52: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	6,  // 53: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	8,  // 54: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	10, // 55: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	12, // 56: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	14, // 57: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	40, // 58: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	42, // 59: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	44, // 60: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	16, // 61: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	33, // 62: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	35, // 63: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	26, // 64: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	38, // 65: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	31, // 66: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	46, // 67: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	45, // [45:68] is the sub-list for method output_type
+	22, // [22:45] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -2426,7 +2851,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -22,19 +22,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_ListNodes_FullMethodName       = "/shoal.v1.Control/ListNodes"
-	Control_GetNode_FullMethodName         = "/shoal.v1.Control/GetNode"
-	Control_UpdateNode_FullMethodName      = "/shoal.v1.Control/UpdateNode"
-	Control_RemoveNode_FullMethodName      = "/shoal.v1.Control/RemoveNode"
-	Control_GetCluster_FullMethodName      = "/shoal.v1.Control/GetCluster"
-	Control_RotateJoinToken_FullMethodName = "/shoal.v1.Control/RotateJoinToken"
-	Control_CreateService_FullMethodName   = "/shoal.v1.Control/CreateService"
-	Control_GetService_FullMethodName      = "/shoal.v1.Control/GetService"
-	Control_ListServices_FullMethodName    = "/shoal.v1.Control/ListServices"
-	Control_UpdateService_FullMethodName   = "/shoal.v1.Control/UpdateService"
-	Control_RemoveService_FullMethodName   = "/shoal.v1.Control/RemoveService"
-	Control_ListTasks_FullMethodName       = "/shoal.v1.Control/ListTasks"
-	Control_ServiceLogs_FullMethodName     = "/shoal.v1.Control/ServiceLogs"
+	Control_ListNodes_FullMethodName              = "/shoal.v1.Control/ListNodes"
+	Control_GetNode_FullMethodName                = "/shoal.v1.Control/GetNode"
+	Control_UpdateNode_FullMethodName             = "/shoal.v1.Control/UpdateNode"
+	Control_RemoveNode_FullMethodName             = "/shoal.v1.Control/RemoveNode"
+	Control_GetCluster_FullMethodName             = "/shoal.v1.Control/GetCluster"
+	Control_RotateJoinToken_FullMethodName        = "/shoal.v1.Control/RotateJoinToken"
+	Control_CreateService_FullMethodName          = "/shoal.v1.Control/CreateService"
+	Control_GetService_FullMethodName             = "/shoal.v1.Control/GetService"
+	Control_ListServices_FullMethodName           = "/shoal.v1.Control/ListServices"
+	Control_UpdateService_FullMethodName          = "/shoal.v1.Control/UpdateService"
+	Control_RemoveService_FullMethodName          = "/shoal.v1.Control/RemoveService"
+	Control_ListTasks_FullMethodName              = "/shoal.v1.Control/ListTasks"
+	Control_ServiceLogs_FullMethodName            = "/shoal.v1.Control/ServiceLogs"
+	Control_IssueClientCertificate_FullMethodName = "/shoal.v1.Control/IssueClientCertificate"
+	Control_RotateRootCA_FullMethodName           = "/shoal.v1.Control/RotateRootCA"
+	Control_RotateGossipKey_FullMethodName        = "/shoal.v1.Control/RotateGossipKey"
 )
 
 // ControlClient is the client API for Control service.
@@ -58,6 +61,9 @@ type ControlClient interface {
 	// ServiceLogs streams the output of a service's tasks from every node
 	// that ran them. Any manager serves it from its own replica.
 	ServiceLogs(ctx context.Context, in *ServiceLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error)
+	IssueClientCertificate(ctx context.Context, in *IssueClientCertificateRequest, opts ...grpc.CallOption) (*IssueClientCertificateResponse, error)
+	RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error)
+	RotateGossipKey(ctx context.Context, in *RotateGossipKeyRequest, opts ...grpc.CallOption) (*RotateGossipKeyResponse, error)
 }
 
 type controlClient struct {
@@ -207,6 +213,36 @@ func (c *controlClient) ServiceLogs(ctx context.Context, in *ServiceLogsRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_ServiceLogsClient = grpc.ServerStreamingClient[LogLine]
 
+func (c *controlClient) IssueClientCertificate(ctx context.Context, in *IssueClientCertificateRequest, opts ...grpc.CallOption) (*IssueClientCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueClientCertificateResponse)
+	err := c.cc.Invoke(ctx, Control_IssueClientCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateRootCAResponse)
+	err := c.cc.Invoke(ctx, Control_RotateRootCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RotateGossipKey(ctx context.Context, in *RotateGossipKeyRequest, opts ...grpc.CallOption) (*RotateGossipKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateGossipKeyResponse)
+	err := c.cc.Invoke(ctx, Control_RotateGossipKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -228,6 +264,9 @@ type ControlServer interface {
 	// ServiceLogs streams the output of a service's tasks from every node
 	// that ran them. Any manager serves it from its own replica.
 	ServiceLogs(*ServiceLogsRequest, grpc.ServerStreamingServer[LogLine]) error
+	IssueClientCertificate(context.Context, *IssueClientCertificateRequest) (*IssueClientCertificateResponse, error)
+	RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error)
+	RotateGossipKey(context.Context, *RotateGossipKeyRequest) (*RotateGossipKeyResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -276,6 +315,15 @@ func (UnimplementedControlServer) ListTasks(context.Context, *ListTasksRequest) 
 }
 func (UnimplementedControlServer) ServiceLogs(*ServiceLogsRequest, grpc.ServerStreamingServer[LogLine]) error {
 	return status.Error(codes.Unimplemented, "method ServiceLogs not implemented")
+}
+func (UnimplementedControlServer) IssueClientCertificate(context.Context, *IssueClientCertificateRequest) (*IssueClientCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueClientCertificate not implemented")
+}
+func (UnimplementedControlServer) RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateRootCA not implemented")
+}
+func (UnimplementedControlServer) RotateGossipKey(context.Context, *RotateGossipKeyRequest) (*RotateGossipKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateGossipKey not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -525,6 +573,60 @@ func _Control_ServiceLogs_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_ServiceLogsServer = grpc.ServerStreamingServer[LogLine]
 
+func _Control_IssueClientCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueClientCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).IssueClientCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_IssueClientCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).IssueClientCertificate(ctx, req.(*IssueClientCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RotateRootCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateRootCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RotateRootCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RotateRootCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RotateRootCA(ctx, req.(*RotateRootCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RotateGossipKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateGossipKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RotateGossipKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RotateGossipKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RotateGossipKey(ctx, req.(*RotateGossipKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -579,6 +681,18 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTasks",
 			Handler:    _Control_ListTasks_Handler,
+		},
+		{
+			MethodName: "IssueClientCertificate",
+			Handler:    _Control_IssueClientCertificate_Handler,
+		},
+		{
+			MethodName: "RotateRootCA",
+			Handler:    _Control_RotateRootCA_Handler,
+		},
+		{
+			MethodName: "RotateGossipKey",
+			Handler:    _Control_RotateGossipKey_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
@@ -701,11 +815,12 @@ var TaskLogs_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Membership_Join_FullMethodName        = "/shoal.v1.Membership/Join"
-	Membership_Leave_FullMethodName       = "/shoal.v1.Membership/Leave"
-	Membership_RaftStatus_FullMethodName  = "/shoal.v1.Membership/RaftStatus"
-	Membership_CheckMember_FullMethodName = "/shoal.v1.Membership/CheckMember"
-	Membership_CheckToken_FullMethodName  = "/shoal.v1.Membership/CheckToken"
+	Membership_Join_FullMethodName             = "/shoal.v1.Membership/Join"
+	Membership_Leave_FullMethodName            = "/shoal.v1.Membership/Leave"
+	Membership_RaftStatus_FullMethodName       = "/shoal.v1.Membership/RaftStatus"
+	Membership_CheckMember_FullMethodName      = "/shoal.v1.Membership/CheckMember"
+	Membership_CheckToken_FullMethodName       = "/shoal.v1.Membership/CheckToken"
+	Membership_RenewCertificate_FullMethodName = "/shoal.v1.Membership/RenewCertificate"
 )
 
 // MembershipClient is the client API for Membership service.
@@ -724,6 +839,7 @@ type MembershipClient interface {
 	// CheckToken tells a joining node which role its token grants, before it
 	// starts anything.
 	CheckToken(ctx context.Context, in *CheckTokenRequest, opts ...grpc.CallOption) (*CheckTokenResponse, error)
+	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error)
 }
 
 type membershipClient struct {
@@ -784,6 +900,16 @@ func (c *membershipClient) CheckToken(ctx context.Context, in *CheckTokenRequest
 	return out, nil
 }
 
+func (c *membershipClient) RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewCertificateResponse)
+	err := c.cc.Invoke(ctx, Membership_RenewCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MembershipServer is the server API for Membership service.
 // All implementations must embed UnimplementedMembershipServer
 // for forward compatibility.
@@ -800,6 +926,7 @@ type MembershipServer interface {
 	// CheckToken tells a joining node which role its token grants, before it
 	// starts anything.
 	CheckToken(context.Context, *CheckTokenRequest) (*CheckTokenResponse, error)
+	RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error)
 	mustEmbedUnimplementedMembershipServer()
 }
 
@@ -824,6 +951,9 @@ func (UnimplementedMembershipServer) CheckMember(context.Context, *CheckMemberRe
 }
 func (UnimplementedMembershipServer) CheckToken(context.Context, *CheckTokenRequest) (*CheckTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckToken not implemented")
+}
+func (UnimplementedMembershipServer) RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewCertificate not implemented")
 }
 func (UnimplementedMembershipServer) mustEmbedUnimplementedMembershipServer() {}
 func (UnimplementedMembershipServer) testEmbeddedByValue()                    {}
@@ -936,6 +1066,24 @@ func _Membership_CheckToken_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Membership_RenewCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MembershipServer).RenewCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Membership_RenewCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MembershipServer).RenewCertificate(ctx, req.(*RenewCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Membership_ServiceDesc is the grpc.ServiceDesc for Membership service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -962,6 +1110,10 @@ var Membership_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckToken",
 			Handler:    _Membership_CheckToken_Handler,
+		},
+		{
+			MethodName: "RenewCertificate",
+			Handler:    _Membership_RenewCertificate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

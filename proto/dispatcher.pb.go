@@ -72,11 +72,9 @@ func (AssignmentsType) EnumDescriptor() ([]byte, []int) {
 }
 
 type SessionRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// node_secret proves the node is the one that joined with this ID.
-	NodeSecret    string           `protobuf:"bytes,2,opt,name=node_secret,json=nodeSecret,proto3" json:"node_secret,omitempty"`
-	Description   *NodeDescription `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Description   *NodeDescription       `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -114,13 +112,6 @@ func (*SessionRequest) Descriptor() ([]byte, []int) {
 func (x *SessionRequest) GetNodeId() string {
 	if x != nil {
 		return x.NodeId
-	}
-	return ""
-}
-
-func (x *SessionRequest) GetNodeSecret() string {
-	if x != nil {
-		return x.NodeSecret
 	}
 	return ""
 }
@@ -272,7 +263,10 @@ type SessionMessage struct {
 	Managers        []*ManagerAddr         `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
 	Assignments     *Assignments           `protobuf:"bytes,4,opt,name=assignments,proto3" json:"assignments,omitempty"`
 	// node is the node's record, so the worker sees its spec and role.
-	Node          *Node `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	Node *Node `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	// security carries the cluster's trust roots and gossip keys, sent when
+	// the session opens and whenever they change (rotations).
+	Security      *SecurityUpdate `protobuf:"bytes,8,opt,name=security,proto3" json:"security,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +332,13 @@ func (x *SessionMessage) GetAssignments() *Assignments {
 func (x *SessionMessage) GetNode() *Node {
 	if x != nil {
 		return x.Node
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetSecurity() *SecurityUpdate {
+	if x != nil {
+		return x.Security
 	}
 	return nil
 }
@@ -586,16 +587,80 @@ func (*UpdateTaskStatusResponse) Descriptor() ([]byte, []int) {
 	return file_dispatcher_proto_rawDescGZIP(), []int{8}
 }
 
+// SecurityUpdate is what a worker must know to keep trusting the cluster
+// and talking to it: sent at session start and after each rotation.
+type SecurityUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// root_cas are the roots to trust (PEM).
+	RootCas []byte `protobuf:"bytes,1,opt,name=root_cas,json=rootCas,proto3" json:"root_cas,omitempty"`
+	// root_digest is the digest of the root that signs new certificates: a
+	// worker whose certificate another root issued renews it.
+	RootDigest string `protobuf:"bytes,2,opt,name=root_digest,json=rootDigest,proto3" json:"root_digest,omitempty"`
+	// gossip_keys encrypt gossip, the primary key first.
+	GossipKeys    [][]byte `protobuf:"bytes,3,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecurityUpdate) Reset() {
+	*x = SecurityUpdate{}
+	mi := &file_dispatcher_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecurityUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecurityUpdate) ProtoMessage() {}
+
+func (x *SecurityUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecurityUpdate.ProtoReflect.Descriptor instead.
+func (*SecurityUpdate) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SecurityUpdate) GetRootCas() []byte {
+	if x != nil {
+		return x.RootCas
+	}
+	return nil
+}
+
+func (x *SecurityUpdate) GetRootDigest() string {
+	if x != nil {
+		return x.RootDigest
+	}
+	return ""
+}
+
+func (x *SecurityUpdate) GetGossipKeys() [][]byte {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
 var File_dispatcher_proto protoreflect.FileDescriptor
 
 const file_dispatcher_proto_rawDesc = "" +
 	"\n" +
-	"\x10dispatcher.proto\x12\bshoal.v1\x1a\robjects.proto\"\x87\x01\n" +
+	"\x10dispatcher.proto\x12\bshoal.v1\x1a\robjects.proto\"l\n" +
 	"\x0eSessionRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1f\n" +
-	"\vnode_secret\x18\x02 \x01(\tR\n" +
-	"nodeSecret\x12;\n" +
-	"\vdescription\x18\x03 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\"Y\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12;\n" +
+	"\vdescription\x18\x03 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescriptionJ\x04\b\x02\x10\x03\"Y\n" +
 	"\vManagerAddr\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x19\n" +
 	"\bapi_addr\x18\x02 \x01(\tR\aapiAddr\x12\x16\n" +
@@ -604,14 +669,15 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12(\n" +
 	"\aupdated\x18\x02 \x03(\v2\x0e.shoal.v1.TaskR\aupdated\x12\x18\n" +
 	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xea\x01\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\xa0\x02\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
 	"\x10heartbeat_period\x18\x02 \x01(\x03R\x0fheartbeatPeriod\x121\n" +
 	"\bmanagers\x18\x03 \x03(\v2\x15.shoal.v1.ManagerAddrR\bmanagers\x127\n" +
 	"\vassignments\x18\x04 \x01(\v2\x15.shoal.v1.AssignmentsR\vassignments\x12\"\n" +
-	"\x04node\x18\x05 \x01(\v2\x0e.shoal.v1.NodeR\x04node\"J\n" +
+	"\x04node\x18\x05 \x01(\v2\x0e.shoal.v1.NodeR\x04node\x124\n" +
+	"\bsecurity\x18\b \x01(\v2\x18.shoal.v1.SecurityUpdateR\bsecurity\"J\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
@@ -626,7 +692,13 @@ const file_dispatcher_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x124\n" +
 	"\aupdates\x18\x03 \x03(\v2\x1a.shoal.v1.TaskStatusUpdateR\aupdates\"\x1a\n" +
-	"\x18UpdateTaskStatusResponse*R\n" +
+	"\x18UpdateTaskStatusResponse\"m\n" +
+	"\x0eSecurityUpdate\x12\x19\n" +
+	"\broot_cas\x18\x01 \x01(\fR\arootCas\x12\x1f\n" +
+	"\vroot_digest\x18\x02 \x01(\tR\n" +
+	"rootDigest\x12\x1f\n" +
+	"\vgossip_keys\x18\x03 \x03(\fR\n" +
+	"gossipKeys*R\n" +
 	"\x0fAssignmentsType\x12\x1d\n" +
 	"\x19ASSIGNMENTS_TYPE_COMPLETE\x10\x00\x12 \n" +
 	"\x1cASSIGNMENTS_TYPE_INCREMENTAL\x10\x012\xee\x01\n" +
@@ -649,7 +721,7 @@ func file_dispatcher_proto_rawDescGZIP() []byte {
 }
 
 var file_dispatcher_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_dispatcher_proto_goTypes = []any{
 	(AssignmentsType)(0),             // 0: shoal.v1.AssignmentsType
 	(*SessionRequest)(nil),           // 1: shoal.v1.SessionRequest
@@ -661,31 +733,33 @@ var file_dispatcher_proto_goTypes = []any{
 	(*TaskStatusUpdate)(nil),         // 7: shoal.v1.TaskStatusUpdate
 	(*UpdateTaskStatusRequest)(nil),  // 8: shoal.v1.UpdateTaskStatusRequest
 	(*UpdateTaskStatusResponse)(nil), // 9: shoal.v1.UpdateTaskStatusResponse
-	(*NodeDescription)(nil),          // 10: shoal.v1.NodeDescription
-	(*Task)(nil),                     // 11: shoal.v1.Task
-	(*Node)(nil),                     // 12: shoal.v1.Node
-	(*TaskStatus)(nil),               // 13: shoal.v1.TaskStatus
+	(*SecurityUpdate)(nil),           // 10: shoal.v1.SecurityUpdate
+	(*NodeDescription)(nil),          // 11: shoal.v1.NodeDescription
+	(*Task)(nil),                     // 12: shoal.v1.Task
+	(*Node)(nil),                     // 13: shoal.v1.Node
+	(*TaskStatus)(nil),               // 14: shoal.v1.TaskStatus
 }
 var file_dispatcher_proto_depIdxs = []int32{
-	10, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
+	11, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
 	0,  // 1: shoal.v1.Assignments.type:type_name -> shoal.v1.AssignmentsType
-	11, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
+	12, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
 	2,  // 3: shoal.v1.SessionMessage.managers:type_name -> shoal.v1.ManagerAddr
 	3,  // 4: shoal.v1.SessionMessage.assignments:type_name -> shoal.v1.Assignments
-	12, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
-	13, // 6: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	7,  // 7: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	1,  // 8: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	5,  // 9: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	8,  // 10: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	4,  // 11: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	6,  // 12: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	9,  // 13: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	13, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
+	10, // 6: shoal.v1.SessionMessage.security:type_name -> shoal.v1.SecurityUpdate
+	14, // 7: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	7,  // 8: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	1,  // 9: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	5,  // 10: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	8,  // 11: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	4,  // 12: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	6,  // 13: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	9,  // 14: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }
@@ -700,7 +774,7 @@ func file_dispatcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dispatcher_proto_rawDesc), len(file_dispatcher_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1242,8 +1242,8 @@ type Node struct {
 	// api_addr is the host:port of the node's gRPC endpoint (managers and
 	// workers alike).
 	ApiAddr string `protobuf:"bytes,8,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
-	// secret_hash is the SHA-256 of the worker's session secret.
-	SecretHash    []byte `protobuf:"bytes,9,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	// certificate describes the node's current TLS certificate.
+	Certificate   *NodeCertificate `protobuf:"bytes,10,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1334,9 +1334,9 @@ func (x *Node) GetApiAddr() string {
 	return ""
 }
 
-func (x *Node) GetSecretHash() []byte {
+func (x *Node) GetCertificate() *NodeCertificate {
 	if x != nil {
-		return x.SecretHash
+		return x.Certificate
 	}
 	return nil
 }
@@ -3322,8 +3322,14 @@ type Cluster struct {
 	Meta       *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	Spec       *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	JoinTokens *JoinTokens            `protobuf:"bytes,4,opt,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
-	// removed_nodes are node IDs that may never rejoin with their identity.
-	RemovedNodes  []string `protobuf:"bytes,5,rep,name=removed_nodes,json=removedNodes,proto3" json:"removed_nodes,omitempty"`
+	// removed_nodes are node IDs that may never rejoin with their identity:
+	// the deny list their certificates are refused by.
+	RemovedNodes []string `protobuf:"bytes,5,rep,name=removed_nodes,json=removedNodes,proto3" json:"removed_nodes,omitempty"`
+	// root_ca is the cluster's certificate authority. Its key stays on the
+	// managers: the control API never returns it.
+	RootCa *RootCA `protobuf:"bytes,6,opt,name=root_ca,json=rootCa,proto3" json:"root_ca,omitempty"`
+	// gossip_keys encrypt gossip (AES-256-GCM), the primary key first.
+	GossipKeys    [][]byte `protobuf:"bytes,7,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3393,6 +3399,187 @@ func (x *Cluster) GetRemovedNodes() []string {
 	return nil
 }
 
+func (x *Cluster) GetRootCa() *RootCA {
+	if x != nil {
+		return x.RootCa
+	}
+	return nil
+}
+
+func (x *Cluster) GetGossipKeys() [][]byte {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
+// RootCA is the cluster's certificate authority.
+type RootCA struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cert and key are the root that signs new certificates (PEM).
+	Cert []byte `protobuf:"bytes,1,opt,name=cert,proto3" json:"cert,omitempty"`
+	Key  []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// cross_signed is the signing root's certificate signed by the previous
+	// root, sent with new certificates during a rotation (PEM; empty when no
+	// rotation is in progress).
+	CrossSigned []byte `protobuf:"bytes,3,opt,name=cross_signed,json=crossSigned,proto3" json:"cross_signed,omitempty"`
+	// trust_bundle are the roots every node trusts: the signing root, and
+	// the previous one while a rotation is in progress (PEM).
+	TrustBundle []byte `protobuf:"bytes,4,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	// digest is the signing root's digest, the one join tokens pin.
+	Digest string `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	// rotation_request is the request ID of the rotation in progress, so a
+	// retried request is recognised.
+	RotationRequest string `protobuf:"bytes,6,opt,name=rotation_request,json=rotationRequest,proto3" json:"rotation_request,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RootCA) Reset() {
+	*x = RootCA{}
+	mi := &file_objects_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RootCA) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RootCA) ProtoMessage() {}
+
+func (x *RootCA) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
+func (*RootCA) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RootCA) GetCert() []byte {
+	if x != nil {
+		return x.Cert
+	}
+	return nil
+}
+
+func (x *RootCA) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RootCA) GetCrossSigned() []byte {
+	if x != nil {
+		return x.CrossSigned
+	}
+	return nil
+}
+
+func (x *RootCA) GetTrustBundle() []byte {
+	if x != nil {
+		return x.TrustBundle
+	}
+	return nil
+}
+
+func (x *RootCA) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *RootCA) GetRotationRequest() string {
+	if x != nil {
+		return x.RotationRequest
+	}
+	return ""
+}
+
+// NodeCertificate describes a node's current TLS certificate.
+type NodeCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// serial is the certificate's serial number (hex).
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// not_after is when it expires (Unix nanoseconds).
+	NotAfter int64 `protobuf:"varint,2,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// root_digest is the digest of the root that issued it.
+	RootDigest string `protobuf:"bytes,3,opt,name=root_digest,json=rootDigest,proto3" json:"root_digest,omitempty"`
+	// role is the role it carries.
+	Role          NodeRole `protobuf:"varint,4,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeCertificate) Reset() {
+	*x = NodeCertificate{}
+	mi := &file_objects_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeCertificate) ProtoMessage() {}
+
+func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
+func (*NodeCertificate) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *NodeCertificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *NodeCertificate) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *NodeCertificate) GetRootDigest() string {
+	if x != nil {
+		return x.RootDigest
+	}
+	return ""
+}
+
+func (x *NodeCertificate) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
 // SecretSpec holds a secret's name and value.
 type SecretSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3404,7 +3591,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3416,7 +3603,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3429,7 +3616,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3458,7 +3645,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3470,7 +3657,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3483,7 +3670,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Secret) GetId() string {
@@ -3553,7 +3740,7 @@ const file_objects_proto_rawDesc = "" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12:\n" +
 	"\freachability\x18\x04 \x01(\x0e2\x16.shoal.v1.ReachabilityR\freachability\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xf1\x02\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\x93\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12&\n" +
@@ -3562,9 +3749,10 @@ const file_objects_proto_rawDesc = "" +
 	"\x06status\x18\x05 \x01(\v2\x14.shoal.v1.NodeStatusR\x06status\x12>\n" +
 	"\x0emanager_status\x18\x06 \x01(\v2\x17.shoal.v1.ManagerStatusR\rmanagerStatus\x12&\n" +
 	"\x04role\x18\a \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x12\x19\n" +
-	"\bapi_addr\x18\b \x01(\tR\aapiAddr\x12\x1f\n" +
-	"\vsecret_hash\x18\t \x01(\fR\n" +
-	"secretHash\"/\n" +
+	"\bapi_addr\x18\b \x01(\tR\aapiAddr\x12;\n" +
+	"\vcertificate\x18\n" +
+	" \x01(\v2\x19.shoal.v1.NodeCertificateR\vcertificateJ\x04\b\t\x10\n" +
+	"\"/\n" +
 	"\x11ReplicatedService\x12\x1a\n" +
 	"\breplicas\x18\x01 \x01(\x04R\breplicas\"\x0f\n" +
 	"\rGlobalService\"c\n" +
@@ -3728,14 +3916,30 @@ const file_objects_proto_rawDesc = "" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
 	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12\x1f\n" +
 	"\vcert_expiry\x18\x04 \x01(\x03R\n" +
-	"certExpiry\"\xc4\x01\n" +
+	"certExpiry\"\x90\x02\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
 	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ClusterSpecR\x04spec\x125\n" +
 	"\vjoin_tokens\x18\x04 \x01(\v2\x14.shoal.v1.JoinTokensR\n" +
 	"joinTokens\x12#\n" +
-	"\rremoved_nodes\x18\x05 \x03(\tR\fremovedNodes\"Y\n" +
+	"\rremoved_nodes\x18\x05 \x03(\tR\fremovedNodes\x12)\n" +
+	"\aroot_ca\x18\x06 \x01(\v2\x10.shoal.v1.RootCAR\x06rootCa\x12\x1f\n" +
+	"\vgossip_keys\x18\a \x03(\fR\n" +
+	"gossipKeys\"\xb7\x01\n" +
+	"\x06RootCA\x12\x12\n" +
+	"\x04cert\x18\x01 \x01(\fR\x04cert\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12!\n" +
+	"\fcross_signed\x18\x03 \x01(\fR\vcrossSigned\x12!\n" +
+	"\ftrust_bundle\x18\x04 \x01(\fR\vtrustBundle\x12\x16\n" +
+	"\x06digest\x18\x05 \x01(\tR\x06digest\x12)\n" +
+	"\x10rotation_request\x18\x06 \x01(\tR\x0frotationRequest\"\x8f\x01\n" +
+	"\x0fNodeCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tnot_after\x18\x02 \x01(\x03R\bnotAfter\x12\x1f\n" +
+	"\vroot_digest\x18\x03 \x01(\tR\n" +
+	"rootDigest\x12&\n" +
+	"\x04role\x18\x04 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"Y\n" +
 	"\n" +
 	"SecretSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12\x12\n" +
@@ -3827,7 +4031,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -3878,19 +4082,21 @@ var file_objects_proto_goTypes = []any{
 	(*RaftSettings)(nil),         // 46: shoal.v1.RaftSettings
 	(*ClusterSpec)(nil),          // 47: shoal.v1.ClusterSpec
 	(*Cluster)(nil),              // 48: shoal.v1.Cluster
-	(*SecretSpec)(nil),           // 49: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 50: shoal.v1.Secret
-	nil,                          // 51: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 52: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 53: shoal.v1.ContainerSpec.LabelsEntry
+	(*RootCA)(nil),               // 49: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 50: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 51: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 52: shoal.v1.Secret
+	nil,                          // 53: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 54: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 55: shoal.v1.ContainerSpec.LabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	51, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	53, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	52, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	54, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 6: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 7: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
 	14, // 8: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
@@ -3899,63 +4105,66 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 11: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	20, // 12: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 13: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	4,  // 14: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
-	27, // 15: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
-	16, // 16: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
-	16, // 17: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
-	5,  // 18: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	53, // 19: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	30, // 20: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
-	31, // 21: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
-	32, // 22: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
-	33, // 23: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
-	29, // 24: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
-	26, // 25: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
-	28, // 26: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
-	6,  // 27: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
-	7,  // 28: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
-	8,  // 29: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
-	9,  // 30: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
-	10, // 31: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
-	36, // 32: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	37, // 33: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
-	36, // 34: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
-	15, // 35: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
-	34, // 36: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
-	22, // 37: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	23, // 38: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	24, // 39: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
-	25, // 40: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
-	35, // 41: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
-	35, // 42: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
-	37, // 43: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	11, // 44: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 45: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	39, // 46: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	39, // 47: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	38, // 48: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	40, // 49: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	8,  // 50: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 51: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 52: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	42, // 53: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 54: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	34, // 55: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 56: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	43, // 57: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	38, // 58: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 59: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 60: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	47, // 61: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	45, // 62: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	15, // 63: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 64: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	49, // 65: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	66, // [66:66] is the sub-list for method output_type
-	66, // [66:66] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	50, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	4,  // 15: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
+	27, // 16: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
+	16, // 17: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
+	16, // 18: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
+	5,  // 19: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
+	55, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	30, // 21: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
+	31, // 22: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
+	32, // 23: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
+	33, // 24: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
+	29, // 25: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	26, // 26: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
+	28, // 27: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
+	6,  // 28: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
+	7,  // 29: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
+	8,  // 30: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
+	9,  // 31: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
+	10, // 32: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
+	36, // 33: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	37, // 34: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
+	36, // 35: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
+	15, // 36: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
+	34, // 37: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
+	22, // 38: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	23, // 39: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	24, // 40: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
+	25, // 41: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
+	35, // 42: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
+	35, // 43: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
+	37, // 44: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	11, // 45: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 46: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	39, // 47: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	39, // 48: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	38, // 49: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	40, // 50: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	8,  // 51: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 52: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 53: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	42, // 54: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 55: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	34, // 56: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 57: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	43, // 58: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	38, // 59: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 60: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 61: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	47, // 62: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	45, // 63: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	49, // 64: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	0,  // 65: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 66: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 67: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	51, // 68: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -3975,7 +4184,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

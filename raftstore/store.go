@@ -11,6 +11,7 @@ package raftstore
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +80,11 @@ type Config struct {
 	SnapshotInterval time.Duration
 	// TrailingLogs is how many entries are kept after a snapshot.
 	TrailingLogs uint64
-	// WrapStream, if set, wraps the TCP stream layer (TLS, fault injection).
+	// TLS, if set, runs the transport over mutual TLS: ServerTLS for the
+	// connections it accepts, ClientTLS for those it dials (each must
+	// require and verify the peer's certificate).
+	ServerTLS, ClientTLS *tls.Config
+	// WrapStream, if set, wraps the stream layer (fault injection).
 	WrapStream func(raft.StreamLayer) raft.StreamLayer
 	Logger     *slog.Logger
 }
@@ -204,7 +209,7 @@ func open(cfg Config, forceNew bool) (*Store, error) {
 		s.bolt.Close()
 		return nil, fmt.Errorf("raft transport: advertise address %q: %w", cfg.AdvertiseAddr, err)
 	}
-	s.tcp = newTCPStreamLayer(ln, adv)
+	s.tcp = newTCPStreamLayer(ln, adv, cfg.ServerTLS, cfg.ClientTLS)
 	var layer raft.StreamLayer = s.tcp
 	if cfg.WrapStream != nil {
 		layer = cfg.WrapStream(layer)
@@ -732,14 +737,16 @@ func (s *Store) Close() error {
 type tcpStreamLayer struct {
 	net.Listener
 	advertise net.Addr
+	// serverTLS and clientTLS, when set, wrap every connection in TLS.
+	serverTLS, clientTLS *tls.Config
 
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
 	closed bool
 }
 
-func newTCPStreamLayer(ln net.Listener, advertise net.Addr) *tcpStreamLayer {
-	return &tcpStreamLayer{Listener: ln, advertise: advertise, conns: map[*trackedConn]struct{}{}}
+func newTCPStreamLayer(ln net.Listener, advertise net.Addr, serverTLS, clientTLS *tls.Config) *tcpStreamLayer {
+	return &tcpStreamLayer{Listener: ln, advertise: advertise, serverTLS: serverTLS, clientTLS: clientTLS, conns: map[*trackedConn]struct{}{}}
 }
 
 func (t *tcpStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
@@ -747,7 +754,20 @@ func (t *tcpStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
-	return t.track(c)
+	tc, err := t.track(c)
+	if err != nil || t.clientTLS == nil {
+		return tc, err
+	}
+	// The handshake happens here, so a refused certificate is an error
+	// of the dial rather than of the first RPC.
+	conn := tls.Client(tc, t.clientTLS)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("raft transport: TLS handshake with %s: %w", addr, err)
+	}
+	return conn, nil
 }
 
 func (t *tcpStreamLayer) Accept() (net.Conn, error) {
@@ -755,7 +775,13 @@ func (t *tcpStreamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.track(c)
+	tc, err := t.track(c)
+	if err != nil || t.serverTLS == nil {
+		return tc, err
+	}
+	// The handshake runs on the first read, in the transport's handler
+	// goroutine: a slow client does not hold up the accept loop.
+	return tls.Server(tc, t.serverTLS), nil
 }
 
 func (t *tcpStreamLayer) track(c net.Conn) (net.Conn, error) {

@@ -6,6 +6,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -368,7 +369,11 @@ func killAll(rt *process.Runtime) {
 // control returns a control API client for a manager.
 func (c *cluster) control(m *mgr) pb.ControlClient {
 	c.t.Helper()
-	conn, err := rpc.Dial(m.cfg.APIAddr(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	creds, _, err := clientcreds.Find(m.cfg.DataDir, "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	conn, err := rpc.Dial(m.cfg.APIAddr(), creds, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"io"
 	"strings"
 	"testing"
@@ -287,7 +288,12 @@ func TestDispatcherRefusesImpostors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := rpc.Dial(leader.cfg.APIAddr())
+	// Connect with b's own certificate, over a real TLS handshake.
+	credsB, _, err := clientcreds.Find(b.cfg.DataDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := rpc.Dial(leader.cfg.APIAddr(), credsB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,8 +302,8 @@ func TestDispatcherRefusesImpostors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	// A worker claiming another node's ID without its secret is refused.
-	stream, err := d.Session(ctx, &pb.SessionRequest{NodeId: a.a.ID(), NodeSecret: idB.NodeSecret})
+	// A worker claiming another node's ID is refused.
+	stream, err := d.Session(ctx, &pb.SessionRequest{NodeId: a.a.ID()})
 	if err == nil {
 		_, err = stream.Recv()
 	}
@@ -308,7 +314,7 @@ func TestDispatcherRefusesImpostors(t *testing.T) {
 	taskOfA := c.createTask(a.a.ID(), "sleep 30")
 	c.waitTaskState(taskOfA, pb.TaskState_TASK_STATE_RUNNING, 20*time.Second)
 	b.a.Close() // take over b's session with b's own credentials
-	stream, err = d.Session(ctx, &pb.SessionRequest{NodeId: idB.NodeID, NodeSecret: idB.NodeSecret})
+	stream, err = d.Session(ctx, &pb.SessionRequest{NodeId: idB.NodeID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,12 +332,12 @@ func TestDispatcherRefusesImpostors(t *testing.T) {
 	if got := c.task(taskOfA); got.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
 		t.Fatalf("forged status was recorded: %+v", got.GetStatus())
 	}
-	// A node ID the cluster never admitted is refused.
-	stream, err = d.Session(ctx, &pb.SessionRequest{NodeId: "nosuchnode", NodeSecret: "x"})
+	// Nor may it claim a node ID the cluster never admitted.
+	stream, err = d.Session(ctx, &pb.SessionRequest{NodeId: "nosuchnode"})
 	if err == nil {
 		_, err = stream.Recv()
 	}
-	if status.Code(err) != codes.NotFound {
+	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("unknown node: %v", err)
 	}
 }

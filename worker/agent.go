@@ -22,6 +22,8 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/host"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/nodecreds"
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -53,7 +55,10 @@ type Config struct {
 	GossipFast bool
 	// StatusInterval is how often pending task statuses are sent (default 100ms).
 	StatusInterval time.Duration
-	Logger         *slog.Logger
+	// CertCheckInterval is how often the agent checks whether its
+	// certificate is due for renewal (default 1s).
+	CertCheckInterval time.Duration
+	Logger            *slog.Logger
 }
 
 // Ports derived from the API port, as on managers.
@@ -78,6 +83,9 @@ func (c *Config) setDefaults() error {
 	if c.StatusInterval == 0 {
 		c.StatusInterval = 100 * time.Millisecond
 	}
+	if c.CertCheckInterval == 0 {
+		c.CertCheckInterval = time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -96,6 +104,7 @@ type Agent struct {
 	cfg          Config
 	log          *slog.Logger
 	id           *datadir.Identity
+	creds        *nodecreds.Node
 	db           *taskDB
 	runtimes     map[string]Runtime
 	runtimeNames []string
@@ -109,6 +118,9 @@ type Agent struct {
 	session     *activeSession
 	leaderHint  string
 	connected   chan struct{} // closed when the first session opens
+	// signingRoot is the digest of the root that signs new certificates,
+	// as the last session said: a certificate from another root is renewed.
+	signingRoot string
 
 	statusWake chan struct{}
 	removed    chan struct{} // closed when the cluster says this node is gone
@@ -140,18 +152,29 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error)
 		return nil, err
 	}
 	id := &datadir.Identity{
-		NodeID:     newNodeID(),
-		Role:       "worker",
-		Hostname:   cfg.Hostname,
-		Advertise:  cfg.apiAddr(),
-		NodeSecret: randomHex(24),
+		NodeID:    newNodeID(),
+		Role:      "worker",
+		Hostname:  cfg.Hostname,
+		Advertise: cfg.apiAddr(),
 	}
-	resp, err := joinclient.Join(ctx, remote, &pb.JoinRequest{
+	creds, err := joinclient.TokenCredentials(token)
+	if err != nil {
+		return nil, err
+	}
+	key, keyPEM, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := joinclient.Join(ctx, remote, creds, &pb.JoinRequest{
 		Token:       token,
 		NodeId:      id.NodeID,
 		ApiAddr:     cfg.apiAddr(),
 		Description: describe(&cfg, nil),
-		NodeSecret:  id.NodeSecret,
+		Csr:         csr,
 	})
 	if err != nil {
 		return nil, err
@@ -160,6 +183,12 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error)
 		return nil, fmt.Errorf("join %s: the token admits a %s, not a worker", remote, resp.GetRole())
 	}
 	id.ClusterID = resp.GetClusterId()
+	id.GossipKeys = resp.GetGossipKeys()
+	nc := nodecreds.Pending(cfg.DataDir, "")
+	if err := nc.Install(resp.GetCertificate(), keyPEM, resp.GetRootCas()); err != nil {
+		datadir.RemoveCerts(cfg.DataDir)
+		return nil, fmt.Errorf("install the certificate the cluster issued: %w", err)
+	}
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
@@ -196,6 +225,13 @@ func Restart(ctx context.Context, cfg Config) (*Agent, error) {
 }
 
 func start(cfg Config, id *datadir.Identity) (*Agent, error) {
+	nc, err := nodecreds.Load(cfg.DataDir)
+	if errors.Is(err, datadir.ErrNoCerts) {
+		return nil, fmt.Errorf("%w: this data dir was made by a Shoal without TLS; join the node again with an empty data dir", err)
+	}
+	if err != nil {
+		return nil, err
+	}
 	dir := filepath.Join(cfg.DataDir, "worker")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
@@ -217,6 +253,7 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		cfg:         cfg,
 		log:         cfg.Logger.With("node", id.NodeID[:8], "role", "worker"),
 		id:          id,
+		creds:       nc,
 		db:          db,
 		runtimes:    map[string]Runtime{},
 		tasks:       map[string]*pb.Task{},
@@ -238,6 +275,7 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		AdvertiseIP:   cfg.AdvertiseIP,
 		AdvertisePort: cfg.APIPort + gossipPortOffset,
 		ClusterID:     id.ClusterID,
+		Keys:          id.GossipKeys,
 		Fast:          cfg.GossipFast,
 		Logger:        cfg.Logger,
 	})
@@ -256,7 +294,8 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		a.Close()
 		return nil, err
 	}
-	a.wg.Add(3)
+	a.wg.Add(4)
+	go a.keepCredentials()
 	go a.joinGossip()
 	go a.sessionLoop()
 	go a.reportStatuses()
@@ -518,7 +557,7 @@ func (a *Agent) sessionLoop() {
 
 // runSession opens a session with one manager and serves it until it fails.
 func (a *Agent) runSession(addr string) error {
-	conn, err := rpc.Dial(addr)
+	conn, err := rpc.Dial(addr, a.creds.Creds())
 	if err != nil {
 		return err
 	}
@@ -527,7 +566,7 @@ func (a *Agent) runSession(addr string) error {
 	defer cancel()
 	offered := a.offered()
 	stream, err := pb.NewDispatcherClient(conn).Session(ctx, &pb.SessionRequest{
-		NodeId: a.id.NodeID, NodeSecret: a.id.NodeSecret, Description: describe(&a.cfg, offered),
+		NodeId: a.id.NodeID, Description: describe(&a.cfg, offered),
 	})
 	if err != nil {
 		return err
@@ -550,6 +589,7 @@ func (a *Agent) runSession(addr string) error {
 	a.rememberManagers(first.GetManagers())
 	a.applyAssignments(first.GetAssignments())
 	a.noteNode(first.GetNode())
+	a.noteSecurity(first.GetSecurity())
 	a.mu.Lock()
 	a.session = sess
 	a.leaderHint = addr
@@ -600,6 +640,7 @@ func (a *Agent) runSession(addr string) error {
 		case m := <-msgs:
 			a.applyAssignments(m.GetAssignments())
 			a.noteNode(m.GetNode())
+			a.noteSecurity(m.GetSecurity())
 		case <-a.ctx.Done():
 			return nil
 		}
@@ -856,13 +897,13 @@ func (a *Agent) Close() error {
 func (a *Agent) Leave(ctx context.Context) error {
 	var lastErr error
 	for _, addr := range a.managerCandidates() {
-		conn, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+		conn, err := rpc.Dial(addr, a.creds.Creds(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 		if err != nil {
 			lastErr = err
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = pb.NewMembershipClient(conn).Leave(lctx, &pb.LeaveRequest{NodeId: a.id.NodeID, NodeSecret: a.id.NodeSecret})
+		_, err = pb.NewMembershipClient(conn).Leave(lctx, &pb.LeaveRequest{NodeId: a.id.NodeID})
 		cancel()
 		conn.Close()
 		if err == nil {

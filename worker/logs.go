@@ -1,11 +1,13 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -64,7 +66,8 @@ func (a *Agent) serveAPI() error {
 	if err != nil {
 		return fmt.Errorf("listen on %s for the node API: %w (is another node using this address and port?)", addr, err)
 	}
-	a.grpc = grpc.NewServer(rpc.ServerOptions()...)
+	a.grpc = grpc.NewServer(rpc.ServerOptions(a.creds.Creds(), nil, a.log.With("link", "api"),
+		grpc.ChainUnaryInterceptor(onlyManagersUnary), grpc.ChainStreamInterceptor(onlyManagersStream))...)
 	pb.RegisterTaskLogsServer(a.grpc, &logServer{a: a})
 	a.wg.Add(1)
 	go func() {
@@ -74,4 +77,28 @@ func (a *Agent) serveAPI() error {
 		}
 	}()
 	return nil
+}
+
+// onlyManagers refuses callers that are not managers: only they fetch
+// task output from workers.
+func onlyManagers(ctx context.Context) error {
+	id, ok := rpc.PeerIdentity(ctx)
+	if !ok || id.Role != pki.RoleManager {
+		return status.Error(codes.PermissionDenied, "only managers may call a worker's API")
+	}
+	return nil
+}
+
+func onlyManagersUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := onlyManagers(ctx); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func onlyManagersStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := onlyManagers(ss.Context()); err != nil {
+		return err
+	}
+	return handler(srv, ss)
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -134,6 +135,15 @@ func (e *env) newCluster(ctx context.Context, name string) (*cluster, error) {
 	return c, nil
 }
 
+// creds are the admin credentials `shoal init` wrote in m1's data dir.
+func (c *cluster) creds() *rpc.Credentials {
+	creds, err := clientcreds.Admin(c.members[0].dataDir)
+	if err != nil {
+		panic(fmt.Sprintf("admin credentials of cluster %s: %v", c.name, err))
+	}
+	return creds
+}
+
 // conn returns a cached client connection to addr that retries calls
 // answered Unavailable until their deadline (as the CLI does).
 func (c *cluster) conn(addr string) *grpc.ClientConn {
@@ -142,7 +152,7 @@ func (c *cluster) conn(addr string) *grpc.ClientConn {
 	if cc, ok := c.conns[addr]; ok {
 		return cc
 	}
-	cc, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	cc, err := rpc.Dial(addr, c.creds(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		// grpc.NewClient fails only on a malformed target.
 		panic(err)

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -181,7 +182,11 @@ func convergeOnce(ctx context.Context, e *env, run int) (_ *convergeResult, err 
 	if err := fleet.grow(ctx, cvWorkers); err != nil {
 		return nil, err
 	}
-	conn, err := rpc.Dial(m.APIAddr(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	admin, err := clientcreds.Admin(filepath.Join(dir, "m1"))
+	if err != nil {
+		return nil, err
+	}
+	conn, err := rpc.Dial(m.APIAddr(), admin, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		return nil, err
 	}

@@ -70,7 +70,7 @@ func deadWorkerRuns(ctx context.Context, e *env, fast bool) (_ []series, err err
 		return nil, err
 	}
 	defer w.stop()
-	conn, err := rpc.Dial(m.api) // no retry interceptor: the loop polls at its own pace
+	conn, err := rpc.Dial(m.api, c.creds()) // no retry interceptor: the loop polls at its own pace
 	if err != nil {
 		return nil, err
 	}

@@ -101,7 +101,7 @@ func failoverOnce(ctx context.Context, c *cluster, old *member, run int) (*failo
 	}
 	var targets []*target
 	for _, s := range survivors {
-		conn, err := rpc.Dial(s.api)
+		conn, err := rpc.Dial(s.api, c.creds())
 		if err != nil {
 			return nil, err
 		}

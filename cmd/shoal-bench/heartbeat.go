@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/gossip"
+	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -220,12 +222,18 @@ type simFleet struct {
 }
 
 type simWorker struct {
-	id, secret, host string
-	conn             *grpc.ClientConn
+	id, host   string
+	conn       *grpc.ClientConn
+	gossipKeys [][]byte
 }
 
 func newSimFleet(ctx context.Context, addr, token string) (*simFleet, error) {
-	jc, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	// Joins trust the manager whose chain holds the root the token pins.
+	pinned, err := joinclient.TokenCredentials(token)
+	if err != nil {
+		return nil, err
+	}
+	jc, err := rpc.Dial(addr, pinned, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		return nil, err
 	}
@@ -246,37 +254,43 @@ func newSimFleet(ctx context.Context, addr, token string) (*simFleet, error) {
 	return f, nil
 }
 
-// startGossip makes worker w a gossip member, as a real worker is, and
-// returns the API port whose gossip port (+2) it listens on.
-func (f *simFleet) startGossip(w *simWorker) (int, error) {
-	host, portStr, err := net.SplitHostPort(f.addr)
-	if err != nil {
-		return 0, err
-	}
-	mport, _ := strconv.Atoi(portStr)
+// gossipPort picks a free API port for the worker that joins gossip
+// (its gossip port is +2).
+func (f *simFleet) gossipPort() (int, error) {
 	for range 100 {
 		p := simAPIPortBase + 5000 + mrand.IntN(5000)
-		if !portsFreeOn("127.0.0.1", p) {
-			continue
+		if portsFreeOn("127.0.0.1", p) {
+			return p, nil
 		}
-		g, err := gossip.New(gossip.Config{
-			Meta:      gossip.Meta{NodeID: w.id, Role: gossip.RoleWorker, API: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))},
-			BindIP:    "127.0.0.1",
-			BindPort:  p + 2,
-			ClusterID: f.clusterID,
-			Logger:    slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			continue
-		}
-		if _, err := g.Join([]string{net.JoinHostPort(host, strconv.Itoa(mport+2))}); err != nil {
-			g.Shutdown()
-			return 0, err
-		}
-		f.gossip = g
-		return p, nil
 	}
 	return 0, errors.New("no free port for the gossip member")
+}
+
+// startGossip makes worker w, which joined with API port p, a gossip
+// member, as a real worker is, with the gossip keys its join handed out.
+func (f *simFleet) startGossip(w *simWorker, p int) error {
+	host, portStr, err := net.SplitHostPort(f.addr)
+	if err != nil {
+		return err
+	}
+	mport, _ := strconv.Atoi(portStr)
+	g, err := gossip.New(gossip.Config{
+		Meta:      gossip.Meta{NodeID: w.id, Role: gossip.RoleWorker, API: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))},
+		BindIP:    "127.0.0.1",
+		BindPort:  p + 2,
+		ClusterID: f.clusterID,
+		Keys:      w.gossipKeys,
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := g.Join([]string{net.JoinHostPort(host, strconv.Itoa(mport+2))}); err != nil {
+		g.Shutdown()
+		return err
+	}
+	f.gossip = g
+	return nil
 }
 
 // grow adds workers until there are n, each joined and with its first
@@ -292,7 +306,7 @@ func (f *simFleet) grow(ctx context.Context, n int) error {
 	errs := make(chan error, n-have)
 	var wg sync.WaitGroup
 	for i := have; i < n; i++ {
-		w := &simWorker{id: simNodeID(), secret: randHex(16), host: fmt.Sprintf("%s%04d", simHostPrefix, i)}
+		w := &simWorker{id: simNodeID(), host: fmt.Sprintf("%s%04d", simHostPrefix, i)}
 		f.mu.Lock()
 		f.workers = append(f.workers, w)
 		f.mu.Unlock()
@@ -303,7 +317,7 @@ func (f *simFleet) grow(ctx context.Context, n int) error {
 			defer func() { <-sem }()
 			port := simAPIPortBase + i
 			if i == 0 {
-				p, err := f.startGossip(w)
+				p, err := f.gossipPort()
 				if err != nil {
 					errs <- fmt.Errorf("%s: gossip: %w", w.host, err)
 					return
@@ -312,6 +326,12 @@ func (f *simFleet) grow(ctx context.Context, n int) error {
 			}
 			if err := f.start(ctx, w, port); err != nil {
 				errs <- fmt.Errorf("%s: %w", w.host, err)
+				return
+			}
+			if i == 0 {
+				if err := f.startGossip(w, port); err != nil {
+					errs <- fmt.Errorf("%s: gossip: %w", w.host, err)
+				}
 			}
 		}()
 	}
@@ -331,24 +351,37 @@ func (f *simFleet) grow(ctx context.Context, n int) error {
 // is in, leaves a receive loop and a heartbeat loop running.
 func (f *simFleet) start(ctx context.Context, w *simWorker, port int) error {
 	desc := &pb.NodeDescription{Hostname: w.host, Os: "linux", Arch: "amd64", Runtimes: []string{"process"}, Resources: f.resources}
+	key, keyPEM, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return err
+	}
 	cctx, cancel := context.WithTimeout(ctx, hbCallTimeout)
-	_, err := pb.NewMembershipClient(f.joinConn).Join(cctx, &pb.JoinRequest{
+	resp, err := pb.NewMembershipClient(f.joinConn).Join(cctx, &pb.JoinRequest{
 		Token:       f.token,
 		NodeId:      w.id,
 		ApiAddr:     "127.0.0.1:" + strconv.Itoa(port),
 		Description: desc,
-		NodeSecret:  w.secret,
+		Csr:         csr,
 	})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
 	}
-	conn, err := rpc.Dial(f.addr)
+	w.gossipKeys = resp.GetGossipKeys()
+	creds, err := rpc.NewCredentials(resp.GetCertificate(), keyPEM, resp.GetRootCas())
+	if err != nil {
+		return fmt.Errorf("join: the certificate: %w", err)
+	}
+	conn, err := rpc.Dial(f.addr, creds)
 	if err != nil {
 		return err
 	}
 	w.conn = conn
-	stream, err := pb.NewDispatcherClient(conn).Session(f.ctx, &pb.SessionRequest{NodeId: w.id, NodeSecret: w.secret, Description: desc})
+	stream, err := pb.NewDispatcherClient(conn).Session(f.ctx, &pb.SessionRequest{NodeId: w.id, Description: desc})
 	if err != nil {
 		return fmt.Errorf("session: %w", err)
 	}

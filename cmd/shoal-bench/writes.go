@@ -73,7 +73,7 @@ func runWrites(ctx context.Context, e *env, name string, cfg writeConfig) ([]ser
 
 	clients := make([]*writeClient, cfg.clients)
 	for i := range clients {
-		conn, err := rpc.Dial(target.api, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+		conn, err := rpc.Dial(target.api, c.creds(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 		if err != nil {
 			return nil, err
 		}

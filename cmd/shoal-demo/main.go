@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -220,12 +221,17 @@ func (d *demo) daemon(ctx context.Context, name, ip string, args ...string) (*pr
 func (d *demo) shoal(ctx context.Context, args ...string) error {
 	fmt.Printf("$ shoal %s\n", strings.Join(hideHost(args), " "))
 	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), args...)
+	cmd.Env = d.cliEnv()
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("shoal %s: %w", strings.Join(args, " "), err)
 	}
 	return nil
 }
+
+// cliEnv points the CLI at the first manager's data dir, as a user on
+// its machine would (SHOAL_DATA_DIR): the admin client config is there.
+func (d *demo) cliEnv() []string { return append(os.Environ(), "SHOAL_DATA_DIR="+d.adminDir()) }
 
 // hideHost leaves --host out of the echoed command: any manager would do.
 func hideHost(args []string) []string {
@@ -241,7 +247,9 @@ func hideHost(args []string) []string {
 }
 
 func (d *demo) shoalOut(ctx context.Context, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), args...)
+	cmd.Env = d.cliEnv()
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("shoal %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
@@ -266,9 +274,17 @@ func (d *demo) waitFor(ctx context.Context, timeout time.Duration, what string, 
 	return 0, fmt.Errorf("timed out after %s waiting for %s (last error: %v)", timeout, what, last)
 }
 
-// control dials a manager.
-func control(addr string) (pb.ControlClient, func(), error) {
-	conn, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+// adminDir is the data dir of the node that ran `shoal init`: the admin
+// client config is there.
+func (d *demo) adminDir() string { return filepath.Join(d.dir, "m1") }
+
+// control dials a manager with the admin client config.
+func (d *demo) control(addr string) (pb.ControlClient, func(), error) {
+	creds, err := clientcreds.Admin(d.adminDir())
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := rpc.Dial(addr, creds, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -276,7 +292,7 @@ func control(addr string) (pb.ControlClient, func(), error) {
 }
 
 func (d *demo) waitNodes(ctx context.Context, addr string, n int) error {
-	c, done, err := control(addr)
+	c, done, err := d.control(addr)
 	if err != nil {
 		return err
 	}
@@ -301,7 +317,7 @@ func (d *demo) waitNodes(ctx context.Context, addr string, n int) error {
 
 // leader finds the leading manager's process.
 func (d *demo) leader(ctx context.Context, addr string) (*proc, error) {
-	c, done, err := control(addr)
+	c, done, err := d.control(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +339,7 @@ func (d *demo) leader(ctx context.Context, addr string) (*proc, error) {
 }
 
 func (d *demo) waitNewLeader(ctx context.Context, addr, old string) (string, error) {
-	c, done, err := control(addr)
+	c, done, err := d.control(addr)
 	if err != nil {
 		return "", err
 	}
@@ -350,7 +366,7 @@ func (d *demo) waitNewLeader(ctx context.Context, addr, old string) (string, err
 // fire sends requests round robin over the running replicas' endpoints
 // and prints how many each answered.
 func (d *demo) fire(ctx context.Context, addr string, n int) error {
-	c, done, err := control(addr)
+	c, done, err := d.control(addr)
 	if err != nil {
 		return err
 	}
@@ -399,7 +415,7 @@ func (d *demo) fire(ctx context.Context, addr string, n int) error {
 
 // waitNoTasks waits until the removed service's processes are gone.
 func (d *demo) waitNoTasks(addr string) error {
-	c, done, err := control(addr)
+	c, done, err := d.control(addr)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -23,15 +25,19 @@ import (
 
 // clientFlags are the flags of every client command.
 type clientFlags struct {
-	host    string
-	dataDir string
-	timeout time.Duration
-	format  string
+	host         string
+	dataDir      string
+	clientConfig string
+	timeout      time.Duration
+	format       string
+
+	config *pki.ClientConfig // from --client-config, once loaded
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet, withFormat bool) {
-	fs.StringVar(&c.host, "host", os.Getenv("SHOAL_HOST"), "manager to talk to, IP[:PORT] (env SHOAL_HOST; default: the node in --data-dir, else 127.0.0.1:4242)")
-	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir(), "data dir of the local node, used to find it (env SHOAL_DATA_DIR)")
+	fs.StringVar(&c.host, "host", os.Getenv("SHOAL_HOST"), "manager to talk to, IP[:PORT] (env SHOAL_HOST; default: the client config's, else the node in --data-dir, else 127.0.0.1:4242)")
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir(), "data dir of the local node, used to find it and its credentials (env SHOAL_DATA_DIR)")
+	fs.StringVar(&c.clientConfig, "client-config", os.Getenv("SHOAL_CLIENT_CONFIG"), "admin client config from `shoal cluster client-config` (env SHOAL_CLIENT_CONFIG; default: the one in --data-dir)")
 	fs.DurationVar(&c.timeout, "timeout", 15*time.Second, "how long to wait for the cluster")
 	if withFormat {
 		fs.StringVar(&c.format, "format", "table", "output format: table or json")
@@ -42,6 +48,9 @@ func (c *clientFlags) register(fs *flag.FlagSet, withFormat bool) {
 func (c *clientFlags) target() string {
 	if c.host != "" {
 		return manager.WithDefaultPort(c.host)
+	}
+	if c.config != nil && c.config.Host != "" {
+		return c.config.Host
 	}
 	if id, err := datadir.Load(c.dataDir); err == nil && id.Advertise != "" {
 		return id.Advertise
@@ -62,13 +71,26 @@ func (c *clientFlags) connect() (*session, error) {
 	if c.format != "" && c.format != "table" && c.format != "json" {
 		return nil, usagef("--format %q: use table or json", c.format)
 	}
+	creds, err := c.credentials()
+	if err != nil {
+		return nil, err
+	}
 	addr := c.target()
-	conn, err := rpc.Dial(addr, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+	conn, err := rpc.Dial(addr, creds, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	return &session{ctx: ctx, cancel: cancel, conn: conn, control: pb.NewControlClient(conn), addr: addr}, nil
+}
+
+// credentials finds the TLS identity to talk to the cluster with: the
+// client config given, else the admin client config `shoal init` wrote in
+// the data dir, else the certificate of the node in the data dir.
+func (c *clientFlags) credentials() (*rpc.Credentials, error) {
+	creds, cc, err := clientcreds.Find(c.dataDir, c.clientConfig)
+	c.config = cc
+	return creds, err
 }
 
 func (s *session) close() {
@@ -83,6 +105,9 @@ func (s *session) explain(err error) error {
 	}
 	st := status.Convert(err)
 	msg := st.Message()
+	if rpc.IsTLSRefusal(err) {
+		return fmt.Errorf("TLS with %s failed: %s", s.addr, rpc.DescribeTLSRefusal(err))
+	}
 	switch st.Code() {
 	case codes.Unavailable:
 		if strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host") || strings.Contains(msg, "connect:") {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -108,5 +110,103 @@ func runJoinToken(args []string) error {
 		fmt.Printf("Rotated the %s join token.\n\n", pos[0])
 	}
 	fmt.Printf("To add a %s to this cluster, run:\n\n    shoal join --data-dir DIR --advertise IP --token %s %s\n", pos[0], token, strings.TrimSpace(s.addr))
+	return nil
+}
+
+const clientConfigUsage = "shoal cluster client-config [--host MANAGER] > FILE"
+
+// runClientConfig exports an admin client config for another machine: a
+// new key made here, a certificate the cluster signs for it, the roots and
+// the manager's address. Use it there with --client-config FILE.
+func runClientConfig(args []string) error {
+	var c clientFlags
+	fs := newFlags("cluster client-config", clientConfigUsage)
+	c.register(fs, false)
+	pos, err := parseFlags(fs, clientConfigUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("cluster client-config takes no arguments; redirect its output to a file")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	key, keyPEM, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	resp, err := s.control.IssueClientCertificate(s.ctx, &pb.IssueClientCertificateRequest{Csr: csr})
+	if err != nil {
+		return s.explain(err)
+	}
+	cc := &pki.ClientConfig{Host: s.addr, CertPEM: resp.GetCertificate(), KeyPEM: keyPEM, RootsPEM: resp.GetRootCas()}
+	if _, err := os.Stdout.Write(cc.Encode()); err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "Keep this file private: it grants full control of the cluster. Use it with --client-config FILE or SHOAL_CLIENT_CONFIG=FILE.")
+	return nil
+}
+
+const caUsage = "shoal cluster ca --rotate"
+
+// runCA rotates the cluster's root CA.
+func runCA(args []string) error {
+	var c clientFlags
+	fs := newFlags("cluster ca", caUsage)
+	c.register(fs, false)
+	rotate := fs.Bool("rotate", false, "make a new root CA; every node renews its certificate, then the old root is dropped")
+	pos, err := parseFlags(fs, caUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 || !*rotate {
+		return usagef("say what to do: `shoal cluster ca --rotate`")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	resp, err := s.control.RotateRootCA(s.ctx, &pb.RotateRootCARequest{})
+	if err != nil {
+		return s.explain(err)
+	}
+	fmt.Printf("Root CA rotation started (new root digest %s).\n", resp.GetDigest())
+	fmt.Println("Nodes renew their certificates now; the old root is trusted until all have. Join tokens changed: get them again with `shoal cluster join-token`.")
+	fmt.Println("Admin client configs exported before the rotation stop working once it completes: export new ones with `shoal cluster client-config`.")
+	return nil
+}
+
+const gossipKeyUsage = "shoal cluster gossip-key --rotate"
+
+// runGossipKey rotates the gossip encryption key.
+func runGossipKey(args []string) error {
+	var c clientFlags
+	fs := newFlags("cluster gossip-key", gossipKeyUsage)
+	c.register(fs, false)
+	rotate := fs.Bool("rotate", false, "make a new gossip key the primary one (nodes keep the previous key until the next rotation)")
+	pos, err := parseFlags(fs, gossipKeyUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 || !*rotate {
+		return usagef("say what to do: `shoal cluster gossip-key --rotate`")
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if _, err := s.control.RotateGossipKey(s.ctx, &pb.RotateGossipKeyRequest{}); err != nil {
+		return s.explain(err)
+	}
+	fmt.Println("Gossip key rotated: nodes encrypt with the new key now and still accept the previous one until the next rotation.")
 	return nil
 }

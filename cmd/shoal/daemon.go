@@ -121,6 +121,7 @@ func runInit(args []string) error {
 	fs := newFlags("init", initUsage)
 	d.register(fs)
 	force := fs.Bool("force-new-cluster", false, "recover a manager whose cluster lost quorum: make it the only manager, keeping the state")
+	certExpiry := fs.Duration("cert-expiry", manager.DefaultCertExpiry, "lifetime of node certificates; nodes renew theirs after two thirds of it")
 	pos, err := parseFlags(fs, initUsage, args)
 	if err != nil {
 		return err
@@ -167,6 +168,10 @@ func runInit(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *certExpiry < time.Minute {
+		return usagef("--cert-expiry %s is too short: give at least 1m (the default is %s)", *certExpiry, manager.DefaultCertExpiry)
+	}
+	cfg.CertExpiry = *certExpiry
 	m, err := manager.Init(ctx, cfg)
 	if err != nil {
 		return err
@@ -186,6 +191,8 @@ func printJoinHelp(m *manager.Manager, cfg manager.Config) {
 	fmt.Printf("Cluster initialised: node %s is now the manager of cluster %s.\n\n", m.ID(), m.ClusterID())
 	fmt.Printf("To add a manager to this cluster, run:\n\n    shoal join --data-dir DIR --advertise IP --token %s %s\n\n", token, m.APIAddr())
 	fmt.Printf("Show the join tokens again with `shoal cluster join-token manager|worker`.\n")
+	fmt.Printf("The admin client config is %s: shoal commands with --data-dir %s (or SHOAL_DATA_DIR) use it.\n",
+		filepath.Join(cfg.DataDir, datadir.AdminFile), cfg.DataDir)
 }
 
 const joinUsage = "shoal join --token TOKEN --advertise IP[:PORT] [--data-dir DIR] [--leave-on-stop] MANAGER_ADDR[:PORT]"

@@ -80,7 +80,7 @@ func cliWithin(t *testing.T, d time.Duration, args ...string) (string, string, i
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, shoalBin, args...)
+	cmd := cliCommand(ctx, args...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

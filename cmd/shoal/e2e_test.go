@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,6 +96,7 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 		t.Fatal(err)
 	}
 	n := &node{t: t, ip: ip, port: port, dataDir: dataDir, cmd: cmd, log: f, exited: make(chan struct{})}
+	noteAdminDir(n.addr(), dataDir, args)
 	go func() { _ = cmd.Wait(); close(n.exited) }()
 	t.Cleanup(func() {
 		n.kill()
@@ -126,12 +128,46 @@ func (n *node) kill() {
 	<-n.exited
 }
 
+// adminDirs maps each node's API address to the data dir of the node that
+// created its cluster, where `shoal init` wrote the admin client config.
+var adminDirs sync.Map
+
+// noteAdminDir records the admin data dir of a node being started: its
+// own for `init`, that of the manager it joins through for `join`.
+func noteAdminDir(addr, dataDir string, args []string) {
+	switch args[0] {
+	case "init":
+		if _, ok := adminDirs.Load(addr); !ok {
+			adminDirs.Store(addr, dataDir)
+		}
+	case "join":
+		if dir, ok := adminDirs.Load(args[len(args)-1]); ok {
+			adminDirs.Store(addr, dir)
+		}
+	}
+}
+
+// cliCommand is the command for `shoal ARGS`: as a user on the first
+// manager's machine, with SHOAL_DATA_DIR pointing at its data dir when the
+// command talks to a cluster through --host.
+func cliCommand(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, shoalBin, args...)
+	for i, a := range args {
+		if a == "--host" && i+1 < len(args) {
+			if dir, ok := adminDirs.Load(args[i+1]); ok {
+				cmd.Env = append(os.Environ(), "SHOAL_DATA_DIR="+dir.(string))
+			}
+		}
+	}
+	return cmd
+}
+
 // cli runs a shoal client command and returns stdout, stderr and the exit code.
 func cli(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, shoalBin, args...)
+	cmd := cliCommand(ctx, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -366,7 +402,9 @@ func TestCLIBadInput(t *testing.T) {
 		{"remove a manager without force", []string{"node", "rm", "m1", "--host", m.addr()}, 1, "demote it first"},
 		{"bad availability", []string{"node", "update", "--availability", "sideways", "m1", "--host", m.addr()}, 2, "active, pause or drain"},
 		{"join-token without a role", []string{"cluster", "join-token", "--host", m.addr()}, 2, "worker"},
-		{"no manager at host", []string{"node", "ls", "--host", fmt.Sprintf("127.0.0.9:%d", deadPort), "--timeout", "2s"}, 1, "no Shoal manager answers"},
+		{"no manager at host", []string{"node", "ls", "--host", fmt.Sprintf("127.0.0.9:%d", deadPort), "--data-dir", m.dataDir, "--timeout", "2s"}, 1, "no Shoal manager answers"},
+		{"no credentials", []string{"node", "ls", "--host", fmt.Sprintf("127.0.0.9:%d", deadPort), "--data-dir", t.TempDir()}, 1, "no credentials to talk to the cluster"},
+		{"a client config that is not one", []string{"node", "ls", "--host", m.addr(), "--client-config", filepath.Join(notShoal, "stuff")}, 1, "not a Shoal client config"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -51,7 +51,7 @@ func runLeave(args []string) error {
 			return s.explain(err)
 		}
 	} else {
-		_, err := pb.NewMembershipClient(s.conn).Leave(s.ctx, &pb.LeaveRequest{NodeId: id.NodeID, NodeSecret: id.NodeSecret})
+		_, err := pb.NewMembershipClient(s.conn).Leave(s.ctx, &pb.LeaveRequest{NodeId: id.NodeID})
 		if err != nil {
 			return s.explain(err)
 		}

@@ -50,6 +50,9 @@ func commands() []*command {
 		{name: "cluster", summary: "Manage the cluster", sub: []*command{
 			{name: "info", summary: "Show the cluster ID, the managers' Raft state and the leader", run: runClusterInfo},
 			{name: "join-token", summary: "Show or rotate a join token", run: runJoinToken},
+			{name: "client-config", summary: "Export an admin client config for another machine", run: runClientConfig},
+			{name: "ca", summary: "Rotate the cluster's root CA", run: runCA},
+			{name: "gossip-key", summary: "Rotate the gossip encryption key", run: runGossipKey},
 		}},
 		{name: "service", summary: "Manage services", sub: serviceCommands()},
 		{name: "image", summary: "Load images into this node's Docker Engine", sub: imageCommands()},

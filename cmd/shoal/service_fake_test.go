@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/internal/pki/pkitest"
+	"google.golang.org/grpc/credentials"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -308,11 +312,17 @@ func TestServiceCommandsFakeCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	// The fake speaks mutual TLS as a manager does, with a test CA.
+	ca := pkitest.NewCA(t, "fake")
+	config := filepath.Join(t.TempDir(), "admin.pem")
+	if err := os.WriteFile(config, ca.ClientConfig(t, ""), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.Creds(t, pki.RoleManager, "fake-manager").ServerTLS(false, nil, nil))))
 	pb.RegisterControlServer(srv, fake)
 	go srv.Serve(l)
 	defer srv.Stop()
-	host := []string{"--host", l.Addr().String()}
+	host := []string{"--host", l.Addr().String(), "--client-config", config}
 	// Our flags go first: after IMAGE, create passes everything to the task.
 	svc := func(args ...string) []string {
 		return append(append([]string{"service", args[0]}, host...), args[1:]...)

@@ -33,8 +33,9 @@ type Identity struct {
 	Hostname string `json:"hostname,omitempty"`
 	// Advertise is the node's advertised IP:PORT (API port).
 	Advertise string `json:"advertise,omitempty"`
-	// NodeSecret is a worker's session secret (the file is private: 0600).
-	NodeSecret string `json:"node_secret,omitempty"`
+	// GossipKeys are the cluster's gossip encryption keys, primary first
+	// (the file is private: 0600).
+	GossipKeys [][]byte `json:"gossip_keys,omitempty"`
 	// Managers are the manager API addresses a worker last heard of.
 	Managers []string `json:"managers,omitempty"`
 }

@@ -8,12 +8,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -36,10 +38,13 @@ var (
 	serverPolicy    = keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}
 )
 
-// ServerOptions returns the options every Shoal gRPC server is built with,
-// followed by extra.
-func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
+// ServerOptions returns the options every Shoal gRPC server is built with:
+// mutual TLS 1.3 with creds (accept refuses revoked peers; callers
+// without a certificate get through the handshake, and the handlers let
+// them only join), keepalive and message limits, followed by extra.
+func ServerOptions(creds *Credentials, accept Accept, log *slog.Logger, extra ...grpc.ServerOption) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(creds.ServerTLS(false, accept, log))),
 		grpc.KeepaliveEnforcementPolicy(serverPolicy),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxRecvMsgSize(16 << 20),
@@ -47,11 +52,20 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	return append(opts, extra...)
 }
 
-// Dial returns a client connection to a Shoal node at addr (host:port).
-// grpc.NewClient connects lazily; the first call does the dialing.
-func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+// Dial returns a mutual-TLS client connection to the Shoal manager at addr
+// (host:port), presenting creds. grpc.NewClient connects lazily; the first
+// call does the dialing.
+func Dial(addr string, creds *Credentials, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return DialRole(addr, creds, pki.RoleManager, extra...)
+}
+
+// DialRole is Dial to a node whose certificate must carry role.
+func DialRole(addr string, creds *Credentials, role string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if creds == nil {
+		return nil, fmt.Errorf("dial %s: no TLS credentials", addr)
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(credentials.NewTLS(creds.ClientTLS(role))),
 		grpc.WithKeepaliveParams(clientKeepalive),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
 	}
@@ -100,7 +114,7 @@ func RetryUnavailable() grpc.UnaryClientInterceptor {
 		var refusedSince time.Time
 		for {
 			err := invoker(ctx, method, req, reply, cc, opts...)
-			if status.Code(err) != codes.Unavailable {
+			if status.Code(err) != codes.Unavailable || IsTLSRefusal(err) {
 				return err
 			}
 			if IsConnectionRefused(err) {
@@ -132,4 +146,27 @@ const refusedGrace = 3 * time.Second
 func IsConnectionRefused(err error) bool {
 	msg := status.Convert(err).Message()
 	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "no route to host")
+}
+
+// IsTLSRefusal reports whether a call failed because one side refused the
+// other's certificate: retrying cannot help.
+func IsTLSRefusal(err error) bool {
+	msg := status.Convert(err).Message()
+	return strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "tls:") ||
+		strings.Contains(msg, "x509:") || strings.Contains(msg, "first record does not look like a TLS handshake")
+}
+
+// DescribeTLSRefusal turns a TLS failure into a sentence that says what
+// to do next.
+func DescribeTLSRefusal(err error) string {
+	msg := status.Convert(err).Message()
+	switch {
+	case strings.Contains(msg, ErrWrongCluster.Error()):
+		return ErrWrongCluster.Error()
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "the server does not speak TLS: is it a Shoal node of this version?"
+	case strings.Contains(msg, "remote error: tls:"):
+		return "the server refused this certificate (expired, revoked, or from another cluster; its log says which): " + msg
+	}
+	return msg
 }

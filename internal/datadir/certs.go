@@ -1,0 +1,78 @@
+package datadir
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Credential files in a data dir (all private: 0600 in a 0700 directory).
+const (
+	certsDir = "certs"
+	certFile = "node.crt" // the node's certificate chain, leaf first
+	keyFile  = "node.key" // its ECDSA key
+	rootFile = "ca.crt"   // the cluster roots the node trusts
+	// AdminFile is the admin client configuration `shoal init` writes.
+	AdminFile = "admin.pem"
+)
+
+// ErrNoCerts means the data dir holds no node certificate.
+var ErrNoCerts = errors.New("no node certificate in data dir")
+
+// SaveCerts writes the node's certificate chain, key and trusted roots.
+func SaveCerts(dir string, certPEM, keyPEM, rootsPEM []byte) error {
+	d := filepath.Join(dir, certsDir)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", d, err)
+	}
+	for name, data := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, rootFile: rootsPEM} {
+		if err := WriteFile(filepath.Join(d, name), data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadCerts reads what SaveCerts wrote.
+func LoadCerts(dir string) (certPEM, keyPEM, rootsPEM []byte, err error) {
+	d := filepath.Join(dir, certsDir)
+	out := make([][]byte, 3)
+	for i, name := range []string{certFile, keyFile, rootFile} {
+		out[i], err = os.ReadFile(filepath.Join(d, name))
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil, nil, fmt.Errorf("%w %s", ErrNoCerts, dir)
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("read %s: %w", filepath.Join(d, name), err)
+		}
+	}
+	return out[0], out[1], out[2], nil
+}
+
+// RemoveCerts deletes the node's credentials (a failed join).
+func RemoveCerts(dir string) { _ = os.RemoveAll(filepath.Join(dir, certsDir)) }
+
+// WriteFile writes a private file atomically and durably.
+func WriteFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("install %s: %w", path, err)
+	}
+	return nil
+}
