@@ -92,6 +92,8 @@ type cluster struct {
 	base     string
 	managers []*mgr
 	workers  []*wrk
+	// certExpiry, if set, is the certificate lifetime the cluster is made with.
+	certExpiry time.Duration
 }
 
 type mgr struct {
@@ -170,15 +172,17 @@ func (c *cluster) logger(name string) *slog.Logger {
 
 func (c *cluster) managerConfig(i int) manager.Config {
 	return manager.Config{
-		DataDir:         filepath.Join(c.base, fmt.Sprintf("m%d", i)),
-		Hostname:        fmt.Sprintf("m%d", i),
-		AdvertiseIP:     c.ip(i),
-		APIPort:         c.port,
-		Timing:          raftstore.TimingFromElection(testElection),
-		ProbeInterval:   300 * time.Millisecond,
-		HeartbeatPeriod: testHeartbeat,
-		GossipFast:      true,
-		Logger:          c.logger(fmt.Sprintf("m%d", i)),
+		DataDir:           filepath.Join(c.base, fmt.Sprintf("m%d", i)),
+		Hostname:          fmt.Sprintf("m%d", i),
+		AdvertiseIP:       c.ip(i),
+		APIPort:           c.port,
+		Timing:            raftstore.TimingFromElection(testElection),
+		ProbeInterval:     300 * time.Millisecond,
+		HeartbeatPeriod:   testHeartbeat,
+		GossipFast:        true,
+		CertExpiry:        c.certExpiry,
+		CertCheckInterval: 200 * time.Millisecond,
+		Logger:            c.logger(fmt.Sprintf("m%d", i)),
 	}
 }
 
@@ -230,13 +234,14 @@ func (c *cluster) token(role pb.NodeRole) string {
 func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 	host := 10 + i
 	cfg := worker.Config{
-		DataDir:        filepath.Join(c.base, fmt.Sprintf("w%d", i)),
-		Hostname:       fmt.Sprintf("w%d", i),
-		AdvertiseIP:    c.ip(host),
-		APIPort:        c.port,
-		GossipFast:     true,
-		StatusInterval: 50 * time.Millisecond,
-		Logger:         c.logger(fmt.Sprintf("w%d", i)),
+		DataDir:           filepath.Join(c.base, fmt.Sprintf("w%d", i)),
+		Hostname:          fmt.Sprintf("w%d", i),
+		AdvertiseIP:       c.ip(host),
+		APIPort:           c.port,
+		GossipFast:        true,
+		StatusInterval:    50 * time.Millisecond,
+		CertCheckInterval: 200 * time.Millisecond,
+		Logger:            c.logger(fmt.Sprintf("w%d", i)),
 	}
 	cfg.Runtimes = func() ([]worker.Runtime, error) {
 		r, err := process.New(process.Config{

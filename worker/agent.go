@@ -126,6 +126,7 @@ type Agent struct {
 	removed    chan struct{} // closed when the cluster says this node is gone
 	promoted   chan struct{} // closed when the node is to become a manager
 	promoteOne sync.Once
+	forgetOnce sync.Once
 	ctx        context.Context
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
@@ -577,7 +578,12 @@ func (a *Agent) runSession(addr string) error {
 		if status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.NotFound {
 			a.log.Error("the cluster refused this node", "err", status.Convert(err).Message())
 			if strings.Contains(status.Convert(err).Message(), "removed") || status.Code(err) == codes.NotFound {
-				go a.forgetCluster()
+				// Tracked by wg (the session loop holds it): Close waits.
+				a.wg.Add(1)
+				go func() {
+					defer a.wg.Done()
+					a.forgetCluster()
+				}()
 			}
 		}
 		return err
@@ -786,11 +792,10 @@ func (a *Agent) reportStatuses() {
 // left with `shoal leave`): its tasks stop, the data dir is marked so it
 // cannot rejoin, and Removed is closed.
 func (a *Agent) forgetCluster() {
-	select {
-	case <-a.removed:
-		return
-	default:
-	}
+	a.forgetOnce.Do(a.forget)
+}
+
+func (a *Agent) forget() {
 	a.log.Warn("this node is no longer a member of the cluster; stopping its tasks")
 	for _, t := range a.Tasks() {
 		a.removeTask(t.GetId())
@@ -827,6 +832,16 @@ func (a *Agent) StopTasks() {
 
 // ManagerAddrs lists the manager addresses this agent knows, best first.
 func (a *Agent) ManagerAddrs() []string { return a.managerCandidates() }
+
+// SessionID is the ID of the session open with the leader ("" for none).
+func (a *Agent) SessionID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.session == nil {
+		return ""
+	}
+	return a.session.id
+}
 
 // Removed is closed when the cluster has removed this node.
 func (a *Agent) Removed() <-chan struct{} { return a.removed }

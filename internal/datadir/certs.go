@@ -1,6 +1,7 @@
 package datadir
 
 import (
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -10,9 +11,10 @@ import (
 // Credential files in a data dir (all private: 0600 in a 0700 directory).
 const (
 	certsDir = "certs"
-	certFile = "node.crt" // the node's certificate chain, leaf first
-	keyFile  = "node.key" // its ECDSA key
-	rootFile = "ca.crt"   // the cluster roots the node trusts
+	// nodeFile holds the node's certificate chain, leaf first, then its
+	// key: one file, so a crash never leaves a key that does not match.
+	nodeFile = "node.pem"
+	rootFile = "ca.crt" // the cluster roots the node trusts
 	// AdminFile is the admin client configuration `shoal init` writes.
 	AdminFile = "admin.pem"
 )
@@ -26,19 +28,19 @@ func SaveCerts(dir string, certPEM, keyPEM, rootsPEM []byte) error {
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", d, err)
 	}
-	for name, data := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, rootFile: rootsPEM} {
-		if err := WriteFile(filepath.Join(d, name), data); err != nil {
-			return err
-		}
+	// Roots first: new roots can verify the old certificate, while a new
+	// certificate (a CA rotation) may need the new roots.
+	if err := WriteFile(filepath.Join(d, rootFile), rootsPEM); err != nil {
+		return err
 	}
-	return nil
+	return WriteFile(filepath.Join(d, nodeFile), append(append([]byte(nil), certPEM...), keyPEM...))
 }
 
 // LoadCerts reads what SaveCerts wrote.
 func LoadCerts(dir string) (certPEM, keyPEM, rootsPEM []byte, err error) {
 	d := filepath.Join(dir, certsDir)
-	out := make([][]byte, 3)
-	for i, name := range []string{certFile, keyFile, rootFile} {
+	out := make([][]byte, 2)
+	for i, name := range []string{nodeFile, rootFile} {
 		out[i], err = os.ReadFile(filepath.Join(d, name))
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil, nil, fmt.Errorf("%w %s", ErrNoCerts, dir)
@@ -47,7 +49,22 @@ func LoadCerts(dir string) (certPEM, keyPEM, rootsPEM []byte, err error) {
 			return nil, nil, nil, fmt.Errorf("read %s: %w", filepath.Join(d, name), err)
 		}
 	}
-	return out[0], out[1], out[2], nil
+	for rest := out[0]; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type == "CERTIFICATE" {
+			certPEM = append(certPEM, pem.EncodeToMemory(b)...)
+		} else {
+			keyPEM = append(keyPEM, pem.EncodeToMemory(b)...)
+		}
+	}
+	if len(certPEM) == 0 || len(keyPEM) == 0 {
+		return nil, nil, nil, fmt.Errorf("%s holds no certificate or no key", filepath.Join(d, nodeFile))
+	}
+	return certPEM, keyPEM, out[1], nil
 }
 
 // RemoveCerts deletes the node's credentials (a failed join).

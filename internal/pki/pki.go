@@ -211,7 +211,7 @@ func (ca *CA) Issue(csrPEM []byte, id Identity, lifetime time.Duration) ([]byte,
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: id.ID, OrganizationalUnit: []string{id.Role}, Organization: []string{id.ClusterID}},
-		NotBefore:    now.Add(-clockSkew),
+		NotBefore:    now.Add(-min(clockSkew, lifetime/10)),
 		NotAfter:     now.Add(lifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},

@@ -160,9 +160,14 @@ func (c *Credentials) ClientTLS(serverRole string) *tls.Config {
 		// certificates name nodes, not host names.
 		InsecureSkipVerify: true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			cert, _, _, _ := c.snapshot()
+			cert, roots, _, _ := c.snapshot()
 			if cert == nil {
 				return &tls.Certificate{}, nil
+			}
+			// The server would refuse a certificate that is invalid here
+			// too, but TLS 1.3 cannot tell the client why: say it now.
+			if _, _, err := pki.Verify(cert.Certificate, roots, time.Now()); err != nil {
+				return nil, fmt.Errorf("this client's own certificate is unusable: %w", err)
 			}
 			return cert, nil
 		},
