@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/shoal-cluster/shoal/internal/pki"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -41,7 +42,12 @@ func runClusterInfo(args []string) error {
 	if leader == "" {
 		leader = "none (no quorum, or an election is in progress)"
 	}
-	fmt.Printf("Cluster ID:\t%s\nManagers:\t%d\nLeader:\t\t%s\n\n", resp.GetCluster().GetId(), len(resp.GetManagers()), leader)
+	fmt.Printf("Cluster ID:\t%s\nManagers:\t%d\nLeader:\t\t%s\n", resp.GetCluster().GetId(), len(resp.GetManagers()), leader)
+	fmt.Printf("Root CA:\t%s\n", resp.GetCluster().GetRootCa().GetDigest())
+	if len(resp.GetCluster().GetRootCa().GetCrossSigned()) > 0 {
+		fmt.Printf("\t\trotation in progress: %s\n", rotationProgress(s, resp.GetCluster().GetRootCa().GetDigest()))
+	}
+	fmt.Printf("Cert expiry:\t%s\n\n", time.Duration(resp.GetCluster().GetSpec().GetCertExpiry()))
 	t := newTable("NODE", "HOSTNAME", "RAFT ADDRESS", "STATE", "TERM", "COMMIT INDEX", "APPLIED INDEX", "VOTER")
 	for _, m := range resp.GetManagers() {
 		state := m.GetState()
@@ -209,4 +215,19 @@ func runGossipKey(args []string) error {
 	}
 	fmt.Println("Gossip key rotated: nodes encrypt with the new key now and still accept the previous one until the next rotation.")
 	return nil
+}
+
+// rotationProgress says how many nodes hold a certificate of the new root.
+func rotationProgress(s *session, digest string) string {
+	resp, err := s.control.ListNodes(s.ctx, &pb.ListNodesRequest{})
+	if err != nil {
+		return s.explain(err).Error()
+	}
+	done := 0
+	for _, n := range resp.GetNodes() {
+		if n.GetCertificate().GetRootDigest() == digest {
+			done++
+		}
+	}
+	return fmt.Sprintf("%d of %d nodes hold a certificate of the new root", done, len(resp.GetNodes()))
 }

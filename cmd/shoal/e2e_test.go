@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/pki"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -502,7 +504,23 @@ func TestPromoteAndDemote(t *testing.T) {
 		return tok
 	}
 	daemon("m2", ips[1], "join", "--token", token("manager"), m1.addr())
-	daemon("w1", ips[2], "join", "--token", token("worker"), m1.addr())
+	w1 := daemon("w1", ips[2], "join", "--token", token("worker"), m1.addr())
+	// certRole is the role of the certificate in w1's data dir.
+	certRole := func() string {
+		certPEM, _, _, err := datadir.LoadCerts(w1.dataDir)
+		if err != nil {
+			return err.Error()
+		}
+		cert, err := pki.ParseCert(certPEM)
+		if err != nil {
+			return err.Error()
+		}
+		id, err := pki.IdentityOf(cert)
+		if err != nil {
+			return err.Error()
+		}
+		return id.Role
+	}
 	row := func(host string) string {
 		out, _, _ := cli(t, "node", "ls", "--host", m1.addr(), "--timeout", "2s")
 		for _, line := range strings.Split(out, "\n") {
@@ -523,6 +541,9 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " manager ") && strings.Contains(r, "Reachable"), r
 	})
+	if got := certRole(); got != pki.RoleManager {
+		t.Fatalf("w1's certificate after the promotion carries %q, want a manager's", got)
+	}
 	// Three voters now: the cluster survives losing m2.
 	out, _, _ := cli(t, "cluster", "info", "--host", m1.addr())
 	if strings.Count(out, " true") != 3 {
@@ -535,4 +556,59 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " worker ") && strings.Contains(r, " Ready "), r
 	})
+	eventually(t, 30*time.Second, "w1's certificate to be a worker's again", func() (bool, string) {
+		got := certRole()
+		return got == pki.RoleWorker, got
+	})
+}
+
+// TestClientConfigAndRotations: the CLI on another machine uses an
+// exported client config with no other flag; the gossip key and the root
+// CA rotate from the CLI; the admin config in the data dir follows the
+// rotation, an exported one is refused with a clear error once it
+// completes.
+func TestClientConfigAndRotations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	ip := "127.0.0.1"
+	port := freePort(t, ip)
+	dir := filepath.Join(t.TempDir(), "m1")
+	startDaemon(t, ip, port, dir, "init", "--data-dir", dir, "--advertise", fmt.Sprintf("%s:%d", ip, port), "--hostname", "m1")
+	local := func(args ...string) (string, string, int) { // on the manager's machine
+		return cli(t, append(args, "--data-dir", dir)...)
+	}
+	eventually(t, 20*time.Second, "the manager", func() (bool, string) {
+		_, errOut, code := local("node", "ls", "--timeout", "2s")
+		return code == 0, errOut
+	})
+	out, errOut, code := local("cluster", "client-config")
+	if code != 0 {
+		t.Fatalf("client-config: %s", errOut)
+	}
+	config := filepath.Join(t.TempDir(), "admin.pem")
+	if err := os.WriteFile(config, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := func(args ...string) (string, string, int) { // another machine: no data dir, no --host
+		return cli(t, append(args, "--data-dir", t.TempDir(), "--client-config", config)...)
+	}
+	if out, errOut, code := elsewhere("node", "ls"); code != 0 || !strings.Contains(out, "m1") {
+		t.Fatalf("node ls with the exported config: exit %d, %s%s", code, out, errOut)
+	}
+	if _, errOut, code := local("cluster", "gossip-key", "--rotate"); code != 0 {
+		t.Fatalf("gossip-key --rotate: %s", errOut)
+	}
+	if out, errOut, code := local("cluster", "ca", "--rotate"); code != 0 || !strings.Contains(out, "rotation started") {
+		t.Fatalf("ca --rotate: exit %d, %s%s", code, out, errOut)
+	}
+	// Once every node holds a certificate of the new root, the exported
+	// config (old root) is refused; the one in the data dir was renewed.
+	eventually(t, 30*time.Second, "the exported config to be refused", func() (bool, string) {
+		_, errOut, code := elsewhere("node", "ls", "--timeout", "2s")
+		return code == 1 && strings.Contains(errOut, "TLS with") && strings.Contains(errOut, "client-config"), errOut
+	})
+	if out, errOut, code := local("node", "ls"); code != 0 || !strings.Contains(out, "m1") {
+		t.Fatalf("node ls with the data dir after the rotation: exit %d, %s%s", code, out, errOut)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/protobuf/proto"
@@ -164,6 +165,10 @@ func printNodePretty(n *pb.Node) {
 	fmt.Printf("Resources:\n CPUs:\t\t\t%g\n Memory:\t\t%s\n", float64(d.GetResources().GetNanoCpus())/1e9, humanBytes(d.GetResources().GetMemoryBytes()))
 	if len(d.GetRuntimes()) > 0 {
 		fmt.Printf("Runtimes:\t\t%s\n", strings.Join(d.GetRuntimes(), ", "))
+	}
+	if c := n.GetCertificate(); c != nil {
+		fmt.Printf("TLS certificate:\n Role:\t\t\t%s\n Expires:\t\t%s\n Root CA:\t\t%s\n",
+			roleWord(c.GetRole()), time.Unix(0, c.GetNotAfter()).UTC().Format(time.RFC3339), c.GetRootDigest())
 	}
 }
 

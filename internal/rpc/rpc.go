@@ -166,7 +166,10 @@ func DescribeTLSRefusal(err error) string {
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return "the server does not speak TLS: is it a Shoal node of this version?"
 	case strings.Contains(msg, "remote error: tls:"):
-		return "the server refused this certificate (expired, revoked, or from another cluster; its log says which): " + msg
+		return "the server refused this certificate (expired, revoked, from another cluster, or from before a root CA rotation; the server's log says which); " +
+			"an admin client gets a new config with `shoal cluster client-config` on a manager: " + msg
+	case strings.Contains(msg, "not issued by this cluster's CA"):
+		return "the server's certificate is not from the CA this client trusts (another cluster, or the root CA was rotated since this client config was made: export a new one with `shoal cluster client-config`): " + msg
 	}
 	return msg
 }
