@@ -40,7 +40,7 @@ var methodAccess = map[string]access{
 	pb.Membership_Leave_FullMethodName:            anyNode,
 	pb.Membership_CheckMember_FullMethodName:      anyNode,
 	pb.Membership_RenewCertificate_FullMethodName: anyNode,
-	pb.Membership_RaftStatus_FullMethodName:       managers,
+	pb.Membership_RaftStatus_FullMethodName:       admins,
 	pb.Dispatcher_Session_FullMethodName:          ownWorker,
 	pb.Dispatcher_Heartbeat_FullMethodName:        ownWorker,
 	pb.Dispatcher_UpdateTaskStatus_FullMethodName: ownWorker,

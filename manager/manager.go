@@ -192,9 +192,13 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 		wipeDataDir(cfg.DataDir)
 		return nil, err
 	}
+	// First the certificate, then, presenting it, the Raft membership.
 	resp, err := m.requestJoin(ctx, WithDefaultPort(remote), token, false, csr)
 	if err == nil {
 		err = m.adoptJoin(resp, keyPEM)
+	}
+	if err == nil {
+		_, err = m.requestJoin(ctx, WithDefaultPort(remote), "", false, nil)
 	}
 	if err != nil {
 		m.Close()
@@ -344,8 +348,11 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	var lastErr error
 	for _, remote := range managers {
 		var resp *pb.JoinResponse
+		// First the manager certificate, then, presenting it, Raft.
 		if resp, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true, csr); lastErr == nil {
-			lastErr = m.creds.Install(resp.GetCertificate(), keyPEM, resp.GetRootCas())
+			if lastErr = m.creds.Install(resp.GetCertificate(), keyPEM, resp.GetRootCas()); lastErr == nil {
+				_, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true, nil)
+			}
 			break
 		}
 	}

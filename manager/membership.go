@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,9 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	m.store.View(func(tx *raftstore.Tx) { cluster = tx.Cluster() })
 	if cluster == nil {
 		return nil, status.Error(codes.Unavailable, "the cluster is still initialising; retry")
+	}
+	if caller := callerOf(ctx); caller.Role == pki.RoleManager && caller.ID == req.GetNodeId() {
+		return m.addVoter(ctx, cluster, req)
 	}
 	if req.GetPromotion() {
 		return m.promote(ctx, cluster, req)
@@ -93,20 +97,41 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 		RootCas: cluster.GetRootCa().GetTrustBundle(), GossipKeys: cluster.GetGossipKeys()}
 	if role == pb.NodeRole_NODE_ROLE_WORKER {
 		m.log.Info("worker joined", "node", req.GetNodeId(), "addr", req.GetApiAddr())
-		return resp, nil
+	} else {
+		m.log.Info("manager admitted; it joins Raft once it holds its certificate", "node", req.GetNodeId())
+	}
+	return resp, nil
+}
+
+// addVoter is the second step of a manager's join or promotion: the node,
+// now holding its manager certificate (so that its Raft transport can
+// serve the leader), asks to be added to the Raft configuration.
+func (m *Manager) addVoter(ctx context.Context, cluster *pb.Cluster, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+	var n *pb.Node
+	m.store.View(func(tx *raftstore.Tx) { n, _ = tx.Nodes().Get(req.GetNodeId()) })
+	if n == nil || n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER || n.GetManagerStatus().GetRaftId() != req.GetRaftId() ||
+		n.GetManagerStatus().GetRaftAddr() != req.GetRaftAddr() {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %s was not admitted as a manager with Raft ID %s; join with a manager token first", req.GetNodeId(), req.GetRaftId())
 	}
 	if err := m.store.AddVoter(ctx, req.GetRaftId(), req.GetRaftAddr()); err != nil {
+		if req.GetPromotion() {
+			return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v; the promotion will be retried", req.GetRaftAddr(), err)
+		}
 		m.log.Warn("add voter failed; undoing the join", "node", req.GetNodeId(), "err", err)
 		_, _ = m.store.Update(context.Background(), func(tx *raftstore.Tx) error {
-			if _, ok := tx.Nodes().Get(node.GetId()); ok {
-				return tx.Nodes().Delete(node.GetId())
+			if _, ok := tx.Nodes().Get(req.GetNodeId()); ok {
+				return tx.Nodes().Delete(req.GetNodeId())
 			}
 			return nil
 		})
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.GetRaftAddr(), err)
 	}
-	m.log.Info("manager joined", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
-	return resp, nil
+	if req.GetPromotion() {
+		m.log.Info("worker promoted to manager", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
+	} else {
+		m.log.Info("manager joined", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
+	}
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER}, nil
 }
 
 // CheckToken tells a joining node which role its token grants.
@@ -198,10 +223,7 @@ func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.Join
 	if err != nil {
 		return nil, err
 	}
-	if err := m.store.AddVoter(ctx, req.GetRaftId(), req.GetRaftAddr()); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v; the promotion will be retried", req.GetRaftAddr(), err)
-	}
-	m.log.Info("worker promoted to manager", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
+	m.log.Info("promotion: manager certificate issued; the node joins Raft next", "node", req.GetNodeId())
 	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER, Certificate: certPEM,
 		RootCas: cluster.GetRootCa().GetTrustBundle(), GossipKeys: cluster.GetGossipKeys()}, nil
 }

@@ -79,6 +79,9 @@ func (e *env) newCluster(ctx context.Context, name string) (*cluster, error) {
 		if first.proc.exited() {
 			return false, fatal(first.proc.exitError())
 		}
+		if _, err := clientcreds.Admin(first.dataDir); err != nil {
+			return false, err // init has not written the admin client config yet
+		}
 		resp, err := pb.NewControlClient(c.conn(first.api)).GetCluster(ctx, &pb.GetClusterRequest{})
 		if err != nil {
 			return false, err
