@@ -36,6 +36,9 @@ type cluster struct {
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+
+	credsOnce sync.Once
+	admin     *rpc.Credentials
 }
 
 // daemonArgs are the flags every manager process gets.
@@ -78,9 +81,6 @@ func (e *env) newCluster(ctx context.Context, name string) (*cluster, error) {
 	err = poll(ctx, 30*time.Second, 50*time.Millisecond, "m1 to create the cluster", func(ctx context.Context) (bool, error) {
 		if first.proc.exited() {
 			return false, fatal(first.proc.exitError())
-		}
-		if _, err := clientcreds.Admin(first.dataDir); err != nil {
-			return false, err // init has not written the admin client config yet
 		}
 		resp, err := pb.NewControlClient(c.conn(first.api)).GetCluster(ctx, &pb.GetClusterRequest{})
 		if err != nil {
@@ -138,13 +138,24 @@ func (e *env) newCluster(ctx context.Context, name string) (*cluster, error) {
 	return c, nil
 }
 
-// creds are the admin credentials `shoal init` wrote in m1's data dir.
+// creds are the admin credentials `shoal init` wrote in m1's data dir,
+// waiting for them (init writes them first thing).
 func (c *cluster) creds() *rpc.Credentials {
-	creds, err := clientcreds.Admin(c.members[0].dataDir)
-	if err != nil {
-		panic(fmt.Sprintf("admin credentials of cluster %s: %v", c.name, err))
-	}
-	return creds
+	c.credsOnce.Do(func() {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			creds, err := clientcreds.Admin(c.members[0].dataDir)
+			if err == nil {
+				c.admin = creds
+				return
+			}
+			if time.Now().After(deadline) {
+				panic(fmt.Sprintf("admin credentials of cluster %s: %v", c.name, err))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	return c.admin
 }
 
 // conn returns a cached client connection to addr that retries calls
