@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -945,14 +944,6 @@ func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
 	}
 	d.Runtimes = runtimes
 	return d
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic("worker: no randomness: " + err.Error())
-	}
-	return hex.EncodeToString(b)
 }
 
 // newNodeID returns a 25-character lower-case ID like the managers'.

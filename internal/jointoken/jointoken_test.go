@@ -30,7 +30,7 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q): %v, want %q", tc.token, err, tc.wantErr)
 		}
 	}
-	if NewSecret() == NewSecret() {
+	if a, b := NewSecret(), NewSecret(); a == b {
 		t.Fatal("two secrets are equal")
 	}
 }
