@@ -22,6 +22,7 @@ import (
 
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
@@ -52,6 +53,8 @@ type Manager struct {
 	reach  *reachability
 	disp   *dispatcher
 	gossip *gossip.Gossip
+	feed   *endpointFeed
+	mesh   *mesh.Mesh
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -190,6 +193,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		stopped: make(chan struct{}),
 	}
 	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
+	m.feed = newEndpointFeed()
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -241,13 +245,19 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		m.store.Close()
 		return nil, err
 	}
-	m.wg.Add(5)
+	m.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.APIPort + mesh.DNSPortOffset, Log: m.log})
+	if err := m.mesh.Start(ctx); err != nil {
+		m.log.Warn("no service resolver on this node", "err", err)
+	}
+	m.wg.Add(7)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
 			m.log.Error("API server stopped", "err", err)
 		}
 	}()
+	go m.runFeed()
+	go m.runMesh()
 	go m.leadership()
 	go m.watchMembership()
 	go m.joinGossip()
@@ -720,6 +730,9 @@ func (m *Manager) stop(reason error) {
 		case <-time.After(2 * time.Second):
 			m.grpc.Stop()
 		}
+		if err := m.mesh.Close(); err != nil {
+			m.log.Warn("stop mesh", "err", err)
+		}
 		if err := m.gossip.Shutdown(); err != nil {
 			m.log.Warn("stop gossip", "err", err)
 		}
@@ -735,4 +748,38 @@ func (m *Manager) stop(reason error) {
 func wipeDataDir(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "raft"))
 	_ = os.Remove(filepath.Join(dir, datadir.FileName))
+}
+
+// runFeed keeps the endpoint feed current until the manager stops.
+func (m *Manager) runFeed() {
+	defer m.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.feed.run(ctx, m.store)
+}
+
+// runMesh feeds this manager's own routing mesh and resolver from the
+// endpoint feed: a manager's address serves published ports too.
+func (m *Manager) runMesh() {
+	defer m.wg.Done()
+	sent, changed := m.feed.snapshot()
+	m.mesh.Apply(completeUpdate(sent))
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case <-changed:
+		}
+		var now map[string]*pb.ServiceEndpoints
+		now, changed = m.feed.snapshot()
+		m.mesh.Apply(diffEndpoints(sent, now))
+		sent = now
+	}
 }

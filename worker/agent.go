@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/host"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -57,7 +58,10 @@ type Config struct {
 }
 
 // Ports derived from the API port, as on managers.
-const gossipPortOffset = 2
+const (
+	gossipPortOffset = 2
+	defaultAPIPort   = 4242
+)
 
 func (c *Config) setDefaults() error {
 	if c.DataDir == "" {
@@ -67,7 +71,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("an advertise address is required (--advertise IP[:PORT])")
 	}
 	if c.APIPort == 0 {
-		c.APIPort = 4242
+		c.APIPort = defaultAPIPort
 	}
 	if c.ListenIP == "" {
 		c.ListenIP = c.AdvertiseIP
@@ -87,6 +91,21 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
+// DNSPort is the port of the node's service resolver on AdvertiseIP.
+func (c *Config) DNSPort() int {
+	port := c.APIPort
+	if port == 0 {
+		port = defaultAPIPort
+	}
+	return port + mesh.DNSPortOffset
+}
+
+// DNSAddr is the node's service resolver (host:port), which tasks are told
+// to use.
+func (c *Config) DNSAddr() string {
+	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.DNSPort()))
+}
+
 func (c *Config) apiAddr() string {
 	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.APIPort))
 }
@@ -101,6 +120,7 @@ type Agent struct {
 	runtimeNames []string
 	gossip       *gossip.Gossip
 	grpc         *grpc.Server
+	mesh         *mesh.Mesh
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status
@@ -246,7 +266,12 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), Log: a.log})
+	if err := a.mesh.Start(a.ctx); err != nil {
+		a.log.Warn("no service resolver on this node", "err", err)
+	}
 	if err := a.serveAPI(); err != nil {
+		_ = a.mesh.Close()
 		a.cancel()
 		a.gossip.Shutdown()
 		db.close()
@@ -549,6 +574,7 @@ func (a *Agent) runSession(addr string) error {
 	}
 	a.rememberManagers(first.GetManagers())
 	a.applyAssignments(first.GetAssignments())
+	a.mesh.Apply(first.GetEndpoints())
 	a.noteNode(first.GetNode())
 	a.mu.Lock()
 	a.session = sess
@@ -599,6 +625,7 @@ func (a *Agent) runSession(addr string) error {
 			return err
 		case m := <-msgs:
 			a.applyAssignments(m.GetAssignments())
+			a.mesh.Apply(m.GetEndpoints())
 			a.noteNode(m.GetNode())
 		case <-a.ctx.Done():
 			return nil
@@ -839,6 +866,9 @@ func (a *Agent) Close() error {
 			<-c.done
 		}
 		a.wg.Wait()
+		if err := a.mesh.Close(); err != nil {
+			a.log.Warn("stop mesh", "err", err)
+		}
 		if err := a.gossip.Shutdown(); err != nil {
 			a.log.Warn("stop gossip", "err", err)
 		}

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -54,6 +56,25 @@ func main() {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	// /call/<service>[/path] asks another service by name, through the
+	// node's resolver and the service's virtual IP, and relays its answer.
+	client := upstreamClient()
+	mux.HandleFunc("/call/{service}/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		port := r.URL.Query().Get("port")
+		if port == "" {
+			port = "80"
+		}
+		url := "http://" + net.JoinHostPort(r.PathValue("service"), port) + "/" + r.PathValue("path")
+		resp, err := client.Get(url)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("%s: %v", url, err), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		fmt.Fprintf(w, "%s -> ", name)
+		_, _ = io.Copy(w, resp.Body)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Served-By", name)
 		fmt.Fprintf(w, "hello from %s (%s)\n", name, *ver)
@@ -88,6 +109,23 @@ func probe(url string) int {
 		return 1
 	}
 	return 0
+}
+
+// upstreamClient resolves names through the node's service resolver when
+// the process runtime names one in SHOAL_DNS; in a container the system
+// resolver already is the node's.
+func upstreamClient() *http.Client {
+	dialer := &net.Dialer{Timeout: 3 * time.Second}
+	if dns := os.Getenv("SHOAL_DNS"); dns != "" {
+		dialer.Resolver = &net.Resolver{
+			PreferGo: true,
+			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, dns)
+			},
+		}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true}}
 }
 
 func envOr(k, def string) string {

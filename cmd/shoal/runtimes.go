@@ -18,10 +18,11 @@ const supervisorCommand = process.SupervisorSubcommand
 
 // newRuntimes builds the runtimes a worker offers: always the process
 // runtime, and the docker runtime when the local Docker Engine answers.
-func newRuntimes(dataDir, advertiseIP string, log *slog.Logger) ([]worker.Runtime, error) {
+func newRuntimes(dataDir, advertiseIP, dnsAddr string, log *slog.Logger) ([]worker.Runtime, error) {
 	proc, err := process.New(process.Config{
 		Dir:               filepath.Join(dataDir, "worker", "process"),
 		AdvertiseIP:       advertiseIP,
+		DNSAddr:           dnsAddr,
 		SupervisorCommand: []string{selfExecutable(), supervisorCommand},
 		Logger:            log,
 	})
