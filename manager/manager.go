@@ -22,8 +22,8 @@ import (
 
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
-	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
@@ -691,6 +691,9 @@ func (m *Manager) ClusterID() string { return m.id.ClusterID }
 
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }
+
+// Mesh is this manager's routing mesh and resolver.
+func (m *Manager) Mesh() *mesh.Mesh { return m.mesh }
 
 // APIAddr is the advertised gRPC address.
 func (m *Manager) APIAddr() string { return m.cfg.APIAddr() }

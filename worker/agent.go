@@ -836,6 +836,9 @@ func (a *Agent) ClusterID() string { return a.id.ClusterID }
 // Gossip is this node's gossip member.
 func (a *Agent) Gossip() *gossip.Gossip { return a.gossip }
 
+// Mesh is the node's routing mesh and resolver.
+func (a *Agent) Mesh() *mesh.Mesh { return a.mesh }
+
 // Tasks returns the local records of the assigned tasks.
 func (a *Agent) Tasks() []*pb.Task {
 	a.mu.Lock()

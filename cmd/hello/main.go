@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -49,8 +50,16 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
 	mux := http.NewServeMux()
+	var sick atomic.Bool
+	sick.Store(*unhealthy)
+	// POST /admin/unhealthy makes the health check fail from now on, to
+	// show a replica leaving the mesh's rotation.
+	mux.HandleFunc("POST /admin/unhealthy", func(w http.ResponseWriter, r *http.Request) {
+		sick.Store(true)
+		fmt.Fprintln(w, "unhealthy from now on")
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if *unhealthy {
+		if sick.Load() {
 			http.Error(w, "unhealthy on purpose", http.StatusServiceUnavailable)
 			return
 		}
