@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"sort"
 	"sync"
 	"syscall"
 
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
@@ -207,25 +207,8 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	return se
 }
 
-// Virtual IPs. Each service gets a stable address in 127.0.0.0/8, so the
-// proxy on every node can serve it without any network set-up. A cluster
-// takes one /16 (chosen from its ID, so two clusters sharing a test host
-// rarely meet) and gives its services the addresses in it in order.
-const vipsPerCluster = 254 * 254
-
-// vipBlock is the second octet of the cluster's virtual IP block.
-func vipBlock(clusterID string) byte {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(clusterID))
-	return byte(32 + h.Sum32()%200)
-}
-
-// vipAt is the n-th virtual IP of a block (n from 0).
-func vipAt(block byte, n int) string {
-	return net.IPv4(127, block, byte(n/254), byte(n%254+1)).String()
-}
-
-// allocateVIP returns the lowest virtual IP no service holds.
+// allocateVIP returns the lowest virtual IP no service holds (see
+// internal/mesh for the address plan).
 func allocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
 	used := map[string]bool{}
 	for _, s := range tx.Services().List() {
@@ -233,13 +216,13 @@ func allocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
 			used[va] = true
 		}
 	}
-	block := vipBlock(clusterID)
-	for n := 0; n < vipsPerCluster; n++ {
-		if ip := vipAt(block, n); !used[ip] {
+	block := mesh.VIPBlock(clusterID)
+	for n := 0; n < mesh.VIPsPerCluster; n++ {
+		if ip := mesh.VIP(block, n); !used[ip] {
 			return ip, nil
 		}
 	}
-	return "", status.Errorf(codes.ResourceExhausted, "no virtual IP left: the cluster holds %d services; remove some first", vipsPerCluster)
+	return "", status.Errorf(codes.ResourceExhausted, "no virtual IP left: the cluster holds %d services; remove some first", mesh.VIPsPerCluster)
 }
 
 // checkHostPorts tries to bind each new ingress TCP port on this manager's

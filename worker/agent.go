@@ -266,7 +266,11 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	a.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), Log: a.log})
+	mcfg := mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), Log: a.log}
+	if _, ok := a.runtimes["docker"]; ok {
+		mcfg.ContainerResolver = mesh.ContainerResolverIP(id.ClusterID)
+	}
+	a.mesh = mesh.New(mcfg)
 	if err := a.mesh.Start(a.ctx); err != nil {
 		a.log.Warn("no service resolver on this node", "err", err)
 	}

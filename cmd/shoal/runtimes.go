@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/worker"
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
 	"github.com/shoal-cluster/shoal/worker/process"
@@ -46,7 +47,8 @@ func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) worker.Runt
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	d, err := dockerrt.New(ctx, dockerrt.Config{NodeID: id.NodeID, NodeName: id.Hostname, AdvertiseIP: advertiseIP, Logger: log})
+	d, err := dockerrt.New(ctx, dockerrt.Config{NodeID: id.NodeID, NodeName: id.Hostname, AdvertiseIP: advertiseIP,
+		DNS: []string{mesh.ContainerResolverIP(id.ClusterID)}, Logger: log})
 	if err != nil {
 		log.Info("docker runtime not offered: no Docker Engine answers on this node", "err", err)
 		return nil

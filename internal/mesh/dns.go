@@ -39,8 +39,8 @@ const (
 	tasksTTL = 0
 )
 
-func startResolver(ctx context.Context, addr string, lookup lookupFunc, log *slog.Logger) (*resolver, error) {
-	var lc net.ListenConfig
+func startResolver(ctx context.Context, addr string, lookup lookupFunc, log *slog.Logger, reusePort bool) (*resolver, error) {
+	lc := listenConfig(reusePort)
 	udp, err := lc.ListenPacket(ctx, "udp4", addr)
 	if err != nil {
 		return nil, fmt.Errorf("resolver on %s/udp: %w", addr, err)

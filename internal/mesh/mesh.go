@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +21,11 @@ type Config struct {
 	IP string
 	// DNSPort is the resolver's port on IP (UDP and TCP); 0 disables it.
 	DNSPort int
+	// ContainerResolver, when set, serves containers too: the resolver
+	// also listens on this address (port 53; see ContainerResolverIP) and
+	// answers with each virtual IP's container twin, which the proxy
+	// serves. The node adds these addresses to its loopback interface.
+	ContainerResolver string
 	// DialTimeout bounds each attempt to reach a backend (default 1s).
 	DialTimeout time.Duration
 	Log         *slog.Logger
@@ -37,7 +43,9 @@ type Mesh struct {
 	closed    bool
 	changed   chan struct{} // closed and replaced on every applied update
 
-	dns *resolver
+	dns      *resolver
+	ctrDNS   *resolver       // the containers' resolver, if any
+	ctrAddrs map[string]bool // container twin addresses added to lo
 }
 
 // New returns a mesh that listens on nothing until Start and Apply.
@@ -55,22 +63,41 @@ func New(cfg Config) *Mesh {
 		listeners: map[string]*listener{},
 		errs:      map[string]error{},
 		changed:   make(chan struct{}),
+		ctrAddrs:  map[string]bool{},
 	}
 }
 
 // Start opens the resolver (when a DNS port is set).
+// Start opens the resolvers: the node's (when a DNS port is set) and the
+// containers' (when ContainerResolver is set). A resolver that cannot
+// start is reported; the proxy works without it.
 func (m *Mesh) Start(ctx context.Context) error {
-	if m.cfg.DNSPort == 0 {
-		return nil
+	var errs []error
+	if m.cfg.DNSPort != 0 {
+		r, err := startResolver(ctx, net.JoinHostPort(m.cfg.IP, strconv.Itoa(m.cfg.DNSPort)), m.lookup(nil), m.log, false)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			m.mu.Lock()
+			m.dns = r
+			m.mu.Unlock()
+		}
 	}
-	r, err := startResolver(ctx, net.JoinHostPort(m.cfg.IP, strconv.Itoa(m.cfg.DNSPort)), m.lookup, m.log)
-	if err != nil {
-		return err
+	if ip := m.cfg.ContainerResolver; ip != "" {
+		err := addLocalAddr(ctx, ip)
+		var r *resolver
+		if err == nil {
+			r, err = startResolver(ctx, net.JoinHostPort(ip, "53"), m.lookup(containerVIP), m.log, true)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("containers' resolver: %w", err))
+		} else {
+			m.mu.Lock()
+			m.ctrDNS = r
+			m.mu.Unlock()
+		}
 	}
-	m.mu.Lock()
-	m.dns = r
-	m.mu.Unlock()
-	return nil
+	return errors.Join(errs...)
 }
 
 // DNSAddr is the resolver's address (host:port), or "" when it is off.
@@ -140,6 +167,7 @@ type wanted struct {
 	service   string
 	backends  []string
 	reusePort bool
+	localIP   string // an address to add to lo first (a container twin)
 }
 
 // desired computes every address to proxy: each ingress-published TCP port
@@ -157,6 +185,9 @@ func (m *Mesh) desired() map[string]wanted {
 			}
 			if vip := s.GetVirtualAddr(); vip != "" {
 				out[net.JoinHostPort(vip, strconv.Itoa(int(p.GetTargetPort())))] = wanted{service: s.GetServiceName(), backends: bes, reusePort: true}
+				if twin := containerVIP(vip); twin != "" && m.cfg.ContainerResolver != "" {
+					out[net.JoinHostPort(twin, strconv.Itoa(int(p.GetTargetPort())))] = wanted{service: s.GetServiceName(), backends: bes, reusePort: true, localIP: twin}
+				}
 			}
 		}
 	}
@@ -182,6 +213,16 @@ func (m *Mesh) reconcile() {
 	for addr, w := range want {
 		l, ok := m.listeners[addr]
 		if !ok {
+			if w.localIP != "" && !m.ctrAddrs[w.localIP] {
+				if err := addLocalAddr(context.Background(), w.localIP); err != nil {
+					if prev, seen := m.errs[addr]; !seen || prev.Error() != err.Error() {
+						m.log.Error("mesh cannot serve containers", "addr", addr, "service", w.service, "err", err)
+					}
+					m.errs[addr] = err
+					continue
+				}
+				m.ctrAddrs[w.localIP] = true
+			}
 			ln, err := listen(context.Background(), addr, w.reusePort)
 			if err != nil {
 				err = bindError(addr, w.service, err)
@@ -200,26 +241,45 @@ func (m *Mesh) reconcile() {
 		}
 		l.setBackends(w.backends)
 	}
-}
-
-// lookup answers a name for the resolver.
-func (m *Mesh) lookup(name string) (ips []net.IP, known bool) {
-	m.mu.Lock()
-	tab := m.tab
-	m.mu.Unlock()
-	if rest, ok := cutPrefixFold(name, "tasks."); ok {
-		if s := tab.byName(rest); s != nil {
-			return taskIPs(s), true
+	// A twin address whose service is gone is removed from the host (every
+	// node of the cluster sees the service go).
+	for ip := range m.ctrAddrs {
+		still := false
+		for _, w := range want {
+			still = still || w.localIP == ip
+		}
+		if !still {
+			delLocalAddr(context.Background(), ip)
+			delete(m.ctrAddrs, ip)
 		}
 	}
-	s := tab.byName(name)
-	if s == nil {
-		return nil, false
+}
+
+// lookup returns the resolver's answer function; mapVIP, when set, turns
+// a service's virtual IP into the address the asker can reach.
+func (m *Mesh) lookup(mapVIP func(string) string) lookupFunc {
+	return func(name string) (ips []net.IP, known bool) {
+		m.mu.Lock()
+		tab := m.tab
+		m.mu.Unlock()
+		if rest, ok := cutPrefixFold(name, "tasks."); ok {
+			if s := tab.byName(rest); s != nil {
+				return taskIPs(s), true
+			}
+		}
+		s := tab.byName(name)
+		if s == nil {
+			return nil, false
+		}
+		vip := s.GetVirtualAddr()
+		if mapVIP != nil {
+			vip = mapVIP(vip)
+		}
+		if ip := net.ParseIP(vip).To4(); ip != nil {
+			return []net.IP{ip}, true
+		}
+		return taskIPs(s), true
 	}
-	if vip := net.ParseIP(s.GetVirtualAddr()).To4(); vip != nil {
-		return []net.IP{vip}, true
-	}
-	return taskIPs(s), true
 }
 
 func cutPrefixFold(s, prefix string) (string, bool) {
@@ -239,17 +299,22 @@ func (m *Mesh) Close() error {
 	m.closed = true
 	ls := m.listeners
 	m.listeners = map[string]*listener{}
-	r := m.dns
+	resolvers := []*resolver{m.dns, m.ctrDNS}
 	m.mu.Unlock()
 	for _, l := range ls {
 		l.close()
 	}
-	if r != nil {
-		if err := r.close(); err != nil {
-			return fmt.Errorf("close resolver: %w", err)
+	// Container twin addresses stay on lo: another node of the cluster on
+	// this host may serve them, and a restarted node reuses them.
+	var errs []error
+	for _, r := range resolvers {
+		if r != nil {
+			if err := r.close(); err != nil {
+				errs = append(errs, fmt.Errorf("close resolver: %w", err))
+			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // DNSPortOffset places a node's resolver beside its other ports: API port

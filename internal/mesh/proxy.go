@@ -37,6 +37,12 @@ type listener struct {
 // same endpoints); ingress ports never share, so a port already taken on
 // the host is an error.
 func listen(ctx context.Context, addr string, reusePort bool) (net.Listener, error) {
+	lc := listenConfig(reusePort)
+	return lc.Listen(ctx, "tcp4", addr)
+}
+
+// listenConfig sets SO_REUSEPORT when asked.
+func listenConfig(reusePort bool) net.ListenConfig {
 	lc := net.ListenConfig{}
 	if reusePort {
 		lc.Control = func(network, address string, c syscall.RawConn) error {
@@ -49,7 +55,7 @@ func listen(ctx context.Context, addr string, reusePort bool) (net.Listener, err
 			return serr
 		}
 	}
-	return lc.Listen(ctx, "tcp4", addr)
+	return lc
 }
 
 func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTimeout time.Duration) *listener {
