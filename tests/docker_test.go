@@ -89,8 +89,8 @@ type dcluster struct {
 	mu        sync.Mutex
 	clusterID string
 	runtimes  map[*wrk]*docker.Runtime
-	nodes    []string
-	volumes  []string
+	nodes     []string
+	volumes   []string
 }
 
 func newDockerCluster(t *testing.T) *dcluster {

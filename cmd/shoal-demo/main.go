@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -471,6 +473,15 @@ func (d *demo) shutdown() {
 		case <-deadline:
 			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 			<-p.done
+		}
+	}
+	// Container twin addresses of service virtual IPs stay on lo for the
+	// cluster's other nodes; the tour's cluster is gone, so are they.
+	if d.dir != "" {
+		if id, err := datadir.Load(filepath.Join(d.dir, "m1")); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			mesh.RemoveContainerAddrs(ctx, id.ClusterID)
+			cancel()
 		}
 	}
 	// Task supervisors outlive their workers by design; none should be
