@@ -264,3 +264,50 @@ func TestServiceDiscoveryByName(t *testing.T) {
 		t.Fatalf("tasks.api: %v %v", tasks, err)
 	}
 }
+
+// A task that never listens on its target port never becomes healthy: it
+// never joins the mesh, the reason shows on the task, and clients of the
+// published port get a prompt close instead of a hang.
+func TestMeshTargetPortNeverListened(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(1)
+
+	published := uint32(c.freePort()) + 3
+	wrongPort := c.freePort()
+	spec := helloSpec(t, "deaf", 1)
+	spec.Task.Container.Args = []string{"-listen", net.JoinHostPort(c.workers[0].cfg.AdvertiseIP, strconv.Itoa(wrongPort))}
+	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	c.createService(spec)
+
+	c.eventually(30*time.Second, "a failed task saying its health check failed", func() (bool, string) {
+		for _, tk := range c.serviceTasks("deaf") {
+			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_FAILED && strings.Contains(tk.GetStatus().GetErr(), "health check") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(len(c.serviceTasks("deaf")), " tasks")
+	})
+	if n := len(c.runningPerNode("deaf")); n != 0 {
+		t.Fatalf("%d nodes run a healthy deaf task", n)
+	}
+	for _, n := range c.meshNodes() {
+		addr := net.JoinHostPort(n.ip, strconv.Itoa(int(published)))
+		if b := n.mesh.Backends(addr); len(b) != 0 {
+			t.Fatalf("%s routes to %v", n.name, b)
+		}
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s: the published port is not open: %v", n.name, err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second)) // bounds the test only
+		nr, err := conn.Read(make([]byte, 1))
+		conn.Close()
+		if nr != 0 || err == nil {
+			t.Fatalf("%s: read %d bytes, err %v; want the connection closed", n.name, nr, err)
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("%s: the connection hung with no endpoint", n.name)
+		}
+	}
+}
