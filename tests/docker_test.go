@@ -608,23 +608,6 @@ func TestDockerServiceDiscovery(t *testing.T) {
 	// resolver answers api's virtual IP and the proxy spreads over api's
 	// replicas, on this node or the other.
 	for _, w := range d.workers {
-		url := fmt.Sprintf("http://%s:%d/call/api/", w.cfg.AdvertiseIP, published)
-		seen := map[string]bool{}
-		d.eventually(60*time.Second, "front reaching both api replicas by name via "+w.cfg.Hostname, func() (bool, string) {
-			c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			resp, err := c.Get(url)
-			if err != nil {
-				return false, err.Error()
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return false, string(body)
-			}
-			if _, after, ok := strings.Cut(string(body), "-> hello from "); ok {
-				seen[strings.Fields(after)[0]] = true
-			}
-			return len(seen) == 2, fmt.Sprintf("%v (last: %s)", seen, body)
-		})
+		d.callReaches(fmt.Sprintf("http://%s:%d/call/api/", w.cfg.AdvertiseIP, published), 2)
 	}
 }

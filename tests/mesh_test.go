@@ -59,6 +59,29 @@ func ask(url string) (string, error) {
 	return strings.TrimSpace(string(body)), nil
 }
 
+// callReaches asks url (a /call/<service>/ of hello) until the answers
+// came from want distinct replicas of the called service.
+func (c *cluster) callReaches(url string, want int) {
+	c.t.Helper()
+	seen := map[string]bool{}
+	c.eventually(60*time.Second, fmt.Sprintf("%s reaching %d replicas", url, want), func() (bool, string) {
+		client := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Get(url)
+		if err != nil {
+			return false, err.Error()
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false, string(body)
+		}
+		if _, after, ok := strings.Cut(string(body), "-> hello from "); ok {
+			seen[strings.Fields(after)[0]] = true
+		}
+		return len(seen) == want, fmt.Sprintf("%v (last: %s)", seen, body)
+	})
+}
+
 // waitBackends waits until every node's mesh sends addr's port to want
 // endpoints.
 func (c *cluster) waitBackends(port uint32, want int) {
@@ -228,24 +251,7 @@ func TestServiceDiscoveryByName(t *testing.T) {
 
 	// front's tasks reach api by name: the node's resolver gives api's
 	// virtual IP and the node's proxy spreads over api's replicas.
-	url := fmt.Sprintf("http://%s:%d/call/api/", c.workers[0].cfg.AdvertiseIP, published)
-	seen := map[string]bool{}
-	c.eventually(20*time.Second, "front reaching all 3 api replicas by name", func() (bool, string) {
-		c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		resp, err := c.Get(url)
-		if err != nil {
-			return false, err.Error()
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return false, string(body)
-		}
-		if _, after, ok := strings.Cut(string(body), "hello from "); ok {
-			seen[strings.Fields(after)[0]] = true
-		}
-		return len(seen) == 3, fmt.Sprint(seen)
-	})
+	c.callReaches(fmt.Sprintf("http://%s:%d/call/api/", c.workers[0].cfg.AdvertiseIP, published), 3)
 
 	// Unknown names are NXDOMAIN.
 	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
