@@ -338,6 +338,9 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 	})
 	defer sub.Close()
 
+	// The endpoint sets go with the session too: complete first, then
+	// only the services that changed.
+	sentEndpoints, endpointsChanged := d.m.feed.snapshot()
 	first := &pb.SessionMessage{
 		SessionId:       sess.id,
 		HeartbeatPeriod: int64(d.period),
@@ -345,6 +348,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		Node:            node,
 		Assignments:     &pb.Assignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE, Updated: assigned(tasks), Index: index},
 		Security:        security,
+		Endpoints:       completeUpdate(sentEndpoints),
 	}
 	if err := stream.Send(first); err != nil {
 		return err
@@ -358,6 +362,18 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				return status.Error(codes.Unavailable, "this manager lost leadership; reconnect to the new leader")
 			}
 			return ctx.Err()
+		case <-endpointsChanged:
+			var now map[string]*pb.ServiceEndpoints
+			now, endpointsChanged = d.m.feed.snapshot()
+			u := diffEndpoints(sentEndpoints, now)
+			sentEndpoints = now
+			if len(u.GetUpdated()) == 0 && len(u.GetRemoved()) == 0 {
+				continue
+			}
+			if err := stream.Send(&pb.SessionMessage{SessionId: sess.id, Endpoints: u}); err != nil {
+				return err
+			}
+			continue
 		case ev, ok = <-sub.C():
 			if !ok {
 				return status.Errorf(codes.Unavailable, "assignment stream interrupted (%v); reconnect", sub.Err())

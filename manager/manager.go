@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
@@ -53,6 +54,8 @@ type Manager struct {
 	reach  *reachability
 	disp   *dispatcher
 	gossip *gossip.Gossip
+	feed   *endpointFeed
+	mesh   *mesh.Mesh
 
 	// storeReady is set once store is assigned (Raft handshakes may come
 	// before).
@@ -237,6 +240,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		stopped: make(chan struct{}),
 	}
 	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
+	m.feed = newEndpointFeed()
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -293,13 +297,19 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		m.store.Close()
 		return nil, err
 	}
-	m.wg.Add(6)
+	m.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.APIPort + mesh.DNSPortOffset, Log: m.log})
+	if err := m.mesh.Start(ctx); err != nil {
+		m.log.Warn("no service resolver on this node", "err", err)
+	}
+	m.wg.Add(8)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
 			m.log.Error("API server stopped", "err", err)
 		}
 	}()
+	go m.runFeed()
+	go m.runMesh()
 	go m.leadership()
 	go m.watchMembership()
 	go m.joinGossip()
@@ -775,6 +785,9 @@ func (m *Manager) ClusterID() string { return m.id.ClusterID }
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }
 
+// Mesh is this manager's routing mesh and resolver.
+func (m *Manager) Mesh() *mesh.Mesh { return m.mesh }
+
 // APIAddr is the advertised gRPC address.
 func (m *Manager) APIAddr() string { return m.cfg.APIAddr() }
 
@@ -813,6 +826,9 @@ func (m *Manager) stop(reason error) {
 		case <-time.After(2 * time.Second):
 			m.grpc.Stop()
 		}
+		if err := m.mesh.Close(); err != nil {
+			m.log.Warn("stop mesh", "err", err)
+		}
 		if err := m.gossip.Shutdown(); err != nil {
 			m.log.Warn("stop gossip", "err", err)
 		}
@@ -829,4 +845,38 @@ func wipeDataDir(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "raft"))
 	datadir.RemoveCerts(dir)
 	_ = os.Remove(filepath.Join(dir, datadir.FileName))
+}
+
+// runFeed keeps the endpoint feed current until the manager stops.
+func (m *Manager) runFeed() {
+	defer m.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.feed.run(ctx, m.store)
+}
+
+// runMesh feeds this manager's own routing mesh and resolver from the
+// endpoint feed: a manager's address serves published ports too.
+func (m *Manager) runMesh() {
+	defer m.wg.Done()
+	sent, changed := m.feed.snapshot()
+	m.mesh.Apply(completeUpdate(sent))
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case <-changed:
+		}
+		var now map[string]*pb.ServiceEndpoints
+		now, changed = m.feed.snapshot()
+		m.mesh.Apply(diffEndpoints(sent, now))
+		sent = now
+	}
 }
