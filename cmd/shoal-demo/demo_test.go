@@ -71,6 +71,8 @@ func TestTour(t *testing.T) {
 				{"the service answering after the kill", `6 replicas answered 60 of 60 requests \(0 failed\)`},
 				{"9 replicas answering after the scale", `9 replicas answered 180 of 180 requests \(0 failed\)`},
 				{"a clean end", `every process stopped`},
+				{"a plaintext client refused", `plaintext gRPC client: refused \(Unavailable\)`},
+				{"a gossip outsider refused", `gossip member without the cluster's key: not admitted`},
 			}
 			for _, c := range checks {
 				if !regexp.MustCompile(c.re).MatchString(out) {

@@ -11,7 +11,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/shoal-cluster/shoal/gossip"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -140,6 +144,11 @@ func (d *demo) run(ctx context.Context, port int, keep bool) error {
 		return err
 	}
 	if err := d.shoal(ctx, "node", "ls", "--host", m1.addr(d.port)); err != nil {
+		return err
+	}
+
+	step("every link is mutual TLS and gossip is encrypted: outsiders are refused")
+	if err := showRefusals(ctx, m1.addr(d.port)); err != nil {
 		return err
 	}
 
@@ -564,4 +573,39 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// showRefusals shows that a plaintext gRPC client and a gossip member
+// without the cluster's key get nothing from a manager.
+func showRefusals(ctx context.Context, addr string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err = pb.NewControlClient(conn).ListNodes(cctx, &pb.ListNodesRequest{})
+	cancel()
+	conn.Close()
+	if err == nil {
+		return fmt.Errorf("a plaintext gRPC client was served by %s", addr)
+	}
+	fmt.Printf("plaintext gRPC client: refused (%s)\n", status.Code(err))
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	p, _ := strconv.Atoi(port)
+	g, err := gossip.New(gossip.Config{
+		Meta:   gossip.Meta{NodeID: "outsider", Role: gossip.RoleWorker, API: net.JoinHostPort(host, "1")},
+		BindIP: host, Keys: [][]byte{gossip.NewKey()}, Fast: true, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return err
+	}
+	defer g.Shutdown()
+	if n, err := g.Join([]string{net.JoinHostPort(host, strconv.Itoa(p+2))}); err == nil && n > 0 {
+		return fmt.Errorf("a gossip member without the cluster's key joined %s", addr)
+	}
+	fmt.Println("gossip member without the cluster's key: not admitted")
+	return nil
 }
