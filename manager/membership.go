@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"sync"
@@ -75,9 +76,10 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	}
 	_, err = m.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if old, ok := tx.Nodes().Get(node.GetId()); ok {
-			if old.GetRole() == role && old.GetManagerStatus().GetRaftId() == req.GetRaftId() && old.GetApiAddr() == req.GetApiAddr() {
-				// A retried join (it holds the token): the record stays,
-				// the certificate is the one just issued.
+			if old.GetRole() == role && old.GetManagerStatus().GetRaftId() == req.GetRaftId() && old.GetApiAddr() == req.GetApiAddr() &&
+				subtle.ConstantTimeCompare(old.GetCertificate().GetKeyDigest(), info.GetKeyDigest()) == 1 {
+				// A retried join (the same key asks again): the record
+				// stays, the certificate is the one just issued.
 				old.Certificate = info
 				return tx.Nodes().Update(old)
 			}

@@ -3,6 +3,7 @@ package manager
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -129,8 +130,9 @@ func issueNode(c *pb.Cluster, csr []byte, nodeID string, role pb.NodeRole) ([]by
 	if err != nil {
 		return nil, nil, status.Error(codes.Internal, err.Error())
 	}
+	keyDigest := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
 	info := &pb.NodeCertificate{Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter.UnixNano(),
-		RootDigest: c.GetRootCa().GetDigest(), Role: role}
+		RootDigest: c.GetRootCa().GetDigest(), Role: role, KeyDigest: keyDigest[:]}
 	return certPEM, info, nil
 }
 

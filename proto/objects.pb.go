@@ -3517,7 +3517,10 @@ type NodeCertificate struct {
 	// root_digest is the digest of the root that issued it.
 	RootDigest string `protobuf:"bytes,3,opt,name=root_digest,json=rootDigest,proto3" json:"root_digest,omitempty"`
 	// role is the role it carries.
-	Role          NodeRole `protobuf:"varint,4,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	Role NodeRole `protobuf:"varint,4,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	// key_digest is the SHA-256 of its public key: a retried join must
+	// present the same key.
+	KeyDigest     []byte `protobuf:"bytes,5,opt,name=key_digest,json=keyDigest,proto3" json:"key_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3578,6 +3581,13 @@ func (x *NodeCertificate) GetRole() NodeRole {
 		return x.Role
 	}
 	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
+func (x *NodeCertificate) GetKeyDigest() []byte {
+	if x != nil {
+		return x.KeyDigest
+	}
+	return nil
 }
 
 // SecretSpec holds a secret's name and value.
@@ -3933,13 +3943,15 @@ const file_objects_proto_rawDesc = "" +
 	"\fcross_signed\x18\x03 \x01(\fR\vcrossSigned\x12!\n" +
 	"\ftrust_bundle\x18\x04 \x01(\fR\vtrustBundle\x12\x16\n" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12)\n" +
-	"\x10rotation_request\x18\x06 \x01(\tR\x0frotationRequest\"\x8f\x01\n" +
+	"\x10rotation_request\x18\x06 \x01(\tR\x0frotationRequest\"\xae\x01\n" +
 	"\x0fNodeCertificate\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
 	"\tnot_after\x18\x02 \x01(\x03R\bnotAfter\x12\x1f\n" +
 	"\vroot_digest\x18\x03 \x01(\tR\n" +
 	"rootDigest\x12&\n" +
-	"\x04role\x18\x04 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"Y\n" +
+	"\x04role\x18\x04 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x12\x1d\n" +
+	"\n" +
+	"key_digest\x18\x05 \x01(\fR\tkeyDigest\"Y\n" +
 	"\n" +
 	"SecretSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12\x12\n" +

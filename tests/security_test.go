@@ -15,6 +15,7 @@ import (
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/pki/pkitest"
 	"github.com/shoal-cluster/shoal/internal/rpc"
@@ -194,7 +195,7 @@ func TestSecurityRefusals(t *testing.T) {
 			t.Fatalf("services after the refused calls: %v, %v", resp.GetServices(), err)
 		}
 	})
-	t.Run("worker calls a managers-only method", func(t *testing.T) {
+	t.Run("worker asks for Raft status", func(t *testing.T) {
 		_, err := pb.NewMembershipClient(asWorker).RaftStatus(callCtx(t), &pb.RaftStatusRequest{})
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("worker RaftStatus: %v", err)
@@ -204,6 +205,25 @@ func TestSecurityRefusals(t *testing.T) {
 		_, err := pb.NewMembershipClient(asWorker).Leave(callCtx(t), &pb.LeaveRequest{NodeId: w2.a.ID()})
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "may not act as node") {
 			t.Fatalf("worker Leave for another node: %v", err)
+		}
+	})
+	t.Run("token holder claims an existing node's ID", func(t *testing.T) {
+		creds, err := joinclient.TokenCredentials(c.token(pb.NodeRole_NODE_ROLE_WORKER))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, _, err := pki.NewKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := pki.NewCSR(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = joinclient.Join(callCtx(t), m.cfg.APIAddr(), creds, &pb.JoinRequest{Token: c.token(pb.NodeRole_NODE_ROLE_WORKER),
+			NodeId: w1.a.ID(), ApiAddr: workerAddr(w1), Csr: csr, Description: &pb.NodeDescription{Hostname: "w1"}})
+		if err == nil || !strings.Contains(err.Error(), "is taken") {
+			t.Fatalf("join as an existing node: %v, want its ID refused", err)
 		}
 	})
 	t.Run("client without a certificate", func(t *testing.T) {
