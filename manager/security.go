@@ -15,7 +15,6 @@ import (
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
-	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
@@ -439,5 +438,3 @@ func publicCluster(c *pb.Cluster) *pb.Cluster {
 	c.GossipKeys = nil
 	return c
 }
-
-var _ = rpc.PeerIdentity

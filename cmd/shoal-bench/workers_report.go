@@ -34,7 +34,7 @@ func workerMethod(o options) string {
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p("- **Heartbeat load.** One manager process (`shoal init --heartbeat-period %s`). Simulated workers\n", hbPeriod)
 	p("  in the bench process each join with the worker token (`Membership.Join`, own node ID and\n")
-	p("  secret), open a `Dispatcher.Session` on their own gRPC connection, read the stream and send\n")
+	p("  certificate request), open a `Dispatcher.Session` on their own mutual-TLS gRPC connection, read the stream and send\n")
 	p("  `Heartbeat` at the period the manager asks for, as the agent does. Worker 0 is also a gossip\n")
 	p("  member (the others are not: the manager's gossip join loop dials every node's gossip address\n")
 	p("  until one answers, which with no reachable worker would add about two dials per worker per\n")
@@ -74,7 +74,7 @@ func workerMethod(o options) string {
 	p("  orchestrator: this is the scheduler and the store alone.\n")
 	p("- **Converge.** A manager (`manager.Init`, `--election-timeout %s` timings, heartbeat period %s)\n", o.election, cvHeartbeat)
 	p("  runs in the bench process on 127.0.0.1 with %d simulated workers connected over real gRPC as in\n", cvWorkers)
-	p("  the heartbeat-load benchmark (join with the worker token and a node secret, `Dispatcher.Session`,\n")
+	p("  the heartbeat-load benchmark (join with the worker token for a certificate, `Dispatcher.Session`,\n")
 	p("  heartbeats), each describing the process runtime, 4 CPUs and 8 GiB. These workers act on their\n")
 	p("  assignments without running anything: for every task of a session message (the complete set\n")
 	p("  or an increment) they report `RUNNING` when its desired state is `RUNNING`, `READY` when it is\n")
