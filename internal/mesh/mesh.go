@@ -40,7 +40,7 @@ type Mesh struct {
 	mu        sync.Mutex
 	tab       table
 	listeners map[string]proxy // by "ip:port" (TCP) or "ip:port/udp"
-	errs      map[string]error     // addresses that could not be bound
+	errs      map[string]error // addresses that could not be bound
 	closed    bool
 	changed   chan struct{} // closed and replaced on every applied update
 
