@@ -337,12 +337,17 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 	})
 	defer sub.Close()
 
+	secrets := newSecretTracker(d.m, nodeID)
+	for _, t := range tasks {
+		secrets.note(t, false)
+	}
 	first := &pb.SessionMessage{
 		SessionId:       sess.id,
 		HeartbeatPeriod: int64(d.period),
 		Managers:        d.managers(),
 		Node:            node,
 		Assignments:     &pb.Assignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE, Updated: assigned(tasks), Index: index},
+		Secrets:         secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 	}
 	if err := stream.Send(first); err != nil {
 		return err
@@ -386,6 +391,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 				msg.Node = o
 			case *pb.Task:
+				secrets.note(o, ev.Kind == raftstore.EventDelete)
 				old, _ := ev.Old.(*pb.Task)
 				switch {
 				case ev.Kind == raftstore.EventDelete || o.GetNodeId() != nodeID:
@@ -397,7 +403,8 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 			}
 		}
-		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil {
+		msg.Secrets = secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
+		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Secrets == nil {
 			continue
 		}
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-cluster/shoal/gossip"
@@ -26,6 +28,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
+	"github.com/shoal-cluster/shoal/manager/sealer"
 	"github.com/shoal-cluster/shoal/manager/updater"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -52,6 +55,8 @@ type Manager struct {
 	reach  *reachability
 	disp   *dispatcher
 	gossip *gossip.Gossip
+	// key seals secret values; nil until a joining manager receives it.
+	key atomic.Pointer[sealer.Key]
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -78,8 +83,16 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 		Hostname:        cfg.Hostname,
 		Advertise:       cfg.APIAddr(),
 	}
-	// The identity is written before the bootstrap: a crash in between
-	// leaves a dir that restarts and bootstraps once (raft refuses twice).
+	// The secrets key and the identity are written before the bootstrap:
+	// a crash in between leaves a dir that restarts and bootstraps once
+	// (raft refuses twice).
+	key, err := sealer.Generate()
+	if err != nil {
+		return nil, err
+	}
+	if err := key.Save(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
@@ -170,6 +183,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 		wipeDataDir(cfg.DataDir)
 		return nil, err
 	}
+	m.adoptKey(resp.GetSecretsKey())
 	id.ClusterID = resp.GetClusterId()
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		m.Close()
@@ -190,6 +204,11 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		stopped: make(chan struct{}),
 	}
 	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
+	if key, err := sealer.Load(cfg.DataDir); err == nil {
+		m.key.Store(key)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -282,7 +301,9 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	}
 	var lastErr error
 	for _, remote := range managers {
-		if _, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true); lastErr == nil {
+		var resp *pb.JoinResponse
+		if resp, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true); lastErr == nil {
+			m.adoptKey(resp.GetSecretsKey())
 			break
 		}
 	}
@@ -557,8 +578,10 @@ func (m *Manager) watchMembership() {
 			}
 			go func() {
 				m.stop(ErrDemoted)
-				// The Raft state belongs to a membership that ended.
+				// The Raft state and the secrets key belong to a
+				// membership that ended.
 				_ = os.RemoveAll(filepath.Join(m.cfg.DataDir, "raft"))
+				_ = sealer.Remove(m.cfg.DataDir)
 			}()
 			return
 		case removed:
@@ -567,7 +590,10 @@ func (m *Manager) watchMembership() {
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("mark data dir removed", "err", err)
 			}
-			go m.stop(ErrRemoved)
+			go func() {
+				m.stop(ErrRemoved)
+				_ = sealer.Remove(m.cfg.DataDir)
+			}()
 			return
 		}
 	}
@@ -735,4 +761,41 @@ func (m *Manager) stop(reason error) {
 func wipeDataDir(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "raft"))
 	_ = os.Remove(filepath.Join(dir, datadir.FileName))
+	_ = sealer.Remove(dir)
+}
+
+// adoptKey keeps the secrets key a joining manager received. A leader
+// without one (its data dir lost the file) sends none: this manager then
+// cannot seal or open secrets, and says so when asked to.
+func (m *Manager) adoptKey(raw []byte) {
+	if len(raw) == 0 {
+		m.log.Warn("the cluster sent no secrets key; this manager cannot seal or open secrets")
+		return
+	}
+	key, err := sealer.New(raw)
+	if err != nil {
+		m.log.Error("the secrets key from the cluster is unusable", "err", err)
+		return
+	}
+	if err := key.Save(m.cfg.DataDir); err != nil {
+		m.log.Error("keep the secrets key", "err", err)
+	}
+	m.key.Store(key)
+}
+
+// secretsKey returns the cluster's secrets key, or an error saying why
+// this manager has none.
+func (m *Manager) secretsKey() (*sealer.Key, error) {
+	if k := m.key.Load(); k != nil {
+		return k, nil
+	}
+	return nil, fmt.Errorf("manager %s has no secrets key (%s is missing from its data dir %s): restore the file from another manager's data dir", m.id.NodeID, sealer.FileName, m.cfg.DataDir)
+}
+
+// keyForJoin is the secrets key handed to a node joining as a manager.
+func (m *Manager) keyForJoin() []byte {
+	if k := m.key.Load(); k != nil {
+		return k.Raw()
+	}
+	return nil
 }

@@ -58,7 +58,7 @@ func TestBuildSpec(t *testing.T) {
 		}}},
 	}
 	ip := netip.MustParseAddr("10.0.0.5")
-	s, err := buildSpec(task, "node1", ip)
+	s, err := buildSpec(task, "node1", ip, worker.TaskSecrets{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestBuildSpecRejects(t *testing.T) {
 	} {
 		tk := base()
 		mutate(tk)
-		_, err := buildSpec(tk, "n", netip.Addr{})
+		_, err := buildSpec(tk, "n", netip.Addr{}, worker.TaskSecrets{})
 		var perm *worker.PermanentError
 		if !errors.As(err, &perm) {
 			t.Errorf("%s: got %v, want a permanent error", name, err)

@@ -124,7 +124,7 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 func mustRun(t *testing.T, r *Runtime, task *pb.Task) {
 	t.Helper()
 	ctx := testCtx(t, 20*time.Second)
-	if err := r.Prepare(ctx, task); err != nil {
+	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
 	if err := r.Start(ctx, task.Id); err != nil {
@@ -495,7 +495,7 @@ func TestEnvDirAndPorts(t *testing.T) {
 	}
 
 	// Ports are persisted: a retried Prepare and a new agent see the same.
-	if err := r.Prepare(context.Background(), a); err != nil {
+	if err := r.Prepare(context.Background(), a, worker.TaskSecrets{}); err != nil {
 		t.Fatal(err)
 	}
 	r2 := newRuntime(t, dir)
@@ -527,7 +527,7 @@ func TestUser(t *testing.T) {
 		task := shTask("id")
 		task.Spec.Container.User = "0"
 		var perm *worker.PermanentError
-		if err := r.Prepare(context.Background(), task); !errors.As(err, &perm) {
+		if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); !errors.As(err, &perm) {
 			t.Fatalf("Prepare as another user without root = %v, want a PermanentError", err)
 		}
 		return
@@ -541,7 +541,7 @@ func TestUser(t *testing.T) {
 			t.Parallel()
 			task := shTask(`echo "$(id -u):$(id -g)" > "$HOME/id"`)
 			task.Spec.Container.User = tc.user
-			if err := r.Prepare(context.Background(), task); err != nil {
+			if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
 				if tc.user == "nobody" && strings.Contains(err.Error(), "unknown user") {
 					t.Skip("no user nobody on this machine")
 				}
@@ -610,7 +610,7 @@ func TestPrepareErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := r.Prepare(context.Background(), tc.task)
+			err := r.Prepare(context.Background(), tc.task, worker.TaskSecrets{})
 			var perm *worker.PermanentError
 			if !errors.As(err, &perm) {
 				t.Fatalf("Prepare = %v, want a *worker.PermanentError", err)
@@ -632,7 +632,7 @@ func TestStartFailure(t *testing.T) {
 	os.WriteFile(prog, []byte("#!/bin/sh\necho hi\n"), 0o755)
 	task := shTask("")
 	task.Spec.Container.Command = []string{prog}
-	if err := r.Prepare(context.Background(), task); err != nil {
+	if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(prog) // gone between Prepare and Start
@@ -712,7 +712,7 @@ func TestStopBeforeStart(t *testing.T) {
 	t.Parallel()
 	r := newRuntime(t, newStateDir(t))
 	task := shTask("echo should not run")
-	if err := r.Prepare(context.Background(), task); err != nil {
+	if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
 		t.Fatal(err)
 	}
 	if info := mustInspect(t, r, task.Id); info.State != worker.RunCreated {
