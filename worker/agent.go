@@ -877,6 +877,23 @@ func (a *Agent) WaitConnected(ctx context.Context) error {
 // ID is this node's ID.
 func (a *Agent) ID() string { return a.id.NodeID }
 
+// HeldSecrets lists, sorted, the IDs of the secrets whose values this
+// agent holds in memory (never the values).
+func (a *Agent) HeldSecrets() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.secrets))
+	for id := range a.secrets {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// SecretsDir is the directory under which this agent writes its tasks'
+// secret files ("" when the node has none).
+func (a *Agent) SecretsDir() string { return a.secretFiles.root }
+
 // ClusterID is the cluster this node belongs to.
 func (a *Agent) ClusterID() string { return a.id.ClusterID }
 
