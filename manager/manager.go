@@ -576,12 +576,14 @@ func (m *Manager) watchMembership() {
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("record the demotion", "err", err)
 			}
+			// The secrets key and the Raft state belong to a membership
+			// that ended; the key goes first, before anything waits on Done.
+			if err := sealer.Remove(m.cfg.DataDir); err != nil {
+				m.log.Error("remove the secrets key", "err", err)
+			}
 			go func() {
 				m.stop(ErrDemoted)
-				// The Raft state and the secrets key belong to a
-				// membership that ended.
 				_ = os.RemoveAll(filepath.Join(m.cfg.DataDir, "raft"))
-				_ = sealer.Remove(m.cfg.DataDir)
 			}()
 			return
 		case removed:
@@ -590,10 +592,10 @@ func (m *Manager) watchMembership() {
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("mark data dir removed", "err", err)
 			}
-			go func() {
-				m.stop(ErrRemoved)
-				_ = sealer.Remove(m.cfg.DataDir)
-			}()
+			if err := sealer.Remove(m.cfg.DataDir); err != nil {
+				m.log.Error("remove the secrets key", "err", err)
+			}
+			go m.stop(ErrRemoved)
 			return
 		}
 	}
