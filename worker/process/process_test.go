@@ -1137,3 +1137,50 @@ func inheritedSignalState(t *testing.T) string {
 	}
 	return "SigBlk:\t0000000000000000\n" + string(out)
 }
+
+// TestSecretsDir: the task finds its secrets in $SHOAL_SECRETS_DIR, and a
+// task running as another user owns them (root only).
+func TestSecretsDir(t *testing.T) {
+	t.Parallel()
+	dir := newStateDir(t)
+	for d := filepath.Dir(dir); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := newRuntime(t, dir)
+	users := []string{""}
+	if os.Geteuid() == 0 {
+		users = append(users, "65534:65534")
+	}
+	for _, user := range users {
+		secrets := worker.TaskSecrets{Dir: filepath.Join(t.TempDir(), "s")}
+		if err := os.Chmod(filepath.Dir(secrets.Dir), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(secrets.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		pw := filepath.Join(secrets.Dir, "pw")
+		if err := os.WriteFile(pw, []byte("hunter2"), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		secrets.Files = []worker.SecretFile{{Target: "pw", Path: pw}}
+		task := shTask(`cat "$SHOAL_SECRETS_DIR/pw" > "$HOME/out"`, "SHOAL_SECRETS_DIR=/not/here")
+		task.Spec.Container.User = user
+		ctx := testCtx(t, 20*time.Second)
+		if err := r.Prepare(ctx, task, secrets); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(ctx, task.Id); err != nil {
+			t.Fatal(err)
+		}
+		if ex := mustWait(t, r, task.Id); ex.Code != 0 {
+			t.Fatalf("user %q: exit %+v, logs %q", user, ex, mustLogs(t, r, task.Id, worker.LogOptions{}))
+		}
+		b, err := os.ReadFile(filepath.Join(r.dir, task.Id, workDir, "out"))
+		if err != nil || string(b) != "hunter2" {
+			t.Errorf("user %q: the task read %q, %v", user, b, err)
+		}
+	}
+}
