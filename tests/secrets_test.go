@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -344,5 +345,70 @@ func TestSecretBadInput(t *testing.T) {
 	refs := got.GetService().GetSpec().GetTask().GetContainer().GetSecrets()
 	if len(refs) != 1 || refs[0].GetTarget() != "taken" || refs[0].GetMode() != 0o400 || refs[0].GetSecretId() == "" {
 		t.Errorf("stored reference %v, want target taken, mode 0400 and the secret's ID", refs)
+	}
+}
+
+// TestSecretFilesAfterAgentRestart: a task that ended while its agent was
+// down loses its secret files when the agent comes back, files no task
+// claims are removed, and the replacement task gets its own.
+func TestSecretFilesAfterAgentRestart(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(1)
+	w := c.workers[0]
+	out := filepath.Join(c.base, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	value := secretValue(t)
+	c.createSecret("db-password", value)
+	c.createService(secretReaderSpec("reader", out, 1, &pb.SecretReference{SecretName: "db-password", Target: "pw"}))
+	var first *pb.Task
+	c.eventually(30*time.Second, "the reader running", func() (bool, string) {
+		for _, tk := range c.serviceTasks("reader") {
+			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING {
+				if _, err := os.Stat(filepath.Join(out, tk.GetId())); err == nil {
+					first = tk
+					return true, ""
+				}
+			}
+		}
+		return false, "not yet"
+	})
+	root := w.a.SecretsDir()
+	if files := filesUnder(filepath.Join(root, first.GetId())); len(files) != 1 {
+		t.Fatalf("secret files of the running task: %v", files)
+	}
+
+	// The agent stops; the task dies meanwhile; a stray directory appears.
+	w.a.Close()
+	if err := syscall.Kill(int(first.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	stray := filepath.Join(root, "no-such-task")
+	if err := os.MkdirAll(stray, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stray, "pw"), []byte("left over"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	c.restartWorker(w)
+
+	c.eventually(45*time.Second, "only the replacement's secret files", func() (bool, string) {
+		files := filesUnder(root)
+		var live *pb.Task
+		for _, tk := range c.serviceTasks("reader") {
+			if tk.GetId() != first.GetId() && tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
+				live = tk
+			}
+		}
+		if live == nil {
+			return false, fmt.Sprintf("no replacement running yet; files %v", files)
+		}
+		want := filepath.Join(root, live.GetId(), "pw")
+		return len(files) == 1 && files[0] == want, fmt.Sprintf("files %v, want [%s]", files, want)
+	})
+	if _, err := os.Stat(stray); !os.IsNotExist(err) {
+		t.Errorf("the stray secrets directory is still there: %v", err)
 	}
 }
