@@ -131,6 +131,9 @@ func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, e
 	if err != nil {
 		return nil, err
 	}
+	if _, err := m.secretsKey(); err != nil {
+		m.log.Warn("secrets cannot be created or handed to tasks through this manager", "err", err)
+	}
 	if forceNewCluster {
 		if err := m.waitLeader(ctx); err != nil {
 			m.Close()

@@ -828,6 +828,9 @@ func (a *Agent) forgetCluster() {
 	for _, t := range a.Tasks() {
 		a.removeTask(t.GetId())
 	}
+	a.mu.Lock()
+	clear(a.secrets)
+	a.mu.Unlock()
 	a.id.Removed = true
 	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
 		a.log.Error("mark data dir removed", "err", err)
