@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
@@ -55,6 +56,8 @@ type Manager struct {
 	reach  *reachability
 	disp   *dispatcher
 	gossip *gossip.Gossip
+	feed   *endpointFeed
+	mesh   *mesh.Mesh
 	// key seals secret values; nil until a joining manager receives it.
 	key atomic.Pointer[sealer.Key]
 
@@ -212,6 +215,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
+	m.feed = newEndpointFeed()
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -263,13 +267,19 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		m.store.Close()
 		return nil, err
 	}
-	m.wg.Add(5)
+	m.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.APIPort + mesh.DNSPortOffset, Log: m.log})
+	if err := m.mesh.Start(ctx); err != nil {
+		m.log.Warn("no service resolver on this node", "err", err)
+	}
+	m.wg.Add(7)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
 			m.log.Error("API server stopped", "err", err)
 		}
 	}()
+	go m.runFeed()
+	go m.runMesh()
 	go m.leadership()
 	go m.watchMembership()
 	go m.joinGossip()
@@ -713,6 +723,9 @@ func (m *Manager) ClusterID() string { return m.id.ClusterID }
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }
 
+// Mesh is this manager's routing mesh and resolver.
+func (m *Manager) Mesh() *mesh.Mesh { return m.mesh }
+
 // APIAddr is the advertised gRPC address.
 func (m *Manager) APIAddr() string { return m.cfg.APIAddr() }
 
@@ -750,6 +763,9 @@ func (m *Manager) stop(reason error) {
 		case <-done:
 		case <-time.After(2 * time.Second):
 			m.grpc.Stop()
+		}
+		if err := m.mesh.Close(); err != nil {
+			m.log.Warn("stop mesh", "err", err)
 		}
 		if err := m.gossip.Shutdown(); err != nil {
 			m.log.Warn("stop gossip", "err", err)
@@ -803,4 +819,38 @@ func (m *Manager) keyForJoin() []byte {
 		return k.Raw()
 	}
 	return nil
+}
+
+// runFeed keeps the endpoint feed current until the manager stops.
+func (m *Manager) runFeed() {
+	defer m.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.feed.run(ctx, m.store)
+}
+
+// runMesh feeds this manager's own routing mesh and resolver from the
+// endpoint feed: a manager's address serves published ports too.
+func (m *Manager) runMesh() {
+	defer m.wg.Done()
+	sent, changed := m.feed.snapshot()
+	m.mesh.Apply(completeUpdate(sent))
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case <-changed:
+		}
+		var now map[string]*pb.ServiceEndpoints
+		now, changed = m.feed.snapshot()
+		m.mesh.Apply(diffEndpoints(sent, now))
+		sent = now
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
@@ -35,7 +36,7 @@ import (
 const requireDockerEnv = "SHOAL_REQUIRE_DOCKER"
 
 // The sample images (scripts/images.sh, `make images`). Tests build them
-// when missing and leave them in place afterwards.
+// once per run and leave them in place afterwards.
 const (
 	helloV1        = "shoal/hello:v1"
 	helloV2        = "shoal/hello:v2"
@@ -65,15 +66,12 @@ func dockerEngine(t *testing.T) *client.Client {
 		t.Skipf("no Docker Engine (set %s=1 to require one): %v", requireDockerEnv, err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	// Build the images once per run, so they hold the current hello (a
+	// rebuild of unchanged sources reuses the cached layers).
 	imagesOnce.Do(func() {
-		for _, img := range []string{helloV1, helloV2, helloUnhealthy} {
-			if _, err := cli.ImageInspect(context.Background(), img); err != nil {
-				out, err := exec.Command("../scripts/images.sh").CombinedOutput()
-				if err != nil {
-					imagesErr = fmt.Errorf("scripts/images.sh: %v: %s", err, out)
-				}
-				return
-			}
+		out, err := exec.Command("../scripts/images.sh").CombinedOutput()
+		if err != nil {
+			imagesErr = fmt.Errorf("scripts/images.sh: %v: %s", err, out)
 		}
 	})
 	if imagesErr != nil {
@@ -90,10 +88,11 @@ type dcluster struct {
 	*cluster
 	cli *client.Client
 
-	mu       sync.Mutex
-	runtimes map[*wrk]*docker.Runtime
-	nodes    []string
-	volumes  []string
+	mu        sync.Mutex
+	clusterID string
+	runtimes  map[*wrk]*docker.Runtime
+	nodes     []string
+	volumes   []string
 }
 
 func newDockerCluster(t *testing.T) *dcluster {
@@ -129,6 +128,9 @@ func (d *dcluster) cleanup() {
 		if _, err := d.cli.VolumeRemove(ctx, v, client.VolumeRemoveOptions{Force: true}); err != nil {
 			d.t.Logf("remove volume %s: %v", v, err)
 		}
+	}
+	if d.clusterID != "" {
+		mesh.RemoveContainerAddrs(ctx, d.clusterID)
 	}
 }
 
@@ -170,7 +172,8 @@ func (d *dcluster) dockerWorkerConfig(i int, w *wrk) worker.Config {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		r, err := docker.New(ctx, docker.Config{NodeID: id.NodeID, NodeName: cfg.Hostname, AdvertiseIP: cfg.AdvertiseIP, Logger: cfg.Logger})
+		r, err := docker.New(ctx, docker.Config{NodeID: id.NodeID, NodeName: cfg.Hostname, AdvertiseIP: cfg.AdvertiseIP,
+			DNS: []string{mesh.ContainerResolverIP(id.ClusterID)}, Logger: cfg.Logger})
 		if err != nil {
 			return nil, err
 		}
@@ -179,6 +182,7 @@ func (d *dcluster) dockerWorkerConfig(i int, w *wrk) worker.Config {
 			old.Close()
 		}
 		d.runtimes[w] = r
+		d.clusterID = id.ClusterID
 		if !slices.Contains(d.nodes, id.NodeID) {
 			d.nodes = append(d.nodes, id.NodeID)
 		}
@@ -585,6 +589,28 @@ func TestDockerBadInput(t *testing.T) {
 	failed := d.waitTaskState(id, pb.TaskState_TASK_STATE_FAILED, 45*time.Second)
 	if failed.GetStatus().GetHealth() != pb.HealthState_HEALTH_STATE_UNHEALTHY || !strings.Contains(failed.GetStatus().GetErr(), "health check") {
 		t.Fatalf("unhealthy image: %+v", failed.GetStatus())
+	}
+}
+
+func TestDockerServiceDiscovery(t *testing.T) {
+	d := newDockerCluster(t)
+	d.addManagers(1)
+	d.addDockerWorkers(2)
+
+	published := uint32(d.freePort()) + 3
+	front := dockerSpec("front", helloV1, 1)
+	front.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	front.Task.Container.Healthcheck = helloCheck()
+	api := dockerSpec("api", helloV1, 2)
+	api.Task.Container.Healthcheck = helloCheck()
+	d.createService(front)
+	d.createService(api)
+
+	// A container reaches another service by name: the node's container
+	// resolver answers api's virtual IP and the proxy spreads over api's
+	// replicas, on this node or the other.
+	for _, w := range d.workers {
+		d.callReaches(fmt.Sprintf("http://%s:%d/call/api/", w.cfg.AdvertiseIP, published), 2)
 	}
 }
 

@@ -57,6 +57,9 @@ func TestMain(m *testing.M) {
 			// memberlist's packet and stream listeners finish shortly after Shutdown returns.
 			goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).packetListen"),
 			goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).streamListen"),
+			// A probe of a peer in flight at Shutdown waits out its probe
+			// timeout (memberlist does not cancel it).
+			goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
 		); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutines left running after the tests: %v\n", err)
 			code = 1
@@ -162,8 +165,8 @@ func newCluster(t *testing.T) *cluster {
 
 func (c *cluster) ip(host int) string { return fmt.Sprintf("127.0.%d.%d", c.net, host) }
 
-// freePort finds an API port whose Raft (+1) and gossip (+2, TCP and UDP)
-// ports are free on the addresses this cluster may use.
+// freePort finds an API port whose Raft (+1), gossip (+2, TCP and UDP) and
+// resolver (+3, TCP and UDP) ports are free on the addresses this cluster may use.
 func (c *cluster) freePort() int {
 	for range 200 {
 		port := 20000 + rand.IntN(40000)
@@ -178,18 +181,20 @@ func (c *cluster) freePort() int {
 func (c *cluster) portsFree(port int) bool {
 	for host := 1; host <= 20; host += 9 {
 		ip := c.ip(host)
-		for p := port; p <= port+2; p++ {
+		for p := port; p <= port+3; p++ {
 			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p)))
 			if err != nil {
 				return false
 			}
 			l.Close()
 		}
-		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port+2)))
-		if err != nil {
-			return false
+		for p := port + 2; p <= port+3; p++ { // gossip and the resolver use UDP too
+			u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(p)))
+			if err != nil {
+				return false
+			}
+			u.Close()
 		}
-		u.Close()
 	}
 	return true
 }
@@ -283,6 +288,7 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 		r, err := process.New(process.Config{
 			Dir:               filepath.Join(cfg.DataDir, "worker", "process"),
 			AdvertiseIP:       cfg.AdvertiseIP,
+			DNSAddr:           cfg.DNSAddr(),
 			SupervisorCommand: []string{os.Args[0]},
 			SupervisorEnv:     []string{superviseEnv + "=1", "GORACE=atexit_sleep_ms=0"},
 			Logger:            cfg.Logger,

@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/host"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -61,7 +62,10 @@ type Config struct {
 }
 
 // Ports derived from the API port, as on managers.
-const gossipPortOffset = 2
+const (
+	gossipPortOffset = 2
+	defaultAPIPort   = 4242
+)
 
 func (c *Config) setDefaults() error {
 	if c.DataDir == "" {
@@ -71,7 +75,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("an advertise address is required (--advertise IP[:PORT])")
 	}
 	if c.APIPort == 0 {
-		c.APIPort = 4242
+		c.APIPort = defaultAPIPort
 	}
 	if c.ListenIP == "" {
 		c.ListenIP = c.AdvertiseIP
@@ -91,6 +95,21 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
+// DNSPort is the port of the node's service resolver on AdvertiseIP.
+func (c *Config) DNSPort() int {
+	port := c.APIPort
+	if port == 0 {
+		port = defaultAPIPort
+	}
+	return port + mesh.DNSPortOffset
+}
+
+// DNSAddr is the node's service resolver (host:port), which tasks are told
+// to use.
+func (c *Config) DNSAddr() string {
+	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.DNSPort()))
+}
+
 func (c *Config) apiAddr() string {
 	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.APIPort))
 }
@@ -105,6 +124,7 @@ type Agent struct {
 	runtimeNames []string
 	gossip       *gossip.Gossip
 	grpc         *grpc.Server
+	mesh         *mesh.Mesh
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status
@@ -263,7 +283,16 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	mcfg := mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), Log: a.log}
+	if _, ok := a.runtimes["docker"]; ok {
+		mcfg.ContainerResolver = mesh.ContainerResolverIP(id.ClusterID)
+	}
+	a.mesh = mesh.New(mcfg)
+	if err := a.mesh.Start(a.ctx); err != nil {
+		a.log.Warn("no service resolver on this node", "err", err)
+	}
 	if err := a.serveAPI(); err != nil {
+		_ = a.mesh.Close()
 		a.cancel()
 		a.gossip.Shutdown()
 		db.close()
@@ -622,6 +651,7 @@ func (a *Agent) runSession(addr string) error {
 	a.rememberManagers(first.GetManagers())
 	a.applySecrets(first.GetSecrets())
 	a.applyAssignments(first.GetAssignments())
+	a.mesh.Apply(first.GetEndpoints())
 	a.noteNode(first.GetNode())
 	a.mu.Lock()
 	a.session = sess
@@ -673,6 +703,7 @@ func (a *Agent) runSession(addr string) error {
 		case m := <-msgs:
 			a.applySecrets(m.GetSecrets())
 			a.applyAssignments(m.GetAssignments())
+			a.mesh.Apply(m.GetEndpoints())
 			a.noteNode(m.GetNode())
 		case <-a.ctx.Done():
 			return nil
@@ -903,6 +934,9 @@ func (a *Agent) ClusterID() string { return a.id.ClusterID }
 // Gossip is this node's gossip member.
 func (a *Agent) Gossip() *gossip.Gossip { return a.gossip }
 
+// Mesh is the node's routing mesh and resolver.
+func (a *Agent) Mesh() *mesh.Mesh { return a.mesh }
+
 // Tasks returns the local records of the assigned tasks.
 func (a *Agent) Tasks() []*pb.Task {
 	a.mu.Lock()
@@ -933,6 +967,9 @@ func (a *Agent) Close() error {
 			<-c.done
 		}
 		a.wg.Wait()
+		if err := a.mesh.Close(); err != nil {
+			a.log.Warn("stop mesh", "err", err)
+		}
 		if err := a.gossip.Shutdown(); err != nil {
 			a.log.Warn("stop gossip", "err", err)
 		}

@@ -52,15 +52,15 @@ type node struct {
 
 func (n *node) addr() string { return net.JoinHostPort(n.ip, strconv.Itoa(n.port)) }
 
-// freePort picks an API port whose Raft (+1) and gossip (+2, TCP and UDP)
-// ports are also free on every IP.
+// freePort picks an API port whose Raft (+1), gossip (+2, TCP and UDP) and
+// resolver (+3, TCP and UDP) ports are also free on every IP.
 func freePort(t *testing.T, ips ...string) int {
 	t.Helper()
 	for range 100 {
 		port := 20000 + rand.IntN(40000)
 		ok := true
 		for _, ip := range ips {
-			for _, p := range []int{port, port + 1, port + 2} {
+			for _, p := range []int{port, port + 1, port + 2, port + 3} {
 				l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p)))
 				if err != nil {
 					ok = false
@@ -68,10 +68,12 @@ func freePort(t *testing.T, ips ...string) int {
 				}
 				l.Close()
 			}
-			if u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port+2))); err != nil {
-				ok = false
-			} else {
-				u.Close()
+			for _, p := range []int{port + 2, port + 3} {
+				if u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(p))); err != nil {
+					ok = false
+				} else {
+					u.Close()
+				}
 			}
 		}
 		if ok {

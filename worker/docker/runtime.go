@@ -69,8 +69,22 @@ type Config struct {
 	// PingInterval is how often Available is refreshed (default
 	// DefaultPingInterval; negative: never).
 	PingInterval time.Duration
+	// DNS are the resolvers containers use (the node's container
+	// resolver, so tasks find services by name).
+	DNS []string
 	// Logger receives the runtime's logs (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// dnsServers are the container resolvers as addresses.
+func (r *Runtime) dnsServers() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range r.dns {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Runtime is the docker runtime. It is safe for concurrent use.
@@ -79,6 +93,7 @@ type Runtime struct {
 	nodeID   string
 	nodeName string
 	hostIP   netip.Addr
+	dns      []string
 	log      *slog.Logger
 
 	available atomic.Bool
@@ -152,6 +167,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		nodeID:   cfg.NodeID,
 		nodeName: cfg.NodeName,
 		hostIP:   hostIP,
+		dns:      append([]string(nil), cfg.DNS...),
 		log:      cfg.Logger,
 		ids:      map[string]string{},
 		waiters:  map[string]*waiter{},
@@ -330,6 +346,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSe
 	if err != nil {
 		return err
 	}
+	spec.host.DNS = r.dnsServers()
 	image := spec.config.Image
 	if _, err := r.cli.ImageInspect(ctx, image); err != nil {
 		if cerrdefs.IsNotFound(err) {

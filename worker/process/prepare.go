@@ -133,6 +133,9 @@ func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
 	if r.advertiseIP != "" {
 		env = append(env, "SHOAL_HOST_IP="+r.advertiseIP)
 	}
+	if r.dnsAddr != "" {
+		env = append(env, "SHOAL_DNS="+r.dnsAddr)
+	}
 	for _, kv := range c.GetEnv() {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return nil, permanent("task %s: invalid environment entry %q: want KEY=VALUE", t.GetId(), kv)
