@@ -106,3 +106,23 @@ func TestNewRejectsBadSize(t *testing.T) {
 		t.Fatal("New accepted a 16-byte key")
 	}
 }
+
+// BenchmarkSealOpenMax seals and opens a value of the largest size a
+// secret may have (500 KiB).
+func BenchmarkSealOpenMax(b *testing.B) {
+	k, err := Generate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	plain := make([]byte, 500*1024)
+	b.SetBytes(int64(len(plain)))
+	for b.Loop() {
+		sealed, err := k.Seal("id", plain)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := k.Open("id", sealed); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
