@@ -32,9 +32,16 @@ func secretValue(t *testing.T) []byte {
 
 func (c *cluster) createSecret(name string, value []byte) *pb.Secret {
 	c.t.Helper()
+	return c.createSecretVia(c.live()[0], name, value)
+}
+
+// createSecretVia creates a secret through manager m (a follower forwards
+// the call to the leader).
+func (c *cluster) createSecretVia(m *mgr, name string, value []byte) *pb.Secret {
+	c.t.Helper()
 	ctx, cancel := c.ctx()
 	defer cancel()
-	resp, err := c.control(c.live()[0]).CreateSecret(ctx, &pb.CreateSecretRequest{Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: name}, Data: value}})
+	resp, err := c.control(m).CreateSecret(ctx, &pb.CreateSecretRequest{Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: name}, Data: value}})
 	if err != nil {
 		c.t.Fatalf("create secret %s: %v", name, err)
 	}
@@ -86,7 +93,8 @@ func grepTree(t *testing.T, dir string, needle []byte) (hits []string, scanned i
 }
 
 // TestSecretsReachOnlyTheirNodes follows one secret from `secret create`
-// to a task's file and back out: sealed in every manager's Raft log and
+// to a task's file and back out (another is created through a follower,
+// which forwards it): sealed in every manager's Raft log and
 // snapshot, sent by a leader that joined later (so the key travelled with
 // the join) only to the workers that run a task using it, read by the
 // task from a 0400 file, gone from the worker when the task ends, and
@@ -102,7 +110,13 @@ func TestSecretsReachOnlyTheirNodes(t *testing.T) {
 	}
 	value, unusedValue := secretValue(t), secretValue(t)
 	sec := c.createSecret("db-password", value)
-	unused := c.createSecret("unused", unusedValue)
+	var follower *mgr
+	for _, m := range c.live() {
+		if m != c.leader() {
+			follower = m
+		}
+	}
+	unused := c.createSecretVia(follower, "unused", unusedValue)
 	if sec.GetSize() != uint64(len(value)) || len(sec.GetSealedData()) != 0 || len(sec.GetSpec().GetData()) != 0 {
 		t.Fatalf("create returned size %d, %d sealed bytes, %d value bytes; want size %d and no value", sec.GetSize(), len(sec.GetSealedData()), len(sec.GetSpec().GetData()), len(value))
 	}
