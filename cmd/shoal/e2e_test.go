@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -487,6 +488,14 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " manager ") && strings.Contains(r, "Reachable"), r
 	})
+	// The promoted node received the cluster's secrets key, as did m2.
+	key := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(base, name, "secrets.key"))
+		return string(b)
+	}
+	if k := key("m1"); len(k) != 32 || key("m2") != k || key("w1") != k {
+		t.Errorf("secrets keys: m1 %d bytes, m2 and w1 the same: %v, %v", len(k), key("m2") == k, key("w1") == k)
+	}
 	// Three voters now: the cluster survives losing m2.
 	out, _, _ := cli(t, "cluster", "info", "--host", m1.addr())
 	if strings.Count(out, " true") != 3 {
@@ -499,4 +508,7 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " worker ") && strings.Contains(r, " Ready "), r
 	})
+	if _, err := os.Stat(filepath.Join(base, "w1", "secrets.key")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the demoted node still keeps the secrets key: %v", err)
+	}
 }
