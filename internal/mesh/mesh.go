@@ -88,7 +88,7 @@ func (m *Mesh) Start(ctx context.Context) error {
 		err := addLocalAddr(ctx, ip)
 		var r *resolver
 		if err == nil {
-			r, err = startResolver(ctx, net.JoinHostPort(ip, "53"), m.lookup(containerVIP), m.log, true)
+			r, err = startResolver(ctx, net.JoinHostPort(ip, "53"), m.lookup(func(vip string) string { return containerVIP(ip, vip) }), m.log, true)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("containers' resolver: %w", err))
@@ -204,7 +204,7 @@ func (m *Mesh) desired() map[string]wanted {
 			if vip := s.GetVirtualAddr(); vip != "" {
 				w.reusePort = true
 				out[proxyKey(vip, p.GetTargetPort(), proto)] = w
-				if twin := containerVIP(vip); twin != "" && m.cfg.ContainerResolver != "" {
+				if twin := containerVIP(m.cfg.ContainerResolver, vip); twin != "" {
 					w.localIP = twin
 					out[proxyKey(twin, p.GetTargetPort(), proto)] = w
 				}

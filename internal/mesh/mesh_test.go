@@ -318,3 +318,30 @@ func TestUDPFlowsSpreadOverBackends(t *testing.T) {
 		t.Fatalf("replies per backend: %v, want 4 each (2 flows of 2 datagrams)", seen)
 	}
 }
+
+func TestVirtualIPPlan(t *testing.T) {
+	for i := range 50 {
+		seen := map[string]bool{}
+		cluster := fmt.Sprintf("cluster-%d", i)
+		resolver := ContainerResolverIP(cluster)
+		for _, n := range []int{0, 1, 255, 256, VIPsPerCluster - 1} {
+			vip := VIP(cluster, n)
+			ip := net.ParseIP(vip).To4()
+			if ip[0] != 127 || ip[1] < 32 {
+				t.Fatalf("%s #%d: %s is outside 127.32.0.0-127.255.255.255", cluster, n, vip)
+			}
+			if seen[vip] {
+				t.Fatalf("%s #%d: %s given twice", cluster, n, vip)
+			}
+			seen[vip] = true
+			twin := containerVIP(resolver, vip)
+			tip := net.ParseIP(twin).To4()
+			if tip == nil || tip[0] != 100 || tip[1] < 64 || tip[1] > 127 || twin == resolver {
+				t.Fatalf("%s #%d: twin %q of %s (resolver %s)", cluster, n, twin, vip, resolver)
+			}
+			if twin != containerVIP(resolver, vip) || (n > 0 && twin == containerVIP(resolver, VIP(cluster, n-1))) {
+				t.Fatalf("%s #%d: twins are not one to one", cluster, n)
+			}
+		}
+	}
+}
