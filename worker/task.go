@@ -174,6 +174,18 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 		select {
 		case e := <-health:
 			if e.state == pb.HealthState_HEALTH_STATE_UNHEALTHY {
+				// A task that died fails its health check too: report how it
+				// ended rather than "unhealthy".
+				if info, err := rt.Inspect(ctx, t.GetId()); err == nil && info.State == RunExited {
+					select {
+					case r := <-exited:
+						if r.err == nil {
+							return exitStatus(r.exit), false
+						}
+					case <-time.After(time.Second):
+					}
+					return exitStatus(info.Exit), false
+				}
 				c.a.log.Warn("task unhealthy; stopping it", "task", t.GetId(), "output", e.output)
 				grace := time.Duration(t.GetSpec().GetContainer().GetStopGracePeriod())
 				if grace <= 0 {
