@@ -341,6 +341,10 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 	// The endpoint sets go with the session too: complete first, then
 	// only the services that changed.
 	sentEndpoints, endpointsChanged := d.m.feed.snapshot()
+	secrets := newSecretTracker(d.m, nodeID)
+	for _, t := range tasks {
+		secrets.note(t, false)
+	}
 	first := &pb.SessionMessage{
 		SessionId:       sess.id,
 		HeartbeatPeriod: int64(d.period),
@@ -349,6 +353,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		Assignments:     &pb.Assignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE, Updated: assigned(tasks), Index: index},
 		Security:        security,
 		Endpoints:       completeUpdate(sentEndpoints),
+		Secrets:         secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 	}
 	if err := stream.Send(first); err != nil {
 		return err
@@ -408,6 +413,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 					security, msg.Security = up, up
 				}
 			case *pb.Task:
+				secrets.note(o, ev.Kind == raftstore.EventDelete)
 				old, _ := ev.Old.(*pb.Task)
 				switch {
 				case ev.Kind == raftstore.EventDelete || o.GetNodeId() != nodeID:
@@ -419,7 +425,8 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 			}
 		}
-		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil {
+		msg.Secrets = secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
+		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil && msg.Secrets == nil {
 			continue
 		}
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {

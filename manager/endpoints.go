@@ -216,9 +216,8 @@ func allocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
 			used[va] = true
 		}
 	}
-	block := mesh.VIPBlock(clusterID)
 	for n := 0; n < mesh.VIPsPerCluster; n++ {
-		if ip := mesh.VIP(block, n); !used[ip] {
+		if ip := mesh.VIP(clusterID, n); !used[ip] {
 			return ip, nil
 		}
 	}

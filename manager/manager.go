@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -27,6 +28,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
+	"github.com/shoal-cluster/shoal/manager/sealer"
 	"github.com/shoal-cluster/shoal/manager/updater"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -56,6 +58,8 @@ type Manager struct {
 	gossip *gossip.Gossip
 	feed   *endpointFeed
 	mesh   *mesh.Mesh
+	// key seals secret values; nil until a joining manager receives it.
+	key atomic.Pointer[sealer.Key]
 
 	// storeReady is set once store is assigned (Raft handshakes may come
 	// before).
@@ -88,8 +92,16 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := bootstrapSecurity(cfg, id); err != nil {
 		return nil, fmt.Errorf("init: create the cluster's CA: %w", err)
 	}
-	// The identity is written before the bootstrap: a crash in between
-	// leaves a dir that restarts and bootstraps once (raft refuses twice).
+	// The secrets key and the identity are written before the bootstrap:
+	// a crash in between leaves a dir that restarts and bootstraps once
+	// (raft refuses twice).
+	key, err := sealer.Generate()
+	if err != nil {
+		return nil, err
+	}
+	if err := key.Save(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
@@ -135,6 +147,9 @@ func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, e
 	m, err := start(ctx, cfg, id, forceNewCluster, nc)
 	if err != nil {
 		return nil, err
+	}
+	if _, err := m.secretsKey(); err != nil {
+		m.log.Warn("secrets cannot be created or handed to tasks through this manager", "err", err)
 	}
 	if forceNewCluster {
 		if err := m.waitLeader(ctx); err != nil {
@@ -208,6 +223,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 		wipeDataDir(cfg.DataDir)
 		return nil, err
 	}
+	m.adoptKey(resp.GetSecretsKey())
 	m.log.Info("joined cluster as manager", "cluster", id.ClusterID, "node", id.NodeID)
 	return m, nil
 }
@@ -240,6 +256,11 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		stopped: make(chan struct{}),
 	}
 	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
+	if key, err := sealer.Load(cfg.DataDir); err == nil {
+		m.key.Store(key)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	m.feed = newEndpointFeed()
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
@@ -360,6 +381,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 		var resp *pb.JoinResponse
 		// First the manager certificate, then, presenting it, Raft.
 		if resp, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true, csr); lastErr == nil {
+			m.adoptKey(resp.GetSecretsKey())
 			if lastErr = m.creds.Install(resp.GetCertificate(), keyPEM, resp.GetRootCas()); lastErr == nil {
 				_, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true, nil)
 			}
@@ -665,9 +687,13 @@ func (m *Manager) watchMembership() {
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("record the demotion", "err", err)
 			}
+			// The secrets key and the Raft state belong to a membership
+			// that ended; the key goes first, before anything waits on Done.
+			if err := sealer.Remove(m.cfg.DataDir); err != nil {
+				m.log.Error("remove the secrets key", "err", err)
+			}
 			go func() {
 				m.stop(ErrDemoted)
-				// The Raft state belongs to a membership that ended.
 				_ = os.RemoveAll(filepath.Join(m.cfg.DataDir, "raft"))
 			}()
 			return
@@ -676,6 +702,9 @@ func (m *Manager) watchMembership() {
 			m.id.Removed = true
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("mark data dir removed", "err", err)
+			}
+			if err := sealer.Remove(m.cfg.DataDir); err != nil {
+				m.log.Error("remove the secrets key", "err", err)
 			}
 			go m.stop(ErrRemoved)
 			return
@@ -852,6 +881,43 @@ func wipeDataDir(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "raft"))
 	datadir.RemoveCerts(dir)
 	_ = os.Remove(filepath.Join(dir, datadir.FileName))
+	_ = sealer.Remove(dir)
+}
+
+// adoptKey keeps the secrets key a joining manager received. A leader
+// without one (its data dir lost the file) sends none: this manager then
+// cannot seal or open secrets, and says so when asked to.
+func (m *Manager) adoptKey(raw []byte) {
+	if len(raw) == 0 {
+		m.log.Warn("the cluster sent no secrets key; this manager cannot seal or open secrets")
+		return
+	}
+	key, err := sealer.New(raw)
+	if err != nil {
+		m.log.Error("the secrets key from the cluster is unusable", "err", err)
+		return
+	}
+	if err := key.Save(m.cfg.DataDir); err != nil {
+		m.log.Error("keep the secrets key", "err", err)
+	}
+	m.key.Store(key)
+}
+
+// secretsKey returns the cluster's secrets key, or an error saying why
+// this manager has none.
+func (m *Manager) secretsKey() (*sealer.Key, error) {
+	if k := m.key.Load(); k != nil {
+		return k, nil
+	}
+	return nil, fmt.Errorf("manager %s has no secrets key (%s is missing from its data dir %s): restore the file from another manager's data dir", m.id.NodeID, sealer.FileName, m.cfg.DataDir)
+}
+
+// keyForJoin is the secrets key handed to a node joining as a manager.
+func (m *Manager) keyForJoin() []byte {
+	if k := m.key.Load(); k != nil {
+		return k.Raw()
+	}
+	return nil
 }
 
 // runFeed keeps the endpoint feed current until the manager stops.

@@ -100,6 +100,7 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 	if role == pb.NodeRole_NODE_ROLE_WORKER {
 		m.log.Info("worker joined", "node", req.GetNodeId(), "addr", req.GetApiAddr())
 	} else {
+		resp.SecretsKey = m.keyForJoin()
 		m.log.Info("manager admitted; it joins Raft once it holds its certificate", "node", req.GetNodeId())
 	}
 	return resp, nil
@@ -133,7 +134,7 @@ func (m *Manager) addVoter(ctx context.Context, cluster *pb.Cluster, req *pb.Joi
 	} else {
 		m.log.Info("manager joined", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
 	}
-	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER}, nil
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER, SecretsKey: m.keyForJoin()}, nil
 }
 
 // CheckToken tells a joining node which role its token grants.
@@ -227,7 +228,7 @@ func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.Join
 	}
 	m.log.Info("promotion: manager certificate issued; the node joins Raft next", "node", req.GetNodeId())
 	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER, Certificate: certPEM,
-		RootCas: cluster.GetRootCa().GetTrustBundle(), GossipKeys: cluster.GetGossipKeys()}, nil
+		RootCas: cluster.GetRootCa().GetTrustBundle(), GossipKeys: cluster.GetGossipKeys(), SecretsKey: m.keyForJoin()}, nil
 }
 
 // Leave removes the calling node from the cluster (runs on the leader).

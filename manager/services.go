@@ -164,6 +164,9 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 			return bad("environment entry %q must be KEY=VALUE", kv)
 		}
 	}
+	if err := resolveSecretRefs(tx, c); err != nil {
+		return err
+	}
 	if _, err := scheduler.ParseConstraints(task.GetPlacement().GetConstraints()); err != nil {
 		return bad("%v", err)
 	}

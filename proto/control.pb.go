@@ -1821,7 +1821,9 @@ type JoinResponse struct {
 	// root_cas are the roots to trust (PEM).
 	RootCas []byte `protobuf:"bytes,6,opt,name=root_cas,json=rootCas,proto3" json:"root_cas,omitempty"`
 	// gossip_keys encrypt gossip, the primary key first.
-	GossipKeys    [][]byte `protobuf:"bytes,7,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	GossipKeys [][]byte `protobuf:"bytes,7,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	// secrets_key is the cluster's secrets key, given to managers only.
+	SecretsKey    []byte `protobuf:"bytes,10,opt,name=secrets_key,json=secretsKey,proto3" json:"secrets_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1901,6 +1903,13 @@ func (x *JoinResponse) GetRootCas() []byte {
 func (x *JoinResponse) GetGossipKeys() [][]byte {
 	if x != nil {
 		return x.GossipKeys
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetSecretsKey() []byte {
+	if x != nil {
+		return x.SecretsKey
 	}
 	return nil
 }
@@ -2502,6 +2511,356 @@ func (x *RenewCertificateResponse) GetGossipKeys() [][]byte {
 	return nil
 }
 
+type CreateSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec carries the name, labels and the value (at most 500 KiB).
+	Spec          *SecretSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSecretRequest) Reset() {
+	*x = CreateSecretRequest{}
+	mi := &file_control_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSecretRequest) ProtoMessage() {}
+
+func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
+func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *CreateSecretRequest) GetSpec() *SecretSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// secret is the stored secret, without its value.
+	Secret        *Secret `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSecretResponse) Reset() {
+	*x = CreateSecretResponse{}
+	mi := &file_control_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSecretResponse) ProtoMessage() {}
+
+func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSecretResponse.ProtoReflect.Descriptor instead.
+func (*CreateSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *CreateSecretResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+type GetSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a secret ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSecretRequest) Reset() {
+	*x = GetSecretRequest{}
+	mi := &file_control_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSecretRequest) ProtoMessage() {}
+
+func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
+func (*GetSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *GetSecretRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// secret is without its value.
+	Secret *Secret `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// services are the names of the services that use the secret.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSecretResponse) Reset() {
+	*x = GetSecretResponse{}
+	mi := &file_control_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSecretResponse) ProtoMessage() {}
+
+func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSecretResponse.ProtoReflect.Descriptor instead.
+func (*GetSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *GetSecretResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *GetSecretResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListSecretsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretsRequest) Reset() {
+	*x = ListSecretsRequest{}
+	mi := &file_control_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretsRequest) ProtoMessage() {}
+
+func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
+func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{51}
+}
+
+type ListSecretsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// secrets are without their values.
+	Secrets       []*Secret `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretsResponse) Reset() {
+	*x = ListSecretsResponse{}
+	mi := &file_control_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretsResponse) ProtoMessage() {}
+
+func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
+func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ListSecretsResponse) GetSecrets() []*Secret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+type RemoveSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecretRequest) Reset() {
+	*x = RemoveSecretRequest{}
+	mi := &file_control_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecretRequest) ProtoMessage() {}
+
+func (x *RemoveSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecretRequest.ProtoReflect.Descriptor instead.
+func (*RemoveSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *RemoveSecretRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecretResponse) Reset() {
+	*x = RemoveSecretResponse{}
+	mi := &file_control_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecretResponse) ProtoMessage() {}
+
+func (x *RemoveSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecretResponse.ProtoReflect.Descriptor instead.
+func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{54}
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -2616,7 +2975,7 @@ const file_control_proto_rawDesc = "" +
 	"\traft_addr\x18\x05 \x01(\tR\braftAddr\x12;\n" +
 	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12\x10\n" +
 	"\x03csr\x18\t \x01(\fR\x03csr\x12\x1c\n" +
-	"\tpromotion\x18\b \x01(\bR\tpromotionJ\x04\b\a\x10\b\"\x98\x02\n" +
+	"\tpromotion\x18\b \x01(\bR\tpromotionJ\x04\b\a\x10\b\"\xb9\x02\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
@@ -2626,7 +2985,10 @@ const file_control_proto_rawDesc = "" +
 	"\vcertificate\x18\x05 \x01(\fR\vcertificate\x12\x19\n" +
 	"\broot_cas\x18\x06 \x01(\fR\arootCas\x12\x1f\n" +
 	"\vgossip_keys\x18\a \x03(\fR\n" +
-	"gossipKeys\"-\n" +
+	"gossipKeys\x12\x1f\n" +
+	"\vsecrets_key\x18\n" +
+	" \x01(\fR\n" +
+	"secretsKey\"-\n" +
 	"\fLeaveRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeIdJ\x04\b\x02\x10\x03\"\x0f\n" +
 	"\rLeaveResponse\"\x13\n" +
@@ -2656,7 +3018,22 @@ const file_control_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x19\n" +
 	"\broot_cas\x18\x02 \x01(\fR\arootCas\x12\x1f\n" +
 	"\vgossip_keys\x18\x03 \x03(\fR\n" +
-	"gossipKeys2\xec\t\n" +
+	"gossipKeys\"?\n" +
+	"\x13CreateSecretRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec\"@\n" +
+	"\x14CreateSecretResponse\x12(\n" +
+	"\x06secret\x18\x01 \x01(\v2\x10.shoal.v1.SecretR\x06secret\"$\n" +
+	"\x10GetSecretRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
+	"\x11GetSecretResponse\x12(\n" +
+	"\x06secret\x18\x01 \x01(\v2\x10.shoal.v1.SecretR\x06secret\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
+	"\x12ListSecretsRequest\"A\n" +
+	"\x13ListSecretsResponse\x12*\n" +
+	"\asecrets\x18\x01 \x03(\v2\x10.shoal.v1.SecretR\asecrets\"'\n" +
+	"\x13RemoveSecretRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
+	"\x14RemoveSecretResponse2\x9c\f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -2677,7 +3054,11 @@ const file_control_proto_rawDesc = "" +
 	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12k\n" +
 	"\x16IssueClientCertificate\x12'.shoal.v1.IssueClientCertificateRequest\x1a(.shoal.v1.IssueClientCertificateResponse\x12M\n" +
 	"\fRotateRootCA\x12\x1d.shoal.v1.RotateRootCARequest\x1a\x1e.shoal.v1.RotateRootCAResponse\x12V\n" +
-	"\x0fRotateGossipKey\x12 .shoal.v1.RotateGossipKeyRequest\x1a!.shoal.v1.RotateGossipKeyResponse2C\n" +
+	"\x0fRotateGossipKey\x12 .shoal.v1.RotateGossipKeyRequest\x1a!.shoal.v1.RotateGossipKeyResponse\x12M\n" +
+	"\fCreateSecret\x12\x1d.shoal.v1.CreateSecretRequest\x1a\x1e.shoal.v1.CreateSecretResponse\x12D\n" +
+	"\tGetSecret\x12\x1a.shoal.v1.GetSecretRequest\x1a\x1b.shoal.v1.GetSecretResponse\x12J\n" +
+	"\vListSecrets\x12\x1c.shoal.v1.ListSecretsRequest\x1a\x1d.shoal.v1.ListSecretsResponse\x12M\n" +
+	"\fRemoveSecret\x12\x1d.shoal.v1.RemoveSecretRequest\x1a\x1e.shoal.v1.RemoveSecretResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
 	"\n" +
@@ -2703,7 +3084,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
@@ -2752,91 +3133,113 @@ var file_control_proto_goTypes = []any{
 	(*RotateGossipKeyResponse)(nil),        // 44: shoal.v1.RotateGossipKeyResponse
 	(*RenewCertificateRequest)(nil),        // 45: shoal.v1.RenewCertificateRequest
 	(*RenewCertificateResponse)(nil),       // 46: shoal.v1.RenewCertificateResponse
-	(*ServiceSpec)(nil),                    // 47: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 48: shoal.v1.Service
-	(*Task)(nil),                           // 49: shoal.v1.Task
-	(NodeRole)(0),                          // 50: shoal.v1.NodeRole
-	(*Node)(nil),                           // 51: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 52: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 53: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 54: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 55: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 56: shoal.v1.RaftSettings
+	(*CreateSecretRequest)(nil),            // 47: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),           // 48: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),               // 49: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),              // 50: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),             // 51: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 52: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),            // 53: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),           // 54: shoal.v1.RemoveSecretResponse
+	(*ServiceSpec)(nil),                    // 55: shoal.v1.ServiceSpec
+	(*Service)(nil),                        // 56: shoal.v1.Service
+	(*Task)(nil),                           // 57: shoal.v1.Task
+	(NodeRole)(0),                          // 58: shoal.v1.NodeRole
+	(*Node)(nil),                           // 59: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 60: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 61: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 62: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 63: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 64: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 65: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 66: shoal.v1.Secret
 }
 var file_control_proto_depIdxs = []int32{
-	47, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	48, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	48, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	48, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	55, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	56, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	56, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	56, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	47, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	48, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	49, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	50, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	51, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	51, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	52, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	51, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	53, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	54, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	55, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	56, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	57, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	58, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	59, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	59, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	60, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	59, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	61, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	62, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	50, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	50, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	55, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	50, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	58, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	58, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	63, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	58, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	56, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	17, // 22: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 23: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 24: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 25: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 26: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 27: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 28: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 29: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 30: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 31: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 32: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 33: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 34: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	39, // 35: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	41, // 36: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	43, // 37: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	15, // 38: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 39: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 40: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 41: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 42: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 43: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	45, // 44: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	18, // 45: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 46: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 47: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 48: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 49: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 50: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 51: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 52: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 53: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 54: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 55: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 56: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 57: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	40, // 58: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	42, // 59: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	44, // 60: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	16, // 61: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 62: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 63: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 64: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 65: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 66: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	46, // 67: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	45, // [45:68] is the sub-list for method output_type
-	22, // [22:45] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	64, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	65, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	66, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	66, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	66, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	17, // 26: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	19, // 27: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	21, // 28: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	23, // 29: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	25, // 30: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	28, // 31: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	0,  // 32: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 33: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 34: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	7,  // 35: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	9,  // 36: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	11, // 37: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	13, // 38: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	39, // 39: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	41, // 40: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	43, // 41: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	47, // 42: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	49, // 43: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	51, // 44: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	53, // 45: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	15, // 46: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	32, // 47: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	34, // 48: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	36, // 49: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	37, // 50: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	30, // 51: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	45, // 52: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	18, // 53: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	20, // 54: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	22, // 55: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	24, // 56: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	27, // 57: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	29, // 58: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	1,  // 59: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 60: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	6,  // 61: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	8,  // 62: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	10, // 63: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	12, // 64: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	14, // 65: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	40, // 66: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	42, // 67: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	44, // 68: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	48, // 69: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	50, // 70: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	52, // 71: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	54, // 72: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	16, // 73: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	33, // 74: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	35, // 75: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	26, // 76: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	38, // 77: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	31, // 78: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	46, // 79: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	53, // [53:80] is the sub-list for method output_type
+	26, // [26:53] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2851,7 +3254,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

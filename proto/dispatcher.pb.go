@@ -269,7 +269,9 @@ type SessionMessage struct {
 	Security *SecurityUpdate `protobuf:"bytes,8,opt,name=security,proto3" json:"security,omitempty"`
 	// endpoints tells the node's routing mesh and resolver where services
 	// are reachable: a complete set first, then per-service changes.
-	Endpoints     *EndpointUpdate `protobuf:"bytes,6,opt,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Endpoints *EndpointUpdate `protobuf:"bytes,6,opt,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// secrets are the secret values the node's tasks need (field 7).
+	Secrets       *SecretAssignments `protobuf:"bytes,7,opt,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +351,13 @@ func (x *SessionMessage) GetSecurity() *SecurityUpdate {
 func (x *SessionMessage) GetEndpoints() *EndpointUpdate {
 	if x != nil {
 		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetSecrets() *SecretAssignments {
+	if x != nil {
+		return x.Secrets
 	}
 	return nil
 }
@@ -885,6 +894,132 @@ func (x *EndpointUpdate) GetRemoved() []string {
 	return nil
 }
 
+// SecretValue is one secret's plaintext, sent only to a node that runs a
+// task using it. Workers keep it in memory, never on disk.
+type SecretValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretValue) Reset() {
+	*x = SecretValue{}
+	mi := &file_dispatcher_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretValue) ProtoMessage() {}
+
+func (x *SecretValue) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
+func (*SecretValue) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SecretValue) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SecretValue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SecretValue) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// SecretAssignments is the set of secrets a node's tasks need, or a change
+// to it (like Assignments).
+type SecretAssignments struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  AssignmentsType        `protobuf:"varint,1,opt,name=type,proto3,enum=shoal.v1.AssignmentsType" json:"type,omitempty"`
+	// updated are secrets the node needs now (complete: every one).
+	Updated []*SecretValue `protobuf:"bytes,2,rep,name=updated,proto3" json:"updated,omitempty"`
+	// removed are secret IDs the node must forget.
+	Removed       []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretAssignments) Reset() {
+	*x = SecretAssignments{}
+	mi := &file_dispatcher_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretAssignments) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretAssignments) ProtoMessage() {}
+
+func (x *SecretAssignments) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretAssignments.ProtoReflect.Descriptor instead.
+func (*SecretAssignments) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SecretAssignments) GetType() AssignmentsType {
+	if x != nil {
+		return x.Type
+	}
+	return AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE
+}
+
+func (x *SecretAssignments) GetUpdated() []*SecretValue {
+	if x != nil {
+		return x.Updated
+	}
+	return nil
+}
+
+func (x *SecretAssignments) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 var File_dispatcher_proto protoreflect.FileDescriptor
 
 const file_dispatcher_proto_rawDesc = "" +
@@ -901,7 +1036,7 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12(\n" +
 	"\aupdated\x18\x02 \x03(\v2\x0e.shoal.v1.TaskR\aupdated\x12\x18\n" +
 	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xd8\x02\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\x8f\x03\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -910,7 +1045,8 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\vassignments\x18\x04 \x01(\v2\x15.shoal.v1.AssignmentsR\vassignments\x12\"\n" +
 	"\x04node\x18\x05 \x01(\v2\x0e.shoal.v1.NodeR\x04node\x124\n" +
 	"\bsecurity\x18\b \x01(\v2\x18.shoal.v1.SecurityUpdateR\bsecurity\x126\n" +
-	"\tendpoints\x18\x06 \x01(\v2\x18.shoal.v1.EndpointUpdateR\tendpoints\"J\n" +
+	"\tendpoints\x18\x06 \x01(\v2\x18.shoal.v1.EndpointUpdateR\tendpoints\x125\n" +
+	"\asecrets\x18\a \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\asecrets\"J\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
@@ -948,6 +1084,14 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x0eEndpointUpdate\x12\x1a\n" +
 	"\bcomplete\x18\x01 \x01(\bR\bcomplete\x124\n" +
 	"\aupdated\x18\x02 \x03(\v2\x1a.shoal.v1.ServiceEndpointsR\aupdated\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\"E\n" +
+	"\vSecretValue\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\x8d\x01\n" +
+	"\x11SecretAssignments\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12/\n" +
+	"\aupdated\x18\x02 \x03(\v2\x15.shoal.v1.SecretValueR\aupdated\x12\x18\n" +
 	"\aremoved\x18\x03 \x03(\tR\aremoved*R\n" +
 	"\x0fAssignmentsType\x12\x1d\n" +
 	"\x19ASSIGNMENTS_TYPE_COMPLETE\x10\x00\x12 \n" +
@@ -971,7 +1115,7 @@ func file_dispatcher_proto_rawDescGZIP() []byte {
 }
 
 var file_dispatcher_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_dispatcher_proto_goTypes = []any{
 	(AssignmentsType)(0),             // 0: shoal.v1.AssignmentsType
 	(*SessionRequest)(nil),           // 1: shoal.v1.SessionRequest
@@ -987,39 +1131,44 @@ var file_dispatcher_proto_goTypes = []any{
 	(*TaskEndpoint)(nil),             // 11: shoal.v1.TaskEndpoint
 	(*ServiceEndpoints)(nil),         // 12: shoal.v1.ServiceEndpoints
 	(*EndpointUpdate)(nil),           // 13: shoal.v1.EndpointUpdate
-	(*NodeDescription)(nil),          // 14: shoal.v1.NodeDescription
-	(*Task)(nil),                     // 15: shoal.v1.Task
-	(*Node)(nil),                     // 16: shoal.v1.Node
-	(*TaskStatus)(nil),               // 17: shoal.v1.TaskStatus
-	(*PortBinding)(nil),              // 18: shoal.v1.PortBinding
-	(*PortConfig)(nil),               // 19: shoal.v1.PortConfig
+	(*SecretValue)(nil),              // 14: shoal.v1.SecretValue
+	(*SecretAssignments)(nil),        // 15: shoal.v1.SecretAssignments
+	(*NodeDescription)(nil),          // 16: shoal.v1.NodeDescription
+	(*Task)(nil),                     // 17: shoal.v1.Task
+	(*Node)(nil),                     // 18: shoal.v1.Node
+	(*TaskStatus)(nil),               // 19: shoal.v1.TaskStatus
+	(*PortBinding)(nil),              // 20: shoal.v1.PortBinding
+	(*PortConfig)(nil),               // 21: shoal.v1.PortConfig
 }
 var file_dispatcher_proto_depIdxs = []int32{
-	14, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
+	16, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
 	0,  // 1: shoal.v1.Assignments.type:type_name -> shoal.v1.AssignmentsType
-	15, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
+	17, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
 	2,  // 3: shoal.v1.SessionMessage.managers:type_name -> shoal.v1.ManagerAddr
 	3,  // 4: shoal.v1.SessionMessage.assignments:type_name -> shoal.v1.Assignments
-	16, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
+	18, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
 	10, // 6: shoal.v1.SessionMessage.security:type_name -> shoal.v1.SecurityUpdate
 	13, // 7: shoal.v1.SessionMessage.endpoints:type_name -> shoal.v1.EndpointUpdate
-	17, // 8: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	7,  // 9: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	18, // 10: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
-	19, // 11: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
-	11, // 12: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
-	12, // 13: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
-	1,  // 14: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	5,  // 15: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	8,  // 16: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	4,  // 17: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	6,  // 18: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	9,  // 19: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 8: shoal.v1.SessionMessage.secrets:type_name -> shoal.v1.SecretAssignments
+	19, // 9: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	7,  // 10: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	20, // 11: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
+	21, // 12: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
+	11, // 13: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
+	12, // 14: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
+	0,  // 15: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
+	14, // 16: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
+	1,  // 17: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	5,  // 18: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	8,  // 19: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	4,  // 20: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	6,  // 21: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	9,  // 22: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	20, // [20:23] is the sub-list for method output_type
+	17, // [17:20] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }
@@ -1034,7 +1183,7 @@ func file_dispatcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dispatcher_proto_rawDesc), len(file_dispatcher_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

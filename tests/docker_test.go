@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -610,4 +612,66 @@ func TestDockerServiceDiscovery(t *testing.T) {
 	for _, w := range d.workers {
 		d.callReaches(fmt.Sprintf("http://%s:%d/call/api/", w.cfg.AdvertiseIP, published), 2)
 	}
+}
+
+// TestDockerSecretMounted: a container finds its secret read-only at
+// /run/secrets/<target>, bind-mounted from the worker's tmpfs, and the
+// file leaves the worker when the task ends.
+func TestDockerSecretMounted(t *testing.T) {
+	d := newDockerCluster(t)
+	d.addManagers(1)
+	d.addDockerWorkers(1)
+	value := secretValue(t)
+	d.createSecret("api-token", value)
+	spec := dockerSpec("vault", helloV1, 1)
+	spec.Task.Container.Healthcheck = helloCheck()
+	spec.Task.Container.Secrets = []*pb.SecretReference{{SecretName: "api-token", Target: "token"}}
+	d.createService(spec)
+	d.answersAll("vault", "v1", 1)
+
+	tk := d.runningTasks("vault")[0]
+	ci, err := d.inspect(tk.GetStatus().GetContainerId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := d.workers[0]
+	var found bool
+	for _, m := range ci.Container.Mounts {
+		if m.Destination == "/run/secrets/token" {
+			found = true
+			if string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, w.a.SecretsDir()+"/") {
+				t.Errorf("secret mount: type %s rw %v source %s; want a read-only bind from %s", m.Type, m.RW, m.Source, w.a.SecretsDir())
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no mount at /run/secrets/token: %+v", ci.Container.Mounts)
+	}
+
+	// Read the file as the container sees it (the image has no shell).
+	ctx, cancel := d.ctx()
+	defer cancel()
+	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: "/run/secrets/token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(res.Content)
+	hdr, err := tr.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(tr)
+	res.Content.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, value) || hdr.FileInfo().Mode().Perm() != 0o400 {
+		t.Errorf("/run/secrets/token in the container: %q mode %v; want the value, mode 0400", got, hdr.FileInfo().Mode().Perm())
+	}
+
+	d.scale("vault", 0)
+	d.eventually(30*time.Second, "the secret gone from the worker", func() (bool, string) {
+		held, files := w.a.HeldSecrets(), filesUnder(w.a.SecretsDir())
+		return len(held) == 0 && len(files) == 0, fmt.Sprintf("holds %v, files %v", held, files)
+	})
 }

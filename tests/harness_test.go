@@ -4,9 +4,11 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"github.com/shoal-cluster/shoal/internal/clientcreds"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -14,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,10 +96,37 @@ type cluster struct {
 	net      int // third octet of the 127.0.x.y addresses
 	port     int
 	base     string
+	secrets  string // workers' secrets dirs go here: on tmpfs when there is one
 	managers []*mgr
 	workers  []*wrk
 	// certExpiry, if set, is the certificate lifetime the cluster is made with.
 	certExpiry time.Duration
+	logs       *lockedBuffer // every node's log, when captureLogs was called
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written.
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+// captureLogs records the debug logs of the nodes started from now on.
+func (c *cluster) captureLogs() *lockedBuffer {
+	c.logs = &lockedBuffer{}
+	return c.logs
 }
 
 type mgr struct {
@@ -123,11 +153,15 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	t.Logf("cluster dir %s", base)
-	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base}
+	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base, secrets: filepath.Join(base, "secrets")}
+	if shm, err := os.MkdirTemp("/dev/shm", tmpPrefix); err == nil {
+		c.secrets = shm
+	}
 	c.port = c.freePort()
 	t.Cleanup(func() {
 		c.stopAll()
 		os.RemoveAll(base)
+		os.RemoveAll(c.secrets)
 	})
 	return c
 }
@@ -169,10 +203,17 @@ func (c *cluster) portsFree(port int) bool {
 }
 
 func (c *cluster) logger(name string) *slog.Logger {
+	var out []io.Writer
 	if os.Getenv("SHOAL_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", name)
+		out = append(out, os.Stderr)
 	}
-	return slog.New(slog.DiscardHandler)
+	if c.logs != nil {
+		out = append(out, c.logs)
+	}
+	if len(out) == 0 {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(out...), &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", name)
 }
 
 func (c *cluster) managerConfig(i int) manager.Config {
@@ -246,6 +287,7 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 		GossipFast:        true,
 		StatusInterval:    50 * time.Millisecond,
 		CertCheckInterval: 200 * time.Millisecond,
+		SecretsDir:        filepath.Join(c.secrets, fmt.Sprintf("w%d", i)),
 		Logger:            c.logger(fmt.Sprintf("w%d", i)),
 	}
 	cfg.Runtimes = func() ([]worker.Runtime, error) {

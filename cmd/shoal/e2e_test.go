@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/pki"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -546,6 +547,14 @@ func TestPromoteAndDemote(t *testing.T) {
 	if got := certRole(); got != pki.RoleManager {
 		t.Fatalf("w1's certificate after the promotion carries %q, want a manager's", got)
 	}
+	// The promoted node received the cluster's secrets key, as did m2.
+	key := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(base, name, "secrets.key"))
+		return string(b)
+	}
+	if k := key("m1"); len(k) != 32 || key("m2") != k || key("w1") != k {
+		t.Errorf("secrets keys: m1 %d bytes, m2 and w1 the same: %v, %v", len(k), key("m2") == k, key("w1") == k)
+	}
 	// Three voters now: the cluster survives losing m2.
 	out, _, _ := cli(t, "cluster", "info", "--host", m1.addr())
 	if strings.Count(out, " true") != 3 {
@@ -558,6 +567,9 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " worker ") && strings.Contains(r, " Ready "), r
 	})
+	if _, err := os.Stat(filepath.Join(base, "w1", "secrets.key")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the demoted node still keeps the secrets key: %v", err)
+	}
 	eventually(t, 30*time.Second, "w1's certificate to be a worker's again", func() (bool, string) {
 		got := certRole()
 		return got == pki.RoleWorker, got

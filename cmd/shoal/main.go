@@ -55,6 +55,7 @@ func commands() []*command {
 			{name: "gossip-key", summary: "Rotate the gossip encryption key", run: runGossipKey},
 		}},
 		{name: "service", summary: "Manage services", sub: serviceCommands()},
+		{name: "secret", summary: "Manage secrets", sub: secretCommands()},
 		{name: "image", summary: "Load images into this node's Docker Engine", sub: imageCommands()},
 		{name: "version", summary: "Print the version", run: func([]string) error {
 			fmt.Println("shoal", version)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,8 +39,8 @@ type Mesh struct {
 
 	mu        sync.Mutex
 	tab       table
-	listeners map[string]*listener // by "ip:port"
-	errs      map[string]error     // addresses that could not be bound
+	listeners map[string]proxy // by "ip:port" (TCP) or "ip:port/udp"
+	errs      map[string]error // addresses that could not be bound
 	closed    bool
 	changed   chan struct{} // closed and replaced on every applied update
 
@@ -60,7 +61,7 @@ func New(cfg Config) *Mesh {
 		cfg:       cfg,
 		log:       cfg.Log.With("component", "mesh"),
 		tab:       table{},
-		listeners: map[string]*listener{},
+		listeners: map[string]proxy{},
 		errs:      map[string]error{},
 		changed:   make(chan struct{}),
 		ctrAddrs:  map[string]bool{},
@@ -87,7 +88,7 @@ func (m *Mesh) Start(ctx context.Context) error {
 		err := addLocalAddr(ctx, ip)
 		var r *resolver
 		if err == nil {
-			r, err = startResolver(ctx, net.JoinHostPort(ip, "53"), m.lookup(containerVIP), m.log, true)
+			r, err = startResolver(ctx, net.JoinHostPort(ip, "53"), m.lookup(func(vip string) string { return containerVIP(ip, vip) }), m.log, true)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("containers' resolver: %w", err))
@@ -151,7 +152,8 @@ func (m *Mesh) Errors() []error {
 	return out
 }
 
-// Backends returns where new connections to addr (ip:port) go.
+// Backends returns where new connections to addr go: "ip:port" for TCP,
+// "ip:port/udp" for UDP.
 func (m *Mesh) Backends(addr string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -159,7 +161,15 @@ func (m *Mesh) Backends(addr string) []string {
 	if !ok {
 		return nil
 	}
-	return append([]string(nil), *l.backends.Load()...)
+	return l.currentBackends()
+}
+
+// proxy is one proxied address, TCP (listener) or UDP (udpProxy).
+type proxy interface {
+	serviceName() string
+	setBackends([]string)
+	currentBackends() []string
+	close()
 }
 
 // wanted is one address the table says this node must proxy.
@@ -170,23 +180,33 @@ type wanted struct {
 	localIP   string // an address to add to lo first (a container twin)
 }
 
-// desired computes every address to proxy: each ingress-published TCP port
-// on the node's IP, and each target port on each service's virtual IP.
+// proxyKey names a proxied address: "ip:port", with "/udp" for UDP.
+func proxyKey(ip string, port uint32, protocol pb.PortProtocol) string {
+	k := net.JoinHostPort(ip, strconv.Itoa(int(port)))
+	if protocol == pb.PortProtocol_PORT_PROTOCOL_UDP {
+		k += "/udp"
+	}
+	return k
+}
+
+// desired computes every address to proxy: each ingress-published port on
+// the node's IP, and each target port on each service's virtual IP (and
+// its container twin when containers are served).
 func (m *Mesh) desired() map[string]wanted {
 	out := map[string]wanted{}
 	for _, s := range m.tab {
 		for _, p := range s.GetPorts() {
-			if p.GetProtocol() != pb.PortProtocol_PORT_PROTOCOL_TCP {
-				continue // UDP is not proxied
-			}
-			bes := backends(s, p.GetTargetPort(), p.GetProtocol())
+			proto := p.GetProtocol()
+			w := wanted{service: s.GetServiceName(), backends: backends(s, p.GetTargetPort(), proto)}
 			if p.GetPublishMode() == pb.PublishMode_PUBLISH_MODE_INGRESS && p.GetPublishedPort() != 0 && m.cfg.IP != "" {
-				out[net.JoinHostPort(m.cfg.IP, strconv.Itoa(int(p.GetPublishedPort())))] = wanted{service: s.GetServiceName(), backends: bes}
+				out[proxyKey(m.cfg.IP, p.GetPublishedPort(), proto)] = w
 			}
 			if vip := s.GetVirtualAddr(); vip != "" {
-				out[net.JoinHostPort(vip, strconv.Itoa(int(p.GetTargetPort())))] = wanted{service: s.GetServiceName(), backends: bes, reusePort: true}
-				if twin := containerVIP(vip); twin != "" && m.cfg.ContainerResolver != "" {
-					out[net.JoinHostPort(twin, strconv.Itoa(int(p.GetTargetPort())))] = wanted{service: s.GetServiceName(), backends: bes, reusePort: true, localIP: twin}
+				w.reusePort = true
+				out[proxyKey(vip, p.GetTargetPort(), proto)] = w
+				if twin := containerVIP(m.cfg.ContainerResolver, vip); twin != "" {
+					w.localIP = twin
+					out[proxyKey(twin, p.GetTargetPort(), proto)] = w
 				}
 			}
 		}
@@ -199,10 +219,10 @@ func (m *Mesh) desired() map[string]wanted {
 func (m *Mesh) reconcile() {
 	want := m.desired()
 	for addr, l := range m.listeners {
-		if w, ok := want[addr]; !ok || w.service != l.service {
+		if w, ok := want[addr]; !ok || w.service != l.serviceName() {
 			l.close()
 			delete(m.listeners, addr)
-			m.log.Info("mesh stopped proxying", "addr", addr, "service", l.service)
+			m.log.Info("mesh stopped proxying", "addr", addr, "service", l.serviceName())
 		}
 	}
 	for addr := range m.errs {
@@ -223,7 +243,8 @@ func (m *Mesh) reconcile() {
 				}
 				m.ctrAddrs[w.localIP] = true
 			}
-			ln, err := listen(context.Background(), addr, w.reusePort)
+			var err error
+			l, err = m.open(addr, w)
 			if err != nil {
 				err = bindError(addr, w.service, err)
 				if prev, seen := m.errs[addr]; !seen || prev.Error() != err.Error() {
@@ -233,10 +254,7 @@ func (m *Mesh) reconcile() {
 				continue
 			}
 			delete(m.errs, addr)
-			l = newListener(ln, addr, w.service, m.log, m.cfg.DialTimeout)
 			m.listeners[addr] = l
-			l.wg.Add(1)
-			go l.serve()
 			m.log.Info("mesh proxying", "addr", addr, "service", w.service, "endpoints", len(w.backends))
 		}
 		l.setBackends(w.backends)
@@ -253,6 +271,26 @@ func (m *Mesh) reconcile() {
 			delete(m.ctrAddrs, ip)
 		}
 	}
+}
+
+// open starts proxying one address.
+func (m *Mesh) open(key string, w wanted) (proxy, error) {
+	addr, isUDP := strings.CutSuffix(key, "/udp")
+	if isUDP {
+		conn, err := listenUDP(context.Background(), addr, w.reusePort)
+		if err != nil {
+			return nil, err
+		}
+		return newUDPProxy(conn, key, w.service, m.log), nil
+	}
+	ln, err := listen(context.Background(), addr, w.reusePort)
+	if err != nil {
+		return nil, err
+	}
+	l := newListener(ln, key, w.service, m.log, m.cfg.DialTimeout)
+	l.wg.Add(1)
+	go l.serve()
+	return l, nil
 }
 
 // lookup returns the resolver's answer function; mapVIP, when set, turns
@@ -298,7 +336,7 @@ func (m *Mesh) Close() error {
 	}
 	m.closed = true
 	ls := m.listeners
-	m.listeners = map[string]*listener{}
+	m.listeners = map[string]proxy{}
 	resolvers := []*resolver{m.dns, m.ctrDNS}
 	m.mu.Unlock()
 	for _, l := range ls {

@@ -252,3 +252,96 @@ func TestPortTakenIsReported(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// udpEcho answers every datagram with its name.
+func udpEcho(t *testing.T, name string) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDP([]byte(name), from)
+		}
+	}()
+	return c
+}
+
+func TestUDPFlowsSpreadOverBackends(t *testing.T) {
+	a, b := udpEcho(t, "a"), udpEcho(t, "b")
+	m := newTestMesh(t, false)
+	defer m.Close()
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := u.LocalAddr().(*net.UDPAddr).Port
+	u.Close()
+	se := &pb.ServiceEndpoints{ServiceId: "s1", ServiceName: "dns",
+		Ports: []*pb.PortConfig{{TargetPort: 53, PublishedPort: uint32(port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}}
+	for _, c := range []*net.UDPConn{a, b} {
+		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{Ip: "127.0.0.1", Ports: []*pb.PortBinding{{
+			TargetPort: 53, HostIp: "127.0.0.1", HostPort: uint32(c.LocalAddr().(*net.UDPAddr).Port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}})
+	}
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
+	if got := m.Backends(fmt.Sprintf("127.0.0.1:%d/udp", port)); len(got) != 2 {
+		t.Fatalf("udp backends: %v", got)
+	}
+	seen := map[string]int{}
+	for range 4 { // each client socket is a flow of its own
+		c, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // a flow stays on its backend
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 16)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("reply through the mesh: %v", err)
+			}
+			seen[string(buf[:n])]++
+		}
+		c.Close()
+	}
+	if seen["a"] != 4 || seen["b"] != 4 {
+		t.Fatalf("replies per backend: %v, want 4 each (2 flows of 2 datagrams)", seen)
+	}
+}
+
+func TestVirtualIPPlan(t *testing.T) {
+	for i := range 50 {
+		seen := map[string]bool{}
+		cluster := fmt.Sprintf("cluster-%d", i)
+		resolver := ContainerResolverIP(cluster)
+		for _, n := range []int{0, 1, 255, 256, VIPsPerCluster - 1} {
+			vip := VIP(cluster, n)
+			ip := net.ParseIP(vip).To4()
+			if ip[0] != 127 || ip[1] < 32 {
+				t.Fatalf("%s #%d: %s is outside 127.32.0.0-127.255.255.255", cluster, n, vip)
+			}
+			if seen[vip] {
+				t.Fatalf("%s #%d: %s given twice", cluster, n, vip)
+			}
+			seen[vip] = true
+			twin := containerVIP(resolver, vip)
+			tip := net.ParseIP(twin).To4()
+			if tip == nil || tip[0] != 100 || tip[1] < 64 || tip[1] > 127 || twin == resolver {
+				t.Fatalf("%s #%d: twin %q of %s (resolver %s)", cluster, n, twin, vip, resolver)
+			}
+			if twin != containerVIP(resolver, vip) || (n > 0 && twin == containerVIP(resolver, VIP(cluster, n-1))) {
+				t.Fatalf("%s #%d: twins are not one to one", cluster, n)
+			}
+		}
+	}
+}

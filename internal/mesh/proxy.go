@@ -65,6 +65,10 @@ func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTim
 	return l
 }
 
+func (l *listener) serviceName() string { return l.service }
+
+func (l *listener) currentBackends() []string { return append([]string(nil), *l.backends.Load()...) }
+
 // setBackends replaces the addresses new connections go to; connections
 // already proxied are left alone.
 func (l *listener) setBackends(addrs []string) {

@@ -330,8 +330,9 @@ func (r *Runtime) inspect(ctx context.Context, taskID string) (container.Inspect
 }
 
 // Prepare checks the task's image is on this node and creates its
-// container (not started). Preparing a prepared task does nothing.
-func (r *Runtime) Prepare(ctx context.Context, t *pb.Task) error {
+// container (not started), with its secret files mounted. Preparing a
+// prepared task does nothing.
+func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSecrets) error {
 	id := t.GetId()
 	if id == "" {
 		return permanent("a task without an ID")
@@ -341,14 +342,11 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task) error {
 	} else if !errors.Is(err, worker.ErrTaskNotFound) {
 		return err
 	}
-	spec, err := buildSpec(t, r.nodeID, r.hostIP)
+	spec, err := buildSpec(t, r.nodeID, r.hostIP, secrets)
 	if err != nil {
 		return err
 	}
 	spec.host.DNS = r.dnsServers()
-	if len(t.GetSpec().GetContainer().GetSecrets()) > 0 {
-		r.log.Warn("the docker runtime does not mount secrets yet; the task runs without them", "task_id", id)
-	}
 	image := spec.config.Image
 	if _, err := r.cli.ImageInspect(ctx, image); err != nil {
 		if cerrdefs.IsNotFound(err) {
