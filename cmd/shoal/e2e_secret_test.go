@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -48,7 +48,7 @@ func TestSecretJourneyProcesses(t *testing.T) {
 	if !regexp.MustCompile(`^[a-z0-9]{20,}\n$`).MatchString(out) {
 		t.Fatalf("secret create printed %q, want the ID", out)
 	}
-	stdinCmd := exec.Command(shoalBin, append(append([]string{"secret", "create"}, host...), "from-stdin", "-")...)
+	stdinCmd := cliCommand(context.Background(), append(append([]string{"secret", "create"}, host...), "from-stdin", "-")...)
 	stdinCmd.Stdin = strings.NewReader("another value")
 	if b, err := stdinCmd.CombinedOutput(); err != nil {
 		t.Fatalf("secret create from stdin: %v\n%s", err, b)

@@ -14,7 +14,6 @@ import (
 
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -194,12 +193,12 @@ func TestSecretCommandsFakeServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv, tlsFlags := fakeTLSServer(t)
 	pb.RegisterControlServer(srv, fake)
 	go srv.Serve(l)
 	defer srv.Stop()
 	cmd := func(args ...string) []string {
-		return append([]string{"secret", args[0], "--host", l.Addr().String()}, args[1:]...)
+		return append(append([]string{"secret", args[0], "--host", l.Addr().String()}, tlsFlags...), args[1:]...)
 	}
 
 	file := filepath.Join(t.TempDir(), "pw")

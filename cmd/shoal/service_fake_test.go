@@ -312,17 +312,11 @@ func TestServiceCommandsFakeCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The fake speaks mutual TLS as a manager does, with a test CA.
-	ca := pkitest.NewCA(t, "fake")
-	config := filepath.Join(t.TempDir(), "admin.pem")
-	if err := os.WriteFile(config, ca.ClientConfig(t, ""), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.Creds(t, pki.RoleManager, "fake-manager").ServerTLS(false, nil, nil))))
+	srv, tlsFlags := fakeTLSServer(t)
 	pb.RegisterControlServer(srv, fake)
 	go srv.Serve(l)
 	defer srv.Stop()
-	host := []string{"--host", l.Addr().String(), "--client-config", config}
+	host := append([]string{"--host", l.Addr().String()}, tlsFlags...)
 	// Our flags go first: after IMAGE, create passes everything to the task.
 	svc := func(args ...string) []string {
 		return append(append([]string{"service", args[0]}, host...), args[1:]...)
@@ -470,4 +464,17 @@ func TestServiceCommandsFakeCluster(t *testing.T) {
 	if len(fake.services) != 0 {
 		t.Errorf("%d services left after rm", len(fake.services))
 	}
+}
+
+// fakeTLSServer is a gRPC server that speaks mutual TLS as a manager does,
+// with a test CA, and the CLI flags of an admin client config it accepts.
+func fakeTLSServer(t *testing.T) (*grpc.Server, []string) {
+	t.Helper()
+	ca := pkitest.NewCA(t, "fake")
+	config := filepath.Join(t.TempDir(), "admin.pem")
+	if err := os.WriteFile(config, ca.ClientConfig(t, ""), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.Creds(t, pki.RoleManager, "fake-manager").ServerTLS(false, nil, nil))))
+	return srv, []string{"--client-config", config}
 }
