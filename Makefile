@@ -55,6 +55,14 @@ chaos-short:
 	$(GO) test -count=1 -tags faultinject -run 'SlowLogStore' ./raftstore
 	$(GO) run ./cmd/shoal-chaos -seed $(SEED) -rounds 7
 
+# Fuzzing: every Fuzz target for FUZZTIME each (crashers land in the
+# package's testdata/fuzz/ and stay as regression tests).
+fuzz:
+	GO=$(GO) FUZZTIME=10s scripts/fuzz.sh
+
+fuzz-short:
+	GO=$(GO) FUZZTIME=3s scripts/fuzz.sh
+
 bench:
 	$(GO) run ./cmd/shoal-bench
 
