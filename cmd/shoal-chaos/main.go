@@ -303,7 +303,24 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	if problems := s.waitConverged(ctx, final, 90*time.Second); len(problems) > 0 {
 		add("(c,d) converged", problems...)
 	}
-	s.states = final
+	// No client has run since the final read: the services must not have
+	// changed (a change now is a write applied long after its client was
+	// told it failed, or a stale final read).
+	later, err := w.readStates(ctx, sortedNames(s.states))
+	if err != nil {
+		add("availability", err.Error())
+		return s.report(i, kind, target, w, time.Since(roundStart), found)
+	}
+	for _, name := range sortedNames(final) {
+		if later[name] != final[name] {
+			add("(b) acknowledged", fmt.Sprintf("service %s changed from %s to %s while no client was running (after the final read, during the convergence check)",
+				name, final[name], later[name]))
+		}
+	}
+	if len(found) > 0 {
+		dumpHistory(filepath.Join(s.dir, fmt.Sprintf("round-%d-history.txt", i+1)), w.history)
+	}
+	s.states = later
 	return s.report(i, kind, target, w, time.Since(roundStart), found)
 }
 
@@ -323,7 +340,7 @@ func (s *suite) report(i int, kind faultKind, target string, w *workload, took t
 	if len(found) > 0 {
 		verdict = fmt.Sprintf("%d ANOMALIES", len(found))
 	}
-	fmt.Printf("round %3d/%d  %-20s %-14s %4d calls (%3d unknown)  %-28s %6s  %s\n", i+1, s.o.rounds, kind, target, total, w.unknown,
+	fmt.Printf("%s round %3d/%d  %-20s %-14s %4d calls (%3d unknown)  %-28s %6s  %s\n", time.Now().Format("15:04:05"), i+1, s.o.rounds, kind, target, total, w.unknown,
 		s.lastConverge, took.Round(100*time.Millisecond), verdict)
 	s.lastConverge = ""
 	for _, f := range found {
@@ -398,7 +415,9 @@ func (s *suite) waitConverged(ctx context.Context, want map[string]svcState, tim
 	err := waitFor(ctx, timeout, "convergence", func(ctx context.Context) error {
 		tasks, err := s.runningTasks(ctx)
 		if err != nil {
-			problems = []string{"list tasks: " + err.Error()}
+			if len(problems) == 0 {
+				problems = []string{"no manager answered ListTasks: " + err.Error()}
+			}
 			return err
 		}
 		m := scanProcesses(s.dir, s.hello, s.daemonPIDs())
@@ -593,4 +612,20 @@ func (s *suite) summary(took time.Duration) {
 			}
 		}
 	}
+}
+
+// dumpHistory writes a round's calls, by start time, for a reader
+// investigating an anomaly.
+func dumpHistory(path string, history []record) {
+	sorted := slices.Clone(history)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
+	var b strings.Builder
+	for _, r := range sorted {
+		ret := "     ?"
+		if r.Output.Outcome != outUnknown {
+			ret = fmt.Sprintf("%6d", r.Return.Milliseconds())
+		}
+		fmt.Fprintf(&b, "%6d %s ms  client %2d  %s\n", r.Call.Milliseconds(), ret, r.Client, serviceModel.DescribeOperation(r.Input, r.Output))
+	}
+	_ = os.WriteFile(path, []byte(b.String()), 0o644)
 }
