@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -375,4 +376,23 @@ func checkPlacement(services map[string]svcState, tasks []taskFact, procs []proc
 	}
 	sort.Strings(problems)
 	return problems
+}
+
+// explainedLater reports whether a service's state read again after the
+// convergence check (no client running since the final read) is the final
+// state, or the final state with one or two of the name's unknown-outcome
+// writes landing late (a call that timed out may still commit).
+func explainedLater(history []record, name string, final, later svcState) bool {
+	reach := map[svcState]bool{final: true}
+	for range 2 {
+		for st := range maps.Clone(reach) {
+			for _, r := range history {
+				if r.Input.Name == name && r.Input.writes() && r.Output.Outcome == outUnknown {
+					_, next := step(st, r.Input, r.Output)
+					reach[next] = true
+				}
+			}
+		}
+	}
+	return reach[later]
 }

@@ -205,3 +205,30 @@ func TestParseFaults(t *testing.T) {
 		t.Fatalf("an unknown fault: %v", err)
 	}
 }
+
+func TestExplainedLater(t *testing.T) {
+	history := []record{
+		write(0, opCreate, "a", st(1, "v1"), outOK, 0, 10),
+		write(0, opScale, "a", st(4, "v1"), outUnknown, 20, 0),
+		write(1, opRemove, "b", svcState{}, outUnknown, 20, 0),
+	}
+	cases := []struct {
+		name         string
+		svc          string
+		final, later svcState
+		ok           bool
+	}{
+		{"unchanged", "a", st(1, "v1"), st(1, "v1"), true},
+		{"a timed-out scale landed late", "a", st(1, "v1"), st(4, "v1"), true},
+		{"a change no call explains", "a", st(1, "v1"), st(2, "v1"), false},
+		{"a timed-out remove landed late", "b", st(1, "v1"), svcState{}, true},
+		{"gone with no remove in flight", "a", st(1, "v1"), svcState{}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := explainedLater(history, tc.svc, tc.final, tc.later); got != tc.ok {
+				t.Fatalf("explainedLater = %v, want %v", got, tc.ok)
+			}
+		})
+	}
+}
