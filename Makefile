@@ -71,7 +71,9 @@ bench-quick:
 
 # The local tour: 3 managers and 3 workers on loopback, a replicated
 # service, the leader killed, the service scaled through a survivor.
+# DEMO_RUNTIME=docker runs the same tour with containers (images built first).
 demo: build
+	@if [ "$(DEMO_RUNTIME)" = docker ]; then $(MAKE) --no-print-directory images; fi
 	$(GO) run ./cmd/shoal-demo -bin $(BIN)
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into

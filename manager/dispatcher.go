@@ -337,12 +337,21 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 	})
 	defer sub.Close()
 
+	// The endpoint sets go with the session too: complete first, then
+	// only the services that changed.
+	sentEndpoints, endpointsChanged := d.m.feed.snapshot()
+	secrets := newSecretTracker(d.m, nodeID)
+	for _, t := range tasks {
+		secrets.note(t, false)
+	}
 	first := &pb.SessionMessage{
 		SessionId:       sess.id,
 		HeartbeatPeriod: int64(d.period),
 		Managers:        d.managers(),
 		Node:            node,
 		Assignments:     &pb.Assignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE, Updated: assigned(tasks), Index: index},
+		Endpoints:       completeUpdate(sentEndpoints),
+		Secrets:         secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 	}
 	if err := stream.Send(first); err != nil {
 		return err
@@ -356,6 +365,18 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				return status.Error(codes.Unavailable, "this manager lost leadership; reconnect to the new leader")
 			}
 			return ctx.Err()
+		case <-endpointsChanged:
+			var now map[string]*pb.ServiceEndpoints
+			now, endpointsChanged = d.m.feed.snapshot()
+			u := diffEndpoints(sentEndpoints, now)
+			sentEndpoints = now
+			if len(u.GetUpdated()) == 0 && len(u.GetRemoved()) == 0 {
+				continue
+			}
+			if err := stream.Send(&pb.SessionMessage{SessionId: sess.id, Endpoints: u}); err != nil {
+				return err
+			}
+			continue
 		case ev, ok = <-sub.C():
 			if !ok {
 				return status.Errorf(codes.Unavailable, "assignment stream interrupted (%v); reconnect", sub.Err())
@@ -386,6 +407,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 				msg.Node = o
 			case *pb.Task:
+				secrets.note(o, ev.Kind == raftstore.EventDelete)
 				old, _ := ev.Old.(*pb.Task)
 				switch {
 				case ev.Kind == raftstore.EventDelete || o.GetNodeId() != nodeID:
@@ -397,7 +419,8 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 			}
 		}
-		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil {
+		msg.Secrets = secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
+		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Secrets == nil {
 			continue
 		}
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {

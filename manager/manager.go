@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -18,14 +19,17 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
+	"github.com/shoal-cluster/shoal/manager/sealer"
 	"github.com/shoal-cluster/shoal/manager/updater"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -52,6 +56,10 @@ type Manager struct {
 	reach  *reachability
 	disp   *dispatcher
 	gossip *gossip.Gossip
+	feed   *endpointFeed
+	mesh   *mesh.Mesh
+	// key seals secret values; nil until a joining manager receives it.
+	key atomic.Pointer[sealer.Key]
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -78,8 +86,16 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 		Hostname:        cfg.Hostname,
 		Advertise:       cfg.APIAddr(),
 	}
-	// The identity is written before the bootstrap: a crash in between
-	// leaves a dir that restarts and bootstraps once (raft refuses twice).
+	// The secrets key and the identity are written before the bootstrap:
+	// a crash in between leaves a dir that restarts and bootstraps once
+	// (raft refuses twice).
+	key, err := sealer.Generate()
+	if err != nil {
+		return nil, err
+	}
+	if err := key.Save(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
@@ -117,6 +133,9 @@ func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, e
 	m, err := start(ctx, cfg, id, forceNewCluster)
 	if err != nil {
 		return nil, err
+	}
+	if _, err := m.secretsKey(); err != nil {
+		m.log.Warn("secrets cannot be created or handed to tasks through this manager", "err", err)
 	}
 	if forceNewCluster {
 		if err := m.waitLeader(ctx); err != nil {
@@ -170,6 +189,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 		wipeDataDir(cfg.DataDir)
 		return nil, err
 	}
+	m.adoptKey(resp.GetSecretsKey())
 	id.ClusterID = resp.GetClusterId()
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		m.Close()
@@ -190,6 +210,12 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		stopped: make(chan struct{}),
 	}
 	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
+	if key, err := sealer.Load(cfg.DataDir); err == nil {
+		m.key.Store(key)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	m.feed = newEndpointFeed()
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -241,13 +267,19 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool)
 		m.store.Close()
 		return nil, err
 	}
-	m.wg.Add(5)
+	m.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.APIPort + mesh.DNSPortOffset, Log: m.log})
+	if err := m.mesh.Start(ctx); err != nil {
+		m.log.Warn("no service resolver on this node", "err", err)
+	}
+	m.wg.Add(7)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
 			m.log.Error("API server stopped", "err", err)
 		}
 	}()
+	go m.runFeed()
+	go m.runMesh()
 	go m.leadership()
 	go m.watchMembership()
 	go m.joinGossip()
@@ -282,7 +314,9 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	}
 	var lastErr error
 	for _, remote := range managers {
-		if _, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true); lastErr == nil {
+		var resp *pb.JoinResponse
+		if resp, lastErr = m.requestJoin(ctx, WithDefaultPort(remote), "", true); lastErr == nil {
+			m.adoptKey(resp.GetSecretsKey())
 			break
 		}
 	}
@@ -555,9 +589,13 @@ func (m *Manager) watchMembership() {
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("record the demotion", "err", err)
 			}
+			// The secrets key and the Raft state belong to a membership
+			// that ended; the key goes first, before anything waits on Done.
+			if err := sealer.Remove(m.cfg.DataDir); err != nil {
+				m.log.Error("remove the secrets key", "err", err)
+			}
 			go func() {
 				m.stop(ErrDemoted)
-				// The Raft state belongs to a membership that ended.
 				_ = os.RemoveAll(filepath.Join(m.cfg.DataDir, "raft"))
 			}()
 			return
@@ -566,6 +604,9 @@ func (m *Manager) watchMembership() {
 			m.id.Removed = true
 			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
 				m.log.Error("mark data dir removed", "err", err)
+			}
+			if err := sealer.Remove(m.cfg.DataDir); err != nil {
+				m.log.Error("remove the secrets key", "err", err)
 			}
 			go m.stop(ErrRemoved)
 			return
@@ -682,6 +723,9 @@ func (m *Manager) ClusterID() string { return m.id.ClusterID }
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }
 
+// Mesh is this manager's routing mesh and resolver.
+func (m *Manager) Mesh() *mesh.Mesh { return m.mesh }
+
 // APIAddr is the advertised gRPC address.
 func (m *Manager) APIAddr() string { return m.cfg.APIAddr() }
 
@@ -720,6 +764,9 @@ func (m *Manager) stop(reason error) {
 		case <-time.After(2 * time.Second):
 			m.grpc.Stop()
 		}
+		if err := m.mesh.Close(); err != nil {
+			m.log.Warn("stop mesh", "err", err)
+		}
 		if err := m.gossip.Shutdown(); err != nil {
 			m.log.Warn("stop gossip", "err", err)
 		}
@@ -735,4 +782,75 @@ func (m *Manager) stop(reason error) {
 func wipeDataDir(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "raft"))
 	_ = os.Remove(filepath.Join(dir, datadir.FileName))
+	_ = sealer.Remove(dir)
+}
+
+// adoptKey keeps the secrets key a joining manager received. A leader
+// without one (its data dir lost the file) sends none: this manager then
+// cannot seal or open secrets, and says so when asked to.
+func (m *Manager) adoptKey(raw []byte) {
+	if len(raw) == 0 {
+		m.log.Warn("the cluster sent no secrets key; this manager cannot seal or open secrets")
+		return
+	}
+	key, err := sealer.New(raw)
+	if err != nil {
+		m.log.Error("the secrets key from the cluster is unusable", "err", err)
+		return
+	}
+	if err := key.Save(m.cfg.DataDir); err != nil {
+		m.log.Error("keep the secrets key", "err", err)
+	}
+	m.key.Store(key)
+}
+
+// secretsKey returns the cluster's secrets key, or an error saying why
+// this manager has none.
+func (m *Manager) secretsKey() (*sealer.Key, error) {
+	if k := m.key.Load(); k != nil {
+		return k, nil
+	}
+	return nil, fmt.Errorf("manager %s has no secrets key (%s is missing from its data dir %s): restore the file from another manager's data dir", m.id.NodeID, sealer.FileName, m.cfg.DataDir)
+}
+
+// keyForJoin is the secrets key handed to a node joining as a manager.
+func (m *Manager) keyForJoin() []byte {
+	if k := m.key.Load(); k != nil {
+		return k.Raw()
+	}
+	return nil
+}
+
+// runFeed keeps the endpoint feed current until the manager stops.
+func (m *Manager) runFeed() {
+	defer m.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.feed.run(ctx, m.store)
+}
+
+// runMesh feeds this manager's own routing mesh and resolver from the
+// endpoint feed: a manager's address serves published ports too.
+func (m *Manager) runMesh() {
+	defer m.wg.Done()
+	sent, changed := m.feed.snapshot()
+	m.mesh.Apply(completeUpdate(sent))
+	for {
+		select {
+		case <-m.stopped:
+			return
+		case <-changed:
+		}
+		var now map[string]*pb.ServiceEndpoints
+		now, changed = m.feed.snapshot()
+		m.mesh.Apply(diffEndpoints(sent, now))
+		sent = now
+	}
 }

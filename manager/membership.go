@@ -103,7 +103,7 @@ func (s *membershipServer) Join(ctx context.Context, req *pb.JoinRequest) (*pb.J
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v", req.GetRaftAddr(), err)
 	}
 	m.log.Info("manager joined", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
-	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role}, nil
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: role, SecretsKey: m.keyForJoin()}, nil
 }
 
 // CheckToken tells a joining node which role its token grants.
@@ -189,7 +189,7 @@ func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.Join
 		return nil, status.Errorf(codes.Unavailable, "add %s to the Raft configuration: %v; the promotion will be retried", req.GetRaftAddr(), err)
 	}
 	m.log.Info("worker promoted to manager", "node", req.GetNodeId(), "raft", req.GetRaftAddr())
-	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER}, nil
+	return &pb.JoinResponse{ClusterId: cluster.GetId(), Role: pb.NodeRole_NODE_ROLE_MANAGER, SecretsKey: m.keyForJoin()}, nil
 }
 
 // Leave removes the calling node from the cluster (runs on the leader).

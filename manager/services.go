@@ -41,6 +41,13 @@ func (s *controlServer) CreateService(ctx context.Context, req *pb.CreateService
 		if err := validateServiceSpec(tx, spec, ""); err != nil {
 			return err
 		}
+		if err := checkHostPorts(s.m.cfg.AdvertiseIP, spec, nil); err != nil {
+			return err
+		}
+		vip, err := allocateVIP(tx, s.m.id.ClusterID)
+		if err != nil {
+			return err
+		}
 		id = tx.NewID()
 		if spec.Annotations.Name == "" {
 			spec.Annotations.Name = "svc-" + id[:6]
@@ -49,7 +56,7 @@ func (s *controlServer) CreateService(ctx context.Context, req *pb.CreateService
 			Id:          id,
 			Spec:        spec,
 			SpecVersion: 1,
-			Endpoint:    &pb.Endpoint{Spec: spec.GetEndpoint(), Ports: spec.GetEndpoint().GetPorts()},
+			Endpoint:    &pb.Endpoint{Spec: spec.GetEndpoint(), Ports: spec.GetEndpoint().GetPorts(), VirtualAddr: vip},
 		}
 		return tx.Services().Create(svc)
 	})
@@ -156,6 +163,9 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return bad("environment entry %q must be KEY=VALUE", kv)
 		}
+	}
+	if err := resolveSecretRefs(tx, c); err != nil {
+		return err
 	}
 	if _, err := scheduler.ParseConstraints(task.GetPlacement().GetConstraints()); err != nil {
 		return bad("%v", err)
@@ -367,6 +377,9 @@ func (s *controlServer) UpdateService(ctx context.Context, req *pb.UpdateService
 			return status.Errorf(codes.InvalidArgument, "a service's mode cannot change between replicated and global; create a new service")
 		}
 		if err := validateServiceSpec(tx, next, svc.GetId()); err != nil {
+			return err
+		}
+		if err := checkHostPorts(s.m.cfg.AdvertiseIP, next, svc.GetSpec()); err != nil {
 			return err
 		}
 		applySpecChange(svc, next, req.GetRollback(), time.Now())

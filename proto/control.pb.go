@@ -1811,11 +1811,13 @@ func (x *JoinRequest) GetPromotion() bool {
 }
 
 type JoinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
-	Managers      []*ManagerRaftStatus   `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
-	Raft          *RaftSettings          `protobuf:"bytes,4,opt,name=raft,proto3" json:"raft,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Role      NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	Managers  []*ManagerRaftStatus   `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
+	Raft      *RaftSettings          `protobuf:"bytes,4,opt,name=raft,proto3" json:"raft,omitempty"`
+	// secrets_key is the cluster's secrets key, given to managers only.
+	SecretsKey    []byte `protobuf:"bytes,10,opt,name=secrets_key,json=secretsKey,proto3" json:"secrets_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1874,6 +1876,13 @@ func (x *JoinResponse) GetManagers() []*ManagerRaftStatus {
 func (x *JoinResponse) GetRaft() *RaftSettings {
 	if x != nil {
 		return x.Raft
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetSecretsKey() []byte {
+	if x != nil {
+		return x.SecretsKey
 	}
 	return nil
 }
@@ -2116,6 +2125,356 @@ func (x *CheckMemberResponse) GetDemoted() bool {
 	return false
 }
 
+type CreateSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec carries the name, labels and the value (at most 500 KiB).
+	Spec          *SecretSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSecretRequest) Reset() {
+	*x = CreateSecretRequest{}
+	mi := &file_control_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSecretRequest) ProtoMessage() {}
+
+func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
+func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *CreateSecretRequest) GetSpec() *SecretSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// secret is the stored secret, without its value.
+	Secret        *Secret `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSecretResponse) Reset() {
+	*x = CreateSecretResponse{}
+	mi := &file_control_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSecretResponse) ProtoMessage() {}
+
+func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSecretResponse.ProtoReflect.Descriptor instead.
+func (*CreateSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *CreateSecretResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+type GetSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a secret ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSecretRequest) Reset() {
+	*x = GetSecretRequest{}
+	mi := &file_control_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSecretRequest) ProtoMessage() {}
+
+func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
+func (*GetSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetSecretRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// secret is without its value.
+	Secret *Secret `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// services are the names of the services that use the secret.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSecretResponse) Reset() {
+	*x = GetSecretResponse{}
+	mi := &file_control_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSecretResponse) ProtoMessage() {}
+
+func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSecretResponse.ProtoReflect.Descriptor instead.
+func (*GetSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetSecretResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *GetSecretResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListSecretsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretsRequest) Reset() {
+	*x = ListSecretsRequest{}
+	mi := &file_control_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretsRequest) ProtoMessage() {}
+
+func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
+func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{43}
+}
+
+type ListSecretsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// secrets are without their values.
+	Secrets       []*Secret `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretsResponse) Reset() {
+	*x = ListSecretsResponse{}
+	mi := &file_control_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretsResponse) ProtoMessage() {}
+
+func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
+func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListSecretsResponse) GetSecrets() []*Secret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+type RemoveSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecretRequest) Reset() {
+	*x = RemoveSecretRequest{}
+	mi := &file_control_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecretRequest) ProtoMessage() {}
+
+func (x *RemoveSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecretRequest.ProtoReflect.Descriptor instead.
+func (*RemoveSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RemoveSecretRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecretResponse) Reset() {
+	*x = RemoveSecretResponse{}
+	mi := &file_control_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecretResponse) ProtoMessage() {}
+
+func (x *RemoveSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecretResponse.ProtoReflect.Descriptor instead.
+func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{46}
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -2231,13 +2590,16 @@ const file_control_proto_rawDesc = "" +
 	"\vdescription\x18\x06 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12\x1f\n" +
 	"\vnode_secret\x18\a \x01(\tR\n" +
 	"nodeSecret\x12\x1c\n" +
-	"\tpromotion\x18\b \x01(\bR\tpromotion\"\xba\x01\n" +
+	"\tpromotion\x18\b \x01(\bR\tpromotion\"\xdb\x01\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x127\n" +
 	"\bmanagers\x18\x03 \x03(\v2\x1b.shoal.v1.ManagerRaftStatusR\bmanagers\x12*\n" +
-	"\x04raft\x18\x04 \x01(\v2\x16.shoal.v1.RaftSettingsR\x04raft\"H\n" +
+	"\x04raft\x18\x04 \x01(\v2\x16.shoal.v1.RaftSettingsR\x04raft\x12\x1f\n" +
+	"\vsecrets_key\x18\n" +
+	" \x01(\fR\n" +
+	"secretsKey\"H\n" +
 	"\fLeaveRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1f\n" +
 	"\vnode_secret\x18\x02 \x01(\tR\n" +
@@ -2251,7 +2613,23 @@ const file_control_proto_rawDesc = "" +
 	"\aremoved\x18\x01 \x01(\bR\aremoved\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
-	"\ademoted\x18\x03 \x01(\bR\ademoted2\xd8\a\n" +
+	"\ademoted\x18\x03 \x01(\bR\ademoted\"?\n" +
+	"\x13CreateSecretRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec\"@\n" +
+	"\x14CreateSecretResponse\x12(\n" +
+	"\x06secret\x18\x01 \x01(\v2\x10.shoal.v1.SecretR\x06secret\"$\n" +
+	"\x10GetSecretRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
+	"\x11GetSecretResponse\x12(\n" +
+	"\x06secret\x18\x01 \x01(\v2\x10.shoal.v1.SecretR\x06secret\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
+	"\x12ListSecretsRequest\"A\n" +
+	"\x13ListSecretsResponse\x12*\n" +
+	"\asecrets\x18\x01 \x03(\v2\x10.shoal.v1.SecretR\asecrets\"'\n" +
+	"\x13RemoveSecretRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
+	"\x14RemoveSecretResponse2\x88\n" +
+	"\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -2269,7 +2647,11 @@ const file_control_proto_rawDesc = "" +
 	"\rUpdateService\x12\x1e.shoal.v1.UpdateServiceRequest\x1a\x1f.shoal.v1.UpdateServiceResponse\x12P\n" +
 	"\rRemoveService\x12\x1e.shoal.v1.RemoveServiceRequest\x1a\x1f.shoal.v1.RemoveServiceResponse\x12D\n" +
 	"\tListTasks\x12\x1a.shoal.v1.ListTasksRequest\x1a\x1b.shoal.v1.ListTasksResponse\x12@\n" +
-	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x012C\n" +
+	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12M\n" +
+	"\fCreateSecret\x12\x1d.shoal.v1.CreateSecretRequest\x1a\x1e.shoal.v1.CreateSecretResponse\x12D\n" +
+	"\tGetSecret\x12\x1a.shoal.v1.GetSecretRequest\x1a\x1b.shoal.v1.GetSecretResponse\x12J\n" +
+	"\vListSecrets\x12\x1c.shoal.v1.ListSecretsRequest\x1a\x1d.shoal.v1.ListSecretsResponse\x12M\n" +
+	"\fRemoveSecret\x12\x1d.shoal.v1.RemoveSecretRequest\x1a\x1e.shoal.v1.RemoveSecretResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xda\x02\n" +
 	"\n" +
@@ -2294,7 +2676,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),    // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil),   // 1: shoal.v1.CreateServiceResponse
@@ -2335,83 +2717,105 @@ var file_control_proto_goTypes = []any{
 	(*RaftStatusRequest)(nil),       // 36: shoal.v1.RaftStatusRequest
 	(*CheckMemberRequest)(nil),      // 37: shoal.v1.CheckMemberRequest
 	(*CheckMemberResponse)(nil),     // 38: shoal.v1.CheckMemberResponse
-	(*ServiceSpec)(nil),             // 39: shoal.v1.ServiceSpec
-	(*Service)(nil),                 // 40: shoal.v1.Service
-	(*Task)(nil),                    // 41: shoal.v1.Task
-	(NodeRole)(0),                   // 42: shoal.v1.NodeRole
-	(*Node)(nil),                    // 43: shoal.v1.Node
-	(*NodeSpec)(nil),                // 44: shoal.v1.NodeSpec
-	(Reachability)(0),               // 45: shoal.v1.Reachability
-	(*Cluster)(nil),                 // 46: shoal.v1.Cluster
-	(*NodeDescription)(nil),         // 47: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),            // 48: shoal.v1.RaftSettings
+	(*CreateSecretRequest)(nil),     // 39: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),    // 40: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),        // 41: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),       // 42: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),      // 43: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 44: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),     // 45: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),    // 46: shoal.v1.RemoveSecretResponse
+	(*ServiceSpec)(nil),             // 47: shoal.v1.ServiceSpec
+	(*Service)(nil),                 // 48: shoal.v1.Service
+	(*Task)(nil),                    // 49: shoal.v1.Task
+	(NodeRole)(0),                   // 50: shoal.v1.NodeRole
+	(*Node)(nil),                    // 51: shoal.v1.Node
+	(*NodeSpec)(nil),                // 52: shoal.v1.NodeSpec
+	(Reachability)(0),               // 53: shoal.v1.Reachability
+	(*Cluster)(nil),                 // 54: shoal.v1.Cluster
+	(*NodeDescription)(nil),         // 55: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),            // 56: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),              // 57: shoal.v1.SecretSpec
+	(*Secret)(nil),                  // 58: shoal.v1.Secret
 }
 var file_control_proto_depIdxs = []int32{
-	39, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	40, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	40, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	47, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	48, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	48, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	48, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	39, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	41, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	42, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	43, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	43, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	44, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	43, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	45, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	46, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	47, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	48, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	49, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	50, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	51, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	51, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	52, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	51, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	53, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	54, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	42, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	42, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	47, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	42, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	50, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	50, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	55, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	50, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	48, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	17, // 22: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 23: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 24: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 25: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 26: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 27: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 28: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 29: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 30: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 31: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 32: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 33: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 34: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	15, // 35: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 36: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 37: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 38: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 39: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 40: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	18, // 41: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 42: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 43: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 44: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 45: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 46: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 47: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 48: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 49: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 50: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 51: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 52: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 53: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	16, // 54: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 55: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 56: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 57: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 58: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 59: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	41, // [41:60] is the sub-list for method output_type
-	22, // [22:41] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	56, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	57, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	58, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	58, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	58, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	17, // 26: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	19, // 27: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	21, // 28: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	23, // 29: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	25, // 30: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	28, // 31: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	0,  // 32: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 33: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 34: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	7,  // 35: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	9,  // 36: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	11, // 37: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	13, // 38: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	39, // 39: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	41, // 40: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	43, // 41: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	45, // 42: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	15, // 43: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	32, // 44: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	34, // 45: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	36, // 46: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	37, // 47: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	30, // 48: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	18, // 49: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	20, // 50: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	22, // 51: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	24, // 52: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	27, // 53: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	29, // 54: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	1,  // 55: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 56: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	6,  // 57: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	8,  // 58: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	10, // 59: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	12, // 60: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	14, // 61: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	40, // 62: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	42, // 63: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	44, // 64: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	46, // 65: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	16, // 66: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	33, // 67: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	35, // 68: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	26, // 69: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	38, // 70: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	31, // 71: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	49, // [49:72] is the sub-list for method output_type
+	26, // [26:49] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2426,7 +2830,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

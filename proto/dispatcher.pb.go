@@ -272,7 +272,12 @@ type SessionMessage struct {
 	Managers        []*ManagerAddr         `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
 	Assignments     *Assignments           `protobuf:"bytes,4,opt,name=assignments,proto3" json:"assignments,omitempty"`
 	// node is the node's record, so the worker sees its spec and role.
-	Node          *Node `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	Node *Node `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	// endpoints tells the node's routing mesh and resolver where services
+	// are reachable: a complete set first, then per-service changes.
+	Endpoints *EndpointUpdate `protobuf:"bytes,6,opt,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// secrets are the secret values the node's tasks need (field 7).
+	Secrets       *SecretAssignments `protobuf:"bytes,7,opt,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +343,20 @@ func (x *SessionMessage) GetAssignments() *Assignments {
 func (x *SessionMessage) GetNode() *Node {
 	if x != nil {
 		return x.Node
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetEndpoints() *EndpointUpdate {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetSecrets() *SecretAssignments {
+	if x != nil {
+		return x.Secrets
 	}
 	return nil
 }
@@ -586,6 +605,354 @@ func (*UpdateTaskStatusResponse) Descriptor() ([]byte, []int) {
 	return file_dispatcher_proto_rawDescGZIP(), []int{8}
 }
 
+// TaskEndpoint is one running, healthy task a service's traffic may go to.
+type TaskEndpoint struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	NodeId string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Slot   uint64                 `protobuf:"varint,3,opt,name=slot,proto3" json:"slot,omitempty"`
+	// ip is the address the task's ports are bound on.
+	Ip string `protobuf:"bytes,4,opt,name=ip,proto3" json:"ip,omitempty"`
+	// ports maps the service's target ports to the task's host ports.
+	Ports         []*PortBinding `protobuf:"bytes,5,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskEndpoint) Reset() {
+	*x = TaskEndpoint{}
+	mi := &file_dispatcher_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskEndpoint) ProtoMessage() {}
+
+func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskEndpoint.ProtoReflect.Descriptor instead.
+func (*TaskEndpoint) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TaskEndpoint) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskEndpoint) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *TaskEndpoint) GetSlot() uint64 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
+}
+
+func (x *TaskEndpoint) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *TaskEndpoint) GetPorts() []*PortBinding {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+// ServiceEndpoints is where one service can be reached.
+type ServiceEndpoints struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId   string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	ServiceName string                 `protobuf:"bytes,2,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	// virtual_addr is the service's stable virtual IP, served by the proxy
+	// on every node.
+	VirtualAddr string `protobuf:"bytes,3,opt,name=virtual_addr,json=virtualAddr,proto3" json:"virtual_addr,omitempty"`
+	// ports are the service's port configs (target, published, mode).
+	Ports         []*PortConfig   `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	Tasks         []*TaskEndpoint `protobuf:"bytes,5,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceEndpoints) Reset() {
+	*x = ServiceEndpoints{}
+	mi := &file_dispatcher_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceEndpoints) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceEndpoints) ProtoMessage() {}
+
+func (x *ServiceEndpoints) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceEndpoints.ProtoReflect.Descriptor instead.
+func (*ServiceEndpoints) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ServiceEndpoints) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ServiceEndpoints) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *ServiceEndpoints) GetVirtualAddr() string {
+	if x != nil {
+		return x.VirtualAddr
+	}
+	return ""
+}
+
+func (x *ServiceEndpoints) GetPorts() []*PortConfig {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *ServiceEndpoints) GetTasks() []*TaskEndpoint {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+// EndpointUpdate is the complete endpoint set (complete) or the services
+// that changed since the last update on this session.
+type EndpointUpdate struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Complete bool                   `protobuf:"varint,1,opt,name=complete,proto3" json:"complete,omitempty"`
+	Updated  []*ServiceEndpoints    `protobuf:"bytes,2,rep,name=updated,proto3" json:"updated,omitempty"`
+	// removed are IDs of services that are gone.
+	Removed       []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointUpdate) Reset() {
+	*x = EndpointUpdate{}
+	mi := &file_dispatcher_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointUpdate) ProtoMessage() {}
+
+func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointUpdate.ProtoReflect.Descriptor instead.
+func (*EndpointUpdate) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *EndpointUpdate) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *EndpointUpdate) GetUpdated() []*ServiceEndpoints {
+	if x != nil {
+		return x.Updated
+	}
+	return nil
+}
+
+func (x *EndpointUpdate) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+// SecretValue is one secret's plaintext, sent only to a node that runs a
+// task using it. Workers keep it in memory, never on disk.
+type SecretValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretValue) Reset() {
+	*x = SecretValue{}
+	mi := &file_dispatcher_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretValue) ProtoMessage() {}
+
+func (x *SecretValue) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
+func (*SecretValue) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SecretValue) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SecretValue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SecretValue) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// SecretAssignments is the set of secrets a node's tasks need, or a change
+// to it (like Assignments).
+type SecretAssignments struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  AssignmentsType        `protobuf:"varint,1,opt,name=type,proto3,enum=shoal.v1.AssignmentsType" json:"type,omitempty"`
+	// updated are secrets the node needs now (complete: every one).
+	Updated []*SecretValue `protobuf:"bytes,2,rep,name=updated,proto3" json:"updated,omitempty"`
+	// removed are secret IDs the node must forget.
+	Removed       []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretAssignments) Reset() {
+	*x = SecretAssignments{}
+	mi := &file_dispatcher_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretAssignments) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretAssignments) ProtoMessage() {}
+
+func (x *SecretAssignments) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretAssignments.ProtoReflect.Descriptor instead.
+func (*SecretAssignments) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SecretAssignments) GetType() AssignmentsType {
+	if x != nil {
+		return x.Type
+	}
+	return AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE
+}
+
+func (x *SecretAssignments) GetUpdated() []*SecretValue {
+	if x != nil {
+		return x.Updated
+	}
+	return nil
+}
+
+func (x *SecretAssignments) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 var File_dispatcher_proto protoreflect.FileDescriptor
 
 const file_dispatcher_proto_rawDesc = "" +
@@ -604,14 +971,16 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12(\n" +
 	"\aupdated\x18\x02 \x03(\v2\x0e.shoal.v1.TaskR\aupdated\x12\x18\n" +
 	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xea\x01\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\xd9\x02\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
 	"\x10heartbeat_period\x18\x02 \x01(\x03R\x0fheartbeatPeriod\x121\n" +
 	"\bmanagers\x18\x03 \x03(\v2\x15.shoal.v1.ManagerAddrR\bmanagers\x127\n" +
 	"\vassignments\x18\x04 \x01(\v2\x15.shoal.v1.AssignmentsR\vassignments\x12\"\n" +
-	"\x04node\x18\x05 \x01(\v2\x0e.shoal.v1.NodeR\x04node\"J\n" +
+	"\x04node\x18\x05 \x01(\v2\x0e.shoal.v1.NodeR\x04node\x126\n" +
+	"\tendpoints\x18\x06 \x01(\v2\x18.shoal.v1.EndpointUpdateR\tendpoints\x125\n" +
+	"\asecrets\x18\a \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\asecrets\"J\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
@@ -626,7 +995,32 @@ const file_dispatcher_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x124\n" +
 	"\aupdates\x18\x03 \x03(\v2\x1a.shoal.v1.TaskStatusUpdateR\aupdates\"\x1a\n" +
-	"\x18UpdateTaskStatusResponse*R\n" +
+	"\x18UpdateTaskStatusResponse\"\x91\x01\n" +
+	"\fTaskEndpoint\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04slot\x18\x03 \x01(\x04R\x04slot\x12\x0e\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\x12+\n" +
+	"\x05ports\x18\x05 \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\"\xd1\x01\n" +
+	"\x10ServiceEndpoints\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12!\n" +
+	"\fservice_name\x18\x02 \x01(\tR\vserviceName\x12!\n" +
+	"\fvirtual_addr\x18\x03 \x01(\tR\vvirtualAddr\x12*\n" +
+	"\x05ports\x18\x04 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\x12,\n" +
+	"\x05tasks\x18\x05 \x03(\v2\x16.shoal.v1.TaskEndpointR\x05tasks\"|\n" +
+	"\x0eEndpointUpdate\x12\x1a\n" +
+	"\bcomplete\x18\x01 \x01(\bR\bcomplete\x124\n" +
+	"\aupdated\x18\x02 \x03(\v2\x1a.shoal.v1.ServiceEndpointsR\aupdated\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\"E\n" +
+	"\vSecretValue\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\x8d\x01\n" +
+	"\x11SecretAssignments\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12/\n" +
+	"\aupdated\x18\x02 \x03(\v2\x15.shoal.v1.SecretValueR\aupdated\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved*R\n" +
 	"\x0fAssignmentsType\x12\x1d\n" +
 	"\x19ASSIGNMENTS_TYPE_COMPLETE\x10\x00\x12 \n" +
 	"\x1cASSIGNMENTS_TYPE_INCREMENTAL\x10\x012\xee\x01\n" +
@@ -649,7 +1043,7 @@ func file_dispatcher_proto_rawDescGZIP() []byte {
 }
 
 var file_dispatcher_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_dispatcher_proto_goTypes = []any{
 	(AssignmentsType)(0),             // 0: shoal.v1.AssignmentsType
 	(*SessionRequest)(nil),           // 1: shoal.v1.SessionRequest
@@ -661,31 +1055,46 @@ var file_dispatcher_proto_goTypes = []any{
 	(*TaskStatusUpdate)(nil),         // 7: shoal.v1.TaskStatusUpdate
 	(*UpdateTaskStatusRequest)(nil),  // 8: shoal.v1.UpdateTaskStatusRequest
 	(*UpdateTaskStatusResponse)(nil), // 9: shoal.v1.UpdateTaskStatusResponse
-	(*NodeDescription)(nil),          // 10: shoal.v1.NodeDescription
-	(*Task)(nil),                     // 11: shoal.v1.Task
-	(*Node)(nil),                     // 12: shoal.v1.Node
-	(*TaskStatus)(nil),               // 13: shoal.v1.TaskStatus
+	(*TaskEndpoint)(nil),             // 10: shoal.v1.TaskEndpoint
+	(*ServiceEndpoints)(nil),         // 11: shoal.v1.ServiceEndpoints
+	(*EndpointUpdate)(nil),           // 12: shoal.v1.EndpointUpdate
+	(*SecretValue)(nil),              // 13: shoal.v1.SecretValue
+	(*SecretAssignments)(nil),        // 14: shoal.v1.SecretAssignments
+	(*NodeDescription)(nil),          // 15: shoal.v1.NodeDescription
+	(*Task)(nil),                     // 16: shoal.v1.Task
+	(*Node)(nil),                     // 17: shoal.v1.Node
+	(*TaskStatus)(nil),               // 18: shoal.v1.TaskStatus
+	(*PortBinding)(nil),              // 19: shoal.v1.PortBinding
+	(*PortConfig)(nil),               // 20: shoal.v1.PortConfig
 }
 var file_dispatcher_proto_depIdxs = []int32{
-	10, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
+	15, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
 	0,  // 1: shoal.v1.Assignments.type:type_name -> shoal.v1.AssignmentsType
-	11, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
+	16, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
 	2,  // 3: shoal.v1.SessionMessage.managers:type_name -> shoal.v1.ManagerAddr
 	3,  // 4: shoal.v1.SessionMessage.assignments:type_name -> shoal.v1.Assignments
-	12, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
-	13, // 6: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	7,  // 7: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	1,  // 8: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	5,  // 9: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	8,  // 10: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	4,  // 11: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	6,  // 12: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	9,  // 13: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	17, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
+	12, // 6: shoal.v1.SessionMessage.endpoints:type_name -> shoal.v1.EndpointUpdate
+	14, // 7: shoal.v1.SessionMessage.secrets:type_name -> shoal.v1.SecretAssignments
+	18, // 8: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	7,  // 9: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	19, // 10: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
+	20, // 11: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
+	10, // 12: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
+	11, // 13: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
+	0,  // 14: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
+	13, // 15: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
+	1,  // 16: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	5,  // 17: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	8,  // 18: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	4,  // 19: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	6,  // 20: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	9,  // 21: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }
@@ -700,7 +1109,7 @@ func file_dispatcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dispatcher_proto_rawDesc), len(file_dispatcher_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

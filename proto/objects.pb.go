@@ -3393,7 +3393,8 @@ func (x *Cluster) GetRemovedNodes() []string {
 	return nil
 }
 
-// SecretSpec holds a secret's name and value.
+// SecretSpec holds a secret's name and value. data is set only on the way
+// in (CreateSecret); the store never holds it in plaintext.
 type SecretSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Annotations   *Annotations           `protobuf:"bytes,1,opt,name=annotations,proto3" json:"annotations,omitempty"`
@@ -3448,10 +3449,17 @@ func (x *SecretSpec) GetData() []byte {
 
 // Secret is a small sensitive blob handed to tasks as a file.
 type Secret struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Meta          *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
-	Spec          *SecretSpec            `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	// spec never carries the value once stored (spec.data is empty).
+	Spec *SecretSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// sealed_data is the value sealed with the cluster's secrets key
+	// (AES-256-GCM, bound to the secret's ID). The control API never
+	// returns it.
+	SealedData []byte `protobuf:"bytes,4,opt,name=sealed_data,json=sealedData,proto3" json:"sealed_data,omitempty"`
+	// size is the length of the plaintext value in bytes.
+	Size          uint64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3505,6 +3513,20 @@ func (x *Secret) GetSpec() *SecretSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *Secret) GetSealedData() []byte {
+	if x != nil {
+		return x.SealedData
+	}
+	return nil
+}
+
+func (x *Secret) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
 }
 
 var File_objects_proto protoreflect.FileDescriptor
@@ -3739,11 +3761,14 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"SecretSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"f\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x9b\x01\n" +
 	"\x06Secret\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12(\n" +
-	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec*R\n" +
+	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec\x12\x1f\n" +
+	"\vsealed_data\x18\x04 \x01(\fR\n" +
+	"sealedData\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size*R\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_WORKER\x10\x01\x12\x15\n" +

@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -21,6 +23,7 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
@@ -33,7 +36,7 @@ import (
 const requireDockerEnv = "SHOAL_REQUIRE_DOCKER"
 
 // The sample images (scripts/images.sh, `make images`). Tests build them
-// when missing and leave them in place afterwards.
+// once per run and leave them in place afterwards.
 const (
 	helloV1        = "shoal/hello:v1"
 	helloV2        = "shoal/hello:v2"
@@ -63,15 +66,12 @@ func dockerEngine(t *testing.T) *client.Client {
 		t.Skipf("no Docker Engine (set %s=1 to require one): %v", requireDockerEnv, err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	// Build the images once per run, so they hold the current hello (a
+	// rebuild of unchanged sources reuses the cached layers).
 	imagesOnce.Do(func() {
-		for _, img := range []string{helloV1, helloV2, helloUnhealthy} {
-			if _, err := cli.ImageInspect(context.Background(), img); err != nil {
-				out, err := exec.Command("../scripts/images.sh").CombinedOutput()
-				if err != nil {
-					imagesErr = fmt.Errorf("scripts/images.sh: %v: %s", err, out)
-				}
-				return
-			}
+		out, err := exec.Command("../scripts/images.sh").CombinedOutput()
+		if err != nil {
+			imagesErr = fmt.Errorf("scripts/images.sh: %v: %s", err, out)
 		}
 	})
 	if imagesErr != nil {
@@ -88,10 +88,11 @@ type dcluster struct {
 	*cluster
 	cli *client.Client
 
-	mu       sync.Mutex
-	runtimes map[*wrk]*docker.Runtime
-	nodes    []string
-	volumes  []string
+	mu        sync.Mutex
+	clusterID string
+	runtimes  map[*wrk]*docker.Runtime
+	nodes     []string
+	volumes   []string
 }
 
 func newDockerCluster(t *testing.T) *dcluster {
@@ -127,6 +128,9 @@ func (d *dcluster) cleanup() {
 		if _, err := d.cli.VolumeRemove(ctx, v, client.VolumeRemoveOptions{Force: true}); err != nil {
 			d.t.Logf("remove volume %s: %v", v, err)
 		}
+	}
+	if d.clusterID != "" {
+		mesh.RemoveContainerAddrs(ctx, d.clusterID)
 	}
 }
 
@@ -168,7 +172,8 @@ func (d *dcluster) dockerWorkerConfig(i int, w *wrk) worker.Config {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		r, err := docker.New(ctx, docker.Config{NodeID: id.NodeID, NodeName: cfg.Hostname, AdvertiseIP: cfg.AdvertiseIP, Logger: cfg.Logger})
+		r, err := docker.New(ctx, docker.Config{NodeID: id.NodeID, NodeName: cfg.Hostname, AdvertiseIP: cfg.AdvertiseIP,
+			DNS: []string{mesh.ContainerResolverIP(id.ClusterID)}, Logger: cfg.Logger})
 		if err != nil {
 			return nil, err
 		}
@@ -177,6 +182,7 @@ func (d *dcluster) dockerWorkerConfig(i int, w *wrk) worker.Config {
 			old.Close()
 		}
 		d.runtimes[w] = r
+		d.clusterID = id.ClusterID
 		if !slices.Contains(d.nodes, id.NodeID) {
 			d.nodes = append(d.nodes, id.NodeID)
 		}
@@ -584,4 +590,88 @@ func TestDockerBadInput(t *testing.T) {
 	if failed.GetStatus().GetHealth() != pb.HealthState_HEALTH_STATE_UNHEALTHY || !strings.Contains(failed.GetStatus().GetErr(), "health check") {
 		t.Fatalf("unhealthy image: %+v", failed.GetStatus())
 	}
+}
+
+func TestDockerServiceDiscovery(t *testing.T) {
+	d := newDockerCluster(t)
+	d.addManagers(1)
+	d.addDockerWorkers(2)
+
+	published := uint32(d.freePort()) + 3
+	front := dockerSpec("front", helloV1, 1)
+	front.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	front.Task.Container.Healthcheck = helloCheck()
+	api := dockerSpec("api", helloV1, 2)
+	api.Task.Container.Healthcheck = helloCheck()
+	d.createService(front)
+	d.createService(api)
+
+	// A container reaches another service by name: the node's container
+	// resolver answers api's virtual IP and the proxy spreads over api's
+	// replicas, on this node or the other.
+	for _, w := range d.workers {
+		d.callReaches(fmt.Sprintf("http://%s:%d/call/api/", w.cfg.AdvertiseIP, published), 2)
+	}
+}
+
+// TestDockerSecretMounted: a container finds its secret read-only at
+// /run/secrets/<target>, bind-mounted from the worker's tmpfs, and the
+// file leaves the worker when the task ends.
+func TestDockerSecretMounted(t *testing.T) {
+	d := newDockerCluster(t)
+	d.addManagers(1)
+	d.addDockerWorkers(1)
+	value := secretValue(t)
+	d.createSecret("api-token", value)
+	spec := dockerSpec("vault", helloV1, 1)
+	spec.Task.Container.Healthcheck = helloCheck()
+	spec.Task.Container.Secrets = []*pb.SecretReference{{SecretName: "api-token", Target: "token"}}
+	d.createService(spec)
+	d.answersAll("vault", "v1", 1)
+
+	tk := d.runningTasks("vault")[0]
+	ci, err := d.inspect(tk.GetStatus().GetContainerId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := d.workers[0]
+	var found bool
+	for _, m := range ci.Container.Mounts {
+		if m.Destination == "/run/secrets/token" {
+			found = true
+			if string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, w.a.SecretsDir()+"/") {
+				t.Errorf("secret mount: type %s rw %v source %s; want a read-only bind from %s", m.Type, m.RW, m.Source, w.a.SecretsDir())
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no mount at /run/secrets/token: %+v", ci.Container.Mounts)
+	}
+
+	// Read the file as the container sees it (the image has no shell).
+	ctx, cancel := d.ctx()
+	defer cancel()
+	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: "/run/secrets/token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(res.Content)
+	hdr, err := tr.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(tr)
+	res.Content.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, value) || hdr.FileInfo().Mode().Perm() != 0o400 {
+		t.Errorf("/run/secrets/token in the container: %q mode %v; want the value, mode 0400", got, hdr.FileInfo().Mode().Perm())
+	}
+
+	d.scale("vault", 0)
+	d.eventually(30*time.Second, "the secret gone from the worker", func() (bool, string) {
+		held, files := w.a.HeldSecrets(), filesUnder(w.a.SecretsDir())
+		return len(held) == 0 && len(files) == 0, fmt.Sprintf("holds %v, files %v", held, files)
+	})
 }

@@ -4,8 +4,10 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -13,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,6 +57,9 @@ func TestMain(m *testing.M) {
 			// memberlist's packet and stream listeners finish shortly after Shutdown returns.
 			goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).packetListen"),
 			goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).streamListen"),
+			// A probe of a peer in flight at Shutdown waits out its probe
+			// timeout (memberlist does not cancel it).
+			goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
 		); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutines left running after the tests: %v\n", err)
 			code = 1
@@ -89,8 +95,35 @@ type cluster struct {
 	net      int // third octet of the 127.0.x.y addresses
 	port     int
 	base     string
+	secrets  string // workers' secrets dirs go here: on tmpfs when there is one
 	managers []*mgr
 	workers  []*wrk
+	logs     *lockedBuffer // every node's log, when captureLogs was called
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written.
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+// captureLogs records the debug logs of the nodes started from now on.
+func (c *cluster) captureLogs() *lockedBuffer {
+	c.logs = &lockedBuffer{}
+	return c.logs
 }
 
 type mgr struct {
@@ -117,19 +150,23 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	t.Logf("cluster dir %s", base)
-	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base}
+	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base, secrets: filepath.Join(base, "secrets")}
+	if shm, err := os.MkdirTemp("/dev/shm", tmpPrefix); err == nil {
+		c.secrets = shm
+	}
 	c.port = c.freePort()
 	t.Cleanup(func() {
 		c.stopAll()
 		os.RemoveAll(base)
+		os.RemoveAll(c.secrets)
 	})
 	return c
 }
 
 func (c *cluster) ip(host int) string { return fmt.Sprintf("127.0.%d.%d", c.net, host) }
 
-// freePort finds an API port whose Raft (+1) and gossip (+2, TCP and UDP)
-// ports are free on the addresses this cluster may use.
+// freePort finds an API port whose Raft (+1), gossip (+2, TCP and UDP) and
+// resolver (+3, TCP and UDP) ports are free on the addresses this cluster may use.
 func (c *cluster) freePort() int {
 	for range 200 {
 		port := 20000 + rand.IntN(40000)
@@ -144,27 +181,36 @@ func (c *cluster) freePort() int {
 func (c *cluster) portsFree(port int) bool {
 	for host := 1; host <= 20; host += 9 {
 		ip := c.ip(host)
-		for p := port; p <= port+2; p++ {
+		for p := port; p <= port+3; p++ {
 			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p)))
 			if err != nil {
 				return false
 			}
 			l.Close()
 		}
-		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port+2)))
-		if err != nil {
-			return false
+		for p := port + 2; p <= port+3; p++ { // gossip and the resolver use UDP too
+			u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(p)))
+			if err != nil {
+				return false
+			}
+			u.Close()
 		}
-		u.Close()
 	}
 	return true
 }
 
 func (c *cluster) logger(name string) *slog.Logger {
+	var out []io.Writer
 	if os.Getenv("SHOAL_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", name)
+		out = append(out, os.Stderr)
 	}
-	return slog.New(slog.DiscardHandler)
+	if c.logs != nil {
+		out = append(out, c.logs)
+	}
+	if len(out) == 0 {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(out...), &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", name)
 }
 
 func (c *cluster) managerConfig(i int) manager.Config {
@@ -235,12 +281,14 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 		APIPort:        c.port,
 		GossipFast:     true,
 		StatusInterval: 50 * time.Millisecond,
+		SecretsDir:     filepath.Join(c.secrets, fmt.Sprintf("w%d", i)),
 		Logger:         c.logger(fmt.Sprintf("w%d", i)),
 	}
 	cfg.Runtimes = func() ([]worker.Runtime, error) {
 		r, err := process.New(process.Config{
 			Dir:               filepath.Join(cfg.DataDir, "worker", "process"),
 			AdvertiseIP:       cfg.AdvertiseIP,
+			DNSAddr:           cfg.DNSAddr(),
 			SupervisorCommand: []string{os.Args[0]},
 			SupervisorEnv:     []string{superviseEnv + "=1", "GORACE=atexit_sleep_ms=0"},
 			Logger:            cfg.Logger,

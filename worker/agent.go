@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/host"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -53,11 +54,18 @@ type Config struct {
 	GossipFast bool
 	// StatusInterval is how often pending task statuses are sent (default 100ms).
 	StatusInterval time.Duration
-	Logger         *slog.Logger
+	// SecretsDir is where tasks' secret files go (default: a directory of
+	// this node's on the first tmpfs among /run and /dev/shm). It should be
+	// an in-memory filesystem: secret values must not reach a disk.
+	SecretsDir string
+	Logger     *slog.Logger
 }
 
 // Ports derived from the API port, as on managers.
-const gossipPortOffset = 2
+const (
+	gossipPortOffset = 2
+	defaultAPIPort   = 4242
+)
 
 func (c *Config) setDefaults() error {
 	if c.DataDir == "" {
@@ -67,7 +75,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("an advertise address is required (--advertise IP[:PORT])")
 	}
 	if c.APIPort == 0 {
-		c.APIPort = 4242
+		c.APIPort = defaultAPIPort
 	}
 	if c.ListenIP == "" {
 		c.ListenIP = c.AdvertiseIP
@@ -87,6 +95,21 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
+// DNSPort is the port of the node's service resolver on AdvertiseIP.
+func (c *Config) DNSPort() int {
+	port := c.APIPort
+	if port == 0 {
+		port = defaultAPIPort
+	}
+	return port + mesh.DNSPortOffset
+}
+
+// DNSAddr is the node's service resolver (host:port), which tasks are told
+// to use.
+func (c *Config) DNSAddr() string {
+	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.DNSPort()))
+}
+
 func (c *Config) apiAddr() string {
 	return net.JoinHostPort(c.AdvertiseIP, strconv.Itoa(c.APIPort))
 }
@@ -101,11 +124,14 @@ type Agent struct {
 	runtimeNames []string
 	gossip       *gossip.Gossip
 	grpc         *grpc.Server
+	mesh         *mesh.Mesh
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status
 	controllers map[string]*taskController
 	pending     map[string]*pb.TaskStatus // statuses not yet acknowledged
+	secrets     map[string][]byte         // secret values by ID: memory only, never in the db or a log
+	secretFiles *secretFiles
 	session     *activeSession
 	leaderHint  string
 	connected   chan struct{} // closed when the first session opens
@@ -222,6 +248,8 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		tasks:       map[string]*pb.Task{},
 		controllers: map[string]*taskController{},
 		pending:     map[string]*pb.TaskStatus{},
+		secrets:     map[string][]byte{},
+		secretFiles: &secretFiles{root: cfg.SecretsDir},
 		connected:   make(chan struct{}),
 		statusWake:  make(chan struct{}, 1),
 		removed:     make(chan struct{}),
@@ -230,6 +258,15 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 	for _, rt := range rts {
 		a.runtimes[rt.Name()] = rt
 		a.runtimeNames = append(a.runtimeNames, rt.Name())
+	}
+	switch {
+	case a.secretFiles.root == "":
+		a.secretFiles.root = defaultSecretsRoot(id.NodeID)
+		if a.secretFiles.root == "" {
+			a.log.Warn("no in-memory filesystem (tmpfs) at /run or /dev/shm: tasks that use secrets will be rejected on this node")
+		}
+	case !isTmpfs(filepath.Dir(filepath.Clean(a.secretFiles.root))) && !isTmpfs(a.secretFiles.root):
+		a.log.Warn("the secrets directory is not on an in-memory filesystem: secret values will be written to disk", "dir", a.secretFiles.root)
 	}
 	a.gossip, err = gossip.New(gossip.Config{
 		Meta:          gossip.Meta{NodeID: id.NodeID, Role: gossip.RoleWorker, API: cfg.apiAddr()},
@@ -246,7 +283,16 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	mcfg := mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), Log: a.log}
+	if _, ok := a.runtimes["docker"]; ok {
+		mcfg.ContainerResolver = mesh.ContainerResolverIP(id.ClusterID)
+	}
+	a.mesh = mesh.New(mcfg)
+	if err := a.mesh.Start(a.ctx); err != nil {
+		a.log.Warn("no service resolver on this node", "err", err)
+	}
 	if err := a.serveAPI(); err != nil {
+		_ = a.mesh.Close()
 		a.cancel()
 		a.gossip.Shutdown()
 		db.close()
@@ -296,7 +342,61 @@ func (a *Agent) restoreTasks() error {
 	if len(tasks) > 0 {
 		a.log.Info("restored tasks from the local store", "tasks", len(tasks))
 	}
+	// Secret files of tasks that ended, or that no record claims, go now;
+	// those of live tasks stay for their controllers.
+	live := map[string]bool{}
+	for _, t := range tasks {
+		live[t.GetId()] = t.GetStatus().GetState() < pb.TaskState_TASK_STATE_COMPLETE
+	}
+	ids, err := a.secretFiles.tasks()
+	if err != nil {
+		a.log.Warn("look for leftover secret files", "err", err)
+	}
+	for _, id := range ids {
+		if !live[id] {
+			a.dropSecretFiles(id)
+		}
+	}
 	return nil
+}
+
+// applySecrets brings the secret values held in memory in line with what
+// the managers say this node's tasks need, and wakes tasks waiting for one.
+func (a *Agent) applySecrets(sa *pb.SecretAssignments) {
+	if sa == nil {
+		return
+	}
+	a.mu.Lock()
+	if sa.GetType() == pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE {
+		clear(a.secrets)
+	}
+	for _, id := range sa.GetRemoved() {
+		delete(a.secrets, id)
+	}
+	for _, v := range sa.GetUpdated() {
+		a.secrets[v.GetId()] = v.GetData()
+	}
+	held := len(a.secrets)
+	for _, c := range a.controllers {
+		c.wake()
+	}
+	a.mu.Unlock()
+	a.log.Debug("secrets updated", "received", len(sa.GetUpdated()), "forgotten", len(sa.GetRemoved()), "held", held)
+}
+
+// writeSecretFiles materialises a task's secrets; ok is false while a
+// value has not arrived from the managers yet.
+func (a *Agent) writeSecretFiles(t *pb.Task) (TaskSecrets, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.secretFiles.write(t, a.secrets)
+}
+
+// dropSecretFiles removes a task's secret files (the task ended or left).
+func (a *Agent) dropSecretFiles(taskID string) {
+	if err := a.secretFiles.remove(taskID); err != nil {
+		a.log.Warn("remove a task's secret files", "task", taskID, "err", err)
+	}
 }
 
 func (a *Agent) removeFromRuntime(rt Runtime, id string, grace time.Duration) {
@@ -418,6 +518,7 @@ func (a *Agent) removeTask(id string) {
 			a.removeFromRuntime(rt, id, grace)
 		}
 	}
+	a.dropSecretFiles(id)
 	if err := a.db.delete(id); err != nil {
 		a.log.Error("forget task", "task", id, "err", err)
 	}
@@ -548,7 +649,9 @@ func (a *Agent) runSession(addr string) error {
 		a.log.Warn("remember managers", "err", err)
 	}
 	a.rememberManagers(first.GetManagers())
+	a.applySecrets(first.GetSecrets())
 	a.applyAssignments(first.GetAssignments())
+	a.mesh.Apply(first.GetEndpoints())
 	a.noteNode(first.GetNode())
 	a.mu.Lock()
 	a.session = sess
@@ -598,7 +701,9 @@ func (a *Agent) runSession(addr string) error {
 			a.noteRedirect(stream.Trailer().Get(managerLeaderTrailer))
 			return err
 		case m := <-msgs:
+			a.applySecrets(m.GetSecrets())
 			a.applyAssignments(m.GetAssignments())
+			a.mesh.Apply(m.GetEndpoints())
 			a.noteNode(m.GetNode())
 		case <-a.ctx.Done():
 			return nil
@@ -754,6 +859,9 @@ func (a *Agent) forgetCluster() {
 	for _, t := range a.Tasks() {
 		a.removeTask(t.GetId())
 	}
+	a.mu.Lock()
+	clear(a.secrets)
+	a.mu.Unlock()
 	a.id.Removed = true
 	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
 		a.log.Error("mark data dir removed", "err", err)
@@ -803,11 +911,31 @@ func (a *Agent) WaitConnected(ctx context.Context) error {
 // ID is this node's ID.
 func (a *Agent) ID() string { return a.id.NodeID }
 
+// HeldSecrets lists, sorted, the IDs of the secrets whose values this
+// agent holds in memory (never the values).
+func (a *Agent) HeldSecrets() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.secrets))
+	for id := range a.secrets {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// SecretsDir is the directory under which this agent writes its tasks'
+// secret files ("" when the node has none).
+func (a *Agent) SecretsDir() string { return a.secretFiles.root }
+
 // ClusterID is the cluster this node belongs to.
 func (a *Agent) ClusterID() string { return a.id.ClusterID }
 
 // Gossip is this node's gossip member.
 func (a *Agent) Gossip() *gossip.Gossip { return a.gossip }
+
+// Mesh is the node's routing mesh and resolver.
+func (a *Agent) Mesh() *mesh.Mesh { return a.mesh }
 
 // Tasks returns the local records of the assigned tasks.
 func (a *Agent) Tasks() []*pb.Task {
@@ -839,6 +967,9 @@ func (a *Agent) Close() error {
 			<-c.done
 		}
 		a.wg.Wait()
+		if err := a.mesh.Close(); err != nil {
+			a.log.Warn("stop mesh", "err", err)
+		}
 		if err := a.gossip.Shutdown(); err != nil {
 			a.log.Warn("stop gossip", "err", err)
 		}

@@ -22,9 +22,10 @@ type Runtime interface {
 	// Name is the runtime's name as tasks ask for it ("process", "docker").
 	Name() string
 	// Prepare makes everything a task needs before it starts (checks the
-	// executable or image, allocates ports, creates directories). A
-	// permanent problem (no such executable) is a *PermanentError.
-	Prepare(ctx context.Context, t *pb.Task) error
+	// executable or image, allocates ports, creates directories) and hands
+	// it the secret files the agent wrote. A permanent problem (no such
+	// executable) is a *PermanentError.
+	Prepare(ctx context.Context, t *pb.Task, secrets TaskSecrets) error
 	// Start starts a prepared task.
 	Start(ctx context.Context, taskID string) error
 	// Wait blocks until the task has exited and returns how; it returns at
@@ -109,3 +110,30 @@ func (e *PermanentError) Unwrap() error { return e.Err }
 type Availability interface {
 	Available() bool
 }
+
+// TaskSecrets is where the agent wrote a task's secrets: a private
+// directory on an in-memory filesystem with one file per secret the task
+// references, named by the reference's target. The zero value means the
+// task uses no secrets. The agent removes the directory when the task ends.
+type TaskSecrets struct {
+	// Dir is the task's secrets directory on this node.
+	Dir string
+	// Files are the secret files in Dir, one per reference.
+	Files []SecretFile
+}
+
+// SecretFile is one secret as a file.
+type SecretFile struct {
+	// Target is the file's name, as the task sees it.
+	Target string
+	// Path is the file on this node (Dir/Target).
+	Path string
+}
+
+// ContainerSecretsDir is where the docker runtime mounts a task's secret
+// files inside its container (Docker's convention).
+const ContainerSecretsDir = "/run/secrets"
+
+// SecretsDirEnv names the environment variable that tells a process task
+// where its secret files are.
+const SecretsDirEnv = "SHOAL_SECRETS_DIR"

@@ -45,6 +45,9 @@ func (c *taskController) run(ctx context.Context) {
 		next, wait := c.step(ctx, t)
 		if next != nil {
 			c.a.setStatus(c.id, next)
+			if next.GetState() >= pb.TaskState_TASK_STATE_COMPLETE {
+				c.a.dropSecretFiles(c.id) // the task ended: its secrets go
+			}
 			continue
 		}
 		if !wait {
@@ -76,7 +79,8 @@ func newStatus(state pb.TaskState, msg string) *pb.TaskStatus {
 func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, bool) {
 	cur, desired := t.GetStatus().GetState(), t.GetDesiredState()
 	if cur >= pb.TaskState_TASK_STATE_COMPLETE {
-		return nil, true // terminal: nothing to do until the task is removed
+		c.a.dropSecretFiles(t.GetId()) // idempotent: a restarted agent may find them
+		return nil, true               // terminal: nothing to do until the task is removed
 	}
 	rt, err := c.a.runtimeFor(t)
 	if err != nil {
@@ -93,7 +97,14 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 	case cur == pb.TaskState_TASK_STATE_ACCEPTED:
 		return newStatus(pb.TaskState_TASK_STATE_PREPARING, "preparing"), false
 	case cur == pb.TaskState_TASK_STATE_PREPARING:
-		if err := rt.Prepare(ctx, t); err != nil {
+		secrets, ok, err := c.a.writeSecretFiles(t)
+		if err != nil {
+			return failure(err, "prepare secrets"), false
+		}
+		if !ok {
+			return nil, true // a secret's value has not arrived yet
+		}
+		if err := rt.Prepare(ctx, t, secrets); err != nil {
 			if ctx.Err() != nil {
 				return nil, true
 			}
@@ -111,6 +122,11 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 			return exitStatus(info.Exit), false
 		}
 		if err != nil || info.State == RunCreated {
+			if !c.a.secretFiles.present(t) {
+				s := newStatus(pb.TaskState_TASK_STATE_FAILED, "secrets lost")
+				s.Err = "the task's secret files are gone (the node restarted since it was prepared); it will be replaced"
+				return s, false
+			}
 			if err := rt.Start(ctx, t.GetId()); err != nil {
 				if ctx.Err() != nil {
 					return nil, true
@@ -158,6 +174,18 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 		select {
 		case e := <-health:
 			if e.state == pb.HealthState_HEALTH_STATE_UNHEALTHY {
+				// A task that died fails its health check too: report how it
+				// ended rather than "unhealthy".
+				if info, err := rt.Inspect(ctx, t.GetId()); err == nil && info.State == RunExited {
+					select {
+					case r := <-exited:
+						if r.err == nil {
+							return exitStatus(r.exit), false
+						}
+					case <-time.After(time.Second):
+					}
+					return exitStatus(info.Exit), false
+				}
 				c.a.log.Warn("task unhealthy; stopping it", "task", t.GetId(), "output", e.output)
 				grace := time.Duration(t.GetSpec().GetContainer().GetStopGracePeriod())
 				if grace <= 0 {

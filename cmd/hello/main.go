@@ -9,10 +9,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -47,12 +50,39 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
 	mux := http.NewServeMux()
+	var sick atomic.Bool
+	sick.Store(*unhealthy)
+	// POST /admin/unhealthy makes the health check fail from now on, to
+	// show a replica leaving the mesh's rotation.
+	mux.HandleFunc("POST /admin/unhealthy", func(w http.ResponseWriter, r *http.Request) {
+		sick.Store(true)
+		fmt.Fprintln(w, "unhealthy from now on")
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if *unhealthy {
+		if sick.Load() {
 			http.Error(w, "unhealthy on purpose", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	// /call/<service>[/path] asks another service by name, through the
+	// node's resolver and the service's virtual IP, and relays its answer.
+	client := upstreamClient()
+	mux.HandleFunc("/call/{service}/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		port := r.URL.Query().Get("port")
+		if port == "" {
+			port = "80"
+		}
+		url := "http://" + net.JoinHostPort(r.PathValue("service"), port) + "/" + r.PathValue("path")
+		resp, err := client.Get(url)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("%s: %v", url, err), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		fmt.Fprintf(w, "%s -> ", name)
+		_, _ = io.Copy(w, resp.Body)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Served-By", name)
@@ -88,6 +118,23 @@ func probe(url string) int {
 		return 1
 	}
 	return 0
+}
+
+// upstreamClient resolves names through the node's service resolver when
+// the process runtime names one in SHOAL_DNS; in a container the system
+// resolver already is the node's.
+func upstreamClient() *http.Client {
+	dialer := &net.Dialer{Timeout: 3 * time.Second}
+	if dns := os.Getenv("SHOAL_DNS"); dns != "" {
+		dialer.Resolver = &net.Resolver{
+			PreferGo: true,
+			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, dns)
+			},
+		}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true}}
 }
 
 func envOr(k, def string) string {

@@ -97,6 +97,11 @@ func benchmarks() []bench {
 			desc: "in-process manager + 100 simulated workers over gRPC: a 1000-replica service created → all running, scaled to 2000, rolling-updated; manager memory",
 			run:  runConverge,
 		},
+		{
+			name: "mesh",
+			desc: "routing mesh on loopback: 16 HTTP clients against 3 backends directly and through a node's proxy (keep-alive and a new connection per request); then, with a manager and a worker in process, kill -9 of a task → its endpoint gone from the worker's proxy, and its replacement's RUNNING commit → endpoint added",
+			run:  runMesh,
+		},
 	}
 }
 

@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -34,8 +36,14 @@ func main() {
 	bin := flag.String("bin", "bin", "directory holding the shoal and hello binaries")
 	port := flag.Int("port", 0, "API port of every node (default: a free one)")
 	keep := flag.Bool("keep", false, "leave the cluster running at the end (stop it with Ctrl-C)")
+	runtime := flag.String("runtime", envOr("DEMO_RUNTIME", "process"), "runtime of the hello service: process or docker (env DEMO_RUNTIME)")
+	publish := flag.Int("publish", 8080, "port hello is published on, on every node (a free one if it is taken)")
 	flag.Parse()
-	d := &demo{bin: *bin, start: time.Now()}
+	if *runtime != "process" && *runtime != "docker" {
+		fmt.Fprintf(os.Stderr, "unknown runtime %q: use process or docker\n", *runtime)
+		os.Exit(2)
+	}
+	d := &demo{bin: *bin, start: time.Now(), runtime: *runtime, publish: *publish}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := d.run(ctx, *port, *keep)
@@ -49,11 +57,13 @@ func main() {
 
 // demo holds the tour's processes.
 type demo struct {
-	bin   string
-	dir   string
-	port  int
-	start time.Time
-	nodes []*proc
+	bin     string
+	dir     string
+	port    int
+	publish int
+	runtime string
+	start   time.Time
+	nodes   []*proc
 }
 
 // proc is one shoal daemon.
@@ -92,6 +102,15 @@ func (d *demo) run(ctx context.Context, port int, keep bool) error {
 	if d.port == 0 {
 		d.port = freePort()
 	}
+	if !portFree(d.publish) {
+		was := d.publish
+		d.publish = freePort() + 4
+		fmt.Printf("port %d is taken on this host; publishing on %d instead\n", was, d.publish)
+	}
+	image := hello
+	if d.runtime == "docker" {
+		image = "shoal/hello:v1"
+	}
 
 	step("starting 3 managers and 3 workers on 127.0.0.1-6, port %d (logs in %s)", d.port, d.dir)
 	m1, err := d.daemon(ctx, "m1", "127.0.0.1", "init")
@@ -123,18 +142,17 @@ func (d *demo) run(ctx context.Context, port int, keep bool) error {
 		return err
 	}
 
-	step("deploying the hello app with 6 replicas")
+	step("deploying the hello app (%s runtime) with 6 replicas, published on port %d of every node", d.runtime, d.publish)
 	if err := d.shoal(ctx, "service", "create", "--host", m1.addr(d.port), "--name", "hello", "--replicas", "6",
-		"--runtime", "process", "--publish", "8080:80", "--health-http", "/healthz", "--health-interval", "500ms",
-		"--restart-delay", "1s", hello); err != nil {
+		"--runtime", d.runtime, "--publish", fmt.Sprintf("%d:80", d.publish), "--health-http", "/healthz", "--health-interval", "500ms",
+		"--restart-delay", "1s", image); err != nil {
 		return err
 	}
 	if err := d.shoal(ctx, "service", "ps", "hello", "--host", m1.addr(d.port)); err != nil {
 		return err
 	}
 
-	step("sending 120 requests, round robin over the replicas' endpoints")
-	if err := d.fire(ctx, m1.addr(d.port), 120); err != nil {
+	if err := d.fire(ctx, 120); err != nil {
 		return err
 	}
 
@@ -162,17 +180,21 @@ func (d *demo) run(ctx context.Context, port int, keep bool) error {
 		return err
 	}
 
-	step("the service still answers; scaling it to 9 through %s", survivor.name)
-	if err := d.fire(ctx, survivor.addr(d.port), 60); err != nil {
+	step("the service still answers without the old leader")
+	if err := d.fire(ctx, 60); err != nil {
 		return err
 	}
+	step("scaling hello to 9 through %s", survivor.name)
 	if err := d.shoal(ctx, "service", "scale", "hello=9", "--host", survivor.addr(d.port)); err != nil {
 		return err
 	}
 	if err := d.shoal(ctx, "service", "ls", "--host", survivor.addr(d.port)); err != nil {
 		return err
 	}
-	if err := d.fire(ctx, survivor.addr(d.port), 180); err != nil {
+	if err := d.waitEndpoints(ctx, 9); err != nil {
+		return err
+	}
+	if err := d.fire(ctx, 180); err != nil {
 		return err
 	}
 
@@ -347,35 +369,25 @@ func (d *demo) waitNewLeader(ctx context.Context, addr, old string) (string, err
 	return name, err
 }
 
-// fire sends requests round robin over the running replicas' endpoints
-// and prints how many each answered.
-func (d *demo) fire(ctx context.Context, addr string, n int) error {
-	c, done, err := control(addr)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := c.ListTasks(ctx, &pb.ListTasksRequest{ServiceRef: "hello", RunningOnly: true})
-	if err != nil {
-		return err
-	}
-	var endpoints []string
-	for _, t := range resp.GetTasks() {
-		if t.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
-			continue
-		}
-		for _, b := range t.GetStatus().GetPorts() {
-			endpoints = append(endpoints, net.JoinHostPort(b.GetHostIp(), strconv.Itoa(int(b.GetHostPort()))))
+// fire sends n requests to the published port, spread over every live
+// node (managers too: the mesh runs on each), and prints how many each
+// replica answered.
+func (d *demo) fire(ctx context.Context, n int) error {
+	var nodes []*proc
+	for _, p := range d.nodes {
+		if p.alive() {
+			nodes = append(nodes, p)
 		}
 	}
-	if len(endpoints) == 0 {
-		return errors.New("no running replica to send requests to")
-	}
+	step("sending %d requests to port %d, spread over the %d live nodes", n, d.publish, len(nodes))
 	counts := map[string]int{}
 	failed := 0
-	client := http.Client{Timeout: 2 * time.Second}
+	client := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for i := range n {
-		r, err := client.Get("http://" + endpoints[i%len(endpoints)] + "/")
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r, err := client.Get("http://" + nodes[i%len(nodes)].addr(d.publish) + "/")
 		if err != nil {
 			failed++
 			continue
@@ -394,7 +406,38 @@ func (d *demo) fire(ctx context.Context, addr string, n int) error {
 		fmt.Printf("  %4d  %s\n", counts[k], k)
 	}
 	fmt.Printf("  %d replicas answered %d of %d requests (%d failed)\n", len(keys), n-failed, n, failed)
+	if failed > 0 {
+		return fmt.Errorf("%d of %d requests failed", failed, n)
+	}
 	return nil
+}
+
+// waitEndpoints waits until the mesh on every live node spreads over want
+// replicas: requests through one node reach want distinct replicas.
+func (d *demo) waitEndpoints(ctx context.Context, want int) error {
+	client := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	_, err := d.waitFor(ctx, 60*time.Second, fmt.Sprintf("%d replicas behind the published port", want), func() (bool, error) {
+		for _, p := range d.nodes {
+			if !p.alive() {
+				continue
+			}
+			seen := map[string]bool{}
+			for range want * 2 {
+				r, err := client.Get("http://" + p.addr(d.publish) + "/")
+				if err != nil {
+					return false, nil
+				}
+				seen[r.Header.Get("X-Served-By")] = true
+				_, _ = io.Copy(io.Discard, r.Body)
+				r.Body.Close()
+			}
+			if len(seen) < want {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return err
 }
 
 // waitNoTasks waits until the removed service's processes are gone.
@@ -432,6 +475,15 @@ func (d *demo) shutdown() {
 			<-p.done
 		}
 	}
+	// Container twin addresses of service virtual IPs stay on lo for the
+	// cluster's other nodes; the tour's cluster is gone, so are they.
+	if d.dir != "" {
+		if id, err := datadir.Load(filepath.Join(d.dir, "m1")); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			mesh.RemoveContainerAddrs(ctx, id.ClusterID)
+			cancel()
+		}
+	}
 	// Task supervisors outlive their workers by design; none should be
 	// left after the service was removed, but make sure.
 	if d.dir != "" {
@@ -458,29 +510,42 @@ func processesUnder(dir string) []int {
 	return out
 }
 
-// freePort picks a port free on 127.0.0.1-6 for the API, Raft and gossip.
+// freePort picks a port free on 127.0.0.1-6 for the API, Raft, gossip and
+// the resolver, and the one after (a published port may go there).
 func freePort() int {
 	for range 100 {
 		port := 20000 + rand.IntN(30000)
 		ok := true
-		for host := 1; host <= 6 && ok; host++ {
-			for p := port; p <= port+2 && ok; p++ {
-				l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", host, p))
-				if err != nil {
-					ok = false
-					break
-				}
-				l.Close()
-			}
-			if u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.%d:%d", host, port+2)); err != nil {
-				ok = false
-			} else {
-				u.Close()
-			}
+		for p := port; p <= port+4 && ok; p++ {
+			ok = portFree(p)
 		}
 		if ok {
 			return port
 		}
 	}
 	return 4242
+}
+
+// portFree reports whether a port is free, TCP and UDP, on 127.0.0.1-6.
+func portFree(port int) bool {
+	for host := 1; host <= 6; host++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", host, port))
+		if err != nil {
+			return false
+		}
+		l.Close()
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.%d:%d", host, port))
+		if err != nil {
+			return false
+		}
+		u.Close()
+	}
+	return true
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
 }

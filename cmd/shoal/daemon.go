@@ -288,7 +288,7 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 		}
 	}
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
-		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, cfg.Logger)
+		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), cfg.Logger)
 	}
 	return wcfg, nil
 }

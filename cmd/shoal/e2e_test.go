@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -51,15 +52,15 @@ type node struct {
 
 func (n *node) addr() string { return net.JoinHostPort(n.ip, strconv.Itoa(n.port)) }
 
-// freePort picks an API port whose Raft (+1) and gossip (+2, TCP and UDP)
-// ports are also free on every IP.
+// freePort picks an API port whose Raft (+1), gossip (+2, TCP and UDP) and
+// resolver (+3, TCP and UDP) ports are also free on every IP.
 func freePort(t *testing.T, ips ...string) int {
 	t.Helper()
 	for range 100 {
 		port := 20000 + rand.IntN(40000)
 		ok := true
 		for _, ip := range ips {
-			for _, p := range []int{port, port + 1, port + 2} {
+			for _, p := range []int{port, port + 1, port + 2, port + 3} {
 				l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p)))
 				if err != nil {
 					ok = false
@@ -67,10 +68,12 @@ func freePort(t *testing.T, ips ...string) int {
 				}
 				l.Close()
 			}
-			if u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port+2))); err != nil {
-				ok = false
-			} else {
-				u.Close()
+			for _, p := range []int{port + 2, port + 3} {
+				if u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(p))); err != nil {
+					ok = false
+				} else {
+					u.Close()
+				}
 			}
 		}
 		if ok {
@@ -485,6 +488,14 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " manager ") && strings.Contains(r, "Reachable"), r
 	})
+	// The promoted node received the cluster's secrets key, as did m2.
+	key := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(base, name, "secrets.key"))
+		return string(b)
+	}
+	if k := key("m1"); len(k) != 32 || key("m2") != k || key("w1") != k {
+		t.Errorf("secrets keys: m1 %d bytes, m2 and w1 the same: %v, %v", len(k), key("m2") == k, key("w1") == k)
+	}
 	// Three voters now: the cluster survives losing m2.
 	out, _, _ := cli(t, "cluster", "info", "--host", m1.addr())
 	if strings.Count(out, " true") != 3 {
@@ -497,4 +508,7 @@ func TestPromoteAndDemote(t *testing.T) {
 		r := row("w1")
 		return strings.Contains(r, " worker ") && strings.Contains(r, " Ready "), r
 	})
+	if _, err := os.Stat(filepath.Join(base, "w1", "secrets.key")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the demoted node still keeps the secrets key: %v", err)
+	}
 }

@@ -53,6 +53,7 @@ func commands() []*command {
 			{name: "join-token", summary: "Show or rotate a join token", run: runJoinToken},
 		}},
 		{name: "service", summary: "Manage services", sub: serviceCommands()},
+		{name: "secret", summary: "Manage secrets", sub: secretCommands()},
 		{name: "image", summary: "Load images into this node's Docker Engine", sub: imageCommands()},
 		{name: "version", summary: "Print the version", run: func([]string) error {
 			fmt.Println("shoal", version)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/worker"
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
 	"github.com/shoal-cluster/shoal/worker/process"
@@ -18,10 +19,11 @@ const supervisorCommand = process.SupervisorSubcommand
 
 // newRuntimes builds the runtimes a worker offers: always the process
 // runtime, and the docker runtime when the local Docker Engine answers.
-func newRuntimes(dataDir, advertiseIP string, log *slog.Logger) ([]worker.Runtime, error) {
+func newRuntimes(dataDir, advertiseIP, dnsAddr string, log *slog.Logger) ([]worker.Runtime, error) {
 	proc, err := process.New(process.Config{
 		Dir:               filepath.Join(dataDir, "worker", "process"),
 		AdvertiseIP:       advertiseIP,
+		DNSAddr:           dnsAddr,
 		SupervisorCommand: []string{selfExecutable(), supervisorCommand},
 		Logger:            log,
 	})
@@ -45,7 +47,8 @@ func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) worker.Runt
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	d, err := dockerrt.New(ctx, dockerrt.Config{NodeID: id.NodeID, NodeName: id.Hostname, AdvertiseIP: advertiseIP, Logger: log})
+	d, err := dockerrt.New(ctx, dockerrt.Config{NodeID: id.NodeID, NodeName: id.Hostname, AdvertiseIP: advertiseIP,
+		DNS: []string{mesh.ContainerResolverIP(id.ClusterID)}, Logger: log})
 	if err != nil {
 		log.Info("docker runtime not offered: no Docker Engine answers on this node", "err", err)
 		return nil

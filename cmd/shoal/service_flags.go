@@ -142,6 +142,7 @@ type createOptions struct {
 	labels          stringList
 	containerLabels stringList
 	mounts          stringList
+	secrets         stringList
 	constraints     stringList
 	placementPrefs  stringList
 	publish         stringList
@@ -159,6 +160,7 @@ func (o *createOptions) register(fs *flag.FlagSet) {
 	fs.Var(&o.labels, "label", "service label KEY=VALUE (repeatable)")
 	fs.Var(&o.containerLabels, "container-label", "container label KEY=VALUE (repeatable)")
 	fs.Var(&o.mounts, "mount", "type=bind|volume|tmpfs,source=SRC,target=DST[,readonly] (repeatable)")
+	fs.Var(&o.secrets, "secret", "give the tasks a secret as a file: NAME[,target=FILE][,mode=0400] (repeatable)")
 	fs.Var(&o.constraints, "constraint", "placement constraint, e.g. node.labels.zone==a (repeatable)")
 	fs.Var(&o.placementPrefs, "placement-pref", "placement preference, e.g. spread=node.labels.zone (repeatable)")
 	fs.Var(&o.publish, "publish", "publish a port: PUBLISHED:TARGET[/udp] or published=P,target=T[,protocol=udp][,mode=host] (repeatable)")
@@ -181,6 +183,7 @@ type updateOptions struct {
 	labelAdd, labelRm                   stringList
 	containerLabelAdd, containerLabelRm stringList
 	mountAdd, mountRm                   stringList
+	secretAdd, secretRm                 stringList
 	constraintAdd, constraintRm         stringList
 	placementPrefAdd, placementPrefRm   stringList
 	publishAdd, publishRm               stringList
@@ -201,6 +204,8 @@ func (o *updateOptions) register(fs *flag.FlagSet) {
 	fs.Var(&o.containerLabelRm, "container-label-rm", "remove a container label KEY (repeatable)")
 	fs.Var(&o.mountAdd, "mount-add", "add or replace a mount, as --mount of create (repeatable)")
 	fs.Var(&o.mountRm, "mount-rm", "remove the mount at this target path (repeatable)")
+	fs.Var(&o.secretAdd, "secret-add", "add or replace a secret, as --secret of create (repeatable)")
+	fs.Var(&o.secretRm, "secret-rm", "remove a secret by name or ID (repeatable)")
 	fs.Var(&o.constraintAdd, "constraint-add", "add a placement constraint, e.g. node.role==worker (repeatable)")
 	fs.Var(&o.constraintRm, "constraint-rm", "remove a placement constraint, written as it was added (repeatable)")
 	fs.Var(&o.placementPrefAdd, "placement-pref-add", "add a placement preference spread=DESCRIPTOR (repeatable)")
@@ -308,6 +313,16 @@ func (o *createOptions) spec(set map[string]bool, pos []string) (*pb.ServiceSpec
 			return nil, err
 		}
 		c.Mounts = append(c.Mounts, mount)
+	}
+	for _, v := range o.secrets {
+		ref, err := parseSecretRef("--secret", v)
+		if err != nil {
+			return nil, err
+		}
+		if i := slices.IndexFunc(c.Secrets, func(r *pb.SecretReference) bool { return r.GetTarget() == ref.GetTarget() }); i >= 0 {
+			return nil, usagef("--secret %q: secret %s already uses the target %q; give one of them another target=FILE", v, c.Secrets[i].GetSecretName(), ref.GetTarget())
+		}
+		c.Secrets = append(c.Secrets, ref)
 	}
 	for _, expr := range o.constraints {
 		if err := validateConstraint("--constraint", expr); err != nil {
@@ -908,6 +923,23 @@ func (o *updateOptions) apply(spec *pb.ServiceSpec) error {
 		c.Mounts = append(c.Mounts, m)
 	}
 
+	for _, v := range o.secretRm {
+		before := len(c.Secrets)
+		c.Secrets = slices.DeleteFunc(c.Secrets, func(r *pb.SecretReference) bool { return r.GetSecretName() == v || r.GetSecretId() == v })
+		if len(c.Secrets) == before {
+			return fmt.Errorf("--secret-rm %s: the service uses no such secret", v)
+		}
+	}
+	for _, v := range o.secretAdd {
+		ref, err := parseSecretRef("--secret-add", v)
+		if err != nil {
+			return err
+		}
+		// A secret on a target already in use replaces the one there.
+		c.Secrets = slices.DeleteFunc(c.Secrets, func(r *pb.SecretReference) bool { return r.GetTarget() == ref.GetTarget() })
+		c.Secrets = append(c.Secrets, ref)
+	}
+
 	for _, expr := range o.constraintRm {
 		p := placement(spec)
 		before := len(p.Constraints)
@@ -1184,6 +1216,55 @@ func parseMount(flagName, s string) (*pb.Mount, error) {
 		}
 	}
 	return m, nil
+}
+
+// secretNameRE and secretTargetRE mirror the managers' rules, so mistakes
+// are caught before anything is sent.
+var (
+	secretNameRE   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+	secretTargetRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,255}$`)
+)
+
+// parseSecretRef parses NAME[,target=FILE][,mode=0400] (also Docker's
+// source=NAME,...). The target defaults to the name, the mode to 0400.
+func parseSecretRef(flagName, s string) (*pb.SecretReference, error) {
+	bad := func(format string, args ...any) error {
+		return usagef("%s %q: %s", flagName, s, fmt.Sprintf(format, args...))
+	}
+	ref := &pb.SecretReference{Mode: 0o400}
+	for i, field := range strings.Split(s, ",") {
+		k, v, hasValue := strings.Cut(field, "=")
+		if i == 0 && !hasValue {
+			ref.SecretName = k
+			continue
+		}
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "source", "src":
+			ref.SecretName = v
+		case "target":
+			ref.Target = v
+		case "mode":
+			m, err := strconv.ParseUint(v, 8, 32)
+			if err != nil || m > 0o777 {
+				return nil, bad("mode=%q: use an octal permission mode such as 0400 or 0440", v)
+			}
+			ref.Mode = uint32(m)
+		case "uid", "gid":
+			return nil, bad("%s is not supported: the file belongs to the task's user (process runtime) or root (docker); use mode=0444 to let any user read it", k)
+		default:
+			return nil, bad("unknown field %q: use NAME[,target=FILE][,mode=0400]", k)
+		}
+	}
+	if !secretNameRE.MatchString(ref.SecretName) {
+		return nil, bad("give the secret's name: letters, digits, '-', '_' and '.', starting with a letter or digit")
+	}
+	if ref.Target == "" {
+		ref.Target = ref.SecretName
+	}
+	if !secretTargetRE.MatchString(ref.Target) || ref.Target == "." || ref.Target == ".." {
+		return nil, bad("target=%q: use a plain file name (no '/'); tasks find it in $SHOAL_SECRETS_DIR (process) or /run/secrets (docker)", ref.Target)
+	}
+	return ref, nil
 }
 
 var constraintKeys = []string{"node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"}

@@ -483,6 +483,12 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 			p(" %s:\t%s -> %s%s", enumLower(m.GetType().String(), "MOUNT_TYPE_"), m.GetSource(), m.GetTarget(), ro)
 		}
 	}
+	if len(c.GetSecrets()) > 0 {
+		p("Secrets:")
+		for _, r := range c.GetSecrets() {
+			p(" %s:	-> %s (mode %04o)", r.GetSecretName(), r.GetTarget(), r.GetMode())
+		}
+	}
 	if hc := c.GetHealthcheck(); hc != nil {
 		p("Healthcheck:")
 		switch {

@@ -69,8 +69,22 @@ type Config struct {
 	// PingInterval is how often Available is refreshed (default
 	// DefaultPingInterval; negative: never).
 	PingInterval time.Duration
+	// DNS are the resolvers containers use (the node's container
+	// resolver, so tasks find services by name).
+	DNS []string
 	// Logger receives the runtime's logs (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// dnsServers are the container resolvers as addresses.
+func (r *Runtime) dnsServers() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range r.dns {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Runtime is the docker runtime. It is safe for concurrent use.
@@ -79,6 +93,7 @@ type Runtime struct {
 	nodeID   string
 	nodeName string
 	hostIP   netip.Addr
+	dns      []string
 	log      *slog.Logger
 
 	available atomic.Bool
@@ -152,6 +167,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		nodeID:   cfg.NodeID,
 		nodeName: cfg.NodeName,
 		hostIP:   hostIP,
+		dns:      append([]string(nil), cfg.DNS...),
 		log:      cfg.Logger,
 		ids:      map[string]string{},
 		waiters:  map[string]*waiter{},
@@ -314,8 +330,9 @@ func (r *Runtime) inspect(ctx context.Context, taskID string) (container.Inspect
 }
 
 // Prepare checks the task's image is on this node and creates its
-// container (not started). Preparing a prepared task does nothing.
-func (r *Runtime) Prepare(ctx context.Context, t *pb.Task) error {
+// container (not started), with its secret files mounted. Preparing a
+// prepared task does nothing.
+func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSecrets) error {
 	id := t.GetId()
 	if id == "" {
 		return permanent("a task without an ID")
@@ -325,13 +342,11 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task) error {
 	} else if !errors.Is(err, worker.ErrTaskNotFound) {
 		return err
 	}
-	spec, err := buildSpec(t, r.nodeID, r.hostIP)
+	spec, err := buildSpec(t, r.nodeID, r.hostIP, secrets)
 	if err != nil {
 		return err
 	}
-	if len(t.GetSpec().GetContainer().GetSecrets()) > 0 {
-		r.log.Warn("the docker runtime does not mount secrets yet; the task runs without them", "task_id", id)
-	}
+	spec.host.DNS = r.dnsServers()
 	image := spec.config.Image
 	if _, err := r.cli.ImageInspect(ctx, image); err != nil {
 		if cerrdefs.IsNotFound(err) {

@@ -28,11 +28,12 @@ func permanent(format string, args ...any) error {
 }
 
 // Prepare checks the task's program, resolves its user, allocates its
-// ports and writes its spec. Preparing a prepared task does nothing, so
-// its ports stay the same across retries and agent restarts. Problems the
-// task cannot recover from (no such executable, unknown user, bad env) are
-// *worker.PermanentError.
-func (r *Runtime) Prepare(ctx context.Context, t *pb.Task) error {
+// ports and writes its spec. A task with secrets finds their directory in
+// $SHOAL_SECRETS_DIR; the directory and files are given to the task's user.
+// Preparing a prepared task does nothing, so its ports stay the same across
+// retries and agent restarts. Problems the task cannot recover from (no
+// such executable, unknown user, bad env) are *worker.PermanentError.
+func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSecrets) error {
 	id := t.GetId()
 	dir, ok := r.taskDir(id)
 	if !ok {
@@ -50,6 +51,12 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task) error {
 	spec, err := r.buildSpec(t, dir)
 	if err != nil {
 		return err
+	}
+	if secrets.Dir != "" {
+		spec.Env = mergeEnv(spec.Env, []string{worker.SecretsDirEnv + "=" + secrets.Dir})
+		if err := giveSecrets(secrets, spec.Credential); err != nil {
+			return fmt.Errorf("prepare task %s: %w", id, err)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return fmt.Errorf("prepare task %s: %w", id, err)
@@ -107,8 +114,8 @@ func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
 		return nil, permanent("task %s has no program: set its command or image to an executable", t.GetId())
 	}
 	argv = append(argv, c.GetArgs()...)
-	if len(c.GetMounts()) > 0 || len(c.GetSecrets()) > 0 {
-		r.log.Warn("the process runtime ignores mounts and secrets", "task_id", t.GetId())
+	if len(c.GetMounts()) > 0 {
+		r.log.Warn("the process runtime ignores mounts", "task_id", t.GetId())
 	}
 
 	home := filepath.Join(dir, workDir)
@@ -125,6 +132,9 @@ func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
 	}
 	if r.advertiseIP != "" {
 		env = append(env, "SHOAL_HOST_IP="+r.advertiseIP)
+	}
+	if r.dnsAddr != "" {
+		env = append(env, "SHOAL_DNS="+r.dnsAddr)
 	}
 	for _, kv := range c.GetEnv() {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
@@ -472,4 +482,22 @@ func freePort(proto, ip string) (uint32, error) {
 	}
 	defer l.Close()
 	return uint32(l.Addr().(*net.TCPAddr).Port), nil
+}
+
+// giveSecrets hands a task's secrets directory and files to the user the
+// task runs as (nil: the agent's own user, who owns them already).
+func giveSecrets(secrets worker.TaskSecrets, cred *credential) error {
+	if cred == nil {
+		return nil
+	}
+	paths := []string{secrets.Dir}
+	for _, f := range secrets.Files {
+		paths = append(paths, f.Path)
+	}
+	for _, p := range paths {
+		if err := os.Chown(p, int(cred.UID), int(cred.GID)); err != nil {
+			return fmt.Errorf("give the secret files to the task's user: %w", err)
+		}
+	}
+	return nil
 }

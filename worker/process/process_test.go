@@ -124,7 +124,7 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 func mustRun(t *testing.T, r *Runtime, task *pb.Task) {
 	t.Helper()
 	ctx := testCtx(t, 20*time.Second)
-	if err := r.Prepare(ctx, task); err != nil {
+	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
 	if err := r.Start(ctx, task.Id); err != nil {
@@ -495,7 +495,7 @@ func TestEnvDirAndPorts(t *testing.T) {
 	}
 
 	// Ports are persisted: a retried Prepare and a new agent see the same.
-	if err := r.Prepare(context.Background(), a); err != nil {
+	if err := r.Prepare(context.Background(), a, worker.TaskSecrets{}); err != nil {
 		t.Fatal(err)
 	}
 	r2 := newRuntime(t, dir)
@@ -527,7 +527,7 @@ func TestUser(t *testing.T) {
 		task := shTask("id")
 		task.Spec.Container.User = "0"
 		var perm *worker.PermanentError
-		if err := r.Prepare(context.Background(), task); !errors.As(err, &perm) {
+		if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); !errors.As(err, &perm) {
 			t.Fatalf("Prepare as another user without root = %v, want a PermanentError", err)
 		}
 		return
@@ -541,7 +541,7 @@ func TestUser(t *testing.T) {
 			t.Parallel()
 			task := shTask(`echo "$(id -u):$(id -g)" > "$HOME/id"`)
 			task.Spec.Container.User = tc.user
-			if err := r.Prepare(context.Background(), task); err != nil {
+			if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
 				if tc.user == "nobody" && strings.Contains(err.Error(), "unknown user") {
 					t.Skip("no user nobody on this machine")
 				}
@@ -610,7 +610,7 @@ func TestPrepareErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := r.Prepare(context.Background(), tc.task)
+			err := r.Prepare(context.Background(), tc.task, worker.TaskSecrets{})
 			var perm *worker.PermanentError
 			if !errors.As(err, &perm) {
 				t.Fatalf("Prepare = %v, want a *worker.PermanentError", err)
@@ -632,7 +632,7 @@ func TestStartFailure(t *testing.T) {
 	os.WriteFile(prog, []byte("#!/bin/sh\necho hi\n"), 0o755)
 	task := shTask("")
 	task.Spec.Container.Command = []string{prog}
-	if err := r.Prepare(context.Background(), task); err != nil {
+	if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(prog) // gone between Prepare and Start
@@ -712,7 +712,7 @@ func TestStopBeforeStart(t *testing.T) {
 	t.Parallel()
 	r := newRuntime(t, newStateDir(t))
 	task := shTask("echo should not run")
-	if err := r.Prepare(context.Background(), task); err != nil {
+	if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
 		t.Fatal(err)
 	}
 	if info := mustInspect(t, r, task.Id); info.State != worker.RunCreated {
@@ -1136,4 +1136,51 @@ func inheritedSignalState(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return "SigBlk:\t0000000000000000\n" + string(out)
+}
+
+// TestSecretsDir: the task finds its secrets in $SHOAL_SECRETS_DIR, and a
+// task running as another user owns them (root only).
+func TestSecretsDir(t *testing.T) {
+	t.Parallel()
+	dir := newStateDir(t)
+	for d := filepath.Dir(dir); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := newRuntime(t, dir)
+	users := []string{""}
+	if os.Geteuid() == 0 {
+		users = append(users, "65534:65534")
+	}
+	for _, user := range users {
+		secrets := worker.TaskSecrets{Dir: filepath.Join(t.TempDir(), "s")}
+		if err := os.Chmod(filepath.Dir(secrets.Dir), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(secrets.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		pw := filepath.Join(secrets.Dir, "pw")
+		if err := os.WriteFile(pw, []byte("hunter2"), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		secrets.Files = []worker.SecretFile{{Target: "pw", Path: pw}}
+		task := shTask(`cat "$SHOAL_SECRETS_DIR/pw" > "$HOME/out"`, "SHOAL_SECRETS_DIR=/not/here")
+		task.Spec.Container.User = user
+		ctx := testCtx(t, 20*time.Second)
+		if err := r.Prepare(ctx, task, secrets); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(ctx, task.Id); err != nil {
+			t.Fatal(err)
+		}
+		if ex := mustWait(t, r, task.Id); ex.Code != 0 {
+			t.Fatalf("user %q: exit %+v, logs %q", user, ex, mustLogs(t, r, task.Id, worker.LogOptions{}))
+		}
+		b, err := os.ReadFile(filepath.Join(r.dir, task.Id, workDir, "out"))
+		if err != nil || string(b) != "hunter2" {
+			t.Errorf("user %q: the task read %q, %v", user, b, err)
+		}
+	}
 }

@@ -68,6 +68,9 @@ type Config struct {
 	// AdvertiseIP is the node's IP: task ports are allocated on it and
 	// reported as its host IP. Empty means all interfaces (0.0.0.0).
 	AdvertiseIP string
+	// DNSAddr is the node's service resolver (host:port), given to tasks
+	// as SHOAL_DNS so they can resolve other services by name.
+	DNSAddr string
 	// Executable is the shoal binary that runs supervisors
 	// (default os.Executable()). Ignored when SupervisorCommand is set.
 	Executable string
@@ -94,6 +97,7 @@ type Config struct {
 type Runtime struct {
 	dir         string
 	advertiseIP string
+	dnsAddr     string
 	supCmd      []string
 	supEnv      []string
 	log         *slog.Logger
@@ -128,6 +132,7 @@ func New(cfg Config) (*Runtime, error) {
 	r := &Runtime{
 		dir:         dir,
 		advertiseIP: cfg.AdvertiseIP,
+		dnsAddr:     cfg.DNSAddr,
 		supEnv:      cfg.SupervisorEnv,
 		log:         cfg.Logger,
 		maxLogBytes: cfg.MaxLogBytes,

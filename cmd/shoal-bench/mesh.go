@@ -1,0 +1,350 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/shoal-cluster/shoal/internal/mesh"
+	"github.com/shoal-cluster/shoal/internal/rpc"
+	"github.com/shoal-cluster/shoal/manager"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/process"
+)
+
+// The routing mesh: a load generator on loopback against three small HTTP
+// backends, directly and through a node's mesh (the same proxy code a
+// node runs, in this process), with keep-alive connections and with one
+// connection per request. Then the time an endpoint change takes from its
+// commit to a worker's proxy.
+const (
+	meshClients  = 16
+	meshBackends = 3
+)
+
+func runMesh(ctx context.Context, e *env) ([]series, error) {
+	var backends []string
+	for range meshBackends {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		backends = append(backends, ln.Addr().String())
+	}
+	m := mesh.New(mesh.Config{IP: "127.0.0.1", Log: slog.New(slog.DiscardHandler)})
+	defer m.Close()
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	se := &pb.ServiceEndpoints{ServiceId: "bench", ServiceName: "bench",
+		Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: uint32(port)}}}
+	for i, b := range backends {
+		_, p, _ := net.SplitHostPort(b)
+		hp, _ := strconv.Atoi(p)
+		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{TaskId: fmt.Sprint(i), Ip: "127.0.0.1",
+			Ports: []*pb.PortBinding{{TargetPort: 80, HostIp: "127.0.0.1", HostPort: uint32(hp)}}})
+	}
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
+	meshAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if errs := m.Errors(); len(errs) > 0 {
+		return nil, errs[0]
+	}
+
+	dur := e.opts.duration / 3
+	if dur < time.Second {
+		dur = time.Second
+	}
+	names := []string{"direct keep-alive", "mesh keep-alive", "direct new-conn", "mesh new-conn"}
+	rps := make([]series, len(names))
+	p99 := make([]series, len(names))
+	for i, n := range names {
+		rps[i] = series{name: "mesh: " + n + " throughput", unit: "req/s"}
+		p99[i] = series{name: "mesh: " + n + " p99 latency", unit: "ms"}
+	}
+	for run := range e.opts.runs {
+		for i, n := range names {
+			targets := backends
+			if i%2 == 1 {
+				targets = []string{meshAddr}
+			}
+			r, err := loadHTTP(ctx, targets, i >= 2, dur)
+			if err != nil {
+				return nil, fmt.Errorf("%s run %d: %w", n, run+1, err)
+			}
+			rps[i].samples = append(rps[i].samples, r.rps)
+			p99[i].samples = append(p99[i].samples, r.p99)
+		}
+	}
+	change, err := runEndpointChange(ctx, e)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint change: %w", err)
+	}
+	var out []series
+	for i := range names {
+		out = append(out, rps[i], p99[i])
+	}
+	return append(out, change...), nil
+}
+
+type loadResult struct{ rps, p99 float64 }
+
+// loadHTTP runs meshClients clients for d, each asking one of targets in
+// turn, and returns the request rate and the 99th percentile latency.
+func loadHTTP(ctx context.Context, targets []string, newConn bool, d time.Duration) (loadResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var firstErr error
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range meshClients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{DisableKeepAlives: newConn, MaxIdleConnsPerHost: 1}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+			var mine []time.Duration
+			for i := c; ctx.Err() == nil; i++ {
+				t0 := time.Now()
+				resp, err := client.Get("http://" + targets[i%len(targets)] + "/")
+				if err != nil {
+					if ctx.Err() == nil {
+						mu.Lock()
+						if firstErr == nil {
+							firstErr = err
+						}
+						mu.Unlock()
+					}
+					break
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return loadResult{}, firstErr
+	}
+	if len(lat) == 0 {
+		return loadResult{}, errors.New("no request completed")
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return loadResult{rps: float64(len(lat)) / elapsed.Seconds(), p99: ms(lat[len(lat)*99/100])}, nil
+}
+
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// runEndpointChange measures, with a manager and a worker in this
+// process, how long an endpoint change takes to reach a worker's proxy:
+// from kill -9 of a task's process to its endpoint leaving the proxy (the
+// worker reports the exit, the leader commits it and pushes the new set),
+// and from its replacement's RUNNING commit to its endpoint joining.
+func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
+	port, err := e.freePortWithWorker()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(e.tmp, "mesh")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "in-process.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	logger := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	m, err := manager.Init(ctx, manager.Config{
+		DataDir: filepath.Join(dir, "m1"), Hostname: "m1", AdvertiseIP: managerIPs[0], APIPort: port,
+		Timing: raftstore.TimingFromElection(e.opts.election), HeartbeatPeriod: time.Second, Logger: logger.With("who", "m1"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("manager.Init: %w", err)
+	}
+	defer m.Close()
+	st := m.Store()
+	var token string
+	if err := poll(ctx, 30*time.Second, 20*time.Millisecond, "the cluster object", func(context.Context) (bool, error) {
+		st.View(func(tx *raftstore.Tx) {
+			if c := tx.Cluster(); c != nil {
+				token = c.GetJoinTokens().GetWorker()
+			}
+		})
+		return m.IsLeader() && token != "", nil
+	}); err != nil {
+		return nil, err
+	}
+	wdir := filepath.Join(dir, "w1")
+	wcfg := worker.Config{DataDir: wdir, Hostname: "w1", AdvertiseIP: workerIP, APIPort: port, Logger: logger.With("who", "w1")}
+	var rt *process.Runtime
+	wcfg.Runtimes = func() ([]worker.Runtime, error) {
+		r, err := process.New(process.Config{Dir: filepath.Join(wdir, "worker", "process"), AdvertiseIP: workerIP,
+			SupervisorCommand: []string{e.bin, "__supervise"}, Logger: wcfg.Logger})
+		if err != nil {
+			return nil, err
+		}
+		rt = r
+		return []worker.Runtime{r}, nil
+	}
+	a, err := worker.Join(ctx, wcfg, m.APIAddr(), token)
+	if err != nil {
+		return nil, fmt.Errorf("worker.Join: %w", err)
+	}
+	defer func() {
+		a.Close()
+		if rt != nil {
+			if _, err := removeAllTasks(rt); err != nil {
+				e.notef("mesh: cleaning up tasks: %v", err)
+			}
+		}
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = a.WaitConnected(wctx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+
+	// A published service of one /bin/sleep task restarted at once: each
+	// sample kills the task's process (its endpoint must go) and waits for
+	// the replacement's RUNNING commit (its endpoint must come).
+	published, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := rpc.Dial(m.APIAddr())
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	spec := &pb.ServiceSpec{
+		Annotations: &pb.Annotations{Name: "mesh-bench"},
+		Task: &pb.TaskSpec{Runtime: "process",
+			Container: &pb.ContainerSpec{Image: "/bin/sleep", Args: []string{"1000"}, StopGracePeriod: int64(time.Second)},
+			Restart:   &pb.RestartPolicy{Condition: pb.RestartCondition_RESTART_CONDITION_ANY, Delay: int64(time.Millisecond)}},
+		Mode:     &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 1}},
+		Endpoint: &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: uint32(published)}}},
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = pb.NewControlClient(conn).CreateService(cctx, &pb.CreateServiceRequest{Spec: spec})
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = pb.NewControlClient(conn).RemoveService(rctx, &pb.RemoveServiceRequest{Ref: "mesh-bench"})
+		_ = poll(rctx, 10*time.Second, 20*time.Millisecond, "the bench service's task to stop", func(context.Context) (bool, error) {
+			n := 0
+			st.View(func(tx *raftstore.Tx) { n = len(tx.Tasks().List()) })
+			return n == 0, nil
+		})
+	}()
+
+	addr := net.JoinHostPort(workerIP, strconv.Itoa(published))
+	// waitBackends waits, without polling, for the worker's proxy to send
+	// addr's traffic to want endpoints.
+	waitBackends := func(want int) error {
+		deadline := time.After(20 * time.Second)
+		for {
+			changed := a.Mesh().Changed()
+			if len(a.Mesh().Backends(addr)) == want {
+				return nil
+			}
+			select {
+			case <-changed:
+			case <-deadline:
+				return fmt.Errorf("the worker's proxy did not reach %d endpoints", want)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	running := func() *pb.Task {
+		var out *pb.Task
+		st.View(func(tx *raftstore.Tx) {
+			for _, t := range tx.Tasks().List() {
+				if t.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && t.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
+					out = t
+				}
+			}
+		})
+		return out
+	}
+	if err := waitBackends(1); err != nil {
+		return nil, err
+	}
+	in := series{name: "mesh: endpoint added (RUNNING commit → worker proxy)", unit: "ms"}
+	out := series{name: "mesh: endpoint removed (kill -9 of the task → worker proxy)", unit: "ms"}
+	n := 20
+	if e.opts.quick {
+		n = 8
+	}
+	for i := range n {
+		victim := running()
+		if victim == nil {
+			return nil, errors.New("no running task")
+		}
+		sub := st.Watch(func(ev raftstore.Event) bool {
+			t, ok := ev.Object.(*pb.Task)
+			return ok && t.GetId() != victim.GetId() && t.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING
+		})
+		t0 := time.Now()
+		if err := syscall.Kill(int(victim.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
+			sub.Close()
+			return nil, fmt.Errorf("kill task %d: %w", i+1, err)
+		}
+		if err := waitBackends(0); err != nil {
+			sub.Close()
+			return nil, fmt.Errorf("sample %d: %w", i+1, err)
+		}
+		out.samples = append(out.samples, ms(time.Since(t0)))
+		var committed time.Time
+		select {
+		case <-sub.C():
+			committed = time.Now()
+		case <-time.After(20 * time.Second):
+			sub.Close()
+			return nil, fmt.Errorf("sample %d: no replacement task running", i+1)
+		}
+		sub.Close()
+		if err := waitBackends(1); err != nil {
+			return nil, fmt.Errorf("sample %d: %w", i+1, err)
+		}
+		in.samples = append(in.samples, ms(time.Since(committed)))
+	}
+	return []series{in, out}, nil
+}

@@ -1,0 +1,360 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+)
+
+// Config says where a node's mesh listens.
+type Config struct {
+	// IP is the node's advertised IP: ingress ports and the resolver bind
+	// there.
+	IP string
+	// DNSPort is the resolver's port on IP (UDP and TCP); 0 disables it.
+	DNSPort int
+	// ContainerResolver, when set, serves containers too: the resolver
+	// also listens on this address (port 53; see ContainerResolverIP) and
+	// answers with each virtual IP's container twin, which the proxy
+	// serves. The node adds these addresses to its loopback interface.
+	ContainerResolver string
+	// DialTimeout bounds each attempt to reach a backend (default 1s).
+	DialTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Mesh is a node's routing mesh and resolver.
+type Mesh struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	tab       table
+	listeners map[string]proxy // by "ip:port" (TCP) or "ip:port/udp"
+	errs      map[string]error // addresses that could not be bound
+	closed    bool
+	changed   chan struct{} // closed and replaced on every applied update
+
+	dns      *resolver
+	ctrDNS   *resolver       // the containers' resolver, if any
+	ctrAddrs map[string]bool // container twin addresses added to lo
+}
+
+// New returns a mesh that listens on nothing until Start and Apply.
+func New(cfg Config) *Mesh {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Mesh{
+		cfg:       cfg,
+		log:       cfg.Log.With("component", "mesh"),
+		tab:       table{},
+		listeners: map[string]proxy{},
+		errs:      map[string]error{},
+		changed:   make(chan struct{}),
+		ctrAddrs:  map[string]bool{},
+	}
+}
+
+// Start opens the resolver (when a DNS port is set).
+// Start opens the resolvers: the node's (when a DNS port is set) and the
+// containers' (when ContainerResolver is set). A resolver that cannot
+// start is reported; the proxy works without it.
+func (m *Mesh) Start(ctx context.Context) error {
+	var errs []error
+	if m.cfg.DNSPort != 0 {
+		r, err := startResolver(ctx, net.JoinHostPort(m.cfg.IP, strconv.Itoa(m.cfg.DNSPort)), m.lookup(nil), m.log, false)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			m.mu.Lock()
+			m.dns = r
+			m.mu.Unlock()
+		}
+	}
+	if ip := m.cfg.ContainerResolver; ip != "" {
+		err := addLocalAddr(ctx, ip)
+		var r *resolver
+		if err == nil {
+			r, err = startResolver(ctx, net.JoinHostPort(ip, "53"), m.lookup(func(vip string) string { return containerVIP(ip, vip) }), m.log, true)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("containers' resolver: %w", err))
+		} else {
+			m.mu.Lock()
+			m.ctrDNS = r
+			m.mu.Unlock()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DNSAddr is the resolver's address (host:port), or "" when it is off.
+func (m *Mesh) DNSAddr() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.dns == nil {
+		return ""
+	}
+	return m.dns.addr
+}
+
+// Apply takes an endpoint update from the managers and reconciles the
+// proxied addresses with it.
+func (m *Mesh) Apply(u *pb.EndpointUpdate) {
+	if u == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	m.tab = m.tab.apply(u)
+	m.reconcile()
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next applied update.
+func (m *Mesh) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+// Errors lists addresses the mesh could not open, e.g. a published port
+// another program holds on this host.
+func (m *Mesh) Errors() []error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keys := make([]string, 0, len(m.errs))
+	for k := range m.errs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]error, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m.errs[k])
+	}
+	return out
+}
+
+// Backends returns where new connections to addr go: "ip:port" for TCP,
+// "ip:port/udp" for UDP.
+func (m *Mesh) Backends(addr string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.listeners[addr]
+	if !ok {
+		return nil
+	}
+	return l.currentBackends()
+}
+
+// proxy is one proxied address, TCP (listener) or UDP (udpProxy).
+type proxy interface {
+	serviceName() string
+	setBackends([]string)
+	currentBackends() []string
+	close()
+}
+
+// wanted is one address the table says this node must proxy.
+type wanted struct {
+	service   string
+	backends  []string
+	reusePort bool
+	localIP   string // an address to add to lo first (a container twin)
+}
+
+// proxyKey names a proxied address: "ip:port", with "/udp" for UDP.
+func proxyKey(ip string, port uint32, protocol pb.PortProtocol) string {
+	k := net.JoinHostPort(ip, strconv.Itoa(int(port)))
+	if protocol == pb.PortProtocol_PORT_PROTOCOL_UDP {
+		k += "/udp"
+	}
+	return k
+}
+
+// desired computes every address to proxy: each ingress-published port on
+// the node's IP, and each target port on each service's virtual IP (and
+// its container twin when containers are served).
+func (m *Mesh) desired() map[string]wanted {
+	out := map[string]wanted{}
+	for _, s := range m.tab {
+		for _, p := range s.GetPorts() {
+			proto := p.GetProtocol()
+			w := wanted{service: s.GetServiceName(), backends: backends(s, p.GetTargetPort(), proto)}
+			if p.GetPublishMode() == pb.PublishMode_PUBLISH_MODE_INGRESS && p.GetPublishedPort() != 0 && m.cfg.IP != "" {
+				out[proxyKey(m.cfg.IP, p.GetPublishedPort(), proto)] = w
+			}
+			if vip := s.GetVirtualAddr(); vip != "" {
+				w.reusePort = true
+				out[proxyKey(vip, p.GetTargetPort(), proto)] = w
+				if twin := containerVIP(m.cfg.ContainerResolver, vip); twin != "" {
+					w.localIP = twin
+					out[proxyKey(twin, p.GetTargetPort(), proto)] = w
+				}
+			}
+		}
+	}
+	return out
+}
+
+// reconcile opens, updates and closes listeners to match the table. m.mu
+// is held.
+func (m *Mesh) reconcile() {
+	want := m.desired()
+	for addr, l := range m.listeners {
+		if w, ok := want[addr]; !ok || w.service != l.serviceName() {
+			l.close()
+			delete(m.listeners, addr)
+			m.log.Info("mesh stopped proxying", "addr", addr, "service", l.serviceName())
+		}
+	}
+	for addr := range m.errs {
+		if _, ok := want[addr]; !ok {
+			delete(m.errs, addr)
+		}
+	}
+	for addr, w := range want {
+		l, ok := m.listeners[addr]
+		if !ok {
+			if w.localIP != "" && !m.ctrAddrs[w.localIP] {
+				if err := addLocalAddr(context.Background(), w.localIP); err != nil {
+					if prev, seen := m.errs[addr]; !seen || prev.Error() != err.Error() {
+						m.log.Error("mesh cannot serve containers", "addr", addr, "service", w.service, "err", err)
+					}
+					m.errs[addr] = err
+					continue
+				}
+				m.ctrAddrs[w.localIP] = true
+			}
+			var err error
+			l, err = m.open(addr, w)
+			if err != nil {
+				err = bindError(addr, w.service, err)
+				if prev, seen := m.errs[addr]; !seen || prev.Error() != err.Error() {
+					m.log.Error("mesh cannot proxy", "addr", addr, "service", w.service, "err", err)
+				}
+				m.errs[addr] = err
+				continue
+			}
+			delete(m.errs, addr)
+			m.listeners[addr] = l
+			m.log.Info("mesh proxying", "addr", addr, "service", w.service, "endpoints", len(w.backends))
+		}
+		l.setBackends(w.backends)
+	}
+	// A twin address whose service is gone is removed from the host (every
+	// node of the cluster sees the service go).
+	for ip := range m.ctrAddrs {
+		still := false
+		for _, w := range want {
+			still = still || w.localIP == ip
+		}
+		if !still {
+			delLocalAddr(context.Background(), ip)
+			delete(m.ctrAddrs, ip)
+		}
+	}
+}
+
+// open starts proxying one address.
+func (m *Mesh) open(key string, w wanted) (proxy, error) {
+	addr, isUDP := strings.CutSuffix(key, "/udp")
+	if isUDP {
+		conn, err := listenUDP(context.Background(), addr, w.reusePort)
+		if err != nil {
+			return nil, err
+		}
+		return newUDPProxy(conn, key, w.service, m.log), nil
+	}
+	ln, err := listen(context.Background(), addr, w.reusePort)
+	if err != nil {
+		return nil, err
+	}
+	l := newListener(ln, key, w.service, m.log, m.cfg.DialTimeout)
+	l.wg.Add(1)
+	go l.serve()
+	return l, nil
+}
+
+// lookup returns the resolver's answer function; mapVIP, when set, turns
+// a service's virtual IP into the address the asker can reach.
+func (m *Mesh) lookup(mapVIP func(string) string) lookupFunc {
+	return func(name string) (ips []net.IP, known bool) {
+		m.mu.Lock()
+		tab := m.tab
+		m.mu.Unlock()
+		if rest, ok := cutPrefixFold(name, "tasks."); ok {
+			if s := tab.byName(rest); s != nil {
+				return taskIPs(s), true
+			}
+		}
+		s := tab.byName(name)
+		if s == nil {
+			return nil, false
+		}
+		vip := s.GetVirtualAddr()
+		if mapVIP != nil {
+			vip = mapVIP(vip)
+		}
+		if ip := net.ParseIP(vip).To4(); ip != nil {
+			return []net.IP{ip}, true
+		}
+		return taskIPs(s), true
+	}
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) < len(prefix) || !equalFold(s[:len(prefix)], prefix) {
+		return "", false
+	}
+	return s[len(prefix):], true
+}
+
+// Close stops every listener and the resolver.
+func (m *Mesh) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	ls := m.listeners
+	m.listeners = map[string]proxy{}
+	resolvers := []*resolver{m.dns, m.ctrDNS}
+	m.mu.Unlock()
+	for _, l := range ls {
+		l.close()
+	}
+	// Container twin addresses stay on lo: another node of the cluster on
+	// this host may serve them, and a restarted node reuses them.
+	var errs []error
+	for _, r := range resolvers {
+		if r != nil {
+			if err := r.close(); err != nil {
+				errs = append(errs, fmt.Errorf("close resolver: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DNSPortOffset places a node's resolver beside its other ports: API port
+// P, Raft P+1, gossip P+2, resolver P+3 (UDP and TCP).
+const DNSPortOffset = 3

@@ -1,0 +1,347 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
+	"go.uber.org/goleak"
+)
+
+// backend is a tiny HTTP server standing for one task.
+type backend struct {
+	name string
+	addr *net.TCPAddr
+	srv  *http.Server
+}
+
+func startBackends(t *testing.T, n int) []*backend {
+	t.Helper()
+	var out []*backend
+	for i := range n {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &backend{name: fmt.Sprintf("task-%d", i), addr: ln.Addr().(*net.TCPAddr)}
+		b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, b.name) })}
+		go b.srv.Serve(ln)
+		t.Cleanup(func() { b.srv.Close() })
+		out = append(out, b)
+	}
+	return out
+}
+
+func (b *backend) endpoint(target uint32) *pb.TaskEndpoint {
+	return &pb.TaskEndpoint{TaskId: b.name, NodeId: "n1", Ip: "127.0.0.1",
+		Ports: []*pb.PortBinding{{TargetPort: target, HostIp: "127.0.0.1", HostPort: uint32(b.addr.Port)}}}
+}
+
+// freeTCPPort returns a port nothing listens on at ip.
+func freeTCPPort(t *testing.T, ip string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func service(id, name, vip string, published, target uint32, bes ...*backend) *pb.ServiceEndpoints {
+	s := &pb.ServiceEndpoints{ServiceId: id, ServiceName: name, VirtualAddr: vip,
+		Ports: []*pb.PortConfig{{TargetPort: target, PublishedPort: published}}}
+	for _, b := range bes {
+		s.Tasks = append(s.Tasks, b.endpoint(target))
+	}
+	return s
+}
+
+func newTestMesh(t *testing.T, dns bool) *Mesh {
+	t.Helper()
+	cfg := Config{IP: "127.0.0.1", Log: slog.New(slog.DiscardHandler), DialTimeout: 500 * time.Millisecond}
+	if dns {
+		cfg.DNSPort = freeTCPPort(t, "127.0.0.1")
+	}
+	m := New(cfg)
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// get asks addr once, on a new connection, and returns the body.
+func get(addr string) (string, error) {
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// spread sends n requests and counts them per answering task.
+func spread(t *testing.T, addr string, n int) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	for range n {
+		body, err := get(addr)
+		if err != nil {
+			t.Fatalf("request to %s: %v", addr, err)
+		}
+		counts[body]++
+	}
+	return counts
+}
+
+func TestIngressBalancesAndFollowsUpdates(t *testing.T) {
+	bes := startBackends(t, 3)
+	m := newTestMesh(t, false)
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+	counts := spread(t, addr, 30)
+	for _, b := range bes {
+		if counts[b.name] != 10 {
+			t.Fatalf("round robin over 3 tasks: want 10 each, got %v", counts)
+		}
+	}
+
+	// A task leaves the set (stopped, unhealthy): no new connection reaches it.
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[2])}})
+	counts = spread(t, addr, 20)
+	if counts[bes[1].name] != 0 || counts[bes[0].name] == 0 || counts[bes[2].name] == 0 {
+		t.Fatalf("after removing %s: %v", bes[1].name, counts)
+	}
+
+	// Scaling up adds endpoints.
+	more := startBackends(t, 1)
+	more[0].name = "task-new"
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[2], more[0])}})
+	if counts = spread(t, addr, 30); counts["task-new"] != 10 {
+		t.Fatalf("after adding an endpoint: %v", counts)
+	}
+
+	// The service goes: the port closes.
+	m.Apply(&pb.EndpointUpdate{Removed: []string{"s1"}})
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("the port still accepts after the service was removed")
+	}
+}
+
+func TestNoEndpointClosesPromptly(t *testing.T) {
+	m := newTestMesh(t, false)
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80)}})
+	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A client with nowhere to go sees the connection end, not a hang: the
+	// deadline only bounds the test.
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if n != 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+		t.Fatalf("read with no endpoints: n=%d err=%v, want EOF or reset", n, err)
+	}
+}
+
+func TestDeadEndpointIsSkipped(t *testing.T) {
+	bes := startBackends(t, 2)
+	dead := &backend{name: "dead", addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: freeTCPPort(t, "127.0.0.1")}}
+	m := newTestMesh(t, false)
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], dead, bes[1])}})
+	counts := spread(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 30)
+	if counts[bes[0].name]+counts[bes[1].name] != 30 {
+		t.Fatalf("every request should be served by a live endpoint: %v", counts)
+	}
+}
+
+func TestVirtualIPAndResolver(t *testing.T) {
+	bes := startBackends(t, 2)
+	m := newTestMesh(t, true)
+	defer m.Close()
+	vip := fmt.Sprintf("127.%d.%d.%d", 32+rand.IntN(200), rand.IntN(250), 1+rand.IntN(250))
+	target := freeTCPPort(t, vip)
+	web := service("s1", "web", vip, 0, uint32(target), bes...)
+	web.Tasks[1].Ip = "127.0.0.2"
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{web, service("s2", "db", "", 0, 5432)}})
+
+	counts := spread(t, net.JoinHostPort(vip, strconv.Itoa(target)), 10)
+	if counts[bes[0].name] != 5 || counts[bes[1].name] != 5 {
+		t.Fatalf("virtual IP spread: %v", counts)
+	}
+
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, m.DNSAddr())
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cases := []struct {
+		name    string
+		want    string
+		notFoud bool
+	}{
+		{name: "web", want: vip},
+		{name: "WEB.", want: vip},
+		{name: "tasks.web", want: "127.0.0.1,127.0.0.2"},
+		{name: "db", want: ""}, // no virtual IP and no task: known, no address
+		{name: "nope", notFoud: true},
+		{name: "tasks.nope", notFoud: true},
+	}
+	for _, tc := range cases {
+		addrs, err := r.LookupHost(ctx, tc.name)
+		var dnsErr *net.DNSError
+		switch {
+		case tc.notFoud:
+			if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+				t.Errorf("%s: want NXDOMAIN, got %v %v", tc.name, addrs, err)
+			}
+		case tc.want == "":
+			if len(addrs) != 0 {
+				t.Errorf("%s: want no address, got %v", tc.name, addrs)
+			}
+		default:
+			if err != nil || strings.Join(addrs, ",") != tc.want {
+				t.Errorf("%s: got %v %v, want %s", tc.name, addrs, err, tc.want)
+			}
+		}
+	}
+}
+
+func TestPortTakenIsReported(t *testing.T) {
+	holder, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	port := holder.Addr().(*net.TCPAddr).Port
+	m := newTestMesh(t, false)
+	defer m.Close()
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80)}})
+	errs := m.Errors()
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "already in use") {
+		t.Fatalf("errors = %v, want one 'already in use'", errs)
+	}
+	// Once the holder lets go, the next update binds it.
+	holder.Close()
+	m.Apply(&pb.EndpointUpdate{})
+	if errs := m.Errors(); len(errs) != 0 {
+		t.Fatalf("errors after the port was freed: %v", errs)
+	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// udpEcho answers every datagram with its name.
+func udpEcho(t *testing.T, name string) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDP([]byte(name), from)
+		}
+	}()
+	return c
+}
+
+func TestUDPFlowsSpreadOverBackends(t *testing.T) {
+	a, b := udpEcho(t, "a"), udpEcho(t, "b")
+	m := newTestMesh(t, false)
+	defer m.Close()
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := u.LocalAddr().(*net.UDPAddr).Port
+	u.Close()
+	se := &pb.ServiceEndpoints{ServiceId: "s1", ServiceName: "dns",
+		Ports: []*pb.PortConfig{{TargetPort: 53, PublishedPort: uint32(port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}}
+	for _, c := range []*net.UDPConn{a, b} {
+		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{Ip: "127.0.0.1", Ports: []*pb.PortBinding{{
+			TargetPort: 53, HostIp: "127.0.0.1", HostPort: uint32(c.LocalAddr().(*net.UDPAddr).Port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}})
+	}
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
+	if got := m.Backends(fmt.Sprintf("127.0.0.1:%d/udp", port)); len(got) != 2 {
+		t.Fatalf("udp backends: %v", got)
+	}
+	seen := map[string]int{}
+	for range 4 { // each client socket is a flow of its own
+		c, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // a flow stays on its backend
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 16)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("reply through the mesh: %v", err)
+			}
+			seen[string(buf[:n])]++
+		}
+		c.Close()
+	}
+	if seen["a"] != 4 || seen["b"] != 4 {
+		t.Fatalf("replies per backend: %v, want 4 each (2 flows of 2 datagrams)", seen)
+	}
+}
+
+func TestVirtualIPPlan(t *testing.T) {
+	for i := range 50 {
+		seen := map[string]bool{}
+		cluster := fmt.Sprintf("cluster-%d", i)
+		resolver := ContainerResolverIP(cluster)
+		for _, n := range []int{0, 1, 255, 256, VIPsPerCluster - 1} {
+			vip := VIP(cluster, n)
+			ip := net.ParseIP(vip).To4()
+			if ip[0] != 127 || ip[1] < 32 {
+				t.Fatalf("%s #%d: %s is outside 127.32.0.0-127.255.255.255", cluster, n, vip)
+			}
+			if seen[vip] {
+				t.Fatalf("%s #%d: %s given twice", cluster, n, vip)
+			}
+			seen[vip] = true
+			twin := containerVIP(resolver, vip)
+			tip := net.ParseIP(twin).To4()
+			if tip == nil || tip[0] != 100 || tip[1] < 64 || tip[1] > 127 || twin == resolver {
+				t.Fatalf("%s #%d: twin %q of %s (resolver %s)", cluster, n, twin, vip, resolver)
+			}
+			if twin != containerVIP(resolver, vip) || (n > 0 && twin == containerVIP(resolver, VIP(cluster, n-1))) {
+				t.Fatalf("%s #%d: twins are not one to one", cluster, n)
+			}
+		}
+	}
+}

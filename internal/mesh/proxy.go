@@ -1,0 +1,196 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// listener is one proxied address (an ingress port or a virtual IP port)
+// and the backends its connections go to.
+type listener struct {
+	key      string // "ip:port"
+	service  string // service name, for logs
+	ln       net.Listener
+	backends atomic.Pointer[[]string]
+	next     atomic.Uint64
+
+	log         *slog.Logger
+	dialTimeout time.Duration
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// listen opens a proxied address. reusePort lets every node of a cluster
+// that shares a host bind the same virtual IP (they all balance over the
+// same endpoints); ingress ports never share, so a port already taken on
+// the host is an error.
+func listen(ctx context.Context, addr string, reusePort bool) (net.Listener, error) {
+	lc := listenConfig(reusePort)
+	return lc.Listen(ctx, "tcp4", addr)
+}
+
+// listenConfig sets SO_REUSEPORT when asked.
+func listenConfig(reusePort bool) net.ListenConfig {
+	lc := net.ListenConfig{}
+	if reusePort {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return lc
+}
+
+func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTimeout time.Duration) *listener {
+	l := &listener{key: key, service: service, ln: ln, log: log, dialTimeout: dialTimeout, conns: map[net.Conn]struct{}{}}
+	empty := []string{}
+	l.backends.Store(&empty)
+	return l
+}
+
+func (l *listener) serviceName() string { return l.service }
+
+func (l *listener) currentBackends() []string { return append([]string(nil), *l.backends.Load()...) }
+
+// setBackends replaces the addresses new connections go to; connections
+// already proxied are left alone.
+func (l *listener) setBackends(addrs []string) {
+	cp := append([]string(nil), addrs...)
+	l.backends.Store(&cp)
+}
+
+// serve accepts until the listener is closed.
+func (l *listener) serve() {
+	defer l.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			l.log.Warn("mesh accept", "addr", l.key, "err", err)
+			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: do not spin
+			continue
+		}
+		if !l.track(c) {
+			_ = c.Close()
+			return
+		}
+		l.wg.Add(1)
+		go l.handle(c)
+	}
+}
+
+func (l *listener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns == nil {
+		return false
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+func (l *listener) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+}
+
+// handle proxies one client connection to a backend. Backends are tried
+// round robin; one that refuses the dial is skipped for the next. With no
+// backend at all the client's connection is closed at once, so clients
+// fail fast instead of hanging.
+func (l *listener) handle(client net.Conn) {
+	defer l.wg.Done()
+	defer l.untrack(client)
+	defer client.Close()
+
+	addrs := *l.backends.Load()
+	if len(addrs) == 0 {
+		return
+	}
+	start := int(l.next.Add(1) % uint64(len(addrs)))
+	var upstream net.Conn
+	for i := range addrs {
+		addr := addrs[(start+i)%len(addrs)]
+		c, err := net.DialTimeout("tcp", addr, l.dialTimeout)
+		if err == nil {
+			upstream = c
+			break
+		}
+		l.log.Debug("mesh dial failed; trying the next endpoint", "service", l.service, "endpoint", addr, "err", err)
+	}
+	if upstream == nil {
+		l.log.Warn("mesh: no endpoint of the service answered", "service", l.service, "addr", l.key, "endpoints", len(addrs))
+		return
+	}
+	if !l.track(upstream) {
+		_ = upstream.Close()
+		return
+	}
+	defer l.untrack(upstream)
+	defer upstream.Close()
+	splice(client, upstream)
+}
+
+// splice copies both ways until both directions are done, passing on
+// half-closes so request/response protocols see end of input.
+func splice(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+		done <- struct{}{}
+	}
+	go pipe(a, b)
+	go pipe(b, a)
+	<-done
+	<-done
+}
+
+// close stops accepting and ends every proxied connection.
+func (l *listener) close() {
+	_ = l.ln.Close()
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.conns = nil
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// bindError says why an address could not be proxied, in words a user can
+// act on.
+func bindError(addr, service string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("publish %s for service %s: the port is already in use on this host; publish another port (--publish-rm/--publish-add) or stop what holds it", addr, service)
+	}
+	return fmt.Errorf("publish %s for service %s: %w", addr, service, err)
+}

@@ -1,0 +1,170 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// udpIdle is how long a UDP flow (one client address) keeps its backend
+// without traffic.
+const udpIdle = 60 * time.Second
+
+// udpProxy proxies datagrams: each client address is a flow bound to one
+// backend (round robin over the backends when the flow starts), and the
+// backend's replies go back to the client from the proxied address.
+type udpProxy struct {
+	key      string
+	service  string
+	conn     *net.UDPConn
+	backends atomic.Pointer[[]string]
+	next     atomic.Uint64
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	flows map[string]*udpFlow // by client address
+	wg    sync.WaitGroup
+	done  chan struct{}
+}
+
+type udpFlow struct {
+	upstream *net.UDPConn
+	last     atomic.Int64 // unix nanos of the last packet either way
+}
+
+func listenUDP(ctx context.Context, addr string, reusePort bool) (*net.UDPConn, error) {
+	lc := listenConfig(reusePort)
+	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+func newUDPProxy(conn *net.UDPConn, key, service string, log *slog.Logger) *udpProxy {
+	p := &udpProxy{key: key, service: service, conn: conn, log: log, flows: map[string]*udpFlow{}, done: make(chan struct{})}
+	empty := []string{}
+	p.backends.Store(&empty)
+	p.wg.Add(2)
+	go p.serve()
+	go p.reap()
+	return p
+}
+
+func (p *udpProxy) serviceName() string { return p.service }
+
+func (p *udpProxy) setBackends(addrs []string) {
+	cp := append([]string(nil), addrs...)
+	p.backends.Store(&cp)
+}
+
+func (p *udpProxy) currentBackends() []string { return append([]string(nil), *p.backends.Load()...) }
+
+// serve reads client datagrams and forwards each to its flow's backend.
+// With no backend a datagram is dropped, as a network would.
+func (p *udpProxy) serve() {
+	defer p.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, client, err := p.conn.ReadFromUDP(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		f := p.flow(client)
+		if f == nil {
+			continue
+		}
+		f.last.Store(time.Now().UnixNano())
+		_, _ = f.upstream.Write(buf[:n])
+	}
+}
+
+// flow returns the client's flow, starting one on the next backend.
+func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
+	key := client.String()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f, ok := p.flows[key]; ok {
+		return f
+	}
+	addrs := *p.backends.Load()
+	if len(addrs) == 0 || p.flows == nil {
+		return nil
+	}
+	addr := addrs[int(p.next.Add(1)%uint64(len(addrs)))]
+	raddr, err := net.ResolveUDPAddr("udp4", addr)
+	if err != nil {
+		return nil
+	}
+	up, err := net.DialUDP("udp4", nil, raddr)
+	if err != nil {
+		p.log.Debug("mesh udp dial", "service", p.service, "endpoint", addr, "err", err)
+		return nil
+	}
+	f := &udpFlow{upstream: up}
+	f.last.Store(time.Now().UnixNano())
+	p.flows[key] = f
+	p.wg.Add(1)
+	go p.replies(client, f)
+	return f
+}
+
+// replies relays a backend's datagrams back to the client until the flow
+// ends.
+func (p *udpProxy) replies(client *net.UDPAddr, f *udpFlow) {
+	defer p.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.upstream.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // e.g. ICMP port unreachable: the flow stays until idle
+		}
+		f.last.Store(time.Now().UnixNano())
+		_, _ = p.conn.WriteToUDP(buf[:n], client)
+	}
+}
+
+// reap ends flows idle for udpIdle.
+func (p *udpProxy) reap() {
+	defer p.wg.Done()
+	t := time.NewTicker(udpIdle / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+		cutoff := time.Now().Add(-udpIdle).UnixNano()
+		p.mu.Lock()
+		for k, f := range p.flows {
+			if f.last.Load() < cutoff {
+				_ = f.upstream.Close()
+				delete(p.flows, k)
+			}
+		}
+		p.mu.Unlock()
+	}
+}
+
+func (p *udpProxy) close() {
+	_ = p.conn.Close()
+	close(p.done)
+	p.mu.Lock()
+	for _, f := range p.flows {
+		_ = f.upstream.Close()
+	}
+	p.flows = nil
+	p.mu.Unlock()
+	p.wg.Wait()
+}

@@ -1,0 +1,257 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"syscall"
+
+	"github.com/shoal-cluster/shoal/internal/mesh"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// endpointFeed keeps the endpoint set of every service current from the
+// local store: which running, healthy tasks serve it and on which ports.
+// Every manager runs one; its own mesh and, on the leader, each worker
+// session read it, so workers are told of changes instead of polling.
+type endpointFeed struct {
+	mu       sync.Mutex
+	services map[string]*pb.ServiceEndpoints // by service ID; replaced, never mutated
+	changed  chan struct{}                   // closed and replaced on every change
+}
+
+func newEndpointFeed() *endpointFeed {
+	return &endpointFeed{services: map[string]*pb.ServiceEndpoints{}, changed: make(chan struct{})}
+}
+
+// snapshot returns the current sets and a channel closed at the next change.
+func (f *endpointFeed) snapshot() (map[string]*pb.ServiceEndpoints, <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]*pb.ServiceEndpoints, len(f.services))
+	for id, s := range f.services {
+		out[id] = s
+	}
+	return out, f.changed
+}
+
+// diff is the update that takes a receiver from sent to now. Sets are
+// compared by pointer: the feed replaces a set only when it changed.
+func diffEndpoints(sent, now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate {
+	u := &pb.EndpointUpdate{}
+	for id, s := range now {
+		if sent[id] != s {
+			u.Updated = append(u.Updated, s)
+		}
+	}
+	for id := range sent {
+		if _, ok := now[id]; !ok {
+			u.Removed = append(u.Removed, id)
+		}
+	}
+	sort.Slice(u.Updated, func(i, j int) bool { return u.Updated[i].GetServiceId() < u.Updated[j].GetServiceId() })
+	sort.Strings(u.Removed)
+	return u
+}
+
+// completeUpdate is the whole set, for a receiver starting from nothing.
+func completeUpdate(now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate {
+	u := diffEndpoints(nil, now)
+	u.Complete = true
+	return u
+}
+
+// run follows the store until ctx ends or the store closes.
+func (f *endpointFeed) run(ctx context.Context, store *raftstore.Store) {
+	for ctx.Err() == nil {
+		sub := store.ViewAndWatch(func(tx *raftstore.Tx) {
+			all := map[string]bool{}
+			for _, s := range tx.Services().List() {
+				all[s.GetId()] = true
+			}
+			f.mu.Lock()
+			for id := range f.services {
+				all[id] = true
+			}
+			f.mu.Unlock()
+			f.refresh(tx, all)
+		}, func(ev raftstore.Event) bool {
+			switch ev.Object.(type) {
+			case *pb.Task, *pb.Service:
+				return true
+			}
+			return false
+		})
+		f.follow(ctx, store, sub)
+		sub.Close()
+		if errors.Is(sub.Err(), raftstore.ErrClosed) {
+			return
+		}
+	}
+}
+
+// follow applies events until the subscription ends; the services touched
+// by one burst of events are recomputed together.
+func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *raftstore.Subscription) {
+	for {
+		var ev raftstore.Event
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok = <-sub.C():
+			if !ok {
+				return
+			}
+		}
+		touched := map[string]bool{}
+		note := func(ev raftstore.Event) {
+			switch o := ev.Object.(type) {
+			case *pb.Task:
+				if o.GetServiceId() != "" {
+					touched[o.GetServiceId()] = true
+				}
+			case *pb.Service:
+				touched[o.GetId()] = true
+			}
+		}
+		note(ev)
+	drain:
+		for {
+			select {
+			case more, ok := <-sub.C():
+				if !ok {
+					break drain
+				}
+				note(more)
+			default:
+				break drain
+			}
+		}
+		store.View(func(tx *raftstore.Tx) { f.refresh(tx, touched) })
+	}
+}
+
+// refresh recomputes the given services and announces a change if any set
+// differs from before.
+func (f *endpointFeed) refresh(tx *raftstore.Tx, ids map[string]bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	changed := false
+	for id := range ids {
+		svc, ok := tx.Services().Get(id)
+		if !ok {
+			if _, had := f.services[id]; had {
+				delete(f.services, id)
+				changed = true
+			}
+			continue
+		}
+		next := serviceEndpoints(tx, svc)
+		if old, had := f.services[id]; had && proto.Equal(old, next) {
+			continue
+		}
+		f.services[id] = next
+		changed = true
+	}
+	if changed {
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
+}
+
+// serviceEndpoints computes one service's endpoint set: its tasks that are
+// meant to run and run (a task with a health check only reaches RUNNING
+// once healthy, and leaves it when unhealthy).
+func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
+	se := &pb.ServiceEndpoints{
+		ServiceId:   svc.GetId(),
+		ServiceName: svc.GetSpec().GetAnnotations().GetName(),
+		VirtualAddr: svc.GetEndpoint().GetVirtualAddr(),
+		Ports:       svc.GetSpec().GetEndpoint().GetPorts(),
+	}
+	nodeIPs := map[string]string{}
+	for _, t := range tx.Tasks().Find(raftstore.IndexService, svc.GetId()) {
+		if t.GetDesiredState() != pb.TaskState_TASK_STATE_RUNNING || t.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
+			continue
+		}
+		ip, ok := nodeIPs[t.GetNodeId()]
+		if !ok {
+			if n, found := tx.Nodes().Get(t.GetNodeId()); found {
+				ip, _, _ = net.SplitHostPort(n.GetApiAddr())
+			}
+			nodeIPs[t.GetNodeId()] = ip
+		}
+		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{
+			TaskId: t.GetId(),
+			NodeId: t.GetNodeId(),
+			Slot:   t.GetSlot(),
+			Ip:     ip,
+			Ports:  t.GetStatus().GetPorts(),
+		})
+	}
+	sort.Slice(se.Tasks, func(i, j int) bool {
+		a, b := se.Tasks[i], se.Tasks[j]
+		if a.GetSlot() != b.GetSlot() {
+			return a.GetSlot() < b.GetSlot()
+		}
+		return a.GetTaskId() < b.GetTaskId()
+	})
+	return se
+}
+
+// allocateVIP returns the lowest virtual IP no service holds (see
+// internal/mesh for the address plan).
+func allocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
+	used := map[string]bool{}
+	for _, s := range tx.Services().List() {
+		if va := s.GetEndpoint().GetVirtualAddr(); va != "" {
+			used[va] = true
+		}
+	}
+	for n := 0; n < mesh.VIPsPerCluster; n++ {
+		if ip := mesh.VIP(clusterID, n); !used[ip] {
+			return ip, nil
+		}
+	}
+	return "", status.Errorf(codes.ResourceExhausted, "no virtual IP left: the cluster holds %d services; remove some first", mesh.VIPsPerCluster)
+}
+
+// checkHostPorts tries to bind each new ingress TCP port on this manager's
+// address, so a port another program holds here is refused at the edge
+// instead of failing silently in the mesh. (Other hosts report a clash in
+// their logs.)
+func checkHostPorts(ip string, spec *pb.ServiceSpec, old *pb.ServiceSpec) error {
+	had := map[uint32]bool{}
+	for _, p := range old.GetEndpoint().GetPorts() {
+		if p.GetPublishMode() == pb.PublishMode_PUBLISH_MODE_INGRESS {
+			had[p.GetPublishedPort()] = true
+		}
+	}
+	for _, p := range spec.GetEndpoint().GetPorts() {
+		if p.GetPublishMode() != pb.PublishMode_PUBLISH_MODE_INGRESS || p.GetProtocol() != pb.PortProtocol_PORT_PROTOCOL_TCP ||
+			p.GetPublishedPort() == 0 || had[p.GetPublishedPort()] {
+			continue
+		}
+		addr := net.JoinHostPort(ip, fmt.Sprint(p.GetPublishedPort()))
+		ln, err := net.Listen("tcp4", addr)
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return status.Errorf(codes.FailedPrecondition, "port %d is already in use on %s by another program; publish another port", p.GetPublishedPort(), ip)
+			}
+			if errors.Is(err, syscall.EACCES) {
+				return status.Errorf(codes.FailedPrecondition, "port %d needs privileges on %s; publish a port above 1023 or run Shoal as root", p.GetPublishedPort(), ip)
+			}
+			continue
+		}
+		_ = ln.Close()
+	}
+	return nil
+}

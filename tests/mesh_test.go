@@ -1,0 +1,319 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shoal-cluster/shoal/internal/mesh"
+	pb "github.com/shoal-cluster/shoal/proto"
+)
+
+// meshNode is one node's view for the mesh tests: its address and mesh.
+type meshNode struct {
+	name string
+	ip   string
+	mesh *mesh.Mesh
+}
+
+func (c *cluster) meshNodes() []meshNode {
+	var out []meshNode
+	for i, m := range c.live() {
+		out = append(out, meshNode{name: fmt.Sprintf("m%d", i+1), ip: m.cfg.AdvertiseIP, mesh: m.m.Mesh()})
+	}
+	for i, w := range c.workers {
+		if w.a != nil {
+			out = append(out, meshNode{name: fmt.Sprintf("w%d", i+1), ip: w.cfg.AdvertiseIP, mesh: w.a.Mesh()})
+		}
+	}
+	return out
+}
+
+// ask makes one request on a new connection and returns who served it.
+func ask(url string) (string, error) {
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s: %s", url, resp.Status, body)
+	}
+	if by := resp.Header.Get("X-Served-By"); by != "" {
+		return by, nil
+	}
+	return strings.TrimSpace(string(body)), nil
+}
+
+// callReaches asks url (a /call/<service>/ of hello) until the answers
+// came from want distinct replicas of the called service.
+func (c *cluster) callReaches(url string, want int) {
+	c.t.Helper()
+	seen := map[string]bool{}
+	c.eventually(60*time.Second, fmt.Sprintf("%s reaching %d replicas", url, want), func() (bool, string) {
+		client := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Get(url)
+		if err != nil {
+			return false, err.Error()
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false, string(body)
+		}
+		if _, after, ok := strings.Cut(string(body), "-> hello from "); ok {
+			seen[strings.Fields(after)[0]] = true
+		}
+		return len(seen) == want, fmt.Sprintf("%v (last: %s)", seen, body)
+	})
+}
+
+// waitBackends waits until every node's mesh sends addr's port to want
+// endpoints.
+func (c *cluster) waitBackends(port uint32, want int) {
+	c.t.Helper()
+	c.eventually(20*time.Second, fmt.Sprintf("%d endpoints on every node for port %d", want, port), func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			addr := net.JoinHostPort(n.ip, strconv.Itoa(int(port)))
+			if got := len(n.mesh.Backends(addr)); got != want {
+				return false, fmt.Sprintf("%s has %d", n.name, got)
+			}
+		}
+		return true, ""
+	})
+}
+
+// endpointOf is the host:port a task serves its target port 80 on.
+func endpointOf(t *pb.Task) string {
+	for _, b := range t.GetStatus().GetPorts() {
+		if b.GetTargetPort() == 80 {
+			return net.JoinHostPort(b.GetHostIp(), strconv.Itoa(int(b.GetHostPort())))
+		}
+	}
+	return ""
+}
+
+// hasBackend reports whether any node still sends addr's traffic to ep.
+func (c *cluster) anyNodeRoutesTo(port uint32, ep string) string {
+	for _, n := range c.meshNodes() {
+		for _, b := range n.mesh.Backends(net.JoinHostPort(n.ip, strconv.Itoa(int(port)))) {
+			if b == ep {
+				return n.name
+			}
+		}
+	}
+	return ""
+}
+
+func TestRoutingMesh(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(3)
+
+	published := uint32(c.freePort()) + 3 // beside the cluster's own ports, checked free
+	spec := helloSpec(t, "web", 6)
+	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	c.createService(spec)
+	c.waitRunning("web", 6, evenly(2))
+	c.waitBackends(published, 6)
+
+	// Every node answers on the published port, managers included, and
+	// round robin reaches every replica from each of them.
+	for _, n := range c.meshNodes() {
+		seen := map[string]int{}
+		for range 12 {
+			by, err := ask(fmt.Sprintf("http://%s:%d/", n.ip, published))
+			if err != nil {
+				t.Fatalf("via %s: %v", n.name, err)
+			}
+			seen[by]++
+		}
+		if len(seen) != 6 {
+			t.Fatalf("via %s: 12 requests reached %d replicas (%v), want all 6", n.name, len(seen), seen)
+		}
+	}
+
+	// Steady load through one worker while replicas come and go: only a
+	// request in flight on a killed replica may fail.
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		url := fmt.Sprintf("http://%s:%d/", c.workers[0].cfg.AdvertiseIP, published)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := ask(url); err != nil {
+				failed.Add(1)
+			} else {
+				ok.Add(1)
+			}
+		}
+	}()
+
+	// A killed replica leaves the rotation everywhere.
+	victim := c.serviceTasks("web")[0]
+	for _, tk := range c.serviceTasks("web") {
+		if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING {
+			victim = tk
+			break
+		}
+	}
+	ep := endpointOf(victim)
+	if err := syscall.Kill(int(victim.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
+		t.Fatalf("kill replica: %v", err)
+	}
+	c.eventually(10*time.Second, "the killed replica out of every node's rotation", func() (bool, string) {
+		n := c.anyNodeRoutesTo(published, ep)
+		return n == "", n + " still routes to " + ep
+	})
+
+	// A replica whose health check fails leaves it too (and is replaced).
+	c.waitBackends(published, 6)
+	var sick *pb.Task
+	for _, tk := range c.serviceTasks("web") {
+		if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
+			sick = tk
+			break
+		}
+	}
+	sickEP := endpointOf(sick)
+	resp, err := http.Post("http://"+sickEP+"/admin/unhealthy", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	c.eventually(10*time.Second, "the unhealthy replica out of every node's rotation", func() (bool, string) {
+		n := c.anyNodeRoutesTo(published, sickEP)
+		return n == "", n + " still routes to " + sickEP
+	})
+
+	// Scaling adds endpoints everywhere.
+	c.scale("web", 9)
+	c.waitBackends(published, 9)
+	close(stop)
+	wg.Wait()
+	if ok.Load() == 0 || failed.Load() > 1 {
+		t.Fatalf("under load: %d answered, %d failed (at most the one in flight on the killed replica may fail)", ok.Load(), failed.Load())
+	}
+	t.Logf("under load: %d answered, %d failed", ok.Load(), failed.Load())
+
+	// Bad input: a port another service publishes, and one the host holds.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dup := helloSpec(t, "dup", 1)
+	dup.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	if _, err := c.control(c.leader()).CreateService(ctx, &pb.CreateServiceRequest{Spec: dup}); err == nil || !strings.Contains(err.Error(), "already published by service web") {
+		t.Fatalf("publishing a taken port: %v", err)
+	}
+	holder, err := net.Listen("tcp4", net.JoinHostPort(c.leader().cfg.AdvertiseIP, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	dup.Endpoint.Ports[0].PublishedPort = uint32(holder.Addr().(*net.TCPAddr).Port)
+	if _, err := c.control(c.leader()).CreateService(ctx, &pb.CreateServiceRequest{Spec: dup}); err == nil || !strings.Contains(err.Error(), "already in use") {
+		t.Fatalf("publishing a port the host holds: %v", err)
+	}
+}
+
+func TestServiceDiscoveryByName(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(2)
+
+	published := uint32(c.freePort()) + 3
+	front := helloSpec(t, "front", 2)
+	front.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	c.createService(front)
+	c.createService(helloSpec(t, "api", 3))
+	c.waitRunning("front", 2, nil)
+	c.waitRunning("api", 3, nil)
+
+	// front's tasks reach api by name: the node's resolver gives api's
+	// virtual IP and the node's proxy spreads over api's replicas.
+	c.callReaches(fmt.Sprintf("http://%s:%d/call/api/", c.workers[0].cfg.AdvertiseIP, published), 3)
+
+	// Unknown names are NXDOMAIN.
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, c.workers[1].cfg.DNSAddr())
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if addrs, err := r.LookupHost(ctx, "no-such-service"); err == nil {
+		t.Fatalf("unknown service resolved to %v", addrs)
+	} else if dnsErr, ok := err.(*net.DNSError); !ok || !dnsErr.IsNotFound {
+		t.Fatalf("unknown service: %v, want NXDOMAIN", err)
+	}
+	tasks, err := r.LookupHost(ctx, "tasks.api")
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("tasks.api: %v %v", tasks, err)
+	}
+}
+
+// A task that never listens on its target port never becomes healthy: it
+// never joins the mesh, the reason shows on the task, and clients of the
+// published port get a prompt close instead of a hang.
+func TestMeshTargetPortNeverListened(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(1)
+
+	published := uint32(c.freePort()) + 3
+	wrongPort := c.freePort()
+	spec := helloSpec(t, "deaf", 1)
+	spec.Task.Container.Args = []string{"-listen", net.JoinHostPort(c.workers[0].cfg.AdvertiseIP, strconv.Itoa(wrongPort))}
+	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	c.createService(spec)
+
+	c.eventually(30*time.Second, "a failed task saying its health check failed", func() (bool, string) {
+		for _, tk := range c.serviceTasks("deaf") {
+			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_FAILED && strings.Contains(tk.GetStatus().GetErr(), "health check") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(len(c.serviceTasks("deaf")), " tasks")
+	})
+	if n := len(c.runningPerNode("deaf")); n != 0 {
+		t.Fatalf("%d nodes run a healthy deaf task", n)
+	}
+	for _, n := range c.meshNodes() {
+		addr := net.JoinHostPort(n.ip, strconv.Itoa(int(published)))
+		if b := n.mesh.Backends(addr); len(b) != 0 {
+			t.Fatalf("%s routes to %v", n.name, b)
+		}
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s: the published port is not open: %v", n.name, err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second)) // bounds the test only
+		nr, err := conn.Read(make([]byte, 1))
+		conn.Close()
+		if nr != 0 || err == nil {
+			t.Fatalf("%s: read %d bytes, err %v; want the connection closed", n.name, nr, err)
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("%s: the connection hung with no endpoint", n.name)
+		}
+	}
+}
