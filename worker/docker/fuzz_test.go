@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -40,7 +41,7 @@ func FuzzBuildSpec(f *testing.F) {
 		if name := ContainerName(&task); !dockerName.MatchString(name) {
 			t.Fatalf("task %q gets container name %q, which the Engine refuses", task.GetId(), name)
 		}
-		_, _ = buildSpec(&task, "node1", hostIP)
-		_, _ = buildSpec(&task, "node1", netip.Addr{})
+		_, _ = buildSpec(&task, "node1", hostIP, worker.TaskSecrets{})
+		_, _ = buildSpec(&task, "node1", netip.Addr{}, worker.TaskSecrets{})
 	})
 }

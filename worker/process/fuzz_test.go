@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -42,7 +43,7 @@ func FuzzPrepareTask(f *testing.F) {
 			return
 		}
 		ctx := context.Background()
-		if err := r.Prepare(ctx, &task); err == nil {
+		if err := r.Prepare(ctx, &task, worker.TaskSecrets{}); err == nil {
 			if err := r.Remove(ctx, task.GetId()); err != nil {
 				t.Fatalf("remove a prepared task: %v", err)
 			}
