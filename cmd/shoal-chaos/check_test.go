@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -230,5 +232,23 @@ func TestExplainedLater(t *testing.T) {
 				t.Fatalf("explainedLater = %v, want %v", got, tc.ok)
 			}
 		})
+	}
+}
+
+func TestScanLogs(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"m1.log": "time=... level=INFO msg=ok\n",
+		"m2.log": "==================\nWARNING: DATA RACE\nRead at ...\n",
+		"w1.log": "panic: runtime error: index out of range\n",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := scanLogs(dir)
+	if len(got) != 2 || !strings.HasPrefix(got[0], "m2.log") || !strings.HasPrefix(got[1], "w1.log") {
+		t.Fatalf("scanLogs = %q, want the race in m2.log and the panic in w1.log", got)
 	}
 }

@@ -178,7 +178,10 @@ func run(ctx context.Context, o options) int {
 		s.anomalies["suite"] = append(s.anomalies["suite"], err.Error())
 	}
 	s.summary(time.Since(start))
-	failed := len(s.anomalies) > 0
+	failed := false
+	for _, a := range s.anomalies {
+		failed = failed || len(a) > 0
+	}
 	if failed || o.keep {
 		fmt.Printf("node logs and data are in %s\n", dir)
 	} else {
@@ -510,6 +513,7 @@ func (s *suite) teardown(ctx context.Context) error {
 		}
 	}
 	s.c.shutdown()
+	s.anomalies["daemon logs"] = append(s.anomalies["daemon logs"], scanLogs(filepath.Join(s.dir, "logs"))...)
 	m := scanProcesses(s.dir, s.hello, nil)
 	for _, p := range m.tasks {
 		s.anomalies["(d) orphans"] = append(s.anomalies["(d) orphans"], fmt.Sprintf("task process pid %d (%s.%d) outlived its node", p.PID, p.Service, p.Slot))
@@ -590,7 +594,7 @@ func (s *suite) summary(took time.Duration) {
 	if s.skipped > 0 {
 		fmt.Fprintf(tw, "(b) names left to (a): too many unknown outcomes\t%d\t\n", s.skipped)
 	}
-	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "availability", "unexpected errors", "suite"}
+	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "availability", "daemon logs", "unexpected errors", "suite"}
 	n := 0
 	for _, inv := range invs {
 		fmt.Fprintf(tw, "anomalies: %s\t%d\t\n", inv, len(s.anomalies[inv]))
@@ -627,4 +631,26 @@ func dumpHistory(path string, history []record) {
 		fmt.Fprintf(&b, "%6d %s ms  client %2d  %s\n", r.Call.Milliseconds(), ret, r.Client, serviceModel.DescribeOperation(r.Input, r.Output))
 	}
 	_ = os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// logAlarms are lines no daemon log may hold: a data race (daemons built
+// with -race) or a panic.
+var logAlarms = []string{"WARNING: DATA RACE", "panic: ", "fatal error: "}
+
+// scanLogs reports every node log that holds a logAlarms line.
+func scanLogs(dir string) []string {
+	var out []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, alarm := range logAlarms {
+			if n := strings.Count(string(data), alarm); n > 0 {
+				out = append(out, fmt.Sprintf("%s: %d × %q", e.Name(), n, alarm))
+			}
+		}
+	}
+	return out
 }
