@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-short proto proto-tools proto-check lint bench demo clean images
+.PHONY: all build test test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -42,6 +42,26 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+
+# The fault-injection suite (cmd/shoal-chaos; needs root: it makes network
+# namespaces and iptables rules, and removes them). SEED picks the schedule.
+SEED ?= 1
+chaos:
+	$(GO) test -count=1 -tags faultinject -run 'SlowLogStore' ./raftstore
+	$(GO) run ./cmd/shoal-chaos -seed $(SEED) -rounds 100
+
+# The short seeded pass CI runs: each fault kind once.
+chaos-short:
+	$(GO) test -count=1 -tags faultinject -run 'SlowLogStore' ./raftstore
+	$(GO) run ./cmd/shoal-chaos -seed $(SEED) -rounds 7
+
+# Fuzzing: every Fuzz target for FUZZTIME each (crashers land in the
+# package's testdata/fuzz/ and stay as regression tests).
+fuzz:
+	GO=$(GO) FUZZTIME=10s scripts/fuzz.sh
+
+fuzz-short:
+	GO=$(GO) FUZZTIME=3s scripts/fuzz.sh
 
 bench:
 	$(GO) run ./cmd/shoal-bench

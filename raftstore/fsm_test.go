@@ -14,7 +14,7 @@ import (
 
 // populate fills every table through committed transactions, including
 // updates and deletes, and returns the request IDs it used.
-func populate(t *testing.T, h *fsmHarness) []string {
+func populate(t testing.TB, h *fsmHarness) []string {
 	t.Helper()
 	var reqs []string
 	commit := func(fn func(tx *Tx) error) {

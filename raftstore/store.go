@@ -179,7 +179,7 @@ func open(cfg Config, forceNew bool) (*Store, error) {
 		s.bolt.Close()
 		return nil, fmt.Errorf("open snapshot store in %s: %w", cfg.Dir, err)
 	}
-	logs, err := raft.NewLogCache(1024, s.bolt)
+	logs, err := raft.NewLogCache(1024, wrapLogStore(s.bolt))
 	if err != nil {
 		s.bolt.Close()
 		return nil, fmt.Errorf("log cache: %w", err)

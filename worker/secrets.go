@@ -66,6 +66,11 @@ func (s *secretFiles) write(t *pb.Task, values map[string][]byte) (TaskSecrets, 
 	if s.root == "" {
 		return TaskSecrets{}, false, &PermanentError{Err: errNoSecretsDir}
 	}
+	// The task ID names a directory under root: like the targets, it must
+	// be a plain file name ("..", say, would reset root's parent).
+	if !safeTarget(t.GetId()) {
+		return TaskSecrets{}, false, &PermanentError{Err: fmt.Errorf("task ID %q cannot name a secrets directory: a plain file name is required", t.GetId())}
+	}
 	for _, r := range refs {
 		if _, ok := values[r.GetSecretId()]; !ok {
 			return TaskSecrets{}, false, nil

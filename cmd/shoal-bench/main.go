@@ -131,15 +131,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("shoal-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.BoolVar(&o.quick, "quick", false, "fewer and shorter runs (about a minute); does not write the docs unless -out is given")
+	fs.BoolVar(&o.quick, "quick", false, "fewer and shorter runs (under two minutes); does not write the docs unless -out is given")
 	fs.StringVar(&o.only, "only", "", "run only these benchmarks (comma-separated names or name prefixes; see -list)")
 	fs.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report to write (written by a full run of every benchmark, or whenever -out is given)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (data dirs and manager logs)")
 	fs.StringVar(&o.bin, "bin", "", "use this shoal binary instead of building ./cmd/shoal")
 	fs.DurationVar(&o.election, "election-timeout", 300*time.Millisecond, "Raft election timeout given to the managers (heartbeat = election, lease = half)")
-	fs.IntVar(&o.runs, "runs", 0, "runs per write measurement (default 5, quick 3)")
+	fs.IntVar(&o.runs, "runs", 0, "runs per write measurement (default 5, quick 2)")
 	fs.IntVar(&o.failRuns, "failover-runs", 0, "leader kills in the failover benchmark (default 10, quick 3)")
-	fs.DurationVar(&o.duration, "duration", 0, "measured time of each write run (default 10s, quick 3s)")
+	fs.DurationVar(&o.duration, "duration", 0, "measured time of each write run (default 10s, quick 2s)")
 	fs.DurationVar(&o.warmup, "warmup", 0, "warm-up before each write run (default 1s, quick 500ms)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "progress log level: debug, info, warn or error")
 	fs.BoolVar(&o.list, "list", false, "list the benchmarks and exit")
@@ -293,9 +293,9 @@ func (o *options) setDefaults() {
 			}
 		}
 	}
-	def(&o.runs, 5, 3)
+	def(&o.runs, 5, 2)
 	def(&o.failRuns, 10, 3)
-	defDur(&o.duration, 10*time.Second, 3*time.Second)
+	defDur(&o.duration, 10*time.Second, 2*time.Second)
 	defDur(&o.warmup, time.Second, 500*time.Millisecond)
 }
 

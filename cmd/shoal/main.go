@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/shoal-cluster/shoal/worker/process"
 )
@@ -148,6 +149,9 @@ func newFlags(name, usage string) *flag.FlagSet {
 // parseFlags parses flags and positional arguments in any order, as
 // Docker's CLI does. "--" ends flag parsing.
 func parseFlags(fs *flag.FlagSet, usage string, args []string) ([]string, error) {
+	if err := checkUTF8(args); err != nil {
+		return nil, err
+	}
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -167,6 +171,17 @@ func parseFlags(fs *flag.FlagSet, usage string, args []string) ([]string, error)
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+}
+
+// checkUTF8 refuses arguments that are not UTF-8 text: everything the
+// cluster stores (names, paths, values) travels as protobuf strings.
+func checkUTF8(args []string) error {
+	for _, a := range args {
+		if !utf8.ValidString(a) {
+			return usagef("argument %q is not valid UTF-8 text; names, paths and values must be UTF-8", a)
+		}
+	}
+	return nil
 }
 
 func printFlags(fs *flag.FlagSet, usage string) {

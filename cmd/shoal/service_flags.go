@@ -245,6 +245,9 @@ func setFlags(fs *flag.FlagSet) map[string]bool {
 // everything from there on is positional, verbatim, so that a service's own
 // command line (`/bin/sleep -x`) is never read as our flags.
 func parseFlagsUntilArg(fs *flag.FlagSet, usage string, args []string) ([]string, error) {
+	if err := checkUTF8(args); err != nil {
+		return nil, err
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printFlags(fs, usage)

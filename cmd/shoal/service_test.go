@@ -247,6 +247,7 @@ func TestServiceCreateFlagErrors(t *testing.T) {
 		want string // part of the error
 	}{
 		{"no image", []string{"--name", "web"}, "needs an IMAGE"},
+		{"an argument that is not UTF-8", []string{"/bin/\xdb"}, `argument "/bin/\xdb" is not valid UTF-8 text`},
 		{"negative replicas", []string{"--replicas", "-1", "/bin/app"}, "--replicas -1: use a number from 0 to 100000"},
 		{"too many replicas", []string{"--replicas", "100001", "/bin/app"}, "--replicas 100001"},
 		{"replicas not a number", []string{"--replicas", "three", "/bin/app"}, `invalid value "three" for flag -replicas`},
