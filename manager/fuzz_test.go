@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,34 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
-
-// FuzzParseToken feeds arbitrary join tokens (from a joining node) to the
-// parser: it must refuse with the one "malformed join token" error or
-// return the cluster ID the token names, and every token the cluster
-// issues parses back to its cluster ID.
-func FuzzParseToken(f *testing.F) {
-	f.Add("SHOAL-1-abcdef-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
-	f.Add("SHOAL-1--aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
-	f.Add("SHOAL-1-abc-short")
-	f.Add("nonsense")
-	f.Add("")
-	f.Fuzz(func(t *testing.T, token string) {
-		cid, err := parseToken(token)
-		if err != nil {
-			if cid != "" || !strings.Contains(err.Error(), "malformed join token") {
-				t.Fatalf("parseToken(%q) = %q, %v: want one malformed-token error", token, cid, err)
-			}
-			return
-		}
-		if cid == "" || strings.Contains(cid, "-") || !strings.HasPrefix(token, tokenPrefix+cid+"-") {
-			t.Fatalf("parseToken(%q) = %q: not the token's cluster ID", token, cid)
-		}
-		// A token the cluster would issue for this ID parses back to it.
-		if got, err := parseToken(newJoinToken(cid)); err != nil || got != cid {
-			t.Fatalf("a fresh token for %q parses to %q, %v", cid, got, err)
-		}
-	})
-}
 
 // FuzzCreateServiceSpec feeds arbitrary CreateServiceRequest bytes (what a
 // client sends) through the handler's decoding, defaults and validation

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -176,8 +177,13 @@ func (c *cluster) control(n *node) (pb.ControlClient, error) {
 	}
 	conn, ok := c.conns[n.addr()]
 	if !ok {
-		var err error
-		conn, err = rpc.Dial(n.addr(), grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
+		// The admin client config `shoal init` wrote in the first
+		// manager's data dir: every call is mutual TLS.
+		creds, err := clientcreds.Admin(c.managers[0].dir)
+		if err != nil {
+			return nil, err
+		}
+		conn, err = rpc.Dial(n.addr(), creds, grpc.WithUnaryInterceptor(rpc.RetryUnavailable()))
 		if err != nil {
 			return nil, err
 		}
