@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build test test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -14,8 +14,12 @@ build:
 	$(GO) build -o $(BIN)/shoal ./cmd/shoal
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/hello ./cmd/hello
 
-# The test command: the whole suite with the race detector.
-test:
+# The test command (CI runs it through .ci/run): the Go suite with the race
+# detector, short fuzz runs and a short seeded chaos pass (needs root).
+test: test-go fuzz-short chaos-short
+
+# The Go suite alone: vet and every package's tests with the race detector.
+test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
