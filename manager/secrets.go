@@ -273,28 +273,7 @@ func validateSecretTarget(target string) error {
 
 // resolveSecret finds a secret by ID, name or unique ID prefix.
 func resolveSecret(tx *raftstore.Tx, ref string) (*pb.Secret, error) {
-	if ref == "" {
-		return nil, status.Error(codes.InvalidArgument, "a secret name or ID is required")
-	}
-	if sec, ok := tx.Secrets().Get(ref); ok {
-		return sec, nil
-	}
-	if byName := tx.Secrets().Find(raftstore.IndexName, ref); len(byName) == 1 {
-		return byName[0], nil
-	}
-	var matches []*pb.Secret
-	for _, sec := range tx.Secrets().List() {
-		if strings.HasPrefix(sec.GetId(), ref) {
-			matches = append(matches, sec)
-		}
-	}
-	switch len(matches) {
-	case 0:
-		return nil, status.Errorf(codes.NotFound, "no secret %q; list secrets with `shoal secret ls`", ref)
-	case 1:
-		return matches[0], nil
-	}
-	return nil, status.Errorf(codes.InvalidArgument, "%q matches %d secrets; use a longer ID or the name", ref, len(matches))
+	return resolveRef(tx.Secrets(), "secret", ref)
 }
 
 // openSecret returns a stored secret's plaintext, for a worker that runs

@@ -494,26 +494,33 @@ func (s *controlServer) ListTasks(ctx context.Context, req *pb.ListTasksRequest)
 
 // resolveService finds a service by ID, unique ID prefix or name.
 func resolveService(tx *raftstore.Tx, ref string) (*pb.Service, error) {
+	return resolveRef(tx.Services(), "service", ref)
+}
+
+// resolveRef finds an object by ID, name or unique ID prefix, as users
+// name services and secrets on the command line.
+func resolveRef[T raftstore.Object](table raftstore.Table[T], noun, ref string) (T, error) {
+	var zero T
 	if ref == "" {
-		return nil, status.Error(codes.InvalidArgument, "a service name or ID is required")
+		return zero, status.Errorf(codes.InvalidArgument, "a %s name or ID is required", noun)
 	}
-	if svc, ok := tx.Services().Get(ref); ok {
-		return svc, nil
+	if o, ok := table.Get(ref); ok {
+		return o, nil
 	}
-	if byName := tx.Services().Find(raftstore.IndexName, ref); len(byName) == 1 {
+	if byName := table.Find(raftstore.IndexName, ref); len(byName) == 1 {
 		return byName[0], nil
 	}
-	var matches []*pb.Service
-	for _, svc := range tx.Services().List() {
-		if strings.HasPrefix(svc.GetId(), ref) {
-			matches = append(matches, svc)
+	var matches []T
+	for _, o := range table.List() {
+		if strings.HasPrefix(o.GetId(), ref) {
+			matches = append(matches, o)
 		}
 	}
 	switch len(matches) {
 	case 0:
-		return nil, status.Errorf(codes.NotFound, "no service %q; list services with `shoal service ls`", ref)
+		return zero, status.Errorf(codes.NotFound, "no %s %q; list %ss with `shoal %s ls`", noun, ref, noun, noun)
 	case 1:
 		return matches[0], nil
 	}
-	return nil, status.Errorf(codes.InvalidArgument, "%q matches %d services; use a longer ID or the name", ref, len(matches))
+	return zero, status.Errorf(codes.InvalidArgument, "%q matches %d %ss; use a longer ID or the name", ref, len(matches), noun)
 }

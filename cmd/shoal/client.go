@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -169,4 +170,36 @@ func ago(unixNano int64) string {
 		return fmt.Sprintf("%d hours ago", int(d.Hours()))
 	}
 	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
+}
+
+// runRemove is `shoal <noun> rm REF [REF...]`: it removes each object,
+// printing the ones removed, and fails with every refusal in one line.
+func runRemove(args []string, noun, usage string, remove func(s *session, ref string) error) error {
+	var c clientFlags
+	fs := newFlags(noun+" rm", usage)
+	c.register(fs, false)
+	pos, err := parseFlags(fs, usage, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("%s rm needs at least one %s name or ID", noun, noun)
+	}
+	s, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	var failed []string
+	for _, ref := range pos {
+		if err := remove(s, ref); err != nil {
+			failed = append(failed, s.explain(err).Error())
+			continue
+		}
+		fmt.Println(ref)
+	}
+	if len(failed) > 0 {
+		return errors.New(strings.Join(failed, "; "))
+	}
+	return nil
 }

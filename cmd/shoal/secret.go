@@ -5,7 +5,6 @@ package main
 // shown again: inspect and ls show its name, ID, size and dates.
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -210,31 +209,8 @@ func renderSecretPretty(w io.Writer, g *pb.GetSecretResponse, now time.Time) {
 const secretRmUsage = "shoal secret rm SECRET [SECRET...]"
 
 func runSecretRm(args []string) error {
-	var c clientFlags
-	fs := newFlags("secret rm", secretRmUsage)
-	c.register(fs, false)
-	pos, err := parseFlags(fs, secretRmUsage, args)
-	if err != nil {
+	return runRemove(args, "secret", secretRmUsage, func(s *session, ref string) error {
+		_, err := s.control.RemoveSecret(s.ctx, &pb.RemoveSecretRequest{Ref: ref})
 		return err
-	}
-	if len(pos) == 0 {
-		return usagef("secret rm needs at least one secret name or ID")
-	}
-	s, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	var failed []string
-	for _, ref := range pos {
-		if _, err := s.control.RemoveSecret(s.ctx, &pb.RemoveSecretRequest{Ref: ref}); err != nil {
-			failed = append(failed, s.explain(err).Error())
-			continue
-		}
-		fmt.Println(ref)
-	}
-	if len(failed) > 0 {
-		return errors.New(strings.Join(failed, "; "))
-	}
-	return nil
+	})
 }

@@ -599,33 +599,10 @@ func runServiceLogs(args []string) error {
 const serviceRmUsage = "shoal service rm SERVICE [SERVICE...]"
 
 func runServiceRm(args []string) error {
-	var c clientFlags
-	fs := newFlags("service rm", serviceRmUsage)
-	c.register(fs, false)
-	pos, err := parseFlags(fs, serviceRmUsage, args)
-	if err != nil {
+	return runRemove(args, "service", serviceRmUsage, func(s *session, ref string) error {
+		_, err := s.control.RemoveService(s.ctx, &pb.RemoveServiceRequest{Ref: ref})
 		return err
-	}
-	if len(pos) == 0 {
-		return usagef("service rm needs at least one service name or ID")
-	}
-	s, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	var failed []string
-	for _, ref := range pos {
-		if _, err := s.control.RemoveService(s.ctx, &pb.RemoveServiceRequest{Ref: ref}); err != nil {
-			failed = append(failed, s.explain(err).Error())
-			continue
-		}
-		fmt.Println(ref)
-	}
-	if len(failed) > 0 {
-		return errors.New(strings.Join(failed, "; "))
-	}
-	return nil
+	})
 }
 
 // readService connects and reads one service; the caller closes the
