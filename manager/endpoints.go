@@ -8,6 +8,7 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -97,20 +98,17 @@ func (f *endpointFeed) run(ctx context.Context, store *raftstore.Store) {
 	}
 }
 
+// feedInterval spaces the feed's refreshes: changes arriving meanwhile are
+// gathered into the next one, so a burst of task changes (a rolling update
+// of thousands of tasks) costs each session one message per interval
+// rather than one per commit.
+const feedInterval = 100 * time.Millisecond
+
 // follow applies events until the subscription ends; the services touched
-// by one burst of events are recomputed together.
+// by the events of one interval are recomputed together.
 func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *raftstore.Subscription) {
+	var last time.Time
 	for {
-		var ev raftstore.Event
-		var ok bool
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok = <-sub.C():
-			if !ok {
-				return
-			}
-		}
 		touched := map[string]bool{}
 		note := func(ev raftstore.Event) {
 			switch o := ev.Object.(type) {
@@ -122,7 +120,35 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 				touched[o.GetId()] = true
 			}
 		}
-		note(ev)
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-sub.C():
+			if !ok {
+				return
+			}
+			note(ev)
+		}
+		// Gather until the interval since the last refresh has passed.
+		if wait := time.Until(last.Add(feedInterval)); wait > 0 {
+			timer := time.NewTimer(wait)
+		gather:
+			for {
+				select {
+				case <-ctx.Done():
+					timer.Stop()
+					return
+				case ev, ok := <-sub.C():
+					if !ok {
+						timer.Stop()
+						return
+					}
+					note(ev)
+				case <-timer.C:
+					break gather
+				}
+			}
+		}
 	drain:
 		for {
 			select {
@@ -135,6 +161,7 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 				break drain
 			}
 		}
+		last = time.Now()
 		store.View(func(tx *raftstore.Tx) { f.refresh(tx, touched) })
 	}
 }
@@ -177,7 +204,12 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 		VirtualAddr: svc.GetEndpoint().GetVirtualAddr(),
 		Ports:       svc.GetSpec().GetEndpoint().GetPorts(),
 	}
+	// A service without ports is only ever resolved (tasks.<service>
+	// wants addresses): one entry per node then, so the set, and the
+	// messages carrying it, follow the nodes rather than every task.
+	perNode := len(se.GetPorts()) == 0
 	nodeIPs := map[string]string{}
+	seenNode := map[string]bool{}
 	for _, t := range tx.Tasks().Find(raftstore.IndexService, svc.GetId()) {
 		if t.GetDesiredState() != pb.TaskState_TASK_STATE_RUNNING || t.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
 			continue
@@ -188,6 +220,13 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 				ip, _, _ = net.SplitHostPort(n.GetApiAddr())
 			}
 			nodeIPs[t.GetNodeId()] = ip
+		}
+		if perNode {
+			if !seenNode[t.GetNodeId()] {
+				seenNode[t.GetNodeId()] = true
+				se.Tasks = append(se.Tasks, &pb.TaskEndpoint{NodeId: t.GetNodeId(), Ip: ip})
+			}
+			continue
 		}
 		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{
 			TaskId: t.GetId(),
@@ -202,7 +241,10 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 		if a.GetSlot() != b.GetSlot() {
 			return a.GetSlot() < b.GetSlot()
 		}
-		return a.GetTaskId() < b.GetTaskId()
+		if a.GetTaskId() != b.GetTaskId() {
+			return a.GetTaskId() < b.GetTaskId()
+		}
+		return a.GetNodeId() < b.GetNodeId()
 	})
 	return se
 }

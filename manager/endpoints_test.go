@@ -1,0 +1,81 @@
+package manager
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/shoal-cluster/shoal/internal/storetest"
+	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
+)
+
+func TestServiceEndpoints(t *testing.T) {
+	store := storetest.OpenLeader(t)
+	running := &pb.TaskStatus{State: pb.TaskState_TASK_STATE_RUNNING}
+	task := func(id, svc, node string, slot uint64, st *pb.TaskStatus, desired pb.TaskState) *pb.Task {
+		return &pb.Task{Id: id, ServiceId: svc, NodeId: node, Slot: slot, DesiredState: desired, Status: st}
+	}
+	withPorts := &pb.TaskStatus{State: pb.TaskState_TASK_STATE_RUNNING, Ports: []*pb.PortBinding{{TargetPort: 80, HostIp: "10.0.0.1", HostPort: 30001}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := store.Update(ctx, func(tx *raftstore.Tx) error {
+		for _, n := range []*pb.Node{{Id: "n1", ApiAddr: "10.0.0.1:4242"}, {Id: "n2", ApiAddr: "10.0.0.2:4242"}} {
+			if err := tx.Nodes().Create(n); err != nil {
+				return err
+			}
+		}
+		for _, s := range []*pb.Service{
+			{Id: "web", Spec: &pb.ServiceSpec{Annotations: &pb.Annotations{Name: "web"}, Endpoint: &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80}}}}},
+			{Id: "batch", Spec: &pb.ServiceSpec{Annotations: &pb.Annotations{Name: "batch"}}},
+		} {
+			if err := tx.Services().Create(s); err != nil {
+				return err
+			}
+		}
+		for _, tk := range []*pb.Task{
+			task("w1", "web", "n1", 1, withPorts, pb.TaskState_TASK_STATE_RUNNING),
+			task("w2", "web", "n1", 2, withPorts, pb.TaskState_TASK_STATE_RUNNING),
+			task("w3", "web", "n2", 3, &pb.TaskStatus{State: pb.TaskState_TASK_STATE_STARTING}, pb.TaskState_TASK_STATE_RUNNING),
+			task("w4", "web", "n2", 4, withPorts, pb.TaskState_TASK_STATE_SHUTDOWN), // on its way out
+			task("b1", "batch", "n1", 1, running, pb.TaskState_TASK_STATE_RUNNING),
+			task("b2", "batch", "n1", 2, running, pb.TaskState_TASK_STATE_RUNNING),
+			task("b3", "batch", "n2", 3, running, pb.TaskState_TASK_STATE_RUNNING),
+		} {
+			if err := tx.Tasks().Create(tk); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		service string
+		want    []string // task ID (or node ID for a service without ports) @ IP
+	}{
+		{"web", []string{"w1@10.0.0.1", "w2@10.0.0.1"}},   // running and meant to run only
+		{"batch", []string{"n1@10.0.0.1", "n2@10.0.0.2"}}, // no ports: one entry per node
+	}
+	for _, tc := range cases {
+		var got []string
+		store.View(func(tx *raftstore.Tx) {
+			svc, _ := tx.Services().Get(tc.service)
+			for _, e := range serviceEndpoints(tx, svc).GetTasks() {
+				id := e.GetTaskId()
+				if id == "" {
+					id = e.GetNodeId()
+				}
+				got = append(got, id+"@"+e.GetIp())
+			}
+		})
+		if len(got) != len(tc.want) {
+			t.Fatalf("%s: %v, want %v", tc.service, got, tc.want)
+		}
+		for i := range got {
+			if got[i] != tc.want[i] {
+				t.Fatalf("%s: %v, want %v", tc.service, got, tc.want)
+			}
+		}
+	}
+}
