@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -280,23 +281,31 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 	}()
 
 	addr := net.JoinHostPort(workerIP, strconv.Itoa(published))
-	// waitBackends waits, without polling, for the worker's proxy to send
-	// addr's traffic to want endpoints.
-	waitBackends := func(want int) error {
+	// waitFor waits, without polling, until the worker's proxy sends addr's
+	// connections to a set of endpoints that satisfies ok.
+	waitFor := func(what string, ok func([]string) bool) error {
 		deadline := time.After(20 * time.Second)
 		for {
 			changed := a.Mesh().Changed()
-			if len(a.Mesh().Backends(addr)) == want {
+			if ok(a.Mesh().Backends(addr)) {
 				return nil
 			}
 			select {
 			case <-changed:
 			case <-deadline:
-				return fmt.Errorf("the worker's proxy did not reach %d endpoints", want)
+				return fmt.Errorf("the worker's proxy did not %s", what)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
+	}
+	endpointOf := func(t *pb.Task) string {
+		for _, b := range t.GetStatus().GetPorts() {
+			if b.GetTargetPort() == 80 {
+				return net.JoinHostPort(b.GetHostIp(), strconv.Itoa(int(b.GetHostPort())))
+			}
+		}
+		return ""
 	}
 	running := func() *pb.Task {
 		var out *pb.Task
@@ -309,7 +318,7 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 		})
 		return out
 	}
-	if err := waitBackends(1); err != nil {
+	if err := waitFor("reach one endpoint", func(b []string) bool { return len(b) == 1 }); err != nil {
 		return nil, err
 	}
 	in := series{name: "mesh: endpoint added (RUNNING commit → worker proxy)", unit: "ms"}
@@ -318,38 +327,57 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 	if e.opts.quick {
 		n = 8
 	}
+	type seen struct {
+		task *pb.Task
+		at   time.Time
+	}
 	for i := range n {
+		// Samples are apart by more than the feed's 100 ms interval, as
+		// isolated changes are; a change in a burst may wait up to 100 ms
+		// more to be batched with the others.
+		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+			return nil, err
+		}
 		victim := running()
 		if victim == nil {
 			return nil, errors.New("no running task")
 		}
+		gone := endpointOf(victim)
 		sub := st.Watch(func(ev raftstore.Event) bool {
 			t, ok := ev.Object.(*pb.Task)
 			return ok && t.GetId() != victim.GetId() && t.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING
 		})
+		// The replacement's RUNNING commit is timed as it arrives, even
+		// while the removal is still being waited for.
+		replaced := make(chan seen, 1)
+		go func() {
+			if ev, ok := <-sub.C(); ok {
+				replaced <- seen{ev.Object.(*pb.Task), time.Now()}
+			}
+		}()
 		t0 := time.Now()
 		if err := syscall.Kill(int(victim.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
 			sub.Close()
 			return nil, fmt.Errorf("kill task %d: %w", i+1, err)
 		}
-		if err := waitBackends(0); err != nil {
+		if err := waitFor("drop the killed task's endpoint", func(b []string) bool { return !slices.Contains(b, gone) }); err != nil {
 			sub.Close()
 			return nil, fmt.Errorf("sample %d: %w", i+1, err)
 		}
 		out.samples = append(out.samples, ms(time.Since(t0)))
-		var committed time.Time
+		var r seen
 		select {
-		case <-sub.C():
-			committed = time.Now()
+		case r = <-replaced:
 		case <-time.After(20 * time.Second):
 			sub.Close()
 			return nil, fmt.Errorf("sample %d: no replacement task running", i+1)
 		}
 		sub.Close()
-		if err := waitBackends(1); err != nil {
+		added := endpointOf(r.task)
+		if err := waitFor("add the replacement's endpoint", func(b []string) bool { return slices.Contains(b, added) }); err != nil {
 			return nil, fmt.Errorf("sample %d: %w", i+1, err)
 		}
-		in.samples = append(in.samples, ms(time.Since(committed)))
+		in.samples = append(in.samples, ms(time.Since(r.at)))
 	}
 	return []series{in, out}, nil
 }

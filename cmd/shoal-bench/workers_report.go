@@ -102,5 +102,8 @@ func workerMethod(o options) string {
 	p("  the port's connections to it (the supervisor sees the exit, the worker reports it, the leader\n")
 	p("  commits it, the endpoint feed changes and the session pushes the new set); then times from\n")
 	p("  its replacement's RUNNING commit, seen by a store watch, to the worker's proxy using it.\n")
+	p("  Samples are 250 ms apart: the endpoint feed batches the changes of each 100 ms, so a change\n")
+	p("  in a burst (the replacement follows its predecessor's failure within milliseconds) waits for\n")
+	p("  the rest of that interval, and an isolated one does not.\n")
 	return b.String()
 }
