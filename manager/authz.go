@@ -72,30 +72,47 @@ const callerHeader = "shoal-caller"
 
 // identify finds who is calling: the verified certificate, or, on a call a
 // manager forwarded, the original caller it names. A manager certificate
-// counts as a worker's once the store says the node was demoted.
+// counts as a worker's once the store says the node was demoted, and only
+// a manager that still is one, and was not removed, may name a caller.
 func (m *Manager) identify(ctx context.Context) (pki.Identity, bool) {
 	id, ok := rpc.PeerIdentity(ctx)
 	if !ok {
 		return pki.Identity{}, false
 	}
-	if id.Role == pki.RoleManager {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if v := md.Get(callerHeader); len(v) > 0 {
-			role, nodeID, ok := strings.Cut(v[0], "/")
-			if !ok {
-				return pki.Identity{}, false // forwarded for a caller without a certificate
-			}
-			id = pki.Identity{ID: nodeID, Role: role, ClusterID: id.ClusterID}
-		}
+	if id.Role != pki.RoleManager {
+		return id, true
 	}
-	if id.Role == pki.RoleManager {
-		m.store.View(func(tx *raftstore.Tx) {
-			if n, ok := tx.Nodes().Get(id.ID); ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
-				id.Role = pki.RoleWorker
-			}
-		})
+	var removed bool
+	m.store.View(func(tx *raftstore.Tx) {
+		id = demotedAsWorker(tx, id)
+		removed = slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID)
+	})
+	if id.Role != pki.RoleManager || removed {
+		return id, true // authorize refuses a removed node
 	}
-	return id, true
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(callerHeader)
+	if len(v) == 0 {
+		return id, true
+	}
+	role, nodeID, ok := strings.Cut(v[0], "/")
+	if !ok {
+		return pki.Identity{}, false // forwarded for a caller without a certificate
+	}
+	fwd := pki.Identity{ID: nodeID, Role: role, ClusterID: id.ClusterID}
+	if fwd.Role == pki.RoleManager {
+		m.store.View(func(tx *raftstore.Tx) { fwd = demotedAsWorker(tx, fwd) })
+	}
+	return fwd, true
+}
+
+// demotedAsWorker is a manager's identity as a worker's once the store
+// says the node was demoted.
+func demotedAsWorker(tx *raftstore.Tx, id pki.Identity) pki.Identity {
+	if n, ok := tx.Nodes().Get(id.ID); ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
+		id.Role = pki.RoleWorker
+	}
+	return id
 }
 
 // authorize decides whether the caller may call method; req is the

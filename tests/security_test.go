@@ -25,7 +25,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // credsOf are the credentials in a node's data dir (the admin client
@@ -493,4 +495,68 @@ func TestGossipKeyRotation(t *testing.T) {
 		}
 		return false, fmt.Sprint(m.m.Gossip().Members())
 	})
+}
+
+// TestForwardedCallerOnlyFromCurrentManagers: a follower names the caller
+// it forwards for in a header, and the leader believes it only from a
+// manager that still is one. A demoted or removed manager's certificate,
+// still within its lifetime, cannot pass itself off as an admin that way.
+func TestForwardedCallerOnlyFromCurrentManagers(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(4)
+	admin := c.control(c.managers[0])
+	// forgeAdmin calls the control API with m's certificate, naming an
+	// admin as the caller it forwards for.
+	forgeAdmin := func(m *mgr) func() error {
+		conn := dial(t, c.managers[0].cfg.APIAddr(), nodeCreds(t, m.cfg.DataDir), pki.RoleManager)
+		return func() error {
+			ctx := metadata.AppendToOutgoingContext(callCtx(t), "shoal-caller", "admin/intruder")
+			_, err := pb.NewControlClient(conn).ListNodes(ctx, &pb.ListNodesRequest{})
+			return err
+		}
+	}
+	demoted, removed := c.managers[3], c.managers[2]
+	fromDemoted, fromRemoved := forgeAdmin(demoted), forgeAdmin(removed)
+	for _, call := range []func() error{fromDemoted, fromRemoved} {
+		if err := call(); err != nil {
+			t.Fatalf("a current manager forwarding for an admin: %v", err)
+		}
+	}
+
+	// Demoted: the certificate now counts as a worker's.
+	{
+		id := demoted.m.ID()
+		var spec *pb.NodeSpec
+		for _, n := range listNodes(t, admin) {
+			if n.GetId() == id {
+				spec = proto.Clone(n.GetSpec()).(*pb.NodeSpec)
+			}
+		}
+		spec.DesiredRole = pb.NodeRole_NODE_ROLE_WORKER
+		if _, err := admin.UpdateNode(callCtx(t), &pb.UpdateNodeRequest{Ref: id, Spec: spec}); err != nil {
+			t.Fatalf("demote %s: %v", id, err)
+		}
+		c.eventually(20*time.Second, "the demotion reaches the manager called", func() (bool, string) {
+			err := fromDemoted()
+			return status.Code(err) == codes.PermissionDenied, fmt.Sprintf("forged call: %v", err)
+		})
+		if err := fromDemoted(); !strings.Contains(fmt.Sprint(err), "may not use the control API") {
+			t.Fatalf("a demoted manager forwarding for an admin: %v, want the control API refused", err)
+		}
+	}
+	// Removed: the certificate is revoked.
+	{
+		id := removed.m.ID()
+		c.stopManager(removed)
+		if _, err := admin.RemoveNode(callCtx(t), &pb.RemoveNodeRequest{Ref: id, Force: true}); err != nil {
+			t.Fatalf("remove %s: %v", id, err)
+		}
+		c.eventually(20*time.Second, "the removal reaches the manager called", func() (bool, string) {
+			err := fromRemoved()
+			return status.Code(err) == codes.PermissionDenied, fmt.Sprintf("forged call: %v", err)
+		})
+		if err := fromRemoved(); !strings.Contains(fmt.Sprint(err), "removed") {
+			t.Fatalf("a removed manager forwarding for an admin: %v, want its certificate revoked", err)
+		}
+	}
 }
