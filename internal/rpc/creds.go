@@ -135,10 +135,13 @@ func (c *Credentials) ServerTLS(requireClientCert bool, accept Accept, log *slog
 				remote = hello.Conn.RemoteAddr().String()
 			}
 			return &tls.Config{
-				MinVersion:   tls.VersionTLS13,
-				Certificates: []tls.Certificate{*cert},
-				NextProtos:   []string{"h2"},
-				ClientAuth:   tls.RequestClientCert,
+				MinVersion: tls.VersionTLS13,
+				// A resumed session skips VerifyPeerCertificate, so a
+				// peer revoked or demoted since would get back in.
+				SessionTicketsDisabled: true,
+				Certificates:           []tls.Certificate{*cert},
+				NextProtos:             []string{"h2"},
+				ClientAuth:             tls.RequestClientCert,
 				VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 					err := verifyPeer(raw, roots, cluster, "", requireClientCert, accept)
 					if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -273,5 +275,30 @@ func TestUpdateSwapsCertificate(t *testing.T) {
 	}
 	if creds.Identity().Role != pki.RoleManager {
 		t.Fatal("a refused update changed the credentials")
+	}
+}
+
+// TestResumedSessionVerifiedAgain: a client that kept a TLS session from
+// before its revocation is refused like any other. TLS 1.3 resumption
+// would skip the certificate checks, so servers issue no session tickets.
+func TestResumedSessionVerifiedAgain(t *testing.T) {
+	ca := pkitest.NewCA(t, "c1")
+	var revoked atomic.Bool
+	accept := func(id pki.Identity) error {
+		if revoked.Load() && id.ID == "m2" {
+			return errors.New("m2 was removed")
+		}
+		return nil
+	}
+	addr, _ := serve(t, ca.Creds(t, pki.RoleManager, "m1"), accept)
+	cfg := ca.Creds(t, pki.RoleManager, "m2").ClientTLS(pki.RoleManager)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8) // a client keeping its tickets
+	opt := grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+	if err := check(t, addr, opt); err != nil {
+		t.Fatalf("before the revocation: %v", err)
+	}
+	revoked.Store(true)
+	if err := check(t, addr, opt); err == nil {
+		t.Fatal("a revoked client was served again on a resumed session")
 	}
 }
