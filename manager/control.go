@@ -93,6 +93,9 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 		if spec.GetDesiredRole() == pb.NodeRole_NODE_ROLE_WORKER && n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
 			n.Role = pb.NodeRole_NODE_ROLE_WORKER
 			n.ManagerStatus = nil
+			if err := revokeManagerCerts(tx, n); err != nil {
+				return err
+			}
 		}
 		out = n
 		return tx.Nodes().Update(n)

@@ -441,7 +441,8 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 // securityUpdate is what workers must know of the cluster's trust roots
 // and gossip keys.
 func securityUpdate(c *pb.Cluster) *pb.SecurityUpdate {
-	return &pb.SecurityUpdate{RootCas: c.GetRootCa().GetTrustBundle(), RootDigest: c.GetRootCa().GetDigest(), GossipKeys: c.GetGossipKeys()}
+	return &pb.SecurityUpdate{RootCas: c.GetRootCa().GetTrustBundle(), RootDigest: c.GetRootCa().GetDigest(), GossipKeys: c.GetGossipKeys(),
+		RevokedNodes: revokedNodes(c)}
 }
 
 // isAssigned reports whether a task is the node's to run: the scheduler

@@ -199,6 +199,12 @@ func (m *Manager) promote(ctx context.Context, cluster *pb.Cluster, req *pb.Join
 		}
 		n.Role = pb.NodeRole_NODE_ROLE_MANAGER
 		n.Certificate = info
+		if c := tx.Cluster(); c != nil && c.DemotedManagers[n.GetId()] != 0 {
+			delete(c.DemotedManagers, n.GetId()) // its manager certificates are good again
+			if err := tx.Clusters().Update(c); err != nil {
+				return err
+			}
+		}
 		n.ApiAddr = req.GetApiAddr()
 		n.ManagerStatus = &pb.ManagerStatus{RaftId: req.GetRaftId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr()}
 		if n.Description != nil {

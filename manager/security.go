@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/shoal-cluster/shoal/gossip"
@@ -113,6 +114,43 @@ func certLifetime(c *pb.Cluster) time.Duration {
 		return d
 	}
 	return DefaultCertExpiry
+}
+
+// revokeManagerCerts records, in the transaction, that node n was demoted:
+// workers refuse the manager certificates it holds until the last of them
+// has expired (the managers go by its role in the store). Entries whose
+// certificates have all expired are dropped on the way.
+func revokeManagerCerts(tx *raftstore.Tx, n *pb.Node) error {
+	c := tx.Cluster()
+	if c == nil {
+		return nil
+	}
+	now := time.Now()
+	for id, until := range c.DemotedManagers {
+		if until < now.UnixNano() {
+			delete(c.DemotedManagers, id)
+		}
+	}
+	if c.DemotedManagers == nil {
+		c.DemotedManagers = map[string]int64{}
+	}
+	c.DemotedManagers[n.GetId()] = max(n.GetCertificate().GetNotAfter(), now.Add(certLifetime(c)).UnixNano())
+	return tx.Clusters().Update(c)
+}
+
+// revokedNodes are the nodes whose certificates workers refuse, sorted:
+// removed nodes and managers demoted while their manager certificates may
+// still be valid.
+func revokedNodes(c *pb.Cluster) []string {
+	out := slices.Clone(c.GetRemovedNodes())
+	now := time.Now().UnixNano()
+	for id, until := range c.GetDemotedManagers() {
+		if until >= now {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // issueNode signs a node's certificate request with the role it has.

@@ -616,7 +616,11 @@ type SecurityUpdate struct {
 	// worker whose certificate another root issued renews it.
 	RootDigest string `protobuf:"bytes,2,opt,name=root_digest,json=rootDigest,proto3" json:"root_digest,omitempty"`
 	// gossip_keys encrypt gossip, the primary key first.
-	GossipKeys    [][]byte `protobuf:"bytes,3,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	GossipKeys [][]byte `protobuf:"bytes,3,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	// revoked_nodes are the nodes whose certificates the worker refuses,
+	// sorted: removed nodes, and demoted managers (their old manager
+	// certificates have not all expired yet).
+	RevokedNodes  []string `protobuf:"bytes,4,rep,name=revoked_nodes,json=revokedNodes,proto3" json:"revoked_nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -668,6 +672,13 @@ func (x *SecurityUpdate) GetRootDigest() string {
 func (x *SecurityUpdate) GetGossipKeys() [][]byte {
 	if x != nil {
 		return x.GossipKeys
+	}
+	return nil
+}
+
+func (x *SecurityUpdate) GetRevokedNodes() []string {
+	if x != nil {
+		return x.RevokedNodes
 	}
 	return nil
 }
@@ -1061,13 +1072,14 @@ const file_dispatcher_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x124\n" +
 	"\aupdates\x18\x03 \x03(\v2\x1a.shoal.v1.TaskStatusUpdateR\aupdates\"\x1a\n" +
-	"\x18UpdateTaskStatusResponse\"m\n" +
+	"\x18UpdateTaskStatusResponse\"\x92\x01\n" +
 	"\x0eSecurityUpdate\x12\x19\n" +
 	"\broot_cas\x18\x01 \x01(\fR\arootCas\x12\x1f\n" +
 	"\vroot_digest\x18\x02 \x01(\tR\n" +
 	"rootDigest\x12\x1f\n" +
 	"\vgossip_keys\x18\x03 \x03(\fR\n" +
-	"gossipKeys\"\x91\x01\n" +
+	"gossipKeys\x12#\n" +
+	"\rrevoked_nodes\x18\x04 \x03(\tR\frevokedNodes\"\x91\x01\n" +
 	"\fTaskEndpoint\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +

@@ -3329,9 +3329,14 @@ type Cluster struct {
 	// managers: the control API never returns it.
 	RootCa *RootCA `protobuf:"bytes,6,opt,name=root_ca,json=rootCa,proto3" json:"root_ca,omitempty"`
 	// gossip_keys encrypt gossip (AES-256-GCM), the primary key first.
-	GossipKeys    [][]byte `protobuf:"bytes,7,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	GossipKeys [][]byte `protobuf:"bytes,7,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	// demoted_managers are nodes demoted from manager to worker, each with
+	// the time (Unix nanoseconds) by which every manager certificate it was
+	// given has expired: until then workers refuse them. An entry goes then,
+	// or when the node is promoted again.
+	DemotedManagers map[string]int64 `protobuf:"bytes,8,rep,name=demoted_managers,json=demotedManagers,proto3" json:"demoted_managers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
@@ -3409,6 +3414,13 @@ func (x *Cluster) GetRootCa() *RootCA {
 func (x *Cluster) GetGossipKeys() [][]byte {
 	if x != nil {
 		return x.GossipKeys
+	}
+	return nil
+}
+
+func (x *Cluster) GetDemotedManagers() map[string]int64 {
+	if x != nil {
+		return x.DemotedManagers
 	}
 	return nil
 }
@@ -3948,7 +3960,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
 	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12\x1f\n" +
 	"\vcert_expiry\x18\x04 \x01(\x03R\n" +
-	"certExpiry\"\x90\x02\n" +
+	"certExpiry\"\xa7\x03\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -3958,7 +3970,11 @@ const file_objects_proto_rawDesc = "" +
 	"\rremoved_nodes\x18\x05 \x03(\tR\fremovedNodes\x12)\n" +
 	"\aroot_ca\x18\x06 \x01(\v2\x10.shoal.v1.RootCAR\x06rootCa\x12\x1f\n" +
 	"\vgossip_keys\x18\a \x03(\fR\n" +
-	"gossipKeys\"\xb7\x01\n" +
+	"gossipKeys\x12Q\n" +
+	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x1aB\n" +
+	"\x14DemotedManagersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb7\x01\n" +
 	"\x06RootCA\x12\x12\n" +
 	"\x04cert\x18\x01 \x01(\fR\x04cert\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12!\n" +
@@ -4068,7 +4084,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4126,6 +4142,7 @@ var file_objects_proto_goTypes = []any{
 	nil,                          // 53: shoal.v1.Annotations.LabelsEntry
 	nil,                          // 54: shoal.v1.NodeDescription.EngineLabelsEntry
 	nil,                          // 55: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 56: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
 	53, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
@@ -4193,15 +4210,16 @@ var file_objects_proto_depIdxs = []int32{
 	47, // 62: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
 	45, // 63: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
 	49, // 64: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	0,  // 65: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 66: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 67: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	51, // 68: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	69, // [69:69] is the sub-list for method output_type
-	69, // [69:69] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	56, // 65: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 66: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 67: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 68: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	51, // 69: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4221,7 +4239,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -559,4 +561,103 @@ func TestForwardedCallerOnlyFromCurrentManagers(t *testing.T) {
 			t.Fatalf("a removed manager forwarding for an admin: %v, want its certificate revoked", err)
 		}
 	}
+}
+
+// TestWorkersRefuseRevokedManagers: the certificate a manager kept from
+// before its demotion or removal opens nothing on a worker any more: not
+// its tasks' logs, not a session (the worker's credentials refuse such a
+// server), also after the worker restarts.
+func TestWorkersRefuseRevokedManagers(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(4)
+	c.addWorkers(1)
+	w := c.workers[0]
+	admin := c.control(c.managers[0])
+	task := c.createTask(w.a.ID(), "echo task-output; sleep 60")
+	c.waitTaskState(task, pb.TaskState_TASK_STATE_RUNNING, 20*time.Second)
+	// readLogs reads the task's output on the worker, as m.
+	readLogs := func(creds *rpc.Credentials) (string, error) {
+		conn := dial(t, workerAddr(w), creds, pki.RoleWorker)
+		stream, err := pb.NewTaskLogsClient(conn).Logs(callCtx(t), &pb.TaskLogsRequest{TaskId: task})
+		if err != nil {
+			return "", err
+		}
+		var out strings.Builder
+		for {
+			ch, err := stream.Recv()
+			if err != nil {
+				if err == io.EOF {
+					return out.String(), nil
+				}
+				return out.String(), err
+			}
+			out.Write(ch.GetData())
+		}
+	}
+	demoted, removed := c.managers[3], c.managers[2]
+	// What the two managers keep of their manager certificates.
+	kept := []*rpc.Credentials{nodeCreds(t, demoted.cfg.DataDir), nodeCreds(t, removed.cfg.DataDir)}
+	c.eventually(20*time.Second, "a manager reads the task's logs", func() (bool, string) {
+		out, err := readLogs(kept[1])
+		return err == nil && strings.Contains(out, "task-output"), fmt.Sprintf("%q, %v", out, err)
+	})
+	revoked := []string{demoted.m.ID(), removed.m.ID()}
+
+	var spec *pb.NodeSpec
+	for _, n := range listNodes(t, admin) {
+		if n.GetId() == revoked[0] {
+			spec = proto.Clone(n.GetSpec()).(*pb.NodeSpec)
+		}
+	}
+	spec.DesiredRole = pb.NodeRole_NODE_ROLE_WORKER
+	if _, err := admin.UpdateNode(callCtx(t), &pb.UpdateNodeRequest{Ref: revoked[0], Spec: spec}); err != nil {
+		t.Fatalf("demote: %v", err)
+	}
+	c.stopManager(removed)
+	if _, err := admin.RemoveNode(callCtx(t), &pb.RemoveNodeRequest{Ref: revoked[1], Force: true}); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	c.eventually(20*time.Second, "the worker hears of both revocations", func() (bool, string) {
+		id, err := datadir.Load(w.cfg.DataDir)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, r := range revoked {
+			if !slices.Contains(id.Revoked, r) {
+				return false, fmt.Sprintf("revoked on the worker: %v", id.Revoked)
+			}
+		}
+		return true, ""
+	})
+	check := func(when string) {
+		t.Helper()
+		for _, creds := range kept {
+			if out, err := readLogs(creds); err == nil || strings.Contains(out, "task-output") {
+				t.Fatalf("%s: a revoked manager certificate read the task's logs: %q, %v", when, out, err)
+			}
+		}
+		// The worker's own credentials, as it dials managers, refuse a
+		// server presenting a revoked certificate.
+		for _, creds := range kept {
+			l, err := net.Listen("tcp", net.JoinHostPort(c.ip(60), "0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer(rpc.ServerOptions(creds, nil, nil)...)
+			go func() { _ = srv.Serve(l) }()
+			conn := dial(t, l.Addr().String(), w.a.Credentials(), pki.RoleManager)
+			stream, err := pb.NewDispatcherClient(conn).Session(callCtx(t), &pb.SessionRequest{NodeId: w.a.ID()})
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			srv.Stop()
+			if err == nil || !strings.Contains(err.Error(), "revoked") {
+				t.Fatalf("%s: the worker opened a session with a revoked manager: %v", when, err)
+			}
+		}
+	}
+	check("running")
+	w.a.Close()
+	c.restartWorker(w)
+	check("after a restart")
 }

@@ -258,6 +258,7 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	nc.Creds().SetRevoked(id.Revoked)
 	dir := filepath.Join(cfg.DataDir, "worker")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
@@ -965,6 +966,10 @@ func (a *Agent) WaitConnected(ctx context.Context) error {
 
 // ID is this node's ID.
 func (a *Agent) ID() string { return a.id.NodeID }
+
+// Credentials are the node's live TLS credentials: its certificate, the
+// roots it trusts and the nodes it refuses.
+func (a *Agent) Credentials() *rpc.Credentials { return a.creds.Creds() }
 
 // HeldSecrets lists, sorted, the IDs of the secrets whose values this
 // agent holds in memory (never the values).

@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"slices"
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
@@ -25,19 +26,29 @@ func (a *Agent) noteSecurity(up *pb.SecurityUpdate) {
 	a.mu.Lock()
 	a.signingRoot = up.GetRootDigest()
 	a.mu.Unlock()
-	keys := up.GetGossipKeys()
-	if len(keys) == 0 || sameKeys(keys, a.id.GossipKeys) {
+	changed := false
+	if revoked := up.GetRevokedNodes(); !slices.Equal(revoked, a.id.Revoked) {
+		// Managers removed or demoted: their certificates no longer open
+		// a session with this node nor read its tasks' logs.
+		a.creds.Creds().SetRevoked(revoked)
+		a.id.Revoked = revoked
+		changed = true
+	}
+	if keys := up.GetGossipKeys(); len(keys) > 0 && !sameKeys(keys, a.id.GossipKeys) {
+		if err := a.gossip.SetKeys(keys); err != nil {
+			a.log.Error("install the new gossip keys", "err", err)
+		} else {
+			a.id.GossipKeys = keys
+			changed = true
+			a.log.Info("gossip keys rotated")
+		}
+	}
+	if !changed {
 		return
 	}
-	if err := a.gossip.SetKeys(keys); err != nil {
-		a.log.Error("install the new gossip keys", "err", err)
-		return
-	}
-	a.id.GossipKeys = keys
 	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
-		a.log.Error("save the new gossip keys", "err", err)
+		a.log.Error("save the cluster's gossip keys and revocations", "err", err)
 	}
-	a.log.Info("gossip keys rotated")
 }
 
 func sameKeys(a, b [][]byte) bool {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -487,7 +488,7 @@ func TestPromoteAndDemote(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process cluster test")
 	}
-	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.4"}
+	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.4", "127.0.0.5"}
 	port := freePort(t, ips...)
 	base := t.TempDir()
 	daemon := func(name, ip string, args ...string) *node {
@@ -508,6 +509,7 @@ func TestPromoteAndDemote(t *testing.T) {
 	}
 	daemon("m2", ips[1], "join", "--token", token("manager"), m1.addr())
 	w1 := daemon("w1", ips[2], "join", "--token", token("worker"), m1.addr())
+	w2 := daemon("w2", ips[3], "join", "--token", token("worker"), m1.addr())
 	// certRole is the role of the certificate in w1's data dir.
 	certRole := func() string {
 		certPEM, _, _, err := datadir.LoadCerts(w1.dataDir)
@@ -573,6 +575,34 @@ func TestPromoteAndDemote(t *testing.T) {
 	eventually(t, 30*time.Second, "w1's certificate to be a worker's again", func() (bool, string) {
 		got := certRole()
 		return got == pki.RoleWorker, got
+	})
+	// Other workers refuse w1's old manager certificate, until it is a
+	// manager again.
+	w1ID := func() string {
+		id, err := datadir.Load(w1.dataDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id.NodeID
+	}()
+	w2Refuses := func() (bool, string) {
+		id, err := datadir.Load(w2.dataDir)
+		if err != nil {
+			return false, err.Error()
+		}
+		return slices.Contains(id.Revoked, w1ID), fmt.Sprintf("w2 refuses %v", id.Revoked)
+	}
+	eventually(t, 30*time.Second, "w2 to refuse w1's manager certificate", w2Refuses)
+	if _, errOut, code := cli(t, "node", "promote", "w1", "--host", m1.addr()); code != 0 {
+		t.Fatalf("promote again: %s", errOut)
+	}
+	eventually(t, 30*time.Second, "w1 a reachable manager again", func() (bool, string) {
+		r := row("w1")
+		return strings.Contains(r, " manager ") && strings.Contains(r, "Reachable"), r
+	})
+	eventually(t, 30*time.Second, "w2 to accept w1 as a manager again", func() (bool, string) {
+		refuses, why := w2Refuses()
+		return !refuses, why
 	})
 }
 

@@ -38,6 +38,9 @@ type Identity struct {
 	GossipKeys [][]byte `json:"gossip_keys,omitempty"`
 	// Managers are the manager API addresses a worker last heard of.
 	Managers []string `json:"managers,omitempty"`
+	// Revoked are the nodes whose certificates a worker refuses (removed
+	// nodes, demoted managers), as the cluster last said.
+	Revoked []string `json:"revoked,omitempty"`
 }
 
 // ErrNoIdentity means the directory holds no node.json.

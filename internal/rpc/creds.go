@@ -29,6 +29,9 @@ type Credentials struct {
 	// pin is the root digest a join token carries, for a node that has no
 	// roots yet: it trusts the server whose chain holds that root.
 	pin string
+	// revoked are node IDs whose certificates are refused although the
+	// CA vouches for them (a worker's copy of the cluster's revocations).
+	revoked map[string]bool
 }
 
 // NewCredentials builds credentials from a PEM certificate chain (leaf
@@ -97,6 +100,18 @@ func (c *Credentials) Leaf() *x509.Certificate {
 	return c.leaf
 }
 
+// SetRevoked replaces the node IDs whose certificates this side refuses
+// on new connections, in either direction.
+func (c *Credentials) SetRevoked(ids []string) {
+	revoked := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		revoked[id] = true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.revoked = revoked
+}
+
 // RootsPEM are the trusted roots, PEM-encoded.
 func (c *Credentials) RootsPEM() []byte {
 	c.mu.RLock()
@@ -104,10 +119,17 @@ func (c *Credentials) RootsPEM() []byte {
 	return append([]byte(nil), c.rootsPEM...)
 }
 
-func (c *Credentials) snapshot() (*tls.Certificate, *x509.CertPool, string, string) {
+// trust is what a peer's certificate is checked against.
+type trust struct {
+	roots   *x509.CertPool
+	cluster string
+	revoked map[string]bool
+}
+
+func (c *Credentials) snapshot() (*tls.Certificate, trust, string) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.cert, c.roots, c.id.ClusterID, c.pin
+	return c.cert, trust{roots: c.roots, cluster: c.id.ClusterID, revoked: c.revoked}, c.pin
 }
 
 // Accept decides whether a verified peer may connect at all (revocation);
@@ -126,7 +148,7 @@ func (c *Credentials) ServerTLS(requireClientCert bool, accept Accept, log *slog
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			cert, roots, cluster, _ := c.snapshot()
+			cert, tr, _ := c.snapshot()
 			if cert == nil {
 				return nil, errors.New("this node has no certificate yet")
 			}
@@ -143,7 +165,7 @@ func (c *Credentials) ServerTLS(requireClientCert bool, accept Accept, log *slog
 				NextProtos:             []string{"h2"},
 				ClientAuth:             tls.RequestClientCert,
 				VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-					err := verifyPeer(raw, roots, cluster, "", requireClientCert, accept)
+					err := verifyPeer(raw, tr, "", requireClientCert, accept)
 					if err != nil {
 						log.Warn("refused a TLS client", "remote", remote, "err", err)
 					}
@@ -163,26 +185,26 @@ func (c *Credentials) ClientTLS(serverRole string) *tls.Config {
 		// certificates name nodes, not host names.
 		InsecureSkipVerify: true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			cert, roots, _, _ := c.snapshot()
+			cert, tr, _ := c.snapshot()
 			if cert == nil {
 				return &tls.Certificate{}, nil
 			}
 			// The server would refuse a certificate that is invalid here
 			// too, but TLS 1.3 cannot tell the client why: say it now.
-			if _, _, err := pki.Verify(cert.Certificate, roots, time.Now()); err != nil {
+			if _, _, err := pki.Verify(cert.Certificate, tr.roots, time.Now()); err != nil {
 				return nil, fmt.Errorf("this client's own certificate is unusable: %w", err)
 			}
 			return cert, nil
 		},
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			_, roots, cluster, pin := c.snapshot()
+			_, tr, pin := c.snapshot()
 			if pin != "" {
 				var err error
-				if roots, err = pinnedRoot(raw, pin); err != nil {
+				if tr.roots, err = pinnedRoot(raw, pin); err != nil {
 					return err
 				}
 			}
-			return verifyPeer(raw, roots, cluster, serverRole, true, nil)
+			return verifyPeer(raw, tr, serverRole, true, nil)
 		},
 	}
 }
@@ -207,22 +229,25 @@ func pinnedRoot(raw [][]byte, pin string) (*x509.CertPool, error) {
 	return nil, ErrWrongCluster
 }
 
-func verifyPeer(raw [][]byte, roots *x509.CertPool, cluster, role string, require bool, accept Accept) error {
+func verifyPeer(raw [][]byte, tr trust, role string, require bool, accept Accept) error {
 	if len(raw) == 0 {
 		if require {
 			return errors.New("no client certificate: this link needs a cluster certificate")
 		}
 		return nil
 	}
-	if roots == nil {
+	if tr.roots == nil {
 		return errors.New("no trusted roots yet")
 	}
-	id, _, err := pki.Verify(raw, roots, time.Now())
+	id, _, err := pki.Verify(raw, tr.roots, time.Now())
 	if err != nil {
 		return err
 	}
-	if cluster != "" && id.ClusterID != cluster {
-		return fmt.Errorf("the certificate is for cluster %s, not %s", id.ClusterID, cluster)
+	if tr.cluster != "" && id.ClusterID != tr.cluster {
+		return fmt.Errorf("the certificate is for cluster %s, not %s", id.ClusterID, tr.cluster)
+	}
+	if tr.revoked[id.ID] {
+		return fmt.Errorf("the certificate of %s is revoked: the node was removed or demoted", id)
 	}
 	if role != "" && id.Role != role {
 		return fmt.Errorf("the peer is a %s (%s), not a %s", id.Role, id.ID, role)

@@ -302,3 +302,31 @@ func TestResumedSessionVerifiedAgain(t *testing.T) {
 		t.Fatal("a revoked client was served again on a resumed session")
 	}
 }
+
+// TestSetRevoked: a node ID on a side's revoked list is refused whichever
+// end of the connection it is, and only on that side.
+func TestSetRevoked(t *testing.T) {
+	ca := pkitest.NewCA(t, "c1")
+	for _, tc := range []struct {
+		name                     string
+		serverRevokes, clientRev []string
+		wantRefused              bool
+	}{
+		{name: "nothing revoked"},
+		{name: "the server revoked the client", serverRevokes: []string{"w1"}, wantRefused: true},
+		{name: "the client revoked the server", clientRev: []string{"m1"}, wantRefused: true},
+		{name: "another node revoked", serverRevokes: []string{"m9"}, clientRev: []string{"w9"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			server := ca.Creds(t, pki.RoleManager, "m1")
+			server.SetRevoked(tc.serverRevokes)
+			addr, _ := serve(t, server, nil)
+			client := ca.Creds(t, pki.RoleWorker, "w1")
+			client.SetRevoked(tc.clientRev)
+			err := dialCheck(t, addr, client, pki.RoleManager)
+			if refused := err != nil; refused != tc.wantRefused {
+				t.Fatalf("err = %v, want refused %v", err, tc.wantRefused)
+			}
+		})
+	}
+}
