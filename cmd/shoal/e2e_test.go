@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/shoal-cluster/shoal/internal/datadir"
-	"github.com/shoal-cluster/shoal/internal/pki"
 	"io/fs"
 	"math/rand/v2"
 	"net"
@@ -20,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
+	"github.com/shoal-cluster/shoal/internal/pki"
 )
 
 // shoalBin is the binary under test, built once in TestMain.
@@ -106,6 +108,13 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 	go func() { _ = cmd.Wait(); close(n.exited) }()
 	t.Cleanup(func() {
 		n.kill()
+		// A node that can run containers added its cluster's container
+		// resolver address to lo; a killed node leaves it there.
+		if id, err := datadir.Load(dataDir); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			mesh.RemoveContainerAddrs(ctx, id.ClusterID)
+			cancel()
+		}
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
 			t.Logf("log of %s:\n%s", n.addr(), tail(string(data), 40))
