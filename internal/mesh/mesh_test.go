@@ -274,23 +274,35 @@ func udpEcho(t *testing.T, name string) *net.UDPConn {
 	return c
 }
 
-func TestUDPFlowsSpreadOverBackends(t *testing.T) {
-	a, b := udpEcho(t, "a"), udpEcho(t, "b")
-	m := newTestMesh(t, false)
-	defer m.Close()
+// freeUDPPort returns a UDP port nothing listens on at 127.0.0.1.
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
 	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := u.LocalAddr().(*net.UDPAddr).Port
-	u.Close()
+	defer u.Close()
+	return u.LocalAddr().(*net.UDPAddr).Port
+}
+
+// udpService is service "dns" publishing UDP port 53 of its tasks (the
+// given sockets) on port.
+func udpService(port int, tasks ...*net.UDPConn) *pb.ServiceEndpoints {
 	se := &pb.ServiceEndpoints{ServiceId: "s1", ServiceName: "dns",
 		Ports: []*pb.PortConfig{{TargetPort: 53, PublishedPort: uint32(port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}}
-	for _, c := range []*net.UDPConn{a, b} {
+	for _, c := range tasks {
 		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{Ip: "127.0.0.1", Ports: []*pb.PortBinding{{
 			TargetPort: 53, HostIp: "127.0.0.1", HostPort: uint32(c.LocalAddr().(*net.UDPAddr).Port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}})
 	}
-	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
+	return se
+}
+
+func TestUDPFlowsSpreadOverBackends(t *testing.T) {
+	a, b := udpEcho(t, "a"), udpEcho(t, "b")
+	m := newTestMesh(t, false)
+	defer m.Close()
+	port := freeUDPPort(t)
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{udpService(port, a, b)}})
 	if got := m.Backends(fmt.Sprintf("127.0.0.1:%d/udp", port)); len(got) != 2 {
 		t.Fatalf("udp backends: %v", got)
 	}
@@ -343,5 +355,79 @@ func TestVirtualIPPlan(t *testing.T) {
 				t.Fatalf("%s #%d: twins are not one to one", cluster, n)
 			}
 		}
+	}
+}
+
+// askUDP sends a datagram on c and returns the reply, resending if one is
+// lost; the deadline only bounds the test.
+func askUDP(t *testing.T, c net.Conn) string {
+	t.Helper()
+	buf := make([]byte, 16)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Read(buf)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("reply through the mesh: %v", err)
+		}
+		return string(buf[:n])
+	}
+	t.Fatal("no reply through the mesh")
+	return ""
+}
+
+// udpFlowOf is the mesh's flow for client on the UDP listener key.
+func udpFlowOf(m *Mesh, key string, client net.Addr) *udpFlow {
+	m.mu.Lock()
+	p := m.listeners[key].(*udpProxy)
+	m.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flows[client.String()]
+}
+
+func TestUDPFlowFollowsBackendSet(t *testing.T) {
+	a, b := udpEcho(t, "a"), udpEcho(t, "b")
+	cases := []struct {
+		name          string
+		before, after []*net.UDPConn
+		want          string
+		sameFlow      bool
+	}{
+		// The task a client's flow was on stopped: its next datagram goes
+		// to a task still in the set, not to the stopped one.
+		{name: "backend removed", before: []*net.UDPConn{a}, after: []*net.UDPConn{b}, want: "b"},
+		{name: "backend kept", before: []*net.UDPConn{a}, after: []*net.UDPConn{a, b}, want: "a", sameFlow: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestMesh(t, false)
+			defer m.Close()
+			port := freeUDPPort(t)
+			key := fmt.Sprintf("127.0.0.1:%d/udp", port)
+			m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{udpService(port, tc.before...)}})
+			c, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := askUDP(t, c); got != "a" {
+				t.Fatalf("first reply from %q, want a", got)
+			}
+			first := udpFlowOf(m, key, c.LocalAddr())
+			m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{udpService(port, tc.after...)}})
+			if got := askUDP(t, c); got != tc.want {
+				t.Fatalf("after the update the flow's reply came from %q, want %q", got, tc.want)
+			}
+			if same := udpFlowOf(m, key, c.LocalAddr()) == first; same != tc.sameFlow {
+				t.Fatalf("same flow after the update: %v, want %v", same, tc.sameFlow)
+			}
+		})
 	}
 }

@@ -32,6 +32,7 @@ type udpProxy struct {
 }
 
 type udpFlow struct {
+	backend  string // "ip:port"
 	upstream *net.UDPConn
 	last     atomic.Int64 // unix nanos of the last packet either way
 }
@@ -57,9 +58,24 @@ func newUDPProxy(conn *net.UDPConn, key, service string, log *slog.Logger) *udpP
 
 func (p *udpProxy) serviceName() string { return p.service }
 
+// setBackends replaces the addresses new flows go to and ends every flow
+// on a backend that left the set: the client's next datagram starts a flow
+// on a live one.
 func (p *udpProxy) setBackends(addrs []string) {
 	cp := append([]string(nil), addrs...)
+	live := make(map[string]bool, len(cp))
+	for _, a := range cp {
+		live[a] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.backends.Store(&cp)
+	for k, f := range p.flows {
+		if !live[f.backend] {
+			_ = f.upstream.Close()
+			delete(p.flows, k)
+		}
+	}
 }
 
 func (p *udpProxy) currentBackends() []string { return append([]string(nil), *p.backends.Load()...) }
@@ -108,7 +124,7 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 		p.log.Debug("mesh udp dial", "service", p.service, "endpoint", addr, "err", err)
 		return nil
 	}
-	f := &udpFlow{upstream: up}
+	f := &udpFlow{backend: addr, upstream: up}
 	f.last.Store(time.Now().UnixNano())
 	p.flows[key] = f
 	p.wg.Add(1)
