@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -37,8 +38,11 @@ type Mesh struct {
 	cfg Config
 	log *slog.Logger
 
+	// tab is replaced (under mu) on every update, never modified, so the
+	// resolvers read it without taking mu.
+	tab atomic.Pointer[table]
+
 	mu        sync.Mutex
-	tab       table
 	listeners map[string]proxy // by "ip:port" (TCP) or "ip:port/udp"
 	errs      map[string]error // addresses that could not be bound
 	closed    bool
@@ -57,15 +61,16 @@ func New(cfg Config) *Mesh {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Mesh{
+	m := &Mesh{
 		cfg:       cfg,
 		log:       cfg.Log.With("component", "mesh"),
-		tab:       table{},
 		listeners: map[string]proxy{},
 		errs:      map[string]error{},
 		changed:   make(chan struct{}),
 		ctrAddrs:  map[string]bool{},
 	}
+	m.tab.Store(&table{})
+	return m
 }
 
 // Start opens the resolver (when a DNS port is set).
@@ -122,7 +127,8 @@ func (m *Mesh) Apply(u *pb.EndpointUpdate) {
 	if m.closed {
 		return
 	}
-	m.tab = m.tab.apply(u)
+	next := m.tab.Load().apply(u)
+	m.tab.Store(&next)
 	m.reconcile()
 	close(m.changed)
 	m.changed = make(chan struct{})
@@ -194,7 +200,7 @@ func proxyKey(ip string, port uint32, protocol pb.PortProtocol) string {
 // its container twin when containers are served).
 func (m *Mesh) desired() map[string]wanted {
 	out := map[string]wanted{}
-	for _, s := range m.tab {
+	for _, s := range *m.tab.Load() {
 		for _, p := range s.GetPorts() {
 			proto := p.GetProtocol()
 			w := wanted{service: s.GetServiceName(), backends: backends(s, p.GetTargetPort(), proto)}
@@ -297,9 +303,7 @@ func (m *Mesh) open(key string, w wanted) (proxy, error) {
 // a service's virtual IP into the address the asker can reach.
 func (m *Mesh) lookup(mapVIP func(string) string) lookupFunc {
 	return func(name string) (ips []net.IP, known bool) {
-		m.mu.Lock()
-		tab := m.tab
-		m.mu.Unlock()
+		tab := *m.tab.Load()
 		if rest, ok := cutPrefixFold(name, "tasks."); ok {
 			if s := tab.byName(rest); s != nil {
 				return taskIPs(s), true

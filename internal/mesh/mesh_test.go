@@ -9,10 +9,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"go.uber.org/goleak"
@@ -429,5 +432,109 @@ func TestUDPFlowFollowsBackendSet(t *testing.T) {
 				t.Fatalf("same flow after the update: %v, want %v", same, tc.sameFlow)
 			}
 		})
+	}
+}
+
+// blackhole is an endpoint whose dials hang until they time out, as a
+// task on a host that stopped answering: a listener with a backlog of
+// zero whose one queued connection is never accepted, so the kernel drops
+// further SYNs.
+func blackhole(t *testing.T) *backend {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "blackhole")
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	addr := ln.Addr().(*net.TCPAddr)
+	for range 10 {
+		c, err := net.DialTimeout("tcp4", addr.String(), 200*time.Millisecond)
+		if err != nil {
+			return &backend{name: "blackhole", addr: addr}
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Fatal("could not fill the blackhole's accept queue")
+	return nil
+}
+
+// A service whose endpoints do not answer is removed at once: the proxy's
+// dials in flight are abandoned, and the resolver answers meanwhile.
+func TestRemovingServiceAbandonsDials(t *testing.T) {
+	holes := []*backend{blackhole(t), blackhole(t)}
+	m := New(Config{IP: "127.0.0.1", DNSPort: freeTCPPort(t, "127.0.0.1"), DialTimeout: 5 * time.Second, Log: slog.New(slog.DiscardHandler)})
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	key := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	db := &pb.ServiceEndpoints{ServiceId: "s2", ServiceName: "db", VirtualAddr: "127.32.0.9"}
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, holes...), db}})
+
+	c, err := net.Dial("tcp4", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Once the proxy has accepted the client it is dialing the endpoints.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		m.mu.Lock()
+		l := m.listeners[key].(*listener)
+		m.mu.Unlock()
+		l.mu.Lock()
+		n := len(l.conns)
+		l.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy did not accept the client")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	start := time.Now()
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		m.Apply(&pb.EndpointUpdate{Removed: []string{"s1"}})
+	}()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, m.DNSAddr())
+	}}
+	for done := false; !done; {
+		select {
+		case <-applied:
+			done = true
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		addrs, err := r.LookupHost(ctx, "db")
+		cancel()
+		if err != nil || len(addrs) != 1 || addrs[0] != "127.32.0.9" {
+			t.Fatalf("db during the removal of web: %v %v", addrs, err)
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("removing a service whose endpoints hang took over %v", time.Since(start))
+		}
+	}
+	// The client's connection was ended with the listener.
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("client read after the removal: n=%d err=%v, want EOF or reset", n, err)
 	}
 }
