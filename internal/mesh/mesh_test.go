@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -536,5 +538,73 @@ func TestRemovingServiceAbandonsDials(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Fatalf("client read after the removal: n=%d err=%v, want EOF or reset", n, err)
+	}
+}
+
+// syncBuffer is a log sink tests read while the mesh writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// A UDP listener keeps at most udpMaxFlows flows: datagrams from further
+// client addresses are dropped (and logged once), while existing flows
+// still work.
+func TestUDPFlowCap(t *testing.T) {
+	echo := udpEcho(t, "a")
+	logs := &syncBuffer{}
+	m := New(Config{IP: "127.0.0.1", Log: slog.New(slog.NewTextHandler(logs, nil))})
+	defer m.Close()
+	port := freeUDPPort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{udpService(port, echo)}})
+
+	first, err := net.Dial("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	askUDP(t, first)
+	// Clients stay open to the end: a closed one's port may be given to the
+	// next, which would then reuse its flow.
+	client := func() net.Conn {
+		c, err := net.Dial("udp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for range udpMaxFlows - 1 {
+		askUDP(t, client())
+	}
+	for range 3 {
+		c := client()
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		// The proxy reads datagrams in order: once first's reply is back,
+		// c's datagram has been dealt with.
+		if got := askUDP(t, first); got != "a" {
+			t.Fatalf("an existing flow over the cap: reply from %q", got)
+		}
+		if udpFlowOf(m, addr+"/udp", c.LocalAddr()) != nil {
+			t.Fatalf("a flow beyond the cap of %d was opened", udpMaxFlows)
+		}
+	}
+	if n := strings.Count(logs.String(), "flow limit"); n != 1 {
+		t.Fatalf("the cap was logged %d times, want once:\n%s", n, logs.String())
 	}
 }

@@ -8,11 +8,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // udpIdle is how long a UDP flow (one client address) keeps its backend
 // without traffic.
 const udpIdle = 60 * time.Second
+
+// udpMaxFlows caps the flows of one UDP listener: each holds a socket and
+// a goroutine, so a client spraying source ports must not exhaust them.
+// Datagrams that would start a flow beyond it are dropped.
+const udpMaxFlows = 4096
 
 // udpProxy proxies datagrams: each client address is a flow bound to one
 // backend (round robin over the backends when the flow starts), and the
@@ -25,10 +32,11 @@ type udpProxy struct {
 	next     atomic.Uint64
 	log      *slog.Logger
 
-	mu    sync.Mutex
-	flows map[string]*udpFlow // by client address
-	wg    sync.WaitGroup
-	done  chan struct{}
+	mu     sync.Mutex
+	flows  map[string]*udpFlow // by client address
+	capped bool                // udpMaxFlows was reached (and logged)
+	wg     sync.WaitGroup
+	done   chan struct{}
 }
 
 type udpFlow struct {
@@ -114,6 +122,13 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 	if len(addrs) == 0 || p.flows == nil {
 		return nil
 	}
+	if len(p.flows) >= udpMaxFlows {
+		if !p.capped {
+			p.capped = true
+			p.log.Warn("mesh udp flow limit reached; dropping datagrams from new client addresses", "service", p.service, "addr", p.key, "limit", udpMaxFlows)
+		}
+		return nil
+	}
 	addr := addrs[int(p.next.Add(1)%uint64(len(addrs)))]
 	raddr, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
@@ -132,21 +147,42 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 	return f
 }
 
+// udpBufs holds the buffers flows read replies into, so a flow waiting
+// for its backend holds none.
+var udpBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
 // replies relays a backend's datagrams back to the client until the flow
 // ends.
 func (p *udpProxy) replies(client *net.UDPAddr, f *udpFlow) {
 	defer p.wg.Done()
-	buf := make([]byte, 64<<10)
+	rc, err := f.upstream.SyscallConn()
+	if err != nil {
+		return
+	}
 	for {
-		n, err := f.upstream.Read(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+		var buf *[]byte
+		var n int
+		var rerr error
+		// The buffer is taken only once a datagram can be read.
+		err := rc.Read(func(fd uintptr) bool {
+			buf = udpBufs.Get().(*[]byte)
+			n, rerr = unix.Read(int(fd), *buf)
+			if rerr == unix.EAGAIN || rerr == unix.EINTR {
+				udpBufs.Put(buf)
+				return false
 			}
-			continue // e.g. ICMP port unreachable: the flow stays until idle
+			return true
+		})
+		if err != nil {
+			return // the flow was closed
 		}
-		f.last.Store(time.Now().UnixNano())
-		_, _ = p.conn.WriteToUDP(buf[:n], client)
+		// A read error is e.g. ICMP port unreachable: the flow stays until
+		// idle.
+		if rerr == nil {
+			f.last.Store(time.Now().UnixNano())
+			_, _ = p.conn.WriteToUDP((*buf)[:n], client)
+		}
+		udpBufs.Put(buf)
 	}
 }
 
