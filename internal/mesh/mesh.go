@@ -45,6 +45,7 @@ type Mesh struct {
 	mu        sync.Mutex
 	listeners map[string]proxy // by "ip:port" (TCP) or "ip:port/udp"
 	errs      map[string]error // addresses that could not be bound
+	retry     *time.Timer      // retries errs; set while one is scheduled
 	closed    bool
 	changed   chan struct{} // closed and replaced on every applied update
 
@@ -220,8 +221,13 @@ func (m *Mesh) desired() map[string]wanted {
 	return out
 }
 
-// reconcile opens, updates and closes listeners to match the table. m.mu
-// is held.
+// retryInterval is how often addresses the mesh could not open (a port
+// another program holds, a twin address not added) are tried again while
+// no update comes.
+const retryInterval = 3 * time.Second
+
+// reconcile opens, updates and closes listeners to match the table, and
+// schedules a retry while some address could not be opened. m.mu is held.
 func (m *Mesh) reconcile() {
 	want := m.desired()
 	for addr, l := range m.listeners {
@@ -277,6 +283,19 @@ func (m *Mesh) reconcile() {
 			delete(m.ctrAddrs, ip)
 		}
 	}
+	if len(m.errs) > 0 && m.retry == nil {
+		m.retry = time.AfterFunc(retryInterval, m.retryFailed)
+	}
+}
+
+// retryFailed reconciles again, for the addresses that could not be opened.
+func (m *Mesh) retryFailed() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.retry = nil
+	if !m.closed {
+		m.reconcile()
+	}
 }
 
 // open starts proxying one address.
@@ -331,7 +350,7 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 	return s[len(prefix):], true
 }
 
-// Close stops every listener and the resolver.
+// Close stops every listener, the retries and the resolvers.
 func (m *Mesh) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -339,6 +358,10 @@ func (m *Mesh) Close() error {
 		return nil
 	}
 	m.closed = true
+	if m.retry != nil {
+		m.retry.Stop()
+		m.retry = nil
+	}
 	ls := m.listeners
 	m.listeners = map[string]proxy{}
 	resolvers := []*resolver{m.dns, m.ctrDNS}

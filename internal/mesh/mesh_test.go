@@ -256,6 +256,46 @@ func TestPortTakenIsReported(t *testing.T) {
 	}
 }
 
+// A port another program held is bound once it is released, with no
+// further update (a quiet cluster sends none).
+func TestPortFreedIsRetried(t *testing.T) {
+	bes := startBackends(t, 1)
+	holder, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	port := holder.Addr().(*net.TCPAddr).Port
+	m := newTestMesh(t, false)
+	defer m.Close()
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+	if len(m.Errors()) != 1 {
+		t.Fatalf("errors = %v, want the port in use", m.Errors())
+	}
+	holder.Close()
+	for deadline := time.Now().Add(10 * time.Second); len(m.Errors()) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the freed port was not bound: %v", m.Errors())
+		}
+	}
+	if body, err := get(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil || body != bes[0].name {
+		t.Fatalf("request to the freed port: %q %v", body, err)
+	}
+	// Close stops the retries.
+	holder2, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder2.Close()
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s2", "api", "", uint32(holder2.Addr().(*net.TCPAddr).Port), 80, bes...)}})
+	m.Close()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.retry != nil {
+		t.Fatal("a retry is still scheduled after Close")
+	}
+}
+
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // udpEcho answers every datagram with its name.
