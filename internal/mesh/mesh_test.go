@@ -648,3 +648,33 @@ func TestUDPFlowCap(t *testing.T) {
 		t.Fatalf("the cap was logged %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// failingListener fails every Accept until it has failed n times, then
+// reports itself closed; it records when each call came.
+type failingListener struct {
+	net.Listener
+	n     int
+	calls []time.Time
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	l.calls = append(l.calls, time.Now())
+	if len(l.calls) > l.n {
+		return nil, net.ErrClosed
+	}
+	return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", unix.EMFILE)}
+}
+
+// The resolver's TCP accept loop pauses after an accept error (out of
+// file descriptors) rather than spinning.
+func TestResolverAcceptErrorPauses(t *testing.T) {
+	ln := &failingListener{n: 5}
+	r := &resolver{tcp: ln, log: slog.New(slog.DiscardHandler), conns: map[net.Conn]struct{}{}}
+	r.wg.Add(1)
+	r.serveTCP()
+	for i := 1; i < len(ln.calls); i++ {
+		if gap := ln.calls[i].Sub(ln.calls[i-1]); gap < acceptPause {
+			t.Fatalf("accept #%d came %v after a failed one, want at least %v", i+1, gap, acceptPause)
+		}
+	}
+}

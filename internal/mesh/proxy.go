@@ -34,6 +34,10 @@ type listener struct {
 	wg    sync.WaitGroup
 }
 
+// acceptPause is how long an accept loop waits after an error other than
+// a timeout (e.g. out of file descriptors), so it does not spin.
+const acceptPause = 10 * time.Millisecond
+
 // listen opens a proxied address. reusePort lets every node of a cluster
 // that shares a host bind the same virtual IP (they all balance over the
 // same endpoints); ingress ports never share, so a port already taken on
@@ -93,7 +97,7 @@ func (l *listener) serve() {
 				continue
 			}
 			l.log.Warn("mesh accept", "addr", l.key, "err", err)
-			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: do not spin
+			time.Sleep(acceptPause) // e.g. out of file descriptors: do not spin
 			continue
 		}
 		if !l.track(c) {
