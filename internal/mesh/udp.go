@@ -166,8 +166,10 @@ func (p *udpProxy) replies(client *net.UDPAddr, f *udpFlow) {
 		// The buffer is taken only once a datagram can be read.
 		err := rc.Read(func(fd uintptr) bool {
 			buf = udpBufs.Get().(*[]byte)
-			n, rerr = unix.Read(int(fd), *buf)
-			if rerr == unix.EAGAIN || rerr == unix.EINTR {
+			for n, rerr = unix.Read(int(fd), *buf); rerr == unix.EINTR; {
+				n, rerr = unix.Read(int(fd), *buf)
+			}
+			if rerr == unix.EAGAIN {
 				udpBufs.Put(buf)
 				return false
 			}
