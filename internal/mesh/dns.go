@@ -85,6 +85,12 @@ func (r *resolver) serveTCP() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			r.log.Warn("resolver accept", "addr", r.addr, "err", err)
+			time.Sleep(acceptPause) // e.g. out of file descriptors: do not spin
 			continue
 		}
 		r.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -37,10 +38,14 @@ type Mesh struct {
 	cfg Config
 	log *slog.Logger
 
+	// tab is replaced (under mu) on every update, never modified, so the
+	// resolvers read it without taking mu.
+	tab atomic.Pointer[table]
+
 	mu        sync.Mutex
-	tab       table
 	listeners map[string]proxy // by "ip:port" (TCP) or "ip:port/udp"
 	errs      map[string]error // addresses that could not be bound
+	retry     *time.Timer      // retries errs; set while one is scheduled
 	closed    bool
 	changed   chan struct{} // closed and replaced on every applied update
 
@@ -57,15 +62,16 @@ func New(cfg Config) *Mesh {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Mesh{
+	m := &Mesh{
 		cfg:       cfg,
 		log:       cfg.Log.With("component", "mesh"),
-		tab:       table{},
 		listeners: map[string]proxy{},
 		errs:      map[string]error{},
 		changed:   make(chan struct{}),
 		ctrAddrs:  map[string]bool{},
 	}
+	m.tab.Store(&table{})
+	return m
 }
 
 // Start opens the resolver (when a DNS port is set).
@@ -122,7 +128,8 @@ func (m *Mesh) Apply(u *pb.EndpointUpdate) {
 	if m.closed {
 		return
 	}
-	m.tab = m.tab.apply(u)
+	next := m.tab.Load().apply(u)
+	m.tab.Store(&next)
 	m.reconcile()
 	close(m.changed)
 	m.changed = make(chan struct{})
@@ -194,7 +201,7 @@ func proxyKey(ip string, port uint32, protocol pb.PortProtocol) string {
 // its container twin when containers are served).
 func (m *Mesh) desired() map[string]wanted {
 	out := map[string]wanted{}
-	for _, s := range m.tab {
+	for _, s := range *m.tab.Load() {
 		for _, p := range s.GetPorts() {
 			proto := p.GetProtocol()
 			w := wanted{service: s.GetServiceName(), backends: backends(s, p.GetTargetPort(), proto)}
@@ -214,8 +221,13 @@ func (m *Mesh) desired() map[string]wanted {
 	return out
 }
 
-// reconcile opens, updates and closes listeners to match the table. m.mu
-// is held.
+// retryInterval is how often addresses the mesh could not open (a port
+// another program holds, a twin address not added) are tried again while
+// no update comes.
+const retryInterval = 3 * time.Second
+
+// reconcile opens, updates and closes listeners to match the table, and
+// schedules a retry while some address could not be opened. m.mu is held.
 func (m *Mesh) reconcile() {
 	want := m.desired()
 	for addr, l := range m.listeners {
@@ -271,6 +283,19 @@ func (m *Mesh) reconcile() {
 			delete(m.ctrAddrs, ip)
 		}
 	}
+	if len(m.errs) > 0 && m.retry == nil {
+		m.retry = time.AfterFunc(retryInterval, m.retryFailed)
+	}
+}
+
+// retryFailed reconciles again, for the addresses that could not be opened.
+func (m *Mesh) retryFailed() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.retry = nil
+	if !m.closed {
+		m.reconcile()
+	}
 }
 
 // open starts proxying one address.
@@ -297,9 +322,7 @@ func (m *Mesh) open(key string, w wanted) (proxy, error) {
 // a service's virtual IP into the address the asker can reach.
 func (m *Mesh) lookup(mapVIP func(string) string) lookupFunc {
 	return func(name string) (ips []net.IP, known bool) {
-		m.mu.Lock()
-		tab := m.tab
-		m.mu.Unlock()
+		tab := *m.tab.Load()
 		if rest, ok := cutPrefixFold(name, "tasks."); ok {
 			if s := tab.byName(rest); s != nil {
 				return taskIPs(s), true
@@ -327,7 +350,7 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 	return s[len(prefix):], true
 }
 
-// Close stops every listener and the resolver.
+// Close stops every listener, the retries and the resolvers.
 func (m *Mesh) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -335,6 +358,10 @@ func (m *Mesh) Close() error {
 		return nil
 	}
 	m.closed = true
+	if m.retry != nil {
+		m.retry.Stop()
+		m.retry = nil
+	}
 	ls := m.listeners
 	m.listeners = map[string]proxy{}
 	resolvers := []*resolver{m.dns, m.ctrDNS}

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,10 +10,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"go.uber.org/goleak"
@@ -251,6 +256,46 @@ func TestPortTakenIsReported(t *testing.T) {
 	}
 }
 
+// A port another program held is bound once it is released, with no
+// further update (a quiet cluster sends none).
+func TestPortFreedIsRetried(t *testing.T) {
+	bes := startBackends(t, 1)
+	holder, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	port := holder.Addr().(*net.TCPAddr).Port
+	m := newTestMesh(t, false)
+	defer m.Close()
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+	if len(m.Errors()) != 1 {
+		t.Fatalf("errors = %v, want the port in use", m.Errors())
+	}
+	holder.Close()
+	for deadline := time.Now().Add(10 * time.Second); len(m.Errors()) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the freed port was not bound: %v", m.Errors())
+		}
+	}
+	if body, err := get(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil || body != bes[0].name {
+		t.Fatalf("request to the freed port: %q %v", body, err)
+	}
+	// Close stops the retries.
+	holder2, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder2.Close()
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s2", "api", "", uint32(holder2.Addr().(*net.TCPAddr).Port), 80, bes...)}})
+	m.Close()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.retry != nil {
+		t.Fatal("a retry is still scheduled after Close")
+	}
+}
+
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // udpEcho answers every datagram with its name.
@@ -274,23 +319,35 @@ func udpEcho(t *testing.T, name string) *net.UDPConn {
 	return c
 }
 
-func TestUDPFlowsSpreadOverBackends(t *testing.T) {
-	a, b := udpEcho(t, "a"), udpEcho(t, "b")
-	m := newTestMesh(t, false)
-	defer m.Close()
+// freeUDPPort returns a UDP port nothing listens on at 127.0.0.1.
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
 	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := u.LocalAddr().(*net.UDPAddr).Port
-	u.Close()
+	defer u.Close()
+	return u.LocalAddr().(*net.UDPAddr).Port
+}
+
+// udpService is service "dns" publishing UDP port 53 of its tasks (the
+// given sockets) on port.
+func udpService(port int, tasks ...*net.UDPConn) *pb.ServiceEndpoints {
 	se := &pb.ServiceEndpoints{ServiceId: "s1", ServiceName: "dns",
 		Ports: []*pb.PortConfig{{TargetPort: 53, PublishedPort: uint32(port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}}
-	for _, c := range []*net.UDPConn{a, b} {
+	for _, c := range tasks {
 		se.Tasks = append(se.Tasks, &pb.TaskEndpoint{Ip: "127.0.0.1", Ports: []*pb.PortBinding{{
 			TargetPort: 53, HostIp: "127.0.0.1", HostPort: uint32(c.LocalAddr().(*net.UDPAddr).Port), Protocol: pb.PortProtocol_PORT_PROTOCOL_UDP}}})
 	}
-	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
+	return se
+}
+
+func TestUDPFlowsSpreadOverBackends(t *testing.T) {
+	a, b := udpEcho(t, "a"), udpEcho(t, "b")
+	m := newTestMesh(t, false)
+	defer m.Close()
+	port := freeUDPPort(t)
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{udpService(port, a, b)}})
 	if got := m.Backends(fmt.Sprintf("127.0.0.1:%d/udp", port)); len(got) != 2 {
 		t.Fatalf("udp backends: %v", got)
 	}
@@ -342,6 +399,282 @@ func TestVirtualIPPlan(t *testing.T) {
 			if twin != containerVIP(resolver, vip) || (n > 0 && twin == containerVIP(resolver, VIP(cluster, n-1))) {
 				t.Fatalf("%s #%d: twins are not one to one", cluster, n)
 			}
+		}
+	}
+}
+
+// askUDP sends a datagram on c and returns the reply, resending if one is
+// lost; the deadline only bounds the test.
+func askUDP(t *testing.T, c net.Conn) string {
+	t.Helper()
+	buf := make([]byte, 16)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Read(buf)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("reply through the mesh: %v", err)
+		}
+		return string(buf[:n])
+	}
+	t.Fatal("no reply through the mesh")
+	return ""
+}
+
+// udpFlowOf is the mesh's flow for client on the UDP listener key.
+func udpFlowOf(m *Mesh, key string, client net.Addr) *udpFlow {
+	m.mu.Lock()
+	p := m.listeners[key].(*udpProxy)
+	m.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flows[client.String()]
+}
+
+func TestUDPFlowFollowsBackendSet(t *testing.T) {
+	a, b := udpEcho(t, "a"), udpEcho(t, "b")
+	cases := []struct {
+		name          string
+		before, after []*net.UDPConn
+		want          string
+		sameFlow      bool
+	}{
+		// The task a client's flow was on stopped: its next datagram goes
+		// to a task still in the set, not to the stopped one.
+		{name: "backend removed", before: []*net.UDPConn{a}, after: []*net.UDPConn{b}, want: "b"},
+		{name: "backend kept", before: []*net.UDPConn{a}, after: []*net.UDPConn{a, b}, want: "a", sameFlow: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestMesh(t, false)
+			defer m.Close()
+			port := freeUDPPort(t)
+			key := fmt.Sprintf("127.0.0.1:%d/udp", port)
+			m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{udpService(port, tc.before...)}})
+			c, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := askUDP(t, c); got != "a" {
+				t.Fatalf("first reply from %q, want a", got)
+			}
+			first := udpFlowOf(m, key, c.LocalAddr())
+			m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{udpService(port, tc.after...)}})
+			if got := askUDP(t, c); got != tc.want {
+				t.Fatalf("after the update the flow's reply came from %q, want %q", got, tc.want)
+			}
+			if same := udpFlowOf(m, key, c.LocalAddr()) == first; same != tc.sameFlow {
+				t.Fatalf("same flow after the update: %v, want %v", same, tc.sameFlow)
+			}
+		})
+	}
+}
+
+// blackhole is an endpoint whose dials hang until they time out, as a
+// task on a host that stopped answering: a listener with a backlog of
+// zero whose one queued connection is never accepted, so the kernel drops
+// further SYNs.
+func blackhole(t *testing.T) *backend {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "blackhole")
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	addr := ln.Addr().(*net.TCPAddr)
+	for range 10 {
+		c, err := net.DialTimeout("tcp4", addr.String(), 200*time.Millisecond)
+		if err != nil {
+			return &backend{name: "blackhole", addr: addr}
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Fatal("could not fill the blackhole's accept queue")
+	return nil
+}
+
+// A service whose endpoints do not answer is removed at once: the proxy's
+// dials in flight are abandoned, and the resolver answers meanwhile.
+func TestRemovingServiceAbandonsDials(t *testing.T) {
+	holes := []*backend{blackhole(t), blackhole(t)}
+	m := New(Config{IP: "127.0.0.1", DNSPort: freeTCPPort(t, "127.0.0.1"), DialTimeout: 5 * time.Second, Log: slog.New(slog.DiscardHandler)})
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	key := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	db := &pb.ServiceEndpoints{ServiceId: "s2", ServiceName: "db", VirtualAddr: "127.32.0.9"}
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, holes...), db}})
+
+	c, err := net.Dial("tcp4", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Once the proxy has accepted the client it is dialing the endpoints.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		m.mu.Lock()
+		l := m.listeners[key].(*listener)
+		m.mu.Unlock()
+		l.mu.Lock()
+		n := len(l.conns)
+		l.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy did not accept the client")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	start := time.Now()
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		m.Apply(&pb.EndpointUpdate{Removed: []string{"s1"}})
+	}()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, m.DNSAddr())
+	}}
+	for done := false; !done; {
+		select {
+		case <-applied:
+			done = true
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		addrs, err := r.LookupHost(ctx, "db")
+		cancel()
+		if err != nil || len(addrs) != 1 || addrs[0] != "127.32.0.9" {
+			t.Fatalf("db during the removal of web: %v %v", addrs, err)
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("removing a service whose endpoints hang took over %v", time.Since(start))
+		}
+	}
+	// The client's connection was ended with the listener.
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("client read after the removal: n=%d err=%v, want EOF or reset", n, err)
+	}
+}
+
+// syncBuffer is a log sink tests read while the mesh writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// A UDP listener keeps at most udpMaxFlows flows: datagrams from further
+// client addresses are dropped (and logged once), while existing flows
+// still work.
+func TestUDPFlowCap(t *testing.T) {
+	echo := udpEcho(t, "a")
+	logs := &syncBuffer{}
+	m := New(Config{IP: "127.0.0.1", Log: slog.New(slog.NewTextHandler(logs, nil))})
+	defer m.Close()
+	port := freeUDPPort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{udpService(port, echo)}})
+
+	first, err := net.Dial("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	askUDP(t, first)
+	// Clients stay open to the end: a closed one's port may be given to the
+	// next, which would then reuse its flow.
+	client := func() net.Conn {
+		c, err := net.Dial("udp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for range udpMaxFlows - 1 {
+		askUDP(t, client())
+	}
+	for range 3 {
+		c := client()
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		// The proxy reads datagrams in order: once first's reply is back,
+		// c's datagram has been dealt with.
+		if got := askUDP(t, first); got != "a" {
+			t.Fatalf("an existing flow over the cap: reply from %q", got)
+		}
+		if udpFlowOf(m, addr+"/udp", c.LocalAddr()) != nil {
+			t.Fatalf("a flow beyond the cap of %d was opened", udpMaxFlows)
+		}
+	}
+	if n := strings.Count(logs.String(), "flow limit"); n != 1 {
+		t.Fatalf("the cap was logged %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+// failingListener fails every Accept until it has failed n times, then
+// reports itself closed; it records when each call came.
+type failingListener struct {
+	net.Listener
+	n     int
+	calls []time.Time
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	l.calls = append(l.calls, time.Now())
+	if len(l.calls) > l.n {
+		return nil, net.ErrClosed
+	}
+	return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", unix.EMFILE)}
+}
+
+// The resolver's TCP accept loop pauses after an accept error (out of
+// file descriptors) rather than spinning.
+func TestResolverAcceptErrorPauses(t *testing.T) {
+	ln := &failingListener{n: 5}
+	r := &resolver{tcp: ln, log: slog.New(slog.DiscardHandler), conns: map[net.Conn]struct{}{}}
+	r.wg.Add(1)
+	r.serveTCP()
+	for i := 1; i < len(ln.calls); i++ {
+		if gap := ln.calls[i].Sub(ln.calls[i-1]); gap < acceptPause {
+			t.Fatalf("accept #%d came %v after a failed one, want at least %v", i+1, gap, acceptPause)
 		}
 	}
 }

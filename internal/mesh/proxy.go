@@ -26,11 +26,17 @@ type listener struct {
 
 	log         *slog.Logger
 	dialTimeout time.Duration
+	ctx         context.Context // cancelled by close: dials in flight give up
+	cancel      context.CancelFunc
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
+
+// acceptPause is how long an accept loop waits after an error other than
+// a timeout (e.g. out of file descriptors), so it does not spin.
+const acceptPause = 10 * time.Millisecond
 
 // listen opens a proxied address. reusePort lets every node of a cluster
 // that shares a host bind the same virtual IP (they all balance over the
@@ -60,6 +66,7 @@ func listenConfig(reusePort bool) net.ListenConfig {
 
 func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTimeout time.Duration) *listener {
 	l := &listener{key: key, service: service, ln: ln, log: log, dialTimeout: dialTimeout, conns: map[net.Conn]struct{}{}}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
 	empty := []string{}
 	l.backends.Store(&empty)
 	return l
@@ -90,7 +97,7 @@ func (l *listener) serve() {
 				continue
 			}
 			l.log.Warn("mesh accept", "addr", l.key, "err", err)
-			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: do not spin
+			time.Sleep(acceptPause) // e.g. out of file descriptors: do not spin
 			continue
 		}
 		if !l.track(c) {
@@ -121,7 +128,8 @@ func (l *listener) untrack(c net.Conn) {
 // handle proxies one client connection to a backend. Backends are tried
 // round robin; one that refuses the dial is skipped for the next. With no
 // backend at all the client's connection is closed at once, so clients
-// fail fast instead of hanging.
+// fail fast instead of hanging. Once the listener is closed no further
+// backend is tried.
 func (l *listener) handle(client net.Conn) {
 	defer l.wg.Done()
 	defer l.untrack(client)
@@ -132,13 +140,17 @@ func (l *listener) handle(client net.Conn) {
 		return
 	}
 	start := int(l.next.Add(1) % uint64(len(addrs)))
+	d := net.Dialer{Timeout: l.dialTimeout}
 	var upstream net.Conn
 	for i := range addrs {
 		addr := addrs[(start+i)%len(addrs)]
-		c, err := net.DialTimeout("tcp", addr, l.dialTimeout)
+		c, err := d.DialContext(l.ctx, "tcp", addr)
 		if err == nil {
 			upstream = c
 			break
+		}
+		if l.ctx.Err() != nil {
+			return
 		}
 		l.log.Debug("mesh dial failed; trying the next endpoint", "service", l.service, "endpoint", addr, "err", err)
 	}
@@ -174,8 +186,10 @@ func splice(a, b net.Conn) {
 	<-done
 }
 
-// close stops accepting and ends every proxied connection.
+// close stops accepting, abandons dials in flight and ends every proxied
+// connection.
 func (l *listener) close() {
+	l.cancel()
 	_ = l.ln.Close()
 	l.mu.Lock()
 	for c := range l.conns {

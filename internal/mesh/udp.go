@@ -8,11 +8,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // udpIdle is how long a UDP flow (one client address) keeps its backend
 // without traffic.
 const udpIdle = 60 * time.Second
+
+// udpMaxFlows caps the flows of one UDP listener: each holds a socket and
+// a goroutine, so a client spraying source ports must not exhaust them.
+// Datagrams that would start a flow beyond it are dropped.
+const udpMaxFlows = 4096
 
 // udpProxy proxies datagrams: each client address is a flow bound to one
 // backend (round robin over the backends when the flow starts), and the
@@ -25,13 +32,15 @@ type udpProxy struct {
 	next     atomic.Uint64
 	log      *slog.Logger
 
-	mu    sync.Mutex
-	flows map[string]*udpFlow // by client address
-	wg    sync.WaitGroup
-	done  chan struct{}
+	mu     sync.Mutex
+	flows  map[string]*udpFlow // by client address
+	capped bool                // udpMaxFlows was reached (and logged)
+	wg     sync.WaitGroup
+	done   chan struct{}
 }
 
 type udpFlow struct {
+	backend  string // "ip:port"
 	upstream *net.UDPConn
 	last     atomic.Int64 // unix nanos of the last packet either way
 }
@@ -57,9 +66,24 @@ func newUDPProxy(conn *net.UDPConn, key, service string, log *slog.Logger) *udpP
 
 func (p *udpProxy) serviceName() string { return p.service }
 
+// setBackends replaces the addresses new flows go to and ends every flow
+// on a backend that left the set: the client's next datagram starts a flow
+// on a live one.
 func (p *udpProxy) setBackends(addrs []string) {
 	cp := append([]string(nil), addrs...)
+	live := make(map[string]bool, len(cp))
+	for _, a := range cp {
+		live[a] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.backends.Store(&cp)
+	for k, f := range p.flows {
+		if !live[f.backend] {
+			_ = f.upstream.Close()
+			delete(p.flows, k)
+		}
+	}
 }
 
 func (p *udpProxy) currentBackends() []string { return append([]string(nil), *p.backends.Load()...) }
@@ -98,6 +122,13 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 	if len(addrs) == 0 || p.flows == nil {
 		return nil
 	}
+	if len(p.flows) >= udpMaxFlows {
+		if !p.capped {
+			p.capped = true
+			p.log.Warn("mesh udp flow limit reached; dropping datagrams from new client addresses", "service", p.service, "addr", p.key, "limit", udpMaxFlows)
+		}
+		return nil
+	}
 	addr := addrs[int(p.next.Add(1)%uint64(len(addrs)))]
 	raddr, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
@@ -108,7 +139,7 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 		p.log.Debug("mesh udp dial", "service", p.service, "endpoint", addr, "err", err)
 		return nil
 	}
-	f := &udpFlow{upstream: up}
+	f := &udpFlow{backend: addr, upstream: up}
 	f.last.Store(time.Now().UnixNano())
 	p.flows[key] = f
 	p.wg.Add(1)
@@ -116,21 +147,44 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 	return f
 }
 
+// udpBufs holds the buffers flows read replies into, so a flow waiting
+// for its backend holds none.
+var udpBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
 // replies relays a backend's datagrams back to the client until the flow
 // ends.
 func (p *udpProxy) replies(client *net.UDPAddr, f *udpFlow) {
 	defer p.wg.Done()
-	buf := make([]byte, 64<<10)
+	rc, err := f.upstream.SyscallConn()
+	if err != nil {
+		return
+	}
 	for {
-		n, err := f.upstream.Read(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+		var buf *[]byte
+		var n int
+		var rerr error
+		// The buffer is taken only once a datagram can be read.
+		err := rc.Read(func(fd uintptr) bool {
+			buf = udpBufs.Get().(*[]byte)
+			for n, rerr = unix.Read(int(fd), *buf); rerr == unix.EINTR; {
+				n, rerr = unix.Read(int(fd), *buf)
 			}
-			continue // e.g. ICMP port unreachable: the flow stays until idle
+			if rerr == unix.EAGAIN {
+				udpBufs.Put(buf)
+				return false
+			}
+			return true
+		})
+		if err != nil {
+			return // the flow was closed
 		}
-		f.last.Store(time.Now().UnixNano())
-		_, _ = p.conn.WriteToUDP(buf[:n], client)
+		// A read error is e.g. ICMP port unreachable: the flow stays until
+		// idle.
+		if rerr == nil {
+			f.last.Store(time.Now().UnixNano())
+			_, _ = p.conn.WriteToUDP((*buf)[:n], client)
+		}
+		udpBufs.Put(buf)
 	}
 }
 
