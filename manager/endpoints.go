@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/mesh"
+	"github.com/shoal-cluster/shoal/internal/taskhealth"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
@@ -194,9 +195,15 @@ func (f *endpointFeed) refresh(tx *raftstore.Tx, ids map[string]bool) {
 	}
 }
 
-// serviceEndpoints computes one service's endpoint set: its tasks that are
-// meant to run and run (a task with a health check only reaches RUNNING
-// once healthy, and leaves it when unhealthy).
+// routable reports whether a task belongs in its service's endpoint set:
+// meant to run, and up (running, and healthy when its health is checked;
+// a checked task runs with health STARTING until its check first passes,
+// and reports UNHEALTHY before it is stopped).
+func routable(t *pb.Task) bool {
+	return t.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING && taskhealth.Up(t)
+}
+
+// serviceEndpoints computes one service's endpoint set: its routable tasks.
 func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	se := &pb.ServiceEndpoints{
 		ServiceId:   svc.GetId(),
@@ -211,7 +218,7 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	nodeIPs := map[string]string{}
 	seenNode := map[string]bool{}
 	for _, t := range tx.Tasks().Find(raftstore.IndexService, svc.GetId()) {
-		if t.GetDesiredState() != pb.TaskState_TASK_STATE_RUNNING || t.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
+		if !routable(t) {
 			continue
 		}
 		ip, ok := nodeIPs[t.GetNodeId()]

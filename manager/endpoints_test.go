@@ -79,3 +79,42 @@ func TestServiceEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// TestRoutable: the endpoint feed sends traffic to a task only once it
+// runs and, when its health is checked (by its spec or by its image's own
+// HEALTHCHECK, as its status says), only while it is healthy.
+func TestRoutable(t *testing.T) {
+	probe := &pb.HealthCheck{HttpGet: "/healthz"}
+	spec := func(hc *pb.HealthCheck) *pb.TaskSpec {
+		return &pb.TaskSpec{Container: &pb.ContainerSpec{Healthcheck: hc}}
+	}
+	cases := []struct {
+		name    string
+		spec    *pb.TaskSpec
+		state   pb.TaskState
+		health  pb.HealthState
+		desired pb.TaskState
+		want    bool
+	}{
+		{"no check, running", spec(nil), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_NONE, pb.TaskState_TASK_STATE_RUNNING, true},
+		{"disabled check, running", spec(&pb.HealthCheck{HttpGet: "/healthz", Disable: true}), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_NONE, pb.TaskState_TASK_STATE_RUNNING, true},
+		{"check, running, no health reported yet", spec(probe), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_NONE, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"check, starting", spec(probe), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_STARTING, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"check, healthy", spec(probe), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_HEALTHY, pb.TaskState_TASK_STATE_RUNNING, true},
+		{"check, unhealthy (being stopped)", spec(probe), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_UNHEALTHY, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"image check, starting", spec(nil), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_STARTING, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"image check, healthy", spec(nil), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_HEALTHY, pb.TaskState_TASK_STATE_RUNNING, true},
+		{"image check, unhealthy", spec(nil), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_UNHEALTHY, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"not running yet", spec(nil), pb.TaskState_TASK_STATE_STARTING, pb.HealthState_HEALTH_STATE_NONE, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"failed", spec(probe), pb.TaskState_TASK_STATE_FAILED, pb.HealthState_HEALTH_STATE_UNHEALTHY, pb.TaskState_TASK_STATE_RUNNING, false},
+		{"healthy but told to shut down", spec(probe), pb.TaskState_TASK_STATE_RUNNING, pb.HealthState_HEALTH_STATE_HEALTHY, pb.TaskState_TASK_STATE_SHUTDOWN, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tk := &pb.Task{Spec: tc.spec, DesiredState: tc.desired, Status: &pb.TaskStatus{State: tc.state, Health: tc.health}}
+			if got := routable(tk); got != tc.want {
+				t.Fatalf("routable = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

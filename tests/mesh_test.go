@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/raftstore"
 )
 
 // meshNode is one node's view for the mesh tests: its address and mesh.
@@ -125,7 +126,10 @@ func TestRoutingMesh(t *testing.T) {
 	c.addWorkers(3)
 
 	published := uint32(c.freePort()) + 3 // beside the cluster's own ports, checked free
-	spec := helloSpec(t, "web", 6)
+	// The replicas keep serving for a while after SIGTERM, as apps that
+	// drain their clients do, so a replica being stopped is seen running.
+	spec := helloSpec(t, "web", 6, "HELLO_DRAIN=6s")
+	spec.Task.Container.StopGracePeriod = int64(15 * time.Second)
 	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
 	c.createService(spec)
 	c.waitRunning("web", 6, evenly(2))
@@ -187,7 +191,8 @@ func TestRoutingMesh(t *testing.T) {
 		return n == "", n + " still routes to " + ep
 	})
 
-	// A replica whose health check fails leaves it too (and is replaced).
+	// A replica whose health check fails leaves it too, at once rather
+	// than once stopped (and is replaced).
 	c.waitBackends(published, 6)
 	var sick *pb.Task
 	for _, tk := range c.serviceTasks("web") {
@@ -206,6 +211,17 @@ func TestRoutingMesh(t *testing.T) {
 		n := c.anyNodeRoutesTo(published, sickEP)
 		return n == "", n + " still routes to " + sickEP
 	})
+	// It left while still being stopped: it still answers (draining), and
+	// it is reported running and unhealthy, not yet failed.
+	if _, err := ask("http://" + sickEP + "/"); err != nil {
+		t.Fatalf("the unhealthy replica left the rotation only once it had stopped: %v", err)
+	}
+	if st := c.task(sick.GetId()).GetStatus(); st.GetState() != pb.TaskState_TASK_STATE_RUNNING || st.GetHealth() != pb.HealthState_HEALTH_STATE_UNHEALTHY {
+		t.Fatalf("the unhealthy replica while it stops: %v, want RUNNING and UNHEALTHY", st)
+	}
+	if st := c.waitTaskState(sick.GetId(), pb.TaskState_TASK_STATE_FAILED, 30*time.Second).GetStatus(); st.GetHealth() != pb.HealthState_HEALTH_STATE_UNHEALTHY || !strings.Contains(st.GetErr(), "unhealthy") {
+		t.Fatalf("the unhealthy replica once stopped: %v", st)
+	}
 
 	// Scaling adds endpoints everywhere.
 	c.scale("web", 9)
@@ -233,6 +249,79 @@ func TestRoutingMesh(t *testing.T) {
 	dup.Endpoint.Ports[0].PublishedPort = uint32(holder.Addr().(*net.TCPAddr).Port)
 	if _, err := c.control(c.leader()).CreateService(ctx, &pb.CreateServiceRequest{Spec: dup}); err == nil || !strings.Contains(err.Error(), "already in use") {
 		t.Fatalf("publishing a port the host holds: %v", err)
+	}
+}
+
+// A task whose health check has not passed yet gets no traffic: no node
+// routes to it and requests to the published port do not reach it, until
+// its check passes; then every node routes to it.
+func TestMeshNoTrafficBeforeHealthy(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(1)
+
+	published := uint32(c.freePort()) + 3
+	spec := helloSpec(t, "slow", 1, "HELLO_HEALTHY_AFTER=3s")
+	spec.Task.Container.Healthcheck.StartPeriod = int64(time.Minute) // failures while starting do not count
+	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published}}}
+	svc := c.createService(spec)
+	url := fmt.Sprintf("http://%s:%d/", c.workers[0].cfg.AdvertiseIP, published)
+
+	// The mesh and a request are looked at before the store: the feed routes
+	// to a task only once the store says it is healthy, so if the store read
+	// afterwards still says not healthy, nothing may have been routed.
+	var firstStarting, lastStarting time.Time
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var routed []string
+		for _, n := range c.meshNodes() {
+			if b := n.mesh.Backends(net.JoinHostPort(n.ip, strconv.Itoa(int(published)))); len(b) > 0 {
+				routed = append(routed, fmt.Sprintf("%s->%v", n.name, b))
+			}
+		}
+		by, askErr := ask(url)
+		var tasks []*pb.Task
+		c.leader().m.Store().View(func(tx *raftstore.Tx) { tasks = tx.Tasks().Find(raftstore.IndexService, svc.GetId()) })
+		running, healthy := false, false
+		for _, tk := range tasks {
+			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING {
+				running = true
+				healthy = healthy || tk.GetStatus().GetHealth() == pb.HealthState_HEALTH_STATE_HEALTHY
+			}
+		}
+		if healthy {
+			break
+		}
+		if running {
+			if firstStarting.IsZero() {
+				firstStarting = time.Now()
+			}
+			lastStarting = time.Now()
+		}
+		if len(routed) > 0 {
+			t.Fatalf("routing to a task that is not healthy yet: %v (tasks: %v)", routed, tasks)
+		}
+		if askErr == nil {
+			t.Fatalf("a task that is not healthy yet answered (%s)", by)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for the task to become healthy; tasks: %v", tasks)
+		}
+		<-tick.C
+	}
+	// The task ran unhealthy for long enough that the old feed (every
+	// running task) would have been caught routing to it.
+	if lastStarting.Sub(firstStarting) < time.Second {
+		t.Fatalf("saw the task running but not healthy for only %s; the test proves nothing", lastStarting.Sub(firstStarting))
+	}
+
+	c.waitBackends(published, 1)
+	for _, n := range c.meshNodes() {
+		if _, err := ask(fmt.Sprintf("http://%s:%d/", n.ip, published)); err != nil {
+			t.Fatalf("via %s once healthy: %v", n.name, err)
+		}
 	}
 }
 

@@ -50,6 +50,34 @@ func healthCheck(t *pb.Task) *pb.HealthCheck {
 	return hc
 }
 
+// healthReporter returns the runtime as a HealthReporter when it, not the
+// agent, checks the task: the runtime reports health and the task's spec
+// neither has a check nor disables checks.
+func healthReporter(rt Runtime, t *pb.Task) (HealthReporter, bool) {
+	hr, ok := rt.(HealthReporter)
+	if !ok || healthCheck(t) != nil || t.GetSpec().GetContainer().GetHealthcheck().GetDisable() {
+		return nil, false
+	}
+	return hr, true
+}
+
+// initialHealth is a task's health as it starts running, reported with
+// RUNNING so that a checked task is never taken for an unchecked one
+// (which would be up, and routed to, at once): STARTING when it has a
+// check, the runtime's view when the runtime checks it (an image's
+// HEALTHCHECK), NONE otherwise.
+func initialHealth(ctx context.Context, rt Runtime, t *pb.Task) pb.HealthState {
+	if healthCheck(t) != nil {
+		return pb.HealthState_HEALTH_STATE_STARTING
+	}
+	if hr, ok := healthReporter(rt, t); ok {
+		if state, _, err := hr.Health(ctx, t.GetId()); err == nil {
+			return state
+		}
+	}
+	return pb.HealthState_HEALTH_STATE_NONE
+}
+
 // healthEvent is a change in a task's health.
 type healthEvent struct {
 	state  pb.HealthState

@@ -137,6 +137,7 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 		}
 		s := newStatus(pb.TaskState_TASK_STATE_RUNNING, "started")
 		s.Pid, s.ContainerId, s.Ports = int32(info.Pid), info.ContainerID, info.Ports
+		s.Health = initialHealth(ctx, rt, t)
 		return s, false
 	case cur == pb.TaskState_TASK_STATE_RUNNING:
 		return c.waitRunning(ctx, rt, t)
@@ -166,7 +167,7 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 	if healthCheck(t) != nil {
 		health = make(chan healthEvent)
 		go c.a.watchHealth(wctx, rt, t, t.GetStatus(), health)
-	} else if hr, ok := rt.(HealthReporter); ok && !t.GetSpec().GetContainer().GetHealthcheck().GetDisable() {
+	} else if hr, ok := healthReporter(rt, t); ok {
 		health = make(chan healthEvent) // the task's own check (an image HEALTHCHECK)
 		go watchReportedHealth(wctx, hr, t.GetId(), health)
 	}
@@ -187,6 +188,16 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 					return exitStatus(info.Exit), false
 				}
 				c.a.log.Warn("task unhealthy; stopping it", "task", t.GetId(), "output", e.output)
+				// Report it unhealthy before the stop, which may take the
+				// whole grace period: the managers take it out of the
+				// mesh's rotation at once.
+				if cur := c.a.task(c.id); cur != nil {
+					s := proto.Clone(cur.GetStatus()).(*pb.TaskStatus)
+					s.Health = pb.HealthState_HEALTH_STATE_UNHEALTHY
+					s.Message = "unhealthy; stopping"
+					s.Err = "task is unhealthy: " + e.output
+					c.a.setStatus(c.id, s)
+				}
 				grace := time.Duration(t.GetSpec().GetContainer().GetStopGracePeriod())
 				if grace <= 0 {
 					grace = defaultStopGrace
@@ -199,7 +210,7 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 				s.Health = pb.HealthState_HEALTH_STATE_UNHEALTHY
 				return s, false
 			}
-			if cur := c.a.task(c.id); cur != nil {
+			if cur := c.a.task(c.id); cur != nil && cur.GetStatus().GetHealth() != e.state {
 				s := proto.Clone(cur.GetStatus()).(*pb.TaskStatus)
 				s.Health = e.state
 				if e.state == pb.HealthState_HEALTH_STATE_HEALTHY {

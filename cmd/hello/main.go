@@ -28,6 +28,8 @@ func main() {
 	ver := flag.String("version", envOr("HELLO_VERSION", version), "version to report")
 	unhealthy := flag.Bool("unhealthy", os.Getenv("HELLO_UNHEALTHY") != "", "fail the health check (for update and rollback tests)")
 	healthcheck := flag.String("healthcheck", "", "probe URL and exit 0 if healthy (for a container HEALTHCHECK)")
+	healthyAfter := flag.Duration("healthy-after", envDuration("HELLO_HEALTHY_AFTER"), "fail the health check until this long after start (a slow start)")
+	drain := flag.Duration("drain", envDuration("HELLO_DRAIN"), "keep serving this long after SIGTERM before shutting down, as an app draining its clients would")
 	flag.Parse()
 	if *healthcheck != "" {
 		os.Exit(probe(*healthcheck))
@@ -52,6 +54,7 @@ func main() {
 	mux := http.NewServeMux()
 	var sick atomic.Bool
 	sick.Store(*unhealthy)
+	healthyFrom := time.Now().Add(*healthyAfter)
 	// POST /admin/unhealthy makes the health check fail from now on, to
 	// show a replica leaving the mesh's rotation.
 	mux.HandleFunc("POST /admin/unhealthy", func(w http.ResponseWriter, r *http.Request) {
@@ -61,6 +64,10 @@ func main() {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if sick.Load() {
 			http.Error(w, "unhealthy on purpose", http.StatusServiceUnavailable)
+			return
+		}
+		if time.Now().Before(healthyFrom) {
+			http.Error(w, "still starting", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -93,6 +100,10 @@ func main() {
 	defer stop()
 	go func() {
 		<-ctx.Done()
+		if *drain > 0 {
+			log.Info("draining before shutdown", "for", *drain)
+			time.Sleep(*drain)
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
@@ -135,6 +146,20 @@ func upstreamClient() *http.Client {
 		}
 	}
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true}}
+}
+
+// envDuration reads a duration from the environment (unset is 0).
+func envDuration(k string) time.Duration {
+	v := os.Getenv(k)
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hello: %s: %v\n", k, err)
+		os.Exit(2)
+	}
+	return d
 }
 
 func envOr(k, def string) string {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/taskhealth"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/protobuf/proto"
@@ -261,23 +262,10 @@ func group(t *pb.Task) string {
 	return "node/" + t.GetNodeId()
 }
 
-// runningOK reports whether a task counts as running: observed RUNNING,
-// and healthy when the spec has a health check.
-func runningOK(t *pb.Task) bool {
-	if t.GetStatus().GetState() != pb.TaskState_TASK_STATE_RUNNING {
-		return false
-	}
-	hc := t.GetSpec().GetContainer().GetHealthcheck()
-	checked := hc != nil && !hc.GetDisable() && (len(hc.GetCommand()) > 0 || hc.GetHttpGet() != "" || hc.GetTcpSocket() != 0)
-	// A task may also be checked by its image's own HEALTHCHECK.
-	checked = checked || t.GetStatus().GetHealth() != pb.HealthState_HEALTH_STATE_NONE
-	return !checked || t.GetStatus().GetHealth() == pb.HealthState_HEALTH_STATE_HEALTHY
-}
-
 // settled reports whether every active task of version v runs.
 func (u *Updater) settled(tasks []*pb.Task, v uint64, svc *pb.Service) bool {
 	for _, t := range tasks {
-		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && t.GetSpecVersion() == v && !runningOK(t) {
+		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && t.GetSpecVersion() == v && !taskhealth.Up(t) {
 			return false
 		}
 	}
@@ -363,7 +351,7 @@ func (u *Updater) waitBatch(ctx context.Context, id string, v uint64, svc *pb.Se
 			if t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
 				continue
 			}
-			if !runningOK(t) {
+			if !taskhealth.Up(t) {
 				done = false
 			}
 		}
@@ -400,7 +388,7 @@ func (u *Updater) promote(ctx context.Context, id string, v uint64) error {
 						if err := tx.Tasks().Update(nt); err != nil {
 							return err
 						}
-					case old.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && runningOK(nt):
+					case old.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING && taskhealth.Up(nt):
 						old.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
 						if err := tx.Tasks().Update(old); err != nil {
 							return err
