@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
 )
@@ -228,6 +230,13 @@ func (w *workerNode) stop() {
 	stopAll([]*proc{w.proc})
 	if le := countErrors(w.logPath, stopping); le.other > 0 {
 		w.e.notef("worker %s logged %d unexpected ERROR/panic lines; first: `%s`", w.label, le.other, le.first)
+	}
+	// A worker that can run containers added its cluster's container
+	// resolver address to lo, and leaves it there when it stops.
+	if id, err := datadir.Load(w.dataDir); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		mesh.RemoveContainerAddrs(ctx, id.ClusterID)
+		cancel()
 	}
 }
 
