@@ -83,10 +83,7 @@ func (m *Manager) identify(ctx context.Context) (pki.Identity, bool) {
 		return id, true
 	}
 	var removed bool
-	m.store.View(func(tx *raftstore.Tx) {
-		id = demotedAsWorker(tx, id)
-		removed = slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID)
-	})
+	m.store.View(func(tx *raftstore.Tx) { id, removed = standing(tx, id) })
 	if id.Role != pki.RoleManager || removed {
 		return id, true // authorize refuses a removed node
 	}
@@ -101,18 +98,21 @@ func (m *Manager) identify(ctx context.Context) (pki.Identity, bool) {
 	}
 	fwd := pki.Identity{ID: nodeID, Role: role, ClusterID: id.ClusterID}
 	if fwd.Role == pki.RoleManager {
-		m.store.View(func(tx *raftstore.Tx) { fwd = demotedAsWorker(tx, fwd) })
+		m.store.View(func(tx *raftstore.Tx) { fwd, _ = standing(tx, fwd) }) // authorize checks removal
 	}
 	return fwd, true
 }
 
-// demotedAsWorker is a manager's identity as a worker's once the store
-// says the node was demoted.
-func demotedAsWorker(tx *raftstore.Tx, id pki.Identity) pki.Identity {
-	if n, ok := tx.Nodes().Get(id.ID); ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
-		id.Role = pki.RoleWorker
+// standing is a certificate's identity as the store sees it now: a
+// demoted manager's counts as a worker's; removed says the node is on
+// the cluster's deny list.
+func standing(tx *raftstore.Tx, id pki.Identity) (pki.Identity, bool) {
+	if id.Role == pki.RoleManager {
+		if n, ok := tx.Nodes().Get(id.ID); ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
+			id.Role = pki.RoleWorker
+		}
 	}
-	return id
+	return id, slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID)
 }
 
 // authorize decides whether the caller may call method; req is the

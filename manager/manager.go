@@ -616,16 +616,12 @@ func (m *Manager) acceptRaftPeer(id pki.Identity) error {
 	if !m.storeReady.Load() {
 		return nil // this manager is starting: nobody is removed yet
 	}
-	var removed, demoted bool
-	m.store.View(func(tx *raftstore.Tx) {
-		removed = slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID)
-		n, ok := tx.Nodes().Get(id.ID)
-		demoted = ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER
-	})
+	var removed bool
+	m.store.View(func(tx *raftstore.Tx) { id, removed = standing(tx, id) })
 	switch {
 	case removed:
 		return fmt.Errorf("manager %s was removed from the cluster: its certificate is revoked", id.ID)
-	case demoted:
+	case id.Role != pki.RoleManager:
 		return fmt.Errorf("node %s was demoted: its manager certificate no longer admits it to Raft", id.ID)
 	}
 	return nil
