@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -233,11 +232,9 @@ func (w *workerNode) stop() {
 	}
 	// A worker that can run containers added its cluster's container
 	// resolver address to lo, and leaves it there when it stops.
-	if id, err := datadir.Load(w.dataDir); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		mesh.RemoveContainerAddrs(ctx, id.ClusterID)
-		cancel()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	mesh.RemoveNodeContainerAddrs(ctx, w.dataDir)
+	cancel()
 }
 
 // waitNodeState polls ListNodes on m1 until the worker's node (by

@@ -30,7 +30,6 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/clientcreds"
-	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -503,11 +502,9 @@ func (d *demo) shutdown() {
 	// Container twin addresses of service virtual IPs stay on lo for the
 	// cluster's other nodes; the tour's cluster is gone, so are they.
 	if d.dir != "" {
-		if id, err := datadir.Load(filepath.Join(d.dir, "m1")); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			mesh.RemoveContainerAddrs(ctx, id.ClusterID)
-			cancel()
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		mesh.RemoveNodeContainerAddrs(ctx, filepath.Join(d.dir, "m1"))
+		cancel()
 	}
 	// Task supervisors outlive their workers by design; none should be
 	// left after the service was removed, but make sure.

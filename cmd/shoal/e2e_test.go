@@ -110,11 +110,9 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 		n.kill()
 		// A node that can run containers added its cluster's container
 		// resolver address to lo; a killed node leaves it there.
-		if id, err := datadir.Load(dataDir); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			mesh.RemoveContainerAddrs(ctx, id.ClusterID)
-			cancel()
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		mesh.RemoveNodeContainerAddrs(ctx, dataDir)
+		cancel()
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
 			t.Logf("log of %s:\n%s", n.addr(), tail(string(data), 40))

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+
+	"github.com/shoal-cluster/shoal/internal/datadir"
 )
 
 // Virtual IPs. Each service gets a stable address in 127.0.0.0/8, so the
@@ -97,6 +99,15 @@ func addLocalAddr(ctx context.Context, ip string) error {
 // delLocalAddr removes an address addLocalAddr added.
 func delLocalAddr(ctx context.Context, ip string) {
 	_ = exec.CommandContext(ctx, "ip", "addr", "del", ip+"/32", "dev", "lo").Run()
+}
+
+// RemoveNodeContainerAddrs is RemoveContainerAddrs for the cluster of the
+// node whose data dir is dataDir (nothing when it holds no node): for
+// harnesses that stopped or killed the nodes they ran.
+func RemoveNodeContainerAddrs(ctx context.Context, dataDir string) {
+	if id, err := datadir.Load(dataDir); err == nil {
+		RemoveContainerAddrs(ctx, id.ClusterID)
+	}
 }
 
 // RemoveContainerAddrs removes every container twin address of a cluster
