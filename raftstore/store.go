@@ -134,6 +134,26 @@ type Store struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 	wg        sync.WaitGroup
+	// waiting counts the goroutines waiting on a raft future (futureErr).
+	waiting atomic.Int64
+}
+
+// closeDrain bounds how long Close lets raft answer the futures callers
+// still wait on before shutting it down.
+const closeDrain = time.Second
+
+// futureErr waits for f's outcome in a goroutine the store counts, so that
+// a caller may give up on its context. Close lets raft answer them before
+// shutting it down: raft never answers an entry it committed but had not
+// applied yet when it shut down, which would leave the goroutine behind.
+func (s *Store) futureErr(f raft.Future) <-chan error {
+	errc := make(chan error, 1)
+	s.waiting.Add(1)
+	go func() {
+		defer s.waiting.Add(-1)
+		errc <- f.Error()
+	}()
+	return errc
 }
 
 // Open opens (or creates) the Raft state in cfg.Dir and starts Raft. A new
@@ -527,8 +547,7 @@ func (s *Store) propose(ctx context.Context, txn *pb.Transaction) (*applyResult,
 		return nil, fmt.Errorf("write %s not submitted: %w", txn.RequestId, err)
 	}
 	f := s.raft.Apply(data, timeout)
-	errc := make(chan error, 1)
-	go func() { errc <- f.Error() }()
+	errc := s.futureErr(f)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -572,8 +591,7 @@ func (s *Store) ViewConsistent(ctx context.Context, fn func(tx *Tx)) error {
 	}
 	term := s.readyTerm.Load()
 	f := s.raft.VerifyLeader()
-	errc := make(chan error, 1)
-	go func() { errc <- f.Error() }()
+	errc := s.futureErr(f)
 	select {
 	case err := <-errc:
 		if err != nil {
@@ -657,8 +675,7 @@ func (s *Store) Snapshot() error {
 }
 
 func (s *Store) waitFuture(ctx context.Context, f raft.Future, what string) error {
-	errc := make(chan error, 1)
-	go func() { errc <- f.Error() }()
+	errc := s.futureErr(f)
 	select {
 	case err := <-errc:
 		if errors.Is(err, raft.ErrNotLeader) {
@@ -712,6 +729,11 @@ func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		drain := time.NewTicker(5 * time.Millisecond)
+		for deadline := time.Now().Add(closeDrain); s.waiting.Load() > 0 && time.Now().Before(deadline); {
+			<-drain.C
+		}
+		drain.Stop()
 		err = s.raft.Shutdown().Error()
 		s.wg.Wait()
 		if cerr := s.transport.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "closed") {
