@@ -28,10 +28,17 @@ type Config struct {
 	// answers with each virtual IP's container twin, which the proxy
 	// serves. The node adds these addresses to its loopback interface.
 	ContainerResolver string
-	// DialTimeout bounds each attempt to reach a backend (default 1s).
+	// DialTimeout bounds each attempt to reach a backend (default 500ms):
+	// a backend whose node went silent is given up for the next one after
+	// it, never waited on for the kernel's connect timeout.
 	DialTimeout time.Duration
 	Log         *slog.Logger
 }
+
+// DefaultDialTimeout bounds a proxy's dial to one backend: far above a
+// connect's round trip within a cluster, far below the kernel's own
+// timeout (over a minute) that a silent address would otherwise cost.
+const DefaultDialTimeout = 500 * time.Millisecond
 
 // Mesh is a node's routing mesh and resolver.
 type Mesh struct {
@@ -57,7 +64,7 @@ type Mesh struct {
 // New returns a mesh that listens on nothing until Start and Apply.
 func New(cfg Config) *Mesh {
 	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = time.Second
+		cfg.DialTimeout = DefaultDialTimeout
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()

@@ -678,3 +678,39 @@ func TestResolverAcceptErrorPauses(t *testing.T) {
 		}
 	}
 }
+
+// A backend whose dial times out (its node went silent) costs one
+// connection a dial timeout, not every one: later connections try it last
+// while it is ejected, and every request is served by a live backend.
+func TestSilentEndpointIsEjected(t *testing.T) {
+	bes := startBackends(t, 2)
+	hole := blackhole(t)
+	logs := &syncBuffer{}
+	m := New(Config{IP: "127.0.0.1", DialTimeout: 200 * time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, hole, bes[0], bes[1])}})
+	counts := spread(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 30)
+	if counts[bes[0].name]+counts[bes[1].name] != 30 {
+		t.Fatalf("every request should be served by a live endpoint: %v", counts)
+	}
+	if n := strings.Count(logs.String(), "endpoint="+hole.addr.String()); n != 1 {
+		t.Fatalf("the silent endpoint was dialed %d times by 30 connections, want once (then ejected):\n%s", n, logs.String())
+	}
+
+	// A new endpoint set that no longer holds it forgets the ejection.
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+	m.mu.Lock()
+	l := m.listeners[net.JoinHostPort("127.0.0.1", strconv.Itoa(port))].(*listener)
+	m.mu.Unlock()
+	l.ejectMu.Lock()
+	left := len(l.ejected)
+	l.ejectMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d ejections kept for endpoints no longer in the set", left)
+	}
+}

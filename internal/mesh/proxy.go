@@ -32,7 +32,16 @@ type listener struct {
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
+
+	ejectMu sync.Mutex
+	ejected map[string]time.Time // backends a dial just failed on, until when new connections try them last
 }
+
+// ejectFor is how long a backend that failed a dial is tried only after
+// every other one: long enough that a silent node does not cost each new
+// connection a dial timeout, short enough that a backend that recovers
+// (or was only slow once) soon gets its share again.
+const ejectFor = 5 * time.Second
 
 // acceptPause is how long an accept loop waits after an error other than
 // a timeout (e.g. out of file descriptors), so it does not spin.
@@ -65,7 +74,8 @@ func listenConfig(reusePort bool) net.ListenConfig {
 }
 
 func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTimeout time.Duration) *listener {
-	l := &listener{key: key, service: service, ln: ln, log: log, dialTimeout: dialTimeout, conns: map[net.Conn]struct{}{}}
+	l := &listener{key: key, service: service, ln: ln, log: log, dialTimeout: dialTimeout, conns: map[net.Conn]struct{}{},
+		ejected: map[string]time.Time{}}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	empty := []string{}
 	l.backends.Store(&empty)
@@ -81,6 +91,55 @@ func (l *listener) currentBackends() []string { return append([]string(nil), *l.
 func (l *listener) setBackends(addrs []string) {
 	cp := append([]string(nil), addrs...)
 	l.backends.Store(&cp)
+	keep := make(map[string]bool, len(cp))
+	for _, a := range cp {
+		keep[a] = true
+	}
+	l.ejectMu.Lock()
+	for a := range l.ejected {
+		if !keep[a] {
+			delete(l.ejected, a)
+		}
+	}
+	l.ejectMu.Unlock()
+}
+
+// dialOrder is the order a new connection tries the backends in: round
+// robin from the next start, with backends ejected by a recent failed dial
+// moved to the end (still tried when every other one fails).
+func (l *listener) dialOrder(addrs []string) []string {
+	start := int(l.next.Add(1) % uint64(len(addrs)))
+	order := make([]string, 0, len(addrs))
+	var last []string
+	now := time.Now()
+	l.ejectMu.Lock()
+	for i := range addrs {
+		a := addrs[(start+i)%len(addrs)]
+		if until, ok := l.ejected[a]; ok {
+			if now.Before(until) {
+				last = append(last, a)
+				continue
+			}
+			delete(l.ejected, a)
+		}
+		order = append(order, a)
+	}
+	l.ejectMu.Unlock()
+	return append(order, last...)
+}
+
+// eject moves a backend to the end of the order for ejectFor; readmit
+// takes it back at once (a dial to it succeeded).
+func (l *listener) eject(addr string) {
+	l.ejectMu.Lock()
+	l.ejected[addr] = time.Now().Add(ejectFor)
+	l.ejectMu.Unlock()
+}
+
+func (l *listener) readmit(addr string) {
+	l.ejectMu.Lock()
+	delete(l.ejected, addr)
+	l.ejectMu.Unlock()
 }
 
 // serve accepts until the listener is closed.
@@ -126,10 +185,12 @@ func (l *listener) untrack(c net.Conn) {
 }
 
 // handle proxies one client connection to a backend. Backends are tried
-// round robin; one that refuses the dial is skipped for the next. With no
-// backend at all the client's connection is closed at once, so clients
-// fail fast instead of hanging. Once the listener is closed no further
-// backend is tried.
+// round robin, each dial bounded by the dial timeout; one that refuses or
+// does not answer in time is skipped for the next, and tried only after
+// the others for a while (a silent node costs one connection a timeout,
+// not every one). With no backend at all the client's connection is
+// closed at once, so clients fail fast instead of hanging. Once the
+// listener is closed no further backend is tried.
 func (l *listener) handle(client net.Conn) {
 	defer l.wg.Done()
 	defer l.untrack(client)
@@ -139,19 +200,19 @@ func (l *listener) handle(client net.Conn) {
 	if len(addrs) == 0 {
 		return
 	}
-	start := int(l.next.Add(1) % uint64(len(addrs)))
 	d := net.Dialer{Timeout: l.dialTimeout}
 	var upstream net.Conn
-	for i := range addrs {
-		addr := addrs[(start+i)%len(addrs)]
+	for _, addr := range l.dialOrder(addrs) {
 		c, err := d.DialContext(l.ctx, "tcp", addr)
 		if err == nil {
+			l.readmit(addr)
 			upstream = c
 			break
 		}
 		if l.ctx.Err() != nil {
 			return
 		}
+		l.eject(addr)
 		l.log.Debug("mesh dial failed; trying the next endpoint", "service", l.service, "endpoint", addr, "err", err)
 	}
 	if upstream == nil {
