@@ -23,6 +23,20 @@ const LeaderTrailer = "shoal-leader"
 // heartbeatMisses is how many periods a node may miss before it is Down.
 const heartbeatMisses = 3
 
+// graceMisses is how many periods a new leader gives a worker, counted
+// from the start of its term, to open a session before it is Down. The
+// worker needs up to two periods to notice that the old leader is gone
+// (a heartbeat call times out after one), then a bounded attempt of one
+// period to reach the new leader; the rest is margin. Meanwhile the node
+// is Unknown: a leader change alone fails no task.
+const graceMisses = 5
+
+// Reasons a node is marked Down.
+const (
+	reasonHeartbeat = "heartbeat deadline passed"
+	reasonNoSession = "no session with the new leader within its grace period"
+)
+
 // dispatcher serves worker sessions on the leader: it registers workers,
 // tracks their heartbeats, streams their assignments and records the task
 // status they report.
@@ -37,6 +51,7 @@ type dispatcher struct {
 	sessions  map[string]*workerSession // by node ID
 	timers    map[string]*time.Timer    // heartbeat deadlines by node ID
 	deadlines map[string]time.Time      // when each timer fires
+	reasons   map[string]string         // why the node is Down if its timer fires
 	beats     map[string]time.Time      // last heartbeat by node ID (not stored: one write per beat would flood Raft)
 
 	statusCh chan statusBatch
@@ -62,29 +77,26 @@ func newDispatcher(m *Manager, period time.Duration) *dispatcher {
 		sessions:  map[string]*workerSession{},
 		timers:    map[string]*time.Timer{},
 		deadlines: map[string]time.Time{},
+		reasons:   map[string]string{},
 		beats:     map[string]time.Time{},
 		statusCh:  make(chan statusBatch, 256),
 	}
 }
 
 // run is a leader loop: it activates the dispatcher for this term, gives
-// every Ready worker one deadline to reconnect, and writes status batches.
+// every worker that was up a grace period to reconnect (shown Unknown
+// meanwhile), and writes status batches.
 func (d *dispatcher) run(ctx context.Context) {
 	d.mu.Lock()
 	d.active, d.ctx = true, ctx
 	d.mu.Unlock()
 	d.m.log.Info("dispatcher active", "heartbeat_period", d.period)
 
-	var workers []string
-	d.m.store.View(func(tx *raftstore.Tx) {
-		for _, n := range tx.Nodes().List() {
-			if n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER && n.GetStatus().GetState() == pb.NodeState_NODE_STATE_READY {
-				workers = append(workers, n.GetId())
-			}
-		}
-	})
-	for _, id := range workers {
-		d.armDeadline(id, d.deadline())
+	// The grace counts from the start of the term, not from when the
+	// Unknown state is committed.
+	grace := d.period * graceMisses
+	for _, id := range d.markUnknown(ctx) {
+		d.armDeadline(id, grace, reasonNoSession)
 	}
 
 	d.writeStatuses(ctx)
@@ -99,14 +111,57 @@ func (d *dispatcher) run(ctx context.Context) {
 		t.Stop()
 		delete(d.timers, id)
 		delete(d.deadlines, id)
+		delete(d.reasons, id)
 	}
 	d.mu.Unlock()
 }
 
 func (d *dispatcher) deadline() time.Duration { return d.period * heartbeatMisses }
 
-// armDeadline (re)starts a node's heartbeat deadline.
-func (d *dispatcher) armDeadline(nodeID string, after time.Duration) {
+// markUnknown runs at the start of a term: every worker that was Ready (or
+// Unknown, waiting on an earlier leader) and has no session with this
+// leader yet is shown Unknown until it opens one. It returns those nodes.
+// When the write fails (leadership lost again) the nodes are still
+// returned, so their deadlines are armed all the same.
+func (d *dispatcher) markUnknown(ctx context.Context) []string {
+	var waiting []string
+	_, err := d.m.store.Update(ctx, func(tx *raftstore.Tx) error {
+		waiting = waiting[:0]
+		for _, n := range tx.Nodes().List() {
+			st := n.GetStatus().GetState()
+			if n.GetRole() != pb.NodeRole_NODE_ROLE_WORKER ||
+				(st != pb.NodeState_NODE_STATE_READY && st != pb.NodeState_NODE_STATE_UNKNOWN) || d.hasSession(n.GetId()) {
+				continue
+			}
+			waiting = append(waiting, n.GetId())
+			if st == pb.NodeState_NODE_STATE_UNKNOWN {
+				continue
+			}
+			n.Status.State = pb.NodeState_NODE_STATE_UNKNOWN
+			n.Status.Message = "the leader changed; waiting for the node to reconnect"
+			if err := tx.Nodes().Update(n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		d.m.log.Warn("show workers Unknown after the leader change", "err", err)
+	}
+	return waiting
+}
+
+// hasSession reports whether a node has a session open with this leader.
+func (d *dispatcher) hasSession(nodeID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.sessions[nodeID]
+	return ok
+}
+
+// armDeadline (re)starts a node's deadline: when it passes, the node is
+// marked Down for reason.
+func (d *dispatcher) armDeadline(nodeID string, after time.Duration, reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.active {
@@ -117,6 +172,7 @@ func (d *dispatcher) armDeadline(nodeID string, after time.Duration) {
 	}
 	d.timers[nodeID] = time.AfterFunc(after, func() { d.expire(nodeID) })
 	d.deadlines[nodeID] = time.Now().Add(after)
+	d.reasons[nodeID] = reason
 }
 
 // beat records a heartbeat.
@@ -143,7 +199,7 @@ func (d *dispatcher) Suspect(nodeID string) {
 	d.mu.Unlock()
 	if tracked && sooner {
 		d.m.log.Info("gossip reports a worker dead; shortening its heartbeat deadline", "worker", nodeID)
-		d.armDeadline(nodeID, d.period)
+		d.armDeadline(nodeID, d.period, reasonHeartbeat+" (gossip reports the node dead)")
 	}
 }
 
@@ -155,14 +211,16 @@ func (d *dispatcher) expire(nodeID string) {
 		return
 	}
 	ctx := d.ctx
+	reason := d.reasons[nodeID]
 	delete(d.timers, nodeID)
 	delete(d.deadlines, nodeID)
+	delete(d.reasons, nodeID)
 	if s, ok := d.sessions[nodeID]; ok {
 		s.cancel()
 		delete(d.sessions, nodeID)
 	}
 	d.mu.Unlock()
-	if err := d.markDown(ctx, nodeID, "heartbeat deadline passed"); err != nil {
+	if err := d.markDown(ctx, nodeID, reason); err != nil {
 		d.m.log.Warn("mark node down", "worker", nodeID, "err", err)
 	}
 }
@@ -189,11 +247,17 @@ func (d *dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 			if t.GetStatus().GetState() >= pb.TaskState_TASK_STATE_COMPLETE {
 				continue
 			}
+			var ports []*pb.PortBinding
+			if routable(t) {
+				ports = t.GetStatus().GetPorts() // where it may still answer: see lingers
+			}
 			t.Status = &pb.TaskStatus{
 				Timestamp: time.Now().UnixNano(),
 				State:     pb.TaskState_TASK_STATE_FAILED,
 				Err:       fmt.Sprintf("node %s is down (%s)", nodeID, why),
 				Message:   "node down",
+				Ports:     ports,
+				NodeLost:  true,
 			}
 			// A service's orchestrator replaces the task (and tells it to
 			// stop); a standalone task has nobody else to do so.
@@ -308,7 +372,7 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 	}); err != nil {
 		return err
 	}
-	d.armDeadline(nodeID, d.deadline())
+	d.armDeadline(nodeID, d.deadline(), reasonHeartbeat)
 	d.beat(nodeID)
 	d.m.log.Info("worker session opened", "worker", nodeID, "session", sess.id)
 
@@ -494,7 +558,7 @@ func (d *dispatcher) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*
 	if err := d.session(req.GetNodeId(), req.GetSessionId()); err != nil {
 		return nil, err
 	}
-	d.armDeadline(req.GetNodeId(), d.deadline())
+	d.armDeadline(req.GetNodeId(), d.deadline(), reasonHeartbeat)
 	d.beat(req.GetNodeId())
 	return &pb.HeartbeatResponse{Period: int64(d.period)}, nil
 }

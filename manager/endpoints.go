@@ -86,8 +86,8 @@ func (f *endpointFeed) run(ctx context.Context, store *raftstore.Store) {
 			f.refresh(tx, all)
 		}, func(ev raftstore.Event) bool {
 			switch ev.Object.(type) {
-			case *pb.Task, *pb.Service:
-				return true
+			case *pb.Task, *pb.Service, *pb.Node:
+				return true // a node's state decides whether its lost tasks linger
 			}
 			return false
 		})
@@ -111,6 +111,7 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 	var last time.Time
 	for {
 		touched := map[string]bool{}
+		nodes := map[string]bool{}
 		note := func(ev raftstore.Event) {
 			switch o := ev.Object.(type) {
 			case *pb.Task:
@@ -119,6 +120,8 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 				}
 			case *pb.Service:
 				touched[o.GetId()] = true
+			case *pb.Node:
+				nodes[o.GetId()] = true
 			}
 		}
 		select {
@@ -163,7 +166,16 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 			}
 		}
 		last = time.Now()
-		store.View(func(tx *raftstore.Tx) { f.refresh(tx, touched) })
+		store.View(func(tx *raftstore.Tx) {
+			for id := range nodes {
+				for _, t := range tx.Tasks().Find(raftstore.IndexNode, id) {
+					if t.GetServiceId() != "" {
+						touched[t.GetServiceId()] = true
+					}
+				}
+			}
+			f.refresh(tx, touched)
+		})
 	}
 }
 
@@ -203,6 +215,28 @@ func routable(t *pb.Task) bool {
 	return t.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING && taskhealth.Up(t)
 }
 
+// lingers reports whether a task the managers failed because its node went
+// Down stays in the endpoint set (make before break): a node cut off from
+// the managers may still serve, so a task that was routable when its node
+// was lost (markDown keeps its ports then) is routed to until its slot
+// (or, for a global service, its node) has a routable replacement, or the
+// node is back (and stops it), or the task is being removed. A task that
+// really is gone is skipped by each proxy as soon as a dial to it fails.
+func lingers(t *pb.Task, node *pb.Node, replaced bool) bool {
+	return t.GetStatus().GetNodeLost() && len(t.GetStatus().GetPorts()) > 0 &&
+		t.GetDesiredState() == pb.TaskState_TASK_STATE_SHUTDOWN && !replaced &&
+		node != nil && node.GetStatus().GetState() != pb.NodeState_NODE_STATE_READY
+}
+
+// slotKey groups a service's tasks by what replaces what: the slot of a
+// replicated task, the node of a global one.
+func slotKey(t *pb.Task) string {
+	if t.GetSlot() == 0 {
+		return "node/" + t.GetNodeId()
+	}
+	return fmt.Sprintf("slot/%d", t.GetSlot())
+}
+
 // serviceEndpoints computes one service's endpoint set: its routable tasks.
 func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	se := &pb.ServiceEndpoints{
@@ -215,18 +249,30 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	// wants addresses): one entry per node then, so the set, and the
 	// messages carrying it, follow the nodes rather than every task.
 	perNode := len(se.GetPorts()) == 0
-	nodeIPs := map[string]string{}
+	tasks := tx.Tasks().Find(raftstore.IndexService, svc.GetId())
+	replaced := map[string]bool{}
+	for _, t := range tasks {
+		if routable(t) {
+			replaced[slotKey(t)] = true
+		}
+	}
+	nodes := map[string]*pb.Node{}
+	nodeOf := func(id string) *pb.Node {
+		n, ok := nodes[id]
+		if !ok {
+			n, _ = tx.Nodes().Get(id)
+			nodes[id] = n
+		}
+		return n
+	}
 	seenNode := map[string]bool{}
-	for _, t := range tx.Tasks().Find(raftstore.IndexService, svc.GetId()) {
-		if !routable(t) {
+	for _, t := range tasks {
+		if !routable(t) && !lingers(t, nodeOf(t.GetNodeId()), replaced[slotKey(t)]) {
 			continue
 		}
-		ip, ok := nodeIPs[t.GetNodeId()]
-		if !ok {
-			if n, found := tx.Nodes().Get(t.GetNodeId()); found {
-				ip, _, _ = net.SplitHostPort(n.GetApiAddr())
-			}
-			nodeIPs[t.GetNodeId()] = ip
+		var ip string
+		if n := nodeOf(t.GetNodeId()); n != nil {
+			ip, _, _ = net.SplitHostPort(n.GetApiAddr())
 		}
 		if perNode {
 			if !seenNode[t.GetNodeId()] {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
@@ -43,42 +44,172 @@ func (m *Manager) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 		return nil, status.Error(codes.Unavailable, "this manager is not the leader (the leader changed while the call was forwarded); retry")
 	}
 	resp, err := m.forwardToLeader(ctx, info.FullMethod, req)
+	if errors.Is(err, errBecameLeader) {
+		resp, err = handler(ctx, req)
+		return resp, toStatus(err)
+	}
 	return resp, err
 }
 
-// forwardToLeader replays a call on the leader and returns its answer.
+// errBecameLeader says this manager won an election while it waited to
+// forward a call: it serves the call itself.
+var errBecameLeader = errors.New("this manager became the leader")
+
+// errLeaderChanged ends a forwarded call whose target stopped being the
+// leader.
+var errLeaderChanged = errors.New("the leader changed")
+
+// leaderPoll is how often a forwarded call in flight checks that its
+// target still leads.
+const leaderPoll = 20 * time.Millisecond
+
+// maxForwards bounds how often one call follows the leader around.
+const maxForwards = 8
+
+// forwardToLeader replays a call on the leader and returns its answer. It
+// follows the leader rather than waiting on one address: while there is
+// no leader it waits for one (up to leaderWait), and a call in flight to a
+// manager that stops leading (it died, went silent or lost an election) is
+// sent again to the new leader with the same request ID, so a write is
+// applied at most once. A write through a survivor thus takes the
+// election plus a round trip, whatever became of the old leader.
 func (m *Manager) forwardToLeader(ctx context.Context, method string, req any) (any, error) {
-	addr, err := m.leaderAPIAddr()
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	conn, err := m.conns.get(addr)
-	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
-	}
-	out, err := newResponse(method)
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	md = md.Copy()
+	if len(md.Get(rpc.RequestIDKey)) == 0 {
+		md.Set(rpc.RequestIDKey, rpc.NewRequestID()) // so a resend is deduplicated
+	}
 	md.Set(rpc.ForwardedKey, m.id.NodeID)
 	md.Set(callerHeader, forwardedCaller(ctx))
 	outCtx := metadata.NewOutgoingContext(ctx, md)
-	if err := conn.Invoke(outCtx, method, req, out); err != nil {
-		if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && !strings.Contains(s.Message(), "leader") {
-			return nil, status.Errorf(codes.Unavailable, "the leader at %s did not answer: %s", addr, s.Message())
+	var last error
+	for range maxForwards {
+		leaderID, addr, err := m.awaitLeader(ctx)
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
+		conn, err := m.conns.get(addr)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
+		}
+		out, err := newResponse(method)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		err = m.invokeWhileLeading(outCtx, conn, leaderID, method, req, out)
+		if err == nil {
+			return out, nil
+		}
+		if ctx.Err() != nil {
+			return nil, toStatus(ctx.Err())
+		}
+		if !errors.Is(err, errLeaderChanged) {
+			if status.Code(err) != codes.Unavailable {
+				return nil, err
+			}
+			// The target stepped down, restarted or cannot be reached:
+			// resend once this manager knows of another leader (or the
+			// same one answers again), never in a tight loop.
+			last = err
+			m.waitLeaderChange(ctx, leaderID, 10*leaderPoll)
+			continue
+		}
+		last = err
 	}
-	return out, nil
+	return nil, status.Errorf(codes.Unavailable, "the leader kept changing while the call was forwarded (%v); retry", last)
+}
+
+// awaitLeader returns the leader's Raft ID and API address, waiting up to
+// leaderWait while an election runs. errBecameLeader means this manager
+// leads now.
+func (m *Manager) awaitLeader(ctx context.Context) (string, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.leaderWait())
+	defer cancel()
+	tick := time.NewTicker(leaderPoll)
+	defer tick.Stop()
+	for {
+		if m.store.IsLeader() {
+			return "", "", errBecameLeader
+		}
+		id, addr, err := m.leader()
+		if err == nil && addr != m.cfg.APIAddr() {
+			return id, addr, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = raftstore.ErrNoLeader // this manager's own barrier did not finish
+			}
+			return "", "", toStatus(err)
+		case <-tick.C:
+		}
+	}
+}
+
+// leaderWait is how long a follower waits for an election before it tells
+// the client there is no leader: several election rounds.
+func (m *Manager) leaderWait() time.Duration {
+	return max(10*m.cfg.Timing.ElectionTimeout, 2*time.Second)
+}
+
+// invokeWhileLeading makes the call on the manager leaderID names and
+// abandons it, with errLeaderChanged, as soon as this manager learns of
+// another leader (or of none).
+func (m *Manager) invokeWhileLeading(ctx context.Context, conn *grpc.ClientConn, leaderID, method string, req, out any) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan error, 1)
+	go func() { done <- conn.Invoke(ctx, method, req, out) }()
+	tick := time.NewTicker(leaderPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if errors.Is(context.Cause(ctx), errLeaderChanged) {
+				return errLeaderChanged
+			}
+			if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && !strings.Contains(s.Message(), "leader") {
+				return status.Errorf(codes.Unavailable, "the leader did not answer: %s", s.Message())
+			}
+			return err
+		case <-tick.C:
+			if id, _ := m.store.Leader(); id != leaderID {
+				cancel(errLeaderChanged)
+			}
+		}
+	}
+}
+
+// waitLeaderChange waits until the leader is no longer leaderID, or for at
+// most d.
+func (m *Manager) waitLeaderChange(ctx context.Context, leaderID string, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	tick := time.NewTicker(leaderPoll)
+	defer tick.Stop()
+	for {
+		if id, _ := m.store.Leader(); id != leaderID {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // leaderAPIAddr finds the leader's API address from its Raft ID.
 func (m *Manager) leaderAPIAddr() (string, error) {
+	_, addr, err := m.leader()
+	return addr, err
+}
+
+// leader returns the leader's Raft ID and API address.
+func (m *Manager) leader() (string, string, error) {
 	leaderID, _ := m.store.Leader()
 	if leaderID == "" {
-		return "", raftstore.ErrNoLeader
+		return "", "", raftstore.ErrNoLeader
 	}
 	var addr string
 	m.store.View(func(tx *raftstore.Tx) {
@@ -87,9 +218,9 @@ func (m *Manager) leaderAPIAddr() (string, error) {
 		}
 	})
 	if addr == "" {
-		return "", fmt.Errorf("leader %s is not yet known to this manager: %w", leaderID, raftstore.ErrNoLeader)
+		return "", "", fmt.Errorf("leader %s is not yet known to this manager: %w", leaderID, raftstore.ErrNoLeader)
 	}
-	return addr, nil
+	return leaderID, addr, nil
 }
 
 // nodeByRaftID finds the manager node with a Raft ID.

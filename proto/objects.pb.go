@@ -2863,16 +2863,22 @@ func (x *PortBinding) GetProtocol() PortProtocol {
 
 // TaskStatus is the observed state a worker reports.
 type TaskStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Timestamp     int64                  `protobuf:"varint,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
-	State         TaskState              `protobuf:"varint,2,opt,name=state,proto3,enum=shoal.v1.TaskState" json:"state,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	Err           string                 `protobuf:"bytes,4,opt,name=err,proto3" json:"err,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Pid           int32                  `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`
-	ContainerId   string                 `protobuf:"bytes,7,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	Health        HealthState            `protobuf:"varint,8,opt,name=health,proto3,enum=shoal.v1.HealthState" json:"health,omitempty"`
-	Ports         []*PortBinding         `protobuf:"bytes,9,rep,name=ports,proto3" json:"ports,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Timestamp   int64                  `protobuf:"varint,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	State       TaskState              `protobuf:"varint,2,opt,name=state,proto3,enum=shoal.v1.TaskState" json:"state,omitempty"`
+	Message     string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Err         string                 `protobuf:"bytes,4,opt,name=err,proto3" json:"err,omitempty"`
+	ExitCode    int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Pid         int32                  `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`
+	ContainerId string                 `protobuf:"bytes,7,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Health      HealthState            `protobuf:"varint,8,opt,name=health,proto3,enum=shoal.v1.HealthState" json:"health,omitempty"`
+	Ports       []*PortBinding         `protobuf:"bytes,9,rep,name=ports,proto3" json:"ports,omitempty"`
+	// node_lost marks a task the managers failed because its node went Down:
+	// it did not fail by itself and may still answer. Its replacement starts
+	// without the restart delay, and the routing mesh keeps it while its node
+	// is not Ready and its slot has no routable replacement (make before
+	// break).
+	NodeLost      bool `protobuf:"varint,10,opt,name=node_lost,json=nodeLost,proto3" json:"node_lost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2968,6 +2974,13 @@ func (x *TaskStatus) GetPorts() []*PortBinding {
 		return x.Ports
 	}
 	return nil
+}
+
+func (x *TaskStatus) GetNodeLost() bool {
+	if x != nil {
+		return x.NodeLost
+	}
+	return false
 }
 
 // Task is one instance of a service, placed on one node.
@@ -3917,7 +3930,7 @@ const file_objects_proto_rawDesc = "" +
 	"targetPort\x12\x17\n" +
 	"\ahost_ip\x18\x02 \x01(\tR\x06hostIp\x12\x1b\n" +
 	"\thost_port\x18\x03 \x01(\rR\bhostPort\x122\n" +
-	"\bprotocol\x18\x04 \x01(\x0e2\x16.shoal.v1.PortProtocolR\bprotocol\"\xaf\x02\n" +
+	"\bprotocol\x18\x04 \x01(\x0e2\x16.shoal.v1.PortProtocolR\bprotocol\"\xcc\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x1c\n" +
 	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12)\n" +
@@ -3928,7 +3941,9 @@ const file_objects_proto_rawDesc = "" +
 	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12!\n" +
 	"\fcontainer_id\x18\a \x01(\tR\vcontainerId\x12-\n" +
 	"\x06health\x18\b \x01(\x0e2\x15.shoal.v1.HealthStateR\x06health\x12+\n" +
-	"\x05ports\x18\t \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\"\xb3\x03\n" +
+	"\x05ports\x18\t \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\x12\x1b\n" +
+	"\tnode_lost\x18\n" +
+	" \x01(\bR\bnodeLost\"\xb3\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12\x1d\n" +

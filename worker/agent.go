@@ -13,7 +13,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -27,7 +26,6 @@ import (
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -141,7 +139,8 @@ type Agent struct {
 	secrets     map[string][]byte         // secret values by ID: memory only, never in the db or a log
 	secretFiles *secretFiles
 	session     *activeSession
-	leaderHint  string
+	leaderHint  string        // where a manager said the leader is
+	period      time.Duration // the heartbeat period the last leader asked for
 	connected   chan struct{} // closed when the first session opens
 	// signingRoot is the digest of the root that signs new certificates,
 	// as the last session said: a certificate from another root is renewed.
@@ -617,147 +616,6 @@ func (a *Agent) joinGossip() {
 	}
 }
 
-// sessionLoop keeps one session open with the leader, moving to another
-// manager when the current one fails or redirects.
-func (a *Agent) sessionLoop() {
-	defer a.wg.Done()
-	backoff := 100 * time.Millisecond
-	next := 0
-	for a.ctx.Err() == nil {
-		cands := a.managerCandidates()
-		if len(cands) == 0 {
-			a.log.Warn("no manager known; waiting for gossip")
-		} else {
-			addr := cands[next%len(cands)]
-			err := a.runSession(addr)
-			if a.ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				a.log.Info("session ended", "manager", addr, "err", err)
-			}
-			a.mu.Lock()
-			if a.leaderHint != "" && a.leaderHint != addr {
-				next = 0 // try the leader we were told about first
-				backoff = 50 * time.Millisecond
-			} else {
-				a.leaderHint = ""
-				next++
-			}
-			a.mu.Unlock()
-		}
-		select {
-		case <-a.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		if backoff < 2*time.Second {
-			backoff *= 2
-		}
-	}
-}
-
-// runSession opens a session with one manager and serves it until it fails.
-func (a *Agent) runSession(addr string) error {
-	conn, err := rpc.Dial(addr, a.creds.Creds())
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(a.ctx)
-	defer cancel()
-	offered := a.offered()
-	stream, err := pb.NewDispatcherClient(conn).Session(ctx, &pb.SessionRequest{
-		NodeId: a.id.NodeID, Description: describe(&a.cfg, offered),
-	})
-	if err != nil {
-		return err
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		a.noteRedirect(stream.Trailer().Get(managerLeaderTrailer))
-		if status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.NotFound {
-			a.log.Error("the cluster refused this node", "err", status.Convert(err).Message())
-			if strings.Contains(status.Convert(err).Message(), "removed") || status.Code(err) == codes.NotFound {
-				// Tracked by wg (the session loop holds it): Close waits.
-				a.wg.Add(1)
-				go func() {
-					defer a.wg.Done()
-					a.forgetCluster()
-				}()
-			}
-		}
-		return err
-	}
-	sess := &activeSession{id: first.GetSessionId(), conn: conn, addr: addr, period: time.Duration(first.GetHeartbeatPeriod())}
-	if err := a.db.saveManagers(first.GetManagers()); err != nil {
-		a.log.Warn("remember managers", "err", err)
-	}
-	a.rememberManagers(first.GetManagers())
-	a.applySecrets(first.GetSecrets())
-	a.applyAssignments(first.GetAssignments())
-	a.mesh.Apply(first.GetEndpoints())
-	a.noteNode(first.GetNode())
-	a.noteSecurity(first.GetSecurity())
-	a.mu.Lock()
-	a.session = sess
-	a.leaderHint = addr
-	for id, t := range a.tasks { // the new leader hears every status again
-		a.pending[id] = t.GetStatus()
-	}
-	select {
-	case <-a.connected:
-	default:
-		close(a.connected)
-	}
-	a.mu.Unlock()
-	a.log.Info("session open", "manager", addr, "session", sess.id, "heartbeat", sess.period)
-	defer func() {
-		a.mu.Lock()
-		if a.session == sess {
-			a.session = nil
-		}
-		a.mu.Unlock()
-	}()
-
-	hbErr := make(chan error, 1)
-	go func() { hbErr <- a.heartbeat(ctx, conn, sess) }()
-	go a.watchRuntimes(ctx, cancel, offered)
-	msgs := make(chan *pb.SessionMessage)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for {
-		select {
-		case err := <-hbErr:
-			return fmt.Errorf("heartbeat: %w", err)
-		case err := <-recvErr:
-			a.noteRedirect(stream.Trailer().Get(managerLeaderTrailer))
-			return err
-		case m := <-msgs:
-			a.applySecrets(m.GetSecrets())
-			a.applyAssignments(m.GetAssignments())
-			a.mesh.Apply(m.GetEndpoints())
-			a.noteNode(m.GetNode())
-			a.noteSecurity(m.GetSecurity())
-		case <-a.ctx.Done():
-			return nil
-		}
-	}
-}
-
 // rememberManagers keeps the manager addresses in node.json too, so that
 // `shoal leave` finds the cluster while this agent holds its task db.
 func (a *Agent) rememberManagers(ms []*pb.ManagerAddr) {
@@ -812,44 +670,6 @@ func (a *Agent) watchRuntimes(ctx context.Context, cancel context.CancelFunc, of
 // runtimeCheckInterval is how often the agent looks at its runtimes.
 const runtimeCheckInterval = 2 * time.Second
 
-// managerLeaderTrailer mirrors manager.LeaderTrailer (a worker never
-// imports the manager).
-const managerLeaderTrailer = "shoal-leader"
-
-func (a *Agent) noteRedirect(v []string) {
-	if len(v) == 0 || v[0] == "" {
-		return
-	}
-	a.mu.Lock()
-	a.leaderHint = v[0]
-	a.mu.Unlock()
-}
-
-// heartbeat beats at the period the manager asks for.
-func (a *Agent) heartbeat(ctx context.Context, conn *grpc.ClientConn, sess *activeSession) error {
-	client := pb.NewDispatcherClient(conn)
-	period := sess.period
-	if period <= 0 {
-		period = time.Second
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(period):
-		}
-		hctx, cancel := context.WithTimeout(ctx, period)
-		resp, err := client.Heartbeat(hctx, &pb.HeartbeatRequest{SessionId: sess.id, NodeId: a.id.NodeID})
-		cancel()
-		if err != nil {
-			return err
-		}
-		if p := time.Duration(resp.GetPeriod()); p > 0 {
-			period = p
-		}
-	}
-}
-
 // reportStatuses sends pending task statuses in batches while a session
 // is open, keeping them until the leader acknowledges.
 func (a *Agent) reportStatuses() {
@@ -876,7 +696,14 @@ func (a *Agent) reportStatuses() {
 			req.Updates = append(req.Updates, &pb.TaskStatusUpdate{TaskId: id, Status: s})
 		}
 		a.mu.Unlock()
-		ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+		// A report is a Raft write on the leader: two periods, so a leader
+		// that went silent holds statuses back no longer than a heartbeat
+		// does (they stay pending for the next session).
+		period := sess.period
+		if period <= 0 {
+			period = defaultPeriod
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, 2*period)
 		_, err := pb.NewDispatcherClient(sess.conn).UpdateTaskStatus(ctx, req)
 		cancel()
 		if err != nil {

@@ -257,6 +257,57 @@ func TestRestartMaxAttemptsAndDelay(t *testing.T) {
 	}
 }
 
+// A task failed because its node went Down did not fail by itself: it is
+// replaced at once, without the restart delay, and is not counted as an
+// attempt; a task that fails by itself still waits for the delay.
+func TestNodeLostTaskReplacedAtOnce(t *testing.T) {
+	h := start(t)
+	policy := &pb.RestartPolicy{Condition: pb.RestartCondition_RESTART_CONDITION_ANY, MaxAttempts: 1, Delay: int64(time.Hour)}
+	h.update(func(tx *raftstore.Tx) error { return tx.Services().Create(service("web", 1, policy)) })
+	runnable := func(ts []*pb.Task) bool {
+		for _, tk := range ts {
+			if tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING && tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_PENDING {
+				return true
+			}
+		}
+		return false
+	}
+	for lost := 1; lost <= 3; lost++ {
+		h.eventually("web", fmt.Sprintf("a runnable task after %d lost nodes", lost-1), runnable)
+		h.place("web", "a")
+		h.update(func(tx *raftstore.Tx) error {
+			for _, tk := range tx.Tasks().Find(raftstore.IndexService, "web") {
+				if tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
+					tk.Status = &pb.TaskStatus{State: pb.TaskState_TASK_STATE_FAILED, Timestamp: time.Now().UnixNano(), Message: "node down", NodeLost: true}
+					if err := tx.Tasks().Update(tk); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	}
+	h.eventually("web", "a runnable task after 3 lost nodes", runnable)
+	h.place("web", "a")
+	for _, tk := range h.tasks("web") {
+		if tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
+			h.setState(tk.GetId(), pb.TaskState_TASK_STATE_FAILED)
+		}
+	}
+	// A real failure: its replacement waits for the hour's delay.
+	ts := h.eventually("web", "a delayed replacement", func(ts []*pb.Task) bool {
+		for _, tk := range ts {
+			if tk.GetDesiredState() == pb.TaskState_TASK_STATE_READY {
+				return true
+			}
+		}
+		return false
+	})
+	if runnable(ts) {
+		t.Fatalf("a task that failed by itself was replaced without its restart delay:\n%s", describe(ts))
+	}
+}
+
 func TestTasksMoveOffDrainedAndRemovedNodes(t *testing.T) {
 	h := start(t)
 	h.update(func(tx *raftstore.Tx) error { return tx.Services().Create(service("web", 2, nil)) })

@@ -168,11 +168,15 @@ func (r *run) mayRestart(t *pb.Task, tasks []*pb.Task) bool {
 	if maxAttempts == 0 {
 		return true
 	}
-	// Count the ended tasks of this slot within the window, this one included.
+	if t.GetStatus().GetNodeLost() {
+		return true // it did not fail: its node went Down
+	}
+	// Count the ended tasks of this slot within the window, this one
+	// included; tasks lost with their node are no attempts.
 	key := r.groupKey(t)
 	count := uint64(0)
 	for _, o := range tasks {
-		if r.groupKey(o) != key || !ended(o) || o.GetDesiredState() >= stateRemove {
+		if r.groupKey(o) != key || !ended(o) || o.GetDesiredState() >= stateRemove || o.GetStatus().GetNodeLost() {
 			continue
 		}
 		if window > 0 && r.now.Sub(time.Unix(0, o.GetStatus().GetTimestamp())) > window {
@@ -195,6 +199,9 @@ func (r *run) replace(t *pb.Task, tasks []*pb.Task, restart bool) error {
 		return nil
 	}
 	_, delay, _, _ := r.restartPolicy()
+	if t.GetStatus().GetNodeLost() {
+		delay = 0 // it did not fail: its node went Down; replace it at once
+	}
 	node := ""
 	if isGlobal(r.svc) {
 		node = t.GetNodeId()
