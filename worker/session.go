@@ -174,15 +174,19 @@ func (a *Agent) findLeader() (*openedSession, error) {
 }
 
 // attemptBound is how long one attempt to open a session may take: the
-// heartbeat period the leader last asked for.
+// heartbeat period the leader last asked for, but no less than
+// minAttempt (a TLS handshake and a Raft write on a loaded machine).
 func (a *Agent) attemptBound() time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.period > 0 {
-		return a.period
+		return max(a.period, minAttempt)
 	}
 	return defaultPeriod
 }
+
+// minAttempt is the shortest bound on an attempt to open a session.
+const minAttempt = 250 * time.Millisecond
 
 // openSession asks one manager for a session and waits, at most bound
 // (dial, TLS handshake and the first message), for it to accept. A
