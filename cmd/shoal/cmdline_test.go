@@ -74,7 +74,8 @@ func TestGlobalFlagsBeforeOrAfter(t *testing.T) {
 
 // TestWrongCommandLinesExit2: every mistake in the command line exits 2
 // with one error line and a pointer to the command's help, before any
-// connection is tried (no cluster listens at --host).
+// connection is tried (no cluster listens at --host, given to every case:
+// the commands that run here refuse it).
 func TestWrongCommandLinesExit2(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -101,6 +102,7 @@ func TestWrongCommandLinesExit2(t *testing.T) {
 		{[]string{"version", "now"}, "version takes no arguments", "shoal version"},
 		{[]string{"completion", "bash", "extra"}, `unknown command "extra" for "shoal completion bash"`, "shoal completion bash"},
 		{[]string{"init", "--host", "m1"}, "--host is for client commands: init runs a node on this machine", "shoal init"},
+		{[]string{"image", "load", "image.tar"}, "--host is for client commands: image load loads into the Docker Engine of this machine", "shoal image load"},
 		{[]string{"service", "ls", "--format", "yaml"}, `--format "yaml": use table or json`, "shoal service ls"},
 		{[]string{"service", "inspect", "web\xff"}, `argument "web\xff" is not valid UTF-8 text`, "shoal service inspect"},
 	}

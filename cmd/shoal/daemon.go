@@ -107,15 +107,22 @@ func splitAdvertise(s string) (string, int, error) {
 // --host and --client-config mean nothing to it.
 func daemonCommand(cmd *cobra.Command, d *daemonFlags) *cobra.Command {
 	d.register(cmd.Flags())
-	cmd.PreRunE = func(c *cobra.Command, _ []string) error {
+	cmd.PreRunE = refuseClientFlags(cmd.Name() + " runs a node on this machine, from --data-dir")
+	return cmd
+}
+
+// refuseClientFlags is the check of a command that does not talk to the
+// cluster (what says what it does instead): --host and --client-config
+// given to it are a mistake, not something to ignore.
+func refuseClientFlags(what string) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, _ []string) error {
 		for _, name := range []string{"host", "client-config"} {
 			if c.Flags().Changed(name) {
-				return usagef("--%s is for client commands: %s runs a node on this machine, from --data-dir", name, c.Name())
+				return usagef("--%s is for client commands: %s", name, what)
 			}
 		}
 		return nil
 	}
-	return cmd
 }
 
 func initCommand(g *globalFlags) *cobra.Command {

@@ -16,10 +16,11 @@ import (
 func imageCommand() *cobra.Command {
 	var host string
 	load := &cobra.Command{
-		Use:   "load [OPTIONS] FILE|-",
-		Short: "Load an image tarball into this node's Docker Engine",
-		Args:  exactArgs(1, "image load takes one FILE (a tarball from `docker save`, or - for standard input); it loads into this node's Docker Engine only"),
-		RunE:  func(_ *cobra.Command, pos []string) error { return runImageLoad(host, pos[0]) },
+		Use:     "load [OPTIONS] FILE|-",
+		Short:   "Load an image tarball into this node's Docker Engine",
+		Args:    exactArgs(1, "image load takes one FILE (a tarball from `docker save`, or - for standard input); it loads into this node's Docker Engine only"),
+		PreRunE: refuseClientFlags("image load loads into the Docker Engine of this machine (see --docker-host)"),
+		RunE:    func(_ *cobra.Command, pos []string) error { return runImageLoad(host, pos[0]) },
 	}
 	load.Flags().StringVar(&host, "docker-host", "", "the Docker Engine to load into (default $DOCKER_HOST, else the local socket)")
 	return group("image", "Load images into this node's Docker Engine", load)
