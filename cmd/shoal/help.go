@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -68,11 +69,26 @@ func usage(c *cobra.Command) error {
 
 const globalFlagsTitle = "Global Flags (before or after the command)"
 
-// flagUsages lists flags as pflag does, without the "[=true|false]" it
-// writes after every switch (spaces keep the columns aligned).
+// flagLine splits a line of pflag's flag usages into the flag and its
+// usage (pflag separates them with at least two spaces).
+var flagLine = regexp.MustCompile(`^(\s*-.*?\S)\s{2,}(.*)$`)
+
+// flagUsages lists flags as pflag does, but without the "[=true|false]" it
+// writes after every switch, the usages aligned again.
 func flagUsages(fs *pflag.FlagSet) string {
-	const noise = "[=true|false]"
-	return strings.TrimRight(strings.ReplaceAll(fs.FlagUsages(), noise, strings.Repeat(" ", len(noise))), " \n")
+	lines := strings.Split(strings.TrimRight(strings.ReplaceAll(fs.FlagUsages(), "[=true|false]", ""), " \n"), "\n")
+	width := 0
+	for _, l := range lines {
+		if m := flagLine.FindStringSubmatch(l); m != nil {
+			width = max(width, len(m[1]))
+		}
+	}
+	for i, l := range lines {
+		if m := flagLine.FindStringSubmatch(l); m != nil {
+			lines[i] = fmt.Sprintf("%-*s   %s", width, m[1], m[2])
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // groupOrder lists the flag groups present: the service flag groups in
