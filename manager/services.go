@@ -3,8 +3,10 @@ package manager
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -99,11 +101,17 @@ func defaultServiceSpec(spec *pb.ServiceSpec) {
 	if spec.Task == nil {
 		spec.Task = &pb.TaskSpec{}
 	}
-	if spec.Task.Runtime == "" {
-		spec.Task.Runtime = "process"
-	}
 	if spec.Task.Container == nil {
 		spec.Task.Container = &pb.ContainerSpec{}
+	}
+	if spec.Task.Runtime == "" {
+		// The runtime follows the image, as a Docker user expects: a path
+		// runs as a process, anything else is a container image (whose name
+		// never starts with '/', '.' or '~').
+		spec.Task.Runtime = "docker"
+		if img := spec.Task.Container.GetImage(); img == "" || strings.ContainsAny(img[:1], "/.~") {
+			spec.Task.Runtime = "process"
+		}
 	}
 	if spec.Mode == nil {
 		spec.Mode = &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 1}}
@@ -151,6 +159,9 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 	rt := task.GetRuntime()
 	if !knownRuntimes[rt] {
 		return bad("unknown runtime %q: use process or docker", rt)
+	}
+	if err := runtimeOffered(tx, rt, selfID); err != nil {
+		return err
 	}
 	c := task.GetContainer()
 	switch {
@@ -212,6 +223,48 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 		}
 	}
 	return validatePorts(tx, spec, selfID)
+}
+
+// runtimeOffered refuses a runtime no worker offers, saying which offer
+// what. With no worker yet the service is accepted and its tasks wait, as
+// Swarm's do; an update checks only a runtime it changes, so that a service
+// can still be scaled or changed while its runtime is away.
+func runtimeOffered(tx *raftstore.Tx, rt, selfID string) error {
+	if old, ok := tx.Services().Get(selfID); ok && old.GetSpec().GetTask().GetRuntime() == rt {
+		return nil
+	}
+	offers := map[string][]string{} // runtimes offered -> hostnames
+	for _, n := range tx.Nodes().List() {
+		rts := n.GetDescription().GetRuntimes()
+		if slices.Contains(rts, rt) {
+			return nil
+		}
+		if len(rts) > 0 {
+			key := strings.Join(rts, ", ")
+			offers[key] = append(offers[key], n.GetDescription().GetHostname())
+		}
+	}
+	if len(offers) == 0 {
+		return nil // no worker yet: tasks wait for one
+	}
+	var who []string
+	for _, rts := range slices.Sorted(maps.Keys(offers)) {
+		hosts := offers[rts]
+		sort.Strings(hosts)
+		verb := "offers"
+		if len(hosts) > 1 {
+			verb = "offer"
+		}
+		if len(hosts) > 5 {
+			hosts = append(hosts[:5], fmt.Sprintf("%d more", len(hosts)-5))
+		}
+		who = append(who, fmt.Sprintf("%s %s %s", strings.Join(hosts, ", "), verb, rts))
+	}
+	hint := "join a worker that offers it"
+	if rt == "docker" {
+		hint = "start the Docker Engine on a worker or use --runtime process with an absolute path"
+	}
+	return status.Errorf(codes.FailedPrecondition, "no node offers the %s runtime (%s; %s)", rt, strings.Join(who, "; "), hint)
 }
 
 // fitsSomeNode refuses reservations no node could ever satisfy.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -17,6 +16,8 @@ import (
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,21 +25,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// clientFlags are the flags of every client command.
+// clientFlags are the flags of a client command: the global ones, and
+// --timeout and (some commands) --format of its own.
 type clientFlags struct {
-	host         string
-	dataDir      string
-	clientConfig string
-	timeout      time.Duration
-	format       string
+	*globalFlags
+	timeout time.Duration
+	format  string
 
 	config *pki.ClientConfig // from --client-config, once loaded
 }
 
-func (c *clientFlags) register(fs *flag.FlagSet, withFormat bool) {
-	fs.StringVar(&c.host, "host", os.Getenv("SHOAL_HOST"), "manager to talk to, IP[:PORT] (env SHOAL_HOST; default: the client config's, else the node in --data-dir, else 127.0.0.1:4242)")
-	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir(), "data dir of the local node, used to find it and its credentials (env SHOAL_DATA_DIR)")
-	fs.StringVar(&c.clientConfig, "client-config", os.Getenv("SHOAL_CLIENT_CONFIG"), "admin client config from `shoal cluster client-config` (env SHOAL_CLIENT_CONFIG; default: the one in --data-dir)")
+func (c *clientFlags) register(fs *pflag.FlagSet, withFormat bool) {
 	fs.DurationVar(&c.timeout, "timeout", 15*time.Second, "how long to wait for the cluster")
 	if withFormat {
 		fs.StringVar(&c.format, "format", "table", "output format: table or json")
@@ -172,34 +169,34 @@ func ago(unixNano int64) string {
 	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
 }
 
-// runRemove is `shoal <noun> rm REF [REF...]`: it removes each object,
+// removeCommand is `shoal <noun> rm REF [REF...]`: it removes each object,
 // printing the ones removed, and fails with every refusal in one line.
-func runRemove(args []string, noun, usage string, remove func(s *session, ref string) error) error {
-	var c clientFlags
-	fs := newFlags(noun+" rm", usage)
-	c.register(fs, false)
-	pos, err := parseFlags(fs, usage, args)
-	if err != nil {
-		return err
+func removeCommand(g *globalFlags, noun string, remove func(s *session, ref string) error) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   "rm " + strings.ToUpper(noun) + " [" + strings.ToUpper(noun) + "...]",
+		Short: "Remove one or more " + noun + "s",
+		Args:  minArgs(1, fmt.Sprintf("%s rm needs at least one %s name or ID", noun, noun)),
+		RunE: func(_ *cobra.Command, pos []string) error {
+			s, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			var failed []string
+			for _, ref := range pos {
+				if err := remove(s, ref); err != nil {
+					failed = append(failed, s.explain(err).Error())
+					continue
+				}
+				fmt.Println(ref)
+			}
+			if len(failed) > 0 {
+				return errors.New(strings.Join(failed, "; "))
+			}
+			return nil
+		},
 	}
-	if len(pos) == 0 {
-		return usagef("%s rm needs at least one %s name or ID", noun, noun)
-	}
-	s, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	var failed []string
-	for _, ref := range pos {
-		if err := remove(s, ref); err != nil {
-			failed = append(failed, s.explain(err).Error())
-			continue
-		}
-		fmt.Println(ref)
-	}
-	if len(failed) > 0 {
-		return errors.New(strings.Join(failed, "; "))
-	}
-	return nil
+	c.register(cmd.Flags(), false)
+	return cmd
 }

@@ -9,21 +9,28 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/pki"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
 )
 
-const clusterInfoUsage = "shoal cluster info [--format table|json]"
+// clusterCommand is `shoal cluster`.
+func clusterCommand(g *globalFlags) *cobra.Command {
+	return group("cluster", "Manage the cluster",
+		clusterInfoCommand(g), joinTokenCommand(g), clientConfigCommand(g), caCommand(g), gossipKeyCommand(g))
+}
 
-func runClusterInfo(args []string) error {
-	var c clientFlags
-	fs := newFlags("cluster info", clusterInfoUsage)
-	c.register(fs, true)
-	pos, err := parseFlags(fs, clusterInfoUsage, args)
-	if err != nil {
-		return err
+func clusterInfoCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   "info [OPTIONS]",
+		Short: "Show the cluster ID, the managers' Raft state and the leader",
+		Args:  noArgs("cluster info takes no arguments"),
+		RunE:  func(*cobra.Command, []string) error { return runClusterInfo(c) },
 	}
-	if len(pos) > 0 {
-		return usagef("cluster info takes no arguments")
-	}
+	c.register(cmd.Flags(), true)
+	return cmd
+}
+
+func runClusterInfo(c *clientFlags) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -67,23 +74,30 @@ func u(v uint64) string {
 	return strconv.FormatUint(v, 10)
 }
 
-const joinTokenUsage = "shoal cluster join-token [-q] [--rotate] worker|manager"
+func joinTokenCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var quiet, rotate bool
+	cmd := &cobra.Command{
+		Use:       "join-token [OPTIONS] worker|manager",
+		Short:     "Show or rotate a join token",
+		ValidArgs: []string{"worker", "manager"},
+		Args: func(_ *cobra.Command, pos []string) error {
+			if len(pos) != 1 || (pos[0] != "worker" && pos[0] != "manager") {
+				return usagef("say which token: `shoal cluster join-token worker` or `shoal cluster join-token manager`")
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, pos []string) error { return runJoinToken(c, quiet, rotate, pos[0]) },
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token alone")
+	cmd.Flags().BoolVar(&rotate, "rotate", false, "replace the token: the old one stops admitting nodes; existing nodes are unaffected")
+	return cmd
+}
 
-func runJoinToken(args []string) error {
-	var c clientFlags
-	fs := newFlags("cluster join-token", joinTokenUsage)
-	c.register(fs, false)
-	quiet := fs.Bool("q", false, "print the token alone")
-	rotate := fs.Bool("rotate", false, "replace the token: the old one stops admitting nodes; existing nodes are unaffected")
-	pos, err := parseFlags(fs, joinTokenUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || (pos[0] != "worker" && pos[0] != "manager") {
-		return usagef("say which token: `shoal cluster join-token worker` or `shoal cluster join-token manager`")
-	}
+func runJoinToken(c *clientFlags, quiet, rotate bool, which string) error {
 	role := pb.NodeRole_NODE_ROLE_WORKER
-	if pos[0] == "manager" {
+	if which == "manager" {
 		role = pb.NodeRole_NODE_ROLE_MANAGER
 	}
 	s, err := c.connect()
@@ -92,7 +106,7 @@ func runJoinToken(args []string) error {
 	}
 	defer s.close()
 	var token string
-	if *rotate {
+	if rotate {
 		resp, err := s.control.RotateJoinToken(s.ctx, &pb.RotateJoinTokenRequest{Role: role})
 		if err != nil {
 			return s.explain(err)
@@ -108,33 +122,33 @@ func runJoinToken(args []string) error {
 			token = resp.GetCluster().GetJoinTokens().GetManager()
 		}
 	}
-	if *quiet {
+	if quiet {
 		fmt.Println(token)
 		return nil
 	}
-	if *rotate {
-		fmt.Printf("Rotated the %s join token.\n\n", pos[0])
+	if rotate {
+		fmt.Printf("Rotated the %s join token.\n\n", which)
 	}
-	fmt.Printf("To add a %s to this cluster, run:\n\n    shoal join --data-dir DIR --advertise IP --token %s %s\n", pos[0], token, strings.TrimSpace(s.addr))
+	fmt.Printf("To add a %s to this cluster, run:\n\n    shoal join --data-dir DIR --advertise IP --token %s %s\n", which, token, strings.TrimSpace(s.addr))
 	return nil
 }
 
-const clientConfigUsage = "shoal cluster client-config [--host MANAGER] > FILE"
+func clientConfigCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   "client-config [OPTIONS] > FILE",
+		Short: "Export an admin client config for another machine",
+		Args:  noArgs("cluster client-config takes no arguments; redirect its output to a file"),
+		RunE:  func(*cobra.Command, []string) error { return runClientConfig(c) },
+	}
+	c.register(cmd.Flags(), false)
+	return cmd
+}
 
 // runClientConfig exports an admin client config for another machine: a
 // new key made here, a certificate the cluster signs for it, the roots and
 // the manager's address. Use it there with --client-config FILE.
-func runClientConfig(args []string) error {
-	var c clientFlags
-	fs := newFlags("cluster client-config", clientConfigUsage)
-	c.register(fs, false)
-	pos, err := parseFlags(fs, clientConfigUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("cluster client-config takes no arguments; redirect its output to a file")
-	}
+func runClientConfig(c *clientFlags) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -160,21 +174,26 @@ func runClientConfig(args []string) error {
 	return nil
 }
 
-const caUsage = "shoal cluster ca --rotate"
+// caCommand rotates the cluster's root CA.
+func caCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var rotate bool
+	cmd := &cobra.Command{
+		Use:   "ca --rotate",
+		Short: "Rotate the cluster's root CA",
+		RunE: func(_ *cobra.Command, pos []string) error {
+			if len(pos) > 0 || !rotate {
+				return usagef("say what to do: `shoal cluster ca --rotate`")
+			}
+			return runCA(c)
+		},
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&rotate, "rotate", false, "make a new root CA; every node renews its certificate, then the old root is dropped")
+	return cmd
+}
 
-// runCA rotates the cluster's root CA.
-func runCA(args []string) error {
-	var c clientFlags
-	fs := newFlags("cluster ca", caUsage)
-	c.register(fs, false)
-	rotate := fs.Bool("rotate", false, "make a new root CA; every node renews its certificate, then the old root is dropped")
-	pos, err := parseFlags(fs, caUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 || !*rotate {
-		return usagef("say what to do: `shoal cluster ca --rotate`")
-	}
+func runCA(c *clientFlags) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -190,21 +209,26 @@ func runCA(args []string) error {
 	return nil
 }
 
-const gossipKeyUsage = "shoal cluster gossip-key --rotate"
+// gossipKeyCommand rotates the gossip encryption key.
+func gossipKeyCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var rotate bool
+	cmd := &cobra.Command{
+		Use:   "gossip-key --rotate",
+		Short: "Rotate the gossip encryption key",
+		RunE: func(_ *cobra.Command, pos []string) error {
+			if len(pos) > 0 || !rotate {
+				return usagef("say what to do: `shoal cluster gossip-key --rotate`")
+			}
+			return runGossipKey(c)
+		},
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&rotate, "rotate", false, "make a new gossip key the primary one (nodes keep the previous key until the next rotation)")
+	return cmd
+}
 
-// runGossipKey rotates the gossip encryption key.
-func runGossipKey(args []string) error {
-	var c clientFlags
-	fs := newFlags("cluster gossip-key", gossipKeyUsage)
-	c.register(fs, false)
-	rotate := fs.Bool("rotate", false, "make a new gossip key the primary one (nodes keep the previous key until the next rotation)")
-	pos, err := parseFlags(fs, gossipKeyUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 || !*rotate {
-		return usagef("say what to do: `shoal cluster gossip-key --rotate`")
-	}
+func runGossipKey(c *clientFlags) error {
 	s, err := c.connect()
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,30 +19,30 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
-// daemonFlags are the flags every node-starting command takes.
+// daemonFlags are the flags every node-starting command takes: the global
+// --data-dir and --log-level, and these.
 type daemonFlags struct {
-	dataDir         string
+	*globalFlags
 	advertise       string
 	listenIP        string
 	hostname        string
 	electionTimeout time.Duration
 	heartbeat       time.Duration
 	gossipFast      bool
-	logLevel        string
 	leaveOnStop     bool
 }
 
-func (d *daemonFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&d.dataDir, "data-dir", defaultDataDir(), "node state directory (env SHOAL_DATA_DIR)")
-	fs.StringVar(&d.advertise, "advertise", "", "IP[:PORT] other nodes reach this one on; Raft uses PORT+1, gossip PORT+2 (default port 4242)")
-	fs.StringVar(&d.listenIP, "listen-addr", "", "IP to bind to (default: the advertised IP)")
+func (d *daemonFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&d.advertise, "advertise", "", "`IP[:PORT]` other nodes reach this one on; Raft uses PORT+1, gossip PORT+2 (default port 4242)")
+	fs.StringVar(&d.listenIP, "listen-addr", "", "`IP` to bind to (default: the advertised IP)")
 	fs.StringVar(&d.hostname, "hostname", "", "name to register the node under (default: the machine's hostname)")
 	fs.DurationVar(&d.electionTimeout, "election-timeout", raftstore.DefaultTiming().ElectionTimeout, "Raft election and heartbeat timeout (leader lease is half of it)")
 	fs.DurationVar(&d.heartbeat, "heartbeat-period", time.Second, "managers: how often workers must report; three missed periods mark a worker Down")
 	fs.BoolVar(&d.gossipFast, "gossip-fast", false, "gossip with LAN-local timings: dead nodes are noticed in about 2s (loopback and small LANs)")
-	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&d.leaveOnStop, "leave-on-stop", false, "workers: leave the cluster on Ctrl-C or SIGTERM instead of just stopping")
 }
 
@@ -104,36 +103,54 @@ func splitAdvertise(s string) (string, int, error) {
 	return ip.String(), port, nil
 }
 
-func defaultDataDir() string {
-	if d := os.Getenv("SHOAL_DATA_DIR"); d != "" {
-		return d
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".shoal")
-	}
-	return ""
+// daemonCommand is a command that runs a node here: the client flags
+// --host and --client-config mean nothing to it.
+func daemonCommand(cmd *cobra.Command, d *daemonFlags) *cobra.Command {
+	d.register(cmd.Flags())
+	cmd.PreRunE = refuseClientFlags(cmd.Name() + " runs a node on this machine, from --data-dir")
+	return cmd
 }
 
-const initUsage = "shoal init --advertise IP[:PORT] [--data-dir DIR] [--force-new-cluster]"
+// refuseClientFlags is the check of a command that does not talk to the
+// cluster (what says what it does instead): --host and --client-config
+// given to it are a mistake, not something to ignore.
+func refuseClientFlags(what string) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, _ []string) error {
+		for _, name := range []string{"host", "client-config"} {
+			if c.Flags().Changed(name) {
+				return usagef("--%s is for client commands: %s", name, what)
+			}
+		}
+		return nil
+	}
+}
 
-func runInit(args []string) error {
-	var d daemonFlags
-	fs := newFlags("init", initUsage)
-	d.register(fs)
-	force := fs.Bool("force-new-cluster", false, "recover a manager whose cluster lost quorum: make it the only manager, keeping the state")
-	certExpiry := fs.Duration("cert-expiry", manager.DefaultCertExpiry, "lifetime of node certificates; nodes renew theirs after two thirds of it")
-	pos, err := parseFlags(fs, initUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("init takes no arguments, got %q", pos)
-	}
+func initCommand(g *globalFlags) *cobra.Command {
+	d := &daemonFlags{globalFlags: g}
+	var force bool
+	var certExpiry time.Duration
+	cmd := daemonCommand(&cobra.Command{
+		Use:   "init [OPTIONS]",
+		Short: "Create a new cluster with this node as its first manager",
+		Args: func(_ *cobra.Command, pos []string) error {
+			if len(pos) > 0 {
+				return usagef("init takes no arguments, got %q", pos)
+			}
+			return nil
+		},
+		RunE: func(*cobra.Command, []string) error { return runInit(d, force, certExpiry) },
+	}, d)
+	cmd.Flags().BoolVar(&force, "force-new-cluster", false, "recover a manager whose cluster lost quorum: make it the only manager, keeping the state")
+	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", manager.DefaultCertExpiry, "lifetime of node certificates; nodes renew theirs after two thirds of it")
+	return cmd
+}
+
+func runInit(d *daemonFlags, force bool, certExpiry time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	id, idErr := datadir.Load(d.dataDir)
 	switch {
-	case *force:
+	case force:
 		if idErr != nil {
 			return fmt.Errorf("--force-new-cluster needs the data dir of a surviving manager: %w", idErr)
 		}
@@ -147,7 +164,7 @@ func runInit(args []string) error {
 		}
 		fmt.Printf("Cluster %s recovered: node %s is now its only manager, with its state kept.\n", m.ClusterID(), m.ID())
 		fmt.Println("Add managers again with `shoal cluster join-token manager`.")
-		return serve(ctx, &d, m)
+		return serve(ctx, d, m)
 	case idErr == nil && id.InitializedHere:
 		cfg, err := d.config(false)
 		if err != nil {
@@ -158,7 +175,7 @@ func runInit(args []string) error {
 		if err != nil {
 			return err
 		}
-		return serve(ctx, &d, m)
+		return serve(ctx, d, m)
 	case idErr == nil:
 		return fmt.Errorf("data dir %s belongs to node %s, which joined cluster %s; it cannot create a new cluster. Restart it with `shoal start --data-dir %s`, or use an empty data dir", d.dataDir, id.NodeID, id.ClusterID, d.dataDir)
 	case !errors.Is(idErr, datadir.ErrNoIdentity):
@@ -168,16 +185,16 @@ func runInit(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *certExpiry < time.Minute {
-		return usagef("--cert-expiry %s is too short: give at least 1m (the default is %s)", *certExpiry, manager.DefaultCertExpiry)
+	if certExpiry < time.Minute {
+		return usagef("--cert-expiry %s is too short: give at least 1m (the default is %s)", certExpiry, manager.DefaultCertExpiry)
 	}
-	cfg.CertExpiry = *certExpiry
+	cfg.CertExpiry = certExpiry
 	m, err := manager.Init(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	printJoinHelp(m, cfg)
-	return serve(ctx, &d, m)
+	return serve(ctx, d, m)
 }
 
 // printJoinHelp tells the user how to add managers, as `docker swarm init` does.
@@ -195,27 +212,29 @@ func printJoinHelp(m *manager.Manager, cfg manager.Config) {
 		filepath.Join(cfg.DataDir, datadir.AdminFile), cfg.DataDir)
 }
 
-const joinUsage = "shoal join --token TOKEN --advertise IP[:PORT] [--data-dir DIR] [--leave-on-stop] MANAGER_ADDR[:PORT]"
+func joinCommand(g *globalFlags) *cobra.Command {
+	d := &daemonFlags{globalFlags: g}
+	var token string
+	cmd := daemonCommand(&cobra.Command{
+		Use:   "join [OPTIONS] MANAGER_ADDR[:PORT]",
+		Short: "Join a cluster as a worker or a manager (the token decides)",
+		RunE:  func(_ *cobra.Command, pos []string) error { return runJoin(d, token, pos) },
+	}, d)
+	cmd.Flags().StringVar(&token, "token", "", "the cluster's join `token` ('shoal cluster join-token worker|manager'); it decides the node's role")
+	return cmd
+}
 
-func runJoin(args []string) error {
-	var d daemonFlags
-	fs := newFlags("join", joinUsage)
-	d.register(fs)
-	token := fs.String("token", "", "the cluster's join token (`shoal cluster join-token worker|manager`); it decides the node's role")
-	pos, err := parseFlags(fs, joinUsage, args)
-	if err != nil {
-		return err
-	}
+func runJoin(d *daemonFlags, token string, pos []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if id, err := datadir.Load(d.dataDir); err == nil {
 		fmt.Fprintf(os.Stderr, "Data dir %s already holds %s node %s of cluster %s: resuming it (the token and address are not used).\n", d.dataDir, id.Role, id.NodeID, id.ClusterID)
-		return resume(ctx, &d, id)
+		return resume(ctx, d, id)
 	}
 	if len(pos) != 1 {
 		return usagef("join needs exactly one manager address, e.g. `shoal join --token TOKEN --advertise 127.0.0.2 127.0.0.1`")
 	}
-	if *token == "" {
+	if token == "" {
 		return usagef("--token is required; get it on a manager with `shoal cluster join-token worker|manager`")
 	}
 	cfg, err := d.config(true)
@@ -226,28 +245,28 @@ func runJoin(args []string) error {
 		return err
 	}
 	remote := manager.WithDefaultPort(pos[0])
-	role, _, err := manager.CheckToken(ctx, remote, *token)
+	role, _, err := manager.CheckToken(ctx, remote, token)
 	if err != nil {
 		return err
 	}
 	if role == pb.NodeRole_NODE_ROLE_WORKER {
-		wcfg, err := workerConfig(cfg, &d)
+		wcfg, err := workerConfig(cfg, d)
 		if err != nil {
 			return err
 		}
-		a, err := worker.Join(ctx, wcfg, remote, *token)
+		a, err := worker.Join(ctx, wcfg, remote, token)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("This node joined cluster %s as a worker (node %s).\n", a.ClusterID(), a.ID())
-		return serveWorker(ctx, &d, a)
+		return serveWorker(ctx, d, a)
 	}
-	m, err := manager.Join(ctx, cfg, remote, *token)
+	m, err := manager.Join(ctx, cfg, remote, token)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("This node joined cluster %s as a manager (node %s).\n", m.ClusterID(), m.ID())
-	return serve(ctx, &d, m)
+	return serve(ctx, d, m)
 }
 
 // resume restarts the node in a data dir, as the role it has.
@@ -338,19 +357,22 @@ func serveWorker(ctx context.Context, d *daemonFlags, a *worker.Agent) error {
 	}
 }
 
-const startUsage = "shoal start [--data-dir DIR]"
+func startCommand(g *globalFlags) *cobra.Command {
+	d := &daemonFlags{globalFlags: g}
+	return daemonCommand(&cobra.Command{
+		Use:   "start [OPTIONS]",
+		Short: "Restart a node from its data dir",
+		Args: func(_ *cobra.Command, pos []string) error {
+			if len(pos) > 0 {
+				return usagef("start takes no arguments, got %q", pos)
+			}
+			return nil
+		},
+		RunE: func(*cobra.Command, []string) error { return runStart(d) },
+	}, d)
+}
 
-func runStart(args []string) error {
-	var d daemonFlags
-	fs := newFlags("start", startUsage)
-	d.register(fs)
-	pos, err := parseFlags(fs, startUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("start takes no arguments, got %q", pos)
-	}
+func runStart(d *daemonFlags) error {
 	if _, err := d.config(false); err != nil {
 		return err
 	}
@@ -363,7 +385,7 @@ func runStart(args []string) error {
 	if err != nil {
 		return err
 	}
-	return resume(ctx, &d, id)
+	return resume(ctx, d, id)
 }
 
 // serve runs a manager until a signal (stop, stay a member), removal, or

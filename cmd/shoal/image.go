@@ -9,34 +9,31 @@ import (
 	"strings"
 
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
+	"github.com/spf13/cobra"
 )
 
-const imageLoadUsage = "shoal image load [--docker-host ADDR] FILE|-"
-
-// imageCommands are the `shoal image` subcommands.
-func imageCommands() []*command {
-	return []*command{
-		{name: "load", summary: "Load an image tarball into this node's Docker Engine", run: runImageLoad},
+// imageCommand is `shoal image`.
+func imageCommand() *cobra.Command {
+	var host string
+	load := &cobra.Command{
+		Use:     "load [OPTIONS] FILE|-",
+		Short:   "Load an image tarball into this node's Docker Engine",
+		Args:    exactArgs(1, "image load takes one FILE (a tarball from `docker save`, or - for standard input); it loads into this node's Docker Engine only"),
+		PreRunE: refuseClientFlags("image load loads into the Docker Engine of this machine (see --docker-host)"),
+		RunE:    func(_ *cobra.Command, pos []string) error { return runImageLoad(host, pos[0]) },
 	}
+	load.Flags().StringVar(&host, "docker-host", "", "the Docker Engine to load into (default $DOCKER_HOST, else the local socket)")
+	return group("image", "Load images into this node's Docker Engine", load)
 }
 
 // runImageLoad loads an image tarball (as `docker save` writes it; "-"
 // reads standard input) into the Docker Engine of the node where the
 // command runs, like `docker load`. There is no registry: run it on every
 // node that should run the image's tasks.
-func runImageLoad(args []string) error {
-	fs := newFlags("image load", imageLoadUsage)
-	host := fs.String("docker-host", "", "the Docker Engine to load into (default $DOCKER_HOST, else the local socket)")
-	pos, err := parseFlags(fs, imageLoadUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("image load takes one FILE (a tarball from `docker save`, or - for standard input); it loads into this node's Docker Engine only")
-	}
+func runImageLoad(host, file string) error {
 	var in io.Reader = os.Stdin
-	if pos[0] != "-" {
-		f, err := os.Open(pos[0])
+	if file != "-" {
+		f, err := os.Open(file)
 		if err != nil {
 			return fmt.Errorf("image load: %w", err)
 		}
@@ -45,7 +42,7 @@ func runImageLoad(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	out, err := dockerrt.LoadImage(ctx, *host, in)
+	out, err := dockerrt.LoadImage(ctx, host, in)
 	if out != "" {
 		fmt.Println(out)
 	}

@@ -5,24 +5,25 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
 )
 
-const leaveUsage = "shoal leave [--data-dir DIR] [--host MANAGER]"
+func leaveCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   "leave [OPTIONS]",
+		Short: "Take the node in --data-dir out of the cluster",
+		Args:  noArgs("leave takes no arguments"),
+		RunE:  func(*cobra.Command, []string) error { return runLeave(c) },
+	}
+	c.register(cmd.Flags(), false)
+	return cmd
+}
 
 // runLeave asks the cluster to remove the node in the data dir. The node's
 // daemon notices, stops its tasks (a worker) or its Raft member (a
 // manager, which first hands over leadership), and exits.
-func runLeave(args []string) error {
-	var c clientFlags
-	fs := newFlags("leave", leaveUsage)
-	c.register(fs, false)
-	pos, err := parseFlags(fs, leaveUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("leave takes no arguments")
-	}
+func runLeave(c *clientFlags) error {
 	id, err := datadir.Load(c.dataDir)
 	if err != nil {
 		return fmt.Errorf("data dir %s: %w; point --data-dir at the node that should leave", c.dataDir, err)

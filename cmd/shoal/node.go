@@ -7,6 +7,7 @@ import (
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -32,20 +33,30 @@ func managerStatus(n *pb.Node) string {
 	return enumWord(ms.GetReachability().String(), "REACHABILITY_")
 }
 
-const nodeLsUsage = "shoal node ls [--format table|json] [-q]"
+// nodeCommand is `shoal node`, as `docker node`.
+func nodeCommand(g *globalFlags) *cobra.Command {
+	return group("node", "Manage nodes",
+		nodeLsCommand(g), nodeInspectCommand(g), nodeUpdateCommand(g),
+		nodeRoleCommand(g, "promote", "Make workers managers", pb.NodeRole_NODE_ROLE_MANAGER),
+		nodeRoleCommand(g, "demote", "Make managers workers", pb.NodeRole_NODE_ROLE_WORKER),
+		nodeRmCommand(g))
+}
 
-func runNodeLs(args []string) error {
-	var c clientFlags
-	fs := newFlags("node ls", nodeLsUsage)
-	c.register(fs, true)
-	quiet := fs.Bool("q", false, "print node IDs only")
-	pos, err := parseFlags(fs, nodeLsUsage, args)
-	if err != nil {
-		return err
+func nodeLsCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "ls [OPTIONS]",
+		Short: "List nodes",
+		Args:  noArgs("node ls takes no arguments"),
+		RunE:  func(*cobra.Command, []string) error { return runNodeLs(c, quiet) },
 	}
-	if len(pos) > 0 {
-		return usagef("node ls takes no arguments")
-	}
+	c.register(cmd.Flags(), true)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print node IDs only")
+	return cmd
+}
+
+func runNodeLs(c *clientFlags, quiet bool) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -64,7 +75,7 @@ func runNodeLs(args []string) error {
 		return nodes[i].GetId() < nodes[j].GetId()
 	})
 	switch {
-	case *quiet:
+	case quiet:
 		for _, n := range nodes {
 			fmt.Println(n.GetId())
 		}
@@ -95,20 +106,21 @@ func resources(n *pb.Node) string {
 	return fmt.Sprintf("%g CPU %s", float64(r.GetNanoCpus())/1e9, humanBytes(r.GetMemoryBytes()))
 }
 
-const nodeInspectUsage = "shoal node inspect [--pretty] NODE [NODE...]"
+func nodeInspectCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var pretty bool
+	cmd := &cobra.Command{
+		Use:   "inspect [OPTIONS] NODE [NODE...]",
+		Short: "Show one or more nodes in detail",
+		Args:  minArgs(1, "node inspect needs at least one node ID or hostname"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runNodeInspect(c, pretty, pos) },
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&pretty, "pretty", false, "human-readable output instead of JSON")
+	return cmd
+}
 
-func runNodeInspect(args []string) error {
-	var c clientFlags
-	fs := newFlags("node inspect", nodeInspectUsage)
-	c.register(fs, false)
-	pretty := fs.Bool("pretty", false, "human-readable output instead of JSON")
-	pos, err := parseFlags(fs, nodeInspectUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 0 {
-		return usagef("node inspect needs at least one node ID or hostname")
-	}
+func runNodeInspect(c *clientFlags, pretty bool, pos []string) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -122,7 +134,7 @@ func runNodeInspect(args []string) error {
 		}
 		nodes = append(nodes, resp.GetNode())
 	}
-	if !*pretty {
+	if !pretty {
 		return printJSON(nodes)
 	}
 	for i, n := range nodes {
@@ -185,28 +197,35 @@ func humanBytes(b int64) string {
 	return fmt.Sprintf("%.1f%ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
-const nodeUpdateUsage = "shoal node update [--availability active|pause|drain] [--label-add K=V] [--label-rm K] NODE"
+// nodeUpdateFlags are the flags of `node update`.
+type nodeUpdateFlags struct {
+	availability string
+	add, rm      []string
+}
 
-func runNodeUpdate(args []string) error {
-	var c clientFlags
-	fs := newFlags("node update", nodeUpdateUsage)
-	c.register(fs, false)
-	availability := fs.String("availability", "", "active, pause or drain")
-	var add, rm stringList
-	fs.Var(&add, "label-add", "add or change a label KEY=VALUE (repeatable)")
-	fs.Var(&rm, "label-rm", "remove a label KEY (repeatable)")
-	pos, err := parseFlags(fs, nodeUpdateUsage, args)
-	if err != nil {
-		return err
+func nodeUpdateCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var f nodeUpdateFlags
+	cmd := &cobra.Command{
+		Use:   "update [OPTIONS] NODE",
+		Short: "Change a node's availability or labels",
+		Args:  exactArgs(1, "node update needs exactly one node ID or hostname"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runNodeUpdate(c, &f, pos[0]) },
 	}
-	if len(pos) != 1 {
-		return usagef("node update needs exactly one node ID or hostname")
-	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().StringVar(&f.availability, "availability", "", "active, pause or drain")
+	cmd.Flags().StringArrayVar(&f.add, "label-add", nil, "add or change a label `KEY=VALUE` (repeatable)")
+	cmd.Flags().StringArrayVar(&f.rm, "label-rm", nil, "remove a label `KEY` (repeatable)")
+	return cmd
+}
+
+func runNodeUpdate(c *clientFlags, f *nodeUpdateFlags, ref string) error {
+	add, rm := f.add, f.rm
 	var avail pb.NodeAvailability
-	if *availability != "" {
-		v, ok := pb.NodeAvailability_value["NODE_AVAILABILITY_"+strings.ToUpper(*availability)]
+	if f.availability != "" {
+		v, ok := pb.NodeAvailability_value["NODE_AVAILABILITY_"+strings.ToUpper(f.availability)]
 		if !ok {
-			return usagef("--availability %q: use active, pause or drain", *availability)
+			return usagef("--availability %q: use active, pause or drain", f.availability)
 		}
 		avail = pb.NodeAvailability(v)
 	}
@@ -215,11 +234,11 @@ func runNodeUpdate(args []string) error {
 			return usagef("--label-add %q: use KEY=VALUE", kv)
 		}
 	}
-	if *availability == "" && len(add) == 0 && len(rm) == 0 {
+	if f.availability == "" && len(add) == 0 && len(rm) == 0 {
 		return usagef("nothing to update: give --availability, --label-add or --label-rm")
 	}
-	return updateNode(&c, pos[0], func(spec *pb.NodeSpec) error {
-		if *availability != "" {
+	return updateNode(c, ref, func(spec *pb.NodeSpec) error {
+		if f.availability != "" {
 			spec.Availability = avail
 		}
 		if spec.Annotations == nil {
@@ -269,27 +288,22 @@ func updateNode(c *clientFlags, ref string, change func(*pb.NodeSpec) error) err
 	return nil
 }
 
-func runNodePromote(args []string) error {
-	return changeRole(args, "promote", pb.NodeRole_NODE_ROLE_MANAGER)
-}
-func runNodeDemote(args []string) error {
-	return changeRole(args, "demote", pb.NodeRole_NODE_ROLE_WORKER)
+// nodeRoleCommand is `node promote` or `node demote`.
+func nodeRoleCommand(g *globalFlags, verb, short string, role pb.NodeRole) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   verb + " NODE [NODE...]",
+		Short: short,
+		Args:  minArgs(1, fmt.Sprintf("node %s needs at least one node ID or hostname", verb)),
+		RunE:  func(_ *cobra.Command, pos []string) error { return changeRole(c, pos, role) },
+	}
+	c.register(cmd.Flags(), false)
+	return cmd
 }
 
-func changeRole(args []string, verb string, role pb.NodeRole) error {
-	var c clientFlags
-	usage := "shoal node " + verb + " NODE [NODE...]"
-	fs := newFlags("node "+verb, usage)
-	c.register(fs, false)
-	pos, err := parseFlags(fs, usage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 0 {
-		return usagef("node %s needs at least one node ID or hostname", verb)
-	}
+func changeRole(c *clientFlags, pos []string, role pb.NodeRole) error {
 	for _, ref := range pos {
-		err := updateNode(&c, ref, func(spec *pb.NodeSpec) error {
+		err := updateNode(c, ref, func(spec *pb.NodeSpec) error {
 			if spec.GetDesiredRole() == role {
 				return fmt.Errorf("node %s is already a %s", ref, roleWord(role))
 			}
@@ -303,27 +317,28 @@ func changeRole(args []string, verb string, role pb.NodeRole) error {
 	return nil
 }
 
-const nodeRmUsage = "shoal node rm [--force] NODE [NODE...]"
+func nodeRmCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm [OPTIONS] NODE [NODE...]",
+		Short: "Remove nodes from the cluster",
+		Args:  minArgs(1, "node rm needs at least one node ID or hostname"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runNodeRm(c, force, pos) },
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove a manager or a node that is not down")
+	return cmd
+}
 
-func runNodeRm(args []string) error {
-	var c clientFlags
-	fs := newFlags("node rm", nodeRmUsage)
-	c.register(fs, false)
-	force := fs.Bool("force", false, "remove a manager or a node that is not down")
-	pos, err := parseFlags(fs, nodeRmUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 0 {
-		return usagef("node rm needs at least one node ID or hostname")
-	}
+func runNodeRm(c *clientFlags, force bool, pos []string) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
 	}
 	defer s.close()
 	for _, ref := range pos {
-		if _, err := s.control.RemoveNode(s.ctx, &pb.RemoveNodeRequest{Ref: ref, Force: *force}); err != nil {
+		if _, err := s.control.RemoveNode(s.ctx, &pb.RemoveNodeRequest{Ref: ref, Force: force}); err != nil {
 			return s.explain(err)
 		}
 		fmt.Println(ref)

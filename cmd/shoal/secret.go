@@ -14,15 +14,17 @@ import (
 
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
 )
 
-func secretCommands() []*command {
-	return []*command{
-		{name: "create", summary: "Create a secret from a file or standard input", run: runSecretCreate},
-		{name: "ls", summary: "List secrets", run: runSecretLs},
-		{name: "inspect", summary: "Show one or more secrets (never their values)", run: runSecretInspect},
-		{name: "rm", summary: "Remove one or more secrets", run: runSecretRm},
-	}
+// secretCommand is `shoal secret`, as `docker secret`.
+func secretCommand(g *globalFlags) *cobra.Command {
+	return group("secret", "Manage secrets",
+		secretCreateCommand(g), secretLsCommand(g), secretInspectCommand(g),
+		removeCommand(g, "secret", func(s *session, ref string) error {
+			_, err := s.control.RemoveSecret(s.ctx, &pb.RemoveSecretRequest{Ref: ref})
+			return err
+		}))
 }
 
 // maxSecretRead bounds what create reads: values up to it go to the
@@ -30,22 +32,21 @@ func secretCommands() []*command {
 // exact size; larger ones are refused here.
 const maxSecretRead = 4 * manager.MaxSecretSize
 
-const secretCreateUsage = "shoal secret create [--label KEY=VALUE] NAME FILE|-"
+func secretCreateCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var labels []string
+	cmd := &cobra.Command{
+		Use:   "create [OPTIONS] NAME FILE|-",
+		Short: "Create a secret from a file or standard input",
+		Args:  exactArgs(2, "secret create needs a NAME and a FILE (- reads standard input)"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runSecretCreate(c, labels, pos[0], pos[1]) },
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().StringArrayVarP(&labels, "label", "l", nil, "secret label `KEY=VALUE` (repeatable)")
+	return cmd
+}
 
-func runSecretCreate(args []string) error {
-	var c clientFlags
-	fs := newFlags("secret create", secretCreateUsage)
-	c.register(fs, false)
-	var labels stringList
-	fs.Var(&labels, "label", "secret label KEY=VALUE (repeatable)")
-	pos, err := parseFlags(fs, secretCreateUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 {
-		return usagef("secret create needs a NAME and a FILE (- reads standard input)")
-	}
-	name, file := pos[0], pos[1]
+func runSecretCreate(c *clientFlags, labels []string, name, file string) error {
 	if !secretNameRE.MatchString(name) {
 		return usagef("invalid secret name %q: use 1-64 letters, digits, '-', '_' and '.', starting with a letter or digit", name)
 	}
@@ -95,20 +96,21 @@ func readSecretValue(file string, stdin io.Reader) ([]byte, error) {
 	return data, nil
 }
 
-const secretLsUsage = "shoal secret ls [-q] [--format table|json]"
+func secretLsCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "ls [OPTIONS]",
+		Short: "List secrets",
+		Args:  noArgs("secret ls takes no arguments"),
+		RunE:  func(*cobra.Command, []string) error { return runSecretLs(c, quiet) },
+	}
+	c.register(cmd.Flags(), true)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print secret IDs only")
+	return cmd
+}
 
-func runSecretLs(args []string) error {
-	var c clientFlags
-	fs := newFlags("secret ls", secretLsUsage)
-	c.register(fs, true)
-	quiet := fs.Bool("q", false, "print secret IDs only")
-	pos, err := parseFlags(fs, secretLsUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("secret ls takes no arguments")
-	}
+func runSecretLs(c *clientFlags, quiet bool) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -120,7 +122,7 @@ func runSecretLs(args []string) error {
 	}
 	secrets := resp.GetSecrets()
 	switch {
-	case *quiet:
+	case quiet:
 		for _, sec := range secrets {
 			fmt.Println(sec.GetId())
 		}
@@ -137,20 +139,21 @@ func runSecretLs(args []string) error {
 	return nil
 }
 
-const secretInspectUsage = "shoal secret inspect [--pretty] SECRET [SECRET...]"
+func secretInspectCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var pretty bool
+	cmd := &cobra.Command{
+		Use:   "inspect [OPTIONS] SECRET [SECRET...]",
+		Short: "Show one or more secrets (never their values)",
+		Args:  minArgs(1, "secret inspect needs at least one secret name or ID"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runSecretInspect(c, pretty, pos) },
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&pretty, "pretty", false, "human-readable output instead of JSON")
+	return cmd
+}
 
-func runSecretInspect(args []string) error {
-	var c clientFlags
-	fs := newFlags("secret inspect", secretInspectUsage)
-	c.register(fs, false)
-	pretty := fs.Bool("pretty", false, "human-readable output instead of JSON")
-	pos, err := parseFlags(fs, secretInspectUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 0 {
-		return usagef("secret inspect needs at least one secret name or ID")
-	}
+func runSecretInspect(c *clientFlags, pretty bool, pos []string) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -164,7 +167,7 @@ func runSecretInspect(args []string) error {
 		}
 		got = append(got, resp)
 	}
-	if !*pretty {
+	if !pretty {
 		return printJSON(got)
 	}
 	for i, g := range got {
@@ -204,13 +207,4 @@ func renderSecretPretty(w io.Writer, g *pb.GetSecretResponse, now time.Time) {
 		p("Used by:\t-")
 	}
 	tw.Flush()
-}
-
-const secretRmUsage = "shoal secret rm SECRET [SECRET...]"
-
-func runSecretRm(args []string) error {
-	return runRemove(args, "secret", secretRmUsage, func(s *session, ref string) error {
-		_, err := s.control.RemoveSecret(s.ctx, &pb.RemoveSecretRequest{Ref: ref})
-		return err
-	})
 }

@@ -1,7 +1,7 @@
 package main
 
 // `shoal service`: create, ls, ps, inspect, scale, update, rollback, logs
-// and rm, modelled on `docker service`. See service_flags.go for how the
+// and rm, modelled on `docker service`. See service_spec.go for how the
 // flags become a ServiceSpec, and service_progress.go for the progress
 // create, scale, update and rollback show until the service converges.
 
@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -29,23 +30,20 @@ import (
 // service to converge.
 const progressTimeout = 2 * time.Minute
 
-func serviceCommands() []*command {
-	return []*command{
-		{name: "create", summary: "Create a service", run: runServiceCreate},
-		{name: "ls", summary: "List services", run: runServiceLs},
-		{name: "ps", summary: "List the tasks of one or more services", run: runServicePs},
-		{name: "inspect", summary: "Show one or more services in detail", run: runServiceInspect},
-		{name: "scale", summary: "Change the number of replicas of services", run: runServiceScale},
-		{name: "update", summary: "Change a service (rolling update)", run: runServiceUpdate},
-		{name: "rollback", summary: "Return a service to its previous spec", run: runServiceRollback},
-		{name: "logs", summary: "Show the output of a service's tasks", run: runServiceLogs},
-		{name: "rm", summary: "Remove one or more services", run: runServiceRm},
-	}
+// serviceCommand is `shoal service`, as `docker service`.
+func serviceCommand(g *globalFlags) *cobra.Command {
+	return group("service", "Manage services",
+		serviceCreateCommand(g, &createOptions{}), serviceLsCommand(g), servicePsCommand(g), serviceInspectCommand(g),
+		serviceScaleCommand(g), serviceUpdateCommand(g, &updateOptions{}), serviceRollbackCommand(g), serviceLogsCommand(g),
+		removeCommand(g, "service", func(s *session, ref string) error {
+			_, err := s.control.RemoveService(s.ctx, &pb.RemoveServiceRequest{Ref: ref})
+			return err
+		}))
 }
 
 // registerProgressClient registers the client flags of a command that
 // waits for convergence: --timeout covers the wait and defaults to 2m.
-func registerProgressClient(c *clientFlags, fs *flag.FlagSet) {
+func registerProgressClient(c *clientFlags, fs *pflag.FlagSet) {
 	c.register(fs, false)
 	c.timeout = progressTimeout
 	f := fs.Lookup("timeout")
@@ -70,19 +68,29 @@ func serviceName(svc *pb.Service) string {
 
 // ---------------------------------------------------------------- create
 
-const serviceCreateUsage = "shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]"
-
-func runServiceCreate(args []string) error {
-	var c clientFlags
-	var o createOptions
-	fs := newFlags("service create", serviceCreateUsage)
-	registerProgressClient(&c, fs)
-	o.register(fs)
-	pos, err := parseFlagsUntilArg(fs, serviceCreateUsage, args)
-	if err != nil {
-		return err
+// serviceCreateCommand is `service create`; its flags land in o.
+func serviceCreateCommand(g *globalFlags, o *createOptions) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   "create [OPTIONS] IMAGE [COMMAND] [ARG...]",
+		Short: "Create a service",
+		Long: "Create a service. IMAGE is an absolute path to an executable on the workers (the process\n" +
+			"runtime) or a container image (the docker runtime); unless --runtime says otherwise, a path runs\n" +
+			"as a process and anything else as a container. Options go before IMAGE: what follows it is\n" +
+			"the task's command line.",
+		Annotations: map[string]string{verbatimArgs: "true"},
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			return runServiceCreate(c, o, changedFlags(cmd), pos)
+		},
 	}
-	spec, err := o.spec(setFlags(fs), pos)
+	cmd.Flags().SetInterspersed(false)
+	registerProgressClient(c, cmd.Flags())
+	o.register(cmd.Flags())
+	return cmd
+}
+
+func runServiceCreate(c *clientFlags, o *createOptions, set map[string]bool, pos []string) error {
+	spec, err := o.spec(set, pos)
 	if err != nil {
 		return err
 	}
@@ -105,20 +113,21 @@ func runServiceCreate(args []string) error {
 
 // ---------------------------------------------------------------- ls
 
-const serviceLsUsage = "shoal service ls [-q] [--format table|json]"
+func serviceLsCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "ls [OPTIONS]",
+		Short: "List services",
+		Args:  noArgs("service ls takes no arguments"),
+		RunE:  func(*cobra.Command, []string) error { return runServiceLs(c, quiet) },
+	}
+	c.register(cmd.Flags(), true)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print service IDs only")
+	return cmd
+}
 
-func runServiceLs(args []string) error {
-	var c clientFlags
-	fs := newFlags("service ls", serviceLsUsage)
-	c.register(fs, true)
-	quiet := fs.Bool("q", false, "print service IDs only")
-	pos, err := parseFlags(fs, serviceLsUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("service ls takes no arguments")
-	}
+func runServiceLs(c *clientFlags, quiet bool) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -131,7 +140,7 @@ func runServiceLs(args []string) error {
 	services := resp.GetServices()
 	sortServices(services)
 	switch {
-	case *quiet:
+	case quiet:
 		for _, svc := range services {
 			fmt.Println(svc.GetId())
 		}
@@ -181,24 +190,30 @@ func printServicesJSON(w io.Writer, services []*pb.Service, counts []*pb.Service
 
 // ---------------------------------------------------------------- ps
 
-const servicePsUsage = "shoal service ps [--no-trunc] [-q] [--format table|json] [--filter KEY=VALUE] SERVICE [SERVICE...]"
+// servicePsFlags are the flags of `service ps`.
+type servicePsFlags struct {
+	quiet, noTrunc bool
+	filters        []string
+}
 
-func runServicePs(args []string) error {
-	var c clientFlags
-	fs := newFlags("service ps", servicePsUsage)
-	c.register(fs, true)
-	quiet := fs.Bool("q", false, "print task IDs only")
-	noTrunc := fs.Bool("no-trunc", false, "do not shorten IDs and errors")
-	var filters stringList
-	fs.Var(&filters, "filter", "show only tasks that match: desired-state=running|shutdown|..., node=NODE, id=PREFIX, name=web.1 (repeatable)")
-	pos, err := parseFlags(fs, servicePsUsage, args)
-	if err != nil {
-		return err
+func servicePsCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var f servicePsFlags
+	cmd := &cobra.Command{
+		Use:   "ps [OPTIONS] SERVICE [SERVICE...]",
+		Short: "List the tasks of one or more services",
+		Args:  minArgs(1, "service ps needs at least one service name or ID"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runServicePs(c, &f, pos) },
 	}
-	if len(pos) == 0 {
-		return usagef("service ps needs at least one service name or ID")
-	}
-	filter, err := parseTaskFilters(filters)
+	c.register(cmd.Flags(), true)
+	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "print task IDs only")
+	cmd.Flags().BoolVar(&f.noTrunc, "no-trunc", false, "do not shorten IDs and errors")
+	cmd.Flags().StringArrayVarP(&f.filters, "filter", "f", nil, "show only tasks that match `KEY=VALUE`: desired-state=running|shutdown|..., node=NODE, id=PREFIX, name=web.1 (repeatable)")
+	return cmd
+}
+
+func runServicePs(c *clientFlags, f *servicePsFlags, pos []string) error {
+	filter, err := parseTaskFilters(f.filters)
 	if err != nil {
 		return err
 	}
@@ -230,7 +245,7 @@ func runServicePs(args []string) error {
 	}
 	sortTasks(tasks)
 	switch {
-	case *quiet:
+	case f.quiet:
 		for _, t := range tasks {
 			fmt.Println(t.GetId())
 		}
@@ -238,26 +253,27 @@ func runServicePs(args []string) error {
 	case c.format == "json":
 		return printJSON(tasks)
 	}
-	renderTaskList(os.Stdout, tasks, nodes, *noTrunc, time.Now())
+	renderTaskList(os.Stdout, tasks, nodes, f.noTrunc, time.Now())
 	return nil
 }
 
 // ---------------------------------------------------------------- inspect
 
-const serviceInspectUsage = "shoal service inspect [--pretty] SERVICE [SERVICE...]"
+func serviceInspectCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var pretty bool
+	cmd := &cobra.Command{
+		Use:   "inspect [OPTIONS] SERVICE [SERVICE...]",
+		Short: "Show one or more services in detail",
+		Args:  minArgs(1, "service inspect needs at least one service name or ID"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runServiceInspect(c, pretty, pos) },
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&pretty, "pretty", false, "human-readable output instead of JSON")
+	return cmd
+}
 
-func runServiceInspect(args []string) error {
-	var c clientFlags
-	fs := newFlags("service inspect", serviceInspectUsage)
-	c.register(fs, false)
-	pretty := fs.Bool("pretty", false, "human-readable output instead of JSON")
-	pos, err := parseFlags(fs, serviceInspectUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 0 {
-		return usagef("service inspect needs at least one service name or ID")
-	}
+func runServiceInspect(c *clientFlags, pretty bool, pos []string) error {
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -271,7 +287,7 @@ func runServiceInspect(args []string) error {
 		}
 		services = append(services, resp.GetService())
 	}
-	if !*pretty {
+	if !pretty {
 		return printJSON(services)
 	}
 	for i, svc := range services {
@@ -284,8 +300,6 @@ func runServiceInspect(args []string) error {
 }
 
 // ---------------------------------------------------------------- scale
-
-const serviceScaleUsage = "shoal service scale [--detach] SERVICE=REPLICAS [SERVICE=REPLICAS...]"
 
 type scaleTarget struct {
 	ref      string
@@ -325,16 +339,20 @@ func scaleSpec(spec *pb.ServiceSpec, n uint64) error {
 	return nil
 }
 
-func runServiceScale(args []string) error {
-	var c clientFlags
+func serviceScaleCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
 	var detach, quiet bool
-	fs := newFlags("service scale", serviceScaleUsage)
-	registerProgressClient(&c, fs)
-	registerDetach(fs, &detach, &quiet)
-	pos, err := parseFlags(fs, serviceScaleUsage, args)
-	if err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:   "scale [OPTIONS] SERVICE=REPLICAS [SERVICE=REPLICAS...]",
+		Short: "Change the number of replicas of services",
+		RunE:  func(_ *cobra.Command, pos []string) error { return runServiceScale(c, detach, quiet, pos) },
 	}
+	registerProgressClient(c, cmd.Flags())
+	registerDetach(cmd.Flags(), &detach, &quiet)
+	return cmd
+}
+
+func runServiceScale(c *clientFlags, detach, quiet bool, pos []string) error {
 	targets, err := parseScaleArgs(pos)
 	if err != nil {
 		return err
@@ -394,26 +412,28 @@ func runServiceScale(args []string) error {
 
 // ---------------------------------------------------------------- update
 
-const serviceUpdateUsage = "shoal service update [OPTIONS] SERVICE"
+// serviceUpdateCommand is `service update`; its flags land in o.
+func serviceUpdateCommand(g *globalFlags, o *updateOptions) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	cmd := &cobra.Command{
+		Use:   "update [OPTIONS] SERVICE",
+		Short: "Change a service (rolling update)",
+		Args:  exactArgs(1, "service update needs exactly one service name or ID"),
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			o.set = changedFlags(cmd)
+			return runServiceUpdate(c, o, pos[0])
+		},
+	}
+	registerProgressClient(c, cmd.Flags())
+	o.register(cmd.Flags())
+	return cmd
+}
 
-func runServiceUpdate(args []string) error {
-	var c clientFlags
-	var o updateOptions
-	fs := newFlags("service update", serviceUpdateUsage)
-	registerProgressClient(&c, fs)
-	o.register(fs)
-	pos, err := parseFlags(fs, serviceUpdateUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("service update needs exactly one service name or ID")
-	}
-	o.set = setFlags(fs)
+func runServiceUpdate(c *clientFlags, o *updateOptions, ref string) error {
 	if !o.changes() {
 		return usagef("nothing to update: give an option to change (see --help), or --force to replace the tasks as they are")
 	}
-	s, svc, err := c.readService(pos[0])
+	s, svc, err := c.readService(ref)
 	if err != nil {
 		return err
 	}
@@ -443,22 +463,22 @@ func runServiceUpdate(args []string) error {
 
 // ---------------------------------------------------------------- rollback
 
-const serviceRollbackUsage = "shoal service rollback [--detach] SERVICE"
-
-func runServiceRollback(args []string) error {
-	var c clientFlags
+func serviceRollbackCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
 	var detach, quiet bool
-	fs := newFlags("service rollback", serviceRollbackUsage)
-	registerProgressClient(&c, fs)
-	registerDetach(fs, &detach, &quiet)
-	pos, err := parseFlags(fs, serviceRollbackUsage, args)
-	if err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:   "rollback [OPTIONS] SERVICE",
+		Short: "Return a service to its previous spec",
+		Args:  exactArgs(1, "service rollback needs exactly one service name or ID"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runServiceRollback(c, detach, quiet, pos[0]) },
 	}
-	if len(pos) != 1 {
-		return usagef("service rollback needs exactly one service name or ID")
-	}
-	s, svc, err := c.readService(pos[0])
+	registerProgressClient(c, cmd.Flags())
+	registerDetach(cmd.Flags(), &detach, &quiet)
+	return cmd
+}
+
+func runServiceRollback(c *clientFlags, detach, quiet bool, ref string) error {
+	s, svc, err := c.readService(ref)
 	if err != nil {
 		return err
 	}
@@ -479,8 +499,6 @@ func runServiceRollback(args []string) error {
 }
 
 // ---------------------------------------------------------------- logs
-
-const serviceLogsUsage = "shoal service logs [-f] [--tail N] [--no-task-ids] [--raw] SERVICE"
 
 // logPrinter writes log lines with Docker's prefix, "web.1.abcdef123456@w1    | ".
 type logPrinter struct {
@@ -534,24 +552,32 @@ func parseTail(s string) (int32, error) {
 	return int32(n), nil
 }
 
-func runServiceLogs(args []string) error {
-	var c clientFlags
-	fs := newFlags("service logs", serviceLogsUsage)
-	c.register(fs, false)
-	var follow bool
-	fs.BoolVar(&follow, "follow", false, "keep printing new output until Ctrl-C")
-	fs.BoolVar(&follow, "f", false, "short for --follow")
-	tail := fs.String("tail", "all", "lines to show from the end of each task's output, or all")
-	noTaskIDs := fs.Bool("no-task-ids", false, "leave task IDs out of the prefix")
-	raw := fs.Bool("raw", false, "print the output alone, without prefixes")
-	pos, err := parseFlags(fs, serviceLogsUsage, args)
-	if err != nil {
-		return err
+// serviceLogsFlags are the flags of `service logs`.
+type serviceLogsFlags struct {
+	follow, noTaskIDs, raw bool
+	tail                   string
+}
+
+func serviceLogsCommand(g *globalFlags) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var f serviceLogsFlags
+	cmd := &cobra.Command{
+		Use:   "logs [OPTIONS] SERVICE",
+		Short: "Show the output of a service's tasks",
+		Args:  exactArgs(1, "service logs needs exactly one service name or ID"),
+		RunE:  func(_ *cobra.Command, pos []string) error { return runServiceLogs(c, &f, pos[0]) },
 	}
-	if len(pos) != 1 {
-		return usagef("service logs needs exactly one service name or ID")
-	}
-	n, err := parseTail(*tail)
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVarP(&f.follow, "follow", "f", false, "keep printing new output until Ctrl-C")
+	cmd.Flags().StringVarP(&f.tail, "tail", "n", "all", "`lines` to show from the end of each task's output, or all")
+	cmd.Flags().BoolVar(&f.noTaskIDs, "no-task-ids", false, "leave task IDs out of the prefix")
+	cmd.Flags().BoolVar(&f.raw, "raw", false, "print the output alone, without prefixes")
+	return cmd
+}
+
+func runServiceLogs(c *clientFlags, f *serviceLogsFlags, ref string) error {
+	follow := f.follow
+	n, err := parseTail(f.tail)
 	if err != nil {
 		return err
 	}
@@ -560,7 +586,7 @@ func runServiceLogs(args []string) error {
 		return err
 	}
 	defer s.close()
-	p := &logPrinter{w: os.Stdout, noTaskIDs: *noTaskIDs, raw: *raw}
+	p := &logPrinter{w: os.Stdout, noTaskIDs: f.noTaskIDs, raw: f.raw}
 	if nresp, err := s.control.ListNodes(s.ctx, &pb.ListNodesRequest{}); err == nil {
 		p.nodes = hostnames(nresp.GetNodes())
 	} else if status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded {
@@ -573,7 +599,7 @@ func runServiceLogs(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt)
 	defer stop()
-	stream, err := s.control.ServiceLogs(ctx, &pb.ServiceLogsRequest{Ref: pos[0], Follow: follow, Tail: n})
+	stream, err := s.control.ServiceLogs(ctx, &pb.ServiceLogsRequest{Ref: ref, Follow: follow, Tail: n})
 	if err != nil {
 		return s.explain(err)
 	}
@@ -592,17 +618,6 @@ func runServiceLogs(args []string) error {
 			return err
 		}
 	}
-}
-
-// ---------------------------------------------------------------- rm
-
-const serviceRmUsage = "shoal service rm SERVICE [SERVICE...]"
-
-func runServiceRm(args []string) error {
-	return runRemove(args, "service", serviceRmUsage, func(s *session, ref string) error {
-		_, err := s.control.RemoveService(s.ctx, &pb.RemoveServiceRequest{Ref: ref})
-		return err
-	})
 }
 
 // readService connects and reads one service; the caller closes the

@@ -10,35 +10,47 @@ import (
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 )
 
+// parseArgs parses a command's command line as run does: arguments that
+// are not UTF-8 refused, single-dash long flags, pflag's errors worded as
+// the CLI words them.
+func parseArgs(cmd *cobra.Command, args []string) ([]string, error) {
+	if err := checkUTF8(args); err != nil {
+		return nil, err
+	}
+	if err := cmd.ParseFlags(normalizeFlags(cmd, args)); err != nil {
+		return nil, flagError(cmd, err)
+	}
+	return cmd.Flags().Args(), nil
+}
+
 // createSpec runs the flag parsing of `service create` on args.
 func createSpec(args ...string) (*pb.ServiceSpec, error) {
 	var o createOptions
-	fs := newFlags("service create", serviceCreateUsage)
-	o.register(fs)
-	pos, err := parseFlagsUntilArg(fs, serviceCreateUsage, args)
+	cmd := serviceCreateCommand(&globalFlags{}, &o)
+	pos, err := parseArgs(cmd, args)
 	if err != nil {
 		return nil, err
 	}
-	return o.spec(setFlags(fs), pos)
+	return o.spec(changedFlags(cmd), pos)
 }
 
 // updateSpec applies `service update` flags to a copy of spec.
 func updateSpec(spec *pb.ServiceSpec, args ...string) (*pb.ServiceSpec, error) {
 	var o updateOptions
-	fs := newFlags("service update", serviceUpdateUsage)
-	o.register(fs)
-	pos, err := parseFlags(fs, serviceUpdateUsage, append(args, "web"))
+	cmd := serviceUpdateCommand(&globalFlags{}, &o)
+	pos, err := parseArgs(cmd, append(args, "web"))
 	if err != nil {
 		return nil, err
 	}
 	if len(pos) != 1 {
 		return nil, errors.New("want one positional argument")
 	}
-	o.set = setFlags(fs)
+	o.set = changedFlags(cmd)
 	out := proto.Clone(spec).(*pb.ServiceSpec)
 	return out, o.apply(out)
 }
@@ -258,9 +270,9 @@ func TestServiceCreateFlagErrors(t *testing.T) {
 		{"bad mode", []string{"--mode", "daemonset", "/bin/app"}, `--mode "daemonset": use replicated, global, replicated-job or global-job`},
 		{"bad runtime", []string{"--runtime", "podman", "/bin/app"}, `--runtime "podman": use process or docker`},
 		{"relative path", []string{"./app"}, `IMAGE "./app": the process runtime runs an executable: give its absolute path`},
-		{"relative path in a dir", []string{"bin/app"}, "give its absolute path"},
-		{"bare name", []string{"sleep", "10"}, "give its absolute path"},
-		{"image name with process runtime", []string{"shoal/hello:v1"}, "or add --runtime docker for a container image"},
+		{"relative path in a dir", []string{"--runtime", "process", "bin/app"}, "give its absolute path"},
+		{"bare name", []string{"--runtime", "process", "sleep", "10"}, "give its absolute path"},
+		{"image name with process runtime", []string{"--runtime", "process", "shoal/hello:v1"}, "or add --runtime docker for a container image"},
 		{"path with docker runtime", []string{"--runtime", "docker", "/bin/sleep"}, "is a path, not a container image"},
 		{"upper-case name", []string{"--name", "Web", "/bin/app"}, `--name "Web": use 1 to 63 lower-case letters`},
 		{"name starts with a digit", []string{"--name", "1web", "/bin/app"}, "starting with a letter"},
@@ -665,14 +677,15 @@ func TestServiceUpdateFlagErrors(t *testing.T) {
 
 	// Only client flags and --detach: nothing to update.
 	var o updateOptions
-	fs := newFlags("service update", serviceUpdateUsage)
-	var c clientFlags
-	registerProgressClient(&c, fs)
-	o.register(fs)
-	if _, err := parseFlags(fs, serviceUpdateUsage, []string{"--detach", "--timeout", "5s", "--host", "x", "web"}); err != nil {
+	g := &globalFlags{}
+	root := &cobra.Command{Use: "shoal"}
+	g.register(root.PersistentFlags())
+	cmd := serviceUpdateCommand(g, &o)
+	root.AddCommand(cmd)
+	if _, err := parseArgs(cmd, []string{"--detach", "--timeout", "5s", "--host", "x", "web"}); err != nil {
 		t.Fatal(err)
 	}
-	o.set = setFlags(fs)
+	o.set = changedFlags(cmd)
 	if o.changes() {
 		t.Errorf("changes() = true with only --detach, --timeout and --host")
 	}
