@@ -115,7 +115,7 @@ func (o *Orchestrator) follow(ctx context.Context, sub *raftstore.Subscription) 
 		case id := <-o.wake:
 			dirty[id] = true
 		case <-safety.C():
-			o.reconcileAll(ctx)
+			o.ReconcileAll(ctx)
 			continue
 		}
 		// Gather the burst: many events usually come together.
@@ -181,8 +181,11 @@ func (o *Orchestrator) mark(ev raftstore.Event, dirty map[string]bool) bool {
 	return false
 }
 
-// reconcileAll reconciles every service.
-func (o *Orchestrator) reconcileAll(ctx context.Context) {
+// ReconcileAll reconciles every service once, and the tasks of deleted
+// ones, as the loop does every safetyPeriod. Tests of the loops that work
+// alongside the orchestrator drive it pass by pass with this rather than
+// run its loop.
+func (o *Orchestrator) ReconcileAll(ctx context.Context) {
 	var ids []string
 	o.store.View(func(tx *raftstore.Tx) {
 		seen := map[string]bool{}

@@ -87,7 +87,7 @@ func (h *harness) reconcile() {
 	h.t.Helper()
 	for range 10 {
 		before := h.index()
-		h.orch.reconcileAll(context.Background())
+		h.orch.ReconcileAll(context.Background())
 		if h.index() == before {
 			return
 		}
