@@ -521,7 +521,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		m.finishRotation,
 		m.disp.run,
 		orchestrator.New(m.store, clock.Real(), m.log).Run,
-		scheduler.New(m.store, m.log).Run,
+		scheduler.New(m.store, clock.Real(), m.log).Run,
 		updater.New(m.store, clock.Real(), m.log).Run,
 	}
 }
