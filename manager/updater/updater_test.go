@@ -32,7 +32,7 @@ var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 // tick is the simulated worker's period: how far the clock moves per round.
 const tick = 10 * time.Millisecond
 
-// maxRounds bounds a wait: a minute of simulated time.
+// maxRounds bounds a wait: a minute of simulated time, at least.
 const maxRounds = int(time.Minute / tick)
 
 var discard = slog.New(slog.DiscardHandler)
@@ -82,10 +82,22 @@ func (c *cluster) checked() {
 	}
 }
 
-// round runs the cluster for one tick.
+// round runs the cluster for one tick, or up to the next rollout step or
+// timer when nothing changed: the rounds in between would change nothing
+// either, as every actor decides from the state and the clock.
 func (c *cluster) round() {
 	c.t.Helper()
 	ctx := context.Background()
+	start := c.index()
+	defer func() {
+		step := tick
+		if c.index() == start {
+			if next, ok := c.nextWake(); ok && next > step {
+				step = next
+			}
+		}
+		c.clock.Advance(step)
+	}()
 	c.work(ctx)
 	c.checked()
 	for range 10 {
@@ -97,7 +109,17 @@ func (c *cluster) round() {
 		}
 	}
 	c.stepUpdater(ctx)
-	c.clock.Advance(tick)
+}
+
+// nextWake is how long until the next rollout step or timer, if any.
+func (c *cluster) nextWake() (time.Duration, bool) {
+	next, ok := c.clock.Next()
+	for _, p := range c.rollouts {
+		if d := p.next.Sub(c.clock.Now()); !ok || d < next {
+			next, ok = d, true
+		}
+	}
+	return next, ok
 }
 
 // work is the worker (and the scheduler): every task moves one step.
@@ -177,7 +199,7 @@ func (c *cluster) runUntil(what string, cond func() bool) {
 	c.t.Helper()
 	for i := 0; !cond(); i++ {
 		if i == maxRounds {
-			c.t.Fatalf("%s did not happen within %v; running %v, update %v", what, time.Duration(maxRounds)*tick, c.running(), c.service().GetUpdateStatus())
+			c.t.Fatalf("%s did not happen in %d rounds; running %v, update %v", what, maxRounds, c.running(), c.service().GetUpdateStatus())
 		}
 		c.round()
 	}
@@ -406,7 +428,7 @@ func (c *cluster) stepWithLoop(what string, cond func() bool) {
 	defer sub.Close()
 	for i := 0; !cond(); i++ {
 		if i == maxRounds {
-			c.t.Fatalf("%s did not happen within %v; running %v, update %v", what, time.Duration(maxRounds)*tick, c.running(), c.service().GetUpdateStatus())
+			c.t.Fatalf("%s did not happen in %d rounds; running %v, update %v", what, maxRounds, c.running(), c.service().GetUpdateStatus())
 		}
 		c.work(ctx)
 		for range 10 {
