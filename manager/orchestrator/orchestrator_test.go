@@ -59,6 +59,9 @@ type failOnWarn struct {
 func (h *failOnWarn) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
 func (h *failOnWarn) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
+	for _, a := range h.attrs {
+		fmt.Fprintf(&b, " %s", a)
+	}
 	r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s", a); return true })
 	h.t.Errorf("orchestrator logged %s: %s%s", r.Level, r.Message, b.String())
 	return nil
