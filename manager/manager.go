@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/gossip"
+	"github.com/shoal-cluster/shoal/internal/clock"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/mesh"
@@ -519,9 +520,9 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		m.probeManagers,
 		m.finishRotation,
 		m.disp.run,
-		orchestrator.New(m.store, m.log).Run,
-		scheduler.New(m.store, m.log).Run,
-		updater.New(m.store, m.log).Run,
+		orchestrator.New(m.store, clock.Real(), m.log).Run,
+		scheduler.New(m.store, clock.Real(), m.log).Run,
+		updater.New(m.store, clock.Real(), m.log).Run,
 	}
 }
 

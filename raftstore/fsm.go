@@ -29,6 +29,22 @@ type fsm struct {
 
 func newFSM() *fsm { return &fsm{st: newState(), hub: newHub()} }
 
+// view runs fn on the current state under the read lock.
+func (f *fsm) view(fn func(tx *Tx)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(newTx(f.st, false, ""))
+}
+
+// viewAndWatch runs fn and subscribes under one read lock, so the
+// subscription carries exactly the changes applied after the state fn saw.
+func (f *fsm) viewAndWatch(fn func(tx *Tx), filter func(Event) bool) *Subscription {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(newTx(f.st, false, ""))
+	return f.hub.subscribe(filter)
+}
+
 // Apply applies one log entry. It is deterministic: the outcome depends on
 // the entry and the state only.
 func (f *fsm) Apply(l *raft.Log) any {

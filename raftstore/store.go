@@ -7,6 +7,10 @@
 // Reads are either local (View: this replica's state, fast, possibly stale on
 // a follower) or linearizable (ViewConsistent: on the leader, after its
 // Barrier and a VerifyLeader round). Watch streams committed changes.
+//
+// MemoryStore is the same state without Raft (one process, always the
+// leader), applying transactions through the same FSM; StateStore is what
+// both offer the manager's loops.
 package raftstore
 
 import (
@@ -29,7 +33,6 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 )
 
 // MaxEntrySize is the largest transaction written as one Raft entry.
@@ -455,14 +458,6 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// optimisticAttempts is how many times Update tries before taking the
-// contention lock.
-const optimisticAttempts = 3
-
-// maxConflictRetries bounds how often Update re-runs fn after a version
-// conflict detected at commit time.
-const maxConflictRetries = 64
-
 // Update runs fn in a write transaction on the leader and commits its
 // changes as one Raft entry. It returns the entry's index. When another
 // write changed an object fn read, fn runs again on the new state. On a
@@ -470,70 +465,25 @@ const maxConflictRetries = 64
 // request ID that already committed, Update returns that entry's index
 // without running fn.
 func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) (uint64, error) {
-	reqID := RequestID(ctx)
-	if reqID == "" {
-		reqID = NewID()
-	}
-	serialized := false
-	defer func() {
-		if serialized {
-			<-s.contended
-		}
-	}()
-	for attempt := 0; ; attempt++ {
-		// Optimistic first; a writer that keeps losing to others retries
-		// under the leader's contention lock, so hot objects serialise
-		// instead of failing.
-		if attempt == optimisticAttempts {
-			select {
-			case s.contended <- struct{}{}:
-				serialized = true
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
-		}
-		if err := s.waitLeader(ctx); err != nil {
-			return 0, err
-		}
-		s.fsm.mu.RLock()
-		// A retry of a request that already committed (after
-		// ErrOutcomeUnknown) succeeds without running fn again: fn would
-		// see its own effects and might refuse them (a Create finding its
-		// object, say) before the FSM could recognise the duplicate.
-		if idx, done := s.fsm.st.requests.lookup(reqID); done {
-			s.fsm.mu.RUnlock()
-			return idx, nil
-		}
-		tx := newTx(s.fsm.st, true, reqID)
-		err := fn(tx)
-		index := tx.Index()
-		s.fsm.mu.RUnlock()
-		if err != nil {
-			return 0, err
-		}
-		actions := tx.actions()
-		if len(actions) == 0 {
-			return index, nil
-		}
-		res, err := s.propose(ctx, &pb.Transaction{RequestId: reqID, Timestamp: time.Now().UnixNano(), Actions: actions})
-		if err != nil {
-			return 0, err
-		}
-		if errors.Is(res.err, ErrVersionConflict) && attempt < maxConflictRetries {
-			continue
-		}
-		return res.index, res.err
-	}
+	return update(ctx, s.fsm, s.contended, s, fn)
 }
+
+// awaitWritable waits for this manager's leader barrier (committer).
+func (s *Store) awaitWritable(ctx context.Context) error { return s.waitLeader(ctx) }
+
+// commit proposes txn to Raft (committer).
+func (s *Store) commit(ctx context.Context, txn *pb.Transaction) (*applyResult, error) {
+	return s.propose(ctx, txn)
+}
+
+// now stamps transactions with the leader's wall clock (committer).
+func (s *Store) now() time.Time { return time.Now() }
 
 // propose commits one transaction and waits until it is applied here.
 func (s *Store) propose(ctx context.Context, txn *pb.Transaction) (*applyResult, error) {
-	data, err := proto.Marshal(txn)
+	data, err := encodeTransaction(ctx, txn)
 	if err != nil {
-		return nil, fmt.Errorf("encode transaction: %w", err)
-	}
-	if len(data) > MaxEntrySize {
-		return nil, fmt.Errorf("%d bytes in %d actions: %w", len(data), len(txn.Actions), ErrTooLarge)
+		return nil, err
 	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
@@ -576,11 +526,7 @@ func (s *Store) propose(ctx context.Context, txn *pb.Transaction) (*applyResult,
 // View runs fn on this replica's state. It is fast and never blocks on the
 // network, but a follower may lag the leader: use it for displays and for
 // leader-local loops that already hold leadership.
-func (s *Store) View(fn func(tx *Tx)) {
-	s.fsm.mu.RLock()
-	defer s.fsm.mu.RUnlock()
-	fn(newTx(s.fsm.st, false, ""))
-}
+func (s *Store) View(fn func(tx *Tx)) { s.fsm.view(fn) }
 
 // ViewConsistent runs fn on a state that includes every write acknowledged
 // before the call: it runs on the leader only, after confirming with a
@@ -625,10 +571,7 @@ func (s *Store) Watch(filter func(Event) bool) *Subscription {
 // ViewAndWatch runs fn and subscribes atomically: the subscription carries
 // exactly the changes committed after the state fn saw.
 func (s *Store) ViewAndWatch(fn func(tx *Tx), filter func(Event) bool) *Subscription {
-	s.fsm.mu.RLock()
-	defer s.fsm.mu.RUnlock()
-	fn(newTx(s.fsm.st, false, ""))
-	return s.fsm.hub.subscribe(filter)
+	return s.fsm.viewAndWatch(fn, filter)
 }
 
 // Server is one member of the Raft configuration.
@@ -736,7 +679,7 @@ func (s *Store) Close() error {
 		drain.Stop()
 		err = s.raft.Shutdown().Error()
 		s.wg.Wait()
-		if cerr := s.transport.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "closed") {
+		if cerr := s.transport.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 			err = cerr
 		}
 		// The transport closes the (possibly wrapped) stream layer; close the

@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
-	pb "github.com/shoal-cluster/shoal/proto"
 )
 
 func bg(t *testing.T) context.Context {
@@ -20,65 +17,19 @@ func bg(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestSingleNodeUpdateAndView(t *testing.T) {
+// The shared contract of Update, View, Watch and Close runs against this
+// store and the MemoryStore in contract_test.go; what follows is Raft's own.
+
+// A one-manager cluster reports itself: Status, Leader and Servers.
+func TestSingleNodeStatus(t *testing.T) {
 	c := newTestCluster(t, 1, clusterOptions{})
 	s := c.members[0].store
-	ctx := bg(t)
-
-	sub := s.Watch(func(ev Event) bool { return ev.Table == KindNode })
-	defer sub.Close()
-
-	idx, err := s.Update(ctx, func(tx *Tx) error {
+	idx, err := s.Update(bg(t), func(tx *Tx) error {
 		return tx.Nodes().Create(testNode("n1", "h1"))
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got *pb.Node
-	s.View(func(tx *Tx) {
-		got, _ = tx.Nodes().Get("n1")
-		if tx.Index() < idx {
-			t.Errorf("View index %d < committed %d", tx.Index(), idx)
-		}
-	})
-	if got.GetMeta().GetVersion() != idx {
-		t.Errorf("version %d, want the commit index %d", got.GetMeta().GetVersion(), idx)
-	}
-	if ev := next(t, sub); ev.Kind != EventCreate || ev.Index != idx {
-		t.Errorf("event %v @%d, want create @%d", ev.Kind, ev.Index, idx)
-	}
-
-	// ViewConsistent on the leader sees the write.
-	if err := s.ViewConsistent(ctx, func(tx *Tx) {
-		if _, ok := tx.Nodes().Get("n1"); !ok {
-			t.Error("ViewConsistent misses an acknowledged write")
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-
-	// An Update without writes commits nothing and returns the read index.
-	noop, err := s.Update(ctx, func(tx *Tx) error { _ = tx.Nodes().List(); return nil })
-	if err != nil || noop != idx {
-		t.Errorf("empty Update = %d, %v; want %d, nil", noop, err, idx)
-	}
-
-	// fn's error is returned as is and nothing is committed.
-	boom := errors.New("boom")
-	if _, err := s.Update(ctx, func(tx *Tx) error {
-		if err := tx.Nodes().Create(testNode("n2", "h2")); err != nil {
-			return err
-		}
-		return boom
-	}); err != boom {
-		t.Errorf("Update returned %v, want fn's error", err)
-	}
-	s.View(func(tx *Tx) {
-		if _, ok := tx.Nodes().Get("n2"); ok {
-			t.Error("a failed fn's writes were committed")
-		}
-	})
-
 	st := s.Status()
 	if st.State != raft.Leader.String() || st.Term == 0 || st.AppliedIndex < idx {
 		t.Errorf("Status = %+v", st)
@@ -89,199 +40,6 @@ func TestSingleNodeUpdateAndView(t *testing.T) {
 	servers, err := s.Servers()
 	if err != nil || len(servers) != 1 || servers[0].ID != "m1" || !servers[0].Voter {
 		t.Errorf("Servers() = %+v, %v", servers, err)
-	}
-}
-
-func TestUpdateWithRequestIDAppliesOnce(t *testing.T) {
-	c := newTestCluster(t, 1, clusterOptions{})
-	s := c.members[0].store
-	ctx := WithRequestID(bg(t), "req-fixed")
-	if RequestID(ctx) != "req-fixed" {
-		t.Fatalf("RequestID = %q", RequestID(ctx))
-	}
-
-	var created []string
-	create := func(tx *Tx) error {
-		id := tx.NewID()
-		created = append(created, id)
-		return tx.Nodes().Create(testNode(id, "h-"+id))
-	}
-	first, err := s.Update(ctx, create)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A retry (as after ErrOutcomeUnknown) of a request that committed
-	// succeeds with the original index, without running fn: run again, the
-	// Create would find its own object and fail with ErrExists.
-	for i := 0; i < 2; i++ {
-		ran := false
-		second, err := s.Update(ctx, func(tx *Tx) error { ran = true; return create(tx) })
-		if err != nil || second != first {
-			t.Fatalf("retry with the same request ID = %d, %v; want %d, nil", second, err, first)
-		}
-		if ran {
-			t.Error("fn ran again for a committed request ID")
-		}
-	}
-	s.View(func(tx *Tx) {
-		if got := ids(tx.Nodes().List()); !sameStrings(got, created[:1]) {
-			t.Errorf("nodes %v, want only %v", got, created[:1])
-		}
-	})
-	// Without a request ID each Update is new.
-	a, _ := s.Update(bg(t), func(tx *Tx) error { return tx.Nodes().Create(testNode("a", "a")) })
-	b, _ := s.Update(bg(t), func(tx *Tx) error { return tx.Nodes().Create(testNode("b", "b")) })
-	if a == b || a == 0 {
-		t.Errorf("independent updates got indexes %d and %d", a, b)
-	}
-}
-
-// Concurrent read-modify-write Updates of one object lose no increment:
-// a version conflict at commit re-runs fn on the new state.
-func TestUpdateRetriesOnVersionConflict(t *testing.T) {
-	c := newTestCluster(t, 1, clusterOptions{})
-	s := c.members[0].store
-	ctx := bg(t)
-	if _, err := s.Update(ctx, func(tx *Tx) error { return tx.Nodes().Create(testNode("counter", "c")) }); err != nil {
-		t.Fatal(err)
-	}
-	const workers, each = 4, 10
-	var (
-		mu        sync.Mutex
-		successes int
-		runs      int
-	)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < each; i++ {
-				_, err := s.Update(ctx, func(tx *Tx) error {
-					mu.Lock()
-					runs++
-					mu.Unlock()
-					n, _ := tx.Nodes().Get("counter")
-					v, _ := strconv.Atoi(n.GetDescription().GetOs())
-					n.Description.Os = strconv.Itoa(v + 1)
-					return tx.Nodes().Update(n)
-				})
-				switch {
-				case err == nil:
-					mu.Lock()
-					successes++
-					mu.Unlock()
-				case errors.Is(err, ErrVersionConflict):
-					// Lost every one of its retries: allowed, but nothing applied.
-				default:
-					t.Errorf("increment: %v", err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	var final int
-	s.View(func(tx *Tx) {
-		n, _ := tx.Nodes().Get("counter")
-		final, _ = strconv.Atoi(n.GetDescription().GetOs())
-	})
-	if final != successes {
-		t.Errorf("counter = %d after %d acknowledged increments", final, successes)
-	}
-	if successes < workers*each/2 {
-		t.Errorf("only %d of %d increments succeeded", successes, workers*each)
-	}
-	t.Logf("%d increments acknowledged, fn ran %d times", successes, runs)
-}
-
-// A cancelled or expired context never commits.
-func TestUpdateWithDoneContextCommitsNothing(t *testing.T) {
-	c := newTestCluster(t, 1, clusterOptions{})
-	s := c.members[0].store
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
-	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
-	defer cancel2()
-	for name, ctx := range map[string]context.Context{"cancelled": cancelled, "expired": expired} {
-		t.Run(name, func(t *testing.T) {
-			id := "n-" + name
-			start := time.Now()
-			_, err := s.Update(ctx, func(tx *Tx) error { return tx.Nodes().Create(testNode(id, id)) })
-			if err == nil || !errors.Is(err, ctx.Err()) {
-				t.Fatalf("Update = %v, want %v", err, ctx.Err())
-			}
-			if errors.Is(err, ErrOutcomeUnknown) {
-				t.Errorf("Update = %v: a write never submitted has a known outcome", err)
-			}
-			if d := time.Since(start); d > 2*time.Second {
-				t.Errorf("Update with a done context took %v", d)
-			}
-			c.sync(5 * time.Second)
-			s.View(func(tx *Tx) {
-				if _, ok := tx.Nodes().Get(id); ok {
-					t.Error("an Update with a done context was committed")
-				}
-			})
-			if err := s.ViewConsistent(ctx, func(*Tx) {}); err == nil {
-				t.Error("ViewConsistent with a done context succeeded")
-			}
-		})
-	}
-}
-
-// A deadline that passes while fn runs stops the write before it reaches
-// raft: its outcome is known (not applied), not ErrOutcomeUnknown.
-func TestUpdateDeadlinePassingDuringFn(t *testing.T) {
-	c := newTestCluster(t, 1, clusterOptions{})
-	s := c.members[0].store
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	_, err := s.Update(ctx, func(tx *Tx) error {
-		<-ctx.Done()
-		return tx.Nodes().Create(testNode("late", "late"))
-	})
-	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrOutcomeUnknown) {
-		t.Fatalf("Update = %v, want a deadline error with a known outcome", err)
-	}
-	c.sync(5 * time.Second)
-	s.View(func(tx *Tx) {
-		if _, ok := tx.Nodes().Get("late"); ok {
-			t.Error("a write whose deadline passed before it was proposed was committed")
-		}
-	})
-}
-
-func TestUpdateTooLarge(t *testing.T) {
-	c := newTestCluster(t, 1, clusterOptions{})
-	s := c.members[0].store
-	_, err := s.Update(bg(t), func(tx *Tx) error {
-		return tx.Secrets().Create(testSecret("big", "big", strings.Repeat("x", MaxEntrySize)))
-	})
-	if !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("Update = %v, want ErrTooLarge", err)
-	}
-}
-
-func TestClosedStore(t *testing.T) {
-	c := newTestCluster(t, 1, clusterOptions{})
-	s := c.members[0].store
-	sub := s.Watch(nil)
-	c.stop(0)
-	if err := ended(t, sub); !errors.Is(err, ErrClosed) {
-		t.Errorf("subscription ended with %v, want ErrClosed", err)
-	}
-	if _, err := s.Update(bg(t), func(tx *Tx) error { return tx.Nodes().Create(testNode("x", "x")) }); !errors.Is(err, ErrClosed) {
-		t.Errorf("Update after Close = %v, want ErrClosed", err)
-	}
-	if err := s.ViewConsistent(bg(t), func(*Tx) {}); !errors.Is(err, ErrClosed) {
-		t.Errorf("ViewConsistent after Close = %v, want ErrClosed", err)
-	}
-	if s.IsLeader() {
-		t.Error("a closed store claims leadership")
-	}
-	if err := s.Close(); err != nil {
-		t.Errorf("second Close = %v", err)
 	}
 }
 
@@ -487,56 +245,4 @@ func TestUpdateOnFollower(t *testing.T) {
 	if msg := fmt.Sprint(ErrNoLeader); !strings.Contains(msg, "leader") {
 		t.Errorf("ErrNoLeader message %q", msg)
 	}
-}
-
-// TestContendedWritesSerialise: many writers read-modify-write one object
-// at once; every write lands (none fails with a version conflict) and none
-// is lost.
-func TestContendedWritesSerialise(t *testing.T) {
-	s := openContendedStore(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if _, err := s.Update(ctx, func(tx *Tx) error {
-		return tx.Nodes().Create(&pb.Node{Id: "hot", Spec: &pb.NodeSpec{Annotations: &pb.Annotations{Labels: map[string]string{}}}})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	const writers, each = 32, 10
-	errs := make(chan error, writers*each)
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				_, err := s.Update(ctx, func(tx *Tx) error {
-					n, _ := tx.Nodes().Get("hot")
-					if n.Spec.Annotations.Labels == nil {
-						n.Spec.Annotations.Labels = map[string]string{}
-					}
-					n.Spec.Annotations.Labels[fmt.Sprintf("w%d-%d", w, i)] = "x"
-					return tx.Nodes().Update(n)
-				})
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatalf("contended write failed: %v", err)
-		}
-	}
-	var n *pb.Node
-	s.View(func(tx *Tx) { n, _ = tx.Nodes().Get("hot") })
-	if got := len(n.GetSpec().GetAnnotations().GetLabels()); got != writers*each {
-		t.Fatalf("%d labels, want %d: writes were lost", got, writers*each)
-	}
-}
-
-// openContendedStore is a one-server cluster's leader.
-func openContendedStore(t *testing.T) *Store {
-	c := newTestCluster(t, 1, clusterOptions{})
-	return c.waitLeader(20 * time.Second).store
 }

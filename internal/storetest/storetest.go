@@ -1,5 +1,5 @@
-// Package storetest starts real single-server stores for the tests of the
-// packages that run on a store (orchestrator, updater).
+// Package storetest opens stores for the tests of the packages that run on
+// one: a real single-server Raft store, or a memory store.
 package storetest
 
 import (
@@ -37,5 +37,14 @@ func OpenLeader(t testing.TB) *raftstore.Store {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return s
+}
+
+// Memory returns a memory store whose transactions are stamped by now
+// (time.Now when nil), closed when the test ends.
+func Memory(t testing.TB, now func() time.Time) *raftstore.MemoryStore {
+	t.Helper()
+	s := raftstore.NewMemoryStore(raftstore.MemoryConfig{Now: now})
+	t.Cleanup(func() { s.Close() })
 	return s
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clock"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -23,24 +24,37 @@ const DefaultHistoryLimit = 5
 // covers, keeping entries well below Raft's size limit.
 const maxServicesPerTx = 32
 
+// Loop timings.
+const (
+	// gatherWindow is how long the loop collects a burst of changes before
+	// reconciling the services they touch.
+	gatherWindow = 10 * time.Millisecond
+	// safetyPeriod is how often every service is reconciled whatever changed.
+	safetyPeriod = 10 * time.Second
+)
+
 // Orchestrator reconciles services to tasks.
 type Orchestrator struct {
-	store *raftstore.Store
+	store raftstore.StateStore
+	clock clock.Clock
 	log   *slog.Logger
-	now   func() time.Time
 
 	mu     sync.Mutex
-	timers map[string]*time.Timer // delayed restarts by task ID
+	timers map[string]clock.Timer // delayed restarts by task ID
 	wake   chan string            // service IDs whose timer fired
+
+	// onPass, if set (tests), is called after every reconcile of the loop
+	// with the services it covered and whether it wrote anything.
+	onPass func(services []string, wrote bool)
 }
 
-// New returns an orchestrator over the store.
-func New(store *raftstore.Store, log *slog.Logger) *Orchestrator {
+// New returns an orchestrator over the store, timing restart delays with clk.
+func New(store raftstore.StateStore, clk clock.Clock, log *slog.Logger) *Orchestrator {
 	return &Orchestrator{
 		store:  store,
+		clock:  clk,
 		log:    log.With("component", "orchestrator"),
-		now:    time.Now,
-		timers: map[string]*time.Timer{},
+		timers: map[string]clock.Timer{},
 		wake:   make(chan string, 1024),
 	}
 }
@@ -84,7 +98,7 @@ func relevant(ev raftstore.Event) bool {
 
 // follow reacts to events until the subscription ends or ctx is done.
 func (o *Orchestrator) follow(ctx context.Context, sub *raftstore.Subscription) {
-	safety := time.NewTicker(10 * time.Second)
+	safety := o.clock.NewTicker(safetyPeriod)
 	defer safety.Stop()
 	for {
 		dirty := map[string]bool{}
@@ -100,12 +114,12 @@ func (o *Orchestrator) follow(ctx context.Context, sub *raftstore.Subscription) 
 			allGlobal = o.mark(ev, dirty) || allGlobal
 		case id := <-o.wake:
 			dirty[id] = true
-		case <-safety.C:
-			o.reconcileAll(ctx)
+		case <-safety.C():
+			o.ReconcileAll(ctx)
 			continue
 		}
 		// Gather the burst: many events usually come together.
-		timer := time.NewTimer(10 * time.Millisecond)
+		timer := o.clock.NewTimer(gatherWindow)
 	gather:
 		for {
 			select {
@@ -116,7 +130,7 @@ func (o *Orchestrator) follow(ctx context.Context, sub *raftstore.Subscription) 
 				allGlobal = o.mark(ev, dirty) || allGlobal
 			case id := <-o.wake:
 				dirty[id] = true
-			case <-timer.C:
+			case <-timer.C():
 				break gather
 			case <-ctx.Done():
 				timer.Stop()
@@ -167,8 +181,11 @@ func (o *Orchestrator) mark(ev raftstore.Event, dirty map[string]bool) bool {
 	return false
 }
 
-// reconcileAll reconciles every service.
-func (o *Orchestrator) reconcileAll(ctx context.Context) {
+// ReconcileAll reconciles every service once, and the tasks of deleted
+// ones, as the loop does every safetyPeriod. Tests of the loops that work
+// alongside the orchestrator drive it pass by pass with this rather than
+// run its loop.
+func (o *Orchestrator) ReconcileAll(ctx context.Context) {
 	var ids []string
 	o.store.View(func(tx *raftstore.Tx) {
 		seen := map[string]bool{}
@@ -188,14 +205,22 @@ func (o *Orchestrator) reconcileAll(ctx context.Context) {
 
 // reconcile brings the given services in line, a few per transaction.
 func (o *Orchestrator) reconcile(ctx context.Context, ids []string) {
+	wrote := false
+	if o.onPass != nil {
+		defer func(services []string) { o.onPass(services, wrote) }(ids)
+	}
 	for len(ids) > 0 && ctx.Err() == nil {
 		n := min(len(ids), maxServicesPerTx)
 		batch := ids[:n]
 		ids = ids[n:]
-		var delays []delayed
-		_, err := o.store.Update(ctx, func(tx *raftstore.Tx) error {
+		var (
+			delays []delayed
+			read   uint64
+		)
+		index, err := o.store.Update(ctx, func(tx *raftstore.Tx) error {
 			delays = delays[:0]
-			now := o.now()
+			read = tx.Index()
+			now := o.clock.Now()
 			st := newSnapshot(tx)
 			for _, id := range batch {
 				d, err := o.reconcileService(tx, st, id, now)
@@ -212,6 +237,7 @@ func (o *Orchestrator) reconcile(ctx context.Context, ids []string) {
 			}
 			continue
 		}
+		wrote = wrote || index != read
 		for _, d := range delays {
 			o.schedule(d)
 		}
@@ -231,7 +257,7 @@ func (o *Orchestrator) schedule(d delayed) {
 	if _, ok := o.timers[d.taskID]; ok {
 		return
 	}
-	o.timers[d.taskID] = time.AfterFunc(max(time.Until(d.at), 0), func() {
+	o.timers[d.taskID] = o.clock.AfterFunc(max(d.at.Sub(o.clock.Now()), 0), func() {
 		o.mu.Lock()
 		delete(o.timers, d.taskID)
 		o.mu.Unlock()

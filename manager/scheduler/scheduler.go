@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clock"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/protobuf/proto"
@@ -45,7 +46,8 @@ const (
 // Scheduler assigns pending tasks to nodes. Create it with New and run it
 // as a leader loop with Run.
 type Scheduler struct {
-	store *raftstore.Store
+	store raftstore.StateStore
+	clock clock.Clock
 	log   *slog.Logger
 
 	tick       time.Duration
@@ -55,6 +57,10 @@ type Scheduler struct {
 
 	// onPass, if set (tests), is called after every pass.
 	onPass func(passStats)
+	// onWait, if set (tests), is called whenever the loop is about to wait
+	// for changes or its timer, with the number of queued tasks and the
+	// delay its timer was armed with (0: not armed).
+	onWait func(queued int, timer time.Duration)
 }
 
 // passStats describes one scheduling pass.
@@ -63,13 +69,14 @@ type passStats struct {
 	err                   error
 }
 
-// New returns a scheduler working on store.
-func New(store *raftstore.Store, log *slog.Logger) *Scheduler {
+// New returns a scheduler working on store; clk times its batching.
+func New(store raftstore.StateStore, clk clock.Clock, log *slog.Logger) *Scheduler {
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Scheduler{
 		store:      store,
+		clock:      clk,
 		log:        log.With("component", "scheduler"),
 		tick:       defaultTick,
 		retryDelay: defaultRetryDelay,
@@ -90,12 +97,12 @@ func (s *Scheduler) Run(ctx context.Context) {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
 	for {
-		started := time.Now()
+		started := s.clock.Now()
 		err := s.runView(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(started) > 30*time.Second {
+		if s.clock.Now().Sub(started) > 30*time.Second {
 			backoff = minBackoff
 		}
 		if errors.Is(err, raftstore.ErrWatchOverflow) || errors.Is(err, raftstore.ErrWatchReset) {
@@ -103,12 +110,12 @@ func (s *Scheduler) Run(ctx context.Context) {
 			continue
 		}
 		s.log.Warn("scheduler interrupted; rebuilding its view from the store", "err", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
+		t := s.clock.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -330,7 +337,7 @@ func (s *Scheduler) runView(ctx context.Context) error {
 		return nil
 	}
 
-	timer := time.NewTimer(time.Hour)
+	timer := s.clock.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
 	var (
@@ -361,6 +368,13 @@ func (s *Scheduler) runView(ctx context.Context) error {
 			timer.Reset(d)
 			armed, armedDelay = true, d
 		}
+		if s.onWait != nil {
+			wait := time.Duration(0)
+			if armed {
+				wait = armedDelay
+			}
+			s.onWait(v.queueLen(), wait)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -374,7 +388,7 @@ func (s *Scheduler) runView(ctx context.Context) error {
 			if err := drain(); err != nil {
 				return err
 			}
-		case <-timer.C:
+		case <-timer.C():
 			armed, due = false, true
 		}
 	}
@@ -390,7 +404,7 @@ func watchEnded(sub *raftstore.Subscription) error {
 // pass decides placements for the queued tasks and hands the writes to
 // the committers.
 func (s *Scheduler) pass(ctx context.Context, v *view, cm *committers) error {
-	start := time.Now()
+	start := s.clock.Now()
 	if v.retry {
 		v.requeueUnplaced()
 	}
@@ -399,7 +413,7 @@ func (s *Scheduler) pass(ctx context.Context, v *view, cm *committers) error {
 		return nil
 	}
 	decisions := v.c.schedule(batch)
-	decided := time.Since(start)
+	decided := s.clock.Now().Sub(start)
 	writes := decisions[:0]
 	placed := 0
 	for _, d := range decisions {
@@ -422,7 +436,7 @@ func (s *Scheduler) pass(ctx context.Context, v *view, cm *committers) error {
 		s.onPass(passStats{tasks: len(batch), placed: placed, writes: len(writes), err: err})
 	}
 	s.log.Debug("scheduling pass", "tasks", len(batch), "placed", placed, "unplaced", len(batch)-placed,
-		"writes", len(writes), "decide", decided, "total", time.Since(start), "err", err)
+		"writes", len(writes), "decide", decided, "total", s.clock.Now().Sub(start), "err", err)
 	return err
 }
 
@@ -499,7 +513,7 @@ func (cm *committers) stop() {
 // alone (the event of that change corrects the model).
 func (s *Scheduler) commitChunk(ctx context.Context, ds []decision) error {
 	_, err := s.store.Update(ctx, func(tx *raftstore.Tx) error {
-		now := time.Now().UnixNano()
+		now := s.clock.Now().UnixNano()
 		tasks := tx.Tasks()
 		for _, d := range ds {
 			cur, ok := tasks.Get(d.task.GetId())

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clock"
+	"github.com/shoal-cluster/shoal/internal/storetest"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"go.uber.org/goleak"
@@ -59,11 +61,24 @@ func (w *tlogWriter) stop() {
 	w.mu.Unlock()
 }
 
-// harness is a single-manager store with a scheduler running on it.
+var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// harness is a memory store with a scheduler running on it, on a fake
+// clock. Unless the test moves the clock itself (newManualHarness), every
+// timer the scheduler arms fires at once, as if it had waited.
 type harness struct {
 	t      *testing.T
-	st     *raftstore.Store
+	st     *raftstore.MemoryStore
+	clock  *clock.Fake
+	manual bool
 	passes chan passStats
+	waits  chan waitStats
+}
+
+// waitStats is what the scheduler reports when it is about to wait.
+type waitStats struct {
+	queued int
+	timer  time.Duration
 }
 
 // newHarness opens a store and starts a scheduler on it (tune, if set,
@@ -75,41 +90,47 @@ func newHarness(t *testing.T, tune func(*Scheduler)) *harness {
 	return h
 }
 
-// newStoreHarness opens and bootstraps a store and waits for its
-// leadership; Cleanup closes it.
+// newManualHarness is newHarness for a test that moves the clock itself.
+func newManualHarness(t *testing.T, tune func(*Scheduler)) *harness {
+	t.Helper()
+	h := newStoreHarness(t)
+	h.manual = true
+	h.start(tune)
+	// Once it waits, the scheduler has read the (empty) store and follows
+	// its changes: what the test creates next arrives as changes.
+	h.waitState("its view built", func(waitStats) bool { return true })
+	return h
+}
+
+// newStoreHarness opens a memory store; Cleanup closes it.
 func newStoreHarness(t *testing.T) *harness {
 	t.Helper()
-	st, err := openBenchStore(t.TempDir(), testLogger(t))
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
-	if err := st.Bootstrap(); err != nil {
-		t.Fatalf("bootstrap: %v", err)
-	}
-	select {
-	case leader := <-st.LeaderChanges():
-		if !leader {
-			t.Fatalf("store reported lost leadership")
-		}
-	case <-time.After(waitTimeout):
-		t.Fatalf("store did not become leader")
-	}
-	return &harness{t: t, st: st, passes: make(chan passStats, 4096)}
+	clk := clock.NewFake(epoch)
+	return &harness{t: t, st: storetest.Memory(t, clk.Now), clock: clk,
+		passes: make(chan passStats, 4096), waits: make(chan waitStats, 4096)}
 }
 
 // start runs a scheduler until Cleanup, which waits for it to stop.
 func (h *harness) start(tune func(*Scheduler)) {
 	t := h.t
-	s := New(h.st, testLogger(t))
+	s := New(h.st, h.clock, testLogger(t))
 	s.onPass = func(p passStats) {
 		select {
 		case h.passes <- p:
 		default:
 		}
 	}
+	s.onWait = func(queued int, timer time.Duration) {
+		select {
+		case h.waits <- waitStats{queued: queued, timer: timer}:
+		default:
+		}
+	}
 	if tune != nil {
 		tune(s)
+	}
+	if !h.manual {
+		h.autoAdvance()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -125,6 +146,64 @@ func (h *harness) start(tune func(*Scheduler)) {
 			t.Errorf("scheduler did not stop after its context was cancelled")
 		}
 	})
+}
+
+// autoAdvance fires every timer as soon as it is armed, until Cleanup.
+func (h *harness) autoAdvance() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for h.clock.WaitForTimer(ctx, -1) == nil {
+			if d, ok := h.clock.Next(); ok {
+				h.clock.Advance(d)
+			}
+		}
+	}()
+	h.t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitState waits until the scheduler, about to wait, reports a state
+// that cond accepts; reports from before the call may count, so drain
+// h.waits before the change awaited.
+func (h *harness) waitState(what string, cond func(waitStats) bool) {
+	h.t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		select {
+		case w := <-h.waits:
+			if cond(w) {
+				return
+			}
+		case <-deadline.C:
+			h.t.Fatalf("the scheduler never waited with %s", what)
+		}
+	}
+}
+
+// drain drops the passes and waits reported so far.
+func (h *harness) drain() {
+	for {
+		select {
+		case <-h.passes:
+		case <-h.waits:
+		default:
+			return
+		}
+	}
+}
+
+// nextPass returns the next pass the scheduler reports.
+func (h *harness) nextPass() passStats {
+	h.t.Helper()
+	select {
+	case p := <-h.passes:
+		return p
+	case <-time.After(waitTimeout):
+		h.t.Fatal("no scheduling pass")
+	}
+	panic("unreachable")
 }
 
 func (h *harness) update(fn func(tx *raftstore.Tx) error) {
@@ -456,7 +535,7 @@ func TestSchedulerStopsPromptly(t *testing.T) {
 	defer firstAssigned.Close()
 
 	// Small transactions: the scheduler is mid-pass when it is cancelled.
-	s := New(h.st, testLogger(t))
+	s := New(h.st, h.clock, testLogger(t))
 	s.maxChunk = 20
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -479,5 +558,93 @@ func TestSchedulerStopsPromptly(t *testing.T) {
 	}
 	if d := time.Since(stopped); d > 2*time.Second {
 		t.Fatalf("scheduler took %v to stop", d)
+	}
+}
+
+// Tasks that become pending while the tick runs are decided together, in
+// one pass, once the tick has passed, and not a nanosecond sooner.
+func TestSchedulerBatchesWithinTick(t *testing.T) {
+	h := newManualHarness(t, nil)
+	h.createNodes(mkNode("a"), mkNode("b"), mkNode("c"))
+	ts := tasks("web", 9)
+	for i := 0; i < len(ts); i += 3 {
+		h.createTasks(ts[i : i+3]...)
+	}
+	h.waitState("nine tasks queued and its tick armed", func(w waitStats) bool { return w.queued == 9 && w.timer == defaultTick })
+	// The tick was armed for the first of them and the clock has not moved.
+	if d, ok := h.clock.Next(); !ok || d != defaultTick {
+		t.Fatalf("next timer in %v (%v), want the tick, %v", d, ok, defaultTick)
+	}
+	h.clock.Advance(defaultTick - time.Nanosecond)
+	if len(h.passes) != 0 {
+		t.Fatalf("a pass before the tick: %+v", <-h.passes)
+	}
+	h.clock.Advance(time.Nanosecond)
+	if p := h.nextPass(); p.tasks != 9 || p.placed != 9 || p.err != nil {
+		t.Fatalf("pass %+v, want the nine tasks in one", p)
+	}
+	per := map[string]int{}
+	for _, task := range ts {
+		per[h.waitAssigned(task.GetId()).GetNodeId()]++
+	}
+	if want := map[string]int{"a": 3, "b": 3, "c": 3}; !equalCounts(per, want) {
+		t.Fatalf("placement %v, want %v", per, want)
+	}
+}
+
+// A full batch does not wait for the tick; a partial one does.
+func TestSchedulerFullBatchStartsAtOnce(t *testing.T) {
+	h := newManualHarness(t, func(s *Scheduler) { s.maxBatch = 10 })
+	h.createNodes(mkNode("a"))
+	h.createTasks(tasks("web", 10)...)
+	if p := h.nextPass(); p.tasks != 10 || p.placed != 10 {
+		t.Fatalf("pass %+v, want the ten tasks at once", p)
+	}
+	if !h.clock.Now().Equal(epoch) {
+		t.Fatal("the clock moved")
+	}
+	h.drain()
+	h.createTasks(tasks("api", 4)...)
+	h.waitState("four tasks queued and its tick armed", func(w waitStats) bool { return w.queued == 4 && w.timer == defaultTick })
+	if len(h.passes) != 0 {
+		t.Fatalf("a pass of a partial batch before the tick: %+v", <-h.passes)
+	}
+	h.clock.Advance(defaultTick)
+	if p := h.nextPass(); p.tasks != 4 || p.placed != 4 {
+		t.Fatalf("pass %+v, want the four tasks once the tick passed", p)
+	}
+}
+
+// Resources freed up: the tasks that could not be placed are tried again
+// after the retry delay.
+func TestSchedulerRetriesAfterRetryDelay(t *testing.T) {
+	h := newManualHarness(t, nil)
+	h.createNodes(mkNode("n1", withResources(1*cpu, 1*gib)))
+	h.createTasks(mkTask("first", "web", reserve(0, 768*mib)))
+	h.waitState("a task queued", func(w waitStats) bool { return w.queued == 1 && w.timer == defaultTick })
+	h.clock.Advance(defaultTick)
+	h.waitAssigned("first")
+	h.drain()
+	h.createTasks(mkTask("second", "web", reserve(0, 768*mib)))
+	h.waitState("a task queued", func(w waitStats) bool { return w.queued == 1 && w.timer == defaultTick })
+	h.clock.Advance(defaultTick)
+	h.waitReason("second", "no suitable node (insufficient memory on 1 node)")
+	h.drain()
+
+	h.changeTask("first", func(t *pb.Task) { t.Status = &pb.TaskStatus{State: pb.TaskState_TASK_STATE_COMPLETE} })
+	h.waitState("its retry delay armed", func(w waitStats) bool { return w.queued == 0 && w.timer == defaultRetryDelay })
+	if len(h.passes) != 0 {
+		t.Fatalf("a pass before the retry delay: %+v", <-h.passes)
+	}
+	h.clock.Advance(defaultRetryDelay - time.Nanosecond)
+	if len(h.passes) != 0 {
+		t.Fatalf("a pass before the retry delay: %+v", <-h.passes)
+	}
+	h.clock.Advance(time.Nanosecond)
+	if p := h.nextPass(); p.tasks != 1 || p.placed != 1 {
+		t.Fatalf("pass %+v, want the unplaced task retried and placed", p)
+	}
+	if got := h.waitAssigned("second"); got.GetNodeId() != "n1" {
+		t.Fatalf("second task on %q", got.GetNodeId())
 	}
 }

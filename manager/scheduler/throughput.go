@@ -7,10 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clock"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -64,7 +65,7 @@ func Throughput(tasks, nodes int) (placedPerSec float64, err error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		New(st, log).Run(ctx)
+		New(st, clock.Real(), log).Run(ctx)
 	}()
 
 	start := time.Now()
@@ -107,7 +108,7 @@ func openBenchStore(dir string, log *slog.Logger) (*raftstore.Store, error) {
 		if err == nil {
 			return st, nil
 		}
-		if attempt >= 20 || !strings.Contains(err.Error(), "address already in use") {
+		if attempt >= 20 || !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, err
 		}
 	}

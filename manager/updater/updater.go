@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clock"
 	"github.com/shoal-cluster/shoal/internal/taskhealth"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -21,23 +22,26 @@ import (
 
 // Updater supervises the rolling updates of every service.
 type Updater struct {
-	store *raftstore.Store
+	store raftstore.StateStore
+	clock clock.Clock
 	log   *slog.Logger
 
 	mu      sync.Mutex
-	running map[string]*rollout // by service ID
+	running map[string]*job // by service ID
 	wg      sync.WaitGroup
 }
 
-type rollout struct {
+// job is the goroutine driving one service's rollout.
+type job struct {
 	specVersion uint64
 	cancel      context.CancelFunc
 	done        chan struct{}
 }
 
-// New returns an updater over the store.
-func New(store *raftstore.Store, log *slog.Logger) *Updater {
-	return &Updater{store: store, log: log.With("component", "updater"), running: map[string]*rollout{}}
+// New returns an updater over the store; clk times the monitor periods,
+// the delays between batches and the polls.
+func New(store raftstore.StateStore, clk clock.Clock, log *slog.Logger) *Updater {
+	return &Updater{store: store, clock: clk, log: log.With("component", "updater"), running: map[string]*job{}}
 }
 
 // updating reports whether a service has a rollout to drive.
@@ -102,13 +106,13 @@ func (u *Updater) sync(ctx context.Context, s *pb.Service, deleted bool) {
 		return
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	r = &rollout{specVersion: s.GetSpecVersion(), cancel: cancel, done: make(chan struct{})}
+	r = &job{specVersion: s.GetSpecVersion(), cancel: cancel, done: make(chan struct{})}
 	u.running[s.GetId()] = r
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()
 		defer close(r.done)
-		u.rollout(rctx, s.GetId(), s.GetSpecVersion())
+		u.drive(rctx, u.newRollout(s.GetId(), s.GetSpecVersion()))
 	}()
 }
 
@@ -125,64 +129,128 @@ func (u *Updater) stopAll() {
 // pollInterval is how often a rollout looks at its tasks.
 const pollInterval = 100 * time.Millisecond
 
-// rollout drives one service to spec version v.
-func (u *Updater) rollout(ctx context.Context, serviceID string, v uint64) {
-	log := u.log.With("service", serviceID, "spec_version", v)
-	log.Info("rolling update started")
-	failed := map[string]bool{} // new tasks seen failing
-	updated := 0
+// rollout is one service's update to spec version v, taken a step at a
+// time: each step decides from the store's state what to do (replace a
+// batch, hand tasks over, record the outcome) and how long to wait before
+// the next step (a poll, the monitor period and delay after a batch).
+type rollout struct {
+	u         *Updater
+	log       *slog.Logger
+	serviceID string
+	v         uint64
+	failed    map[string]bool // new tasks seen failing
+	updated   int             // tasks replaced so far
+	// waiting is set while the last batch replaced is not all up yet;
+	// pause is then how long to watch it once up (monitor plus delay).
+	waiting bool
+	pause   time.Duration
+}
+
+func (u *Updater) newRollout(serviceID string, v uint64) *rollout {
+	return &rollout{u: u, log: u.log.With("service", serviceID, "spec_version", v), serviceID: serviceID, v: v, failed: map[string]bool{}}
+}
+
+// drive runs a rollout until it is over or ctx is done, waiting on the
+// clock between steps.
+func (u *Updater) drive(ctx context.Context, r *rollout) {
+	r.log.Info("rolling update started")
 	for ctx.Err() == nil {
-		svc, tasks, ok := u.read(serviceID)
-		if !ok || svc.GetSpecVersion() != v || !updating(svc) {
-			return
-		}
-		cfg := config(svc)
-		rollingBack := svc.GetUpdateStatus().GetState() == pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED
-
-		// Failures among the new tasks decide whether to go on.
-		for _, t := range tasks {
-			if t.GetSpecVersion() == v && isFailure(t) {
-				failed[t.GetId()] = true
-			}
-		}
-		if len(failed) > 0 && float64(len(failed)) > float64(max(updated, 1))*float64(cfg.GetMaxFailureRatio()) &&
-			cfg.GetFailureAction() != pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_CONTINUE {
-			u.onFailure(ctx, svc, cfg, rollingBack, fmt.Sprintf("%d of %d updated tasks failed", len(failed), max(updated, len(failed))))
-			return
-		}
-
-		old := outdated(tasks, v, svc.GetSpec().GetTask())
-		if len(old) == 0 {
-			if !u.settled(tasks, v, svc) {
-				if !sleep(ctx, pollInterval) {
-					return
-				}
-				continue
-			}
-			u.finish(ctx, svc, rollingBack)
-			return
-		}
-		batch := int(cfg.GetParallelism())
-		if batch <= 0 || batch > len(old) {
-			batch = len(old)
-		}
-		if err := u.replace(ctx, svc, old[:batch], cfg.GetOrder()); err != nil {
-			log.Warn("replace tasks", "err", err)
-			if !sleep(ctx, time.Second) {
-				return
-			}
-			continue
-		}
-		updated += batch
-		// Wait for the batch to run (healthy where checked), then watch it.
-		if !u.waitBatch(ctx, serviceID, v, svc) {
-			continue // failures show up at the top of the loop
-		}
-		monitor := time.Duration(cfg.GetMonitor())
-		if !sleep(ctx, monitor+time.Duration(cfg.GetDelay())) {
+		wait, done := r.step(ctx)
+		if done || !sleep(ctx, u.clock, wait) {
 			return
 		}
 	}
+}
+
+// step takes the rollout one step further. It returns how long to wait
+// before the next step, or done once the rollout is over: completed,
+// failed (paused or rolled back), superseded by a newer spec, or its
+// service gone.
+func (r *rollout) step(ctx context.Context) (wait time.Duration, done bool) {
+	if r.waiting {
+		return r.waitBatch(ctx), false
+	}
+	u := r.u
+	svc, tasks, ok := u.read(r.serviceID)
+	if !ok || svc.GetSpecVersion() != r.v || !updating(svc) {
+		return 0, true
+	}
+	cfg := config(svc)
+	rollingBack := svc.GetUpdateStatus().GetState() == pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED
+
+	// Failures among the new tasks decide whether to go on.
+	for _, t := range tasks {
+		if t.GetSpecVersion() == r.v && isFailure(t) {
+			r.failed[t.GetId()] = true
+		}
+	}
+	if len(r.failed) > 0 && float64(len(r.failed)) > float64(max(r.updated, 1))*float64(cfg.GetMaxFailureRatio()) &&
+		cfg.GetFailureAction() != pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_CONTINUE {
+		u.onFailure(ctx, svc, cfg, rollingBack, fmt.Sprintf("%d of %d updated tasks failed", len(r.failed), max(r.updated, len(r.failed))))
+		return 0, true
+	}
+
+	old := outdated(tasks, r.v, svc.GetSpec().GetTask())
+	if len(old) == 0 {
+		if !u.settled(tasks, r.v, svc) {
+			return pollInterval, false
+		}
+		u.finish(ctx, svc, rollingBack)
+		return 0, true
+	}
+	batch := int(cfg.GetParallelism())
+	if batch <= 0 || batch > len(old) {
+		batch = len(old)
+	}
+	if err := u.replace(ctx, svc, old[:batch], cfg.GetOrder()); err != nil {
+		r.log.Warn("replace tasks", "err", err)
+		return time.Second, false
+	}
+	r.updated += batch
+	// Wait for the batch to run (healthy where checked), then watch it.
+	r.waiting = true
+	r.pause = time.Duration(cfg.GetMonitor()) + time.Duration(cfg.GetDelay())
+	return 0, false
+}
+
+// waitBatch is a step while the last batch is not all up: it completes
+// the hand-overs (stop-first successors start once their predecessor
+// stopped; start-first predecessors stop once their successor runs) and
+// checks the new tasks. Once every one is up the rollout pauses for the
+// monitor period and delay; a failed one ends the wait at once (the
+// failure counts at the next step).
+func (r *rollout) waitBatch(ctx context.Context) time.Duration {
+	u := r.u
+	_, tasks, ok := u.read(r.serviceID)
+	if !ok {
+		r.waiting = false
+		return 0
+	}
+	if err := u.promote(ctx, r.serviceID, r.v); err != nil {
+		u.log.Warn("hand over tasks", "service", r.serviceID, "err", err)
+	}
+	up := true
+	for _, t := range tasks {
+		if t.GetSpecVersion() != r.v {
+			continue
+		}
+		// A failed new task counts even once the orchestrator replaced it.
+		if isFailure(t) {
+			r.waiting = false
+			return 0
+		}
+		if t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
+			continue
+		}
+		if !taskhealth.Up(t) {
+			up = false
+		}
+	}
+	if !up {
+		return pollInterval
+	}
+	r.waiting = false
+	return r.pause
 }
 
 // read loads a service and its tasks.
@@ -282,7 +350,7 @@ func (u *Updater) replace(ctx context.Context, svc *pb.Service, batch []*pb.Task
 		if !ok || cur.GetSpecVersion() != svc.GetSpecVersion() {
 			return nil
 		}
-		now := time.Now().UnixNano()
+		now := u.clock.Now().UnixNano()
 		// Groups that already have a live task on the new version: read once.
 		done := map[string]bool{}
 		for _, o := range tx.Tasks().Find(raftstore.IndexService, cur.GetId()) {
@@ -324,45 +392,6 @@ func (u *Updater) replace(ctx context.Context, svc *pb.Service, batch []*pb.Task
 		return nil
 	})
 	return err
-}
-
-// waitBatch waits until every new task runs; meanwhile it completes the
-// hand-overs (stop-first successors start once their predecessor stopped;
-// start-first predecessors stop once their successor runs). It returns
-// false when a new task failed.
-func (u *Updater) waitBatch(ctx context.Context, id string, v uint64, svc *pb.Service) bool {
-	for ctx.Err() == nil {
-		_, tasks, ok := u.read(id)
-		if !ok {
-			return false
-		}
-		if err := u.promote(ctx, id, v); err != nil {
-			u.log.Warn("hand over tasks", "service", id, "err", err)
-		}
-		done := true
-		for _, t := range tasks {
-			if t.GetSpecVersion() != v {
-				continue
-			}
-			// A failed new task counts even once the orchestrator replaced it.
-			if isFailure(t) {
-				return false
-			}
-			if t.GetDesiredState() > pb.TaskState_TASK_STATE_RUNNING {
-				continue
-			}
-			if !taskhealth.Up(t) {
-				done = false
-			}
-		}
-		if done {
-			return true
-		}
-		if !sleep(ctx, pollInterval) {
-			return false
-		}
-	}
-	return false
 }
 
 // promote completes hand-overs between old and new tasks of each slot.
@@ -419,7 +448,7 @@ func (u *Updater) onFailure(ctx context.Context, svc *pb.Service, cfg *pb.Update
 		if !ok || cur.GetSpecVersion() != svc.GetSpecVersion() || !updating(cur) {
 			return nil
 		}
-		now := time.Now().UnixNano()
+		now := u.clock.Now().UnixNano()
 		if action == pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_ROLLBACK && cur.GetPreviousSpec() != nil {
 			prev := cur.GetPreviousSpec()
 			cur.PreviousSpec, cur.Spec = cur.GetSpec(), prev
@@ -457,7 +486,7 @@ func (u *Updater) finish(ctx context.Context, svc *pb.Service, rollingBack bool)
 				msg = m + "; rollback completed"
 			}
 		}
-		cur.UpdateStatus = &pb.UpdateStatus{State: state, StartedAt: cur.GetUpdateStatus().GetStartedAt(), CompletedAt: time.Now().UnixNano(), Message: msg}
+		cur.UpdateStatus = &pb.UpdateStatus{State: state, StartedAt: cur.GetUpdateStatus().GetStartedAt(), CompletedAt: u.clock.Now().UnixNano(), Message: msg}
 		return tx.Services().Update(cur)
 	})
 	if err != nil {
@@ -467,16 +496,17 @@ func (u *Updater) finish(ctx context.Context, svc *pb.Service, rollingBack bool)
 	u.log.Info("rolling update finished", "service", svc.GetSpec().GetAnnotations().GetName(), "rollback", rollingBack)
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits d on clk; it reports false when ctx ended first.
+func sleep(ctx context.Context, clk clock.Clock, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
-	t := time.NewTimer(d)
+	t := clk.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-t.C:
+	case <-t.C():
 		return true
 	}
 }
