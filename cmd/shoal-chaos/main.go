@@ -159,14 +159,15 @@ func schedule(seed uint64, rounds int, kinds []faultKind) []faultKind {
 
 // suite is one run: the cluster, the schedule and the tallies.
 type suite struct {
-	o      options
-	dir    string
-	hello  string
-	c      *cluster
-	states map[string]svcState // each name's state after the last round
-	web    svcState            // the steady web service (absent before it is created and after teardown)
-	names  map[string]string   // node ID -> hostname
-	specs  map[string]*pb.Node // hostname -> the node as read once the cluster formed
+	o        options
+	dir      string
+	hello    string
+	c        *cluster
+	states   map[string]svcState // each name's state after the last round
+	web      svcState            // the steady web service (absent before it is created and after teardown)
+	webForce uint64              // its force_update counter (rebalanceWeb)
+	names    map[string]string   // node ID -> hostname
+	specs    map[string]*pb.Node // hostname -> the node as read once the cluster formed
 
 	faults    map[faultKind]int
 	ops       map[opKind]int
@@ -281,6 +282,9 @@ func build(ctx context.Context, bin string, race bool) (string, error) {
 // the managers the fault spares.
 func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	rng := rand.New(rand.NewPCG(s.o.seed, uint64(i)+1))
+	if err := s.rebalanceWeb(ctx); err != nil {
+		return err
+	}
 	roundStart := time.Now()
 	w := newWorkload(s.c, s.hello)
 	w.seed(s.states)
@@ -566,10 +570,15 @@ func (s *suite) inject(ctx context.Context, kind faultKind, rng *rand.Rand, prob
 		}
 		return &injected{target: leader.name, survivors: c.managers, heal: func() error { return leader.setDiskDelay(0) }}, nil
 	case faultSlowLink:
+		// The leader's own published port is left out of the count while
+		// its link is slow: the link's loss alone times out a request to
+		// it now and then. The other nodes' ports are what the fault
+		// must not touch.
+		probes.exclude(leader)
 		if err := slowLink(ctx, leader.ns); err != nil {
 			return nil, err
 		}
-		return &injected{target: leader.name, survivors: c.managers, heal: func() error { return fastLink(context.Background(), leader.ns) }}, nil
+		return &injected{target: leader.name, excluded: []*node{leader}, survivors: c.managers, heal: func() error { return fastLink(context.Background(), leader.ns) }}, nil
 	case faultRestartAll:
 		all := c.nodes()
 		probes.exclude(all...)

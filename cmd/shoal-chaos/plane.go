@@ -93,7 +93,7 @@ func (p *prober) probe(ctx context.Context, n *node) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.state[n.name]
-	r := probeResult{Target: n.name, Start: start, End: end, OK: err == nil}
+	r := probeResult{Target: n.name, Start: start, End: end, OK: err == nil, Fail: failureKind(err)}
 	p.results = append(p.results, r)
 	switch {
 	case r.OK:

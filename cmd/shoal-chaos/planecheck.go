@@ -17,6 +17,7 @@ type probeResult struct {
 	Start  time.Duration
 	End    time.Duration
 	OK     bool
+	Fail   string // a failure's kind (failureKind)
 }
 
 // exclusion is a time during which a target is unreachable from the host
@@ -35,19 +36,27 @@ type targetFigures struct {
 	Outage time.Duration // the longest time outside exclusions with no successful completion
 }
 
+// tally is a window's figures: per target, and the kinds of the failures
+// that count.
+type tally struct {
+	byTarget map[string]targetFigures
+	kinds    map[string]int
+}
+
 // tallyProbes computes each target's figures over the window [0, end]. A
 // success always counts; a failure counts unless its request overlapped an
 // exclusion of its target. The outage is the longest stretch between two
 // successful completions (the window's edges count as completions), minus
 // the time the target was excluded: how long a client of that node saw
 // nothing succeed while it was meant to answer.
-func tallyProbes(results []probeResult, excl []exclusion, end time.Duration) map[string]targetFigures {
+func tallyProbes(results []probeResult, excl []exclusion, end time.Duration) tally {
 	exclBy := map[string][]exclusion{}
 	for _, e := range excl {
 		exclBy[e.Target] = append(exclBy[e.Target], e)
 	}
 	succBy := map[string][]time.Duration{}
 	out := map[string]targetFigures{}
+	kinds := map[string]int{}
 	for _, r := range results {
 		f := out[r.Target]
 		switch {
@@ -57,6 +66,7 @@ func tallyProbes(results []probeResult, excl []exclusion, end time.Duration) map
 		case !overlapsAny(exclBy[r.Target], r.Start, r.End):
 			f.Sent++
 			f.Failed++
+			kinds[r.Fail]++
 		}
 		out[r.Target] = f
 	}
@@ -77,7 +87,7 @@ func tallyProbes(results []probeResult, excl []exclusion, end time.Duration) map
 		}
 		out[target] = f
 	}
-	return out
+	return tally{byTarget: out, kinds: kinds}
 }
 
 // overlapsAny reports whether [from, to] meets one of the exclusions.
@@ -119,6 +129,7 @@ type planeFigures struct {
 	Target       string // the node the fault hit ("all" for restart-all)
 	Sent, Failed int
 	FailedBy     map[string]int // failed requests per target node
+	FailKinds    map[string]int // failed requests per kind of failure
 	Outage       time.Duration  // the longest outage of any target
 	OutageAt     string         // the target that saw it
 	Window       time.Duration  // how long the requests ran
@@ -133,8 +144,10 @@ type planeFigures struct {
 	ReplacedOn map[string]int // of those, per node, the ones no longer running after the round
 }
 
-// summarize fills the request figures from the per-target tallies.
-func (f *planeFigures) summarize(byTarget map[string]targetFigures) {
+// summarize fills the request figures from a window's tally.
+func (f *planeFigures) summarize(t tally) {
+	byTarget := t.byTarget
+	f.FailKinds = t.kinds
 	f.FailedBy = map[string]int{}
 	for _, t := range slices.Sorted(maps.Keys(byTarget)) {
 		tf := byTarget[t]
@@ -169,7 +182,15 @@ func (f *planeFigures) failedPct() float64 {
 
 // line is the round's data-plane figures for its report line.
 func (f *planeFigures) line() string {
-	s := fmt.Sprintf("http %d req %d failed, outage %.1fs, write %.1fs", f.Sent, f.Failed, f.Outage.Seconds(), f.MaxWrite.Seconds())
+	s := fmt.Sprintf("http %d req %d failed", f.Sent, f.Failed)
+	if f.Failed > 0 {
+		s += fmt.Sprintf(" (%s; %s)", perNode(f.FailedBy), perNode(f.FailKinds))
+	}
+	s += fmt.Sprintf(", outage %.1fs", f.Outage.Seconds())
+	if f.Outage >= time.Second {
+		s += " on " + f.OutageAt
+	}
+	s += fmt.Sprintf(", write %.1fs", f.MaxWrite.Seconds())
 	if len(f.WriteErrs) > 0 {
 		s += fmt.Sprintf(" (%d failed)", len(f.WriteErrs))
 	}
@@ -280,7 +301,7 @@ func evaluate(lim planeLimits, f planeFigures) []string {
 		case f.Sent == 0:
 			out = append(out, "no request through the routing mesh counted")
 		case f.failedPct() >= lim.maxFailed:
-			out = append(out, fmt.Sprintf("%d of %d requests failed (%.2f%%, limit %.2g%%): %s", f.Failed, f.Sent, f.failedPct(), lim.maxFailed, perNode(f.FailedBy)))
+			out = append(out, fmt.Sprintf("%d of %d requests failed (%.2f%%, limit %.2g%%): %s; %s", f.Failed, f.Sent, f.failedPct(), lim.maxFailed, perNode(f.FailedBy), perNode(f.FailKinds)))
 		}
 	}
 	if lim.maxOutage > 0 && f.Outage >= lim.maxOutage {

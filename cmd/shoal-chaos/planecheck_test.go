@@ -74,7 +74,7 @@ func TestTallyProbes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := tallyProbes(tc.results, tc.excl, ms(tc.end))
+			got := tallyProbes(tc.results, tc.excl, ms(tc.end)).byTarget
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %d targets %v, want %v", len(got), got, tc.want)
 			}
@@ -104,12 +104,12 @@ func TestExcludedWithin(t *testing.T) {
 
 func TestSummarize(t *testing.T) {
 	var f planeFigures
-	f.summarize(map[string]targetFigures{
+	f.summarize(tally{byTarget: map[string]targetFigures{
 		"m1": {Sent: 100, Outage: ms(30)},
 		"w1": {Sent: 90, Failed: 3, Outage: ms(2100)},
 		"w2": {Sent: 80, Failed: 1, Outage: ms(500)},
-	})
-	if f.Sent != 270 || f.Failed != 4 || f.Outage != ms(2100) || f.OutageAt != "w1" || f.FailedBy["w1"] != 3 || f.FailedBy["w2"] != 1 || len(f.FailedBy) != 2 {
+	}, kinds: map[string]int{"timeout": 3, "closed": 1}})
+	if f.Sent != 270 || f.Failed != 4 || f.Outage != ms(2100) || f.OutageAt != "w1" || f.FailedBy["w1"] != 3 || f.FailedBy["w2"] != 1 || len(f.FailedBy) != 2 || f.FailKinds["timeout"] != 3 {
 		t.Fatalf("summarize: %+v", f)
 	}
 }
@@ -132,7 +132,8 @@ func TestEvaluate(t *testing.T) {
 		{"too many failed requests", leaderLimits, func(f *planeFigures) {
 			f.Failed = 5
 			f.FailedBy = map[string]int{"w2": 5}
-		}, []string{"5 of 5000 requests failed (0.10%, limit 0.1%): w2 ×5"}},
+			f.FailKinds = map[string]int{"timeout": 4, "closed": 1}
+		}, []string{"5 of 5000 requests failed (0.10%, limit 0.1%): w2 ×5; closed ×1, timeout ×4"}},
 		{"just under the failure limit", leaderLimits, func(f *planeFigures) { f.Failed = 4 }, nil},
 		{"no request counted", leaderLimits, func(f *planeFigures) { f.Sent, f.Failed = 0, 0 }, []string{"no request"}},
 		{"a slow write through a survivor", leaderLimits, func(f *planeFigures) { f.MaxWrite = ms(2000) }, []string{"took 2.0s (limit 2s)"}},
@@ -238,5 +239,19 @@ func TestPlaneTable(t *testing.T) {
 	writePlaneTable(&text, allFaults, tallies, false)
 	if lines := strings.Split(strings.TrimSpace(text.String()), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[2], "kill -9 leader silent") {
 		t.Fatalf("text table:\n%s", text.String())
+	}
+}
+
+func TestTallyFailureKinds(t *testing.T) {
+	results := []probeResult{
+		ok("m1", 0, 1),
+		{Target: "m1", Start: ms(10), End: ms(2010), Fail: "timeout"},
+		{Target: "w1", Start: ms(10), End: ms(11), Fail: "closed"},
+		{Target: "w1", Start: ms(20), End: ms(21), Fail: "closed"},
+		{Target: "w2", Start: ms(20), End: ms(21), Fail: "refused"}, // excluded
+	}
+	got := tallyProbes(results, []exclusion{{Target: "w2", From: 0, To: ms(100)}}, ms(3000)).kinds
+	if len(got) != 2 || got["timeout"] != 1 || got["closed"] != 2 {
+		t.Fatalf("failure kinds: %v", got)
 	}
 }

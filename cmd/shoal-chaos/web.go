@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -33,8 +34,9 @@ var webState = svcState{Exists: true, Replicas: webReplicas, Version: webVersion
 // webSpec is `shoal service create --name web --replicas 6 --publish
 // 8080:80 --health-http /healthz ... hello` under the process runtime.
 // Its tasks drain for a second after SIGTERM, as a web app does, so that a
-// task being replaced has left every node's rotation before it stops.
-func webSpec(hello string) *pb.ServiceSpec {
+// task being replaced has left every node's rotation before it stops;
+// force changes to restart every task (rebalanceWeb), new ones first.
+func webSpec(hello string, force uint64) *pb.ServiceSpec {
 	return &pb.ServiceSpec{
 		Annotations: &pb.Annotations{Name: webName},
 		Task: &pb.TaskSpec{
@@ -45,10 +47,11 @@ func webSpec(hello string) *pb.ServiceSpec {
 				StopGracePeriod: int64(5 * time.Second),
 				Healthcheck:     &pb.HealthCheck{HttpGet: "/healthz", Interval: int64(500 * time.Millisecond), Retries: 2},
 			},
-			Restart: &pb.RestartPolicy{Delay: int64(200 * time.Millisecond)},
+			Restart:     &pb.RestartPolicy{Delay: int64(200 * time.Millisecond)},
+			ForceUpdate: force,
 		},
 		Mode:   &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: webReplicas}},
-		Update: &pb.UpdateConfig{Parallelism: 2, Monitor: int64(500 * time.Millisecond)},
+		Update: &pb.UpdateConfig{Parallelism: 2, Monitor: int64(500 * time.Millisecond), Order: pb.UpdateOrder_UPDATE_ORDER_START_FIRST},
 		Endpoint: &pb.EndpointSpec{Ports: []*pb.PortConfig{{
 			TargetPort: webTarget, PublishedPort: webPort, PublishMode: pb.PublishMode_PUBLISH_MODE_INGRESS,
 		}}},
@@ -76,7 +79,7 @@ func (s *suite) startWeb(ctx context.Context) error {
 		}
 		cctx, cancel := context.WithTimeout(ctx, opTimeout)
 		defer cancel()
-		_, err = cl.CreateService(cctx, &pb.CreateServiceRequest{Spec: webSpec(s.hello)})
+		_, err = cl.CreateService(cctx, &pb.CreateServiceRequest{Spec: webSpec(s.hello, 0)})
 		if status.Code(err) == codes.AlreadyExists {
 			return nil // an earlier attempt timed out after it committed
 		}
@@ -87,7 +90,17 @@ func (s *suite) startWeb(ctx context.Context) error {
 	}
 	s.web = webState
 	start := time.Now()
-	err = waitFor(ctx, 90*time.Second, "the web service's replicas, healthy, and every node's published port", func(ctx context.Context) error {
+	if err := s.waitWeb(ctx); err != nil {
+		return fmt.Errorf("start the web service: %w", err)
+	}
+	fmt.Printf("== web: %d replicas healthy, port %d answering on every node, in %s\n", webReplicas, webPort, time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// waitWeb waits until the web service's replicas run healthy and every
+// node answers on its published port.
+func (s *suite) waitWeb(ctx context.Context) error {
+	return waitFor(ctx, 90*time.Second, "the web service's replicas, healthy, and every node's published port", func(ctx context.Context) error {
 		tasks, err := s.webTasks(ctx)
 		if err != nil {
 			return err
@@ -109,11 +122,98 @@ func (s *suite) startWeb(ctx context.Context) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("start the web service: %w", err)
+}
+
+// webSpread is how many web tasks each worker runs.
+func (s *suite) webSpread(tasks map[string]webTask) map[string]int {
+	per := map[string]int{}
+	for _, w := range s.c.workers {
+		per[w.name] = 0
 	}
-	fmt.Printf("== web: %d replicas healthy, port %d answering on every node, in %s\n", webReplicas, webPort, time.Since(start).Round(100*time.Millisecond))
-	return nil
+	for _, t := range tasks {
+		per[t.node]++
+	}
+	return per
+}
+
+// balanced reports whether no worker runs more than one web task more
+// than another.
+func balanced(per map[string]int) bool {
+	lo, hi := -1, 0
+	for _, n := range per {
+		if lo < 0 || n < lo {
+			lo = n
+		}
+		hi = max(hi, n)
+	}
+	return hi-lo <= 1
+}
+
+// rebalanceWeb spreads the web tasks over the workers again when an
+// earlier round left them bunched (tasks replaced onto the workers that
+// stayed up are not moved back), so that each round starts from the same
+// placement: a rolling restart, new tasks first, which the scheduler
+// places on the workers with the fewest. It tries a few times.
+func (s *suite) rebalanceWeb(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		tasks, err := s.webTasks(ctx)
+		if err != nil {
+			return fmt.Errorf("rebalance the web service: %w", err)
+		}
+		per := s.webSpread(tasks)
+		if balanced(per) {
+			return nil
+		}
+		if attempt > 3 {
+			fmt.Printf("== web: still unbalanced (%s) after %d rolling restarts; going on\n", perNode(per), attempt-1)
+			return nil
+		}
+		start := time.Now()
+		s.webForce++
+		err = waitFor(ctx, 30*time.Second, "a rolling restart of the web service", func(ctx context.Context) error {
+			cl, err := s.c.control(s.c.managers[attempt%len(s.c.managers)])
+			if err != nil {
+				return err
+			}
+			cctx, cancel := context.WithTimeout(ctx, opTimeout)
+			defer cancel()
+			_, err = cl.UpdateService(cctx, &pb.UpdateServiceRequest{Ref: webName, Spec: webSpec(s.hello, s.webForce)})
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("rebalance the web service: %w", err)
+		}
+		if err := waitFor(ctx, 90*time.Second, "the web service's rolling restart", func(ctx context.Context) error {
+			cl, err := s.c.control(s.c.managers[attempt%len(s.c.managers)])
+			if err != nil {
+				return err
+			}
+			resp, err := cl.ListTasks(ctx, &pb.ListTasksRequest{ServiceRef: webName, RunningOnly: true})
+			if err != nil {
+				return err
+			}
+			current := 0
+			for _, t := range resp.GetTasks() {
+				if t.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && t.GetSpec().GetForceUpdate() == s.webForce {
+					current++
+				}
+			}
+			if current != webReplicas || len(resp.GetTasks()) != webReplicas {
+				return fmt.Errorf("%d of %d tasks restarted, %d tasks listed", current, webReplicas, len(resp.GetTasks()))
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("rebalance the web service: %w", err)
+		}
+		if err := s.waitWeb(ctx); err != nil {
+			return fmt.Errorf("rebalance the web service: %w", err)
+		}
+		after, err := s.webTasks(ctx)
+		if err != nil {
+			return fmt.Errorf("rebalance the web service: %w", err)
+		}
+		fmt.Printf("== web: rebalanced from %s to %s in %s\n", perNode(per), perNode(s.webSpread(after)), time.Since(start).Round(100*time.Millisecond))
+	}
 }
 
 // removeWeb removes the web service (teardown).
@@ -220,7 +320,11 @@ func probeClient(timeout time.Duration) *http.Client {
 // askWeb sends one request to a node's published web port and reads the
 // whole answer.
 func askWeb(ctx context.Context, client *http.Client, ip string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, strconv.Itoa(webPort))+"/", nil)
+	return askURL(ctx, client, "http://"+net.JoinHostPort(ip, strconv.Itoa(webPort))+"/")
+}
+
+func askURL(ctx context.Context, client *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
@@ -233,7 +337,38 @@ func askWeb(ctx context.Context, client *http.Client, ip string) error {
 		return fmt.Errorf("read the answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %s", resp.Status)
+		return statusError(resp.StatusCode)
 	}
 	return nil
+}
+
+// failureKind names what went wrong with a request, for the report: a
+// timeout (nothing answered within probeTimeout), a refused or reset
+// connection, a connection closed without an answer (the mesh had no
+// backend that answered), or an HTTP status.
+func failureKind(err error) string {
+	var ne net.Error
+	var se statusError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &se):
+		return "status " + strconv.Itoa(int(se))
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "closed"
+	}
+	return "other"
+}
+
+// statusError is an answer other than 200 OK.
+type statusError int
+
+func (e statusError) Error() string {
+	return fmt.Sprintf("status %d %s", int(e), http.StatusText(int(e)))
 }
