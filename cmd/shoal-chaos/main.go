@@ -448,10 +448,15 @@ type injected struct {
 
 // holdFor is how long a fault lasts: long enough for the ones that cut
 // off or freeze the leader that a new leader is elected and the old one's
-// sessions time out.
+// sessions time out. A leader killed silently stays gone past gRPC's 20 s
+// connect timeout, as a dead machine does: a dial to its address that
+// nothing bounds runs out while it is still gone (with a shorter hold the
+// restart completes such a dial and hides how long it would have hung).
 func holdFor(kind faultKind, rng *rand.Rand) time.Duration {
 	switch kind {
-	case faultPartition, faultBlackholeFollower, faultKillLeaderSilent:
+	case faultKillLeaderSilent:
+		return 22 * time.Second
+	case faultPartition, faultBlackholeFollower:
 		return time.Duration(5000+rng.IntN(3000)) * time.Millisecond
 	case faultFreezeLeader, faultBlackholeWorker:
 		return 10 * time.Second
