@@ -407,6 +407,9 @@ func (s *suite) closePlane(ctx context.Context, target string, before map[string
 	}
 	results, excl, end := probes.stop()
 	fig.summarize(tallyProbes(results, excl, end))
+	if fig.FailKinds["other"] > 0 {
+		fig.OtherFailure = probes.otherFailure()
+	}
 	fig.Window = end
 	fig.WorkersDown = downs.stop()
 	fig.Writes, fig.WriteErrs, fig.MaxWrite = writes.stop()

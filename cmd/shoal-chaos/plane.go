@@ -50,6 +50,7 @@ type prober struct {
 
 	mu      sync.Mutex
 	results []probeResult
+	other   string // the first failure of no known kind, as it read
 	excl    []exclusion
 	state   map[string]*probeState
 	end     time.Duration // set by stop
@@ -95,6 +96,9 @@ func (p *prober) probe(ctx context.Context, n *node) {
 	st := p.state[n.name]
 	r := probeResult{Target: n.name, Start: start, End: end, OK: err == nil, Fail: failureKind(err)}
 	p.results = append(p.results, r)
+	if r.Fail == "other" && p.other == "" && !st.excluded && !st.awaiting {
+		p.other = fmt.Sprintf("%s: %v", n.name, err)
+	}
 	switch {
 	case r.OK:
 		st.lastOK = end
@@ -159,6 +163,13 @@ func (p *prober) quiet() error {
 		}
 	}
 	return nil
+}
+
+// otherFailure is the first failure of no known kind, for the report.
+func (p *prober) otherFailure() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.other
 }
 
 // stop ends the traffic, waits for the requests in flight and returns

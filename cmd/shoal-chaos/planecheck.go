@@ -130,6 +130,7 @@ type planeFigures struct {
 	Sent, Failed int
 	FailedBy     map[string]int // failed requests per target node
 	FailKinds    map[string]int // failed requests per kind of failure
+	OtherFailure string         // how a failure of no known kind read
 	Outage       time.Duration  // the longest outage of any target
 	OutageAt     string         // the target that saw it
 	Window       time.Duration  // how long the requests ran
@@ -301,7 +302,11 @@ func evaluate(lim planeLimits, f planeFigures) []string {
 		case f.Sent == 0:
 			out = append(out, "no request through the routing mesh counted")
 		case f.failedPct() >= lim.maxFailed:
-			out = append(out, fmt.Sprintf("%d of %d requests failed (%.2f%%, limit %.2g%%): %s; %s", f.Failed, f.Sent, f.failedPct(), lim.maxFailed, perNode(f.FailedBy), perNode(f.FailKinds)))
+			line := fmt.Sprintf("%d of %d requests failed (%.2f%%, limit %.2g%%): %s; %s", f.Failed, f.Sent, f.failedPct(), lim.maxFailed, perNode(f.FailedBy), perNode(f.FailKinds))
+			if f.OtherFailure != "" {
+				line += " (other: " + f.OtherFailure + ")"
+			}
+			out = append(out, line)
 		}
 	}
 	if lim.maxOutage > 0 && f.Outage >= lim.maxOutage {

@@ -35,7 +35,9 @@ var webState = svcState{Exists: true, Replicas: webReplicas, Version: webVersion
 // 8080:80 --health-http /healthz ... hello` under the process runtime.
 // Its tasks drain for a second after SIGTERM, as a web app does, so that a
 // task being replaced has left every node's rotation before it stops;
-// force changes to restart every task (rebalanceWeb), new ones first.
+// force changes to restart every task (rebalanceWeb): one at a time, the
+// old one stopped first, so that the scheduler, which places a task on the
+// node with the fewest of its service, evens out the spread.
 func webSpec(hello string, force uint64) *pb.ServiceSpec {
 	return &pb.ServiceSpec{
 		Annotations: &pb.Annotations{Name: webName},
@@ -51,7 +53,7 @@ func webSpec(hello string, force uint64) *pb.ServiceSpec {
 			ForceUpdate: force,
 		},
 		Mode:   &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: webReplicas}},
-		Update: &pb.UpdateConfig{Parallelism: 2, Monitor: int64(500 * time.Millisecond), Order: pb.UpdateOrder_UPDATE_ORDER_START_FIRST},
+		Update: &pb.UpdateConfig{Parallelism: 1, Monitor: int64(500 * time.Millisecond), Order: pb.UpdateOrder_UPDATE_ORDER_STOP_FIRST},
 		Endpoint: &pb.EndpointSpec{Ports: []*pb.PortConfig{{
 			TargetPort: webTarget, PublishedPort: webPort, PublishMode: pb.PublishMode_PUBLISH_MODE_INGRESS,
 		}}},
@@ -152,8 +154,7 @@ func balanced(per map[string]int) bool {
 // rebalanceWeb spreads the web tasks over the workers again when an
 // earlier round left them bunched (tasks replaced onto the workers that
 // stayed up are not moved back), so that each round starts from the same
-// placement: a rolling restart, new tasks first, which the scheduler
-// places on the workers with the fewest. It tries a few times.
+// placement: a rolling restart (see webSpec). It tries a few times.
 func (s *suite) rebalanceWeb(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		tasks, err := s.webTasks(ctx)
