@@ -316,6 +316,31 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 		return fmt.Errorf("heal: %w", err)
 	}
 	probes.readmit(f.excluded...)
+	healed := time.Now()
+	// The requests go on while the round's checks run, until the data
+	// plane is quiet again once the checks are done, or planeTail after
+	// the heal if they take longer (a convergence check running out must
+	// not dilute the figures with a minute of steady traffic).
+	checksDone, planeClosed := make(chan struct{}), make(chan struct{})
+	var planeErr error
+	go func() {
+		defer close(planeClosed)
+		select {
+		case <-checksDone:
+		case <-time.After(time.Until(healed.Add(planeTail))):
+		case <-ctx.Done():
+		}
+		planeErr = waitFor(ctx, quietWait, "every node's published port to answer steadily", func(context.Context) error { return probes.quiet() })
+		probes.stop()
+	}()
+	defer func() {
+		select {
+		case <-checksDone:
+		default:
+			close(checksDone)
+		}
+		<-planeClosed
+	}()
 	sleep(ctx, 2*time.Second)
 	stopLoad()
 	<-loadDone
@@ -334,7 +359,14 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	// finish closes the data-plane measurement, checks it and reports the
 	// round, whatever the other checks found.
 	finish := func() error {
-		fig, problems := s.closePlane(ctx, f.target, before, probes, downs, writes)
+		close(checksDone)
+		<-planeClosed
+		var problems []string
+		if planeErr != nil {
+			problems = append(problems, "the data plane did not settle after the round: "+planeErr.Error())
+		}
+		fig, more := s.closePlane(ctx, f.target, before, probes, downs, writes)
+		problems = append(problems, more...)
 		add("(e) data plane", problems...)
 		lines := evaluate(dataPlaneLimits[kind], fig)
 		add("(e) data plane", lines...)
@@ -386,9 +418,8 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	return err
 }
 
-// closePlane ends a round's data-plane measurement once the data plane
-// is quiet again (every node answering, no failure for quietFor), and
-// returns its figures and what kept it from going quiet.
+// closePlane collects a round's data-plane figures once the requests
+// stopped, and compares the web tasks with those before the fault.
 func (s *suite) closePlane(ctx context.Context, target string, before map[string]webTask, probes *prober, downs *downWatcher, writes *writer) (planeFigures, []string) {
 	var problems []string
 	fig := planeFigures{Target: target, WebBefore: map[string]int{}, ReplacedOn: map[string]int{}}
@@ -401,9 +432,6 @@ func (s *suite) closePlane(ctx context.Context, target string, before map[string
 		if _, ok := after[id]; !ok && err == nil {
 			fig.ReplacedOn[t.node]++
 		}
-	}
-	if err := waitFor(ctx, quietWait, "every node's published port to answer steadily", func(context.Context) error { return probes.quiet() }); err != nil {
-		problems = append(problems, "the data plane did not settle after the round: "+err.Error())
 	}
 	results, excl, end := probes.stop()
 	fig.summarize(tallyProbes(results, excl, end))

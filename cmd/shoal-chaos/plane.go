@@ -25,6 +25,9 @@ const (
 	// measurement window closes.
 	quietFor  = 3 * time.Second
 	quietWait = 60 * time.Second // at most, after the round's checks
+	// planeTail is how long after the heal the requests go on at least
+	// when the round's checks take longer.
+	planeTail = 20 * time.Second
 )
 
 // probeState is one target's standing in the prober.

@@ -26,6 +26,7 @@ func TestFailureKind(t *testing.T) {
 		{&url.Error{Op: "Get", URL: "http://x", Err: &net.OpError{Op: "read", Err: syscall.ECONNRESET}}, "reset"},
 		{&url.Error{Op: "Get", URL: "http://x", Err: io.EOF}, "closed"},
 		{fmt.Errorf("read the answer: %w", io.ErrUnexpectedEOF), "closed"},
+		{&url.Error{Op: "Get", URL: "http://x", Err: errors.New("http: server closed idle connection")}, "closed"},
 		{errors.New("something else"), "other"},
 	}
 	for _, tc := range cases {
