@@ -176,6 +176,7 @@ type suite struct {
 	anomalies map[string][]string // by invariant
 
 	lastConverge string // what the last convergence check saw, for the round's line
+	statesStale  bool   // the last round ended before reading the services back: states is not what the cluster holds
 
 	plane map[faultKind]*kindTally // data-plane figures by fault kind
 }
@@ -285,6 +286,17 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	if err := s.rebalanceWeb(ctx); err != nil {
 		return err
 	}
+	if s.statesStale {
+		// The last round stopped at an availability anomaly, before its
+		// final reads: its writes (and any landing late) moved the
+		// services on. Seeding this round with the old states would make
+		// its history look non-linearizable.
+		states, err := newWorkload(s.c, s.hello).readStates(ctx, sortedNames(s.states))
+		if err != nil {
+			return fmt.Errorf("read the services back after the last round's availability anomaly: %w", err)
+		}
+		s.states, s.statesStale = states, false
+	}
 	roundStart := time.Now()
 	w := newWorkload(s.c, s.hello)
 	w.seed(s.states)
@@ -378,6 +390,7 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	}
 	if err := s.c.waitReady(ctx, len(s.c.nodes()), 90*time.Second); err != nil {
 		add("availability", "the cluster did not recover: "+err.Error())
+		s.statesStale = true
 		return finish()
 	}
 	if l, err := s.c.leader(ctx); err == nil {
@@ -386,6 +399,7 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	final, err := w.readStates(ctx, sortedNames(s.states))
 	if err != nil {
 		add("availability", err.Error())
+		s.statesStale = true
 		return finish()
 	}
 	if msg := checkLinearizable(w.history, time.Minute, filepath.Join(s.dir, fmt.Sprintf("round-%d-history.html", i+1))); msg != "" {
@@ -402,6 +416,7 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	later, err := w.readStates(ctx, sortedNames(s.states))
 	if err != nil {
 		add("availability", err.Error())
+		s.statesStale = true
 		return finish()
 	}
 	for _, name := range sortedNames(final) {
