@@ -57,7 +57,7 @@ chaos:
 # The short seeded pass CI runs: each fault kind once.
 chaos-short:
 	$(GO) test -count=1 -tags faultinject -run 'SlowLogStore' ./raftstore
-	$(GO) run ./cmd/shoal-chaos -seed $(SEED) -rounds 7
+	$(GO) run ./cmd/shoal-chaos -seed $(SEED) -rounds 12
 
 # Fuzzing: every Fuzz target for FUZZTIME each (crashers land in the
 # package's testdata/fuzz/ and stay as regression tests).

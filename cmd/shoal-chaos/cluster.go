@@ -358,8 +358,14 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 	defer tick.Stop()
 	var last error
 	for {
-		if last = cond(ctx); last == nil {
+		err := cond(ctx)
+		if err == nil {
 			return nil
+		}
+		// A call cut short by the deadline says nothing about the
+		// condition: keep what the attempt before it found.
+		if last == nil || ctx.Err() == nil {
+			last = err
 		}
 		select {
 		case <-ctx.Done():

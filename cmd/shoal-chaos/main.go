@@ -3,21 +3,29 @@
 // processes, each in a network namespace of its own wired to a bridge the
 // suite creates — and, in a seeded loop of rounds, injects one fault per
 // round while a client creates, scales, updates, removes and inspects
-// services: kill -9 of the leader, of a follower or of a worker; the
-// leader cut off by iptables DROP rules; the leader paused with SIGSTOP (a
-// long GC pause); the leader's Raft log writes slowed (a slow disk, built
-// into the daemon with the faultinject tag); every node killed and
-// restarted. After each round, with the fault healed, it checks that
+// services: kill -9 of the leader (also with its address gone silent
+// first: no reset), of a follower or of a worker; the leader or a
+// follower cut off by iptables DROP rules; a worker cut off from the
+// managers only; the leader paused with SIGSTOP (a long GC pause, or a
+// 10 s freeze); the leader's Raft log writes slowed (a slow disk, built
+// into the daemon with the faultinject tag) or its link made slow and
+// lossy (tc tbf); every node killed and restarted. After each round, with
+// the fault healed, it checks that
 //
 //	(a) the history of control-API calls is linearizable (porcupine);
 //	(b) every acknowledged change is present;
 //	(c) each service converges to its replica count and version, with no
 //	    slot running twice, in the store or among the processes;
 //	(d) no task process or supervisor runs that the store does not account
-//	    for, and nothing is left once the services and nodes are gone.
+//	    for, and nothing is left once the services and nodes are gone;
+//	(e) the data plane held: a steady published service (web, 6 replicas,
+//	    port 8080 on every node) answered requests sent to every node
+//	    throughout the round, no worker was declared Down and no task
+//	    replaced because of a manager's fault, and writes through the
+//	    surviving managers committed promptly (dataPlaneLimits, per fault).
 //
 // It prints a summary table and exits 1 on any anomaly. It needs root (ip
-// netns, veth, iptables) and removes everything it created, also when
+// netns, veth, iptables, tc) and removes everything it created, also when
 // interrupted.
 package main
 
@@ -53,6 +61,7 @@ type options struct {
 	faults   []faultKind
 	race     bool
 	keep     bool
+	report   string // where to write the per-fault data-plane table as Markdown
 }
 
 func main() {
@@ -63,9 +72,10 @@ func main() {
 	fs.IntVar(&o.managers, "managers", 3, "managers (3 or 5)")
 	fs.IntVar(&o.workers, "workers", 3, "workers")
 	fs.IntVar(&o.services, "services", 3, "service names the client works on (one writer each)")
-	faults := fs.String("faults", "all", "faults to inject, comma-separated: kill-leader, kill-follower, kill-worker, partition, pause, slow-disk, restart-all")
+	faults := fs.String("faults", "all", "faults to inject, comma-separated: kill-leader, kill-leader-silent, kill-follower, kill-worker, blackhole-leader (or partition), blackhole-follower, blackhole-worker, pause, freeze-leader, slow-disk, slow-link, restart-all")
 	fs.BoolVar(&o.race, "race", false, "build the daemons with the race detector (slower)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the suite's directory (node logs, data) even when every check passes")
+	fs.StringVar(&o.report, "report", "", "write the per-fault data-plane table to this file as Markdown (for docs/benchmarks.md)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -92,21 +102,29 @@ func main() {
 type faultKind string
 
 const (
-	faultKillLeader   faultKind = "kill -9 leader"
-	faultKillFollower faultKind = "kill -9 follower"
-	faultKillWorker   faultKind = "kill -9 worker"
-	faultPartition    faultKind = "partition leader"
-	faultPause        faultKind = "SIGSTOP leader"
-	faultSlowDisk     faultKind = "slow disk on leader"
-	faultRestartAll   faultKind = "restart every node"
+	faultKillLeader        faultKind = "kill -9 leader"
+	faultKillLeaderSilent  faultKind = "kill -9 leader silent"
+	faultKillFollower      faultKind = "kill -9 follower"
+	faultKillWorker        faultKind = "kill -9 worker"
+	faultPartition         faultKind = "blackhole leader"
+	faultBlackholeFollower faultKind = "blackhole follower"
+	faultBlackholeWorker   faultKind = "blackhole worker"
+	faultPause             faultKind = "SIGSTOP leader"
+	faultFreezeLeader      faultKind = "freeze leader 10s"
+	faultSlowDisk          faultKind = "slow disk on leader"
+	faultSlowLink          faultKind = "slow link on leader"
+	faultRestartAll        faultKind = "restart every node"
 )
 
-var allFaults = []faultKind{faultKillLeader, faultKillFollower, faultKillWorker, faultPartition, faultPause, faultSlowDisk, faultRestartAll}
+var allFaults = []faultKind{faultKillLeader, faultKillFollower, faultKillWorker, faultPartition, faultPause, faultSlowDisk, faultRestartAll,
+	faultKillLeaderSilent, faultFreezeLeader, faultBlackholeFollower, faultBlackholeWorker, faultSlowLink}
 
-// faultFlags are the names --faults takes.
+// faultFlags are the names --faults takes ("partition" is the old name of
+// blackhole-leader).
 var faultFlags = map[string]faultKind{
-	"kill-leader": faultKillLeader, "kill-follower": faultKillFollower, "kill-worker": faultKillWorker,
-	"partition": faultPartition, "pause": faultPause, "slow-disk": faultSlowDisk, "restart-all": faultRestartAll,
+	"kill-leader": faultKillLeader, "kill-leader-silent": faultKillLeaderSilent, "kill-follower": faultKillFollower, "kill-worker": faultKillWorker,
+	"blackhole-leader": faultPartition, "partition": faultPartition, "blackhole-follower": faultBlackholeFollower, "blackhole-worker": faultBlackholeWorker,
+	"pause": faultPause, "freeze-leader": faultFreezeLeader, "slow-disk": faultSlowDisk, "slow-link": faultSlowLink, "restart-all": faultRestartAll,
 }
 
 // parseFaults reads --faults: a comma-separated list, or "all".
@@ -141,11 +159,15 @@ func schedule(seed uint64, rounds int, kinds []faultKind) []faultKind {
 
 // suite is one run: the cluster, the schedule and the tallies.
 type suite struct {
-	o      options
-	dir    string
-	hello  string
-	c      *cluster
-	states map[string]svcState // each name's state after the last round
+	o        options
+	dir      string
+	hello    string
+	c        *cluster
+	states   map[string]svcState // each name's state after the last round
+	web      svcState            // the steady web service (absent before it is created and after teardown)
+	webForce uint64              // its force_update counter (rebalanceWeb)
+	names    map[string]string   // node ID -> hostname
+	specs    map[string]*pb.Node // hostname -> the node as read once the cluster formed
 
 	faults    map[faultKind]int
 	ops       map[opKind]int
@@ -154,6 +176,9 @@ type suite struct {
 	anomalies map[string][]string // by invariant
 
 	lastConverge string // what the last convergence check saw, for the round's line
+	statesStale  bool   // the last round ended before reading the services back: states is not what the cluster holds
+
+	plane map[faultKind]*kindTally // data-plane figures by fault kind
 }
 
 func run(ctx context.Context, o options) int {
@@ -168,7 +193,7 @@ func run(ctx context.Context, o options) int {
 		return 1
 	}
 	s := &suite{o: o, dir: dir, states: map[string]svcState{}, faults: map[faultKind]int{}, ops: map[opKind]int{},
-		anomalies: map[string][]string{}}
+		anomalies: map[string][]string{}, plane: map[faultKind]*kindTally{}}
 	for i := range o.services {
 		s.states[fmt.Sprintf("chaos-%c", 'a'+i)] = svcState{}
 	}
@@ -217,6 +242,9 @@ func (s *suite) run(ctx context.Context) error {
 		return fmt.Errorf("form the cluster: %w", err)
 	}
 	fmt.Printf("== cluster formed: %d nodes\n", len(c.nodes()))
+	if err := s.startWeb(ctx); err != nil {
+		return err
+	}
 	plan := schedule(s.o.seed, s.o.rounds, s.o.faults)
 	for i, kind := range plan {
 		if ctx.Err() != nil {
@@ -250,9 +278,25 @@ func build(ctx context.Context, bin string, race bool) (string, error) {
 }
 
 // round runs the client with one fault injected and healed, then checks
-// the invariants.
+// the invariants. Throughout, the data plane is measured: requests to
+// every node's published web port, workers seen Down, and writes through
+// the managers the fault spares.
 func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	rng := rand.New(rand.NewPCG(s.o.seed, uint64(i)+1))
+	if err := s.rebalanceWeb(ctx); err != nil {
+		return err
+	}
+	if s.statesStale {
+		// The last round stopped at an availability anomaly, before its
+		// final reads: its writes (and any landing late) moved the
+		// services on. Seeding this round with the old states would make
+		// its history look non-linearizable.
+		states, err := newWorkload(s.c, s.hello).readStates(ctx, sortedNames(s.states))
+		if err != nil {
+			return fmt.Errorf("read the services back after the last round's availability anomaly: %w", err)
+		}
+		s.states, s.statesStale = states, false
+	}
 	roundStart := time.Now()
 	w := newWorkload(s.c, s.hello)
 	w.seed(s.states)
@@ -260,17 +304,55 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	loadDone := make(chan struct{})
 	go func() { w.run(wctx, rng, s.states, 2); close(loadDone) }()
 	defer func() { stopLoad(); <-loadDone }()
+	probes := startProber(ctx, s.c.nodes())
+	downs := watchDown(ctx, s.c)
+	var writes *writer
+	defer func() { probes.stop(); downs.stop(); writes.stop() }()
 
 	sleep(ctx, time.Duration(800+rng.IntN(700))*time.Millisecond)
-	target, heal, err := s.inject(ctx, kind, rng)
+	before, err := s.webTasks(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("read the web tasks before the fault: %w", err)
+	}
+	f, err := s.inject(ctx, kind, rng, probes)
+	if err != nil {
+		return fmt.Errorf("inject: %w", err)
 	}
 	s.faults[kind]++
-	sleep(ctx, time.Duration(2000+rng.IntN(2000))*time.Millisecond)
-	if err := heal(); err != nil {
+	if len(f.survivors) > 0 {
+		writes = startWrites(ctx, s.c, f.survivors, s.writeTarget(f.target))
+	}
+	sleep(ctx, holdFor(kind, rng))
+	writes.halt()
+	if err := f.heal(); err != nil {
 		return fmt.Errorf("heal: %w", err)
 	}
+	probes.readmit(f.excluded...)
+	healed := time.Now()
+	// The requests go on while the round's checks run, until the data
+	// plane is quiet again once the checks are done, or planeTail after
+	// the heal if they take longer (a convergence check running out must
+	// not dilute the figures with a minute of steady traffic).
+	checksDone, planeClosed := make(chan struct{}), make(chan struct{})
+	var planeErr error
+	go func() {
+		defer close(planeClosed)
+		select {
+		case <-checksDone:
+		case <-time.After(time.Until(healed.Add(planeTail))):
+		case <-ctx.Done():
+		}
+		planeErr = waitFor(ctx, quietWait, "every node's published port to answer steadily", func(context.Context) error { return probes.quiet() })
+		probes.stop()
+	}()
+	defer func() {
+		select {
+		case <-checksDone:
+		default:
+			close(checksDone)
+		}
+		<-planeClosed
+	}()
 	sleep(ctx, 2*time.Second)
 	stopLoad()
 	<-loadDone
@@ -278,6 +360,7 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 		return ctx.Err()
 	}
 
+	target := f.target
 	var found []string
 	add := func(inv string, lines ...string) {
 		for _, l := range lines {
@@ -285,9 +368,30 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 			found = append(found, inv+": "+l)
 		}
 	}
+	// finish closes the data-plane measurement, checks it and reports the
+	// round, whatever the other checks found.
+	finish := func() error {
+		close(checksDone)
+		<-planeClosed
+		var problems []string
+		if planeErr != nil {
+			problems = append(problems, "the data plane did not settle after the round: "+planeErr.Error())
+		}
+		fig, more := s.closePlane(ctx, f.target, before, probes, downs, writes)
+		problems = append(problems, more...)
+		add("(e) data plane", problems...)
+		lines := evaluate(dataPlaneLimits[kind], fig)
+		add("(e) data plane", lines...)
+		if s.plane[kind] == nil {
+			s.plane[kind] = &kindTally{}
+		}
+		s.plane[kind].add(fig, len(problems)+len(lines))
+		return s.report(i, kind, target, w, time.Since(roundStart), found, &fig)
+	}
 	if err := s.c.waitReady(ctx, len(s.c.nodes()), 90*time.Second); err != nil {
 		add("availability", "the cluster did not recover: "+err.Error())
-		return s.report(i, kind, target, w, time.Since(roundStart), found)
+		s.statesStale = true
+		return finish()
 	}
 	if l, err := s.c.leader(ctx); err == nil {
 		target += " leader:" + l.name
@@ -295,7 +399,8 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	final, err := w.readStates(ctx, sortedNames(s.states))
 	if err != nil {
 		add("availability", err.Error())
-		return s.report(i, kind, target, w, time.Since(roundStart), found)
+		s.statesStale = true
+		return finish()
 	}
 	if msg := checkLinearizable(w.history, time.Minute, filepath.Join(s.dir, fmt.Sprintf("round-%d-history.html", i+1))); msg != "" {
 		add("(a) linearizable", msg)
@@ -303,7 +408,7 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	lost, skipped := checkAcknowledged(w.history, final)
 	add("(b) acknowledged", lost...)
 	s.skipped += skipped
-	if problems := s.waitConverged(ctx, final, 90*time.Second); len(problems) > 0 {
+	if problems := s.waitConverged(ctx, s.withWeb(final), 90*time.Second); len(problems) > 0 {
 		add("(c,d) converged", problems...)
 	}
 	// No client has run since the final read: the services must not have
@@ -311,7 +416,8 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	later, err := w.readStates(ctx, sortedNames(s.states))
 	if err != nil {
 		add("availability", err.Error())
-		return s.report(i, kind, target, w, time.Since(roundStart), found)
+		s.statesStale = true
+		return finish()
 	}
 	for _, name := range sortedNames(final) {
 		if !explainedLater(w.history, name, final[name], later[name]) {
@@ -319,15 +425,42 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 				name, final[name], later[name]))
 		}
 	}
+	s.states = later
+	err = finish()
 	if len(found) > 0 {
 		dumpHistory(filepath.Join(s.dir, fmt.Sprintf("round-%d-history.txt", i+1)), w.history)
 	}
-	s.states = later
-	return s.report(i, kind, target, w, time.Since(roundStart), found)
+	return err
+}
+
+// closePlane collects a round's data-plane figures once the requests
+// stopped, and compares the web tasks with those before the fault.
+func (s *suite) closePlane(ctx context.Context, target string, before map[string]webTask, probes *prober, downs *downWatcher, writes *writer) (planeFigures, []string) {
+	var problems []string
+	fig := planeFigures{Target: target, WebBefore: map[string]int{}, ReplacedOn: map[string]int{}}
+	after, err := s.webTasks(ctx)
+	if err != nil {
+		problems = append(problems, "cannot compare the web tasks after the round: "+err.Error())
+	}
+	for id, t := range before {
+		fig.WebBefore[t.node]++
+		if _, ok := after[id]; !ok && err == nil {
+			fig.ReplacedOn[t.node]++
+		}
+	}
+	results, excl, end := probes.stop()
+	fig.summarize(tallyProbes(results, excl, end))
+	if fig.FailKinds["other"] > 0 {
+		fig.OtherFailure = probes.otherFailure()
+	}
+	fig.Window = end
+	fig.WorkersDown = downs.stop()
+	fig.Writes, fig.WriteErrs, fig.MaxWrite = writes.stop()
+	return fig, problems
 }
 
 // report adds a round's calls to the tallies and prints its line.
-func (s *suite) report(i int, kind faultKind, target string, w *workload, took time.Duration, found []string) error {
+func (s *suite) report(i int, kind faultKind, target string, w *workload, took time.Duration, found []string, fig *planeFigures) error {
 	total := 0
 	for k, n := range w.counts {
 		s.ops[k] += n
@@ -342,8 +475,8 @@ func (s *suite) report(i int, kind faultKind, target string, w *workload, took t
 	if len(found) > 0 {
 		verdict = fmt.Sprintf("%d ANOMALIES", len(found))
 	}
-	fmt.Printf("%s round %3d/%d  %-20s %-14s %4d calls (%3d unknown)  %-28s %6s  %s\n", time.Now().Format("15:04:05"), i+1, s.o.rounds, kind, target, total, w.unknown,
-		s.lastConverge, took.Round(100*time.Millisecond), verdict)
+	fmt.Printf("%s round %3d/%d  %-21s %-14s %4d calls (%3d unknown)  %-28s %6s  %s  %s\n", time.Now().Format("15:04:05"), i+1, s.o.rounds, kind, target, total, w.unknown,
+		s.lastConverge, took.Round(100*time.Millisecond), fig.line(), verdict)
 	s.lastConverge = ""
 	for _, f := range found {
 		fmt.Printf("    %s\n", f)
@@ -351,61 +484,168 @@ func (s *suite) report(i int, kind faultKind, target string, w *workload, took t
 	return nil
 }
 
-// inject starts a fault and returns the node it hit and how to heal it.
-func (s *suite) inject(ctx context.Context, kind faultKind, rng *rand.Rand) (string, func() error, error) {
+// injected is a fault in place.
+type injected struct {
+	target    string       // the node it hit ("all" for restart-all)
+	excluded  []*node      // nodes it makes unreachable from the host on purpose
+	survivors []*node      // managers the writes go through while it lasts
+	heal      func() error // undoes it
+}
+
+// holdFor is how long a fault lasts: long enough for the ones that cut
+// off or freeze the leader that a new leader is elected and the old one's
+// sessions time out. A leader killed silently stays gone past gRPC's 20 s
+// connect timeout, as a dead machine does: a dial to its address that
+// nothing bounds runs out while it is still gone (with a shorter hold the
+// restart completes such a dial and hides how long it would have hung).
+func holdFor(kind faultKind, rng *rand.Rand) time.Duration {
+	switch kind {
+	case faultKillLeaderSilent:
+		return 22 * time.Second
+	case faultPartition, faultBlackholeFollower:
+		return time.Duration(5000+rng.IntN(3000)) * time.Millisecond
+	case faultFreezeLeader, faultBlackholeWorker:
+		return 10 * time.Second
+	case faultSlowLink:
+		return 8 * time.Second
+	default:
+		return time.Duration(2000+rng.IntN(2000)) * time.Millisecond
+	}
+}
+
+// writeTarget is the worker the writes label: one the fault did not hit.
+func (s *suite) writeTarget(hit string) *pb.Node {
+	for _, w := range s.c.workers {
+		if w.name != hit {
+			return s.specs[w.name]
+		}
+	}
+	return s.specs[s.c.workers[0].name]
+}
+
+// inject starts a fault and returns it. Nodes it makes unreachable from
+// the host leave the data-plane count just before it starts.
+func (s *suite) inject(ctx context.Context, kind faultKind, rng *rand.Rand, probes *prober) (*injected, error) {
 	c := s.c
 	leader, err := c.leader(ctx)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	restart := func(n *node) func() error { return func() error { return n.restart(c.bin) } }
-	switch kind {
-	case faultKillLeader:
-		leader.kill()
-		return leader.name, restart(leader), nil
-	case faultKillFollower:
-		var followers []*node
+	except := func(n *node) []*node {
+		var out []*node
 		for _, m := range c.managers {
-			if m != leader {
-				followers = append(followers, m)
+			if m != n {
+				out = append(out, m)
 			}
 		}
-		f := followers[rng.IntN(len(followers))]
-		f.kill()
-		return f.name, restart(f), nil
+		return out
+	}
+	restart := func(n *node) func() error { return func() error { return n.restart(c.bin) } }
+	off := func(n *node) *injected {
+		probes.exclude(n)
+		return &injected{target: n.name, excluded: []*node{n}, survivors: except(n)}
+	}
+	switch kind {
+	case faultKillLeader:
+		f := off(leader)
+		leader.kill()
+		f.heal = restart(leader)
+		return f, nil
+	case faultKillLeaderSilent:
+		// Silent first, then killed: not even the kernel's resets and FINs
+		// of the dying process's connections get out.
+		f := off(leader)
+		if err := isolate(ctx, leader.ns); err != nil {
+			return nil, err
+		}
+		leader.kill()
+		f.heal = func() error {
+			if err := reconnect(context.Background(), leader.ns); err != nil {
+				return err
+			}
+			return leader.restart(c.bin)
+		}
+		return f, nil
+	case faultKillFollower, faultBlackholeFollower:
+		followers := except(leader)
+		n := followers[rng.IntN(len(followers))]
+		f := off(n)
+		if kind == faultKillFollower {
+			n.kill()
+			f.heal = restart(n)
+			return f, nil
+		}
+		if err := isolate(ctx, n.ns); err != nil {
+			return nil, err
+		}
+		f.heal = func() error { return reconnect(context.Background(), n.ns) }
+		return f, nil
 	case faultKillWorker:
 		w := c.workers[rng.IntN(len(c.workers))]
+		f := off(w)
+		f.survivors = c.managers
 		w.kill()
-		return w.name, restart(w), nil
+		f.heal = restart(w)
+		return f, nil
+	case faultBlackholeWorker:
+		// Cut off from the managers only: the host and the other workers
+		// still reach it, so it stays in the data-plane count.
+		w := c.workers[rng.IntN(len(c.workers))]
+		var ips []string
+		for _, m := range c.managers {
+			ips = append(ips, m.ip)
+		}
+		if err := blackholeFrom(ctx, w.ns, ips); err != nil {
+			return nil, err
+		}
+		return &injected{target: w.name, survivors: c.managers, heal: func() error { return unblackhole(context.Background(), w.ns, ips) }}, nil
 	case faultPartition:
+		f := off(leader)
 		if err := isolate(ctx, leader.ns); err != nil {
-			return "", nil, err
+			return nil, err
 		}
-		return leader.name, func() error { return reconnect(context.Background(), leader.ns) }, nil
-	case faultPause:
+		f.heal = func() error { return reconnect(context.Background(), leader.ns) }
+		return f, nil
+	case faultPause, faultFreezeLeader:
+		// A stopped process answers nothing on any of its ports: out of
+		// the count, like a dead one.
+		f := off(leader)
 		if err := leader.pause(); err != nil {
-			return "", nil, err
+			return nil, err
 		}
-		return leader.name, leader.resume, nil
+		f.heal = leader.resume
+		return f, nil
 	case faultSlowDisk:
 		if err := leader.setDiskDelay(time.Duration(100+rng.IntN(200)) * time.Millisecond); err != nil {
-			return "", nil, err
+			return nil, err
 		}
-		return leader.name, func() error { return leader.setDiskDelay(0) }, nil
+		return &injected{target: leader.name, survivors: c.managers, heal: func() error { return leader.setDiskDelay(0) }}, nil
+	case faultSlowLink:
+		// The leader's own published port is left out of the count while
+		// its link is slow: the link's loss alone times out a request to
+		// it now and then. The other nodes' ports are what the fault
+		// must not touch.
+		probes.exclude(leader)
+		if err := slowLink(ctx, leader.ns); err != nil {
+			return nil, err
+		}
+		return &injected{target: leader.name, excluded: []*node{leader}, survivors: c.managers, heal: func() error { return fastLink(context.Background(), leader.ns) }}, nil
 	case faultRestartAll:
-		for _, n := range c.nodes() {
+		all := c.nodes()
+		probes.exclude(all...)
+		for _, n := range all {
 			n.kill()
 		}
-		return "all", func() error {
-			for _, n := range c.nodes() {
+		return &injected{target: "all", excluded: all, heal: func() error {
+			for _, n := range all {
 				if err := n.restart(c.bin); err != nil {
 					return err
 				}
 			}
 			return nil
-		}, nil
+		}}, nil
 	}
-	return "", nil, fmt.Errorf("unknown fault %q", kind)
+	return nil, fmt.Errorf("unknown fault %q", kind)
 }
 
 // waitConverged polls until the store and the machine agree with the
@@ -507,7 +747,10 @@ func (s *suite) teardown(ctx context.Context) error {
 		}
 		s.states[name] = svcState{}
 	}
-	if problems := s.waitConverged(ctx, s.states, 60*time.Second); len(problems) > 0 {
+	if err := s.removeWeb(ctx); err != nil {
+		return err
+	}
+	if problems := s.waitConverged(ctx, s.withWeb(s.states), 60*time.Second); len(problems) > 0 {
 		for _, p := range problems {
 			s.anomalies["(d) orphans"] = append(s.anomalies["(d) orphans"], "after every service was removed: "+p)
 		}
@@ -594,7 +837,7 @@ func (s *suite) summary(took time.Duration) {
 	if s.skipped > 0 {
 		fmt.Fprintf(tw, "(b) names left to (a): too many unknown outcomes\t%d\t\n", s.skipped)
 	}
-	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "availability", "daemon logs", "unexpected errors", "suite"}
+	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "availability", "daemon logs", "unexpected errors", "suite"}
 	n := 0
 	for _, inv := range invs {
 		fmt.Fprintf(tw, "anomalies: %s\t%d\t\n", inv, len(s.anomalies[inv]))
@@ -602,6 +845,17 @@ func (s *suite) summary(took time.Duration) {
 	}
 	fmt.Fprintf(tw, "anomalies: total\t%d\t\n", n)
 	tw.Flush()
+	if len(s.plane) > 0 {
+		fmt.Println("\ndata plane by fault (requests to every node's published port; writes through the surviving managers):")
+		writePlaneTable(os.Stdout, allFaults, s.plane, false)
+	}
+	if s.o.report != "" {
+		if err := s.writeReport(s.o.report, took); err != nil {
+			fmt.Fprintln(os.Stderr, "Error:", err)
+		} else {
+			fmt.Printf("the data-plane table is in %s\n", s.o.report)
+		}
+	}
 	if n > 0 {
 		keys := make([]string, 0, len(s.anomalies))
 		for k := range s.anomalies {
@@ -615,6 +869,27 @@ func (s *suite) summary(took time.Duration) {
 			}
 		}
 	}
+}
+
+// writeReport writes the per-fault data-plane table as Markdown, with a
+// line saying how it was made.
+func (s *suite) writeReport(path string, took time.Duration) error {
+	var b strings.Builder
+	names := make([]string, 0, len(s.o.faults))
+	for _, k := range s.o.faults {
+		for flag, kk := range faultFlags {
+			if kk == k && flag != "partition" {
+				names = append(names, flag)
+			}
+		}
+	}
+	fmt.Fprintf(&b, "`shoal-chaos -seed %d -rounds %d -faults %s` (%d managers, %d workers, %s): requests every %s to every node's published port, a new connection each, %s timeout; writes through the surviving managers from 1 s after the fault.\n\n",
+		s.o.seed, s.o.rounds, strings.Join(names, ","), s.o.managers, s.o.workers, took.Round(time.Second), probeInterval, probeTimeout)
+	writePlaneTable(&b, allFaults, s.plane, true)
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("write the data-plane report: %w", err)
+	}
+	return nil
 }
 
 // dumpHistory writes a round's calls, by start time, for a reader

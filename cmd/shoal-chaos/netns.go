@@ -38,7 +38,7 @@ func checkPrivileges() error {
 	if os.Geteuid() != 0 {
 		return errors.New("the chaos suite creates network namespaces and iptables rules: run it as root")
 	}
-	for _, tool := range []string{"ip", "iptables", "nsenter"} {
+	for _, tool := range []string{"ip", "iptables", "nsenter", "tc"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("the chaos suite needs %s on PATH (iproute2, iptables, util-linux)", tool)
 		}
@@ -128,6 +128,77 @@ func reconnect(ctx context.Context, ns string) error {
 		if err := runCmd(ctx, "ip", "netns", "exec", ns, "iptables", "-F", chain); err != nil {
 			return fmt.Errorf("heal partition of %s: %w", ns, err)
 		}
+	}
+	return nil
+}
+
+// blackholeRules are the iptables rules that cut a namespace off from the
+// given addresses only, both ways: chain and match, without -A or -D.
+func blackholeRules(ips []string) [][]string {
+	var rules [][]string
+	for _, ip := range ips {
+		rules = append(rules, []string{"INPUT", "-s", ip, "-j", "DROP"}, []string{"OUTPUT", "-d", ip, "-j", "DROP"})
+	}
+	return rules
+}
+
+// blackholeFrom drops every packet between a namespace and the given
+// addresses (no reset, no ICMP: they go silent for each other); everything
+// else still reaches it.
+func blackholeFrom(ctx context.Context, ns string, ips []string) error {
+	for _, r := range blackholeRules(ips) {
+		args := append([]string{"netns", "exec", ns, "iptables", "-A"}, r...)
+		if err := runCmd(ctx, "ip", args...); err != nil {
+			return fmt.Errorf("blackhole %s from %v: %w", ns, ips, err)
+		}
+	}
+	return nil
+}
+
+// unblackhole removes exactly blackholeFrom's rules.
+func unblackhole(ctx context.Context, ns string, ips []string) error {
+	var errs []error
+	for _, r := range blackholeRules(ips) {
+		args := append([]string{"netns", "exec", ns, "iptables", "-D"}, r...)
+		if err := runCmd(ctx, "ip", args...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("heal the blackhole of %s: %w", ns, err)
+	}
+	return nil
+}
+
+// slowLinkDrop is the random loss the slow-link fault adds on INPUT.
+var slowLinkDrop = []string{"INPUT", "-i", "eth0", "-m", "statistic", "--mode", "random", "--probability", "0.02", "-j", "DROP"}
+
+// slowLink makes a namespace's eth0 a slow, lossy link: its egress shaped
+// to 1 Mbit/s with up to 400 ms of queue (tbf; netem is not on every
+// kernel), and 2% of the packets coming in dropped.
+func slowLink(ctx context.Context, ns string) error {
+	if err := runCmd(ctx, "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"); err != nil {
+		return fmt.Errorf("slow the link of %s: %w", ns, err)
+	}
+	args := append([]string{"netns", "exec", ns, "iptables", "-A"}, slowLinkDrop...)
+	if err := runCmd(ctx, "ip", args...); err != nil {
+		return fmt.Errorf("make the link of %s lossy: %w", ns, err)
+	}
+	return nil
+}
+
+// fastLink removes slowLink's shaping and loss.
+func fastLink(ctx context.Context, ns string) error {
+	var errs []error
+	if err := runCmd(ctx, "ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root"); err != nil {
+		errs = append(errs, err)
+	}
+	args := append([]string{"netns", "exec", ns, "iptables", "-D"}, slowLinkDrop...)
+	if err := runCmd(ctx, "ip", args...); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("heal the slow link of %s: %w", ns, err)
 	}
 	return nil
 }
