@@ -49,12 +49,19 @@ type dispatcher struct {
 	ctx       context.Context // the leadership's context while active
 	period    time.Duration
 	sessions  map[string]*workerSession // by node ID
-	timers    map[string]*time.Timer    // heartbeat deadlines by node ID
-	deadlines map[string]time.Time      // when each timer fires
-	reasons   map[string]string         // why the node is Down if its timer fires
+	deadlines map[string]*deadline      // by node ID
 	beats     map[string]time.Time      // last heartbeat by node ID (not stored: one write per beat would flood Raft)
 
 	statusCh chan statusBatch
+}
+
+// deadline is a node's armed deadline: when it passes, the node is marked
+// Down for reason. A timer that fired while the deadline was being
+// re-armed finds another deadline in the map and does nothing.
+type deadline struct {
+	timer  *time.Timer
+	at     time.Time
+	reason string
 }
 
 // workerSession is one worker's open session.
@@ -75,9 +82,7 @@ func newDispatcher(m *Manager, period time.Duration) *dispatcher {
 		m:         m,
 		period:    period,
 		sessions:  map[string]*workerSession{},
-		timers:    map[string]*time.Timer{},
-		deadlines: map[string]time.Time{},
-		reasons:   map[string]string{},
+		deadlines: map[string]*deadline{},
 		beats:     map[string]time.Time{},
 		statusCh:  make(chan statusBatch, 256),
 	}
@@ -107,11 +112,9 @@ func (d *dispatcher) run(ctx context.Context) {
 		s.cancel()
 		delete(d.sessions, id)
 	}
-	for id, t := range d.timers {
-		t.Stop()
-		delete(d.timers, id)
+	for id, dl := range d.deadlines {
+		dl.timer.Stop()
 		delete(d.deadlines, id)
-		delete(d.reasons, id)
 	}
 	d.mu.Unlock()
 }
@@ -167,12 +170,12 @@ func (d *dispatcher) armDeadline(nodeID string, after time.Duration, reason stri
 	if !d.active {
 		return
 	}
-	if t, ok := d.timers[nodeID]; ok {
-		t.Stop()
+	if old, ok := d.deadlines[nodeID]; ok {
+		old.timer.Stop()
 	}
-	d.timers[nodeID] = time.AfterFunc(after, func() { d.expire(nodeID) })
-	d.deadlines[nodeID] = time.Now().Add(after)
-	d.reasons[nodeID] = reason
+	dl := &deadline{at: time.Now().Add(after), reason: reason}
+	dl.timer = time.AfterFunc(after, func() { d.expire(nodeID, dl) })
+	d.deadlines[nodeID] = dl
 }
 
 // beat records a heartbeat.
@@ -194,8 +197,8 @@ func (d *dispatcher) lastBeat(nodeID string) (time.Time, bool) {
 // The heartbeat deadline stays the authority.
 func (d *dispatcher) Suspect(nodeID string) {
 	d.mu.Lock()
-	deadline, tracked := d.deadlines[nodeID]
-	sooner := time.Now().Add(d.period).Before(deadline)
+	dl, tracked := d.deadlines[nodeID]
+	sooner := tracked && time.Now().Add(d.period).Before(dl.at)
 	d.mu.Unlock()
 	if tracked && sooner {
 		d.m.log.Info("gossip reports a worker dead; shortening its heartbeat deadline", "worker", nodeID)
@@ -203,18 +206,18 @@ func (d *dispatcher) Suspect(nodeID string) {
 	}
 }
 
-// expire marks a node that missed its deadline Down and fails its tasks.
-func (d *dispatcher) expire(nodeID string) {
+// expire marks a node that missed its deadline dl Down and fails its
+// tasks, unless dl was re-armed meanwhile (a heartbeat or a new session
+// raced the timer).
+func (d *dispatcher) expire(nodeID string, dl *deadline) {
 	d.mu.Lock()
-	if !d.active {
+	if !d.active || d.deadlines[nodeID] != dl {
 		d.mu.Unlock()
 		return
 	}
 	ctx := d.ctx
-	reason := d.reasons[nodeID]
-	delete(d.timers, nodeID)
+	reason := dl.reason
 	delete(d.deadlines, nodeID)
-	delete(d.reasons, nodeID)
 	if s, ok := d.sessions[nodeID]; ok {
 		s.cancel()
 		delete(d.sessions, nodeID)
@@ -226,12 +229,17 @@ func (d *dispatcher) expire(nodeID string) {
 }
 
 // markDown records a node as Down and fails the tasks it was running, so
-// they can be replaced elsewhere.
+// they can be replaced elsewhere. A node that opened a new session since
+// its deadline passed is alive: it is left alone (its session's Ready and
+// this write are ordered by the store, and whichever comes second sees the
+// other).
 func (d *dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 	failed := 0
+	skipped := false
 	_, err := d.m.store.Update(ctx, func(tx *raftstore.Tx) error {
 		n, ok := tx.Nodes().Get(nodeID)
-		if !ok {
+		skipped = d.hasSession(nodeID)
+		if !ok || skipped {
 			return nil
 		}
 		if n.Status == nil {
@@ -271,7 +279,10 @@ func (d *dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 		}
 		return nil
 	})
-	if err == nil {
+	switch {
+	case err == nil && skipped:
+		d.m.log.Info("worker reconnected as its deadline passed; not marked down", "worker", nodeID)
+	case err == nil:
 		d.m.log.Warn("worker marked down", "worker", nodeID, "reason", why, "tasks_failed", failed)
 	}
 	return err

@@ -36,6 +36,9 @@ func (m *Manager) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if id := rpc.RequestIDFromIncoming(ctx); id != "" {
 		ctx = raftstore.WithRequestID(ctx, id)
 	}
+	// A client acts on the answer: one that commits nothing must not come
+	// from a deposed leader's out-of-date state.
+	ctx = raftstore.WithConfirmedAnswers(ctx)
 	if localMethods[info.FullMethod] || m.store.IsLeader() {
 		resp, err := handler(ctx, req)
 		return resp, toStatus(err)

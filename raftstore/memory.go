@@ -107,6 +107,9 @@ func (m *MemoryStore) Close() error {
 }
 
 // awaitWritable refuses writes once closed or when ctx is done (committer).
+// confirm: a memory store always leads (committer).
+func (m *MemoryStore) confirm(context.Context) error { return nil }
+
 func (m *MemoryStore) awaitWritable(ctx context.Context) error {
 	select {
 	case <-m.closed:

@@ -42,6 +42,11 @@ type committer interface {
 	awaitWritable(ctx context.Context) error
 	// commit commits txn and returns the FSM's result once applied here.
 	commit(ctx context.Context, txn *pb.Transaction) (*applyResult, error)
+	// confirm returns nil if this store still leads with the state fn
+	// read: an answer that commits nothing (a refusal, or nothing to
+	// change) is a read, and must not come from a deposed leader's
+	// out-of-date state.
+	confirm(ctx context.Context) error
 	// now stamps transactions (objects' created and updated times).
 	now() time.Time
 }
@@ -98,10 +103,16 @@ func update(ctx context.Context, f *fsm, contended chan struct{}, c committer, f
 		index := tx.Index()
 		f.mu.RUnlock()
 		if err != nil {
+			if cerr := confirmAnswer(ctx, c); cerr != nil {
+				return 0, cerr
+			}
 			return 0, err
 		}
 		actions := tx.actions()
 		if len(actions) == 0 {
+			if err := confirmAnswer(ctx, c); err != nil {
+				return 0, err
+			}
 			return index, nil
 		}
 		res, err := c.commit(ctx, &pb.Transaction{RequestId: reqID, Timestamp: c.now().UnixNano(), Actions: actions})
@@ -113,6 +124,26 @@ func update(ctx context.Context, f *fsm, contended chan struct{}, c committer, f
 		}
 		return res.index, res.err
 	}
+}
+
+type confirmKey struct{}
+
+// WithConfirmedAnswers marks a client's call: when Update commits nothing
+// (fn refused, or found nothing to change), it confirms with a quorum that
+// the store still leads before it answers, so a deposed leader that has
+// not heard of its successor yet never answers "already exists" or "not
+// found" from its out-of-date state. Leader loops, which act only while
+// they lead and answer nobody, leave it off.
+func WithConfirmedAnswers(ctx context.Context) context.Context {
+	return context.WithValue(ctx, confirmKey{}, true)
+}
+
+// confirmAnswer confirms leadership for a call marked WithConfirmedAnswers.
+func confirmAnswer(ctx context.Context, c committer) error {
+	if marked, _ := ctx.Value(confirmKey{}).(bool); !marked {
+		return nil
+	}
+	return c.confirm(ctx)
 }
 
 // encodeTransaction encodes txn as one log entry; it refuses a transaction

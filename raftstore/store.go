@@ -532,6 +532,21 @@ func (s *Store) View(fn func(tx *Tx)) { s.fsm.view(fn) }
 // before the call: it runs on the leader only, after confirming with a
 // quorum that it still leads. Followers get ErrNotLeader.
 func (s *Store) ViewConsistent(ctx context.Context, fn func(tx *Tx)) error {
+	if err := s.verifyLeader(ctx); err != nil {
+		return err
+	}
+	s.View(fn)
+	return nil
+}
+
+// confirm verifies leadership after Update read the state and committed
+// nothing (committer).
+func (s *Store) confirm(ctx context.Context) error { return s.verifyLeader(ctx) }
+
+// verifyLeader returns nil once a quorum confirmed, in the term whose
+// barrier this replica completed, that it still leads: everything
+// acknowledged before the call is then in the local state.
+func (s *Store) verifyLeader(ctx context.Context) error {
 	if err := s.waitLeader(ctx); err != nil {
 		return err
 	}
@@ -559,7 +574,6 @@ func (s *Store) ViewConsistent(ctx context.Context, fn func(tx *Tx)) error {
 	if term == 0 || !s.IsLeader() || s.readyTerm.Load() != term {
 		return ErrNotLeader
 	}
-	s.View(fn)
 	return nil
 }
 

@@ -328,21 +328,26 @@ func checkPlacement(services map[string]svcState, tasks []taskFact, procs []proc
 			}
 			continue
 		}
-		for slot := uint64(1); slot <= want.Replicas; slot++ {
+		// Slots need not be 1..N: a scale-down removes the slots that cost
+		// least (unplaced ones first), so the survivors keep their numbers.
+		slots := make([]uint64, 0, len(bySlot[name]))
+		for slot := range bySlot[name] {
+			slots = append(slots, slot)
+		}
+		sort.Slice(slots, func(i, j int) bool { return slots[i] < slots[j] })
+		for _, slot := range slots {
 			ts := bySlot[name][slot]
 			switch {
-			case len(ts) == 0:
-				problems = append(problems, fmt.Sprintf("service %s slot %d has no running task", name, slot))
+			case slot == 0:
+				problems = append(problems, fmt.Sprintf("service %s has %d running tasks without a slot", name, len(ts)))
 			case len(ts) > 1:
 				problems = append(problems, fmt.Sprintf("service %s slot %d runs twice in the store (tasks %s and %s)", name, slot, ts[0].ID, ts[1].ID))
 			case ts[0].Version != want.Version:
 				problems = append(problems, fmt.Sprintf("service %s slot %d runs version %s, want %s", name, slot, ts[0].Version, want.Version))
 			}
 		}
-		for slot, ts := range bySlot[name] {
-			if slot > want.Replicas || slot == 0 {
-				problems = append(problems, fmt.Sprintf("service %s has %d running tasks in slot %d beyond its %d replicas", name, len(ts), slot, want.Replicas))
-			}
+		if uint64(len(slots)) != want.Replicas {
+			problems = append(problems, fmt.Sprintf("service %s runs tasks in %d slots %v, want %d replicas", name, len(slots), slots, want.Replicas))
 		}
 	}
 	for svc := range bySlot {

@@ -137,6 +137,11 @@ func TestCheckPlacement(t *testing.T) {
 	if got := checkPlacement(services, tasks, procs, sups); len(got) != 0 {
 		t.Fatalf("a converged cluster has problems: %q", got)
 	}
+	// A scale-down keeps whichever slots cost least to keep: slot 2 alone
+	// is one replica.
+	if got := checkPlacement(map[string]svcState{"a": st(1, "v1")}, tasks[1:], procs[1:], sups[1:]); len(got) != 0 {
+		t.Fatalf("one replica in slot 2 has problems: %q", got)
+	}
 	cases := []struct {
 		name  string
 		tasks []taskFact
@@ -156,7 +161,7 @@ func TestCheckPlacement(t *testing.T) {
 			sups, "orphaned task process pid 13"},
 		{"an orphaned supervisor", tasks, procs,
 			append(slices.Clone(sups), supervisorFact{PID: 23, TaskID: "t9"}), "orphaned supervisor pid 23"},
-		{"a missing replica", tasks[:1], procs[:1], sups[:1], "slot 2 has no running task"},
+		{"a missing replica", tasks[:1], procs[:1], sups[:1], "runs tasks in 1 slots [1], want 2 replicas"},
 		{"a task the store runs without a process", tasks, procs[:1], sups, "no process runs it"},
 		{"an old version still running",
 			[]taskFact{tasks[0], {ID: "t2", Service: "a", Slot: 2, Node: "w2", Version: "v0"}}, procs, sups, "runs version v0, want v1"},
@@ -167,7 +172,7 @@ func TestCheckPlacement(t *testing.T) {
 		{"too many replicas",
 			append(slices.Clone(tasks), taskFact{ID: "t5", Service: "a", Slot: 3, Node: "w1", Version: "v1"}),
 			append(slices.Clone(procs), procFact{PID: 15, TaskID: "t5", Service: "a", Slot: 3, Version: "v1"}),
-			sups, "beyond its 2 replicas"},
+			sups, "runs tasks in 3 slots [1 2 3], want 2 replicas"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -302,7 +302,10 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	w.seed(s.states)
 	wctx, stopLoad := context.WithCancel(ctx)
 	loadDone := make(chan struct{})
-	go func() { w.run(wctx, rng, s.states, 2); close(loadDone) }()
+	// The workload draws from its own generator: sharing the round's with
+	// the fault's choices would make neither reproducible from the seed.
+	wrng := rand.New(rand.NewPCG(rng.Uint64(), rng.Uint64()))
+	go func() { w.run(wctx, wrng, s.states, 2); close(loadDone) }()
 	defer func() { stopLoad(); <-loadDone }()
 	probes := startProber(ctx, s.c.nodes())
 	downs := watchDown(ctx, s.c)
