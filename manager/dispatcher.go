@@ -20,6 +20,13 @@ import (
 // where the leader is.
 const LeaderTrailer = "shoal-leader"
 
+// AcceptedHeader names the header the leader sends as soon as it accepts a
+// session, before the first message (which carries the node's complete
+// assignments and may take a while over a slow link): a worker bounds its
+// wait for this header by the heartbeat period, and the first message by
+// more.
+const AcceptedHeader = "shoal-session"
+
 // heartbeatMisses is how many periods a node may miss before it is Down.
 const heartbeatMisses = 3
 
@@ -360,6 +367,9 @@ func (d *dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		}
 		d.mu.Unlock()
 	}()
+	if err := stream.SendHeader(metadata.Pairs(AcceptedHeader, sess.id)); err != nil {
+		return err
+	}
 
 	addr := hostOf(peerAddr(ctx))
 	if _, err := d.m.store.Update(ctx, func(tx *raftstore.Tx) error {

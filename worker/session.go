@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/rpc"
@@ -14,9 +15,18 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// managerLeaderTrailer mirrors manager.LeaderTrailer (a worker never
-// imports the manager).
-const managerLeaderTrailer = "shoal-leader"
+// managerLeaderTrailer and managerAcceptedHeader mirror
+// manager.LeaderTrailer and manager.AcceptedHeader (a worker never imports
+// the manager).
+const (
+	managerLeaderTrailer  = "shoal-leader"
+	managerAcceptedHeader = "shoal-session"
+)
+
+// firstMessageBound is how many heartbeat periods an accepted session's
+// first message may take: it carries every assignment and endpoint of the
+// node, which takes a while over a slow link.
+const firstMessageBound = 10
 
 // defaultPeriod bounds session attempts before any leader has said what
 // the heartbeat period is.
@@ -189,7 +199,8 @@ func (a *Agent) attemptBound() time.Duration {
 const minAttempt = 250 * time.Millisecond
 
 // openSession asks one manager for a session and waits, at most bound
-// (dial, TLS handshake and the first message), for it to accept. A
+// (dial, TLS handshake and the leader's acceptance header), for it to
+// accept, then up to firstMessageBound periods for the first message. A
 // follower refuses and names the leader (redirect). Cancelling race
 // abandons the attempt unless it already succeeded.
 func (a *Agent) openSession(race context.Context, addr string, bound time.Duration) (*openedSession, string, error) {
@@ -199,7 +210,10 @@ func (a *Agent) openSession(race context.Context, addr string, bound time.Durati
 	}
 	ctx, cancel := context.WithCancelCause(a.ctx)
 	abandon := context.AfterFunc(race, func() { cancel(errors.New("another manager answered first")) })
-	timeout := time.AfterFunc(bound, func() { cancel(fmt.Errorf("no answer within %s", bound)) })
+	var timeoutErr atomic.Pointer[error]
+	noAnswer := fmt.Errorf("no answer within %s", bound)
+	timeoutErr.Store(&noAnswer)
+	timeout := time.AfterFunc(bound, func() { cancel(*timeoutErr.Load()) })
 	fail := func(err error) (*openedSession, string, error) {
 		abandon()
 		timeout.Stop()
@@ -216,6 +230,13 @@ func (a *Agent) openSession(race context.Context, addr string, bound time.Durati
 	})
 	if err != nil {
 		return fail(err)
+	}
+	if md, err := stream.Header(); err == nil && len(md.Get(managerAcceptedHeader)) > 0 {
+		// Accepted: the first message gets longer (a timer that already
+		// fired has cancelled the attempt, and Recv says so).
+		slow := fmt.Errorf("accepted, but the first message took over %s", firstMessageBound*bound)
+		timeoutErr.Store(&slow)
+		timeout.Reset(firstMessageBound * bound)
 	}
 	first, err := stream.Recv()
 	if err != nil {
@@ -341,28 +362,34 @@ func (a *Agent) noteRedirect(v []string) {
 	a.mu.Unlock()
 }
 
-// heartbeat beats at the period the manager asks for; each call is
-// bounded by the period, so a leader that went silent ends the session
-// within two periods.
+// heartbeat beats at the period the manager asks for, counted from one
+// beat's start to the next. Each call may take up to two periods, so a
+// slow link (a call now and then over one period) keeps its session, while
+// a leader that went silent ends it within three periods of the last beat
+// it answered: the leader marks a node Down after three, a new leader
+// gives it five from the start of its term.
 func (a *Agent) heartbeat(ctx context.Context, conn *grpc.ClientConn, sess *activeSession) error {
 	client := pb.NewDispatcherClient(conn)
 	period := sess.period
 	if period <= 0 {
 		period = defaultPeriod
 	}
+	next := time.Now().Add(period)
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(period):
+		case <-time.After(time.Until(next)):
 		}
-		hctx, cancel := context.WithTimeout(ctx, period)
+		next = time.Now().Add(period)
+		hctx, cancel := context.WithTimeout(ctx, 2*period)
 		resp, err := client.Heartbeat(hctx, &pb.HeartbeatRequest{SessionId: sess.id, NodeId: a.id.NodeID})
 		cancel()
 		if err != nil {
 			return err
 		}
-		if p := time.Duration(resp.GetPeriod()); p > 0 {
+		if p := time.Duration(resp.GetPeriod()); p > 0 && p != period {
+			next = next.Add(p - period)
 			period = p
 		}
 	}
