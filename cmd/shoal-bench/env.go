@@ -34,6 +34,7 @@ type env struct {
 	clusters  []*cluster
 	usedPorts map[int]bool
 	notes     []string
+	sections  []section // extra report sections, in the order added
 	// stopErrors counts ERROR lines managers logged while being stopped;
 	// peerDownErrors those logged because a killed peer was down.
 	stopErrors, peerDownErrors int
@@ -126,6 +127,16 @@ func (e *env) notef(format string, args ...any) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.notes = append(e.notes, fmt.Sprintf(format, args...))
+}
+
+// section is a part of the report a benchmark writes itself.
+type section struct{ title, body string }
+
+// section adds a report section.
+func (e *env) section(title, body string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.sections = append(e.sections, section{title, body})
 }
 
 // closeClusters stops every cluster started so far.

@@ -102,6 +102,11 @@ func benchmarks() []bench {
 			desc: "routing mesh on loopback: 16 HTTP clients against 3 backends directly and through a node's proxy (keep-alive and a new connection per request); then, with a manager and a worker in process, kill -9 of a task → its endpoint gone from the worker's proxy, and its replacement's RUNNING commit → endpoint added",
 			run:  runMesh,
 		},
+		{
+			name: "faults",
+			desc: "what clients see while nodes fail on a real network (needs root): `shoal-chaos` with 3 managers and 3 workers, each in a network namespace of its own, `hello` with 6 replicas published on port 8080 of every node, one request every 20 ms to every live node on a new connection and a write through every surviving manager each second; per round, the failed requests, the longest time a client saw nothing succeed, and the slowest write, for each fault kind (" + faultKinds + ")",
+			run:  runFaults,
+		},
 	}
 }
 
@@ -189,7 +194,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// kills every manager. A global deadline bounds the whole run.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 45*time.Minute)
 	defer cancel()
 
 	e, err := newEnv(ctx, o, log)
@@ -239,7 +244,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if e.stopErrors > 0 {
 		e.notef("managers logged %d ERROR lines while being stopped with SIGTERM at the end of a benchmark (shutdown noise)", e.stopErrors)
 	}
-	rep := &report{opts: o, machine: describeMachine(), shoal: e.shoalVersion, started: started, took: time.Since(started), results: results, notes: e.notes}
+	rep := &report{opts: o, machine: describeMachine(), shoal: e.shoalVersion, started: started, took: time.Since(started), results: results, notes: e.notes, sections: e.sections}
 	fmt.Fprintln(stdout)
 	fmt.Fprint(stdout, rep.table())
 	if len(e.notes) > 0 {

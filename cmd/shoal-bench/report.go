@@ -97,13 +97,14 @@ func num(v float64) string {
 
 // report renders the results.
 type report struct {
-	opts    options
-	machine machine
-	shoal   string
-	started time.Time
-	took    time.Duration
-	results []benchResult
-	notes   []string
+	opts     options
+	machine  machine
+	shoal    string
+	started  time.Time
+	took     time.Duration
+	results  []benchResult
+	notes    []string
+	sections []section
 }
 
 // table is the results as a Markdown table (printed and written alike).
@@ -183,6 +184,9 @@ func (r *report) markdown() string {
 	p("\n### What each benchmark measures\n\n")
 	for _, res := range r.results {
 		p("- `%s`: %s.\n", res.bench.name, res.bench.desc)
+	}
+	for _, sec := range r.sections {
+		p("\n## %s\n\n%s", sec.title, sec.body)
 	}
 	p("\n## Method\n\n")
 	p("- **Writes.** A write is one `Control.UpdateNode` call that changes a label of a manager's node record,\n")

@@ -53,15 +53,16 @@ import (
 
 // options are the suite's flags.
 type options struct {
-	seed     uint64
-	rounds   int
-	managers int
-	workers  int
-	services int
-	faults   []faultKind
-	race     bool
-	keep     bool
-	report   string // where to write the per-fault data-plane table as Markdown
+	seed       uint64
+	rounds     int
+	managers   int
+	workers    int
+	services   int
+	faults     []faultKind
+	race       bool
+	keep       bool
+	report     string // where to write the per-fault data-plane table as Markdown
+	roundsJSON string // where to write each round's data-plane figures as JSON
 }
 
 func main() {
@@ -76,6 +77,7 @@ func main() {
 	fs.BoolVar(&o.race, "race", false, "build the daemons with the race detector (slower)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the suite's directory (node logs, data) even when every check passes")
 	fs.StringVar(&o.report, "report", "", "write the per-fault data-plane table to this file as Markdown (for docs/benchmarks.md)")
+	fs.StringVar(&o.roundsJSON, "rounds-json", "", "write each round's data-plane figures to this file as JSON (make bench reads it)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -179,6 +181,8 @@ type suite struct {
 	statesStale  bool   // the last round ended before reading the services back: states is not what the cluster holds
 
 	plane map[faultKind]*kindTally // data-plane figures by fault kind
+	// roundFigures are each round's data-plane figures, for -rounds-json.
+	roundFigures []RoundFigures
 }
 
 func run(ctx context.Context, o options) int {
@@ -389,6 +393,7 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 			s.plane[kind] = &kindTally{}
 		}
 		s.plane[kind].add(fig, len(problems)+len(lines))
+		s.roundFigures = append(s.roundFigures, roundFigures(kind, fig, len(problems)+len(lines)))
 		return s.report(i, kind, target, w, time.Since(roundStart), found, &fig)
 	}
 	if err := s.c.waitReady(ctx, len(s.c.nodes()), 90*time.Second); err != nil {
@@ -851,6 +856,11 @@ func (s *suite) summary(took time.Duration) {
 	if len(s.plane) > 0 {
 		fmt.Println("\ndata plane by fault (requests to every node's published port; writes through the surviving managers):")
 		writePlaneTable(os.Stdout, allFaults, s.plane, false)
+	}
+	if s.o.roundsJSON != "" {
+		if err := writeRoundFigures(s.o.roundsJSON, s.roundFigures); err != nil {
+			fmt.Fprintln(os.Stderr, "Error:", err)
+		}
 	}
 	if s.o.report != "" {
 		if err := s.writeReport(s.o.report, took); err != nil {
