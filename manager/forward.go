@@ -36,20 +36,38 @@ func (m *Manager) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if id := rpc.RequestIDFromIncoming(ctx); id != "" {
 		ctx = raftstore.WithRequestID(ctx, id)
 	}
-	// A client acts on the answer: one that commits nothing must not come
-	// from a deposed leader's out-of-date state.
-	ctx = raftstore.WithConfirmedAnswers(ctx)
-	if localMethods[info.FullMethod] || m.store.IsLeader() {
+	if localMethods[info.FullMethod] {
 		resp, err := handler(ctx, req)
 		return resp, toStatus(err)
+	}
+	if m.store.IsLeader() {
+		return m.answerAsLeader(ctx, req, handler)
 	}
 	if rpc.Forwarded(ctx) {
 		return nil, status.Error(codes.Unavailable, "this manager is not the leader (the leader changed while the call was forwarded); retry")
 	}
 	resp, err := m.forwardToLeader(ctx, info.FullMethod, req)
 	if errors.Is(err, errBecameLeader) {
-		resp, err = handler(ctx, req)
-		return resp, toStatus(err)
+		return m.answerAsLeader(ctx, req, handler)
+	}
+	return resp, err
+}
+
+// answerAsLeader serves a call on the leader. A client acts on the answer,
+// so one that commits nothing must not come from a deposed leader's
+// out-of-date state (a leader frozen for a while, resumed, and not yet
+// told of its successor): an Update that changes nothing confirms the
+// leadership itself, and a refusal read from the state (not found, already
+// exists, a version conflict, a precondition) is confirmed here before it
+// is returned.
+func (m *Manager) answerAsLeader(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(raftstore.WithConfirmedAnswers(ctx), req)
+	err = toStatus(err)
+	switch status.Code(err) {
+	case codes.NotFound, codes.AlreadyExists, codes.Aborted, codes.FailedPrecondition, codes.InvalidArgument, codes.OutOfRange:
+		if verr := m.store.VerifyLeader(ctx); verr != nil {
+			return nil, toStatus(verr)
+		}
 	}
 	return resp, err
 }

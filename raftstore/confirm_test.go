@@ -21,9 +21,10 @@ func (d *deposed) commit(context.Context, *pb.Transaction) (*applyResult, error)
 func (d *deposed) confirm(context.Context) error { d.confirms++; return ErrNotLeader }
 func (d *deposed) now() time.Time                { return time.Now() }
 
-// An answer that commits nothing is a read: for a client's call it comes
-// only after the quorum confirms the leadership, so a deposed leader
-// answers "not the leader" rather than a refusal from its stale state.
+// An Update that finds nothing to change is a read: for a client's call
+// it answers only after the quorum confirms the leadership, so a deposed
+// leader answers "not the leader" rather than "done" from its stale state.
+// A refusal is returned as it is, for the caller to confirm.
 func TestAnswersThatCommitNothingAreConfirmed(t *testing.T) {
 	h := newFSMHarness(t)
 	h.commit("seed", func(tx *Tx) error { return tx.Services().Create(testService("s1", "web")) })
@@ -41,7 +42,7 @@ func TestAnswersThatCommitNothingAreConfirmed(t *testing.T) {
 		want     error
 		confirms int
 	}{
-		{"a client's refusal", true, refuse, ErrNotLeader, 1},
+		{"a client's refusal", true, refuse, ErrExists, 0},
 		{"a client's change of nothing", true, nothing, ErrNotLeader, 1},
 		{"a leader loop's refusal", false, refuse, ErrExists, 0},
 		{"a leader loop's change of nothing", false, nothing, nil, 0},

@@ -43,9 +43,8 @@ type committer interface {
 	// commit commits txn and returns the FSM's result once applied here.
 	commit(ctx context.Context, txn *pb.Transaction) (*applyResult, error)
 	// confirm returns nil if this store still leads with the state fn
-	// read: an answer that commits nothing (a refusal, or nothing to
-	// change) is a read, and must not come from a deposed leader's
-	// out-of-date state.
+	// read: an answer that commits nothing is a read, and must not come
+	// from a deposed leader's out-of-date state.
 	confirm(ctx context.Context) error
 	// now stamps transactions (objects' created and updated times).
 	now() time.Time
@@ -103,9 +102,6 @@ func update(ctx context.Context, f *fsm, contended chan struct{}, c committer, f
 		index := tx.Index()
 		f.mu.RUnlock()
 		if err != nil {
-			if cerr := confirmAnswer(ctx, c); cerr != nil {
-				return 0, cerr
-			}
 			return 0, err
 		}
 		actions := tx.actions()
@@ -128,11 +124,12 @@ func update(ctx context.Context, f *fsm, contended chan struct{}, c committer, f
 
 type confirmKey struct{}
 
-// WithConfirmedAnswers marks a client's call: when Update commits nothing
-// (fn refused, or found nothing to change), it confirms with a quorum that
-// the store still leads before it answers, so a deposed leader that has
-// not heard of its successor yet never answers "already exists" or "not
-// found" from its out-of-date state. Leader loops, which act only while
+// WithConfirmedAnswers marks a client's call: when Update finds nothing to
+// change, it confirms with a quorum that the store still leads before it
+// answers "done", so a deposed leader that has not heard of its successor
+// yet never answers from its out-of-date state. (A refusal from fn is
+// returned as it is: the caller confirms refusals, whichever read they
+// came from; see Store.VerifyLeader.) Leader loops, which act only while
 // they lead and answer nobody, leave it off.
 func WithConfirmedAnswers(ctx context.Context) context.Context {
 	return context.WithValue(ctx, confirmKey{}, true)

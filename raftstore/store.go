@@ -532,7 +532,7 @@ func (s *Store) View(fn func(tx *Tx)) { s.fsm.view(fn) }
 // before the call: it runs on the leader only, after confirming with a
 // quorum that it still leads. Followers get ErrNotLeader.
 func (s *Store) ViewConsistent(ctx context.Context, fn func(tx *Tx)) error {
-	if err := s.verifyLeader(ctx); err != nil {
+	if err := s.VerifyLeader(ctx); err != nil {
 		return err
 	}
 	s.View(fn)
@@ -541,12 +541,14 @@ func (s *Store) ViewConsistent(ctx context.Context, fn func(tx *Tx)) error {
 
 // confirm verifies leadership after Update read the state and committed
 // nothing (committer).
-func (s *Store) confirm(ctx context.Context) error { return s.verifyLeader(ctx) }
+func (s *Store) confirm(ctx context.Context) error { return s.VerifyLeader(ctx) }
 
-// verifyLeader returns nil once a quorum confirmed, in the term whose
+// VerifyLeader returns nil once a quorum confirmed, in the term whose
 // barrier this replica completed, that it still leads: everything
-// acknowledged before the call is then in the local state.
-func (s *Store) verifyLeader(ctx context.Context) error {
+// acknowledged before the call is then in the local state, so an answer
+// read from it before the call (a refusal: not found, already exists) is
+// not out of date.
+func (s *Store) VerifyLeader(ctx context.Context) error {
 	if err := s.waitLeader(ctx); err != nil {
 		return err
 	}
