@@ -119,6 +119,7 @@ var behaviours = []struct {
 	{"wait returns exit code 0", waitCode(0)},
 	{"wait returns a non-zero exit code", waitCode(3)},
 	{"wait honours its context", waitHonoursContext},
+	{"wait on a prepared task waits for it to run and exit", waitOnPrepared},
 	{"stop kills a task that ignores SIGTERM after the grace", stopKillsAfterGrace},
 	{"stop ends a task that exits on SIGTERM before the grace", stopEndsBeforeGrace},
 	{"logs carry stdout and stderr", logsCarryOutput},
@@ -303,13 +304,19 @@ func (s *suite) eventually(what string, cond func() bool, detail func() string) 
 	}
 }
 
+// waited is how a Wait ended.
+type waited struct {
+	exit worker.Exit
+	err  error
+}
+
 // waitAsync starts a Wait in the background.
-func waitAsync(t *testing.T, rt worker.Runtime, id string) <-chan error {
-	done := make(chan error, 1)
+func waitAsync(t *testing.T, rt worker.Runtime, id string) <-chan waited {
+	done := make(chan waited, 1)
 	c := ctx(t)
 	go func() {
-		_, err := rt.Wait(c, id)
-		done <- err
+		ex, err := rt.Wait(c, id)
+		done <- waited{ex, err}
 	}()
 	return done
 }
@@ -468,6 +475,30 @@ func waitHonoursContext(s *suite) {
 	}
 }
 
+// A prepared task has not exited: Wait blocks until it has been started
+// and has exited, and its output is empty until then.
+func waitOnPrepared(s *suite) {
+	rt := s.runtime()
+	task := s.task(Program{Kind: Print, Stdout: "ran"})
+	s.prepare(rt, task)
+	c, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if ex, err := rt.Wait(c, task.Id); !errors.Is(err, context.DeadlineExceeded) {
+		s.t.Fatalf("Wait on a prepared task = %+v, %v; want it to block until the context's deadline", ex, err)
+	}
+	if logs, err := s.logs(rt, task.Id, worker.LogOptions{}); err != nil || logs != "" {
+		s.t.Errorf("Logs of a prepared task = %q, %v; want none", logs, err)
+	}
+	waited := waitAsync(s.t, rt, task.Id)
+	if err := rt.Start(ctx(s.t), task.Id); err != nil {
+		s.t.Fatal(err)
+	}
+	if w := <-waited; w.err != nil || w.exit.Code != 0 {
+		s.t.Fatalf("the Wait from before the Start = %+v, %v; want code 0", w.exit, w.err)
+	}
+	s.waitLogs(rt, task.Id, "ran\n")
+}
+
 // A task that ignores SIGTERM is killed once the grace has passed; a Wait
 // that was waiting returns.
 func stopKillsAfterGrace(s *suite) {
@@ -482,8 +513,8 @@ func stopKillsAfterGrace(s *suite) {
 	if ex.Code != 137 {
 		s.t.Errorf("exit %+v, want code 137 (SIGKILL)", ex)
 	}
-	if err := <-waited; err != nil {
-		s.t.Errorf("the Wait from before the Stop: %v", err)
+	if w := <-waited; w.err != nil || w.exit.Code != ex.Code {
+		s.t.Errorf("the Wait from before the Stop = %+v, %v; want code %d", w.exit, w.err, ex.Code)
 	}
 	if info := s.inspect(rt, task.Id); info.State != worker.RunExited {
 		s.t.Errorf("after Stop: %v, want exited", info.State)
@@ -503,8 +534,8 @@ func stopEndsBeforeGrace(s *suite) {
 	if ex := s.wait(rt, task.Id); ex.Code != 0 {
 		s.t.Errorf("exit %+v, want code 0 (the task's own, on SIGTERM)", ex)
 	}
-	if err := <-waited; err != nil {
-		s.t.Errorf("the Wait from before the Stop: %v", err)
+	if w := <-waited; w.err != nil || w.exit.Code != 0 {
+		s.t.Errorf("the Wait from before the Stop = %+v, %v; want code %d", w.exit, w.err, 0)
 	}
 	s.waitLogs(rt, task.Id, "got SIGTERM\n")
 }
@@ -696,8 +727,8 @@ func runningAcrossRestart(s *suite) {
 	if took := s.stop(rt2, task.Id, longGrace); took >= longGrace {
 		s.t.Errorf("Stop took %s: the whole %s grace", took, longGrace)
 	}
-	if err := <-waited; err != nil {
-		s.t.Errorf("Wait from before the Stop: %v", err)
+	if w := <-waited; w.err != nil || w.exit.Code != 0 {
+		s.t.Errorf("the Wait from before the Stop = %+v, %v; want code %d", w.exit, w.err, 0)
 	}
 	if ex := s.wait(rt2, task.Id); ex.Code != 0 {
 		s.t.Errorf("exit %+v, want code 0 (the task's own, on SIGTERM)", ex)
