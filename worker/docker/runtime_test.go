@@ -77,17 +77,34 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
+// openRuntime makes a runtime with the tests' defaults for what cfg leaves
+// unset; closing it is the caller's.
+func openRuntime(t *testing.T, cfg Config) *Runtime {
+	t.Helper()
+	if cfg.NodeName == "" {
+		cfg.NodeName = "test-node"
+	}
+	if cfg.AdvertiseIP == "" {
+		cfg.AdvertiseIP = "127.0.0.1"
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // newRuntime makes a runtime for a fresh node ID, removing its containers
 // when the test ends.
 func newRuntime(t *testing.T, cli *client.Client, nodeID string) *Runtime {
 	t.Helper()
-	r, err := New(context.Background(), Config{
-		NodeID: nodeID, NodeName: "test-node", AdvertiseIP: "127.0.0.1", PingInterval: 200 * time.Millisecond,
-		Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openRuntime(t, Config{NodeID: nodeID})
 	t.Cleanup(func() {
 		r.Close()
 		removeNodeContainers(cli, nodeID)
