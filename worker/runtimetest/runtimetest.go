@@ -126,6 +126,7 @@ var behaviours = []struct {
 	{"logs tail", logsTail},
 	{"followed logs end when the task exits", followEndsAtExit},
 	{"inspect reports created, running, exited and the ports", inspectStates},
+	{"remove ends a running task", removeRunning},
 	{"list reports every task, strays of an earlier instance included", listReportsEverything},
 	{"a new instance waits on a task that exited while none ran", exitWhileNoInstance},
 	{"a new instance finds a running task and stops it", runningAcrossRestart},
@@ -549,6 +550,41 @@ func logsCarryOutput(s *suite) {
 	if !strings.Contains(logs, "to stderr\n") {
 		s.t.Errorf("logs %q lack the task's stderr", logs)
 	}
+	// Following the output of an exited task gives all of it and ends.
+	rc, err := rt.Logs(ctx(s.t), task.Id, worker.LogOptions{Follow: true})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rc.Close()
+	if followed := s.readToEnd(rc); followed != logs {
+		s.t.Errorf("followed logs %q, want %q", followed, logs)
+	}
+}
+
+// readToEnd reads a log stream to its end, failing the test if it does
+// not end within settle.
+func (s *suite) readToEnd(rc io.ReadCloser) string {
+	s.t.Helper()
+	type result struct {
+		b   []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := io.ReadAll(rc)
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			s.t.Errorf("following ended with %v, want the end of the output", r.err)
+		}
+		return string(r.b)
+	case <-time.After(settle):
+		rc.Close()
+		s.t.Fatalf("following did not end within %s", settle)
+		return ""
+	}
 }
 
 // Tail selects the last lines of the output.
@@ -587,20 +623,10 @@ func followEndsAtExit(s *suite) {
 		s.t.Fatalf("first followed line %q, %v", line, err)
 	}
 	s.tellExit(s.connect(s.inspect(rt, task.Id)), 0)
-	rest := make(chan error, 1)
-	go func() {
-		_, err := io.ReadAll(r)
-		rest <- err
-	}()
-	select {
-	case err := <-rest:
-		if err != nil {
-			s.t.Errorf("following ended with %v, want the end of the output", err)
-		}
-	case <-time.After(settle):
-		rc.Close()
-		s.t.Fatalf("following did not end within %s of the task's exit", settle)
-	}
+	s.readToEnd(struct {
+		io.Reader
+		io.Closer
+	}{r, rc})
 }
 
 // Inspect follows the task from created to running (with a pid or a
@@ -632,6 +658,30 @@ func inspectStates(s *suite) {
 	}
 }
 
+// Remove of a running task ends it (its port no longer answers, a Wait in
+// progress returns) and forgets it.
+func removeRunning(s *suite) {
+	rt := s.runtime()
+	task := s.run(rt, Program{Kind: Serve, Port: servePort})
+	info := s.inspect(rt, task.Id)
+	s.connect(info).Close()
+	waited := waitAsync(s.t, rt, task.Id)
+	s.remove(rt, task.Id)
+	select {
+	case w := <-waited:
+		s.t.Logf("the Wait in progress returned %+v, %v", w.exit, w.err)
+	case <-time.After(settle):
+		s.t.Fatalf("a Wait in progress did not return within %s of the Remove", settle)
+	}
+	if _, err := rt.Inspect(ctx(s.t), task.Id); !notFound(err) {
+		s.t.Errorf("Inspect after Remove: %v, want ErrTaskNotFound", err)
+	}
+	if c, err := reach(info.Ports[0]); err == nil {
+		c.Close()
+		s.t.Errorf("the removed task still answers on %v", info.Ports[0])
+	}
+}
+
 // List reports every task of the runtime's state, by ID and state, those
 // of an earlier instance included (the agent removes the ones no
 // assignment claims), and none once removed.
@@ -643,7 +693,7 @@ func listReportsEverything(s *suite) {
 	created := s.task(Program{Kind: Sleep})
 	s.prepare(rt1, created)
 	running := s.run(rt1, Program{Kind: Sleep})
-	exited := s.run(rt1, Program{Kind: Exit, Code: 0})
+	exited := s.run(rt1, Program{Kind: Exit, Code: 6})
 	s.wait(rt1, exited.Id)
 	close1() // the agent goes away
 
@@ -656,6 +706,9 @@ func listReportsEverything(s *suite) {
 	got := map[string]worker.RunState{}
 	for _, info := range list {
 		got[info.TaskID] = info.State
+		if info.TaskID == exited.Id && info.Exit.Code != 6 {
+			s.t.Errorf("List reports the exited task's exit as %+v, want code 6", info.Exit)
+		}
 	}
 	if len(list) != len(want) || len(got) != len(want) {
 		s.t.Fatalf("List = %+v, want %v", list, want)
@@ -711,7 +764,7 @@ func exitWhileNoInstance(s *suite) {
 // reports it running, a Start of it changes nothing, and its Stop ends it.
 func runningAcrossRestart(s *suite) {
 	rt1, close1 := s.instance()
-	task := s.run(rt1, Program{Kind: Sleep})
+	task := s.run(rt1, Program{Kind: Serve, Port: servePort})
 	before := s.inspect(rt1, task.Id)
 	close1()
 
@@ -720,6 +773,10 @@ func runningAcrossRestart(s *suite) {
 	if info.State != worker.RunRunning || info.Pid != before.Pid || info.ContainerID != before.ContainerID {
 		s.t.Fatalf("after the restart: %+v, want running as before (%+v)", info, before)
 	}
+	if len(info.Ports) != 1 || len(before.Ports) != 1 || info.Ports[0].GetHostPort() != before.Ports[0].GetHostPort() {
+		s.t.Fatalf("ports after the restart %v, want those from before %v", info.Ports, before.Ports)
+	}
+	s.connect(info).Close()
 	if err := rt2.Start(ctx(s.t), task.Id); err != nil {
 		s.t.Fatalf("Start of a running task: %v", err)
 	}
