@@ -125,6 +125,7 @@ var behaviours = []struct {
 	{"logs carry stdout and stderr", logsCarryOutput},
 	{"logs tail", logsTail},
 	{"followed logs end when the task exits", followEndsAtExit},
+	{"followed logs end with their context", followEndsWithContext},
 	{"inspect reports created, running, exited and the ports", inspectStates},
 	{"remove ends a running task", removeRunning},
 	{"list reports every task, strays of an earlier instance included", listReportsEverything},
@@ -627,6 +628,35 @@ func followEndsAtExit(s *suite) {
 		io.Reader
 		io.Closer
 	}{r, rc})
+}
+
+// Following the output of a running task ends when its context does.
+func followEndsWithContext(s *suite) {
+	rt := s.runtime()
+	task := s.run(rt, Program{Kind: Sleep})
+	c, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rc, err := rt.Logs(c, task.Id, worker.LogOptions{Follow: true, Tail: 1})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rc.Close()
+	r := bufio.NewReader(rc)
+	if line, err := r.ReadString('\n'); err != nil || line != "ready\n" {
+		s.t.Fatalf("first followed line %q, %v", line, err)
+	}
+	cancel()
+	ended := make(chan struct{})
+	go func() {
+		_, _ = io.ReadAll(r)
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(settle):
+		rc.Close()
+		s.t.Fatalf("following did not end within %s of its context", settle)
+	}
 }
 
 // Inspect follows the task from created to running (with a pid or a
