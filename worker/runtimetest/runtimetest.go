@@ -409,8 +409,18 @@ func stepsIdempotent(s *suite) {
 	for range 2 {
 		s.remove(rt, task.Id)
 	}
+	// Removed is unknown.
 	if _, err := rt.Inspect(c, task.Id); !notFound(err) {
 		s.t.Fatalf("Inspect after Remove: %v, want ErrTaskNotFound", err)
+	}
+	if _, err := rt.Wait(c, task.Id); !notFound(err) {
+		s.t.Errorf("Wait after Remove: %v, want ErrTaskNotFound", err)
+	}
+	if _, err := rt.Logs(c, task.Id, worker.LogOptions{}); !notFound(err) {
+		s.t.Errorf("Logs after Remove: %v, want ErrTaskNotFound", err)
+	}
+	if err := rt.Stop(c, task.Id, time.Second); err != nil {
+		s.t.Errorf("Stop after Remove: %v", err)
 	}
 	// A prepared task that never started goes as well.
 	again := s.task(Program{Kind: Sleep})
