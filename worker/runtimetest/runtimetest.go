@@ -696,6 +696,9 @@ func inspectStates(s *suite) {
 	if info.State != worker.RunExited || info.Exit.Code != 5 || ex.Code != 5 || info.Exit.ExitedAt.IsZero() {
 		s.t.Fatalf("after the exit: %+v (Wait: %+v), want exited with code 5", info, ex)
 	}
+	if info.Exit.Message != ex.Message || info.Exit.Signal != ex.Signal || !info.Exit.ExitedAt.Equal(ex.ExitedAt) {
+		s.t.Errorf("Inspect reports the exit as %+v, Wait as %+v", info.Exit, ex)
+	}
 }
 
 // Remove of a running task ends it (its port no longer answers, a Wait in
@@ -794,8 +797,8 @@ func exitWhileNoInstance(s *suite) {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ex, err := rt2.Wait(c, task.Id)
-	if err != nil || ex.Code != 7 {
-		s.t.Fatalf("Wait after the restart = %+v, %v; want code 7", ex, err)
+	if err != nil || ex.Code != 7 || ex.ExitedAt.IsZero() {
+		s.t.Fatalf("Wait after the restart = %+v, %v; want code 7 and an exit time", ex, err)
 	}
 	s.waitLogs(rt2, task.Id, "ready\n")
 }
