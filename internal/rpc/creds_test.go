@@ -84,29 +84,10 @@ func dialCheck(t *testing.T, addr string, creds *rpc.Credentials, role string) e
 	return err
 }
 
-// expiredPEM is a certificate that has just expired, and its key.
-func expiredPEM(t *testing.T, ca *pkitest.CA) ([]byte, []byte) {
-	t.Helper()
-	certPEM, keyPEM := ca.Issue(t, pki.RoleWorker, "w3", 100*time.Millisecond)
-	leaf, err := pki.ParseCert(certPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Wait for the certificate's end of life to pass (bounded: it is 100ms).
-	time.Sleep(time.Until(leaf.NotAfter) + 10*time.Millisecond)
-	return certPEM, keyPEM
-}
-
-// expiredCreds are credentials whose certificate has just expired.
+// expiredCreds are credentials whose certificate has expired.
 func expiredCreds(t *testing.T, ca *pkitest.CA, role, id string) *rpc.Credentials {
 	t.Helper()
-	certPEM, keyPEM := ca.Issue(t, role, id, 100*time.Millisecond)
-	leaf, err := pki.ParseCert(certPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Wait for the certificate's end of life to pass (bounded: it is 100ms).
-	time.Sleep(time.Until(leaf.NotAfter) + 10*time.Millisecond)
+	certPEM, keyPEM := ca.IssueExpired(t, role, id)
 	creds, err := rpc.NewCredentials(certPEM, keyPEM, ca.RootPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +133,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 	}
 	forgedCert, forgedKey := forger.Issue(t, pki.RoleAdmin, "a1", time.Hour)
 	expired := expiredCreds(t, ca, pki.RoleWorker, "w2")
-	expiredCert, expiredKey := expiredPEM(t, ca)
+	expiredCert, expiredKey := ca.IssueExpired(t, pki.RoleWorker, "w3")
 
 	cases := []struct {
 		name      string

@@ -495,11 +495,13 @@ func (r *Runtime) Wait(ctx context.Context, taskID string) (worker.Exit, error) 
 }
 
 // wait waits for the container to exit: on the wait registered when it
-// started, else on a new one. A nil response means the container is gone.
+// started (or, not started yet, now), else on a new one. A nil response
+// means the container is gone.
 func (r *Runtime) wait(ctx context.Context, taskID, id string) (*container.WaitResponse, error) {
-	r.mu.Lock()
-	w := r.waiters[id]
-	r.mu.Unlock()
+	w, err := r.exitWaiter(ctx, taskID, id)
+	if err != nil {
+		return nil, err
+	}
 	if w != nil {
 		select {
 		case <-ctx.Done():
@@ -537,6 +539,50 @@ func (r *Runtime) wait(ctx context.Context, taskID, id string) (*container.WaitR
 	case resp := <-res.Result:
 		return &resp, nil
 	}
+}
+
+// exitWaiter is the wait on the container's next exit that Start
+// registered or, for a container not started yet, one registered now (a
+// wait for "not running" would return at once: a created container is not
+// running, but it has not exited either). It is nil for a container that
+// started without one (under an earlier agent), or that is gone: a wait
+// for "not running" then tells.
+func (r *Runtime) exitWaiter(ctx context.Context, taskID, id string) (*waiter, error) {
+	r.mu.Lock()
+	w := r.waiters[id]
+	r.mu.Unlock()
+	if w != nil {
+		return w, nil
+	}
+	status := func() (container.ContainerState, error) {
+		res, err := r.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+		if cerrdefs.IsNotFound(err) || (err == nil && res.Container.State == nil) {
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("wait for task %s: inspect the container: %w", taskID, err)
+		}
+		return res.Container.State.Status, nil
+	}
+	if st, err := status(); err != nil || st != container.StateCreated {
+		return nil, err
+	}
+	w, err := r.registerWait(id)
+	if err != nil {
+		return nil, fmt.Errorf("wait for task %s: wait on container: %w", taskID, err)
+	}
+	// Started meanwhile? One that has exited too may have done so before
+	// the wait was registered, which would then miss it.
+	st, err := status()
+	if err != nil {
+		return nil, err
+	}
+	switch st {
+	case container.StateCreated, container.StateRunning, container.StatePaused, container.StateRestarting:
+		return w, nil
+	}
+	r.dropWaiter(id, w)
+	return nil, nil
 }
 
 // removedExit is the exit of a container removed behind Shoal's back.

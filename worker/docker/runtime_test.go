@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -77,17 +78,34 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
+// openRuntime makes a runtime with the tests' defaults for what cfg leaves
+// unset; closing it is the caller's.
+func openRuntime(t *testing.T, cfg Config) *Runtime {
+	t.Helper()
+	if cfg.NodeName == "" {
+		cfg.NodeName = "test-node"
+	}
+	if cfg.AdvertiseIP == "" {
+		cfg.AdvertiseIP = "127.0.0.1"
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // newRuntime makes a runtime for a fresh node ID, removing its containers
 // when the test ends.
 func newRuntime(t *testing.T, cli *client.Client, nodeID string) *Runtime {
 	t.Helper()
-	r, err := New(context.Background(), Config{
-		NodeID: nodeID, NodeName: "test-node", AdvertiseIP: "127.0.0.1", PingInterval: 200 * time.Millisecond,
-		Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openRuntime(t, Config{NodeID: nodeID})
 	t.Cleanup(func() {
 		r.Close()
 		removeNodeContainers(cli, nodeID)
@@ -123,21 +141,26 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestLifecycle(t *testing.T) {
+// TestContainerAndImageHealth: a task is a container named and configured
+// as Shoal names it, serving on its published port; a command probe runs
+// inside it, and the image's own HEALTHCHECK reports its health. The
+// steps themselves (idempotence, states, logs, stop, remove) are the
+// conformance suite's.
+func TestContainerAndImageHealth(t *testing.T) {
 	cli := engine(t)
 	r := newRuntime(t, cli, "node-"+randomID())
 	ctx := ctxT(t)
 	id := "task" + randomID()
 	task := helloTask(id, "shoal/hello:v1")
-
-	for range 2 { // idempotent
-		if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
-			t.Fatal(err)
-		}
+	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(ctx, id); err != nil {
+		t.Fatal(err)
 	}
 	info, err := r.Inspect(ctx, id)
-	if err != nil || info.State != worker.RunCreated || info.ContainerID == "" {
-		t.Fatalf("after prepare: %+v %v", info, err)
+	if err != nil || info.State != worker.RunRunning || info.ContainerID == "" || len(info.Ports) != 1 {
+		t.Fatalf("after start: %+v %v", info, err)
 	}
 	c, err := cli.ContainerInspect(ctx, info.ContainerID, client.ContainerInspectOptions{})
 	if err != nil {
@@ -145,15 +168,6 @@ func TestLifecycle(t *testing.T) {
 	}
 	if c.Container.Name != "/hello.1."+id || c.Container.HostConfig.RestartPolicy.Name != "no" {
 		t.Fatalf("container %s restart %v", c.Container.Name, c.Container.HostConfig.RestartPolicy)
-	}
-	for range 2 {
-		if err := r.Start(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-	}
-	info, err = r.Inspect(ctx, id)
-	if err != nil || info.State != worker.RunRunning || info.Pid == 0 || len(info.Ports) != 1 {
-		t.Fatalf("after start: %+v %v", info, err)
 	}
 	p := info.Ports[0]
 	if p.GetTargetPort() != 80 || p.GetHostIp() != "127.0.0.1" || p.GetHostPort() == 0 {
@@ -176,92 +190,33 @@ func TestLifecycle(t *testing.T) {
 	if code, out, err := r.ProbeCommand(ctx, id, []string{"/no/such/program"}, 3*time.Second); err == nil && code == 0 {
 		t.Fatalf("a missing health program passed: %q", out)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		state, out, err := r.Health(ctx, id)
-		if err != nil {
+	var state pb.HealthState
+	waitFor(t, 20*time.Second, "the image's health check to pass", func() bool {
+		var err error
+		if state, out, err = r.Health(ctx, id); err != nil {
 			t.Fatal(err)
 		}
-		if state == pb.HealthState_HEALTH_STATE_HEALTHY {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("image health check: %v %q", state, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-
-	rc, err := r.Logs(ctx, id, worker.LogOptions{Tail: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs, _ := io.ReadAll(rc)
-	rc.Close()
-	if !strings.Contains(string(logs), "hello listening") {
-		t.Fatalf("logs %q", logs)
-	}
-	infos, err := r.List(ctx)
-	if err != nil || len(infos) != 1 || infos[0].TaskID != id {
-		t.Fatalf("list %+v %v", infos, err)
-	}
-
-	exited := make(chan worker.Exit, 1)
-	go func() {
-		ex, err := r.Wait(ctx, id)
-		if err != nil {
-			t.Error(err)
-		}
-		exited <- ex
-	}()
-	if err := r.Stop(ctx, id, 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case ex := <-exited:
-		if ex.Code != 0 || ex.ExitedAt.IsZero() {
-			t.Fatalf("exit %+v", ex)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Wait did not return after Stop")
-	}
-	if err := r.Stop(ctx, id, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	info, err = r.Inspect(ctx, id)
-	if err != nil || info.State != worker.RunExited {
-		t.Fatalf("after stop: %+v %v", info, err)
-	}
-	for range 2 {
-		if err := r.Remove(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := r.Inspect(ctx, id); !errors.Is(err, worker.ErrTaskNotFound) {
-		t.Fatalf("inspect after remove: %v", err)
-	}
-	if err := r.Stop(ctx, id, time.Second); err != nil {
-		t.Fatalf("stop after remove: %v", err)
-	}
-	if _, err := r.Wait(ctx, id); !errors.Is(err, worker.ErrTaskNotFound) {
-		t.Fatalf("wait after remove: %v", err)
-	}
+		return state == pb.HealthState_HEALTH_STATE_HEALTHY
+	}, func() string { return fmt.Sprintf("health %v %q", state, out) })
 }
 
+// httpGet GETs url, retrying while the published port does not answer yet.
 func httpGet(t *testing.T, url string) string {
 	t.Helper()
+	var body string
 	var last error
-	for range 50 {
+	waitFor(t, 10*time.Second, "GET "+url, func() bool {
 		resp, err := http.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			return string(b)
+		if err != nil {
+			last = err
+			return false
 		}
-		last = err
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("GET %s: %v", url, last)
-	return ""
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		return true
+	}, func() string { return fmt.Sprint(last) })
+	return body
 }
 
 func TestMissingImageAndBadMount(t *testing.T) {
@@ -291,7 +246,8 @@ func TestMissingImageAndBadMount(t *testing.T) {
 }
 
 // A new runtime (a restarted agent) finds the containers of its node, and
-// only those, and waits on them.
+// only those, and learns how one killed behind its back ended. The rest
+// of a restart is the conformance suite's.
 func TestRestartFindsContainers(t *testing.T) {
 	cli := engine(t)
 	node := "node-" + randomID()
@@ -310,28 +266,15 @@ func TestRestartFindsContainers(t *testing.T) {
 	r1.Close()
 	r2 := newRuntime(t, cli, node)
 	infos, err := r2.List(ctx)
-	if err != nil || len(infos) != 1 || infos[0].State != worker.RunRunning {
+	if err != nil || len(infos) != 1 || infos[0].TaskID != id || infos[0].State != worker.RunRunning {
 		t.Fatalf("list after restart: %+v %v", infos, err)
 	}
-	exited := make(chan worker.Exit, 1)
-	go func() {
-		ex, err := r2.Wait(ctx, id)
-		if err != nil {
-			t.Error(err)
-		}
-		exited <- ex
-	}()
-	time.Sleep(200 * time.Millisecond)
 	if _, err := cli.ContainerKill(ctx, infos[0].ContainerID, client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case ex := <-exited:
-		if ex.Code != 137 || !strings.Contains(ex.Message, "signal: killed") {
-			t.Fatalf("exit %+v", ex)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Wait did not see the kill")
+	ex, err := r2.Wait(ctx, id)
+	if err != nil || ex.Code != 137 || !strings.Contains(ex.Message, "signal: killed") {
+		t.Fatalf("exit %+v, %v", ex, err)
 	}
 	if info, err := other.Inspect(ctx, otherID); err != nil || info.State != worker.RunRunning {
 		t.Fatalf("the other node's container: %+v %v", info, err)
@@ -463,12 +406,13 @@ func TestEngineGoesAway(t *testing.T) {
 	if err := r.Start(ctx, id); err != nil {
 		t.Fatal(err)
 	}
+	// Start registered the task's wait with the Engine, through the
+	// proxy: a Wait is in progress before the Engine goes.
 	waitErr := make(chan error, 1)
 	go func() {
 		_, err := r.Wait(ctx, id)
 		waitErr <- err
 	}()
-	time.Sleep(200 * time.Millisecond)
 	p.stop()
 	select {
 	case err := <-waitErr:
@@ -478,23 +422,29 @@ func TestEngineGoesAway(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Wait did not notice the Engine going away")
 	}
-	waitFor(t, "the runtime unavailable", func() bool { return !r.Available() })
+	waitFor(t, 10*time.Second, "the runtime unavailable", func() bool { return !r.Available() }, nil)
 	if _, err := r.Inspect(ctx, id); err == nil || errors.Is(err, worker.ErrTaskNotFound) {
 		t.Fatalf("inspect with the Engine gone: %v", err)
 	}
 	p.start(t)
-	waitFor(t, "the runtime available again", r.Available)
+	waitFor(t, 10*time.Second, "the runtime available again", r.Available, nil)
 	if info, err := r.Inspect(ctx, id); err != nil || info.State != worker.RunRunning {
 		t.Fatalf("inspect with the Engine back: %+v %v", info, err)
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor polls cond until it holds, failing the test after d (with
+// detail, if any, saying what was last seen).
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool, detail func() string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			msg := ""
+			if detail != nil {
+				msg = ": " + detail()
+			}
+			t.Fatalf("timed out after %s waiting for %s%s", d, what, msg)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -10,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/worker/runtimetest/taskprog"
 	"go.uber.org/goleak"
 )
 
 // The test binary doubles as the supervisor (SHOAL_SUPERVISE=1, the way
-// cmd/shoal runs "shoal __supervise") and as a memory hog task
-// (SHOAL_TEST_HOG=<bytes>).
+// cmd/shoal runs "shoal __supervise"), as a memory hog task
+// (SHOAL_TEST_HOG=<bytes>) and as the conformance suite's task program
+// (SHOAL_CONFORMANCE_TASK=1).
 var (
 	testMarker       string // in the env of every process the tests start
 	testCgroupParent string
@@ -27,6 +29,9 @@ func TestMain(m *testing.M) {
 	}
 	if n := os.Getenv("SHOAL_TEST_HOG"); n != "" {
 		hog(n)
+	}
+	if os.Getenv(conformanceTaskEnv) == "1" {
+		os.Exit(taskprog.Main(os.Args[1:]))
 	}
 	testMarker = fmt.Sprintf("process-test-%d", os.Getpid())
 	testCgroupParent = "shoal-test-" + strconv.Itoa(os.Getpid())

@@ -3,6 +3,10 @@
 package pkitest
 
 import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"math/big"
 	"testing"
 	"time"
 
@@ -48,6 +52,36 @@ func (c *CA) Issue(t testing.TB, role, id string, lifetime time.Duration) (certP
 		t.Fatal(err)
 	}
 	return certPEM, keyPEM
+}
+
+// IssueExpired makes a key and a certificate for id in the CA's cluster
+// that expired an hour ago, as a node holds one it failed to renew: the
+// certificate Issue makes, re-signed for the hour before that.
+func (c *CA) IssueExpired(t testing.TB, role, id string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	issued, keyPEM := c.Issue(t, role, id, time.Hour)
+	leaf, err := pki.ParseCert(issued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      leaf.Subject,
+		NotBefore:    now.Add(-2 * time.Hour),
+		NotAfter:     now.Add(-time.Hour),
+		KeyUsage:     leaf.KeyUsage,
+		ExtKeyUsage:  leaf.ExtKeyUsage,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.CA.Cert, leaf.PublicKey, c.CA.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), c.CA.Chain...), keyPEM
 }
 
 // Creds are credentials for id with a fresh certificate valid for an hour.
