@@ -125,11 +125,7 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
-	nc, err := ca.LoadNodeCreds(cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	m, err := start(ctx, cfg, id, false, nc)
+	m, err := resume(ctx, cfg, id, false)
 	if err != nil {
 		return nil, err
 	}
@@ -160,11 +156,7 @@ func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, e
 	if id.Role != "manager" {
 		return nil, fmt.Errorf("data dir %s holds worker node %s, not a manager", cfg.DataDir, id.NodeID)
 	}
-	nc, err := ca.LoadNodeCreds(cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	m, err := start(ctx, cfg, id, forceNewCluster, nc)
+	m, err := resume(ctx, cfg, id, forceNewCluster)
 	if err != nil {
 		return nil, err
 	}
@@ -265,6 +257,15 @@ func (m *Manager) adoptJoin(resp *pb.JoinResponse, keyPEM []byte) error {
 		}
 		id.ClusterID = resp.GetClusterId()
 	})
+}
+
+// resume starts a manager whose credentials are in its data dir.
+func resume(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool) (*Manager, error) {
+	nc, err := ca.LoadNodeCreds(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, cfg, id, forceNew, nc)
 }
 
 // start opens the store and the API server of a manager.
@@ -490,8 +491,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 		_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
 		return nil, fmt.Errorf("promote: %w", lastErr)
 	}
-	id.Role = "manager"
-	if err := datadir.Save(cfg.DataDir, id); err != nil {
+	if err := m.ident.save(func(id *datadir.Identity) { id.Role = "manager" }); err != nil {
 		m.Close()
 		return nil, err
 	}

@@ -130,7 +130,42 @@ func (a *Authority) RotateRoot(ctx context.Context) (*pb.RotateRootCAResponse, e
 // FinishRotation is a leader loop: once every node holds a certificate
 // from the new root, the old root is no longer trusted.
 func (a *Authority) FinishRotation(ctx context.Context) {
-	t := a.clock.NewTicker(a.checkInterval)
+	every(ctx, a.clock, a.checkInterval, func() { a.finishRotation(ctx) })
+}
+
+// finishRotation drops the old root if every node renewed.
+func (a *Authority) finishRotation(ctx context.Context) {
+	var pending bool
+	a.store.View(func(tx *raftstore.Tx) { pending = len(tx.Cluster().GetRootCa().GetCrossSigned()) > 0 })
+	if !pending {
+		return
+	}
+	var done bool
+	_, err := a.store.Update(ctx, func(tx *raftstore.Tx) error {
+		c := tx.Cluster()
+		r := c.GetRootCa()
+		if len(r.GetCrossSigned()) == 0 {
+			return nil
+		}
+		for _, n := range tx.Nodes().List() {
+			if n.GetCertificate().GetRootDigest() != r.GetDigest() {
+				return nil
+			}
+		}
+		r.CrossSigned, r.TrustBundle, r.RotationRequest = nil, r.GetCert(), ""
+		done = true
+		return tx.Clusters().Update(c)
+	})
+	if err != nil {
+		a.log.Warn("finish the root CA rotation", "err", err)
+	} else if done {
+		a.log.Info("root CA rotation complete: every node holds a certificate from the new root; the old root is no longer trusted")
+	}
+}
+
+// every calls fn each interval of clk until ctx ends.
+func every(ctx context.Context, clk clock.Clock, interval time.Duration, fn func()) {
+	t := clk.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -138,32 +173,7 @@ func (a *Authority) FinishRotation(ctx context.Context) {
 			return
 		case <-t.C():
 		}
-		var pending bool
-		a.store.View(func(tx *raftstore.Tx) { pending = len(tx.Cluster().GetRootCa().GetCrossSigned()) > 0 })
-		if !pending {
-			continue
-		}
-		var done bool
-		_, err := a.store.Update(ctx, func(tx *raftstore.Tx) error {
-			c := tx.Cluster()
-			r := c.GetRootCa()
-			if len(r.GetCrossSigned()) == 0 {
-				return nil
-			}
-			for _, n := range tx.Nodes().List() {
-				if n.GetCertificate().GetRootDigest() != r.GetDigest() {
-					return nil
-				}
-			}
-			r.CrossSigned, r.TrustBundle, r.RotationRequest = nil, r.GetCert(), ""
-			done = true
-			return tx.Clusters().Update(c)
-		})
-		if err != nil {
-			a.log.Warn("finish the root CA rotation", "err", err)
-		} else if done {
-			a.log.Info("root CA rotation complete: every node holds a certificate from the new root; the old root is no longer trusted")
-		}
+		fn()
 	}
 }
 

@@ -61,18 +61,7 @@ type Keeper struct {
 func NewKeeper(cfg KeeperConfig) *Keeper { return &Keeper{cfg: cfg} }
 
 // Run keeps the credentials current until ctx ends.
-func (k *Keeper) Run(ctx context.Context) {
-	t := k.cfg.Clock.NewTicker(k.cfg.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C():
-		}
-		k.check()
-	}
-}
+func (k *Keeper) Run(ctx context.Context) { every(ctx, k.cfg.Clock, k.cfg.Interval, k.check) }
 
 // check does one round.
 func (k *Keeper) check() {

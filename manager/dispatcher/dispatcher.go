@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/clock"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
+	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/sealer"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -322,16 +323,13 @@ func (d *Dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 		if err := tx.Nodes().Update(n); err != nil {
 			return err
 		}
-		failed = 0
-		for _, t := range tx.Tasks().Find(raftstore.IndexNode, nodeID) {
-			if t.GetStatus().GetState() >= pb.TaskState_TASK_STATE_COMPLETE {
-				continue
-			}
+		var err error
+		failed, err = orchestrator.FailNodeTasks(tx, nodeID, func(t *pb.Task) *pb.TaskStatus {
 			var ports []*pb.PortBinding
 			if endpoints.Routable(t) {
 				ports = t.GetStatus().GetPorts() // where it may still answer: see endpoints' lingers
 			}
-			t.Status = &pb.TaskStatus{
+			return &pb.TaskStatus{
 				Timestamp: d.clock.Now().UnixNano(),
 				State:     pb.TaskState_TASK_STATE_FAILED,
 				Err:       fmt.Sprintf("node %s is down (%s)", nodeID, why),
@@ -339,17 +337,8 @@ func (d *Dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 				Ports:     ports,
 				NodeLost:  true,
 			}
-			// A service's orchestrator replaces the task (and tells it to
-			// stop); a standalone task has nobody else to do so.
-			if t.GetServiceId() == "" && t.GetDesiredState() < pb.TaskState_TASK_STATE_SHUTDOWN {
-				t.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
-			}
-			if err := tx.Tasks().Update(t); err != nil {
-				return err
-			}
-			failed++
-		}
-		return nil
+		})
+		return err
 	})
 	switch {
 	case err == nil && skipped:

@@ -20,6 +20,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/manager/authz"
 	"github.com/shoal-cluster/shoal/manager/ca"
+	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -313,20 +314,11 @@ func (s *Server) promote(ctx context.Context, cluster *pb.Cluster, req *pb.JoinR
 		if err := tx.Nodes().Update(n); err != nil {
 			return err
 		}
-		for _, t := range tx.Tasks().Find(raftstore.IndexNode, n.GetId()) {
-			if t.GetStatus().GetState() >= pb.TaskState_TASK_STATE_COMPLETE {
-				continue
-			}
-			t.Status = &pb.TaskStatus{Timestamp: s.clock.Now().UnixNano(), State: pb.TaskState_TASK_STATE_FAILED,
+		_, err = orchestrator.FailNodeTasks(tx, n.GetId(), func(*pb.Task) *pb.TaskStatus {
+			return &pb.TaskStatus{Timestamp: s.clock.Now().UnixNano(), State: pb.TaskState_TASK_STATE_FAILED,
 				Message: "node promoted", Err: fmt.Sprintf("node %s became a manager; managers run no tasks", n.GetId())}
-			if t.GetServiceId() == "" && t.GetDesiredState() < pb.TaskState_TASK_STATE_SHUTDOWN {
-				t.DesiredState = pb.TaskState_TASK_STATE_SHUTDOWN
-			}
-			if err := tx.Tasks().Update(t); err != nil {
-				return err
-			}
-		}
-		return nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
