@@ -208,11 +208,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 	}
 	// Raft must listen before the leader adds this node as a voter; it
 	// refuses every handshake until the join brings the certificate.
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return nil, err
 	}
@@ -462,11 +458,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	}
 	_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
 	id.RaftID = raftstore.NewID()
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return nil, err
 	}

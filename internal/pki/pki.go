@@ -115,6 +115,20 @@ func NewCSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
+// NewKeyAndCSR makes a key and a certificate request for it: the key
+// (PEM) stays with its holder, the request goes to the CA.
+func NewKeyAndCSR() (keyPEM, csr []byte, err error) {
+	key, keyPEM, err := NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err = NewCSR(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return keyPEM, csr, nil
+}
+
 // CA is a root (or, during a rotation, a new root cross-signed by the old
 // one) that signs node and admin certificates.
 type CA struct {

@@ -64,11 +64,7 @@ func Bootstrap(dataDir string, id *datadir.Identity, apiAddr string, certExpiry 
 
 // issueLocal makes a key and has ca sign a certificate for it.
 func issueLocal(ca *pki.CA, id pki.Identity, lifetime time.Duration) (certPEM, keyPEM []byte, err error) {
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, nil, err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return nil, nil, err
 	}
