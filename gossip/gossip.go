@@ -214,6 +214,11 @@ func (g *Gossip) SetKeys(keys [][]byte) error {
 	return nil
 }
 
+// SameKeys reports whether two key lists are the same keys in the same
+// order: the primary (the first) included, so a rotation counts as a
+// change.
+func SameKeys(a, b [][]byte) bool { return slices.EqualFunc(a, b, bytes.Equal) }
+
 // NewKey returns a fresh 32-byte gossip key (AES-256).
 func NewKey() []byte {
 	k := make([]byte, 32)

@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/host"
+	"github.com/shoal-cluster/shoal/manager/ca"
+	"github.com/shoal-cluster/shoal/manager/controlapi"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -23,6 +25,12 @@ const (
 	raftPortOffset  = 1
 	gossipPortOfset = 2
 )
+
+// DefaultCertExpiry is the default lifetime of node certificates.
+const DefaultCertExpiry = ca.DefaultCertExpiry
+
+// MaxSecretSize is the largest secret value a manager accepts.
+const MaxSecretSize = controlapi.MaxSecretSize
 
 // Config configures a manager node.
 type Config struct {

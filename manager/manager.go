@@ -1,7 +1,10 @@
-// Package manager is a Shoal manager node: it keeps the cluster state in
-// the Raft-replicated store, serves the control and membership gRPC APIs,
-// forwards writes from followers to the leader, and runs the leader-only
-// loops while it leads.
+// Package manager is a Shoal manager node: its lifecycle (init, join,
+// restart, promotion, demotion and removal, stop), the Raft store it
+// opens, the gRPC server it assembles from the parts in its subpackages
+// (authz, leaderroute, controlapi, membership, dispatcher), and the loops
+// it starts: on every manager (the endpoint feed and mesh, gossip, its own
+// credentials) and, while it leads, the leader loops (the dispatcher, the
+// orchestrator, scheduler and updater, membership probes, CA rotation).
 package manager
 
 import (
@@ -27,6 +30,13 @@ import (
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
+	"github.com/shoal-cluster/shoal/manager/authz"
+	"github.com/shoal-cluster/shoal/manager/ca"
+	"github.com/shoal-cluster/shoal/manager/controlapi"
+	"github.com/shoal-cluster/shoal/manager/dispatcher"
+	"github.com/shoal-cluster/shoal/manager/endpoints"
+	"github.com/shoal-cluster/shoal/manager/leaderroute"
+	"github.com/shoal-cluster/shoal/manager/membership"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/sealer"
@@ -45,22 +55,27 @@ var ErrDemoted = errors.New("this node was demoted to a worker")
 
 // Manager is a running manager node.
 type Manager struct {
-	cfg   Config
-	log   *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// id is this node's identity; its immutable parts are read freely, the
+	// rest changes through ident.
 	id    *datadir.Identity
+	ident *identityFile
 	creds *nodecreds.Node
 	store *raftstore.Store
+	// keys holds the key that seals secret values; none until a joining
+	// manager receives it.
+	keys *sealer.Holder
 
-	grpc   *grpc.Server
-	lis    net.Listener
-	conns  *connPool
-	reach  *reachability
-	disp   *dispatcher
-	gossip *gossip.Gossip
-	feed   *endpointFeed
-	mesh   *mesh.Mesh
-	// key seals secret values; nil until a joining manager receives it.
-	key atomic.Pointer[sealer.Key]
+	grpc    *grpc.Server
+	lis     net.Listener
+	conns   *leaderroute.Pool
+	members *membership.Server
+	ca      *ca.Authority
+	disp    *dispatcher.Dispatcher
+	gossip  *gossip.Gossip
+	feed    *endpoints.Feed
+	mesh    *mesh.Mesh
 
 	// storeReady is set once store is assigned (Raft handshakes may come
 	// before).
@@ -68,8 +83,12 @@ type Manager struct {
 
 	stopOnce sync.Once
 	stopped  chan struct{}
-	stopErr  error
-	wg       sync.WaitGroup
+	// cancel ends ctx, the context of the loops every manager runs, when
+	// the manager stops.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stopErr error
+	wg      sync.WaitGroup
 }
 
 // Init creates a new cluster with this node as its first manager. The data
@@ -90,7 +109,7 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 		Hostname:        cfg.Hostname,
 		Advertise:       cfg.APIAddr(),
 	}
-	if err := bootstrapSecurity(cfg, id); err != nil {
+	if err := ca.Bootstrap(cfg.DataDir, id, cfg.APIAddr(), cfg.CertExpiry); err != nil {
 		return nil, fmt.Errorf("init: create the cluster's CA: %w", err)
 	}
 	// The secrets key and the identity are written before the bootstrap:
@@ -106,11 +125,7 @@ func Init(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := datadir.Save(cfg.DataDir, id); err != nil {
 		return nil, err
 	}
-	nc, err := loadNodeCreds(cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	m, err := start(ctx, cfg, id, false, nc)
+	m, err := resume(ctx, cfg, id, false)
 	if err != nil {
 		return nil, err
 	}
@@ -141,15 +156,11 @@ func Restart(ctx context.Context, cfg Config, forceNewCluster bool) (*Manager, e
 	if id.Role != "manager" {
 		return nil, fmt.Errorf("data dir %s holds worker node %s, not a manager", cfg.DataDir, id.NodeID)
 	}
-	nc, err := loadNodeCreds(cfg.DataDir)
+	m, err := resume(ctx, cfg, id, forceNewCluster)
 	if err != nil {
 		return nil, err
 	}
-	m, err := start(ctx, cfg, id, forceNewCluster, nc)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := m.secretsKey(); err != nil {
+	if _, err := m.keys.Key(); err != nil {
 		m.log.Warn("secrets cannot be created or handed to tasks through this manager", "err", err)
 	}
 	if forceNewCluster {
@@ -171,7 +182,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	digest, _, err := parseToken(token)
+	digest, _, err := ca.ParseToken(token)
 	if err != nil {
 		return nil, err
 	}
@@ -197,11 +208,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Manager, erro
 	}
 	// Raft must listen before the leader adds this node as a voter; it
 	// refuses every handshake until the join brings the certificate.
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return nil, err
 	}
@@ -239,10 +246,22 @@ func (m *Manager) adoptJoin(resp *pb.JoinResponse, keyPEM []byte) error {
 		if err := m.gossip.SetKeys(resp.GetGossipKeys()); err != nil {
 			return err
 		}
-		m.id.GossipKeys = resp.GetGossipKeys()
 	}
-	m.id.ClusterID = resp.GetClusterId()
-	return datadir.Save(m.cfg.DataDir, m.id)
+	return m.ident.save(func(id *datadir.Identity) {
+		if len(resp.GetGossipKeys()) > 0 {
+			id.GossipKeys = resp.GetGossipKeys()
+		}
+		id.ClusterID = resp.GetClusterId()
+	})
+}
+
+// resume starts a manager whose credentials are in its data dir.
+func resume(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool) (*Manager, error) {
+	nc, err := ca.LoadNodeCreds(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, cfg, id, forceNew, nc)
 }
 
 // start opens the store and the API server of a manager.
@@ -251,18 +270,17 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", id.NodeID[:8], "role", "manager"),
 		id:      id,
+		ident:   &identityFile{dir: cfg.DataDir, id: id},
 		creds:   nc,
-		conns:   newConnPool(nc.Creds()),
-		reach:   newReachability(),
+		keys:    sealer.NewHolder(id.NodeID, cfg.DataDir),
+		conns:   leaderroute.NewPool(nc.Creds()),
 		stopped: make(chan struct{}),
 	}
-	m.disp = newDispatcher(m, cfg.HeartbeatPeriod)
 	if key, err := sealer.Load(cfg.DataDir); err == nil {
-		m.key.Store(key)
+		m.keys.Set(key)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	m.feed = newEndpointFeed()
 	scfg := raftstore.Config{
 		ID:                id.RaftID,
 		Dir:               filepath.Join(cfg.DataDir, "raft"),
@@ -298,11 +316,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		m.store.Close()
 		return nil, fmt.Errorf("listen on %s for the API: %w (is another node using this address and port?)", cfg.listenAPI(), err)
 	}
-	m.grpc = grpc.NewServer(rpc.ServerOptions(nc.Creds(), nil, m.log.With("link", "api"),
-		grpc.ChainUnaryInterceptor(m.authUnary, m.unaryInterceptor), grpc.ChainStreamInterceptor(m.authStream))...)
-	pb.RegisterControlServer(m.grpc, &controlServer{m: m})
-	pb.RegisterMembershipServer(m.grpc, &membershipServer{m: m})
-	pb.RegisterDispatcherServer(m.grpc, m.disp)
+	m.assemble()
 	m.gossip, err = gossip.New(gossip.Config{
 		Meta:          gossip.Meta{NodeID: id.NodeID, Role: gossip.RoleManager, API: cfg.APIAddr()},
 		BindIP:        cfg.ListenIP,
@@ -323,22 +337,101 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 	if err := m.mesh.Start(ctx); err != nil {
 		m.log.Warn("no service resolver on this node", "err", err)
 	}
-	m.wg.Add(8)
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	keeper := ca.NewKeeper(ca.KeeperConfig{
+		Store:    m.store,
+		Clock:    clock.Real(),
+		NodeID:   id.NodeID,
+		Creds:    nc,
+		Gossip:   m.gossip,
+		Keys:     m.ident,
+		DataDir:  cfg.DataDir,
+		APIAddr:  cfg.APIAddr(),
+		Interval: cfg.CertCheckInterval,
+		Log:      m.log,
+	})
+	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		if err := m.grpc.Serve(m.lis); err != nil {
 			m.log.Error("API server stopped", "err", err)
 		}
 	}()
-	go m.runFeed()
-	go m.runMesh()
-	go m.leadership()
-	go m.watchMembership()
-	go m.joinGossip()
-	go m.watchGossip()
-	go m.keepCredentials()
+	m.loop(m.feed.Run)
+	m.loop(m.runMesh)
+	m.loop(m.leadership)
+	m.loop(m.watchMembership)
+	m.loop(m.joinGossip)
+	m.loop(m.watchGossip)
+	m.loop(keeper.Run)
 	m.log.Info("manager started", "api", cfg.APIAddr(), "raft", cfg.RaftAddr(), "cluster", id.ClusterID)
 	return m, nil
+}
+
+// assemble makes the manager's parts, each given what it needs, and the
+// gRPC server that serves them: every call is authorised first, then a
+// leader-only one is run on the leader.
+func (m *Manager) assemble() {
+	cfg, id := m.cfg, m.id
+	m.feed = endpoints.NewFeed(m.store)
+	m.ca = ca.New(m.store, clock.Real(), cfg.CertCheckInterval, m.log)
+	m.members = membership.New(membership.Config{
+		Store:        m.store,
+		Raft:         m.store,
+		Dialer:       m.conns,
+		Certificates: m.ca,
+		Keys:         m.keys,
+		Self: membership.Self{NodeID: id.NodeID, RaftID: id.RaftID, Hostname: cfg.Hostname, ClusterID: id.ClusterID,
+			APIAddr: cfg.APIAddr(), RaftAddr: cfg.RaftAddr()},
+		ProbeInterval: cfg.ProbeInterval,
+		Clock:         clock.Real(),
+		Log:           m.log,
+	})
+	m.disp = dispatcher.New(dispatcher.Config{
+		Store:      m.store,
+		Leadership: m.members,
+		Endpoints:  m.feed,
+		Secrets:    m.keys,
+		Clock:      clock.Real(),
+		APIAddr:    cfg.APIAddr(),
+		Period:     cfg.HeartbeatPeriod,
+		Log:        m.log,
+	})
+	control := controlapi.New(controlapi.Config{
+		Store:       m.store,
+		Raft:        m.store,
+		Members:     m.members,
+		Heartbeats:  m.disp,
+		CA:          m.ca,
+		Keys:        m.keys,
+		Workers:     m.conns,
+		ClusterID:   id.ClusterID,
+		AdvertiseIP: cfg.AdvertiseIP,
+		Log:         m.log,
+	})
+	auth := authz.New(m.store, m.log)
+	router := leaderroute.New(leaderroute.Config{
+		Raft:            m.store,
+		Leaders:         m.members,
+		Dialer:          m.conns,
+		NodeID:          id.NodeID,
+		APIAddr:         cfg.APIAddr(),
+		ElectionTimeout: cfg.Timing.ElectionTimeout,
+	})
+	m.grpc = grpc.NewServer(rpc.ServerOptions(m.creds.Creds(), nil, m.log.With("link", "api"),
+		grpc.ChainUnaryInterceptor(auth.Unary, router.Unary), grpc.ChainStreamInterceptor(auth.Stream))...)
+	pb.RegisterControlServer(m.grpc, control)
+	pb.RegisterMembershipServer(m.grpc, m.members)
+	pb.RegisterDispatcherServer(m.grpc, m.disp)
+}
+
+// loop runs fn in its own goroutine until the manager stops.
+func (m *Manager) loop(fn func(ctx context.Context)) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		fn(m.ctx)
+	}()
 }
 
 // Promote turns the worker in cfg.DataDir into a manager after `shoal node
@@ -359,17 +452,13 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	nc, err := loadNodeCreds(cfg.DataDir)
+	nc, err := ca.LoadNodeCreds(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
 	_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
 	id.RaftID = raftstore.NewID()
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return nil, err
 	}
@@ -394,8 +483,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 		_ = os.RemoveAll(filepath.Join(cfg.DataDir, "raft"))
 		return nil, fmt.Errorf("promote: %w", lastErr)
 	}
-	id.Role = "manager"
-	if err := datadir.Save(cfg.DataDir, id); err != nil {
+	if err := m.ident.save(func(id *datadir.Identity) { id.Role = "manager" }); err != nil {
 		m.Close()
 		return nil, err
 	}
@@ -406,7 +494,7 @@ func Promote(ctx context.Context, cfg Config, managers []string) (*Manager, erro
 // CheckToken asks the manager at remote which role a join token grants
 // and which cluster it belongs to, before the node starts anything.
 func CheckToken(ctx context.Context, remote, token string) (pb.NodeRole, string, error) {
-	if _, _, err := parseToken(token); err != nil {
+	if _, _, err := ca.ParseToken(token); err != nil {
 		return 0, "", err
 	}
 	resp, err := joinclient.CheckToken(ctx, WithDefaultPort(remote), token)
@@ -467,13 +555,12 @@ func (m *Manager) waitLeader(ctx context.Context) error {
 
 // leadership starts the leader-only loops after each won election (the
 // store signals only once its Barrier is done) and stops them on loss.
-func (m *Manager) leadership() {
-	defer m.wg.Done()
+func (m *Manager) leadership(ctx context.Context) {
 	var running *loopGroup
 	defer func() { running.stop() }()
 	for {
 		select {
-		case <-m.stopped:
+		case <-ctx.Done():
 			return
 		case leader := <-m.store.LeaderChanges():
 			running.stop()
@@ -517,9 +604,9 @@ func (g *loopGroup) stop() {
 func (m *Manager) leaderLoops() []func(context.Context) {
 	return []func(context.Context){
 		m.ensureCluster,
-		m.probeManagers,
-		m.finishRotation,
-		m.disp.run,
+		m.members.ProbeManagers,
+		m.ca.FinishRotation,
+		m.disp.Run,
 		orchestrator.New(m.store, clock.Real(), m.log).Run,
 		scheduler.New(m.store, clock.Real(), m.log).Run,
 		updater.New(m.store, clock.Real(), m.log).Run,
@@ -535,10 +622,10 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 	var exists bool
 	m.store.View(func(tx *raftstore.Tx) { exists = tx.Cluster() != nil })
 	if exists {
-		_ = os.Remove(filepath.Join(m.cfg.DataDir, pendingRootKey))
+		_ = os.Remove(filepath.Join(m.cfg.DataDir, ca.PendingRootKey))
 		return
 	}
-	rootCA, err := m.initialRootCA()
+	rootCA, err := ca.InitialRootCA(m.cfg.DataDir, m.creds.Creds().RootsPEM())
 	if err != nil {
 		m.log.Error("create cluster object", "err", err)
 		return
@@ -556,7 +643,7 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 				HeartbeatPeriod:  int64(m.cfg.HeartbeatPeriod),
 				CertExpiry:       int64(m.cfg.CertExpiry),
 			},
-			JoinTokens: &pb.JoinTokens{Worker: newJoinToken(rootCA.GetDigest()), Manager: newJoinToken(rootCA.GetDigest())},
+			JoinTokens: &pb.JoinTokens{Worker: ca.NewJoinToken(rootCA.GetDigest()), Manager: ca.NewJoinToken(rootCA.GetDigest())},
 			RootCa:     rootCA,
 			GossipKeys: m.id.GossipKeys,
 		}
@@ -569,7 +656,7 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 		m.log.Error("create cluster object", "err", err)
 		return
 	}
-	_ = os.Remove(filepath.Join(m.cfg.DataDir, pendingRootKey))
+	_ = os.Remove(filepath.Join(m.cfg.DataDir, ca.PendingRootKey))
 	m.log.Info("cluster initialised", "cluster", m.id.ClusterID)
 }
 
@@ -618,7 +705,7 @@ func (m *Manager) acceptRaftPeer(id pki.Identity) error {
 		return nil // this manager is starting: nobody is removed yet
 	}
 	var removed bool
-	m.store.View(func(tx *raftstore.Tx) { id, removed = standing(tx, id) })
+	m.store.View(func(tx *raftstore.Tx) { id, removed = authz.Standing(tx, id) })
 	switch {
 	case removed:
 		return fmt.Errorf("manager %s was removed from the cluster: its certificate is revoked", id.ID)
@@ -658,13 +745,12 @@ func (m *Manager) forgetOtherManagers(ctx context.Context) error {
 
 // watchMembership stops the manager when it learns it was removed: its
 // Raft shut down by itself, or another manager says so.
-func (m *Manager) watchMembership() {
-	defer m.wg.Done()
+func (m *Manager) watchMembership(ctx context.Context) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case <-m.stopped:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -680,8 +766,7 @@ func (m *Manager) watchMembership() {
 		switch {
 		case demoted:
 			m.log.Warn("this node was demoted to a worker; stopping the manager")
-			m.id.Role, m.id.RaftID = "worker", ""
-			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
+			if err := m.ident.save(func(id *datadir.Identity) { id.Role, id.RaftID = "worker", "" }); err != nil {
 				m.log.Error("record the demotion", "err", err)
 			}
 			// The secrets key and the Raft state belong to a membership
@@ -696,8 +781,7 @@ func (m *Manager) watchMembership() {
 			return
 		case removed:
 			m.log.Warn("this node was removed from the cluster; stopping the manager")
-			m.id.Removed = true
-			if err := datadir.Save(m.cfg.DataDir, m.id); err != nil {
+			if err := m.ident.save(func(id *datadir.Identity) { id.Removed = true }); err != nil {
 				m.log.Error("mark data dir removed", "err", err)
 			}
 			if err := sealer.Remove(m.cfg.DataDir); err != nil {
@@ -730,7 +814,7 @@ func (m *Manager) askRemoved() (removed, demoted bool) {
 		}
 	}
 	for _, addr := range addrs {
-		conn, err := m.conns.get(addr)
+		conn, err := m.conns.Manager(addr)
 		if err != nil {
 			continue
 		}
@@ -761,8 +845,7 @@ func apiAddrOfRaft(raftAddr string) (string, bool) {
 // joinGossip meets the other managers' gossip members (workers join the
 // managers themselves), retrying with a growing pause until one answers;
 // a lone manager has nobody to meet, which is fine.
-func (m *Manager) joinGossip() {
-	defer m.wg.Done()
+func (m *Manager) joinGossip(ctx context.Context) {
 	pause := 500 * time.Millisecond
 	for {
 		var addrs []string
@@ -782,7 +865,7 @@ func (m *Manager) joinGossip() {
 			}
 		}
 		select {
-		case <-m.stopped:
+		case <-ctx.Done():
 			return
 		case <-time.After(pause):
 		}
@@ -792,11 +875,10 @@ func (m *Manager) joinGossip() {
 
 // watchGossip passes gossip's death notices to the dispatcher, which
 // starts the node's down clock early.
-func (m *Manager) watchGossip() {
-	defer m.wg.Done()
+func (m *Manager) watchGossip(ctx context.Context) {
 	for {
 		select {
-		case <-m.stopped:
+		case <-ctx.Done():
 			return
 		case ev := <-m.gossip.Events():
 			if ev.Kind == gossip.EventDead && ev.Member.Role == gossip.RoleWorker {
@@ -852,6 +934,9 @@ func (m *Manager) stop(reason error) {
 	m.stopOnce.Do(func() {
 		m.stopErr = reason
 		close(m.stopped)
+		if m.cancel != nil {
+			m.cancel()
+		}
 		done := make(chan struct{})
 		go func() { m.grpc.GracefulStop(); close(done) }()
 		select {
@@ -868,7 +953,7 @@ func (m *Manager) stop(reason error) {
 		if err := m.store.Close(); err != nil {
 			m.log.Warn("close store", "err", err)
 		}
-		m.conns.closeAll()
+		m.conns.Close()
 		m.log.Info("manager stopped")
 	})
 }
@@ -897,56 +982,52 @@ func (m *Manager) adoptKey(raw []byte) {
 	if err := key.Save(m.cfg.DataDir); err != nil {
 		m.log.Error("keep the secrets key", "err", err)
 	}
-	m.key.Store(key)
-}
-
-// secretsKey returns the cluster's secrets key, or an error saying why
-// this manager has none.
-func (m *Manager) secretsKey() (*sealer.Key, error) {
-	if k := m.key.Load(); k != nil {
-		return k, nil
-	}
-	return nil, fmt.Errorf("manager %s has no secrets key (%s is missing from its data dir %s): restore the file from another manager's data dir", m.id.NodeID, sealer.FileName, m.cfg.DataDir)
-}
-
-// keyForJoin is the secrets key handed to a node joining as a manager.
-func (m *Manager) keyForJoin() []byte {
-	if k := m.key.Load(); k != nil {
-		return k.Raw()
-	}
-	return nil
-}
-
-// runFeed keeps the endpoint feed current until the manager stops.
-func (m *Manager) runFeed() {
-	defer m.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-m.stopped:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	m.feed.run(ctx, m.store)
+	m.keys.Set(key)
 }
 
 // runMesh feeds this manager's own routing mesh and resolver from the
 // endpoint feed: a manager's address serves published ports too.
-func (m *Manager) runMesh() {
-	defer m.wg.Done()
-	sent, changed := m.feed.snapshot()
-	m.mesh.Apply(completeUpdate(sent))
+func (m *Manager) runMesh(ctx context.Context) {
+	sent, changed := m.feed.Snapshot()
+	m.mesh.Apply(endpoints.Complete(sent))
 	for {
 		select {
-		case <-m.stopped:
+		case <-ctx.Done():
 			return
 		case <-changed:
 		}
 		var now map[string]*pb.ServiceEndpoints
-		now, changed = m.feed.snapshot()
-		m.mesh.Apply(diffEndpoints(sent, now))
+		now, changed = m.feed.Snapshot()
+		m.mesh.Apply(endpoints.Diff(sent, now))
 		sent = now
 	}
+}
+
+// identityFile is this node's identity and its file in the data dir. Its
+// gossip keys change while the node runs, and its role on demotion or
+// removal: each change is made, and saved, under mu.
+type identityFile struct {
+	dir string
+	mu  sync.Mutex
+	id  *datadir.Identity
+}
+
+// GossipKeys are the gossip keys the node holds.
+func (f *identityFile) GossipKeys() [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.id.GossipKeys
+}
+
+// SaveGossipKeys records new gossip keys.
+func (f *identityFile) SaveGossipKeys(keys [][]byte) error {
+	return f.save(func(id *datadir.Identity) { id.GossipKeys = keys })
+}
+
+// save applies change to the identity and saves it.
+func (f *identityFile) save(change func(id *datadir.Identity)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f.id)
+	return datadir.Save(f.dir, f.id)
 }

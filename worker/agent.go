@@ -186,11 +186,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error)
 	if err != nil {
 		return nil, err
 	}
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return nil, err
 	}

@@ -1,11 +1,11 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"time"
 
+	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/pki"
@@ -34,7 +34,7 @@ func (a *Agent) noteSecurity(up *pb.SecurityUpdate) {
 		a.id.Revoked = revoked
 		changed = true
 	}
-	if keys := up.GetGossipKeys(); len(keys) > 0 && !sameKeys(keys, a.id.GossipKeys) {
+	if keys := up.GetGossipKeys(); len(keys) > 0 && !gossip.SameKeys(keys, a.id.GossipKeys) {
 		if err := a.gossip.SetKeys(keys); err != nil {
 			a.log.Error("install the new gossip keys", "err", err)
 		} else {
@@ -49,18 +49,6 @@ func (a *Agent) noteSecurity(up *pb.SecurityUpdate) {
 	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
 		a.log.Error("save the cluster's gossip keys and revocations", "err", err)
 	}
-}
-
-func sameKeys(a, b [][]byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 // keepCredentials renews the node's certificate when it is due: two

@@ -15,9 +15,9 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// managerLeaderTrailer and managerAcceptedHeader mirror
-// manager.LeaderTrailer and manager.AcceptedHeader (a worker never imports
-// the manager).
+// managerLeaderTrailer and managerAcceptedHeader mirror the manager's
+// dispatcher.LeaderTrailer and dispatcher.AcceptedHeader (a worker never
+// imports the manager).
 const (
 	managerLeaderTrailer  = "shoal-leader"
 	managerAcceptedHeader = "shoal-session"

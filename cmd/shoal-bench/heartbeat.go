@@ -350,11 +350,7 @@ func (f *simFleet) grow(ctx context.Context, n int) error {
 // is in, leaves a receive loop and a heartbeat loop running.
 func (f *simFleet) start(ctx context.Context, w *simWorker, port int) error {
 	desc := &pb.NodeDescription{Hostname: w.host, Os: "linux", Arch: "amd64", Runtimes: []string{"process"}, Resources: f.resources}
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return err
 	}

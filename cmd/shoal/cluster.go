@@ -154,11 +154,7 @@ func runClientConfig(c *clientFlags) error {
 		return err
 	}
 	defer s.close()
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return err
 	}

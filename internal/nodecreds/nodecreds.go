@@ -105,11 +105,7 @@ func (n *Node) RenewalDue(now time.Time, signingDigest, role string) string {
 // Renew makes a new key and has the cluster sign it through request,
 // which returns the certificate chain and the roots; then installs them.
 func (n *Node) Renew(ctx context.Context, request func(ctx context.Context, csr []byte) (cert, roots []byte, err error)) error {
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		return err
-	}
-	csr, err := pki.NewCSR(key)
+	keyPEM, csr, err := pki.NewKeyAndCSR()
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,8 @@ import (
 	"math/big"
 	"strings"
 	"time"
+
+	pb "github.com/shoal-cluster/shoal/proto"
 )
 
 // Roles a certificate can carry (its subject's organizational unit).
@@ -36,6 +38,19 @@ type Identity struct {
 	Role string
 	// ClusterID is the cluster that issued the certificate.
 	ClusterID string
+}
+
+// NodeRoleName is the role name of a node role, as certificates carry it
+// and placement constraints (node.role==manager) name it; "" for a role
+// that is not set.
+func NodeRoleName(r pb.NodeRole) string {
+	switch r {
+	case pb.NodeRole_NODE_ROLE_MANAGER:
+		return RoleManager
+	case pb.NodeRole_NODE_ROLE_WORKER:
+		return RoleWorker
+	}
+	return ""
 }
 
 // IsNode reports whether the identity is a node's (not an admin client's).
@@ -98,6 +113,20 @@ func NewCSR(key *ecdsa.PrivateKey) ([]byte, error) {
 		return nil, fmt.Errorf("create certificate request: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// NewKeyAndCSR makes a key and a certificate request for it: the key
+// (PEM) stays with its holder, the request goes to the CA.
+func NewKeyAndCSR() (keyPEM, csr []byte, err error) {
+	key, keyPEM, err := NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err = NewCSR(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return keyPEM, csr, nil
 }
 
 // CA is a root (or, during a rotation, a new root cross-signed by the old

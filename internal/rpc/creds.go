@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -274,4 +275,22 @@ func PeerIdentity(ctx context.Context) (pki.Identity, bool) {
 		return pki.Identity{}, false
 	}
 	return id, true
+}
+
+// PeerAddr is the remote address of the caller of an incoming gRPC call
+// ("" when unknown).
+func PeerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// PeerHost is the host part of PeerAddr (all of it when it has no port).
+func PeerHost(ctx context.Context) string {
+	addr := PeerAddr(ctx)
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -72,7 +73,7 @@ func (a attribute) value(n *pb.Node) string {
 	case attrHostname:
 		return n.GetDescription().GetHostname()
 	case attrRole:
-		return roleName(nodeRole(n))
+		return pki.NodeRoleName(nodeRole(n))
 	case attrNodeLabel:
 		return n.GetSpec().GetAnnotations().GetLabels()[a.label]
 	case attrEngineLabel:
@@ -92,16 +93,6 @@ func nodeRole(n *pb.Node) pb.NodeRole {
 		return r
 	}
 	return n.GetSpec().GetDesiredRole()
-}
-
-func roleName(r pb.NodeRole) string {
-	switch r {
-	case pb.NodeRole_NODE_ROLE_MANAGER:
-		return "manager"
-	case pb.NodeRole_NODE_ROLE_WORKER:
-		return "worker"
-	}
-	return ""
 }
 
 // normalizeArch maps the usual aliases of an architecture to Go's names,

@@ -1,4 +1,9 @@
-package manager
+// Package endpoints keeps the endpoint set of every service (which
+// running, healthy tasks serve it, and on which host ports) current from
+// the store, for the node's own routing mesh and for the leader's worker
+// sessions to push; and it allocates services' virtual IPs and checks
+// their ingress ports on this host.
+package endpoints
 
 import (
 	"context"
@@ -19,22 +24,24 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// endpointFeed keeps the endpoint set of every service current from the
-// local store: which running, healthy tasks serve it and on which ports.
-// Every manager runs one; its own mesh and, on the leader, each worker
-// session read it, so workers are told of changes instead of polling.
-type endpointFeed struct {
+// Feed keeps the endpoint set of every service current from the local
+// store: which running, healthy tasks serve it and on which ports. Every
+// manager runs one; its own mesh and, on the leader, each worker session
+// read it, so workers are told of changes instead of polling.
+type Feed struct {
+	store    raftstore.StateStore
 	mu       sync.Mutex
 	services map[string]*pb.ServiceEndpoints // by service ID; replaced, never mutated
 	changed  chan struct{}                   // closed and replaced on every change
 }
 
-func newEndpointFeed() *endpointFeed {
-	return &endpointFeed{services: map[string]*pb.ServiceEndpoints{}, changed: make(chan struct{})}
+// NewFeed returns a feed of the store's endpoint sets; Run keeps it current.
+func NewFeed(store raftstore.StateStore) *Feed {
+	return &Feed{store: store, services: map[string]*pb.ServiceEndpoints{}, changed: make(chan struct{})}
 }
 
-// snapshot returns the current sets and a channel closed at the next change.
-func (f *endpointFeed) snapshot() (map[string]*pb.ServiceEndpoints, <-chan struct{}) {
+// Snapshot returns the current sets and a channel closed at the next change.
+func (f *Feed) Snapshot() (map[string]*pb.ServiceEndpoints, <-chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make(map[string]*pb.ServiceEndpoints, len(f.services))
@@ -44,9 +51,9 @@ func (f *endpointFeed) snapshot() (map[string]*pb.ServiceEndpoints, <-chan struc
 	return out, f.changed
 }
 
-// diff is the update that takes a receiver from sent to now. Sets are
+// Diff is the update that takes a receiver from sent to now. Sets are
 // compared by pointer: the feed replaces a set only when it changed.
-func diffEndpoints(sent, now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate {
+func Diff(sent, now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate {
 	u := &pb.EndpointUpdate{}
 	for id, s := range now {
 		if sent[id] != s {
@@ -63,17 +70,17 @@ func diffEndpoints(sent, now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate
 	return u
 }
 
-// completeUpdate is the whole set, for a receiver starting from nothing.
-func completeUpdate(now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate {
-	u := diffEndpoints(nil, now)
+// Complete is the whole set, for a receiver starting from nothing.
+func Complete(now map[string]*pb.ServiceEndpoints) *pb.EndpointUpdate {
+	u := Diff(nil, now)
 	u.Complete = true
 	return u
 }
 
-// run follows the store until ctx ends or the store closes.
-func (f *endpointFeed) run(ctx context.Context, store *raftstore.Store) {
+// Run follows the store until ctx ends or the store closes.
+func (f *Feed) Run(ctx context.Context) {
 	for ctx.Err() == nil {
-		sub := store.ViewAndWatch(func(tx *raftstore.Tx) {
+		sub := f.store.ViewAndWatch(func(tx *raftstore.Tx) {
 			all := map[string]bool{}
 			for _, s := range tx.Services().List() {
 				all[s.GetId()] = true
@@ -91,7 +98,7 @@ func (f *endpointFeed) run(ctx context.Context, store *raftstore.Store) {
 			}
 			return false
 		})
-		f.follow(ctx, store, sub)
+		f.follow(ctx, sub)
 		sub.Close()
 		if errors.Is(sub.Err(), raftstore.ErrClosed) {
 			return
@@ -107,7 +114,7 @@ const feedInterval = 100 * time.Millisecond
 
 // follow applies events until the subscription ends; the services touched
 // by the events of one interval are recomputed together.
-func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *raftstore.Subscription) {
+func (f *Feed) follow(ctx context.Context, sub *raftstore.Subscription) {
 	var last time.Time
 	for {
 		touched := map[string]bool{}
@@ -166,7 +173,7 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 			}
 		}
 		last = time.Now()
-		store.View(func(tx *raftstore.Tx) {
+		f.store.View(func(tx *raftstore.Tx) {
 			for id := range nodes {
 				for _, t := range tx.Tasks().Find(raftstore.IndexNode, id) {
 					if t.GetServiceId() != "" {
@@ -181,7 +188,7 @@ func (f *endpointFeed) follow(ctx context.Context, store *raftstore.Store, sub *
 
 // refresh recomputes the given services and announces a change if any set
 // differs from before.
-func (f *endpointFeed) refresh(tx *raftstore.Tx, ids map[string]bool) {
+func (f *Feed) refresh(tx *raftstore.Tx, ids map[string]bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	changed := false
@@ -207,11 +214,11 @@ func (f *endpointFeed) refresh(tx *raftstore.Tx, ids map[string]bool) {
 	}
 }
 
-// routable reports whether a task belongs in its service's endpoint set:
+// Routable reports whether a task belongs in its service's endpoint set:
 // meant to run, and up (running, and healthy when its health is checked;
 // a checked task runs with health STARTING until its check first passes,
 // and reports UNHEALTHY before it is stopped).
-func routable(t *pb.Task) bool {
+func Routable(t *pb.Task) bool {
 	return t.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING && taskhealth.Up(t)
 }
 
@@ -252,7 +259,7 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	tasks := tx.Tasks().Find(raftstore.IndexService, svc.GetId())
 	replaced := map[string]bool{}
 	for _, t := range tasks {
-		if routable(t) {
+		if Routable(t) {
 			replaced[slotKey(t)] = true
 		}
 	}
@@ -267,7 +274,7 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	}
 	seenNode := map[string]bool{}
 	for _, t := range tasks {
-		if !routable(t) && !lingers(t, nodeOf(t.GetNodeId()), replaced[slotKey(t)]) {
+		if !Routable(t) && !lingers(t, nodeOf(t.GetNodeId()), replaced[slotKey(t)]) {
 			continue
 		}
 		var ip string
@@ -302,9 +309,9 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 	return se
 }
 
-// allocateVIP returns the lowest virtual IP no service holds (see
+// AllocateVIP returns the lowest virtual IP no service holds (see
 // internal/mesh for the address plan).
-func allocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
+func AllocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
 	used := map[string]bool{}
 	for _, s := range tx.Services().List() {
 		if va := s.GetEndpoint().GetVirtualAddr(); va != "" {
@@ -319,11 +326,11 @@ func allocateVIP(tx *raftstore.Tx, clusterID string) (string, error) {
 	return "", status.Errorf(codes.ResourceExhausted, "no virtual IP left: the cluster holds %d services; remove some first", mesh.VIPsPerCluster)
 }
 
-// checkHostPorts tries to bind each new ingress TCP port on this manager's
+// CheckHostPorts tries to bind each new ingress TCP port on this manager's
 // address, so a port another program holds here is refused at the edge
 // instead of failing silently in the mesh. (Other hosts report a clash in
 // their logs.)
-func checkHostPorts(ip string, spec *pb.ServiceSpec, old *pb.ServiceSpec) error {
+func CheckHostPorts(ip string, spec *pb.ServiceSpec, old *pb.ServiceSpec) error {
 	had := map[uint32]bool{}
 	for _, p := range old.GetEndpoint().GetPorts() {
 		if p.GetPublishMode() == pb.PublishMode_PUBLISH_MODE_INGRESS {

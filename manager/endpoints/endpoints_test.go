@@ -1,4 +1,4 @@
-package manager
+package endpoints
 
 import (
 	"context"
@@ -131,7 +131,7 @@ func TestRoutable(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tk := &pb.Task{Spec: tc.spec, DesiredState: tc.desired, Status: &pb.TaskStatus{State: tc.state, Health: tc.health}}
-			if got := routable(tk); got != tc.want {
+			if got := Routable(tk); got != tc.want {
 				t.Fatalf("routable = %v, want %v", got, tc.want)
 			}
 		})

@@ -1,15 +1,21 @@
-package manager
+// Package leaderroute runs every leader-only call on the leader: a gRPC
+// interceptor that serves the call on the leader (confirming a refusal
+// read from its state before answering it) and, on a follower, forwards it
+// to the leader, following the leader when it changes and sending the same
+// request ID again, so a write applies at most once. It also keeps the
+// manager's pool of client connections to other nodes and maps store
+// errors to gRPC status codes.
+package leaderroute
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
+	"github.com/shoal-cluster/shoal/manager/authz"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -29,26 +35,72 @@ var localMethods = map[string]bool{
 	pb.Membership_CheckMember_FullMethodName: true,
 }
 
-// unaryInterceptor tags the call with its request ID, forwards leader-only
-// calls from a follower to the leader, and turns store errors into gRPC
-// status codes.
-func (m *Manager) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// Raft is what the router needs of this manager's Raft store.
+type Raft interface {
+	// IsLeader reports whether this manager leads (and may write).
+	IsLeader() bool
+	// Leader is the leader's Raft ID and address as this manager knows it.
+	Leader() (id, addr string)
+	// VerifyLeader confirms with a quorum that this manager still leads.
+	VerifyLeader(ctx context.Context) error
+}
+
+// Locator finds the leader's API address.
+type Locator interface {
+	// LeaderAPI returns the leader's Raft ID and API address, or an error
+	// wrapping raftstore.ErrNoLeader while there is none (or it is not
+	// known yet).
+	LeaderAPI() (raftID, apiAddr string, err error)
+}
+
+// Dialer makes client connections to other managers.
+type Dialer interface {
+	Manager(addr string) (*grpc.ClientConn, error)
+}
+
+// Config is what a Router needs.
+type Config struct {
+	Raft    Raft
+	Leaders Locator
+	Dialer  Dialer
+	// NodeID and APIAddr are this manager's: a forwarded call names its
+	// forwarder, and a manager never forwards to itself.
+	NodeID  string
+	APIAddr string
+	// ElectionTimeout is Raft's; a follower waits several election rounds
+	// for a leader before it tells the client there is none.
+	ElectionTimeout time.Duration
+}
+
+// Router is the interceptor that runs leader-only calls on the leader.
+type Router struct {
+	cfg Config
+}
+
+// New returns a Router.
+func New(cfg Config) *Router { return &Router{cfg: cfg} }
+
+// Unary tags the call with its request ID, forwards leader-only calls from
+// a follower to the leader, and turns store errors into gRPC status codes.
+// It runs after authorisation: the caller it forwards for is the one
+// authz left in the context.
+func (r *Router) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if id := rpc.RequestIDFromIncoming(ctx); id != "" {
 		ctx = raftstore.WithRequestID(ctx, id)
 	}
 	if localMethods[info.FullMethod] {
 		resp, err := handler(ctx, req)
-		return resp, toStatus(err)
+		return resp, ToStatus(err)
 	}
-	if m.store.IsLeader() {
-		return m.answerAsLeader(ctx, req, handler)
+	if r.cfg.Raft.IsLeader() {
+		return r.answerAsLeader(ctx, req, handler)
 	}
 	if rpc.Forwarded(ctx) {
 		return nil, status.Error(codes.Unavailable, "this manager is not the leader (the leader changed while the call was forwarded); retry")
 	}
-	resp, err := m.forwardToLeader(ctx, info.FullMethod, req)
+	resp, err := r.forwardToLeader(ctx, info.FullMethod, req)
 	if errors.Is(err, errBecameLeader) {
-		return m.answerAsLeader(ctx, req, handler)
+		return r.answerAsLeader(ctx, req, handler)
 	}
 	return resp, err
 }
@@ -60,13 +112,13 @@ func (m *Manager) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 // leadership itself, and a refusal read from the state (not found, already
 // exists, a version conflict, a precondition) is confirmed here before it
 // is returned.
-func (m *Manager) answerAsLeader(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
+func (r *Router) answerAsLeader(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(raftstore.WithConfirmedAnswers(ctx), req)
-	err = toStatus(err)
+	err = ToStatus(err)
 	switch status.Code(err) {
 	case codes.NotFound, codes.AlreadyExists, codes.Aborted, codes.FailedPrecondition, codes.InvalidArgument, codes.OutOfRange:
-		if verr := m.store.VerifyLeader(ctx); verr != nil {
-			return nil, toStatus(verr)
+		if verr := r.cfg.Raft.VerifyLeader(ctx); verr != nil {
+			return nil, ToStatus(verr)
 		}
 	}
 	return resp, err
@@ -94,22 +146,22 @@ const maxForwards = 8
 // sent again to the new leader with the same request ID, so a write is
 // applied at most once. A write through a survivor thus takes the
 // election plus a round trip, whatever became of the old leader.
-func (m *Manager) forwardToLeader(ctx context.Context, method string, req any) (any, error) {
+func (r *Router) forwardToLeader(ctx context.Context, method string, req any) (any, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	md = md.Copy()
 	if len(md.Get(rpc.RequestIDKey)) == 0 {
 		md.Set(rpc.RequestIDKey, rpc.NewRequestID()) // so a resend is deduplicated
 	}
-	md.Set(rpc.ForwardedKey, m.id.NodeID)
-	md.Set(callerHeader, forwardedCaller(ctx))
+	md.Set(rpc.ForwardedKey, r.cfg.NodeID)
+	md.Set(authz.CallerHeader, authz.ForwardedCaller(ctx))
 	outCtx := metadata.NewOutgoingContext(ctx, md)
 	var last error
 	for range maxForwards {
-		leaderID, addr, err := m.awaitLeader(ctx)
+		leaderID, addr, err := r.awaitLeader(ctx)
 		if err != nil {
 			return nil, err
 		}
-		conn, err := m.conns.get(addr)
+		conn, err := r.cfg.Dialer.Manager(addr)
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
 		}
@@ -117,12 +169,12 @@ func (m *Manager) forwardToLeader(ctx context.Context, method string, req any) (
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
-		err = m.invokeWhileLeading(outCtx, conn, leaderID, method, req, out)
+		err = r.invokeWhileLeading(outCtx, conn, leaderID, method, req, out)
 		if err == nil {
 			return out, nil
 		}
 		if ctx.Err() != nil {
-			return nil, toStatus(ctx.Err())
+			return nil, ToStatus(ctx.Err())
 		}
 		if !errors.Is(err, errLeaderChanged) {
 			if status.Code(err) != codes.Unavailable {
@@ -132,7 +184,7 @@ func (m *Manager) forwardToLeader(ctx context.Context, method string, req any) (
 			// resend once this manager knows of another leader (or the
 			// same one answers again), never in a tight loop.
 			last = err
-			m.waitLeaderChange(ctx, leaderID, 10*leaderPoll)
+			r.waitLeaderChange(ctx, leaderID, 10*leaderPoll)
 			continue
 		}
 		last = err
@@ -143,17 +195,17 @@ func (m *Manager) forwardToLeader(ctx context.Context, method string, req any) (
 // awaitLeader returns the leader's Raft ID and API address, waiting up to
 // leaderWait while an election runs. errBecameLeader means this manager
 // leads now.
-func (m *Manager) awaitLeader(ctx context.Context) (string, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.leaderWait())
+func (r *Router) awaitLeader(ctx context.Context) (string, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.leaderWait())
 	defer cancel()
 	tick := time.NewTicker(leaderPoll)
 	defer tick.Stop()
 	for {
-		if m.store.IsLeader() {
+		if r.cfg.Raft.IsLeader() {
 			return "", "", errBecameLeader
 		}
-		id, addr, err := m.leader()
-		if err == nil && addr != m.cfg.APIAddr() {
+		id, addr, err := r.cfg.Leaders.LeaderAPI()
+		if err == nil && addr != r.cfg.APIAddr {
 			return id, addr, nil
 		}
 		select {
@@ -161,7 +213,7 @@ func (m *Manager) awaitLeader(ctx context.Context) (string, string, error) {
 			if err == nil {
 				err = raftstore.ErrNoLeader // this manager's own barrier did not finish
 			}
-			return "", "", toStatus(err)
+			return "", "", ToStatus(err)
 		case <-tick.C:
 		}
 	}
@@ -169,14 +221,14 @@ func (m *Manager) awaitLeader(ctx context.Context) (string, string, error) {
 
 // leaderWait is how long a follower waits for an election before it tells
 // the client there is no leader: several election rounds.
-func (m *Manager) leaderWait() time.Duration {
-	return max(10*m.cfg.Timing.ElectionTimeout, 2*time.Second)
+func (r *Router) leaderWait() time.Duration {
+	return max(10*r.cfg.ElectionTimeout, 2*time.Second)
 }
 
 // invokeWhileLeading makes the call on the manager leaderID names and
 // abandons it, with errLeaderChanged, as soon as this manager learns of
 // another leader (or of none).
-func (m *Manager) invokeWhileLeading(ctx context.Context, conn *grpc.ClientConn, leaderID, method string, req, out any) error {
+func (r *Router) invokeWhileLeading(ctx context.Context, conn *grpc.ClientConn, leaderID, method string, req, out any) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan error, 1)
@@ -194,7 +246,7 @@ func (m *Manager) invokeWhileLeading(ctx context.Context, conn *grpc.ClientConn,
 			}
 			return err
 		case <-tick.C:
-			if id, _ := m.store.Leader(); id != leaderID {
+			if id, _ := r.cfg.Raft.Leader(); id != leaderID {
 				cancel(errLeaderChanged)
 			}
 		}
@@ -203,13 +255,13 @@ func (m *Manager) invokeWhileLeading(ctx context.Context, conn *grpc.ClientConn,
 
 // waitLeaderChange waits until the leader is no longer leaderID, or for at
 // most d.
-func (m *Manager) waitLeaderChange(ctx context.Context, leaderID string, d time.Duration) {
+func (r *Router) waitLeaderChange(ctx context.Context, leaderID string, d time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	tick := time.NewTicker(leaderPoll)
 	defer tick.Stop()
 	for {
-		if id, _ := m.store.Leader(); id != leaderID {
+		if id, _ := r.cfg.Raft.Leader(); id != leaderID {
 			return
 		}
 		select {
@@ -218,40 +270,6 @@ func (m *Manager) waitLeaderChange(ctx context.Context, leaderID string, d time.
 		case <-tick.C:
 		}
 	}
-}
-
-// leaderAPIAddr finds the leader's API address from its Raft ID.
-func (m *Manager) leaderAPIAddr() (string, error) {
-	_, addr, err := m.leader()
-	return addr, err
-}
-
-// leader returns the leader's Raft ID and API address.
-func (m *Manager) leader() (string, string, error) {
-	leaderID, _ := m.store.Leader()
-	if leaderID == "" {
-		return "", "", raftstore.ErrNoLeader
-	}
-	var addr string
-	m.store.View(func(tx *raftstore.Tx) {
-		if n := nodeByRaftID(tx, leaderID); n != nil {
-			addr = n.GetManagerStatus().GetApiAddr()
-		}
-	})
-	if addr == "" {
-		return "", "", fmt.Errorf("leader %s is not yet known to this manager: %w", leaderID, raftstore.ErrNoLeader)
-	}
-	return leaderID, addr, nil
-}
-
-// nodeByRaftID finds the manager node with a Raft ID.
-func nodeByRaftID(tx *raftstore.Tx, raftID string) *pb.Node {
-	for _, n := range tx.Nodes().List() {
-		if n.GetManagerStatus().GetRaftId() == raftID {
-			return n
-		}
-	}
-	return nil
 }
 
 // newResponse makes an empty response message for a full method name,
@@ -281,8 +299,8 @@ func newResponse(fullMethod string) (proto.Message, error) {
 	return mt.New().Interface(), nil
 }
 
-// toStatus maps store errors to gRPC codes; other errors pass unchanged.
-func toStatus(err error) error {
+// ToStatus maps store errors to gRPC codes; other errors pass unchanged.
+func ToStatus(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -308,55 +326,4 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	}
 	return status.Error(code, err.Error())
-}
-
-// connPool keeps one client connection per node address, made with this
-// manager's certificate.
-type connPool struct {
-	creds  *rpc.Credentials
-	mu     sync.Mutex
-	conns  map[string]*grpc.ClientConn
-	closed bool
-}
-
-func newConnPool(creds *rpc.Credentials) *connPool {
-	return &connPool{creds: creds, conns: map[string]*grpc.ClientConn{}}
-}
-
-// get is a connection to the manager at addr.
-func (p *connPool) get(addr string) (*grpc.ClientConn, error) { return p.dial(addr, pki.RoleManager) }
-
-// getWorker is a connection to the worker at addr.
-func (p *connPool) getWorker(addr string) (*grpc.ClientConn, error) {
-	return p.dial(addr, pki.RoleWorker)
-}
-
-func (p *connPool) dial(addr, role string) (*grpc.ClientConn, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	// A handler or loop still running while the manager stops must not
-	// open a connection that nobody would close.
-	if p.closed {
-		return nil, status.Error(codes.Unavailable, "this manager is stopping")
-	}
-	key := role + "@" + addr
-	if c, ok := p.conns[key]; ok {
-		return c, nil
-	}
-	c, err := rpc.DialRole(addr, p.creds, role)
-	if err != nil {
-		return nil, err
-	}
-	p.conns[key] = c
-	return c, nil
-}
-
-func (p *connPool) closeAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.closed = true
-	for addr, c := range p.conns {
-		c.Close()
-		delete(p.conns, addr)
-	}
 }

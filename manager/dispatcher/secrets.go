@@ -1,6 +1,9 @@
-package manager
+package dispatcher
 
 import (
+	"fmt"
+	"log/slog"
+
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -9,15 +12,17 @@ import (
 // session sends a secret's value only to a node that runs a task using it,
 // and tells the node to forget it once no task there needs it.
 type secretTracker struct {
-	m      *Manager
+	store  raftstore.StateStore
+	keys   SecretsKey
+	log    *slog.Logger
 	nodeID string
 	uses   map[string][]string // task ID -> secret IDs, for live tasks
 	sent   map[string]bool     // secret IDs the worker holds
 	failed map[string]bool     // secret IDs that could not be sent (logged once)
 }
 
-func newSecretTracker(m *Manager, nodeID string) *secretTracker {
-	return &secretTracker{m: m, nodeID: nodeID, uses: map[string][]string{}, sent: map[string]bool{}, failed: map[string]bool{}}
+func (d *Dispatcher) newSecretTracker(nodeID string) *secretTracker {
+	return &secretTracker{store: d.store, keys: d.keys, log: d.log, nodeID: nodeID, uses: map[string][]string{}, sent: map[string]bool{}, failed: map[string]bool{}}
 }
 
 // needsSecrets reports whether a task, as stored, still needs its secrets
@@ -69,22 +74,22 @@ func (s *secretTracker) changes(kind pb.AssignmentsType) *pb.SecretAssignments {
 	}
 	if len(missing) > 0 {
 		var stored []*pb.Secret
-		s.m.store.View(func(tx *raftstore.Tx) {
+		s.store.View(func(tx *raftstore.Tx) {
 			for _, id := range missing {
 				if sec, ok := tx.Secrets().Get(id); ok {
 					stored = append(stored, sec)
 				} else if !s.failed[id] {
 					s.failed[id] = true
-					s.m.log.Warn("a task needs a secret that no longer exists; it waits in preparing", "secret", id, "worker", s.nodeID)
+					s.log.Warn("a task needs a secret that no longer exists; it waits in preparing", "secret", id, "worker", s.nodeID)
 				}
 			}
 		})
 		for _, sec := range stored {
-			data, err := s.m.openSecret(sec)
+			data, err := s.open(sec)
 			if err != nil {
 				if !s.failed[sec.GetId()] {
 					s.failed[sec.GetId()] = true
-					s.m.log.Error("cannot send a secret to a worker", "worker", s.nodeID, "err", err)
+					s.log.Error("cannot send a secret to a worker", "worker", s.nodeID, "err", err)
 				}
 				continue
 			}
@@ -101,4 +106,18 @@ func (s *secretTracker) changes(kind pb.AssignmentsType) *pb.SecretAssignments {
 		return nil
 	}
 	return out
+}
+
+// open returns a stored secret's plaintext, for the worker, which runs a
+// task using it.
+func (s *secretTracker) open(sec *pb.Secret) ([]byte, error) {
+	key, err := s.keys.Key()
+	if err != nil {
+		return nil, err
+	}
+	data, err := key.Open(sec.GetId(), sec.GetSealedData())
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: %w", sec.GetSpec().GetAnnotations().GetName(), err)
+	}
+	return data, nil
 }

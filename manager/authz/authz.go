@@ -1,7 +1,13 @@
-package manager
+// Package authz decides who may call which manager method: the gRPC
+// interceptors that authorise every call by the caller's certificate (or,
+// on a call another manager forwarded, by the caller it names), and the
+// caller's identity that handlers read from the call's context. See the
+// README's Trust model.
+package authz
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -58,23 +64,63 @@ func init() {
 // callerKey is the context key of the caller's identity.
 type callerKey struct{}
 
-// callerOf is the identity of the caller of an authorised call (zero for
+// Caller is the identity of the caller of an authorised call (zero for
 // one without a certificate).
-func callerOf(ctx context.Context) pki.Identity {
+func Caller(ctx context.Context) pki.Identity {
 	id, _ := ctx.Value(callerKey{}).(pki.Identity)
 	return id
 }
 
-// callerHeader carries, on a call a follower forwards, the identity of
-// the original caller ("role/id", or "" for none): the leader trusts it
-// only from a manager.
-const callerHeader = "shoal-caller"
+// WithCaller returns ctx carrying id as the caller's identity, as the
+// interceptors leave it for handlers (and tests, and front doors that
+// authenticate callers their own way).
+func WithCaller(ctx context.Context, id pki.Identity) context.Context {
+	return context.WithValue(ctx, callerKey{}, id)
+}
+
+// CallerHeader carries, on a call a follower forwards, the identity of
+// the original caller ("role/id", or "none"): the leader trusts it only
+// from a manager.
+const CallerHeader = "shoal-caller"
+
+// ForwardedCaller is the CallerHeader value for the caller of ctx.
+func ForwardedCaller(ctx context.Context) string {
+	id := Caller(ctx)
+	if id.ID == "" {
+		return "none"
+	}
+	return id.Role + "/" + id.ID
+}
+
+// Standing is a certificate's identity as the store sees it now: a
+// demoted manager's counts as a worker's; removed says the node is on
+// the cluster's deny list.
+func Standing(tx *raftstore.Tx, id pki.Identity) (pki.Identity, bool) {
+	if id.Role == pki.RoleManager {
+		if n, ok := tx.Nodes().Get(id.ID); ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
+			id.Role = pki.RoleWorker
+		}
+	}
+	return id, slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID)
+}
+
+// Authorizer authorises the calls a manager serves, from the cluster
+// state: who was removed, who was demoted.
+type Authorizer struct {
+	store raftstore.StateStore
+	log   *slog.Logger
+}
+
+// New returns an Authorizer reading the store's local state.
+func New(store raftstore.StateStore, log *slog.Logger) *Authorizer {
+	return &Authorizer{store: store, log: log}
+}
 
 // identify finds who is calling: the verified certificate, or, on a call a
 // manager forwarded, the original caller it names. A manager certificate
 // counts as a worker's once the store says the node was demoted, and only
 // a manager that still is one, and was not removed, may name a caller.
-func (m *Manager) identify(ctx context.Context) (pki.Identity, bool) {
+func (a *Authorizer) identify(ctx context.Context) (pki.Identity, bool) {
 	id, ok := rpc.PeerIdentity(ctx)
 	if !ok {
 		return pki.Identity{}, false
@@ -83,12 +129,12 @@ func (m *Manager) identify(ctx context.Context) (pki.Identity, bool) {
 		return id, true
 	}
 	var removed bool
-	m.store.View(func(tx *raftstore.Tx) { id, removed = standing(tx, id) })
+	a.store.View(func(tx *raftstore.Tx) { id, removed = Standing(tx, id) })
 	if id.Role != pki.RoleManager || removed {
 		return id, true // authorize refuses a removed node
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	v := md.Get(callerHeader)
+	v := md.Get(CallerHeader)
 	if len(v) == 0 {
 		return id, true
 	}
@@ -98,32 +144,20 @@ func (m *Manager) identify(ctx context.Context) (pki.Identity, bool) {
 	}
 	fwd := pki.Identity{ID: nodeID, Role: role, ClusterID: id.ClusterID}
 	if fwd.Role == pki.RoleManager {
-		m.store.View(func(tx *raftstore.Tx) { fwd, _ = standing(tx, fwd) }) // authorize checks removal
+		a.store.View(func(tx *raftstore.Tx) { fwd, _ = Standing(tx, fwd) }) // authorize checks removal
 	}
 	return fwd, true
 }
 
-// standing is a certificate's identity as the store sees it now: a
-// demoted manager's counts as a worker's; removed says the node is on
-// the cluster's deny list.
-func standing(tx *raftstore.Tx, id pki.Identity) (pki.Identity, bool) {
-	if id.Role == pki.RoleManager {
-		if n, ok := tx.Nodes().Get(id.ID); ok && n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
-			id.Role = pki.RoleWorker
-		}
-	}
-	return id, slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID)
-}
-
 // authorize decides whether the caller may call method; req is the
 // request, when known, for methods that act for one node.
-func (m *Manager) authorize(ctx context.Context, method string, req any) (context.Context, error) {
+func (a *Authorizer) authorize(ctx context.Context, method string, req any) (context.Context, error) {
 	rule, known := methodAccess[method]
 	if !known {
 		return ctx, status.Errorf(codes.PermissionDenied, "%s is not a Shoal manager method", method)
 	}
-	id, hasCert := m.identify(ctx)
-	ctx = context.WithValue(ctx, callerKey{}, id)
+	id, hasCert := a.identify(ctx)
+	ctx = WithCaller(ctx, id)
 	if rule == anyone {
 		return ctx, nil
 	}
@@ -132,7 +166,7 @@ func (m *Manager) authorize(ctx context.Context, method string, req any) (contex
 	}
 	if id.IsNode() && method != pb.Membership_CheckMember_FullMethodName {
 		var removed bool
-		m.store.View(func(tx *raftstore.Tx) { removed = slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID) })
+		a.store.View(func(tx *raftstore.Tx) { removed = slices.Contains(tx.Cluster().GetRemovedNodes(), id.ID) })
 		if removed {
 			return ctx, status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster: its certificate is revoked; delete its data dir and join again with a token", id.ID)
 		}
@@ -161,31 +195,31 @@ func (m *Manager) authorize(ctx context.Context, method string, req any) (contex
 
 func shortMethod(full string) string { return full[strings.LastIndex(full, "/")+1:] }
 
-// authUnary authorises every unary call, logging refusals once.
-func (m *Manager) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	ctx, err := m.authorize(ctx, info.FullMethod, req)
+// Unary authorises every unary call, logging refusals once.
+func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := a.authorize(ctx, info.FullMethod, req)
 	if err != nil {
-		m.logRefusal(ctx, info.FullMethod, err)
+		a.logRefusal(ctx, info.FullMethod, err)
 		return nil, err
 	}
 	return handler(ctx, req)
 }
 
-// authStream authorises every streaming call: the caller when the stream
+// Stream authorises every streaming call: the caller when the stream
 // opens, and its request (a node acting for itself) when it is received.
-func (m *Manager) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx, err := m.authorize(ss.Context(), info.FullMethod, nil)
+func (a *Authorizer) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := a.authorize(ss.Context(), info.FullMethod, nil)
 	if err != nil {
-		m.logRefusal(ctx, info.FullMethod, err)
+		a.logRefusal(ctx, info.FullMethod, err)
 		return err
 	}
-	return handler(srv, &authStream{ServerStream: ss, ctx: ctx, m: m, method: info.FullMethod})
+	return handler(srv, &authStream{ServerStream: ss, ctx: ctx, a: a, method: info.FullMethod})
 }
 
 type authStream struct {
 	grpc.ServerStream
 	ctx    context.Context
-	m      *Manager
+	a      *Authorizer
 	method string
 }
 
@@ -195,27 +229,18 @@ func (s *authStream) RecvMsg(msg any) error {
 	if err := s.ServerStream.RecvMsg(msg); err != nil {
 		return err
 	}
-	if _, err := s.m.authorize(s.ServerStream.Context(), s.method, msg); err != nil {
-		s.m.logRefusal(s.ctx, s.method, err)
+	if _, err := s.a.authorize(s.ServerStream.Context(), s.method, msg); err != nil {
+		s.a.logRefusal(s.ctx, s.method, err)
 		return err
 	}
 	return nil
 }
 
 // logRefusal logs a refused call once, on the server.
-func (m *Manager) logRefusal(ctx context.Context, method string, err error) {
+func (a *Authorizer) logRefusal(ctx context.Context, method string, err error) {
 	caller := "a client without a certificate"
-	if id := callerOf(ctx); id.ID != "" {
+	if id := Caller(ctx); id.ID != "" {
 		caller = id.String()
 	}
-	m.log.Warn("refused a call", "method", shortMethod(method), "caller", caller, "remote", peerAddr(ctx), "err", status.Convert(err).Message())
-}
-
-// forwardedCaller is the callerHeader value for the caller of ctx.
-func forwardedCaller(ctx context.Context) string {
-	id := callerOf(ctx)
-	if id.ID == "" {
-		return "none"
-	}
-	return id.Role + "/" + id.ID
+	a.log.Warn("refused a call", "method", shortMethod(method), "caller", caller, "remote", rpc.PeerAddr(ctx), "err", status.Convert(err).Message())
 }

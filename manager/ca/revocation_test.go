@@ -1,4 +1,4 @@
-package manager
+package ca
 
 import (
 	"slices"
@@ -23,7 +23,7 @@ func TestRevokedNodes(t *testing.T) {
 		{name: "demoted, then removed: listed once", cluster: &pb.Cluster{RemovedNodes: []string{"m2"}, DemotedManagers: map[string]int64{"m2": later, "m4": later}}, want: []string{"m2", "m4"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := revokedNodes(tc.cluster)
+			got := RevokedNodes(tc.cluster)
 			if !slices.Equal(got, tc.want) {
 				t.Fatalf("revokedNodes = %v, want %v", got, tc.want)
 			}

@@ -1,30 +1,119 @@
-package manager
+// Package controlapi is the cluster's control API: nodes, services, tasks,
+// secrets, the cluster object (its join tokens and CA and gossip key
+// rotations) and service logs. Its Server serves the Control gRPC service,
+// and each operation is also a Go method taking the request message, for
+// other front doors (a Docker Engine API, a dashboard) to call.
+package controlapi
 
 import (
 	"context"
-	"net"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/manager/authz"
+	"github.com/shoal-cluster/shoal/manager/ca"
+	"github.com/shoal-cluster/shoal/manager/sealer"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
-// controlServer is the user-facing API. Every method but GetCluster runs
-// on the leader; reads there are linearizable (ViewConsistent).
-type controlServer struct {
+// Raft is what the control API needs of this manager's Raft store.
+type Raft interface {
+	// Leader is the leader's Raft ID and address as this manager knows it.
+	Leader() (id, addr string)
+}
+
+// Members is the Raft membership: demotions, removals and which managers
+// answer.
+type Members interface {
+	// Demote takes a manager out of the Raft configuration, refusing when
+	// that would lose the last manager or quorum.
+	Demote(ctx context.Context, n *pb.Node) error
+	// Remove removes a node and bars its ID from rejoining.
+	Remove(ctx context.Context, nodeID string, force bool) error
+	// RaftStatusOf asks a manager for its Raft status.
+	RaftStatusOf(ctx context.Context, n *pb.Node) (*pb.ManagerRaftStatus, error)
+	// Reachability is the leader's view of whether a manager answers.
+	Reachability(ctx context.Context, n *pb.Node) pb.Reachability
+}
+
+// Heartbeats are the workers' heartbeats as the leader saw them (they are
+// not stored).
+type Heartbeats interface {
+	LastBeat(nodeID string) (time.Time, bool)
+}
+
+// Authority is the cluster's CA: client certificates and rotations.
+type Authority interface {
+	IssueClient(ctx context.Context, csr []byte, by pki.Identity) (*pb.IssueClientCertificateResponse, error)
+	RotateRoot(ctx context.Context) (*pb.RotateRootCAResponse, error)
+	RotateGossipKey(ctx context.Context) (*pb.RotateGossipKeyResponse, error)
+	RotateJoinToken(ctx context.Context, role pb.NodeRole) (*pb.RotateJoinTokenResponse, error)
+}
+
+// SecretsKey seals new secrets.
+type SecretsKey interface {
+	// Key returns the cluster's secrets key, or why this manager has none.
+	Key() (*sealer.Key, error)
+}
+
+// Workers makes client connections to workers (their task logs).
+type Workers interface {
+	Worker(addr string) (*grpc.ClientConn, error)
+}
+
+// Config is what a Server needs.
+type Config struct {
+	Store      raftstore.StateStore
+	Raft       Raft
+	Members    Members
+	Heartbeats Heartbeats
+	CA         Authority
+	Keys       SecretsKey
+	Workers    Workers
+	// ClusterID picks the cluster's block of virtual IPs.
+	ClusterID string
+	// AdvertiseIP is this manager's address, where new ingress ports are
+	// checked.
+	AdvertiseIP string
+	Log         *slog.Logger
+}
+
+// Server is the user-facing API. Every method but GetCluster and
+// ServiceLogs runs on the leader (the leaderroute interceptor sees to it
+// for gRPC calls); reads there are linearizable (ViewConsistent).
+type Server struct {
 	pb.UnimplementedControlServer
-	m *Manager
+	store       raftstore.StateStore
+	raft        Raft
+	members     Members
+	beats       Heartbeats
+	ca          Authority
+	keys        SecretsKey
+	workers     Workers
+	clusterID   string
+	advertiseIP string
+	log         *slog.Logger
+}
+
+// New returns a Server.
+func New(cfg Config) *Server {
+	return &Server{store: cfg.Store, raft: cfg.Raft, members: cfg.Members, beats: cfg.Heartbeats, ca: cfg.CA, keys: cfg.Keys,
+		workers: cfg.Workers, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, log: cfg.Log}
 }
 
 // ListNodes returns every node with the leader's view of manager health.
-func (s *controlServer) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+func (s *Server) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
 	var nodes []*pb.Node
-	if err := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) { nodes = tx.Nodes().List() }); err != nil {
+	if err := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) { nodes = tx.Nodes().List() }); err != nil {
 		return nil, err
 	}
 	out := nodes[:0]
@@ -33,30 +122,29 @@ func (s *controlServer) ListNodes(ctx context.Context, req *pb.ListNodesRequest)
 			out = append(out, n)
 		}
 	}
-	s.m.decorate(ctx, out)
+	s.decorate(ctx, out)
 	return &pb.ListNodesResponse{Nodes: out}, nil
 }
 
 // GetNode returns one node by ID, unique ID prefix or hostname.
-func (s *controlServer) GetNode(ctx context.Context, req *pb.GetNodeRequest) (*pb.GetNodeResponse, error) {
+func (s *Server) GetNode(ctx context.Context, req *pb.GetNodeRequest) (*pb.GetNodeResponse, error) {
 	var (
 		n   *pb.Node
 		err error
 	)
-	if verr := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) { n, err = resolveNode(tx, req.GetRef()) }); verr != nil {
+	if verr := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) { n, err = resolveNode(tx, req.GetRef()) }); verr != nil {
 		return nil, verr
 	}
 	if err != nil {
 		return nil, err
 	}
-	s.m.decorate(ctx, []*pb.Node{n})
+	s.decorate(ctx, []*pb.Node{n})
 	return &pb.GetNodeResponse{Node: n}, nil
 }
 
 // UpdateNode changes a node's spec: availability, labels, and its role
 // (promote/demote).
-func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeRequest) (*pb.UpdateNodeResponse, error) {
-	m := s.m
+func (s *Server) UpdateNode(ctx context.Context, req *pb.UpdateNodeRequest) (*pb.UpdateNodeResponse, error) {
 	spec := req.GetSpec()
 	if spec == nil {
 		return nil, status.Error(codes.InvalidArgument, "update node: a spec is required")
@@ -66,7 +154,7 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 	}
 	var target *pb.Node
 	var err error
-	m.store.View(func(tx *raftstore.Tx) { target, err = resolveNode(tx, req.GetRef()) })
+	s.store.View(func(tx *raftstore.Tx) { target, err = resolveNode(tx, req.GetRef()) })
 	if err != nil {
 		return nil, err
 	}
@@ -76,12 +164,12 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 		return nil, status.Errorf(codes.Aborted, "node %s changed since version %d (now %d); read it again and retry", target.GetId(), req.GetVersion(), target.GetMeta().GetVersion())
 	}
 	if target.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER && spec.GetDesiredRole() == pb.NodeRole_NODE_ROLE_WORKER {
-		if err := m.demote(ctx, target); err != nil {
+		if err := s.members.Demote(ctx, target); err != nil {
 			return nil, err
 		}
 	}
 	var out *pb.Node
-	_, err = m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err = s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		n, ok := tx.Nodes().Get(target.GetId())
 		if !ok {
 			return status.Errorf(codes.NotFound, "node %s was removed meanwhile", target.GetId())
@@ -93,7 +181,7 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 		if spec.GetDesiredRole() == pb.NodeRole_NODE_ROLE_WORKER && n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
 			n.Role = pb.NodeRole_NODE_ROLE_WORKER
 			n.ManagerStatus = nil
-			if err := revokeManagerCerts(tx, n); err != nil {
+			if err := ca.RevokeManagerCerts(tx, n); err != nil {
 				return err
 			}
 		}
@@ -104,19 +192,19 @@ func (s *controlServer) UpdateNode(ctx context.Context, req *pb.UpdateNodeReques
 		return nil, err
 	}
 	// Read back: a retried request that already committed skips the function.
-	m.store.View(func(tx *raftstore.Tx) { out, _ = tx.Nodes().Get(target.GetId()) })
+	s.store.View(func(tx *raftstore.Tx) { out, _ = tx.Nodes().Get(target.GetId()) })
 	if out == nil {
 		return nil, status.Errorf(codes.NotFound, "node %s was removed meanwhile", target.GetId())
 	}
-	m.decorate(ctx, []*pb.Node{out})
+	s.decorate(ctx, []*pb.Node{out})
 	return &pb.UpdateNodeResponse{Node: out}, nil
 }
 
 // RemoveNode deletes a node from the cluster for good.
-func (s *controlServer) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb.RemoveNodeResponse, error) {
+func (s *Server) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb.RemoveNodeResponse, error) {
 	var target *pb.Node
 	var err error
-	s.m.store.View(func(tx *raftstore.Tx) { target, err = resolveNode(tx, req.GetRef()) })
+	s.store.View(func(tx *raftstore.Tx) { target, err = resolveNode(tx, req.GetRef()) })
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +214,7 @@ func (s *controlServer) RemoveNode(ctx context.Context, req *pb.RemoveNodeReques
 	if target.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER && !req.GetForce() && target.GetStatus().GetState() == pb.NodeState_NODE_STATE_READY {
 		return nil, status.Errorf(codes.FailedPrecondition, "node %s is not down; stop it first or remove it with --force", target.GetId())
 	}
-	if err := s.m.removeNode(ctx, target.GetId(), req.GetForce()); err != nil {
+	if err := s.members.Remove(ctx, target.GetId(), req.GetForce()); err != nil {
 		return nil, err
 	}
 	return &pb.RemoveNodeResponse{}, nil
@@ -135,12 +223,11 @@ func (s *controlServer) RemoveNode(ctx context.Context, req *pb.RemoveNodeReques
 // GetCluster reports the cluster and every manager's Raft state. It runs
 // on the manager that receives it, from its local replica, so it works
 // without a leader too.
-func (s *controlServer) GetCluster(ctx context.Context, _ *pb.GetClusterRequest) (*pb.GetClusterResponse, error) {
-	m := s.m
+func (s *Server) GetCluster(ctx context.Context, _ *pb.GetClusterRequest) (*pb.GetClusterResponse, error) {
 	resp := &pb.GetClusterResponse{}
 	var managers []*pb.Node
-	m.store.View(func(tx *raftstore.Tx) {
-		resp.Cluster = publicCluster(tx.Cluster())
+	s.store.View(func(tx *raftstore.Tx) {
+		resp.Cluster = ca.Public(tx.Cluster())
 		for _, n := range tx.Nodes().List() {
 			if n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
 				managers = append(managers, n)
@@ -150,7 +237,7 @@ func (s *controlServer) GetCluster(ctx context.Context, _ *pb.GetClusterRequest)
 	if resp.Cluster == nil {
 		return nil, status.Error(codes.Unavailable, "this manager has not received the cluster state yet; retry")
 	}
-	leaderID, leaderAddr := m.store.Leader()
+	leaderID, leaderAddr := s.raft.Leader()
 	resp.LeaderAddr = leaderAddr
 	resp.Managers = make([]*pb.ManagerRaftStatus, len(managers))
 	var wg sync.WaitGroup
@@ -161,7 +248,7 @@ func (s *controlServer) GetCluster(ctx context.Context, _ *pb.GetClusterRequest)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := m.remoteRaftStatus(ctx, n)
+			st, err := s.members.RaftStatusOf(ctx, n)
 			if err != nil {
 				st = &pb.ManagerRaftStatus{
 					NodeId: n.GetId(), Hostname: n.GetDescription().GetHostname(),
@@ -178,55 +265,42 @@ func (s *controlServer) GetCluster(ctx context.Context, _ *pb.GetClusterRequest)
 }
 
 // RotateJoinToken replaces the worker or manager join token.
-func (s *controlServer) RotateJoinToken(ctx context.Context, req *pb.RotateJoinTokenRequest) (*pb.RotateJoinTokenResponse, error) {
-	var token string
-	_, err := s.m.store.Update(ctx, func(tx *raftstore.Tx) error {
-		c := tx.Cluster()
-		if c == nil {
-			return status.Error(codes.Unavailable, "the cluster is still initialising; retry")
-		}
-		if c.JoinTokens == nil {
-			c.JoinTokens = &pb.JoinTokens{}
-		}
-		token = newJoinToken(c.GetRootCa().GetDigest())
-		switch req.GetRole() {
-		case pb.NodeRole_NODE_ROLE_WORKER:
-			c.JoinTokens.Worker = token
-		case pb.NodeRole_NODE_ROLE_MANAGER:
-			c.JoinTokens.Manager = token
-		default:
-			return status.Error(codes.InvalidArgument, "rotate join token: say which one: worker or manager")
-		}
-		return tx.Clusters().Update(c)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if token == "" { // a retried request that already committed
-		s.m.store.View(func(tx *raftstore.Tx) {
-			token = tx.Cluster().GetJoinTokens().GetWorker()
-			if req.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
-				token = tx.Cluster().GetJoinTokens().GetManager()
-			}
-		})
-	}
-	return &pb.RotateJoinTokenResponse{Token: token}, nil
+func (s *Server) RotateJoinToken(ctx context.Context, req *pb.RotateJoinTokenRequest) (*pb.RotateJoinTokenResponse, error) {
+	return s.ca.RotateJoinToken(ctx, req.GetRole())
+}
+
+// IssueClientCertificate issues an admin client certificate.
+func (s *Server) IssueClientCertificate(ctx context.Context, req *pb.IssueClientCertificateRequest) (*pb.IssueClientCertificateResponse, error) {
+	return s.ca.IssueClient(ctx, req.GetCsr(), authz.Caller(ctx))
+}
+
+// RotateRootCA starts a root CA rotation: a new root, cross-signed by the
+// old one, signs from now on; the old root is dropped once every node has
+// renewed its certificate.
+func (s *Server) RotateRootCA(ctx context.Context, _ *pb.RotateRootCARequest) (*pb.RotateRootCAResponse, error) {
+	return s.ca.RotateRoot(ctx)
+}
+
+// RotateGossipKey makes a new gossip key the primary one; nodes keep the
+// previous key too until the next rotation.
+func (s *Server) RotateGossipKey(ctx context.Context, _ *pb.RotateGossipKeyRequest) (*pb.RotateGossipKeyResponse, error) {
+	return s.ca.RotateGossipKey(ctx)
 }
 
 // decorate fills in what only the leader knows right now: which manager
 // leads and which answer.
-func (m *Manager) decorate(ctx context.Context, nodes []*pb.Node) {
-	leaderID, _ := m.store.Leader()
+func (s *Server) decorate(ctx context.Context, nodes []*pb.Node) {
+	leaderID, _ := s.raft.Leader()
 	for _, n := range nodes {
 		if n.GetRole() == pb.NodeRole_NODE_ROLE_WORKER {
-			if t, ok := m.disp.lastBeat(n.GetId()); ok && n.Status != nil {
+			if t, ok := s.beats.LastBeat(n.GetId()); ok && n.Status != nil {
 				n.Status.LastHeartbeat = t.UnixNano()
 			}
 		}
 		if n.GetRole() != pb.NodeRole_NODE_ROLE_MANAGER || n.ManagerStatus == nil {
 			continue
 		}
-		r := m.reachabilityOf(ctx, n)
+		r := s.members.Reachability(ctx, n)
 		n.ManagerStatus.Reachability = r
 		n.ManagerStatus.Leader = n.GetManagerStatus().GetRaftId() == leaderID
 		if n.Status == nil {
@@ -238,91 +312,6 @@ func (m *Manager) decorate(ctx context.Context, nodes []*pb.Node) {
 			n.Status.State = pb.NodeState_NODE_STATE_DOWN
 		}
 	}
-}
-
-// demote takes a manager out of the Raft configuration, refusing when that
-// would lose the last manager or quorum. Demoting the leader first hands
-// leadership to another manager; the client's retry then lands there.
-func (m *Manager) demote(ctx context.Context, n *pb.Node) error {
-	raftID := n.GetManagerStatus().GetRaftId()
-	if err := m.checkQuorumWithout(ctx, raftID); err != nil {
-		return err
-	}
-	if n.GetId() == m.id.NodeID {
-		if err := m.store.TransferLeadership(ctx); err != nil {
-			return status.Errorf(codes.Unavailable, "hand leadership over before demoting the leader: %v", err)
-		}
-		return status.Error(codes.Unavailable, "leadership moved to another manager; retry the call")
-	}
-	if err := m.store.RemoveServer(ctx, raftID); err != nil {
-		return err
-	}
-	m.log.Info("manager removed from the Raft configuration", "node", n.GetId(), "raft_id", raftID)
-	return nil
-}
-
-// checkQuorumWithout refuses to remove a voter when the remaining
-// reachable voters would not form a quorum.
-func (m *Manager) checkQuorumWithout(ctx context.Context, raftID string) error {
-	servers, err := m.store.Servers()
-	if err != nil {
-		return err
-	}
-	var remaining []raftstore.Server
-	for _, sv := range servers {
-		if sv.Voter && sv.ID != raftID {
-			remaining = append(remaining, sv)
-		}
-	}
-	if len(remaining) == 0 {
-		return status.Error(codes.FailedPrecondition, "can't remove the last manager: the cluster would have no managers left; add another manager first")
-	}
-	reachable := 0
-	m.store.View(func(tx *raftstore.Tx) {
-		for _, sv := range remaining {
-			if n := nodeByRaftID(tx, sv.ID); n != nil && m.reachabilityOf(ctx, n) == pb.Reachability_REACHABILITY_REACHABLE {
-				reachable++
-			} else if n == nil && sv.ID == m.id.RaftID {
-				reachable++
-			}
-		}
-	})
-	if need := len(remaining)/2 + 1; reachable < need {
-		return status.Errorf(codes.FailedPrecondition, "removing this manager would leave %d reachable of %d managers, below the quorum of %d; bring the unreachable managers back first", reachable, len(remaining), need)
-	}
-	return nil
-}
-
-// removeNode removes a node and bars its ID from rejoining.
-func (m *Manager) removeNode(ctx context.Context, nodeID string, force bool) error {
-	var n *pb.Node
-	m.store.View(func(tx *raftstore.Tx) { n, _ = tx.Nodes().Get(nodeID) })
-	if n == nil {
-		return status.Errorf(codes.NotFound, "no node %s; list nodes with `shoal node ls`", nodeID)
-	}
-	if n.GetRole() == pb.NodeRole_NODE_ROLE_MANAGER {
-		if err := m.demote(ctx, n); err != nil {
-			return err
-		}
-	}
-	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
-		if _, ok := tx.Nodes().Get(nodeID); !ok {
-			return nil
-		}
-		if err := tx.Nodes().Delete(nodeID); err != nil {
-			return err
-		}
-		c := tx.Cluster()
-		if c == nil {
-			return nil
-		}
-		c.RemovedNodes = append(c.RemovedNodes, nodeID)
-		return tx.Clusters().Update(c)
-	})
-	if err == nil {
-		m.log.Info("node removed", "node", nodeID, "force", force)
-	}
-	return err
 }
 
 // resolveNode finds a node by ID, unique ID prefix or hostname.
@@ -372,13 +361,4 @@ func validateNodeSpec(spec *pb.NodeSpec) error {
 		}
 	}
 	return nil
-}
-
-// hostOf returns the host part of host:port.
-func hostOf(addr string) string {
-	h, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return h
 }

@@ -1,4 +1,4 @@
-package manager
+package controlapi
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-cluster/shoal/manager/endpoints"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -32,21 +33,21 @@ var serviceName = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
 var knownRuntimes = map[string]bool{"process": true, "docker": true}
 
 // CreateService stores a new service; the orchestrator makes its tasks.
-func (s *controlServer) CreateService(ctx context.Context, req *pb.CreateServiceRequest) (*pb.CreateServiceResponse, error) {
+func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest) (*pb.CreateServiceResponse, error) {
 	spec := proto.Clone(req.GetSpec()).(*pb.ServiceSpec)
 	if spec == nil {
 		return nil, status.Error(codes.InvalidArgument, "create service: a spec is required")
 	}
 	defaultServiceSpec(spec)
 	var id string
-	_, err := s.m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err := s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if err := validateServiceSpec(tx, spec, ""); err != nil {
 			return err
 		}
-		if err := checkHostPorts(s.m.cfg.AdvertiseIP, spec, nil); err != nil {
+		if err := endpoints.CheckHostPorts(s.advertiseIP, spec, nil); err != nil {
 			return err
 		}
-		vip, err := allocateVIP(tx, s.m.id.ClusterID)
+		vip, err := endpoints.AllocateVIP(tx, s.clusterID)
 		if err != nil {
 			return err
 		}
@@ -67,7 +68,7 @@ func (s *controlServer) CreateService(ctx context.Context, req *pb.CreateService
 	}
 	if id == "" {
 		// A retry of a create that already committed: find what it made.
-		s.m.store.View(func(tx *raftstore.Tx) {
+		s.store.View(func(tx *raftstore.Tx) {
 			if found := tx.Services().Find(raftstore.IndexName, spec.GetAnnotations().GetName()); len(found) == 1 {
 				id = found[0].GetId()
 			}
@@ -77,16 +78,16 @@ func (s *controlServer) CreateService(ctx context.Context, req *pb.CreateService
 	if err != nil {
 		return nil, err
 	}
-	s.m.log.Info("service created", "service", svc.GetSpec().GetAnnotations().GetName(), "id", id)
+	s.log.Info("service created", "service", svc.GetSpec().GetAnnotations().GetName(), "id", id)
 	return &pb.CreateServiceResponse{Service: svc}, nil
 }
 
 // readService reads a service back after a write (a retried request that
 // already committed does not run its function again, so responses are
 // built from the store).
-func (s *controlServer) readService(id string) (*pb.Service, error) {
+func (s *Server) readService(id string) (*pb.Service, error) {
 	var svc *pb.Service
-	s.m.store.View(func(tx *raftstore.Tx) { svc, _ = tx.Services().Get(id) })
+	s.store.View(func(tx *raftstore.Tx) { svc, _ = tx.Services().Get(id) })
 	if svc == nil {
 		return nil, status.Errorf(codes.NotFound, "service %s was removed meanwhile", id)
 	}
@@ -328,12 +329,12 @@ func validatePorts(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) error 
 }
 
 // GetService returns one service.
-func (s *controlServer) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb.GetServiceResponse, error) {
+func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb.GetServiceResponse, error) {
 	var (
 		svc *pb.Service
 		err error
 	)
-	if verr := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) { svc, err = resolveService(tx, req.GetRef()) }); verr != nil {
+	if verr := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) { svc, err = resolveService(tx, req.GetRef()) }); verr != nil {
 		return nil, verr
 	}
 	if err != nil {
@@ -343,9 +344,9 @@ func (s *controlServer) GetService(ctx context.Context, req *pb.GetServiceReques
 }
 
 // ListServices returns every service with its task counts.
-func (s *controlServer) ListServices(ctx context.Context, _ *pb.ListServicesRequest) (*pb.ListServicesResponse, error) {
+func (s *Server) ListServices(ctx context.Context, _ *pb.ListServicesRequest) (*pb.ListServicesResponse, error) {
 	resp := &pb.ListServicesResponse{}
-	err := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
+	err := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
 		resp.Services = tx.Services().List()
 		for _, svc := range resp.Services {
 			resp.Counts = append(resp.Counts, countTasks(svc, tx.Tasks().Find(raftstore.IndexService, svc.GetId())))
@@ -387,12 +388,12 @@ func hasHealthCheck(t *pb.TaskSpec) bool {
 }
 
 // UpdateService changes a service's spec, or rolls it back.
-func (s *controlServer) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest) (*pb.UpdateServiceResponse, error) {
+func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest) (*pb.UpdateServiceResponse, error) {
 	var (
 		id  string
 		err error
 	)
-	s.m.store.View(func(tx *raftstore.Tx) {
+	s.store.View(func(tx *raftstore.Tx) {
 		var svc *pb.Service
 		if svc, err = resolveService(tx, req.GetRef()); err == nil {
 			id = svc.GetId()
@@ -401,7 +402,7 @@ func (s *controlServer) UpdateService(ctx context.Context, req *pb.UpdateService
 	if err != nil {
 		return nil, err
 	}
-	_, err = s.m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err = s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		svc, ok := tx.Services().Get(id)
 		if !ok {
 			return status.Errorf(codes.NotFound, "service %s was removed meanwhile", req.GetRef())
@@ -432,7 +433,7 @@ func (s *controlServer) UpdateService(ctx context.Context, req *pb.UpdateService
 		if err := validateServiceSpec(tx, next, svc.GetId()); err != nil {
 			return err
 		}
-		if err := checkHostPorts(s.m.cfg.AdvertiseIP, next, svc.GetSpec()); err != nil {
+		if err := endpoints.CheckHostPorts(s.advertiseIP, next, svc.GetSpec()); err != nil {
 			return err
 		}
 		applySpecChange(svc, next, req.GetRollback(), time.Now())
@@ -469,8 +470,8 @@ func applySpecChange(svc *pb.Service, next *pb.ServiceSpec, rollback bool, now t
 }
 
 // RemoveService deletes a service; the orchestrator stops its tasks.
-func (s *controlServer) RemoveService(ctx context.Context, req *pb.RemoveServiceRequest) (*pb.RemoveServiceResponse, error) {
-	_, err := s.m.store.Update(ctx, func(tx *raftstore.Tx) error {
+func (s *Server) RemoveService(ctx context.Context, req *pb.RemoveServiceRequest) (*pb.RemoveServiceResponse, error) {
+	_, err := s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		svc, err := resolveService(tx, req.GetRef())
 		if err != nil {
 			return err
@@ -484,10 +485,10 @@ func (s *controlServer) RemoveService(ctx context.Context, req *pb.RemoveService
 }
 
 // ListTasks returns tasks, filtered by service and node.
-func (s *controlServer) ListTasks(ctx context.Context, req *pb.ListTasksRequest) (*pb.ListTasksResponse, error) {
+func (s *Server) ListTasks(ctx context.Context, req *pb.ListTasksRequest) (*pb.ListTasksResponse, error) {
 	resp := &pb.ListTasksResponse{}
 	var ferr error
-	err := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
+	err := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
 		var tasks []*pb.Task
 		switch {
 		case req.GetServiceRef() != "":

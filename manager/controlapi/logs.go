@@ -1,4 +1,4 @@
-package manager
+package controlapi
 
 import (
 	"bytes"
@@ -17,14 +17,21 @@ import (
 // ServiceLogs streams the output of a service's tasks, fetched from every
 // node that ran them. It reads this manager's replica, so any manager
 // serves it.
-func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.ServerStreamingServer[pb.LogLine]) error {
+func (s *Server) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.ServerStreamingServer[pb.LogLine]) error {
+	return s.Logs(stream.Context(), req, stream.Send)
+}
+
+// Logs is ServiceLogs for a Go caller: each line goes to send until the
+// output ends (or, following, until ctx ends); an error from send ends
+// it.
+func (s *Server) Logs(ctx context.Context, req *pb.ServiceLogsRequest, send func(*pb.LogLine) error) error {
 	var (
 		svc   *pb.Service
 		tasks []*pb.Task
 		nodes = map[string]*pb.Node{}
 		err   error
 	)
-	s.m.store.View(func(tx *raftstore.Tx) {
+	s.store.View(func(tx *raftstore.Tx) {
 		if svc, err = resolveService(tx, req.GetRef()); err != nil {
 			return
 		}
@@ -36,7 +43,7 @@ func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.Serv
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(stream.Context())
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lines := make(chan *pb.LogLine, 256)
 	var wg sync.WaitGroup
@@ -48,7 +55,7 @@ func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.Serv
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.m.taskLogs(ctx, t, n, req, lines); err != nil && ctx.Err() == nil {
+			if err := s.taskLogs(ctx, t, n, req, lines); err != nil && ctx.Err() == nil {
 				line := &pb.LogLine{TaskId: t.GetId(), NodeId: n.GetId(), Slot: t.GetSlot(), ServiceName: t.GetServiceName(),
 					Data: []byte(fmt.Sprintf("shoal: logs unavailable from node %s: %s", n.GetDescription().GetHostname(), status.Convert(err).Message()))}
 				select {
@@ -60,7 +67,7 @@ func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.Serv
 	}
 	go func() { wg.Wait(); close(lines) }()
 	for l := range lines {
-		if err := stream.Send(l); err != nil {
+		if err := send(l); err != nil {
 			cancel()
 			for range lines { // let the readers finish
 			}
@@ -71,8 +78,8 @@ func (s *controlServer) ServiceLogs(req *pb.ServiceLogsRequest, stream grpc.Serv
 }
 
 // taskLogs reads one task's output from its node and splits it into lines.
-func (m *Manager) taskLogs(ctx context.Context, t *pb.Task, n *pb.Node, req *pb.ServiceLogsRequest, out chan<- *pb.LogLine) error {
-	conn, err := m.conns.getWorker(n.GetApiAddr())
+func (s *Server) taskLogs(ctx context.Context, t *pb.Task, n *pb.Node, req *pb.ServiceLogsRequest, out chan<- *pb.LogLine) error {
+	conn, err := s.workers.Worker(n.GetApiAddr())
 	if err != nil {
 		return err
 	}

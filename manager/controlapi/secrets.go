@@ -1,8 +1,7 @@
-package manager
+package controlapi
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 	"sort"
 	"strings"
@@ -35,7 +34,7 @@ var secretTarget = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
 
 // CreateSecret seals a secret's value and stores it. The value is never
 // logged and never returned.
-func (s *controlServer) CreateSecret(ctx context.Context, req *pb.CreateSecretRequest) (*pb.CreateSecretResponse, error) {
+func (s *Server) CreateSecret(ctx context.Context, req *pb.CreateSecretRequest) (*pb.CreateSecretResponse, error) {
 	spec := req.GetSpec()
 	name := spec.GetAnnotations().GetName()
 	if err := validateSecretName(name); err != nil {
@@ -46,7 +45,7 @@ func (s *controlServer) CreateSecret(ctx context.Context, req *pb.CreateSecretRe
 	case size == 0:
 		return nil, status.Errorf(codes.InvalidArgument, "secret %q is empty; give it a value (a file, or - for standard input)", name)
 	case size > MaxSecretSize:
-		s.m.log.Warn("secret refused: too large", "secret", name, "bytes", size, "limit", MaxSecretSize)
+		s.log.Warn("secret refused: too large", "secret", name, "bytes", size, "limit", MaxSecretSize)
 		return nil, status.Errorf(codes.InvalidArgument, "secret %q is %d bytes, more than the limit of %d bytes (500 KiB); store a smaller value (a key or a path, not a bundle)", name, size, MaxSecretSize)
 	}
 	for k := range spec.GetAnnotations().GetLabels() {
@@ -54,12 +53,12 @@ func (s *controlServer) CreateSecret(ctx context.Context, req *pb.CreateSecretRe
 			return nil, status.Errorf(codes.InvalidArgument, "invalid label key %q: no spaces or '='", k)
 		}
 	}
-	key, err := s.m.secretsKey()
+	key, err := s.keys.Key()
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	var id string
-	_, err = s.m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err = s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if other := tx.Secrets().Find(raftstore.IndexName, name); len(other) > 0 {
 			return status.Errorf(codes.AlreadyExists, "a secret named %q already exists (%s); secrets cannot change: create one under another name and move services to it with `shoal service update --secret-rm %s --secret-add NEW`", name, other[0].GetId(), name)
 		}
@@ -79,7 +78,7 @@ func (s *controlServer) CreateSecret(ctx context.Context, req *pb.CreateSecretRe
 		return nil, err
 	}
 	var out *pb.Secret
-	s.m.store.View(func(tx *raftstore.Tx) {
+	s.store.View(func(tx *raftstore.Tx) {
 		// A retry of a create that already committed did not run the
 		// function: find what it made by name.
 		if found := tx.Secrets().Find(raftstore.IndexName, name); len(found) == 1 {
@@ -89,18 +88,18 @@ func (s *controlServer) CreateSecret(ctx context.Context, req *pb.CreateSecretRe
 	if out == nil {
 		return nil, status.Errorf(codes.NotFound, "secret %q was removed meanwhile", name)
 	}
-	s.m.log.Info("secret created", "secret", name, "id", out.GetId(), "bytes", out.GetSize())
+	s.log.Info("secret created", "secret", name, "id", out.GetId(), "bytes", out.GetSize())
 	return &pb.CreateSecretResponse{Secret: withoutValue(out)}, nil
 }
 
 // GetSecret returns a secret's metadata and the services using it.
-func (s *controlServer) GetSecret(ctx context.Context, req *pb.GetSecretRequest) (*pb.GetSecretResponse, error) {
+func (s *Server) GetSecret(ctx context.Context, req *pb.GetSecretRequest) (*pb.GetSecretResponse, error) {
 	var (
 		sec   *pb.Secret
 		users []string
 		err   error
 	)
-	verr := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
+	verr := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
 		if sec, err = resolveSecret(tx, req.GetRef()); err == nil {
 			users = secretUsers(tx, sec.GetId())
 		}
@@ -115,9 +114,9 @@ func (s *controlServer) GetSecret(ctx context.Context, req *pb.GetSecretRequest)
 }
 
 // ListSecrets returns every secret's metadata.
-func (s *controlServer) ListSecrets(ctx context.Context, _ *pb.ListSecretsRequest) (*pb.ListSecretsResponse, error) {
+func (s *Server) ListSecrets(ctx context.Context, _ *pb.ListSecretsRequest) (*pb.ListSecretsResponse, error) {
 	resp := &pb.ListSecretsResponse{}
-	if err := s.m.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
+	if err := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
 		for _, sec := range tx.Secrets().List() {
 			resp.Secrets = append(resp.Secrets, withoutValue(sec))
 		}
@@ -131,9 +130,9 @@ func (s *controlServer) ListSecrets(ctx context.Context, _ *pb.ListSecretsReques
 }
 
 // RemoveSecret deletes a secret no service or running task uses.
-func (s *controlServer) RemoveSecret(ctx context.Context, req *pb.RemoveSecretRequest) (*pb.RemoveSecretResponse, error) {
+func (s *Server) RemoveSecret(ctx context.Context, req *pb.RemoveSecretRequest) (*pb.RemoveSecretResponse, error) {
 	var name, id string
-	_, err := s.m.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err := s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		sec, err := resolveSecret(tx, req.GetRef())
 		if err != nil {
 			return err
@@ -152,7 +151,7 @@ func (s *controlServer) RemoveSecret(ctx context.Context, req *pb.RemoveSecretRe
 		return nil, err
 	}
 	if id != "" {
-		s.m.log.Info("secret removed", "secret", name, "id", id)
+		s.log.Info("secret removed", "secret", name, "id", id)
 	}
 	return &pb.RemoveSecretResponse{}, nil
 }
@@ -274,18 +273,4 @@ func validateSecretTarget(target string) error {
 // resolveSecret finds a secret by ID, name or unique ID prefix.
 func resolveSecret(tx *raftstore.Tx, ref string) (*pb.Secret, error) {
 	return resolveRef(tx.Secrets(), "secret", ref)
-}
-
-// openSecret returns a stored secret's plaintext, for a worker that runs
-// a task using it.
-func (m *Manager) openSecret(sec *pb.Secret) ([]byte, error) {
-	key, err := m.secretsKey()
-	if err != nil {
-		return nil, err
-	}
-	data, err := key.Open(sec.GetId(), sec.GetSealedData())
-	if err != nil {
-		return nil, fmt.Errorf("secret %q: %w", sec.GetSpec().GetAnnotations().GetName(), err)
-	}
-	return data, nil
 }
