@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-cluster/shoal/internal/poll"
 )
 
 // freeGossipPort finds a port free for TCP and UDP on ip.
@@ -68,13 +70,7 @@ func startMemberKeyed(t *testing.T, i int, cluster, role string, fast bool, keys
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, what, poll.Bool(cond, nil))
 }
 
 func TestMembersMetaAndManagers(t *testing.T) {

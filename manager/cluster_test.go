@@ -8,7 +8,6 @@ package manager_test
 import (
 	"context"
 	"fmt"
-	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -21,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
+	"github.com/shoal-cluster/shoal/internal/poll"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -287,17 +288,7 @@ func (c *cluster) running() []*node {
 // eventually polls cond until it returns nil or timeout passes.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, timeout, what, poll.Err(cond))
 }
 
 // leader waits until exactly one running manager leads, and returns it.

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -20,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/clientcreds"
+	"github.com/shoal-cluster/shoal/internal/poll"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -437,19 +438,7 @@ func (c *cluster) control(m *mgr) pb.ControlClient {
 // eventually polls cond until it holds or the deadline passes.
 func (c *cluster) eventually(timeout time.Duration, what string, cond func() (bool, string)) {
 	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for {
-		ok, info := cond()
-		if ok {
-			return
-		}
-		last = info
-		if time.Now().After(deadline) {
-			c.t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, last)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	poll.Until(c.t, timeout, what, cond)
 }
 
 // createTask assigns a process task to a node by writing the store

@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/internal/poll"
 )
 
 // shoalBin is the binary under test, built once in TestMain.
@@ -197,17 +198,7 @@ func cli(t *testing.T, args ...string) (string, string, int) {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, info := cond()
-		if ok {
-			return
-		}
-		last = info
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, last)
+	poll.Until(t, timeout, what, cond)
 }
 
 // formCluster starts n managers on 127.0.0.1..n and waits until all are in.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+	"github.com/shoal-cluster/shoal/internal/poll"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 )
@@ -437,17 +438,7 @@ func TestEngineGoesAway(t *testing.T) {
 // detail, if any, saying what was last seen).
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool, detail func() string) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := ""
-			if detail != nil {
-				msg = ": " + detail()
-			}
-			t.Fatalf("timed out after %s waiting for %s%s", d, what, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, d, what, poll.Bool(cond, detail))
 }
 
 // A host port that is taken fails the start (retried as a new task, not

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/poll"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 )
@@ -158,13 +159,7 @@ func mustLogs(t *testing.T, r *Runtime, id string, opts worker.LogOptions) strin
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, d, what, poll.Bool(cond, nil))
 }
 
 // readPidFile waits for a task to write a pid into path.
@@ -950,9 +945,11 @@ func TestCgroupV2Placement(t *testing.T) {
 		t.Errorf("clone into the cgroup failed:\n%s", log)
 	}
 	cgDir := filepath.Join(v2.mount, parent, task.Id)
-	if pids, _ := cgroupPids(cgDir); len(pids) != 2 { // sh and sleep
-		t.Errorf("cgroup %s holds %v, want the task's 2 processes", cgDir, pids)
-	}
+	// sh and sleep (cat, whose output was just read, may still be exiting).
+	eventually(t, 10*time.Second, fmt.Sprintf("cgroup %s to hold the task's 2 processes", cgDir), func() bool {
+		pids, _ := cgroupPids(cgDir)
+		return len(pids) == 2
+	})
 	if err := r.Remove(testCtx(t, 20*time.Second), task.Id); err != nil {
 		t.Fatal(err)
 	}

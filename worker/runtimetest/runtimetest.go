@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/poll"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 )
@@ -297,13 +298,7 @@ func (s *suite) waitLogs(rt worker.Runtime, id, want string) string {
 // eventually polls cond until it holds, failing the test after settle.
 func (s *suite) eventually(what string, cond func() bool, detail func() string) {
 	s.t.Helper()
-	deadline := time.Now().Add(settle)
-	for !cond() {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("timed out after %s waiting for %s; %s", settle, what, detail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(s.t, settle, what, poll.Bool(cond, detail))
 }
 
 // waited is how a Wait ended.
