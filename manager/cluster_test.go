@@ -27,6 +27,8 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -402,12 +404,21 @@ func withLabels(spec *pb.NodeSpec, labels map[string]string) *pb.NodeSpec {
 // addLabel adds one label to node id with a read-modify-write through n.
 func addLabel(t testing.TB, n *node, id, key, value string) {
 	t.Helper()
-	nd := getNode(t, n, id)
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	_, err := n.ctl.UpdateNode(ctx, &pb.UpdateNodeRequest{
-		Ref: id, Version: nd.GetMeta().GetVersion(), Spec: withLabels(nd.GetSpec(), map[string]string{key: value}),
-	})
+	// The node record may change between the read and the write (a
+	// manager's certificate is recorded on it as the cluster settles): read
+	// again and retry, as a client does on a version conflict.
+	var err error
+	for range 5 {
+		nd := getNode(t, n, id)
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		_, err = n.ctl.UpdateNode(ctx, &pb.UpdateNodeRequest{
+			Ref: id, Version: nd.GetMeta().GetVersion(), Spec: withLabels(nd.GetSpec(), map[string]string{key: value}),
+		})
+		cancel()
+		if status.Code(err) != codes.Aborted {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("add label %s=%s to %s through %s: %v", key, value, id, n.name, err)
 	}

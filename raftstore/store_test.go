@@ -30,6 +30,9 @@ func TestSingleNodeStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Raft answers the write from its FSM goroutine and records the
+	// applied index just after: wait for it rather than race it.
+	waitFor(t, 5*time.Second, "the applied index to reach the write's", func() bool { return s.Status().AppliedIndex >= idx })
 	st := s.Status()
 	if st.State != raft.Leader.String() || st.Term == 0 || st.AppliedIndex < idx {
 		t.Errorf("Status = %+v", st)
