@@ -42,10 +42,11 @@ const heartbeatMisses = 3
 
 // graceMisses is how many periods a new leader gives a worker, counted
 // from the start of its term, to open a session before it is Down. The
-// worker needs up to two periods to notice that the old leader is gone
-// (a heartbeat call times out after one), then a bounded attempt of one
-// period to reach the new leader; the rest is margin. Meanwhile the node
-// is Unknown: a leader change alone fails no task.
+// worker notices that the old leader is gone within three periods of its
+// last answered heartbeat (a call may take two), which the election
+// itself mostly covers, then needs a bounded attempt of one period to
+// reach the new leader; the rest is margin. Meanwhile the node is
+// Unknown: a leader change alone fails no task.
 const graceMisses = 5
 
 // Reasons a node is marked Down.
