@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+
+	"github.com/shoal-cluster/shoal/internal/faultreport"
 )
 
 // faultKinds are the faults the faults benchmark injects, by the chaos
@@ -17,21 +18,6 @@ const faultKinds = "kill-leader,kill-leader-silent,blackhole-leader,freeze-leade
 
 // faultRounds is how many rounds of each kind a full run makes.
 const faultRounds = 3
-
-// roundFigures mirror cmd/shoal-chaos's RoundFigures (its -rounds-json
-// output).
-type roundFigures struct {
-	Fault         string  `json:"fault"`
-	Requests      int     `json:"requests"`
-	Failed        int     `json:"failed"`
-	LongestOutage float64 `json:"longest_outage_s"`
-	Writes        int     `json:"writes"`
-	WriteErrors   int     `json:"write_errors"`
-	MaxWrite      float64 `json:"max_write_s"`
-	WorkersDown   int     `json:"workers_down"`
-	Replaced      int     `json:"tasks_replaced"`
-	Anomalies     int     `json:"anomalies"`
-}
 
 // runFaults runs the chaos suite's data-plane rounds (it needs root for its
 // network namespaces) and turns each round's figures into series: failed
@@ -66,13 +52,9 @@ func runFaults(ctx context.Context, e *env) ([]series, error) {
 	cmd.Stdout, cmd.Stderr = log, log
 	e.log.Info("faults: running the chaos suite's data-plane rounds", "rounds", rounds, "log", log.Name())
 	runErr := cmd.Run()
-	data, err := os.ReadFile(figures)
+	rs, err := faultreport.Read(figures)
 	if err != nil {
-		return nil, fmt.Errorf("faults: shoal-chaos wrote no figures (%v): see %s", runErr, log.Name())
-	}
-	var rs []roundFigures
-	if err := json.Unmarshal(data, &rs); err != nil {
-		return nil, fmt.Errorf("faults: read %s: %w", figures, err)
+		return nil, fmt.Errorf("faults: shoal-chaos wrote no figures (%v; see %s): %w", runErr, log.Name(), err)
 	}
 	anomalies := 0
 	byFault := map[string]*[3]series{}

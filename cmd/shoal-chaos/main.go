@@ -48,6 +48,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/faultreport"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -182,7 +183,7 @@ type suite struct {
 
 	plane map[faultKind]*kindTally // data-plane figures by fault kind
 	// roundFigures are each round's data-plane figures, for -rounds-json.
-	roundFigures []RoundFigures
+	roundFigures []faultreport.Round
 }
 
 func run(ctx context.Context, o options) int {
@@ -858,7 +859,7 @@ func (s *suite) summary(took time.Duration) {
 		writePlaneTable(os.Stdout, allFaults, s.plane, false)
 	}
 	if s.o.roundsJSON != "" {
-		if err := writeRoundFigures(s.o.roundsJSON, s.roundFigures); err != nil {
+		if err := faultreport.Write(s.o.roundsJSON, s.roundFigures); err != nil {
 			fmt.Fprintln(os.Stderr, "Error:", err)
 		}
 	}

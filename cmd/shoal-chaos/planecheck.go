@@ -1,15 +1,15 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/shoal-cluster/shoal/internal/faultreport"
 )
 
 // probeResult is one HTTP request of the data-plane check, its times
@@ -423,38 +423,11 @@ func writePlaneTable(w io.Writer, kinds []faultKind, tallies map[faultKind]*kind
 	}
 }
 
-// RoundFigures are one round's data-plane figures as -rounds-json writes
-// them (make bench reads the file; the fields are its format).
-type RoundFigures struct {
-	Fault         string  `json:"fault"`
-	Requests      int     `json:"requests"`
-	Failed        int     `json:"failed"`
-	LongestOutage float64 `json:"longest_outage_s"`
-	Writes        int     `json:"writes"`
-	WriteErrors   int     `json:"write_errors"`
-	MaxWrite      float64 `json:"max_write_s"`
-	WorkersDown   int     `json:"workers_down"`
-	Replaced      int     `json:"tasks_replaced"`
-	Anomalies     int     `json:"anomalies"`
-}
-
-// roundFigures turns a round's figures into their JSON form.
-func roundFigures(kind faultKind, f planeFigures, anomalies int) RoundFigures {
-	return RoundFigures{
+// roundFigures turns a round's figures into their -rounds-json form.
+func roundFigures(kind faultKind, f planeFigures, anomalies int) faultreport.Round {
+	return faultreport.Round{
 		Fault: string(kind), Requests: f.Sent, Failed: f.Failed, LongestOutage: f.Outage.Seconds(),
 		Writes: f.Writes, WriteErrors: len(f.WriteErrs), MaxWrite: f.MaxWrite.Seconds(),
 		WorkersDown: len(f.WorkersDown), Replaced: f.replaced(), Anomalies: anomalies,
 	}
-}
-
-// writeRoundFigures writes every round's figures to path as JSON.
-func writeRoundFigures(path string, rounds []RoundFigures) error {
-	data, err := json.MarshalIndent(rounds, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode the rounds' figures: %w", err)
-	}
-	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write the rounds' figures: %w", err)
-	}
-	return nil
 }
