@@ -60,9 +60,9 @@ func TestJobIterations(t *testing.T) {
 				s.Mode = &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}}
 			}, wantIteration: 1, wantErr: "a service's mode cannot change (replicated-job to replicated)"},
 		{name: "service to global job refused", mode: &pb.ReplicatedService{Replicas: 1},
-			wantMode:    &pb.ReplicatedService{Replicas: 1},
-			wantRestart: pb.RestartCondition_RESTART_CONDITION_ANY,
-			update:      func(s *pb.ServiceSpec) { s.Mode = &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}} },
+			wantMode:      &pb.ReplicatedService{Replicas: 1},
+			wantRestart:   pb.RestartCondition_RESTART_CONDITION_ANY,
+			update:        func(s *pb.ServiceSpec) { s.Mode = &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}} },
 			wantIteration: 0, wantErr: "a service's mode cannot change (replicated to global-job)"},
 	}
 	for _, tc := range cases {
