@@ -291,3 +291,26 @@ func TestGlobalJob(t *testing.T) {
 		t.Fatalf("want the three nodes done:\n%s", describe(h.tasks("g")))
 	}
 }
+
+// TestJobDrainedTaskCompletesAfterAll: a task told to stop because its
+// node was drained may still exit 0; then its slot is done, and the
+// successor on its way is stopped rather than run the slot again.
+func TestJobDrainedTaskCompletesAfterAll(t *testing.T) {
+	h := newHarness(t)
+	addNode(h, "b", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
+	h.update(func(tx *raftstore.Tx) error { return tx.Services().Create(replicatedJob("j", 1, 1, nil)) })
+	h.reconcile()
+	h.place("j", "a")
+	first := h.tasks("j")[0]
+	addNode(h, "a", pb.NodeAvailability_NODE_AVAILABILITY_DRAIN, pb.NodeState_NODE_STATE_READY)
+	h.reconcile()
+	if v := h.checkJobInvariants("j", 1); v.active["1"] != 1 || len(h.tasks("j")) != 2 {
+		t.Fatalf("want slot 1 moving off the drained node:\n%s", describe(h.tasks("j")))
+	}
+	h.setState(first.GetId(), pb.TaskState_TASK_STATE_COMPLETE)
+	h.reconcile()
+	v := h.checkJobInvariants("j", 1)
+	if v.complete["1"] != 1 || v.running != 0 {
+		t.Fatalf("want slot 1 done by the drained task and its successor stopped:\n%s", describe(h.tasks("j")))
+	}
+}
