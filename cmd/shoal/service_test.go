@@ -904,6 +904,20 @@ func TestRenderServicePretty(t *testing.T) {
 			t.Errorf("inspect --pretty lacks %q:\n%s", want, out)
 		}
 	}
+	// A job shows its iteration.
+	job := proto.Clone(svc).(*pb.Service)
+	job.UpdateStatus = nil
+	job.Spec.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 10}}
+	job.JobStatus = &pb.JobStatus{JobIteration: 3, LastExecution: ago_(2 * time.Minute)}
+	b.Reset()
+	renderServicePretty(&b, job, testNow)
+	out = regexp.MustCompile(`(\S) {2,}`).ReplaceAllString(b.String(), "$1 ")
+	for _, want := range []string{"Service Mode: Replicated job\n", " Max concurrent: 2\n", " Total completions: 10\n",
+		"JobStatus:\n", " Iteration: 3\n", " Last execution: 2 minutes ago\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect --pretty of a job lacks %q:\n%s", want, out)
+		}
+	}
 	for state, word := range map[pb.UpdateState]string{
 		pb.UpdateState_UPDATE_STATE_UPDATING: "updating", pb.UpdateState_UPDATE_STATE_PAUSED: "paused",
 		pb.UpdateState_UPDATE_STATE_COMPLETED: "completed", pb.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED: "rollback_completed",
