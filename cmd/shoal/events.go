@@ -99,7 +99,9 @@ func (f eventFilter) keep(e *pb.ClusterEvent) bool {
 		if e.GetType() == "node" {
 			node = e.GetId()
 		}
-		if !slices.ContainsFunc(f.nodes, func(n string) bool { return n != "" && strings.HasPrefix(node, n) || n == e.GetName() && e.GetType() == "node" }) {
+		if !slices.ContainsFunc(f.nodes, func(n string) bool {
+			return n != "" && strings.HasPrefix(node, n) || n == e.GetName() && e.GetType() == "node"
+		}) {
 			return false
 		}
 	}
