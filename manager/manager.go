@@ -35,6 +35,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/controlapi"
 	"github.com/shoal-cluster/shoal/manager/dispatcher"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
+	"github.com/shoal-cluster/shoal/manager/events"
 	"github.com/shoal-cluster/shoal/manager/leaderroute"
 	"github.com/shoal-cluster/shoal/manager/membership"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
@@ -75,6 +76,7 @@ type Manager struct {
 	disp    *dispatcher.Dispatcher
 	gossip  *gossip.Gossip
 	feed    *endpoints.Feed
+	journal *events.Journal
 	mesh    *mesh.Mesh
 
 	// storeReady is set once store is assigned (Raft handshakes may come
@@ -358,6 +360,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		}
 	}()
 	m.loop(m.feed.Run)
+	m.loop(m.journal.Run)
 	m.loop(m.runMesh)
 	m.loop(m.leadership)
 	m.loop(m.watchMembership)
@@ -374,6 +377,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 func (m *Manager) assemble() {
 	cfg, id := m.cfg, m.id
 	m.feed = endpoints.NewFeed(m.store)
+	m.journal = events.New(m.store, cfg.EventHistory, m.log)
 	m.ca = ca.New(m.store, clock.Real(), cfg.CertCheckInterval, m.log)
 	m.members = membership.New(membership.Config{
 		Store:        m.store,
@@ -405,6 +409,7 @@ func (m *Manager) assemble() {
 		CA:          m.ca,
 		Keys:        m.keys,
 		Workers:     m.conns,
+		Events:      m.journal,
 		ClusterID:   id.ClusterID,
 		AdvertiseIP: cfg.AdvertiseIP,
 		Log:         m.log,
@@ -604,6 +609,7 @@ func (g *loopGroup) stop() {
 func (m *Manager) leaderLoops() []func(context.Context) {
 	return []func(context.Context){
 		m.ensureCluster,
+		m.recordLeader,
 		m.members.ProbeManagers,
 		m.ca.FinishRotation,
 		m.disp.Run,
@@ -658,6 +664,39 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 	}
 	_ = os.Remove(filepath.Join(m.cfg.DataDir, ca.PendingRootKey))
 	m.log.Info("cluster initialised", "cluster", m.id.ClusterID)
+}
+
+// recordLeader writes this node and its term into the cluster object once
+// per won election, so that every replica's event history shows the leader
+// change at its Raft index. It waits for the cluster object on a new
+// cluster and gives up when leadership ends.
+func (m *Manager) recordLeader(ctx context.Context) {
+	term := m.store.Status().Term
+	errNoCluster := errors.New("no cluster object yet")
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+			c := tx.Cluster()
+			if c == nil {
+				return errNoCluster
+			}
+			if c.GetLeader() == m.id.NodeID && c.GetLeaderTerm() >= term {
+				return nil
+			}
+			c.Leader, c.LeaderTerm = m.id.NodeID, term
+			return tx.Clusters().Update(c)
+		})
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errNoCluster) {
+			m.log.Debug("record the leader change", "term", term, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // selfNode is this manager's node record.
