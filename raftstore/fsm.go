@@ -25,6 +25,8 @@ type fsm struct {
 	mu  sync.RWMutex
 	st  *state
 	hub *hub
+	// obs hears of writes made through Update (nil: nobody listens).
+	obs *Observer
 }
 
 func newFSM() *fsm { return &fsm{st: newState(), hub: newHub()} }
