@@ -3424,8 +3424,13 @@ type Cluster struct {
 	// given has expired: until then workers refuse them. An entry goes then,
 	// or when the node is promoted again.
 	DemotedManagers map[string]int64 `protobuf:"bytes,8,rep,name=demoted_managers,json=demotedManagers,proto3" json:"demoted_managers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// leader is the node that won the latest election and leader_term its
+	// Raft term, recorded by the new leader itself so that every replica's
+	// event history shows leader changes.
+	Leader        string `protobuf:"bytes,140,opt,name=leader,proto3" json:"leader,omitempty"`
+	LeaderTerm    uint64 `protobuf:"varint,141,opt,name=leader_term,json=leaderTerm,proto3" json:"leader_term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
@@ -3512,6 +3517,20 @@ func (x *Cluster) GetDemotedManagers() map[string]int64 {
 		return x.DemotedManagers
 	}
 	return nil
+}
+
+func (x *Cluster) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeaderTerm() uint64 {
+	if x != nil {
+		return x.LeaderTerm
+	}
+	return 0
 }
 
 // RootCA is the cluster's certificate authority.
@@ -4057,7 +4076,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
 	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12\x1f\n" +
 	"\vcert_expiry\x18\x04 \x01(\x03R\n" +
-	"certExpiry\"\xa7\x03\n" +
+	"certExpiry\"\xe2\x03\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4068,7 +4087,10 @@ const file_objects_proto_rawDesc = "" +
 	"\aroot_ca\x18\x06 \x01(\v2\x10.shoal.v1.RootCAR\x06rootCa\x12\x1f\n" +
 	"\vgossip_keys\x18\a \x03(\fR\n" +
 	"gossipKeys\x12Q\n" +
-	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x1aB\n" +
+	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x12\x17\n" +
+	"\x06leader\x18\x8c\x01 \x01(\tR\x06leader\x12 \n" +
+	"\vleader_term\x18\x8d\x01 \x01(\x04R\n" +
+	"leaderTerm\x1aB\n" +
 	"\x14DemotedManagersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb7\x01\n" +
