@@ -23,6 +23,9 @@ type listener struct {
 	ln       net.Listener
 	backends atomic.Pointer[[]string]
 	next     atomic.Uint64
+	// proxyProto makes each backend connection start with a PROXY
+	// protocol v2 header carrying the client's address.
+	proxyProto atomic.Bool
 
 	log         *slog.Logger
 	dialTimeout time.Duration
@@ -83,6 +86,8 @@ func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTim
 }
 
 func (l *listener) serviceName() string { return l.service }
+
+func (l *listener) setProxyProtocol(on bool) { l.proxyProto.Store(on) }
 
 func (l *listener) currentBackends() []string { return append([]string(nil), *l.backends.Load()...) }
 
@@ -225,6 +230,12 @@ func (l *listener) handle(client net.Conn) {
 	}
 	defer l.untrack(upstream)
 	defer upstream.Close()
+	if l.proxyProto.Load() {
+		if _, err := upstream.Write(proxyHeaderV2(client.RemoteAddr(), client.LocalAddr())); err != nil {
+			l.log.Debug("mesh: PROXY header not sent", "service", l.service, "err", err)
+			return
+		}
+	}
 	splice(client, upstream)
 }
 
@@ -268,4 +279,29 @@ func bindError(addr, service string, err error) error {
 		return fmt.Errorf("publish %s for service %s: the port is already in use on this host; publish another port (--publish-rm/--publish-add) or stop what holds it", addr, service)
 	}
 	return fmt.Errorf("publish %s for service %s: %w", addr, service, err)
+}
+
+// proxyV2Sig starts every PROXY protocol v2 header.
+var proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
+
+// proxyHeaderV2 is the PROXY protocol v2 header for a TCP connection from
+// src to dst (the address the client connected to): version 2, command
+// PROXY, TCP over IPv4 or IPv6 by the client's address.
+func proxyHeaderV2(src, dst net.Addr) []byte {
+	s, _ := src.(*net.TCPAddr)
+	d, _ := dst.(*net.TCPAddr)
+	h := append([]byte(nil), proxyV2Sig...)
+	if s == nil || d == nil {
+		return append(h, 0x20, 0x00, 0x00, 0x00) // LOCAL: no address to give
+	}
+	sIP, dIP := s.IP.To4(), d.IP.To4()
+	fam := byte(0x11) // AF_INET, STREAM
+	if sIP == nil || dIP == nil {
+		sIP, dIP, fam = s.IP.To16(), d.IP.To16(), 0x21 // AF_INET6, STREAM
+	}
+	n := 2*len(sIP) + 4
+	h = append(h, 0x21, fam, byte(n>>8), byte(n))
+	h = append(h, sIP...)
+	h = append(h, dIP...)
+	return append(h, byte(s.Port>>8), byte(s.Port), byte(d.Port>>8), byte(d.Port))
 }
