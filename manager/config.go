@@ -56,6 +56,9 @@ type Config struct {
 	HeartbeatPeriod time.Duration
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
 	GossipFast bool
+	// MeshDatapath is the routing mesh's datapath: mesh.DatapathAuto (the
+	// default: nftables when possible) or mesh.DatapathUserspace.
+	MeshDatapath string
 	// CertExpiry is the lifetime of node certificates, set at init
 	// (default 90 days); nodes renew theirs after two thirds of it.
 	CertExpiry time.Duration
