@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 // meshNode is one node's view for the mesh tests: its address and mesh.
 type meshNode struct {
 	name string
+	id   string
 	ip   string
 	mesh *mesh.Mesh
 }
@@ -29,11 +31,11 @@ type meshNode struct {
 func (c *cluster) meshNodes() []meshNode {
 	var out []meshNode
 	for i, m := range c.live() {
-		out = append(out, meshNode{name: fmt.Sprintf("m%d", i+1), ip: m.cfg.AdvertiseIP, mesh: m.m.Mesh()})
+		out = append(out, meshNode{name: fmt.Sprintf("m%d", i+1), id: m.m.ID(), ip: m.cfg.AdvertiseIP, mesh: m.m.Mesh()})
 	}
 	for i, w := range c.workers {
 		if w.a != nil {
-			out = append(out, meshNode{name: fmt.Sprintf("w%d", i+1), ip: w.cfg.AdvertiseIP, mesh: w.a.Mesh()})
+			out = append(out, meshNode{name: fmt.Sprintf("w%d", i+1), id: w.a.ID(), ip: w.cfg.AdvertiseIP, mesh: w.a.Mesh()})
 		}
 	}
 	return out
@@ -98,6 +100,55 @@ func (c *cluster) waitBackends(port uint32, want int) {
 	})
 }
 
+// kernelBackends reads where a node's nftables table sends new
+// connections to ip:port: its backend map's elements, in index order
+// ("0 : 127.0.0.1 . 4000"), or ok=false when the node is not on the
+// kernel datapath.
+func kernelBackends(t *testing.T, n meshNode, port uint32) (elems []string, ok bool) {
+	t.Helper()
+	dp := n.mesh.Datapath()
+	if dp.Name != mesh.DatapathKernel {
+		return nil, false
+	}
+	key := strings.NewReplacer(".", "_", ":", "_").Replace(net.JoinHostPort(n.ip, strconv.Itoa(int(port))))
+	out, err := exec.Command("nft", "list", "map", "ip", strings.TrimPrefix(dp.Table, "ip "), "be_"+key).CombinedOutput()
+	if err != nil {
+		return nil, true // no frontend (yet, or no backend)
+	}
+	s := string(out)
+	if i := strings.Index(s, "elements = {"); i >= 0 {
+		s = s[i+len("elements = {"):]
+		s = s[:strings.Index(s, "}")]
+		for _, e := range strings.Split(s, ",") {
+			elems = append(elems, strings.Join(strings.Fields(e), " "))
+		}
+	}
+	return elems, true
+}
+
+// checkKernelTables checks that every node on the kernel datapath sends
+// port to exactly the endpoints its mesh has, one map element each.
+func (c *cluster) checkKernelTables(port uint32) {
+	c.t.Helper()
+	c.eventually(10*time.Second, fmt.Sprintf("the kernel tables routing port %d as the meshes do", port), func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			got, ok := kernelBackends(c.t, n, port)
+			if !ok {
+				continue
+			}
+			var want []string
+			for i, b := range n.mesh.Backends(net.JoinHostPort(n.ip, strconv.Itoa(int(port)))) {
+				host, p, _ := net.SplitHostPort(b)
+				want = append(want, fmt.Sprintf("%d : %s . %s", i, host, p))
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				return false, fmt.Sprintf("%s: table has %v, want %v", n.name, got, want)
+			}
+		}
+		return true, ""
+	})
+}
+
 // endpointOf is the host:port a task serves its target port 80 on.
 func endpointOf(t *pb.Task) string {
 	for _, b := range t.GetStatus().GetPorts() {
@@ -134,6 +185,21 @@ func TestRoutingMesh(t *testing.T) {
 	c.createService(spec)
 	c.waitRunning("web", 6, evenly(2))
 	c.waitBackends(published, 6)
+	c.checkKernelTables(published)
+	// Each node's record says which datapath its mesh uses (node inspect).
+	c.eventually(10*time.Second, "every node's mesh datapath recorded", func() (bool, string) {
+		var why string
+		c.leader().m.Store().View(func(tx *raftstore.Tx) {
+			for _, n := range c.meshNodes() {
+				got, ok := tx.Nodes().Get(n.id)
+				if want := n.mesh.Datapath(); !ok || got.GetDescription().GetMeshDatapath().GetName() != want.Name || got.GetDescription().GetMeshDatapath().GetTable() != want.Table {
+					why = fmt.Sprintf("%s: recorded %v, mesh has %+v", n.name, got.GetDescription().GetMeshDatapath(), want)
+					return
+				}
+			}
+		})
+		return why == "", why
+	})
 
 	// Every node answers on the published port, managers included, and
 	// round robin reaches every replica from each of them.
@@ -151,9 +217,13 @@ func TestRoutingMesh(t *testing.T) {
 		}
 	}
 
-	// Steady load through one worker while replicas come and go: only a
-	// request in flight on a killed replica may fail.
-	var ok, failed atomic.Int64
+	// Steady load through one worker while replicas come and go: on the
+	// user-space datapath only a request in flight on a killed replica may
+	// fail (the proxy tries the next replica when one refuses); on the
+	// kernel datapath, as with IPVS or kube-proxy, connections NATed to the
+	// killed replica fail until it leaves the rotation, and none after.
+	kernel := c.meshNodes()[0].mesh.Datapath().Name == mesh.DatapathKernel
+	var ok, failed, lastFailure atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -168,6 +238,7 @@ func TestRoutingMesh(t *testing.T) {
 			}
 			if _, err := ask(url); err != nil {
 				failed.Add(1)
+				lastFailure.Store(time.Now().UnixNano())
 			} else {
 				ok.Add(1)
 			}
@@ -183,6 +254,7 @@ func TestRoutingMesh(t *testing.T) {
 		}
 	}
 	ep := endpointOf(victim)
+	killed := time.Now()
 	if err := syscall.Kill(int(victim.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
 		t.Fatalf("kill replica: %v", err)
 	}
@@ -190,6 +262,10 @@ func TestRoutingMesh(t *testing.T) {
 		n := c.anyNodeRoutesTo(published, ep)
 		return n == "", n + " still routes to " + ep
 	})
+	removed := time.Now()
+	failedBeforeRemoval := failed.Load()
+	t.Logf("the killed replica left every node's rotation in %s; %d requests failed meanwhile", removed.Sub(killed), failedBeforeRemoval)
+	c.checkKernelTables(published)
 
 	// A replica whose health check fails leaves it too, at once rather
 	// than once stopped (and is replaced).
@@ -226,10 +302,17 @@ func TestRoutingMesh(t *testing.T) {
 	// Scaling adds endpoints everywhere.
 	c.scale("web", 9)
 	c.waitBackends(published, 9)
+	c.checkKernelTables(published)
 	close(stop)
 	wg.Wait()
-	if ok.Load() == 0 || failed.Load() > 1 {
+	switch {
+	case ok.Load() == 0:
+		t.Fatal("under load: no request answered")
+	case !kernel && failed.Load() > 1:
 		t.Fatalf("under load: %d answered, %d failed (at most the one in flight on the killed replica may fail)", ok.Load(), failed.Load())
+	case kernel && failed.Load() > failedBeforeRemoval+1: // one may be in flight as the removal lands
+		t.Fatalf("under load: %d answered, %d failed, %d of them after the killed replica left the rotation (last at %s)", ok.Load(), failed.Load(),
+			failed.Load()-failedBeforeRemoval, time.Unix(0, lastFailure.Load()).Format(time.RFC3339Nano))
 	}
 	t.Logf("under load: %d answered, %d failed", ok.Load(), failed.Load())
 
