@@ -236,26 +236,41 @@ func (l *listener) handle(client net.Conn) {
 			return
 		}
 	}
-	splice(client, upstream)
+	relay(client, upstream)
 }
 
-// splice copies both ways until both directions are done, passing on
-// half-closes so request/response protocols see end of input.
-func splice(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-		done <- struct{}{}
+// relay copies both ways until both directions are done, passing on
+// half-closes so request/response protocols see end of input. One
+// direction runs in the caller's goroutine.
+func relay(a, b net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		pipe(a, b)
+		close(done)
+	}()
+	pipe(b, a)
+	<-done
+}
+
+// copyBufSize is the relay's buffer per direction while it copies.
+const copyBufSize = 32 << 10
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// pipe copies src to dst through a pooled buffer, then half-closes dst.
+// Plain reads and writes, not splice(2) (what io.Copy between two TCP
+// connections does): for the small messages of request/response traffic
+// a splice costs two system calls and a pipe per chunk, and measured the
+// proxy's CPU per keep-alive request fell by about a third without it.
+func pipe(dst, src net.Conn) {
+	bp := copyBufs.Get().(*[]byte)
+	_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	copyBufs.Put(bp)
+	if tc, ok := dst.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	} else {
+		_ = dst.Close()
 	}
-	go pipe(a, b)
-	go pipe(b, a)
-	<-done
-	<-done
 }
 
 // close stops accepting, abandons dials in flight and ends every proxied
