@@ -172,21 +172,26 @@ func frontName(key string) string {
 	return strings.NewReplacer(".", "_", ":", "_").Replace(key)
 }
 
-// sync makes the table hold exactly want, in one transaction: the whole
-// table when its content is unknown, else the differences. On failure the
-// table is removed (the proxy serves every address meanwhile) and the
-// next sync rebuilds it.
+// sync makes the table hold exactly want, in one transaction: the
+// differences, or the whole table when its content is unknown or applying
+// the differences failed (another program changed the table, or a
+// concurrent change got in the way). When that fails too the table is
+// removed (the proxy serves every address meanwhile) and the next sync
+// rebuilds it.
 func (k *kernel) sync(want map[string]kernelFront) error {
-	var script string
-	if k.dirty {
-		script = k.fullScript(want)
-	} else {
-		script = k.diffScript(want)
+	var err error
+	if !k.dirty {
+		script := k.diffScript(want)
+		if script == "" {
+			return nil
+		}
+		if err = runNFT(context.Background(), k.nft, script); err != nil {
+			k.log.Warn("mesh: nftables update failed; rebuilding the table", "table", k.table, "err", err)
+		}
 	}
-	if script == "" {
-		return nil
+	if k.dirty || err != nil {
+		err = runNFT(context.Background(), k.nft, k.fullScript(want))
 	}
-	err := runNFT(context.Background(), k.nft, script)
 	if err != nil {
 		k.lastErr = err
 		k.dirty = true

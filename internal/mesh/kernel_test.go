@@ -332,8 +332,10 @@ func TestClientAddressKept(t *testing.T) {
 	}
 }
 
-// TestKernelFallsBackWhenRulesFail: when a transaction fails the table is
-// removed and the proxy serves, and the next update rebuilds it.
+// TestKernelFallsBackWhenRulesFail: a table changed behind the mesh's back
+// is rebuilt at the next update; when nft fails altogether the table is
+// removed and the proxy serves, and the next update that succeeds
+// rebuilds it.
 func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 	bes := startBackends(t, 2)
 	m := newTestMeshOn(t, DatapathKernel, false)
@@ -341,16 +343,33 @@ func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 	port := freeTCPPort(t, "127.0.0.1")
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
-	// Someone deletes the table behind the mesh's back: the next
-	// incremental change fails, the proxy keeps serving, the retry
-	// rebuilds.
-	if err := RemoveTable(context.Background(), TableName(testNode)); err != nil {
+	table := TableName(testNode)
+	one := expectTable(map[string][]string{addr: {addrOf(bes[0])}}, nil)
+	both := expectTable(map[string][]string{addr: {addrOf(bes[0]), addrOf(bes[1])}}, nil)
+
+	// Someone deletes the table: the next change rebuilds it whole.
+	if err := RemoveTable(context.Background(), table); err != nil {
 		t.Fatal(err)
 	}
 	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0])}})
-	if counts := spread(t, addr, 4); counts[bes[0].name] != 4 {
+	checkTable(t, table, "rebuilt after the table was deleted", one)
+
+	// nft fails: no table, the proxy serves.
+	m.mu.Lock()
+	nft := m.kern.nft
+	m.kern.nft = "false"
+	m.mu.Unlock()
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+	if _, ok := listTable(t, table); ok {
+		t.Fatal("the table is still there after nft failed")
+	}
+	if counts := spread(t, addr, 4); counts[bes[0].name] != 2 || counts[bes[1].name] != 2 {
 		t.Fatalf("served by the proxy meanwhile: %v", counts)
 	}
-	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
-	checkTable(t, TableName(testNode), "rebuilt", expectTable(map[string][]string{addr: {addrOf(bes[0]), addrOf(bes[1])}}, nil))
+	// nft works again: the next update rebuilds the table.
+	m.mu.Lock()
+	m.kern.nft = nft
+	m.mu.Unlock()
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[1], bes[0])}})
+	checkTable(t, table, "rebuilt once nft works", both)
 }
