@@ -489,3 +489,83 @@ func TestMeshTargetPortNeverListened(t *testing.T) {
 		}
 	}
 }
+
+// askFrom makes one request on a new connection from the local address
+// src and returns the response's headers.
+func askFrom(src, url string) (http.Header, error) {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: d.DialContext}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return resp.Header, nil
+}
+
+// With local=true a node sends the connections to a published port only
+// to its own tasks, which on the kernel datapath see the client's own
+// address; a node without such a task refuses them.
+func TestMeshLocalKeepsClientAddress(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(2)
+	if dp := c.meshNodes()[0].mesh.Datapath(); dp.Name != mesh.DatapathKernel {
+		t.Skipf("the client's address is kept on the kernel datapath only; this node uses %s: %s", dp.Name, dp.Reason)
+	}
+	published := uint32(c.freePort()) + 3
+	spec := helloSpec(t, "web", 4)
+	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published, Local: true}}}
+	c.createService(spec)
+	c.waitRunning("web", 4, evenly(2))
+	c.eventually(20*time.Second, "each worker routing to its own 2 tasks, the manager to none", func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			want := 2
+			if strings.HasPrefix(n.name, "m") {
+				want = 0
+			}
+			if got := len(n.mesh.Backends(net.JoinHostPort(n.ip, strconv.Itoa(int(published))))); got != want {
+				return false, fmt.Sprintf("%s has %d", n.name, got)
+			}
+		}
+		return true, ""
+	})
+	c.checkKernelTables(published)
+
+	client := c.ip(77) // an address of this host other than any node's
+	for _, w := range c.workers {
+		local := map[string]bool{}
+		for _, tk := range c.serviceTasks("web") {
+			if tk.GetNodeId() == w.a.ID() && tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING {
+				local[endpointOf(tk)] = true
+			}
+		}
+		url := fmt.Sprintf("http://%s:%d/", w.cfg.AdvertiseIP, published)
+		seen := map[string]bool{}
+		for range 8 {
+			h, err := askFrom(client, url)
+			if err != nil {
+				t.Fatalf("via %s: %v", w.cfg.Hostname, err)
+			}
+			if host, _, _ := net.SplitHostPort(h.Get("X-Client-Addr")); host != client {
+				t.Fatalf("via %s: the task saw the client as %s, want %s", w.cfg.Hostname, h.Get("X-Client-Addr"), client)
+			}
+			at := h.Get("X-Served-At")
+			if !local[at] {
+				t.Fatalf("via %s: served at %s, not by one of its own tasks %v", w.cfg.Hostname, at, local)
+			}
+			seen[at] = true
+		}
+		if len(seen) != len(local) {
+			t.Fatalf("via %s: 8 requests reached %v, want each of its tasks %v", w.cfg.Hostname, seen, local)
+		}
+	}
+	// The manager runs no task of the service: it refuses.
+	if h, err := askFrom(client, fmt.Sprintf("http://%s:%d/", c.managers[0].cfg.AdvertiseIP, published)); err == nil {
+		t.Fatalf("the manager, with no task of its own, served a local=true port (at %s)", h.Get("X-Served-At"))
+	}
+}
