@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os/exec"
@@ -372,4 +373,23 @@ func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 	m.mu.Unlock()
 	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[1], bes[0])}})
 	checkTable(t, table, "rebuilt once nft works", both)
+}
+
+// BenchmarkKernelSync measures one endpoint change on the kernel
+// datapath: a backend leaves or joins a frontend of three (one nft run).
+func BenchmarkKernelSync(b *testing.B) {
+	cfg := Config{IP: "127.0.0.1", NodeID: testNode, Log: slog.New(slog.DiscardHandler)}
+	k, dp := newKernel(cfg, cfg.Log)
+	if k == nil {
+		b.Skipf("no kernel datapath: %s", dp.Reason)
+	}
+	defer k.remove(context.Background())
+	three := []string{"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}
+	sets := [][]string{three, three[:2]}
+	for i := 0; b.Loop(); i++ {
+		f, _ := kernelFrontend("127.0.0.1:30001", sets[i%2], map[string]bool{})
+		if err := k.sync(map[string]kernelFront{"127.0.0.1:30001": f}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
