@@ -98,7 +98,7 @@ func runMesh(ctx context.Context, e *env) ([]series, error) {
 	if e.opts.quick {
 		wrkDur = 2 * time.Second
 	}
-	wrkRows, err := meshWrkRows(ctx, e, backends, wrkDur)
+	wrkRows, err := meshWrkRows(ctx, e, wrkDur)
 	if err != nil {
 		return nil, err
 	}

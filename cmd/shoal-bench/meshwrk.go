@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -95,17 +97,49 @@ func parseWrkDuration(s string) (float64, error) {
 	return 0, fmt.Errorf("wrk: latency %q has no unit", s)
 }
 
+// startHTTPBackends starts n small HTTP backends on loopback ports of
+// their own and returns their addresses and a function stopping them.
+func startHTTPBackends(n int) ([]string, func(), error) {
+	var addrs []string
+	var srvs []*http.Server
+	stop := func() {
+		for _, s := range srvs {
+			_ = s.Close()
+		}
+	}
+	for range n {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })}
+		go func() { _ = srv.Serve(ln) }()
+		srvs = append(srvs, srv)
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, stop, nil
+}
+
 // meshWrkRows measures one backend directly and the published port on
 // each datapath this host offers, with wrk; nothing (and a note) without
-// wrk.
-func meshWrkRows(ctx context.Context, e *env, backends []string, dur time.Duration) ([]series, error) {
+// wrk. Every run gets backends on fresh ports: at thousands of new
+// connections a second the client's ports come round within seconds, and
+// a backend's TIME_WAIT sockets from a run through another path (whose
+// TCP timestamps differ) would refuse reused ports (PAWS), costing 1 s
+// SYN retransmits that have nothing to do with the path measured.
+func meshWrkRows(ctx context.Context, e *env, dur time.Duration) ([]series, error) {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		e.notef("mesh: wrk is not installed (apt-get install wrk): the wrk rows are skipped")
 		return nil, nil
 	}
 	nodeID := fmt.Sprintf("bench%08x", rand.Uint32())
-	type target struct{ name, addr string }
-	targets := []target{{"direct, one backend", backends[0]}}
+	type target struct {
+		name string
+		m    *mesh.Mesh // nil: one backend directly
+		port int
+	}
+	targets := []target{{name: "direct, one backend"}}
 	for _, dp := range []string{mesh.DatapathAuto, mesh.DatapathUserspace} {
 		m := mesh.New(mesh.Config{IP: "127.0.0.1", NodeID: nodeID, Datapath: dp, Log: slog.New(slog.DiscardHandler)})
 		defer m.Close()
@@ -118,19 +152,35 @@ func meshWrkRows(ctx context.Context, e *env, backends []string, dur time.Durati
 		if err != nil {
 			return nil, err
 		}
-		se := &pb.ServiceEndpoints{ServiceId: "bench-" + got.Name, ServiceName: "bench-" + got.Name,
-			Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: uint32(port)}}}
+		targets = append(targets, target{name: "mesh " + got.Name, m: m, port: port})
+	}
+	// url starts a run's backends and points the target at them.
+	url := func(tg target) (string, func(), error) {
+		n := meshBackends
+		if tg.m == nil {
+			n = 1
+		}
+		backends, stop, err := startHTTPBackends(n)
+		if err != nil {
+			return "", nil, err
+		}
+		if tg.m == nil {
+			return "http://" + backends[0] + "/", stop, nil
+		}
+		se := &pb.ServiceEndpoints{ServiceId: "bench", ServiceName: "bench",
+			Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: uint32(tg.port)}}}
 		for i, b := range backends {
 			_, p, _ := net.SplitHostPort(b)
 			hp, _ := strconv.Atoi(p)
 			se.Tasks = append(se.Tasks, &pb.TaskEndpoint{TaskId: fmt.Sprint(i), NodeId: nodeID, Ip: "127.0.0.1",
 				Ports: []*pb.PortBinding{{TargetPort: 80, HostIp: "127.0.0.1", HostPort: uint32(hp)}}})
 		}
-		m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
-		if errs := m.Errors(); len(errs) > 0 {
-			return nil, errs[0]
+		tg.m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{se}})
+		if errs := tg.m.Errors(); len(errs) > 0 {
+			stop()
+			return "", nil, errs[0]
 		}
-		targets = append(targets, target{"mesh " + got.Name, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))})
+		return fmt.Sprintf("http://127.0.0.1:%d/", tg.port), stop, nil
 	}
 	var out []series
 	for _, closeEach := range []bool{false, true} {
@@ -142,7 +192,12 @@ func meshWrkRows(ctx context.Context, e *env, backends []string, dur time.Durati
 			rps := series{name: fmt.Sprintf("mesh (wrk): %s %s throughput", tg.name, mode), unit: "req/s"}
 			p99 := series{name: fmt.Sprintf("mesh (wrk): %s %s p99 latency", tg.name, mode), unit: "ms"}
 			for run := range min(e.opts.runs, wrkMaxRuns) {
-				r, err := runWrk(ctx, "http://"+tg.addr+"/", closeEach, dur)
+				u, stop, err := url(tg)
+				if err != nil {
+					return nil, err
+				}
+				r, err := runWrk(ctx, u, closeEach, dur)
+				stop()
 				if err != nil {
 					return nil, fmt.Errorf("%s run %d: %w", rps.name, run+1, err)
 				}
