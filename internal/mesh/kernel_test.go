@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/poll"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -392,4 +393,51 @@ func BenchmarkKernelSync(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestKernelProbesLeaveOutDeadBackends: on the kernel datapath, which
+// cannot retry, a backend that refuses connections (its task died) or
+// ignores them (its node went silent) leaves the kernel's map before the
+// managers take it out of the set, and comes back when it answers again;
+// with every backend down, all stay.
+func TestKernelProbesLeaveOutDeadBackends(t *testing.T) {
+	bes := startBackends(t, 2)
+	silent := blackhole(t)
+	m := newTestMeshOn(t, DatapathKernel, false)
+	defer m.Close()
+	table := TableName(testNode)
+	port := freeTCPPort(t, "127.0.0.1")
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	waitTable := func(step string, want nftTable) {
+		t.Helper()
+		poll.Until(t, 10*time.Second, step, func() (bool, string) {
+			got, _ := listTable(t, table)
+			return reflect.DeepEqual(got, want), fmt.Sprintf("table %v, want %v", got, want)
+		})
+	}
+
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[1], silent)}})
+	waitTable("the silent backend left out", expectTable(map[string][]string{addr: {addrOf(bes[0]), addrOf(bes[1])}}, nil))
+
+	// A backend's task dies (nothing listens on its port any more).
+	dead := bes[1].addr.String()
+	bes[1].srv.Close()
+	waitTable("the dead backend left out", expectTable(map[string][]string{addr: {addrOf(bes[0])}}, nil))
+	if counts := spread(t, addr, 6); counts[bes[0].name] != 6 {
+		t.Fatalf("with one backend alive: %v", counts)
+	}
+
+	// It comes back on the same port.
+	ln, err := net.Listen("tcp4", dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "back") })}
+	go back.Serve(ln)
+	defer back.Close()
+	waitTable("the backend back", expectTable(map[string][]string{addr: {addrOf(bes[0]), dead}}, nil))
+
+	// Every backend down: all stay (nothing better to do).
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, silent)}})
+	waitTable("only a silent backend", expectTable(map[string][]string{addr: {addrOf(silent)}}, nil))
 }

@@ -67,8 +67,9 @@ type Mesh struct {
 	ctrDNS   *resolver       // the containers' resolver, if any
 	ctrAddrs map[string]bool // container twin addresses added to lo
 
-	kern *kernel      // the kernel datapath, nil when the proxy does it all
-	dp   DatapathInfo // which datapath and why
+	kern  *kernel      // the kernel datapath, nil when the proxy does it all
+	dp    DatapathInfo // which datapath and why
+	probe *prober      // probes the kernel's backends; nil without kernel
 }
 
 // New returns a mesh that listens on nothing until Start and Apply.
@@ -89,6 +90,9 @@ func New(cfg Config) *Mesh {
 	}
 	m.tab.Store(&table{})
 	m.kern, m.dp = newKernel(cfg, m.log)
+	if m.kern != nil {
+		m.probe = newProber(cfg.DialTimeout, m.probeChanged)
+	}
 	m.log.Info("mesh datapath", "datapath", m.dp.Name, "reason", m.dp.Reason, "table", m.dp.Table)
 	return m
 }
@@ -340,19 +344,40 @@ func (m *Mesh) syncKernel(want map[string]wanted) {
 		return
 	}
 	fronts := map[string]kernelFront{}
+	probed := map[string]bool{}
 	for key, w := range want {
 		if _, bound := m.listeners[key]; !bound || strings.HasSuffix(key, "/udp") || w.localIP != "" || w.proxyProto || len(w.backends) == 0 {
 			continue
 		}
+		// Backends the probes found dead or silent are left out, unless
+		// that would leave none.
+		var live []string
 		remote := map[string]bool{}
 		for _, b := range w.backends {
+			probed[b] = true
+			if !m.probe.isDown(b) {
+				live = append(live, b)
+			}
 			remote[b] = w.nodes[b] != m.cfg.NodeID
 		}
-		if f, ok := kernelFrontend(key, w.backends, remote); ok {
+		if len(live) == 0 {
+			live = w.backends
+		}
+		if f, ok := kernelFrontend(key, live, remote); ok {
 			fronts[key] = f
 		}
 	}
+	m.probe.set(probed)
 	_ = m.kern.sync(fronts) // a failure is logged, and retried
+}
+
+// probeChanged reconciles after a probed backend went down or came back.
+func (m *Mesh) probeChanged() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed {
+		m.reconcile()
+	}
 }
 
 // retryFailed reconciles again, for the addresses that could not be opened.
@@ -440,6 +465,9 @@ func (m *Mesh) Close() error {
 	}
 	for _, l := range ls {
 		l.close()
+	}
+	if m.probe != nil {
+		m.probe.close()
 	}
 	// Container twin addresses stay on lo: another node of the cluster on
 	// this host may serve them, and a restarted node reuses them.
