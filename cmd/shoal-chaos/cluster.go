@@ -30,8 +30,8 @@ const apiPort = 4242
 // (next to no failed request while a worker is cut off) rely on the
 // proxy giving up on a silent backend after its dial timeout and trying
 // the next one; the kernel datapath (nftables) sends a cut-off worker's
-// share of new connections into the void until the worker is declared
-// Down and its endpoints leave the set.
+// share of new connections into the void until its probes give up on the
+// worker's tasks (about a second) or the worker is declared Down.
 var daemonFlags = []string{"--gossip-fast", "--heartbeat-period", "500ms", "--election-timeout", "300ms", "--mesh-datapath", "userspace"}
 
 // node is one shoal daemon in its own network namespace.
