@@ -190,7 +190,8 @@ func (m *Mesh) Errors() []error {
 }
 
 // Backends returns where new connections to addr go: "ip:port" for TCP,
-// "ip:port/udp" for UDP.
+// "ip:port/udp" for UDP. On the kernel datapath the rules may leave out
+// backends its probes found dead or silent.
 func (m *Mesh) Backends(addr string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
