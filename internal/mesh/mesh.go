@@ -208,6 +208,7 @@ type proxy interface {
 	setBackends([]string)
 	setProxyProtocol(bool)
 	currentBackends() []string
+	stats() ProxyStats
 	close()
 }
 
