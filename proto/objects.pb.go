@@ -2057,6 +2057,94 @@ func (x *SecretReference) GetMode() uint32 {
 	return 0
 }
 
+// ConfigReference attaches a config to a task as a file. target is an
+// absolute path: where a container sees the file (default "/<name>"); a
+// process task finds it at $SHOAL_CONFIGS_DIR<target>. uid and gid (numeric,
+// empty: the task's user, root in a container) own the file.
+type ConfigReference struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ConfigId      string                 `protobuf:"bytes,1,opt,name=config_id,json=configId,proto3" json:"config_id,omitempty"`
+	ConfigName    string                 `protobuf:"bytes,2,opt,name=config_name,json=configName,proto3" json:"config_name,omitempty"`
+	Target        string                 `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid           string                 `protobuf:"bytes,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           string                 `protobuf:"bytes,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigReference) Reset() {
+	*x = ConfigReference{}
+	mi := &file_objects_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigReference) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigReference) ProtoMessage() {}
+
+func (x *ConfigReference) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigReference.ProtoReflect.Descriptor instead.
+func (*ConfigReference) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ConfigReference) GetConfigId() string {
+	if x != nil {
+		return x.ConfigId
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetConfigName() string {
+	if x != nil {
+		return x.ConfigName
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *ConfigReference) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetGid() string {
+	if x != nil {
+		return x.Gid
+	}
+	return ""
+}
+
 // ContainerSpec is what runs: an image (docker runtime) or an executable
 // path (process runtime), with its command line and environment.
 type ContainerSpec struct {
@@ -2072,13 +2160,15 @@ type ContainerSpec struct {
 	StopGracePeriod int64                  `protobuf:"varint,9,opt,name=stop_grace_period,json=stopGracePeriod,proto3" json:"stop_grace_period,omitempty"`
 	Healthcheck     *HealthCheck           `protobuf:"bytes,10,opt,name=healthcheck,proto3" json:"healthcheck,omitempty"`
 	Secrets         []*SecretReference     `protobuf:"bytes,11,rep,name=secrets,proto3" json:"secrets,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// configs are the configs the task sees as files (Docker's configs).
+	Configs       []*ConfigReference `protobuf:"bytes,120,rep,name=configs,proto3" json:"configs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
 	*x = ContainerSpec{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2180,7 @@ func (x *ContainerSpec) String() string {
 func (*ContainerSpec) ProtoMessage() {}
 
 func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2193,7 @@ func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSpec.ProtoReflect.Descriptor instead.
 func (*ContainerSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ContainerSpec) GetImage() string {
@@ -2183,6 +2273,13 @@ func (x *ContainerSpec) GetSecrets() []*SecretReference {
 	return nil
 }
 
+func (x *ContainerSpec) GetConfigs() []*ConfigReference {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
 // TaskSpec is the template every task of a service is made from.
 type TaskSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2200,7 +2297,7 @@ type TaskSpec struct {
 
 func (x *TaskSpec) Reset() {
 	*x = TaskSpec{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2309,7 @@ func (x *TaskSpec) String() string {
 func (*TaskSpec) ProtoMessage() {}
 
 func (x *TaskSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2322,7 @@ func (x *TaskSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
 func (*TaskSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TaskSpec) GetRuntime() string {
@@ -2285,7 +2382,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2297,7 +2394,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2310,7 +2407,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -2376,7 +2473,7 @@ type PortConfig struct {
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2485,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2498,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PortConfig) GetName() string {
@@ -2464,7 +2561,7 @@ type EndpointSpec struct {
 
 func (x *EndpointSpec) Reset() {
 	*x = EndpointSpec{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2573,7 @@ func (x *EndpointSpec) String() string {
 func (*EndpointSpec) ProtoMessage() {}
 
 func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2586,7 @@ func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointSpec.ProtoReflect.Descriptor instead.
 func (*EndpointSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EndpointSpec) GetMode() ResolutionMode {
@@ -2519,7 +2616,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2531,7 +2628,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2544,7 +2641,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Endpoint) GetSpec() *EndpointSpec {
@@ -2589,7 +2686,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2698,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2711,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceSpec) GetAnnotations() *Annotations {
@@ -2738,7 +2835,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2847,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2860,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JobStatus) GetJobIteration() uint64 {
@@ -2793,7 +2890,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2805,7 +2902,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2818,7 +2915,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2868,7 +2965,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +2977,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +2990,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Service) GetId() string {
@@ -2965,7 +3062,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2977,7 +3074,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2990,7 +3087,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -3045,7 +3142,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3154,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3167,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3169,7 +3266,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3181,7 +3278,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3194,7 +3291,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Task) GetId() string {
@@ -3299,7 +3396,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3311,7 +3408,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3324,7 +3421,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3356,7 +3453,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3368,7 +3465,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3381,7 +3478,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3442,7 +3539,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3454,7 +3551,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3467,7 +3564,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3529,7 +3626,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3541,7 +3638,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3554,7 +3651,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Cluster) GetId() string {
@@ -3651,7 +3748,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3663,7 +3760,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3676,7 +3773,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3741,7 +3838,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3753,7 +3850,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3766,7 +3863,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3816,7 +3913,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3828,7 +3925,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3841,7 +3938,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3877,7 +3974,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3889,7 +3986,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3902,7 +3999,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Secret) GetId() string {
@@ -3934,6 +4031,132 @@ func (x *Secret) GetSealedData() []byte {
 }
 
 func (x *Secret) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// ConfigSpec holds a config's name and contents. Configs are not sensitive
+// (Docker stores them unencrypted): the store keeps data as it is.
+type ConfigSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Annotations   *Annotations           `protobuf:"bytes,1,opt,name=annotations,proto3" json:"annotations,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigSpec) Reset() {
+	*x = ConfigSpec{}
+	mi := &file_objects_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigSpec) ProtoMessage() {}
+
+func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
+func (*ConfigSpec) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ConfigSpec) GetAnnotations() *Annotations {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+func (x *ConfigSpec) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// Config is a non-secret file handed to tasks (Docker's configs); it
+// cannot change once created.
+type Config struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec  *ConfigSpec            `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// size is the length of spec.data in bytes (set also when a listing
+	// leaves the data out).
+	Size          uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Config) Reset() {
+	*x = Config{}
+	mi := &file_objects_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Config) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Config) ProtoMessage() {}
+
+func (x *Config) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Config.ProtoReflect.Descriptor instead.
+func (*Config) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *Config) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Config) GetMeta() *Meta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Config) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Config) GetSize() uint64 {
 	if x != nil {
 		return x.Size
 	}
@@ -4045,7 +4268,15 @@ const file_objects_proto_rawDesc = "" +
 	"\vsecret_name\x18\x02 \x01(\tR\n" +
 	"secretName\x12\x16\n" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xc6\x03\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"\x9f\x01\n" +
+	"\x0fConfigReference\x12\x1b\n" +
+	"\tconfig_id\x18\x01 \x01(\tR\bconfigId\x12\x1f\n" +
+	"\vconfig_name\x18\x02 \x01(\tR\n" +
+	"configName\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\tR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xfb\x03\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -4058,7 +4289,8 @@ const file_objects_proto_rawDesc = "" +
 	"\x11stop_grace_period\x18\t \x01(\x03R\x0fstopGracePeriod\x127\n" +
 	"\vhealthcheck\x18\n" +
 	" \x01(\v2\x15.shoal.v1.HealthCheckR\vhealthcheck\x123\n" +
-	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x1a9\n" +
+	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x123\n" +
+	"\aconfigs\x18x \x03(\v2\x19.shoal.v1.ConfigReferenceR\aconfigs\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +
@@ -4220,7 +4452,16 @@ const file_objects_proto_rawDesc = "" +
 	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec\x12\x1f\n" +
 	"\vsealed_data\x18\x04 \x01(\fR\n" +
 	"sealedData\x12\x12\n" +
-	"\x04size\x18\x05 \x01(\x04R\x04size*R\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\"Y\n" +
+	"\n" +
+	"ConfigSpec\x127\n" +
+	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"z\n" +
+	"\x06Config\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
+	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12(\n" +
+	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size*R\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_WORKER\x10\x01\x12\x15\n" +
@@ -4304,7 +4545,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4340,39 +4581,42 @@ var file_objects_proto_goTypes = []any{
 	(*Mount)(nil),                // 31: shoal.v1.Mount
 	(*HealthCheck)(nil),          // 32: shoal.v1.HealthCheck
 	(*SecretReference)(nil),      // 33: shoal.v1.SecretReference
-	(*ContainerSpec)(nil),        // 34: shoal.v1.ContainerSpec
-	(*TaskSpec)(nil),             // 35: shoal.v1.TaskSpec
-	(*UpdateConfig)(nil),         // 36: shoal.v1.UpdateConfig
-	(*PortConfig)(nil),           // 37: shoal.v1.PortConfig
-	(*EndpointSpec)(nil),         // 38: shoal.v1.EndpointSpec
-	(*Endpoint)(nil),             // 39: shoal.v1.Endpoint
-	(*ServiceSpec)(nil),          // 40: shoal.v1.ServiceSpec
-	(*JobStatus)(nil),            // 41: shoal.v1.JobStatus
-	(*UpdateStatus)(nil),         // 42: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 43: shoal.v1.Service
-	(*PortBinding)(nil),          // 44: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 45: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 46: shoal.v1.Task
-	(*JoinTokens)(nil),           // 47: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 48: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 49: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 50: shoal.v1.Cluster
-	(*RootCA)(nil),               // 51: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 52: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 53: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 54: shoal.v1.Secret
-	nil,                          // 55: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 56: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 57: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 58: shoal.v1.Cluster.DemotedManagersEntry
+	(*ConfigReference)(nil),      // 34: shoal.v1.ConfigReference
+	(*ContainerSpec)(nil),        // 35: shoal.v1.ContainerSpec
+	(*TaskSpec)(nil),             // 36: shoal.v1.TaskSpec
+	(*UpdateConfig)(nil),         // 37: shoal.v1.UpdateConfig
+	(*PortConfig)(nil),           // 38: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),         // 39: shoal.v1.EndpointSpec
+	(*Endpoint)(nil),             // 40: shoal.v1.Endpoint
+	(*ServiceSpec)(nil),          // 41: shoal.v1.ServiceSpec
+	(*JobStatus)(nil),            // 42: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 43: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 44: shoal.v1.Service
+	(*PortBinding)(nil),          // 45: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 46: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 47: shoal.v1.Task
+	(*JoinTokens)(nil),           // 48: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 49: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 50: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 51: shoal.v1.Cluster
+	(*RootCA)(nil),               // 52: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 53: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 54: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 55: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 56: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 57: shoal.v1.Config
+	nil,                          // 58: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 59: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 60: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 61: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	55, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	58, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	56, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	59, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	19, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
 	2,  // 7: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 8: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
@@ -4382,68 +4626,72 @@ var file_objects_proto_depIdxs = []int32{
 	20, // 12: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	21, // 13: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	52, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	53, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 16: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	28, // 17: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 18: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 19: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 20: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	57, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	60, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	31, // 22: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	32, // 23: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	33, // 24: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
-	34, // 25: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
-	30, // 26: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
-	27, // 27: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
-	29, // 28: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
-	6,  // 29: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
-	7,  // 30: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
-	8,  // 31: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
-	9,  // 32: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
-	10, // 33: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
-	37, // 34: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	38, // 35: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
-	37, // 36: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
-	15, // 37: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
-	35, // 38: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
-	23, // 39: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	24, // 40: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	25, // 41: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
-	26, // 42: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
-	36, // 43: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
-	36, // 44: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
-	38, // 45: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	11, // 46: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 47: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	40, // 48: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 49: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	39, // 50: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	42, // 51: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	41, // 52: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
-	8,  // 53: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 54: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 55: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	44, // 56: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 57: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	35, // 58: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 59: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	45, // 60: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	39, // 61: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 62: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 63: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	49, // 64: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	47, // 65: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	51, // 66: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	58, // 67: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 68: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 69: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 70: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	53, // 71: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	72, // [72:72] is the sub-list for method output_type
-	72, // [72:72] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	34, // 25: shoal.v1.ContainerSpec.configs:type_name -> shoal.v1.ConfigReference
+	35, // 26: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
+	30, // 27: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	27, // 28: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
+	29, // 29: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
+	6,  // 30: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
+	7,  // 31: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
+	8,  // 32: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
+	9,  // 33: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
+	10, // 34: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
+	38, // 35: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	39, // 36: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
+	38, // 37: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
+	15, // 38: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
+	36, // 39: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
+	23, // 40: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	24, // 41: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	25, // 42: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
+	26, // 43: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
+	37, // 44: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
+	37, // 45: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
+	39, // 46: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	11, // 47: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 48: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	41, // 49: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	41, // 50: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	40, // 51: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	43, // 52: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	42, // 53: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	8,  // 54: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 55: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 56: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	45, // 57: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 58: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	36, // 59: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 60: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	46, // 61: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	40, // 62: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 63: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 64: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	50, // 65: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	48, // 66: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	52, // 67: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	61, // 68: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 69: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 70: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 71: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	54, // 72: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 73: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 74: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	56, // 75: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	76, // [76:76] is the sub-list for method output_type
+	76, // [76:76] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4451,7 +4699,7 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[26].OneofWrappers = []any{
+	file_objects_proto_msgTypes[27].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 		(*ServiceSpec_ReplicatedJob)(nil),
@@ -4463,7 +4711,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -268,6 +268,7 @@ func TestServiceCreateFlagErrors(t *testing.T) {
 		{"max per node with global", []string{"--mode", "global", "--max-replicas-per-node", "1", "/bin/app"}, "--max-replicas-per-node cannot be used"},
 		{"max concurrent with replicated", []string{"--max-concurrent", "2", "/bin/app"}, "--max-concurrent is for --mode replicated-job only"},
 		{"max concurrent with global", []string{"--mode", "global", "--max-concurrent", "2", "/bin/app"}, "--max-concurrent is for --mode replicated-job only"},
+		{"a job of no completions", []string{"--mode", "replicated-job", "--replicas", "0", "/bin/app"}, "--replicas 0: a replicated job needs at least one completion"},
 		{"update flags on a job", []string{"--mode", "replicated-job", "--update-parallelism", "2", "/bin/app"}, "--update-parallelism: a job (replicated job) has no rolling update or rollback"},
 		{"rollback flags on a global job", []string{"--mode", "global-job", "--rollback-order", "start-first", "/bin/app"}, "--rollback-order: a job (global job) has no rolling update or rollback"},
 		{"bad mode", []string{"--mode", "daemonset", "/bin/app"}, `--mode "daemonset": use replicated, global, replicated-job or global-job`},
@@ -506,6 +507,19 @@ func TestParseScaleArgs(t *testing.T) {
 	err = scaleSpec(global, 3)
 	if err == nil || err.Error() != "scale: service web is global (one task on every eligible node); only replicated services and replicated jobs can be scaled" {
 		t.Errorf("scaleSpec(global) = %v", err)
+	}
+	gjob := &pb.ServiceSpec{Annotations: &pb.Annotations{Name: "once"}, Mode: &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}}
+	if err = scaleSpec(gjob, 3); err == nil || !strings.Contains(err.Error(), "scale: service once is global job (one task on every eligible node)") {
+		t.Errorf("scaleSpec(global job) = %v", err)
+	}
+	rjob := jobBaseSpec("/bin/app")
+	rjob.Annotations.Name = "batch"
+	rjob.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 4}}
+	if err := scaleSpec(rjob, 9); err != nil || rjob.GetReplicatedJob().GetTotalCompletions() != 9 {
+		t.Errorf("scaleSpec(replicated job) = %v, completions %d", err, rjob.GetReplicatedJob().GetTotalCompletions())
+	}
+	if err := scaleSpec(rjob, 0); err == nil || !strings.Contains(err.Error(), "scale: batch=0: a replicated job needs at least one completion") {
+		t.Errorf("scaleSpec(replicated job, 0) = %v", err)
 	}
 	rep := baseSpec("/bin/app")
 	if err := scaleSpec(rep, 7); err != nil || rep.GetReplicated().GetReplicas() != 7 {
