@@ -675,3 +675,59 @@ func TestDockerSecretMounted(t *testing.T) {
 		return len(held) == 0 && len(files) == 0, fmt.Sprintf("holds %v, files %v", held, files)
 	})
 }
+
+// TestDockerConfigMounted: a container finds its config read-only at its
+// target with the mode and owner asked for, and the task reads it: the
+// hello app reports the version the config file holds
+// (HELLO_VERSION_FILE). The file leaves the worker when the task ends.
+func TestDockerConfigMounted(t *testing.T) {
+	d := newDockerCluster(t)
+	d.addManagers(1)
+	d.addDockerWorkers(1)
+	d.createConfig(d.leader(), "hello-version", []byte("v7-from-config\n"))
+	spec := dockerSpec("conf", helloV1, 1)
+	spec.Task.Container.Healthcheck = helloCheck()
+	spec.Task.Container.Env = []string{"HELLO_VERSION_FILE=/etc/hello/version"}
+	spec.Task.Container.Configs = []*pb.ConfigReference{{ConfigName: "hello-version", Target: "/etc/hello/version", Mode: 0o440, Uid: "1000", Gid: "1000"}}
+	d.createService(spec)
+	d.answersAll("conf", "v7-from-config", 1)
+
+	tk := d.runningTasks("conf")[0]
+	ci, err := d.inspect(tk.GetStatus().GetContainerId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := d.workers[0]
+	var found bool
+	for _, m := range ci.Container.Mounts {
+		if m.Destination == "/etc/hello/version" {
+			found = true
+			if string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, w.a.ConfigsDir()+"/") {
+				t.Errorf("config mount: type %s rw %v source %s; want a read-only bind from %s", m.Type, m.RW, m.Source, w.a.ConfigsDir())
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no mount at /etc/hello/version: %+v", ci.Container.Mounts)
+	}
+	ctx, cancel := d.ctx()
+	defer cancel()
+	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: "/etc/hello/version"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := tar.NewReader(res.Content).Next()
+	res.Content.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hdr.FileInfo().Mode().Perm() != 0o440 || hdr.Uid != 1000 || hdr.Gid != 1000 {
+		t.Errorf("/etc/hello/version in the container: mode %v owner %d:%d; want 0440 owned by 1000:1000", hdr.FileInfo().Mode().Perm(), hdr.Uid, hdr.Gid)
+	}
+
+	d.scale("conf", 0)
+	d.eventually(30*time.Second, "the config gone from the worker", func() (bool, string) {
+		held, files := w.a.HeldConfigs(), filesUnder(w.a.ConfigsDir())
+		return len(held) == 0 && len(files) == 0, fmt.Sprintf("holds %v, files %v", held, files)
+	})
+}
