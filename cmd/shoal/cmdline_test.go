@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -23,15 +22,8 @@ func fakeCluster(t *testing.T) (string, []string) {
 			Mode:        &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}},
 		}}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, tlsFlags := fakeTLSServer(t)
-	pb.RegisterControlServer(srv, fake)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	return l.Addr().String(), tlsFlags
+	host := serveFakeControl(t, fake)
+	return host[1], host[2:]
 }
 
 // TestGlobalFlagsBeforeOrAfter: the global flags work before the command,

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,88 +15,7 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
-
-func TestConfigFlagsOnCreate(t *testing.T) {
-	tests := []struct {
-		args []string
-		want []*pb.ConfigReference
-	}{
-		{[]string{"--config", "app.conf"}, []*pb.ConfigReference{{ConfigName: "app.conf", Target: "/app.conf", Mode: 0o444}}},
-		{[]string{"--config", "source=app,target=/etc/app/app.conf,mode=0440,uid=1000,gid=100"}, []*pb.ConfigReference{
-			{ConfigName: "app", Target: "/etc/app/app.conf", Mode: 0o440, Uid: "1000", Gid: "100"}}},
-		{[]string{"--config", "a", "--config", "src=b,target=/b.conf"}, []*pb.ConfigReference{
-			{ConfigName: "a", Target: "/a", Mode: 0o444}, {ConfigName: "b", Target: "/b.conf", Mode: 0o444}}},
-	}
-	for _, tt := range tests {
-		spec, err := createSpec(append(tt.args, "/bin/app")...)
-		if err != nil {
-			t.Fatalf("create %q: %v", tt.args, err)
-		}
-		want := baseSpec("/bin/app")
-		want.Task.Container.Configs = tt.want
-		if !proto.Equal(spec, want) {
-			t.Errorf("create %q\n got: %s\nwant: %s", tt.args, text(spec), text(want))
-		}
-	}
-}
-
-func TestConfigFlagErrors(t *testing.T) {
-	tests := []struct {
-		args []string
-		want string
-	}{
-		{[]string{"--config", ""}, "give the config's name"},
-		{[]string{"--config", "bad/name"}, "give the config's name"},
-		{[]string{"--config", "app,target=etc/app.conf"}, `target="etc/app.conf": use an absolute file path`},
-		{[]string{"--config", "app,target=/etc/../x"}, "use an absolute file path"},
-		{[]string{"--config", "app,target=/"}, "use an absolute file path"},
-		{[]string{"--config", "app,mode=0999"}, "use an octal permission mode"},
-		{[]string{"--config", "app,uid=root"}, `uid="root": use a numeric ID`},
-		{[]string{"--config", "app,colour=red"}, `unknown field "colour"`},
-		{[]string{"--config", "a,target=/x", "--config", "b,target=/x"}, `config a already uses the target "/x"`},
-	}
-	for _, tt := range tests {
-		_, err := createSpec(append(tt.args, "/bin/app")...)
-		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
-			t.Errorf("create %q: %v, want one line with %q", tt.args, err, tt.want)
-		}
-	}
-}
-
-func TestConfigFlagsOnUpdate(t *testing.T) {
-	existing := existingSpec()
-	existing.Task.Container.Configs = []*pb.ConfigReference{
-		{ConfigId: "c1", ConfigName: "app", Target: "/app", Mode: 0o444},
-		{ConfigId: "c2", ConfigName: "nginx", Target: "/etc/nginx.conf", Mode: 0o444},
-	}
-	tests := []struct {
-		name string
-		args []string
-		want []*pb.ConfigReference
-	}{
-		{"rm by name, add", []string{"--config-rm", "app", "--config-add", "app2"}, []*pb.ConfigReference{
-			{ConfigId: "c2", ConfigName: "nginx", Target: "/etc/nginx.conf", Mode: 0o444}, {ConfigName: "app2", Target: "/app2", Mode: 0o444}}},
-		{"rm by ID", []string{"--config-rm", "c2"}, []*pb.ConfigReference{{ConfigId: "c1", ConfigName: "app", Target: "/app", Mode: 0o444}}},
-		{"add on a used target replaces", []string{"--config-add", "nginx2,target=/etc/nginx.conf"}, []*pb.ConfigReference{
-			{ConfigId: "c1", ConfigName: "app", Target: "/app", Mode: 0o444}, {ConfigName: "nginx2", Target: "/etc/nginx.conf", Mode: 0o444}}},
-	}
-	for _, tt := range tests {
-		got, err := updateSpec(existing, tt.args...)
-		if err != nil {
-			t.Fatalf("%s: %v", tt.name, err)
-		}
-		want := proto.Clone(existing).(*pb.ServiceSpec)
-		want.Task.Container.Configs = tt.want
-		if !proto.Equal(got, want) {
-			t.Errorf("%s\n got: %s\nwant: %s", tt.name, text(got), text(want))
-		}
-	}
-	if _, err := updateSpec(existing, "--config-rm", "nope"); err == nil || !strings.Contains(err.Error(), "--config-rm nope: the service uses no such config") {
-		t.Errorf("--config-rm of an unknown config: %v", err)
-	}
-}
 
 // fakeConfigs is a Control server that keeps configs, as the managers do.
 type fakeConfigs struct {
@@ -151,16 +69,9 @@ func (f *fakeConfigs) RemoveConfig(_ context.Context, req *pb.RemoveConfigReques
 // that never reaches the server.
 func TestConfigCommandsFakeServer(t *testing.T) {
 	fake := &fakeConfigs{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, tlsFlags := fakeTLSServer(t)
-	pb.RegisterControlServer(srv, fake)
-	go srv.Serve(l)
-	defer srv.Stop()
+	host := serveFakeControl(t, fake)
 	cmd := func(args ...string) []string {
-		return append(append([]string{"config", args[0], "--host", l.Addr().String()}, tlsFlags...), args[1:]...)
+		return append(append([]string{"config", args[0]}, host...), args[1:]...)
 	}
 	file := filepath.Join(t.TempDir(), "app.conf")
 	if err := os.WriteFile(file, []byte("port=80\n"), 0o600); err != nil {
