@@ -77,32 +77,7 @@ func TestConfigsReachOnlyTheirNodes(t *testing.T) {
 	})
 
 	c.createService(configReaderSpec("reader", out, 2, &pb.ConfigReference{ConfigName: "app.conf", Target: "/etc/app/app.conf", Mode: 0o440}))
-	var running []*pb.Task
-	c.eventually(45*time.Second, "2 reader tasks running with their config read", func() (bool, string) {
-		running = running[:0]
-		for _, tk := range c.serviceTasks("reader") {
-			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
-				if _, err := os.Stat(filepath.Join(out, tk.GetId())); err == nil {
-					running = append(running, tk)
-				}
-			}
-		}
-		return len(running) == 2, fmt.Sprintf("%d ready", len(running))
-	})
-	users := map[string]bool{}
-	for _, tk := range running {
-		users[tk.GetNodeId()] = true
-		got, err := os.ReadFile(filepath.Join(out, tk.GetId()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := "440\n" + string(data); string(got) != want {
-			t.Errorf("task %s read %q, want mode 440 and the config", tk.GetId(), got)
-		}
-	}
-	if len(users) != 2 {
-		t.Fatalf("the 2 tasks run on %d nodes, want 2 (max 1 per node)", len(users))
-	}
+	users := c.readersRead("reader", out, 2, "440\n"+string(data))
 	for _, w := range c.workers {
 		held, files := w.a.HeldConfigs(), filesUnder(w.a.ConfigsDir())
 		if users[w.a.ID()] {

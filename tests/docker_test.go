@@ -614,6 +614,41 @@ func TestDockerServiceDiscovery(t *testing.T) {
 	}
 }
 
+// mountedFile checks that a task's container has path bind-mounted
+// read-only from a file under dir on the node, and returns the file as the
+// container sees it (read with the Engine: the image has no shell).
+func (d *dcluster) mountedFile(tk *pb.Task, path, dir string) (*tar.Header, []byte) {
+	d.t.Helper()
+	ci, err := d.inspect(tk.GetStatus().GetContainerId())
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	i := slices.IndexFunc(ci.Container.Mounts, func(m container.MountPoint) bool { return m.Destination == path })
+	if i < 0 {
+		d.t.Fatalf("no mount at %s: %+v", path, ci.Container.Mounts)
+	}
+	if m := ci.Container.Mounts[i]; string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, dir+"/") {
+		d.t.Errorf("mount at %s: type %s rw %v source %s; want a read-only bind from %s", path, m.Type, m.RW, m.Source, dir)
+	}
+	ctx, cancel := d.ctx()
+	defer cancel()
+	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: path})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer res.Content.Close()
+	tr := tar.NewReader(res.Content)
+	hdr, err := tr.Next()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	data, err := io.ReadAll(tr)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return hdr, data
+}
+
 // TestDockerSecretMounted: a container finds its secret read-only at
 // /run/secrets/<target>, bind-mounted from the worker's tmpfs, and the
 // file leaves the worker when the task ends.
@@ -630,41 +665,8 @@ func TestDockerSecretMounted(t *testing.T) {
 	d.answersAll("vault", "v1", 1)
 
 	tk := d.runningTasks("vault")[0]
-	ci, err := d.inspect(tk.GetStatus().GetContainerId())
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := d.workers[0]
-	var found bool
-	for _, m := range ci.Container.Mounts {
-		if m.Destination == "/run/secrets/token" {
-			found = true
-			if string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, w.a.SecretsDir()+"/") {
-				t.Errorf("secret mount: type %s rw %v source %s; want a read-only bind from %s", m.Type, m.RW, m.Source, w.a.SecretsDir())
-			}
-		}
-	}
-	if !found {
-		t.Fatalf("no mount at /run/secrets/token: %+v", ci.Container.Mounts)
-	}
-
-	// Read the file as the container sees it (the image has no shell).
-	ctx, cancel := d.ctx()
-	defer cancel()
-	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: "/run/secrets/token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(res.Content)
-	hdr, err := tr.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(tr)
-	res.Content.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	hdr, got := d.mountedFile(tk, "/run/secrets/token", w.a.SecretsDir())
 	if !bytes.Equal(got, value) || hdr.FileInfo().Mode().Perm() != 0o400 {
 		t.Errorf("/run/secrets/token in the container: %q mode %v; want the value, mode 0400", got, hdr.FileInfo().Mode().Perm())
 	}
@@ -693,36 +695,10 @@ func TestDockerConfigMounted(t *testing.T) {
 	d.answersAll("conf", "v7-from-config", 1)
 
 	tk := d.runningTasks("conf")[0]
-	ci, err := d.inspect(tk.GetStatus().GetContainerId())
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := d.workers[0]
-	var found bool
-	for _, m := range ci.Container.Mounts {
-		if m.Destination == "/etc/hello/version" {
-			found = true
-			if string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, w.a.ConfigsDir()+"/") {
-				t.Errorf("config mount: type %s rw %v source %s; want a read-only bind from %s", m.Type, m.RW, m.Source, w.a.ConfigsDir())
-			}
-		}
-	}
-	if !found {
-		t.Fatalf("no mount at /etc/hello/version: %+v", ci.Container.Mounts)
-	}
-	ctx, cancel := d.ctx()
-	defer cancel()
-	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: "/etc/hello/version"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hdr, err := tar.NewReader(res.Content).Next()
-	res.Content.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if hdr.FileInfo().Mode().Perm() != 0o440 || hdr.Uid != 1000 || hdr.Gid != 1000 {
-		t.Errorf("/etc/hello/version in the container: mode %v owner %d:%d; want 0440 owned by 1000:1000", hdr.FileInfo().Mode().Perm(), hdr.Uid, hdr.Gid)
+	hdr, got := d.mountedFile(tk, "/etc/hello/version", w.a.ConfigsDir())
+	if string(got) != "v7-from-config\n" || hdr.FileInfo().Mode().Perm() != 0o440 || hdr.Uid != 1000 || hdr.Gid != 1000 {
+		t.Errorf("/etc/hello/version in the container: %q mode %v owner %d:%d; want the config, 0440, owned by 1000:1000", got, hdr.FileInfo().Mode().Perm(), hdr.Uid, hdr.Gid)
 	}
 
 	d.scale("conf", 0)
