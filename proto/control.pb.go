@@ -3211,6 +3211,200 @@ func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{62}
 }
 
+// EventsRequest selects events. Events are ordered by (index, seq).
+type EventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since_index and since_seq resume a stream: only events after this
+	// position are sent. A manager that no longer keeps every event after it
+	// answers OUT_OF_RANGE.
+	SinceIndex uint64 `protobuf:"varint,1,opt,name=since_index,json=sinceIndex,proto3" json:"since_index,omitempty"`
+	SinceSeq   uint32 `protobuf:"varint,2,opt,name=since_seq,json=sinceSeq,proto3" json:"since_seq,omitempty"`
+	// since and until bound the events' times (Unix nanoseconds; 0: no
+	// bound). Without until the stream follows new events until cancelled.
+	Since int64 `protobuf:"varint,3,opt,name=since,proto3" json:"since,omitempty"`
+	Until int64 `protobuf:"varint,4,opt,name=until,proto3" json:"until,omitempty"`
+	// types keeps only these object types (service, node, task, secret,
+	// config); empty keeps all.
+	Types         []string `protobuf:"bytes,5,rep,name=types,proto3" json:"types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_control_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *EventsRequest) GetSinceIndex() uint64 {
+	if x != nil {
+		return x.SinceIndex
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetSinceSeq() uint32 {
+	if x != nil {
+		return x.SinceSeq
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetSince() int64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetUntil() int64 {
+	if x != nil {
+		return x.Until
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+// ClusterEvent is one thing that happened, derived from a committed change.
+type ClusterEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index is the Raft index of the change; seq orders the events one
+	// change gave.
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Seq   uint32 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	// time is when the change was proposed (Unix nanoseconds).
+	Time int64 `protobuf:"varint,3,opt,name=time,proto3" json:"time,omitempty"`
+	// type is the object type: service, node, task, secret or config.
+	Type string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	// action is what happened: create, update, scale, rollback, remove,
+	// state (tasks), join, ready, down, unknown, active, pause, drain,
+	// promote, demote, leader.
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Id     string `protobuf:"bytes,6,opt,name=id,proto3" json:"id,omitempty"`
+	Name   string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	// attributes say more, by action: replicas, old_replicas, image, state,
+	// old_state, node, error, service, slot, role, term.
+	Attributes    map[string]string `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterEvent) Reset() {
+	*x = ClusterEvent{}
+	mi := &file_control_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterEvent) ProtoMessage() {}
+
+func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterEvent.ProtoReflect.Descriptor instead.
+func (*ClusterEvent) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ClusterEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ClusterEvent) GetSeq() uint32 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ClusterEvent) GetTime() int64 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *ClusterEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -3398,7 +3592,28 @@ const file_control_proto_rawDesc = "" +
 	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
 	"\x13RemoveConfigRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveConfigResponse2\xcc\x0e\n" +
+	"\x14RemoveConfigResponse\"\x8f\x01\n" +
+	"\rEventsRequest\x12\x1f\n" +
+	"\vsince_index\x18\x01 \x01(\x04R\n" +
+	"sinceIndex\x12\x1b\n" +
+	"\tsince_seq\x18\x02 \x01(\rR\bsinceSeq\x12\x14\n" +
+	"\x05since\x18\x03 \x01(\x03R\x05since\x12\x14\n" +
+	"\x05until\x18\x04 \x01(\x03R\x05until\x12\x14\n" +
+	"\x05types\x18\x05 \x03(\tR\x05types\"\xa1\x02\n" +
+	"\fClusterEvent\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\rR\x03seq\x12\x12\n" +
+	"\x04time\x18\x03 \x01(\x03R\x04time\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x0e\n" +
+	"\x02id\x18\x06 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\a \x01(\tR\x04name\x12F\n" +
+	"\n" +
+	"attributes\x18\b \x03(\v2&.shoal.v1.ClusterEvent.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\x89\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3416,7 +3631,8 @@ const file_control_proto_rawDesc = "" +
 	"\rUpdateService\x12\x1e.shoal.v1.UpdateServiceRequest\x1a\x1f.shoal.v1.UpdateServiceResponse\x12P\n" +
 	"\rRemoveService\x12\x1e.shoal.v1.RemoveServiceRequest\x1a\x1f.shoal.v1.RemoveServiceResponse\x12D\n" +
 	"\tListTasks\x12\x1a.shoal.v1.ListTasksRequest\x1a\x1b.shoal.v1.ListTasksResponse\x12@\n" +
-	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12k\n" +
+	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12;\n" +
+	"\x06Events\x12\x17.shoal.v1.EventsRequest\x1a\x16.shoal.v1.ClusterEvent0\x01\x12k\n" +
 	"\x16IssueClientCertificate\x12'.shoal.v1.IssueClientCertificateRequest\x1a(.shoal.v1.IssueClientCertificateResponse\x12M\n" +
 	"\fRotateRootCA\x12\x1d.shoal.v1.RotateRootCARequest\x1a\x1e.shoal.v1.RotateRootCAResponse\x12V\n" +
 	"\x0fRotateGossipKey\x12 .shoal.v1.RotateGossipKeyRequest\x1a!.shoal.v1.RotateGossipKeyResponse\x12M\n" +
@@ -3453,7 +3669,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
@@ -3518,119 +3734,125 @@ var file_control_proto_goTypes = []any{
 	(*ListConfigsResponse)(nil),            // 60: shoal.v1.ListConfigsResponse
 	(*RemoveConfigRequest)(nil),            // 61: shoal.v1.RemoveConfigRequest
 	(*RemoveConfigResponse)(nil),           // 62: shoal.v1.RemoveConfigResponse
-	(*ServiceSpec)(nil),                    // 63: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 64: shoal.v1.Service
-	(*Task)(nil),                           // 65: shoal.v1.Task
-	(NodeRole)(0),                          // 66: shoal.v1.NodeRole
-	(*Node)(nil),                           // 67: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 68: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 69: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 70: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 71: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 72: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 73: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 74: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 75: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 76: shoal.v1.Config
+	(*EventsRequest)(nil),                  // 63: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 64: shoal.v1.ClusterEvent
+	nil,                                    // 65: shoal.v1.ClusterEvent.AttributesEntry
+	(*ServiceSpec)(nil),                    // 66: shoal.v1.ServiceSpec
+	(*Service)(nil),                        // 67: shoal.v1.Service
+	(*Task)(nil),                           // 68: shoal.v1.Task
+	(NodeRole)(0),                          // 69: shoal.v1.NodeRole
+	(*Node)(nil),                           // 70: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 71: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 72: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 73: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 74: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 75: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 76: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 77: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 78: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 79: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	63, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	64, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	64, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	64, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	66, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	67, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	67, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	67, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	63, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	64, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	65, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	66, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	67, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	67, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	68, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	67, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	69, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	70, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	66, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	67, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	68, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	69, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	70, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	70, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	71, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	70, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	72, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	73, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	66, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	66, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	71, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	66, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	69, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	69, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	74, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	69, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	72, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	73, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	74, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	74, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	74, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	75, // 26: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	76, // 27: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	76, // 28: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	76, // 29: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	17, // 30: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 31: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 32: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 33: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 34: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 35: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 36: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 37: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 38: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 39: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 40: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 41: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 42: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	39, // 43: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	41, // 44: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	43, // 45: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	47, // 46: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	49, // 47: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	51, // 48: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	53, // 49: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	55, // 50: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	57, // 51: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	59, // 52: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	61, // 53: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	15, // 54: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 55: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 56: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 57: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 58: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 59: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	45, // 60: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	18, // 61: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 62: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 63: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 64: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 65: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 66: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 67: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 68: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 69: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 70: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 71: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 72: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 73: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	40, // 74: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	42, // 75: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	44, // 76: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	48, // 77: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	50, // 78: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	52, // 79: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	54, // 80: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	56, // 81: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	58, // 82: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	60, // 83: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	62, // 84: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	16, // 85: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 86: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 87: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 88: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 89: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 90: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	46, // 91: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	61, // [61:92] is the sub-list for method output_type
-	30, // [30:61] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	75, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	76, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	77, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	77, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	77, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	78, // 26: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	79, // 27: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	79, // 28: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	79, // 29: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	65, // 30: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	17, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	19, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	21, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	23, // 34: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	25, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	28, // 36: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	0,  // 37: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 38: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 39: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	7,  // 40: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	9,  // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	11, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	13, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	63, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	39, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	41, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	43, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	47, // 48: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	49, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	51, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	53, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	55, // 52: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	57, // 53: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	59, // 54: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	61, // 55: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	15, // 56: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	32, // 57: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	34, // 58: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	36, // 59: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	37, // 60: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	30, // 61: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	45, // 62: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	18, // 63: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	20, // 64: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	22, // 65: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	24, // 66: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	27, // 67: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	29, // 68: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	1,  // 69: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 70: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	6,  // 71: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	8,  // 72: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	10, // 73: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	12, // 74: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	14, // 75: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	64, // 76: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	40, // 77: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	42, // 78: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	44, // 79: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	48, // 80: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	50, // 81: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	52, // 82: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	54, // 83: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	56, // 84: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	58, // 85: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	60, // 86: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	62, // 87: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	16, // 88: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	33, // 89: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	35, // 90: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	26, // 91: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	38, // 92: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	31, // 93: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	46, // 94: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	63, // [63:95] is the sub-list for method output_type
+	31, // [31:63] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3645,7 +3867,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   63,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

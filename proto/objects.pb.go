@@ -2726,6 +2726,63 @@ func (*ServiceSpec_ReplicatedJob) isServiceSpec_Mode() {}
 
 func (*ServiceSpec_GlobalJob) isServiceSpec_Mode() {}
 
+// JobStatus is where a job (replicated-job or global-job service) is, as
+// Docker's: job_iteration counts its runs (1 at create; every spec update,
+// `service update --force` included, starts the next one, and only tasks of
+// the current iteration count towards its completions); last_execution is
+// when the current iteration began (Unix nanoseconds).
+type JobStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobIteration  uint64                 `protobuf:"varint,1,opt,name=job_iteration,json=jobIteration,proto3" json:"job_iteration,omitempty"`
+	LastExecution int64                  `protobuf:"varint,2,opt,name=last_execution,json=lastExecution,proto3" json:"last_execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobStatus) Reset() {
+	*x = JobStatus{}
+	mi := &file_objects_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobStatus) ProtoMessage() {}
+
+func (x *JobStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
+func (*JobStatus) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *JobStatus) GetJobIteration() uint64 {
+	if x != nil {
+		return x.JobIteration
+	}
+	return 0
+}
+
+func (x *JobStatus) GetLastExecution() int64 {
+	if x != nil {
+		return x.LastExecution
+	}
+	return 0
+}
+
 // UpdateStatus reports a rolling update's progress.
 type UpdateStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2739,7 +2796,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2808,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2821,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2802,17 +2859,19 @@ type Service struct {
 	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	Spec  *ServiceSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// spec_version counts spec changes; tasks record the one they run.
-	SpecVersion   uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
-	PreviousSpec  *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
-	Endpoint      *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
-	UpdateStatus  *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	SpecVersion  uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
+	PreviousSpec *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
+	Endpoint     *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	UpdateStatus *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	// job_status is set for jobs only.
+	JobStatus     *JobStatus `protobuf:"bytes,110,opt,name=job_status,json=jobStatus,proto3" json:"job_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2824,7 +2883,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2837,7 +2896,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Service) GetId() string {
@@ -2889,6 +2948,13 @@ func (x *Service) GetUpdateStatus() *UpdateStatus {
 	return nil
 }
 
+func (x *Service) GetJobStatus() *JobStatus {
+	if x != nil {
+		return x.JobStatus
+	}
+	return nil
+}
+
 // PortBinding is where a task's port is reachable on its node.
 type PortBinding struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2902,7 +2968,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2914,7 +2980,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2927,7 +2993,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -2982,7 +3048,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3060,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3073,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3097,13 +3163,16 @@ type Task struct {
 	Endpoint     *Endpoint   `protobuf:"bytes,11,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// pending_reason says why a pending task has no node yet.
 	PendingReason string `protobuf:"bytes,12,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
+	// job_iteration is the job run (Service.job_status.job_iteration) this
+	// task belongs to; 0 for tasks of services that are not jobs.
+	JobIteration  uint64 `protobuf:"varint,110,opt,name=job_iteration,json=jobIteration,proto3" json:"job_iteration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3184,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3197,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Task) GetId() string {
@@ -3215,6 +3284,13 @@ func (x *Task) GetPendingReason() string {
 	return ""
 }
 
+func (x *Task) GetJobIteration() uint64 {
+	if x != nil {
+		return x.JobIteration
+	}
+	return 0
+}
+
 // JoinTokens are the secrets that admit new nodes.
 type JoinTokens struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3226,7 +3302,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3314,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3327,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3283,7 +3359,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3295,7 +3371,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3308,7 +3384,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3369,7 +3445,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3457,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3470,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3445,13 +3521,18 @@ type Cluster struct {
 	// given has expired: until then workers refuse them. An entry goes then,
 	// or when the node is promoted again.
 	DemotedManagers map[string]int64 `protobuf:"bytes,8,rep,name=demoted_managers,json=demotedManagers,proto3" json:"demoted_managers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// leader is the node that won the latest election and leader_term its
+	// Raft term, recorded by the new leader itself so that every replica's
+	// event history shows leader changes.
+	Leader        string `protobuf:"bytes,140,opt,name=leader,proto3" json:"leader,omitempty"`
+	LeaderTerm    uint64 `protobuf:"varint,141,opt,name=leader_term,json=leaderTerm,proto3" json:"leader_term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3463,7 +3544,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3476,7 +3557,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Cluster) GetId() string {
@@ -3535,6 +3616,20 @@ func (x *Cluster) GetDemotedManagers() map[string]int64 {
 	return nil
 }
 
+func (x *Cluster) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeaderTerm() uint64 {
+	if x != nil {
+		return x.LeaderTerm
+	}
+	return 0
+}
+
 // RootCA is the cluster's certificate authority.
 type RootCA struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3559,7 +3654,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3571,7 +3666,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3584,7 +3679,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3649,7 +3744,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3661,7 +3756,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3674,7 +3769,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3724,7 +3819,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +3831,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +3844,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3785,7 +3880,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3797,7 +3892,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3810,7 +3905,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Secret) GetId() string {
@@ -3860,7 +3955,7 @@ type ConfigSpec struct {
 
 func (x *ConfigSpec) Reset() {
 	*x = ConfigSpec{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3872,7 +3967,7 @@ func (x *ConfigSpec) String() string {
 func (*ConfigSpec) ProtoMessage() {}
 
 func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3885,7 +3980,7 @@ func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
 func (*ConfigSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ConfigSpec) GetAnnotations() *Annotations {
@@ -3918,7 +4013,7 @@ type Config struct {
 
 func (x *Config) Reset() {
 	*x = Config{}
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3930,7 +4025,7 @@ func (x *Config) String() string {
 func (*Config) ProtoMessage() {}
 
 func (x *Config) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3943,7 +4038,7 @@ func (x *Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Config.ProtoReflect.Descriptor instead.
 func (*Config) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{41}
+	return file_objects_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Config) GetId() string {
@@ -4142,13 +4237,16 @@ const file_objects_proto_rawDesc = "" +
 	"\x06update\x18\a \x01(\v2\x16.shoal.v1.UpdateConfigR\x06update\x122\n" +
 	"\brollback\x18\b \x01(\v2\x16.shoal.v1.UpdateConfigR\brollback\x122\n" +
 	"\bendpoint\x18\t \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpointB\x06\n" +
-	"\x04mode\"\x97\x01\n" +
+	"\x04mode\"W\n" +
+	"\tJobStatus\x12#\n" +
+	"\rjob_iteration\x18\x01 \x01(\x04R\fjobIteration\x12%\n" +
+	"\x0elast_execution\x18\x02 \x01(\x03R\rlastExecution\"\x97\x01\n" +
 	"\fUpdateStatus\x12+\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x15.shoal.v1.UpdateStateR\x05state\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xb4\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xe8\x02\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4156,7 +4254,9 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12:\n" +
 	"\rprevious_spec\x18\x05 \x01(\v2\x15.shoal.v1.ServiceSpecR\fpreviousSpec\x12.\n" +
 	"\bendpoint\x18\x06 \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12;\n" +
-	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\"\x98\x01\n" +
+	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x122\n" +
+	"\n" +
+	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\"\x98\x01\n" +
 	"\vPortBinding\x12\x1f\n" +
 	"\vtarget_port\x18\x01 \x01(\rR\n" +
 	"targetPort\x12\x17\n" +
@@ -4175,7 +4275,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x06health\x18\b \x01(\x0e2\x15.shoal.v1.HealthStateR\x06health\x12+\n" +
 	"\x05ports\x18\t \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\x12\x1b\n" +
 	"\tnode_lost\x18\n" +
-	" \x01(\bR\bnodeLost\"\xb3\x03\n" +
+	" \x01(\bR\bnodeLost\"\xd8\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12\x1d\n" +
@@ -4190,7 +4290,8 @@ const file_objects_proto_rawDesc = "" +
 	"\x06status\x18\n" +
 	" \x01(\v2\x14.shoal.v1.TaskStatusR\x06status\x12.\n" +
 	"\bendpoint\x18\v \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12%\n" +
-	"\x0epending_reason\x18\f \x01(\tR\rpendingReason\">\n" +
+	"\x0epending_reason\x18\f \x01(\tR\rpendingReason\x12#\n" +
+	"\rjob_iteration\x18n \x01(\x04R\fjobIteration\">\n" +
 	"\n" +
 	"JoinTokens\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x18\n" +
@@ -4207,7 +4308,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
 	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12\x1f\n" +
 	"\vcert_expiry\x18\x04 \x01(\x03R\n" +
-	"certExpiry\"\xa7\x03\n" +
+	"certExpiry\"\xe2\x03\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4218,7 +4319,10 @@ const file_objects_proto_rawDesc = "" +
 	"\aroot_ca\x18\x06 \x01(\v2\x10.shoal.v1.RootCAR\x06rootCa\x12\x1f\n" +
 	"\vgossip_keys\x18\a \x03(\fR\n" +
 	"gossipKeys\x12Q\n" +
-	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x1aB\n" +
+	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x12\x17\n" +
+	"\x06leader\x18\x8c\x01 \x01(\tR\x06leader\x12 \n" +
+	"\vleader_term\x18\x8d\x01 \x01(\x04R\n" +
+	"leaderTerm\x1aB\n" +
 	"\x14DemotedManagersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb7\x01\n" +
@@ -4340,7 +4444,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4383,33 +4487,34 @@ var file_objects_proto_goTypes = []any{
 	(*EndpointSpec)(nil),         // 38: shoal.v1.EndpointSpec
 	(*Endpoint)(nil),             // 39: shoal.v1.Endpoint
 	(*ServiceSpec)(nil),          // 40: shoal.v1.ServiceSpec
-	(*UpdateStatus)(nil),         // 41: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 42: shoal.v1.Service
-	(*PortBinding)(nil),          // 43: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 44: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 45: shoal.v1.Task
-	(*JoinTokens)(nil),           // 46: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 47: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 48: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 49: shoal.v1.Cluster
-	(*RootCA)(nil),               // 50: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 51: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 52: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 53: shoal.v1.Secret
-	(*ConfigSpec)(nil),           // 54: shoal.v1.ConfigSpec
-	(*Config)(nil),               // 55: shoal.v1.Config
-	nil,                          // 56: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 57: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 58: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 59: shoal.v1.Cluster.DemotedManagersEntry
+	(*JobStatus)(nil),            // 41: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 42: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 43: shoal.v1.Service
+	(*PortBinding)(nil),          // 44: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 45: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 46: shoal.v1.Task
+	(*JoinTokens)(nil),           // 47: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 48: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 49: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 50: shoal.v1.Cluster
+	(*RootCA)(nil),               // 51: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 52: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 53: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 54: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 55: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 56: shoal.v1.Config
+	nil,                          // 57: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 58: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 59: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 60: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	56, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	57, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	57, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	58, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 6: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 7: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
 	14, // 8: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
@@ -4418,13 +4523,13 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 11: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	20, // 12: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 13: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	51, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	52, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 15: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	27, // 16: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 17: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 18: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 19: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	58, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	59, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	30, // 21: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	31, // 22: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	32, // 23: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
@@ -4455,34 +4560,35 @@ var file_objects_proto_depIdxs = []int32{
 	40, // 48: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
 	40, // 49: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
 	39, // 50: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	41, // 51: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	8,  // 52: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 53: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 54: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	43, // 55: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 56: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	35, // 57: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 58: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	44, // 59: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	39, // 60: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 61: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 62: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	48, // 63: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	46, // 64: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	50, // 65: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	59, // 66: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 67: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 68: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 69: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	52, // 70: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	15, // 71: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 72: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
-	54, // 73: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
-	74, // [74:74] is the sub-list for method output_type
-	74, // [74:74] is the sub-list for method input_type
-	74, // [74:74] is the sub-list for extension type_name
-	74, // [74:74] is the sub-list for extension extendee
-	0,  // [0:74] is the sub-list for field type_name
+	42, // 51: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	41, // 52: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	8,  // 53: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 54: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 55: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	44, // 56: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 57: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	35, // 58: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 59: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	45, // 60: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	39, // 61: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 62: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 63: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	49, // 64: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	47, // 65: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	51, // 66: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	60, // 67: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 68: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 69: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 70: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	53, // 71: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 72: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 73: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	55, // 74: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	75, // [75:75] is the sub-list for method output_type
+	75, // [75:75] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4502,7 +4608,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -70,6 +70,11 @@ type Workers interface {
 	Worker(addr string) (*grpc.ClientConn, error)
 }
 
+// EventSource streams the cluster's events from this manager's replica.
+type EventSource interface {
+	Stream(ctx context.Context, req *pb.EventsRequest, send func(*pb.ClusterEvent) error) error
+}
+
 // Config is what a Server needs.
 type Config struct {
 	Store      raftstore.StateStore
@@ -79,6 +84,8 @@ type Config struct {
 	CA         Authority
 	Keys       SecretsKey
 	Workers    Workers
+	// Events is this manager's event history.
+	Events EventSource
 	// ClusterID picks the cluster's block of virtual IPs.
 	ClusterID string
 	// AdvertiseIP is this manager's address, where new ingress ports are
@@ -87,8 +94,8 @@ type Config struct {
 	Log         *slog.Logger
 }
 
-// Server is the user-facing API. Every method but GetCluster and
-// ServiceLogs runs on the leader (the leaderroute interceptor sees to it
+// Server is the user-facing API. Every method but GetCluster, ServiceLogs
+// and Events runs on the leader (the leaderroute interceptor sees to it
 // for gRPC calls); reads there are linearizable (ViewConsistent).
 type Server struct {
 	pb.UnimplementedControlServer
@@ -99,6 +106,7 @@ type Server struct {
 	ca          Authority
 	keys        SecretsKey
 	workers     Workers
+	events      EventSource
 	clusterID   string
 	advertiseIP string
 	log         *slog.Logger
@@ -107,7 +115,7 @@ type Server struct {
 // New returns a Server.
 func New(cfg Config) *Server {
 	return &Server{store: cfg.Store, raft: cfg.Raft, members: cfg.Members, beats: cfg.Heartbeats, ca: cfg.CA, keys: cfg.Keys,
-		workers: cfg.Workers, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, log: cfg.Log}
+		workers: cfg.Workers, events: cfg.Events, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, log: cfg.Log}
 }
 
 // ListNodes returns every node with the leader's view of manager health.
