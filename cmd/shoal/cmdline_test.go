@@ -13,13 +13,14 @@ import (
 // returns its address and the flags of a client config it accepts.
 func fakeCluster(t *testing.T) (string, []string) {
 	t.Helper()
-	fake := &fakeControl{services: map[string]*pb.Service{}}
+	fake := &fakeControl{services: map[string]*pb.Service{}, configs: []string{"app.conf", "nginx.conf"}}
 	for _, name := range []string{"web", "api"} {
 		id := fake.id("s")
 		fake.services[id] = &pb.Service{Id: id, Meta: &pb.Meta{Version: 1}, SpecVersion: 1, Spec: &pb.ServiceSpec{
 			Annotations: &pb.Annotations{Name: name},
-			Task:        &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/" + name}},
-			Mode:        &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}},
+			Task: &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/" + name,
+				Configs: []*pb.ConfigReference{{ConfigName: "app.conf", Target: "/app.conf"}}}},
+			Mode: &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}},
 		}}
 	}
 	host := serveFakeControl(t, fake)
@@ -222,6 +223,12 @@ func TestCompletionFakeCluster(t *testing.T) {
 		{[]string{"service", "ps", "--filter", "node="}, []string{"node=w1", "node=w2"}, ":4"},
 		{[]string{"service", "create", "--replicas", ""}, nil, ":4"},
 		{[]string{"cluster", "join-token", ""}, []string{"worker", "manager"}, ":4"},
+		{[]string{"config", "rm", ""}, []string{"app.conf", "nginx.conf"}, ":4"},
+		{[]string{"config", "inspect", "app.conf", "n"}, []string{"nginx.conf"}, ":4"},
+		{[]string{"config", "inspect", "app.conf", ""}, []string{"nginx.conf"}, ":4"},
+		{[]string{"service", "create", "--config", ""}, []string{"app.conf", "nginx.conf"}, ":4"},
+		{[]string{"service", "update", "web", "--config-rm", ""}, []string{"app.conf"}, ":4"},
+		{[]string{"config", "ls", "--format", ""}, []string{"table", "json"}, ":4"},
 	}
 	for _, tt := range tests {
 		got, directive := complete(tt.args...)

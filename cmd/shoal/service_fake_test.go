@@ -37,6 +37,8 @@ type fakeControl struct {
 	failImage string
 	// stuckImage: tasks of this image stay PENDING.
 	stuckImage string
+	// configs are the names ListConfigs answers.
+	configs []string
 	// beforeUpdate runs at the start of UpdateService (under mu).
 	beforeUpdate func()
 }
@@ -485,4 +487,12 @@ func serveFakeControl(t *testing.T, fake pb.ControlServer) []string {
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	return append([]string{"--host", l.Addr().String()}, tlsFlags...)
+}
+
+func (f *fakeControl) ListConfigs(context.Context, *pb.ListConfigsRequest) (*pb.ListConfigsResponse, error) {
+	resp := &pb.ListConfigsResponse{}
+	for _, name := range f.configs {
+		resp.Configs = append(resp.Configs, &pb.Config{Id: "c-" + name, Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: name}}})
+	}
+	return resp, nil
 }
