@@ -23,7 +23,7 @@ func fakeCluster(t *testing.T) (string, []string) {
 			Mode: &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}},
 		}}
 	}
-	host := serveFakeControl(t, fake)
+	host := serveControl(t, fake)
 	return host[1], host[2:]
 }
 

@@ -3,73 +3,32 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/shoal-cluster/shoal/manager"
+	"github.com/shoal-cluster/shoal/internal/storetest"
+	"github.com/shoal-cluster/shoal/manager/controlapi"
 	pb "github.com/shoal-cluster/shoal/proto"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-// fakeConfigs is a Control server that keeps configs, as the managers do.
-type fakeConfigs struct {
-	pb.UnimplementedControlServer
-	mu      sync.Mutex
-	configs []*pb.Config
+// controlAPI is the managers' real Control service on a memory store, for
+// the client commands to talk to.
+func controlAPI(t *testing.T) *controlapi.Server {
+	t.Helper()
+	return controlapi.New(controlapi.Config{Store: storetest.Memory(t, nil), Log: slog.New(slog.DiscardHandler)})
 }
 
-func (f *fakeConfigs) CreateConfig(_ context.Context, req *pb.CreateConfigRequest) (*pb.CreateConfigResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	name := req.GetSpec().GetAnnotations().GetName()
-	if n := len(req.GetSpec().GetData()); n > manager.MaxConfigSize {
-		return nil, status.Errorf(codes.InvalidArgument, "config %q is %d bytes, more than the limit", name, n)
-	}
-	now := time.Now().UnixNano()
-	c := &pb.Config{Id: fmt.Sprintf("cfg%022d", len(f.configs)+1), Size: uint64(len(req.GetSpec().GetData())),
-		Meta: &pb.Meta{CreatedAt: now, UpdatedAt: now}, Spec: req.GetSpec()}
-	f.configs = append(f.configs, c)
-	return &pb.CreateConfigResponse{Config: c}, nil
-}
-
-func (f *fakeConfigs) GetConfig(_ context.Context, req *pb.GetConfigRequest) (*pb.GetConfigResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, c := range f.configs {
-		if c.Id == req.GetRef() || c.Spec.Annotations.Name == req.GetRef() {
-			return &pb.GetConfigResponse{Config: c, Services: []string{"web"}}, nil
-		}
-	}
-	return nil, status.Errorf(codes.NotFound, "no config %q; list configs with `shoal config ls`", req.GetRef())
-}
-
-func (f *fakeConfigs) ListConfigs(context.Context, *pb.ListConfigsRequest) (*pb.ListConfigsResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return &pb.ListConfigsResponse{Configs: f.configs}, nil
-}
-
-func (f *fakeConfigs) RemoveConfig(_ context.Context, req *pb.RemoveConfigRequest) (*pb.RemoveConfigResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if req.GetRef() == "used" {
-		return nil, status.Error(codes.FailedPrecondition, `config "used" is in use by service web; remove it from them first`)
-	}
-	return &pb.RemoveConfigResponse{}, nil
-}
-
-// TestConfigCommandsFakeServer: create from a file and from stdin, ls,
-// inspect (with the data, as JSON and --pretty), rm, and the bad input
-// that never reaches the server.
-func TestConfigCommandsFakeServer(t *testing.T) {
-	fake := &fakeConfigs{}
-	host := serveFakeControl(t, fake)
+// TestConfigCommands runs the config commands against the control API:
+// create from a file and from stdin, ls, inspect (with the data, as JSON
+// and --pretty), rm (refused while a service uses the config), and the bad
+// input refused with one line, changing nothing.
+func TestConfigCommands(t *testing.T) {
+	api := controlAPI(t)
+	host := serveControl(t, api)
 	cmd := func(args ...string) []string {
 		return append(append([]string{"config", args[0]}, host...), args[1:]...)
 	}
@@ -77,30 +36,41 @@ func TestConfigCommandsFakeServer(t *testing.T) {
 	if err := os.WriteFile(file, []byte("port=80\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	idRE := regexp.MustCompile(`^[a-z0-9]{20,}\n$`)
 	code, out, errOut := captureRun(t, cmd("create", "--label", "env=prod", "app.conf", file)...)
-	if code != 0 || out != "cfg0000000000000000000001\n" {
-		t.Fatalf("create from a file: exit %d, stdout %q, stderr %q", code, out, errOut)
+	if code != 0 || !idRE.MatchString(out) {
+		t.Fatalf("create from a file: exit %d, stdout %q, stderr %q; want the ID", code, out, errOut)
 	}
+	appID := strings.TrimSpace(out)
 	withStdin(t, []byte("level=debug"), func() {
 		code, out, errOut = captureRun(t, cmd("create", "log.conf", "-")...)
 	})
-	if code != 0 || out != "cfg0000000000000000000002\n" || string(fake.configs[1].Spec.Data) != "level=debug" || fake.configs[0].Spec.Annotations.Labels["env"] != "prod" {
-		t.Fatalf("create from stdin: exit %d, stdout %q, stderr %q; stored %v", code, out, errOut, fake.configs)
+	if code != 0 || !idRE.MatchString(out) {
+		t.Fatalf("create from stdin: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
+	ctx := context.Background()
+	if _, err := api.CreateService(ctx, &pb.CreateServiceRequest{Spec: &pb.ServiceSpec{
+		Annotations: &pb.Annotations{Name: "web"},
+		Task:        &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/app", Configs: []*pb.ConfigReference{{ConfigName: "log.conf"}}}},
+		Mode:        &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 1}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
 	code, out, _ = captureRun(t, cmd("ls")...)
-	if code != 0 || !strings.Contains(out, "cfg0000000000000000000001   app.conf   8B     just now   just now") {
+	if rows := parseTable(t, out); code != 0 || len(rows) != 2 || rows[0]["ID"] != appID || rows[0]["NAME"] != "app.conf" || rows[0]["SIZE"] != "8B" || rows[1]["NAME"] != "log.conf" {
 		t.Errorf("ls: exit %d:\n%s", code, out)
 	}
 	code, out, _ = captureRun(t, cmd("inspect", "app.conf")...)
-	if code != 0 || !strings.Contains(out, `"name": "app.conf"`) || !strings.Contains(out, `"data": "cG9ydD04MAo="`) {
+	if code != 0 || !strings.Contains(out, `"name": "app.conf"`) || !strings.Contains(out, `"env": "prod"`) || !strings.Contains(out, `"data": "cG9ydD04MAo="`) {
 		t.Errorf("inspect: exit %d:\n%s", code, out)
 	}
 	code, out, _ = captureRun(t, cmd("inspect", "--pretty", "log.conf")...)
 	if code != 0 || !strings.Contains(out, "Name:     log.conf\n") || !strings.Contains(out, "Used by:  web\n") || !strings.HasSuffix(out, "Data:\nlevel=debug\n") {
 		t.Errorf("inspect --pretty: exit %d:\n%s", code, out)
 	}
-	code, out, errOut = captureRun(t, cmd("rm", "log.conf", "used")...)
-	if code != 1 || out != "log.conf\n" || !strings.Contains(errOut, `config "used" is in use by service web`) {
+	code, out, errOut = captureRun(t, cmd("rm", "app.conf", "log.conf")...)
+	if code != 1 || out != "app.conf\n" || !strings.Contains(errOut, `config "log.conf" is in use by service web`) {
 		t.Errorf("rm: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 
@@ -126,7 +96,7 @@ func TestConfigCommandsFakeServer(t *testing.T) {
 			t.Errorf("%q: exit %d, stderr %q; want exit %d with a first line holding %q", tc.args, code, errOut, tc.code, tc.want)
 		}
 	}
-	if len(fake.configs) != 2 {
-		t.Errorf("bad input changed the configs: %d", len(fake.configs))
+	if ls, err := api.ListConfigs(ctx, &pb.ListConfigsRequest{}); err != nil || len(ls.GetConfigs()) != 1 {
+		t.Errorf("after the bad input: %v, %v; want log.conf only", ls.GetConfigs(), err)
 	}
 }

@@ -106,7 +106,7 @@ func withStdin(t *testing.T, data []byte, fn func()) {
 
 func TestSecretCommandsFakeServer(t *testing.T) {
 	fake := &fakeSecrets{values: map[string][]byte{}}
-	host := serveFakeControl(t, fake)
+	host := serveControl(t, fake)
 	cmd := func(args ...string) []string {
 		return append(append([]string{"secret", args[0]}, host...), args[1:]...)
 	}

@@ -310,7 +310,7 @@ func TestServiceCommandsFakeCluster(t *testing.T) {
 		t.Skip("waits for progress to converge")
 	}
 	fake := &fakeControl{services: map[string]*pb.Service{}, failImage: "/bin/broken", stuckImage: "/bin/huge"}
-	host := serveFakeControl(t, fake)
+	host := serveControl(t, fake)
 	// Our flags go first: after IMAGE, create passes everything to the task.
 	svc := func(args ...string) []string {
 		return append(append([]string{"service", args[0]}, host...), args[1:]...)
@@ -473,19 +473,20 @@ func fakeTLSServer(t *testing.T) (*grpc.Server, []string) {
 	return srv, []string{"--client-config", config}
 }
 
-// serveFakeControl serves fake as the Control service over mutual TLS
-// until the test ends, and returns the CLI flags that reach it (--host
-// and the admin client config).
-func serveFakeControl(t *testing.T, fake pb.ControlServer) []string {
+// serveControl serves srv (a fake, or the managers' control API on a
+// memory store) as the Control service over mutual TLS until the test
+// ends, and returns the CLI flags that reach it (--host and the admin
+// client config).
+func serveControl(t *testing.T, srv pb.ControlServer) []string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, tlsFlags := fakeTLSServer(t)
-	pb.RegisterControlServer(srv, fake)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
+	server, tlsFlags := fakeTLSServer(t)
+	pb.RegisterControlServer(server, srv)
+	go server.Serve(l)
+	t.Cleanup(server.Stop)
 	return append([]string{"--host", l.Addr().String()}, tlsFlags...)
 }
 
