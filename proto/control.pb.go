@@ -24,9 +24,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ResolveImage says when the managers pin a service's image tag to the
+// digest the registry has for it (`--resolve-image`, as Docker's).
+type ResolveImage int32
+
+const (
+	// Always: on create, and on every update of an image without a digest.
+	ResolveImage_RESOLVE_IMAGE_ALWAYS ResolveImage = 0
+	// Changed: on create, and on an update that changes the image.
+	ResolveImage_RESOLVE_IMAGE_CHANGED ResolveImage = 1
+	// Never: the image is stored as given.
+	ResolveImage_RESOLVE_IMAGE_NEVER ResolveImage = 2
+)
+
+// Enum value maps for ResolveImage.
+var (
+	ResolveImage_name = map[int32]string{
+		0: "RESOLVE_IMAGE_ALWAYS",
+		1: "RESOLVE_IMAGE_CHANGED",
+		2: "RESOLVE_IMAGE_NEVER",
+	}
+	ResolveImage_value = map[string]int32{
+		"RESOLVE_IMAGE_ALWAYS":  0,
+		"RESOLVE_IMAGE_CHANGED": 1,
+		"RESOLVE_IMAGE_NEVER":   2,
+	}
+)
+
+func (x ResolveImage) Enum() *ResolveImage {
+	p := new(ResolveImage)
+	*p = x
+	return p
+}
+
+func (x ResolveImage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResolveImage) Descriptor() protoreflect.EnumDescriptor {
+	return file_control_proto_enumTypes[0].Descriptor()
+}
+
+func (ResolveImage) Type() protoreflect.EnumType {
+	return &file_control_proto_enumTypes[0]
+}
+
+func (x ResolveImage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResolveImage.Descriptor instead.
+func (ResolveImage) EnumDescriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
 type CreateServiceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Spec         *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	ResolveImage ResolveImage           `protobuf:"varint,130,opt,name=resolve_image,json=resolveImage,proto3,enum=shoal.v1.ResolveImage" json:"resolve_image,omitempty"`
+	// registry_auth are the caller's credentials for the image's registry
+	// (`--with-registry-auth`): sealed by the managers, never returned.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,131,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -68,9 +126,26 @@ func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
 	return nil
 }
 
+func (x *CreateServiceRequest) GetResolveImage() ResolveImage {
+	if x != nil {
+		return x.ResolveImage
+	}
+	return ResolveImage_RESOLVE_IMAGE_ALWAYS
+}
+
+func (x *CreateServiceRequest) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
 type CreateServiceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// warnings are what the caller should know (the image could not be
+	// pinned to a digest, say).
+	Warnings      []string `protobuf:"bytes,130,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -108,6 +183,13 @@ func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
 func (x *CreateServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *CreateServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -367,7 +449,10 @@ type UpdateServiceRequest struct {
 	Version uint64       `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	Spec    *ServiceSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// rollback returns the service to its previous spec (spec is ignored).
-	Rollback      bool `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	Rollback     bool         `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	ResolveImage ResolveImage `protobuf:"varint,130,opt,name=resolve_image,json=resolveImage,proto3,enum=shoal.v1.ResolveImage" json:"resolve_image,omitempty"`
+	// registry_auth replaces the service's registry credentials.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,131,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -430,9 +515,24 @@ func (x *UpdateServiceRequest) GetRollback() bool {
 	return false
 }
 
+func (x *UpdateServiceRequest) GetResolveImage() ResolveImage {
+	if x != nil {
+		return x.ResolveImage
+	}
+	return ResolveImage_RESOLVE_IMAGE_ALWAYS
+}
+
+func (x *UpdateServiceRequest) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
 type UpdateServiceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Warnings      []string               `protobuf:"bytes,130,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +570,13 @@ func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
 func (x *UpdateServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *UpdateServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -2865,11 +2972,14 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"A\n" +
+	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"\xbd\x01\n" +
 	"\x14CreateServiceRequest\x12)\n" +
-	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\"D\n" +
+	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12<\n" +
+	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
+	"\rregistry_auth\x18\x83\x01 \x01(\v2\x16.shoal.v1.RegistryAuthR\fregistryAuth\"a\n" +
 	"\x15CreateServiceResponse\x12+\n" +
-	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\"%\n" +
+	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\x12\x1b\n" +
+	"\bwarnings\x18\x82\x01 \x03(\tR\bwarnings\"%\n" +
 	"\x11GetServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"A\n" +
 	"\x12GetServiceResponse\x12+\n" +
@@ -2883,14 +2993,17 @@ const file_control_proto_rawDesc = "" +
 	"\tcompleted\x18\x04 \x01(\x04R\tcompleted\"z\n" +
 	"\x14ListServicesResponse\x12-\n" +
 	"\bservices\x18\x01 \x03(\v2\x11.shoal.v1.ServiceR\bservices\x123\n" +
-	"\x06counts\x18\x02 \x03(\v2\x1b.shoal.v1.ServiceTaskCountsR\x06counts\"\x89\x01\n" +
+	"\x06counts\x18\x02 \x03(\v2\x1b.shoal.v1.ServiceTaskCountsR\x06counts\"\x85\x02\n" +
 	"\x14UpdateServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12)\n" +
 	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12\x1a\n" +
-	"\brollback\x18\x04 \x01(\bR\brollback\"D\n" +
+	"\brollback\x18\x04 \x01(\bR\brollback\x12<\n" +
+	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
+	"\rregistry_auth\x18\x83\x01 \x01(\v2\x16.shoal.v1.RegistryAuthR\fregistryAuth\"a\n" +
 	"\x15UpdateServiceResponse\x12+\n" +
-	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\"(\n" +
+	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\x12\x1b\n" +
+	"\bwarnings\x18\x82\x01 \x03(\tR\bwarnings\"(\n" +
 	"\x14RemoveServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x17\n" +
 	"\x15RemoveServiceResponse\"q\n" +
@@ -3033,7 +3146,11 @@ const file_control_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2\x10.shoal.v1.SecretR\asecrets\"'\n" +
 	"\x13RemoveSecretRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveSecretResponse2\x9c\f\n" +
+	"\x14RemoveSecretResponse*\\\n" +
+	"\fResolveImage\x12\x18\n" +
+	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
+	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x9c\f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3084,162 +3201,169 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
+var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_control_proto_goTypes = []any{
-	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),              // 2: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 3: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 4: shoal.v1.ListServicesRequest
-	(*ServiceTaskCounts)(nil),              // 5: shoal.v1.ServiceTaskCounts
-	(*ListServicesResponse)(nil),           // 6: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),           // 7: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),          // 8: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),           // 9: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),          // 10: shoal.v1.RemoveServiceResponse
-	(*ListTasksRequest)(nil),               // 11: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),              // 12: shoal.v1.ListTasksResponse
-	(*ServiceLogsRequest)(nil),             // 13: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                        // 14: shoal.v1.LogLine
-	(*TaskLogsRequest)(nil),                // 15: shoal.v1.TaskLogsRequest
-	(*LogChunk)(nil),                       // 16: shoal.v1.LogChunk
-	(*ListNodesRequest)(nil),               // 17: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 18: shoal.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),                 // 19: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),                // 20: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),              // 21: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),             // 22: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),              // 23: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),             // 24: shoal.v1.RemoveNodeResponse
-	(*GetClusterRequest)(nil),              // 25: shoal.v1.GetClusterRequest
-	(*ManagerRaftStatus)(nil),              // 26: shoal.v1.ManagerRaftStatus
-	(*GetClusterResponse)(nil),             // 27: shoal.v1.GetClusterResponse
-	(*RotateJoinTokenRequest)(nil),         // 28: shoal.v1.RotateJoinTokenRequest
-	(*RotateJoinTokenResponse)(nil),        // 29: shoal.v1.RotateJoinTokenResponse
-	(*CheckTokenRequest)(nil),              // 30: shoal.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),             // 31: shoal.v1.CheckTokenResponse
-	(*JoinRequest)(nil),                    // 32: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),                   // 33: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),                   // 34: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),                  // 35: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),              // 36: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),             // 37: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),            // 38: shoal.v1.CheckMemberResponse
-	(*IssueClientCertificateRequest)(nil),  // 39: shoal.v1.IssueClientCertificateRequest
-	(*IssueClientCertificateResponse)(nil), // 40: shoal.v1.IssueClientCertificateResponse
-	(*RotateRootCARequest)(nil),            // 41: shoal.v1.RotateRootCARequest
-	(*RotateRootCAResponse)(nil),           // 42: shoal.v1.RotateRootCAResponse
-	(*RotateGossipKeyRequest)(nil),         // 43: shoal.v1.RotateGossipKeyRequest
-	(*RotateGossipKeyResponse)(nil),        // 44: shoal.v1.RotateGossipKeyResponse
-	(*RenewCertificateRequest)(nil),        // 45: shoal.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 46: shoal.v1.RenewCertificateResponse
-	(*CreateSecretRequest)(nil),            // 47: shoal.v1.CreateSecretRequest
-	(*CreateSecretResponse)(nil),           // 48: shoal.v1.CreateSecretResponse
-	(*GetSecretRequest)(nil),               // 49: shoal.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),              // 50: shoal.v1.GetSecretResponse
-	(*ListSecretsRequest)(nil),             // 51: shoal.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),            // 52: shoal.v1.ListSecretsResponse
-	(*RemoveSecretRequest)(nil),            // 53: shoal.v1.RemoveSecretRequest
-	(*RemoveSecretResponse)(nil),           // 54: shoal.v1.RemoveSecretResponse
-	(*ServiceSpec)(nil),                    // 55: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 56: shoal.v1.Service
-	(*Task)(nil),                           // 57: shoal.v1.Task
-	(NodeRole)(0),                          // 58: shoal.v1.NodeRole
-	(*Node)(nil),                           // 59: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 60: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 61: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 62: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 63: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 64: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 65: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 66: shoal.v1.Secret
+	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
+	(*CreateServiceRequest)(nil),           // 1: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),          // 2: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),              // 3: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 4: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 5: shoal.v1.ListServicesRequest
+	(*ServiceTaskCounts)(nil),              // 6: shoal.v1.ServiceTaskCounts
+	(*ListServicesResponse)(nil),           // 7: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),           // 8: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),          // 9: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),           // 10: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),          // 11: shoal.v1.RemoveServiceResponse
+	(*ListTasksRequest)(nil),               // 12: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),              // 13: shoal.v1.ListTasksResponse
+	(*ServiceLogsRequest)(nil),             // 14: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                        // 15: shoal.v1.LogLine
+	(*TaskLogsRequest)(nil),                // 16: shoal.v1.TaskLogsRequest
+	(*LogChunk)(nil),                       // 17: shoal.v1.LogChunk
+	(*ListNodesRequest)(nil),               // 18: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 19: shoal.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),                 // 20: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),                // 21: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),              // 22: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),             // 23: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),              // 24: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),             // 25: shoal.v1.RemoveNodeResponse
+	(*GetClusterRequest)(nil),              // 26: shoal.v1.GetClusterRequest
+	(*ManagerRaftStatus)(nil),              // 27: shoal.v1.ManagerRaftStatus
+	(*GetClusterResponse)(nil),             // 28: shoal.v1.GetClusterResponse
+	(*RotateJoinTokenRequest)(nil),         // 29: shoal.v1.RotateJoinTokenRequest
+	(*RotateJoinTokenResponse)(nil),        // 30: shoal.v1.RotateJoinTokenResponse
+	(*CheckTokenRequest)(nil),              // 31: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),             // 32: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),                    // 33: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),                   // 34: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),                   // 35: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),                  // 36: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),              // 37: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),             // 38: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),            // 39: shoal.v1.CheckMemberResponse
+	(*IssueClientCertificateRequest)(nil),  // 40: shoal.v1.IssueClientCertificateRequest
+	(*IssueClientCertificateResponse)(nil), // 41: shoal.v1.IssueClientCertificateResponse
+	(*RotateRootCARequest)(nil),            // 42: shoal.v1.RotateRootCARequest
+	(*RotateRootCAResponse)(nil),           // 43: shoal.v1.RotateRootCAResponse
+	(*RotateGossipKeyRequest)(nil),         // 44: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),        // 45: shoal.v1.RotateGossipKeyResponse
+	(*RenewCertificateRequest)(nil),        // 46: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 47: shoal.v1.RenewCertificateResponse
+	(*CreateSecretRequest)(nil),            // 48: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),           // 49: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),               // 50: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),              // 51: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),             // 52: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 53: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),            // 54: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),           // 55: shoal.v1.RemoveSecretResponse
+	(*ServiceSpec)(nil),                    // 56: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 57: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 58: shoal.v1.Service
+	(*Task)(nil),                           // 59: shoal.v1.Task
+	(NodeRole)(0),                          // 60: shoal.v1.NodeRole
+	(*Node)(nil),                           // 61: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 62: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 63: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 64: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 65: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 66: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 67: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 68: shoal.v1.Secret
 }
 var file_control_proto_depIdxs = []int32{
-	55, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	56, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	56, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	56, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	55, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	56, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	57, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	58, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	59, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	59, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	60, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	59, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	61, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	62, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	58, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	58, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	63, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	58, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
-	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	64, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	65, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	66, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	66, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	66, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	17, // 26: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 27: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 28: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 29: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 30: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 31: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 32: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 33: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 34: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 35: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 36: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 37: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 38: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	39, // 39: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	41, // 40: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	43, // 41: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	47, // 42: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	49, // 43: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	51, // 44: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	53, // 45: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	15, // 46: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 47: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 48: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 49: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 50: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 51: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	45, // 52: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	18, // 53: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 54: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 55: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 56: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 57: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 58: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 59: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 60: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 61: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 62: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 63: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 64: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 65: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	40, // 66: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	42, // 67: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	44, // 68: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	48, // 69: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	50, // 70: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	52, // 71: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	54, // 72: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	16, // 73: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 74: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 75: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 76: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 77: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 78: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	46, // 79: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	53, // [53:80] is the sub-list for method output_type
-	26, // [26:53] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	56, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 1: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	57, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	58, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	58, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	58, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	6,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
+	56, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 8: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	57, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	58, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	59, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	60, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	61, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	61, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	62, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	61, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	63, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	64, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	27, // 19: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	60, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	60, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	65, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	60, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	27, // 24: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	66, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	67, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	68, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	68, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	68, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	18, // 30: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	20, // 31: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	22, // 32: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	24, // 33: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	26, // 34: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	29, // 35: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	1,  // 36: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	3,  // 37: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	5,  // 38: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	8,  // 39: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	10, // 40: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	12, // 41: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 42: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	40, // 43: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	42, // 44: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	44, // 45: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	48, // 46: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	50, // 47: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	52, // 48: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	54, // 49: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	16, // 50: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	33, // 51: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	35, // 52: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	37, // 53: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	38, // 54: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	31, // 55: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	46, // 56: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	19, // 57: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	21, // 58: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	23, // 59: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	25, // 60: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	28, // 61: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	30, // 62: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	2,  // 63: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	4,  // 64: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	7,  // 65: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	9,  // 66: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	11, // 67: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	13, // 68: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 69: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	41, // 70: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	43, // 71: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	45, // 72: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	49, // 73: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	51, // 74: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	53, // 75: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	55, // 76: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	17, // 77: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	34, // 78: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	36, // 79: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	27, // 80: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	39, // 81: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	32, // 82: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	47, // 83: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	57, // [57:84] is the sub-list for method output_type
+	30, // [30:57] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3253,13 +3377,14 @@ func file_control_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
 		GoTypes:           file_control_proto_goTypes,
 		DependencyIndexes: file_control_proto_depIdxs,
+		EnumInfos:         file_control_proto_enumTypes,
 		MessageInfos:      file_control_proto_msgTypes,
 	}.Build()
 	File_control_proto = out.File

@@ -1999,8 +1999,13 @@ type ContainerSpec struct {
 	StopGracePeriod int64                  `protobuf:"varint,9,opt,name=stop_grace_period,json=stopGracePeriod,proto3" json:"stop_grace_period,omitempty"`
 	Healthcheck     *HealthCheck           `protobuf:"bytes,10,opt,name=healthcheck,proto3" json:"healthcheck,omitempty"`
 	Secrets         []*SecretReference     `protobuf:"bytes,11,rep,name=secrets,proto3" json:"secrets,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// with_registry_auth: tasks pull the image with the registry credentials
+	// the service was given (`--with-registry-auth`). The managers keep them
+	// sealed in Service.sealed_registry_auth and hand them only to workers
+	// running the service's tasks.
+	WithRegistryAuth bool `protobuf:"varint,130,opt,name=with_registry_auth,json=withRegistryAuth,proto3" json:"with_registry_auth,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
@@ -2108,6 +2113,13 @@ func (x *ContainerSpec) GetSecrets() []*SecretReference {
 		return x.Secrets
 	}
 	return nil
+}
+
+func (x *ContainerSpec) GetWithRegistryAuth() bool {
+	if x != nil {
+		return x.WithRegistryAuth
+	}
+	return false
 }
 
 // TaskSpec is the template every task of a service is made from.
@@ -2705,12 +2717,19 @@ type Service struct {
 	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	Spec  *ServiceSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// spec_version counts spec changes; tasks record the one they run.
-	SpecVersion   uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
-	PreviousSpec  *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
-	Endpoint      *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
-	UpdateStatus  *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SpecVersion  uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
+	PreviousSpec *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
+	Endpoint     *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	UpdateStatus *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	// sealed_registry_auth is the RegistryAuth (marshalled) sealed with the
+	// cluster's secrets key, bound to "registry-auth:<service ID>". The
+	// control API never returns it.
+	SealedRegistryAuth []byte `protobuf:"bytes,130,opt,name=sealed_registry_auth,json=sealedRegistryAuth,proto3" json:"sealed_registry_auth,omitempty"`
+	// registry_auth_server is the registry those credentials are for (shown
+	// by inspect; the credentials themselves never are).
+	RegistryAuthServer string `protobuf:"bytes,131,opt,name=registry_auth_server,json=registryAuthServer,proto3" json:"registry_auth_server,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -2792,6 +2811,101 @@ func (x *Service) GetUpdateStatus() *UpdateStatus {
 	return nil
 }
 
+func (x *Service) GetSealedRegistryAuth() []byte {
+	if x != nil {
+		return x.SealedRegistryAuth
+	}
+	return nil
+}
+
+func (x *Service) GetRegistryAuthServer() string {
+	if x != nil {
+		return x.RegistryAuthServer
+	}
+	return ""
+}
+
+// RegistryAuth is a user's credentials for one registry, as the Docker
+// client config holds them.
+type RegistryAuth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// server is the registry's host[:port] ("127.0.0.1:5000", "index.docker.io").
+	Server   string `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// identity_token is an OAuth refresh token, used instead of a password.
+	IdentityToken string `protobuf:"bytes,4,opt,name=identity_token,json=identityToken,proto3" json:"identity_token,omitempty"`
+	// registry_token is a bearer token sent as is.
+	RegistryToken string `protobuf:"bytes,5,opt,name=registry_token,json=registryToken,proto3" json:"registry_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryAuth) Reset() {
+	*x = RegistryAuth{}
+	mi := &file_objects_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryAuth) ProtoMessage() {}
+
+func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
+func (*RegistryAuth) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RegistryAuth) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetIdentityToken() string {
+	if x != nil {
+		return x.IdentityToken
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetRegistryToken() string {
+	if x != nil {
+		return x.RegistryToken
+	}
+	return ""
+}
+
 // PortBinding is where a task's port is reachable on its node.
 type PortBinding struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2805,7 +2919,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +2931,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +2944,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -2885,7 +2999,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +3011,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +3024,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3006,7 +3120,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3132,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3145,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Task) GetId() string {
@@ -3129,7 +3243,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3141,7 +3255,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3154,7 +3268,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3186,7 +3300,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3198,7 +3312,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3211,7 +3325,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3272,7 +3386,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3398,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3411,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3354,7 +3468,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3480,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3493,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Cluster) GetId() string {
@@ -3462,7 +3576,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3474,7 +3588,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3487,7 +3601,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3552,7 +3666,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +3678,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +3691,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3627,7 +3741,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3639,7 +3753,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3652,7 +3766,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3688,7 +3802,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3700,7 +3814,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3713,7 +3827,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Secret) GetId() string {
@@ -3851,7 +3965,7 @@ const file_objects_proto_rawDesc = "" +
 	"\vsecret_name\x18\x02 \x01(\tR\n" +
 	"secretName\x12\x16\n" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xc6\x03\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xf5\x03\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -3864,7 +3978,8 @@ const file_objects_proto_rawDesc = "" +
 	"\x11stop_grace_period\x18\t \x01(\x03R\x0fstopGracePeriod\x127\n" +
 	"\vhealthcheck\x18\n" +
 	" \x01(\v2\x15.shoal.v1.HealthCheckR\vhealthcheck\x123\n" +
-	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x1a9\n" +
+	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x12-\n" +
+	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +
@@ -3916,7 +4031,7 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xb4\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\x9a\x03\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -3924,7 +4039,15 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12:\n" +
 	"\rprevious_spec\x18\x05 \x01(\v2\x15.shoal.v1.ServiceSpecR\fpreviousSpec\x12.\n" +
 	"\bendpoint\x18\x06 \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12;\n" +
-	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\"\x98\x01\n" +
+	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x121\n" +
+	"\x14sealed_registry_auth\x18\x82\x01 \x01(\fR\x12sealedRegistryAuth\x121\n" +
+	"\x14registry_auth_server\x18\x83\x01 \x01(\tR\x12registryAuthServer\"\xac\x01\n" +
+	"\fRegistryAuth\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12%\n" +
+	"\x0eidentity_token\x18\x04 \x01(\tR\ridentityToken\x12%\n" +
+	"\x0eregistry_token\x18\x05 \x01(\tR\rregistryToken\"\x98\x01\n" +
 	"\vPortBinding\x12\x1f\n" +
 	"\vtarget_port\x18\x01 \x01(\rR\n" +
 	"targetPort\x12\x17\n" +
@@ -4099,7 +4222,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4143,29 +4266,30 @@ var file_objects_proto_goTypes = []any{
 	(*ServiceSpec)(nil),          // 39: shoal.v1.ServiceSpec
 	(*UpdateStatus)(nil),         // 40: shoal.v1.UpdateStatus
 	(*Service)(nil),              // 41: shoal.v1.Service
-	(*PortBinding)(nil),          // 42: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 43: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 44: shoal.v1.Task
-	(*JoinTokens)(nil),           // 45: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 46: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 47: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 48: shoal.v1.Cluster
-	(*RootCA)(nil),               // 49: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 50: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 51: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 52: shoal.v1.Secret
-	nil,                          // 53: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 54: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 55: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 56: shoal.v1.Cluster.DemotedManagersEntry
+	(*RegistryAuth)(nil),         // 42: shoal.v1.RegistryAuth
+	(*PortBinding)(nil),          // 43: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 44: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 45: shoal.v1.Task
+	(*JoinTokens)(nil),           // 46: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 47: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 48: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 49: shoal.v1.Cluster
+	(*RootCA)(nil),               // 50: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 51: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 52: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 53: shoal.v1.Secret
+	nil,                          // 54: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 55: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 56: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 57: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	53, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	54, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	54, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	55, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 6: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 7: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
 	14, // 8: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
@@ -4174,13 +4298,13 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 11: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	20, // 12: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 13: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	50, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	51, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 15: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	27, // 16: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 17: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 18: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 19: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	55, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	56, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	30, // 21: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	31, // 22: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	32, // 23: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
@@ -4214,22 +4338,22 @@ var file_objects_proto_depIdxs = []int32{
 	8,  // 51: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
 	12, // 52: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
 	13, // 53: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	42, // 54: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	43, // 54: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
 	14, // 55: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
 	34, // 56: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
 	12, // 57: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	43, // 58: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	44, // 58: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
 	38, // 59: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
 	15, // 60: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
 	14, // 61: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	47, // 62: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	45, // 63: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	49, // 64: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	56, // 65: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	48, // 62: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	46, // 63: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	50, // 64: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	57, // 65: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
 	0,  // 66: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
 	15, // 67: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
 	14, // 68: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	51, // 69: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	52, // 69: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
 	70, // [70:70] is the sub-list for method output_type
 	70, // [70:70] is the sub-list for method input_type
 	70, // [70:70] is the sub-list for extension type_name
@@ -4254,7 +4378,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

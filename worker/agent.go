@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -424,7 +425,21 @@ func (a *Agent) applySecrets(sa *pb.SecretAssignments) {
 func (a *Agent) writeSecretFiles(t *pb.Task) (TaskSecrets, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.secretFiles.write(t, a.secrets)
+	var auth *pb.RegistryAuth
+	if t.GetSpec().GetContainer().GetWithRegistryAuth() {
+		// The service's registry credentials travel with the secrets.
+		raw, ok := a.secrets[registry.AuthSecretID(t.GetServiceId())]
+		if !ok {
+			return TaskSecrets{}, false, nil
+		}
+		auth = &pb.RegistryAuth{}
+		if err := proto.Unmarshal(raw, auth); err != nil {
+			return TaskSecrets{}, false, fmt.Errorf("read the registry credentials of service %s: %w", t.GetServiceName(), err)
+		}
+	}
+	out, ok, err := a.secretFiles.write(t, a.secrets)
+	out.RegistryAuth = auth
+	return out, ok, err
 }
 
 // dropSecretFiles removes a task's secret files (the task ended or left).
