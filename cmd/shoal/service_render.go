@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -451,6 +452,13 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 	p("ContainerSpec:")
 	p(" Runtime:\t%s", runtime)
 	p(" Image:\t%s", c.GetImage())
+	if d := registry.Digest(c.GetImage()); d != "" {
+		p(" Tag:\t%s", registry.StripDigest(c.GetImage()))
+		p(" Digest:\t%s", d)
+	}
+	if c.GetWithRegistryAuth() {
+		p(" Registry auth:\tsealed on the managers, for %s", svc.GetRegistryAuthServer())
+	}
 	if len(c.GetCommand()) > 0 {
 		p(" Command:\t%s", strings.Join(c.GetCommand(), " "))
 	}

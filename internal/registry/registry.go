@@ -81,6 +81,10 @@ func Host(image string) string {
 // tag: the image cannot be pulled.
 var ErrNotFound = errors.New("not found in the registry")
 
+// ErrInvalidReference means an image name is not one a registry could
+// hold.
+var ErrInvalidReference = errors.New("is not a valid image reference")
+
 // ErrUnauthorized means the registry refused the credentials (or wants
 // some).
 var ErrUnauthorized = errors.New("the registry refused access")
@@ -95,7 +99,7 @@ func Resolve(ctx context.Context, image string, auth *pb.RegistryAuth) (string, 
 	}
 	ref, err := name.ParseReference(image)
 	if err != nil {
-		return "", fmt.Errorf("image %q is not a valid reference: %w", image, err)
+		return "", fmt.Errorf("image %q %w: %v", image, ErrInvalidReference, err)
 	}
 	tag, ok := ref.(name.Tag)
 	if !ok {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -32,7 +33,7 @@ func needsSecrets(t *pb.Task, nodeID string) bool {
 	return t.GetNodeId() == nodeID && isAssigned(t) &&
 		t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING &&
 		t.GetStatus().GetState() < pb.TaskState_TASK_STATE_COMPLETE &&
-		len(t.GetSpec().GetContainer().GetSecrets()) > 0
+		(len(t.GetSpec().GetContainer().GetSecrets()) > 0 || t.GetSpec().GetContainer().GetWithRegistryAuth())
 }
 
 // note records a task's new state (deleted: it is gone).
@@ -45,6 +46,10 @@ func (s *secretTracker) note(t *pb.Task, deleted bool) {
 	ids := make([]string, 0, len(refs))
 	for _, r := range refs {
 		ids = append(ids, r.GetSecretId())
+	}
+	if t.GetSpec().GetContainer().GetWithRegistryAuth() {
+		// The service's registry credentials travel as one more value.
+		ids = append(ids, registry.AuthSecretID(t.GetServiceId()))
 	}
 	s.uses[t.GetId()] = ids
 }
@@ -76,6 +81,15 @@ func (s *secretTracker) changes(kind pb.AssignmentsType) *pb.SecretAssignments {
 		var stored []*pb.Secret
 		s.store.View(func(tx *raftstore.Tx) {
 			for _, id := range missing {
+				if svcID, ok := registry.AuthSecretService(id); ok {
+					if sec := registryAuthSecret(tx, svcID); sec != nil {
+						stored = append(stored, sec)
+					} else if !s.failed[id] {
+						s.failed[id] = true
+						s.log.Warn("a task needs its service's registry credentials, which are gone; it waits in preparing", "service", svcID, "worker", s.nodeID)
+					}
+					continue
+				}
 				if sec, ok := tx.Secrets().Get(id); ok {
 					stored = append(stored, sec)
 				} else if !s.failed[id] {
@@ -120,4 +134,19 @@ func (s *secretTracker) open(sec *pb.Secret) ([]byte, error) {
 		return nil, fmt.Errorf("secret %q: %w", sec.GetSpec().GetAnnotations().GetName(), err)
 	}
 	return data, nil
+}
+
+// registryAuthSecret presents a service's sealed registry credentials as a
+// secret under their own ID (see registry.AuthSecretID), or nil when the
+// service has none.
+func registryAuthSecret(tx *raftstore.Tx, serviceID string) *pb.Secret {
+	svc, ok := tx.Services().Get(serviceID)
+	if !ok || len(svc.GetSealedRegistryAuth()) == 0 {
+		return nil
+	}
+	return &pb.Secret{
+		Id:         registry.AuthSecretID(serviceID),
+		Spec:       &pb.SecretSpec{Annotations: &pb.Annotations{Name: "registry credentials of " + svc.GetSpec().GetAnnotations().GetName()}},
+		SealedData: svc.GetSealedRegistryAuth(),
+	}
 }
