@@ -54,6 +54,13 @@ func (s *secretTracker) note(t *pb.Task, deleted bool) {
 	s.uses[t.GetId()] = ids
 }
 
+// stale marks a value the worker holds as changed in the store (a
+// service's new registry credentials): the next changes sends it again if
+// a task still needs it.
+func (s *secretTracker) stale(id string) {
+	delete(s.sent, id)
+}
+
 // changes returns what the worker must learn: with COMPLETE every secret
 // it needs, with INCREMENTAL the ones it lacks and the ones it should
 // forget; nil when nothing changed.

@@ -32,16 +32,16 @@ func (r *Runtime) pull(ctx context.Context, image string, auth *pb.RegistryAuth)
 	worker.ReportProgress(ctx, "pulling "+image)
 	res, err := r.cli.ImagePull(ctx, image, opts)
 	if err != nil {
-		return r.pullError(image, err)
+		return r.pullError(image, err, auth != nil)
 	}
 	defer res.Close()
 	var p pullProgress
 	for m, err := range res.JSONMessages(ctx) {
 		if err != nil {
-			return r.pullError(image, err)
+			return r.pullError(image, err, auth != nil)
 		}
 		if m.Error != nil {
-			return r.pullError(image, fmt.Errorf("%s", m.Error.Message))
+			return r.pullError(image, fmt.Errorf("%s", m.Error.Message), auth != nil)
 		}
 		if msg, changed := p.note(m); changed {
 			worker.ReportProgress(ctx, msg)
@@ -54,14 +54,32 @@ func (r *Runtime) pull(ctx context.Context, image string, auth *pb.RegistryAuth)
 	return nil
 }
 
-// pullError says which pull failed, where, and the registry's reason.
-func (r *Runtime) pullError(image string, err error) error {
+// pullError says which pull failed, where, and the registry's reason;
+// for a pull without credentials that the registry may have refused, it
+// says how to send some.
+func (r *Runtime) pullError(image string, err error, withAuth bool) error {
 	reason := strings.TrimPrefix(err.Error(), "Error response from daemon: ")
 	if cerrdefs.IsInvalidArgument(err) {
 		// A malformed reference never pulls.
 		return permanent("image %s cannot be pulled on node %s: %s", image, r.nodeName, reason)
 	}
+	if !withAuth && mayNeedAuth(reason) {
+		reason += " (pulled without registry credentials: if the registry needs some, update the service with --with-registry-auth)"
+	}
 	return fmt.Errorf("pull %s on node %s: %s", image, r.nodeName, reason)
+}
+
+// mayNeedAuth reports whether a pull's failure may be a refusal for want
+// of credentials. Through TLS on loopback the Engine reports its plain
+// HTTP fallback's failure (a reset connection) rather than the refusal.
+func mayNeedAuth(reason string) bool {
+	r := strings.ToLower(reason)
+	for _, s := range []string{"unauthorized", "no basic auth credentials", "denied", "authentication required", "connection reset"} {
+		if strings.Contains(r, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // EncodeAuth encodes credentials as the Engine's X-Registry-Auth header
