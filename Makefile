@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build test test-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -15,8 +15,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/hello ./cmd/hello
 
 # The test command (CI runs it through .ci/run): the Go suite with the race
-# detector, short fuzz runs and a short seeded chaos pass (needs root).
-test: test-go fuzz-short chaos-short
+# detector, short fuzz runs and a short seeded chaos pass (needs root), after
+# installing what the tests need (test-deps).
+test: test-deps test-go fuzz-short chaos-short
 
 # The Go suite alone: vet and every package's tests with the race detector.
 test-go:
@@ -81,9 +82,15 @@ demo: build
 	$(GO) run ./cmd/shoal-demo -bin $(BIN)
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
-# the local Docker Engine (FROM scratch, no registry).
+# the local Docker Engine (FROM scratch), then pushed to the local registry
+# at REGISTRY (default 127.0.0.1:5000) when one runs (scripts/registry.sh).
 images:
 	GO=$(GO) scripts/images.sh
+	scripts/push-images.sh
+
+# What the tests need beyond Go: Debian's docker-registry (as root).
+test-deps:
+	scripts/registry-deps.sh
 
 clean:
 	rm -rf $(BIN)

@@ -154,7 +154,10 @@ func (c *taskController) progressContext(ctx context.Context) context.Context {
 		if cur == nil || cur.GetStatus().GetState() != pb.TaskState_TASK_STATE_PREPARING || cur.GetStatus().GetMessage() == msg {
 			return
 		}
-		c.a.setStatus(c.id, newStatus(pb.TaskState_TASK_STATE_PREPARING, msg))
+		// The state's time stays when it began: only the message moves.
+		s := proto.Clone(cur.GetStatus()).(*pb.TaskStatus)
+		s.Message = msg
+		c.a.setStatus(c.id, s)
 	})
 }
 

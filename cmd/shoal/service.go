@@ -216,7 +216,7 @@ func servicePsCommand(g *globalFlags) *cobra.Command {
 	}
 	c.register(cmd.Flags(), true)
 	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "print task IDs only")
-	cmd.Flags().BoolVar(&f.noTrunc, "no-trunc", false, "do not shorten IDs and errors")
+	cmd.Flags().BoolVar(&f.noTrunc, "no-trunc", false, "do not shorten IDs and errors, and show image digests")
 	cmd.Flags().StringArrayVarP(&f.filters, "filter", "f", nil, "show only tasks that match `KEY=VALUE`: desired-state=running|shutdown|..., node=NODE, id=PREFIX, name=web.1 (repeatable)")
 	return cmd
 }
