@@ -19,8 +19,12 @@ build:
 # installing what the tests need (test-deps).
 test: test-deps test-go fuzz-short chaos-short
 
+# The Debian packages the tests use (promtool, ...), installed when missing.
+test-deps:
+	bash scripts/test-deps.sh
+
 # The Go suite alone: vet and every package's tests with the race detector.
-test-go:
+test-go: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 

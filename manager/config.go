@@ -56,6 +56,10 @@ type Config struct {
 	HeartbeatPeriod time.Duration
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
 	GossipFast bool
+	// EventHistory is how many events this manager keeps for `shoal
+	// events --since` and for clients resuming after a failover (default
+	// 10,000).
+	EventHistory int
 	// CertExpiry is the lifetime of node certificates, set at init
 	// (default 90 days); nodes renew theirs after two thirds of it.
 	CertExpiry time.Duration

@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/clock"
 	"github.com/shoal-cluster/shoal/internal/datadir"
@@ -35,8 +36,10 @@ import (
 	"github.com/shoal-cluster/shoal/manager/controlapi"
 	"github.com/shoal-cluster/shoal/manager/dispatcher"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
+	"github.com/shoal-cluster/shoal/manager/events"
 	"github.com/shoal-cluster/shoal/manager/leaderroute"
 	"github.com/shoal-cluster/shoal/manager/membership"
+	"github.com/shoal-cluster/shoal/manager/metrics"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/sealer"
@@ -75,6 +78,8 @@ type Manager struct {
 	disp    *dispatcher.Dispatcher
 	gossip  *gossip.Gossip
 	feed    *endpoints.Feed
+	journal *events.Journal
+	metrics *metrics.Manager
 	mesh    *mesh.Mesh
 
 	// storeReady is set once store is assigned (Raft handshakes may come
@@ -275,6 +280,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		keys:    sealer.NewHolder(id.NodeID, cfg.DataDir),
 		conns:   leaderroute.NewPool(nc.Creds()),
 		stopped: make(chan struct{}),
+		metrics: metrics.New(),
 	}
 	if key, err := sealer.Load(cfg.DataDir); err == nil {
 		m.keys.Set(key)
@@ -293,6 +299,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		ClientTLS:         nc.Creds().ClientTLS(pki.RoleManager),
 		WrapStream:        cfg.WrapRaftStream,
 		Logger:            cfg.Logger,
+		Observer:          m.metrics.Observer(),
 	}
 	var err error
 	if forceNew {
@@ -358,6 +365,9 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		}
 	}()
 	m.loop(m.feed.Run)
+	m.loop(m.journal.Run)
+	m.metrics.Attach(m.store, m.disp)
+	m.loop(m.metrics.Run)
 	m.loop(m.runMesh)
 	m.loop(m.leadership)
 	m.loop(m.watchMembership)
@@ -374,6 +384,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 func (m *Manager) assemble() {
 	cfg, id := m.cfg, m.id
 	m.feed = endpoints.NewFeed(m.store)
+	m.journal = events.New(m.store, cfg.EventHistory, m.log)
 	m.ca = ca.New(m.store, clock.Real(), cfg.CertCheckInterval, m.log)
 	m.members = membership.New(membership.Config{
 		Store:        m.store,
@@ -405,6 +416,7 @@ func (m *Manager) assemble() {
 		CA:          m.ca,
 		Keys:        m.keys,
 		Workers:     m.conns,
+		Events:      m.journal,
 		ClusterID:   id.ClusterID,
 		AdvertiseIP: cfg.AdvertiseIP,
 		Log:         m.log,
@@ -563,6 +575,7 @@ func (m *Manager) leadership(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case leader := <-m.store.LeaderChanges():
+			m.metrics.LeadershipChanged()
 			running.stop()
 			running = nil
 			if leader {
@@ -604,6 +617,7 @@ func (g *loopGroup) stop() {
 func (m *Manager) leaderLoops() []func(context.Context) {
 	return []func(context.Context){
 		m.ensureCluster,
+		m.recordLeader,
 		m.members.ProbeManagers,
 		m.ca.FinishRotation,
 		m.disp.Run,
@@ -658,6 +672,39 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 	}
 	_ = os.Remove(filepath.Join(m.cfg.DataDir, ca.PendingRootKey))
 	m.log.Info("cluster initialised", "cluster", m.id.ClusterID)
+}
+
+// recordLeader writes this node and its term into the cluster object once
+// per won election, so that every replica's event history shows the leader
+// change at its Raft index. It waits for the cluster object on a new
+// cluster and gives up when leadership ends.
+func (m *Manager) recordLeader(ctx context.Context) {
+	term := m.store.Status().Term
+	errNoCluster := errors.New("no cluster object yet")
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+			c := tx.Cluster()
+			if c == nil {
+				return errNoCluster
+			}
+			if c.GetLeader() == m.id.NodeID && c.GetLeaderTerm() >= term {
+				return nil
+			}
+			c.Leader, c.LeaderTerm = m.id.NodeID, term
+			return tx.Clusters().Update(c)
+		})
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errNoCluster) {
+			m.log.Debug("record the leader change", "term", term, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // selfNode is this manager's node record.
@@ -896,6 +943,9 @@ func (m *Manager) ID() string { return m.id.NodeID }
 
 // ClusterID is the cluster this node belongs to.
 func (m *Manager) ClusterID() string { return m.id.ClusterID }
+
+// Metrics is the manager's Prometheus collector (`--metrics-addr`).
+func (m *Manager) Metrics() prometheus.Collector { return m.metrics }
 
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }

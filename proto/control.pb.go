@@ -2968,6 +2968,200 @@ func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
+// EventsRequest selects events. Events are ordered by (index, seq).
+type EventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since_index and since_seq resume a stream: only events after this
+	// position are sent. A manager that no longer keeps every event after it
+	// answers OUT_OF_RANGE.
+	SinceIndex uint64 `protobuf:"varint,1,opt,name=since_index,json=sinceIndex,proto3" json:"since_index,omitempty"`
+	SinceSeq   uint32 `protobuf:"varint,2,opt,name=since_seq,json=sinceSeq,proto3" json:"since_seq,omitempty"`
+	// since and until bound the events' times (Unix nanoseconds; 0: no
+	// bound). Without until the stream follows new events until cancelled.
+	Since int64 `protobuf:"varint,3,opt,name=since,proto3" json:"since,omitempty"`
+	Until int64 `protobuf:"varint,4,opt,name=until,proto3" json:"until,omitempty"`
+	// types keeps only these object types (service, node, task, secret,
+	// config); empty keeps all.
+	Types         []string `protobuf:"bytes,5,rep,name=types,proto3" json:"types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_control_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *EventsRequest) GetSinceIndex() uint64 {
+	if x != nil {
+		return x.SinceIndex
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetSinceSeq() uint32 {
+	if x != nil {
+		return x.SinceSeq
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetSince() int64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetUntil() int64 {
+	if x != nil {
+		return x.Until
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+// ClusterEvent is one thing that happened, derived from a committed change.
+type ClusterEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index is the Raft index of the change; seq orders the events one
+	// change gave.
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Seq   uint32 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	// time is when the change was proposed (Unix nanoseconds).
+	Time int64 `protobuf:"varint,3,opt,name=time,proto3" json:"time,omitempty"`
+	// type is the object type: service, node, task, secret or config.
+	Type string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	// action is what happened: create, update, scale, rollback, remove,
+	// state (tasks), join, ready, down, unknown, active, pause, drain,
+	// promote, demote, leader.
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Id     string `protobuf:"bytes,6,opt,name=id,proto3" json:"id,omitempty"`
+	Name   string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	// attributes say more, by action: replicas, old_replicas, image, state,
+	// old_state, node, error, service, slot, role, term.
+	Attributes    map[string]string `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterEvent) Reset() {
+	*x = ClusterEvent{}
+	mi := &file_control_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterEvent) ProtoMessage() {}
+
+func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterEvent.ProtoReflect.Descriptor instead.
+func (*ClusterEvent) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ClusterEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ClusterEvent) GetSeq() uint32 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ClusterEvent) GetTime() int64 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *ClusterEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterEvent) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -3146,11 +3340,32 @@ const file_control_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2\x10.shoal.v1.SecretR\asecrets\"'\n" +
 	"\x13RemoveSecretRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveSecretResponse*\\\n" +
+	"\x14RemoveSecretResponse\"\x8f\x01\n" +
+	"\rEventsRequest\x12\x1f\n" +
+	"\vsince_index\x18\x01 \x01(\x04R\n" +
+	"sinceIndex\x12\x1b\n" +
+	"\tsince_seq\x18\x02 \x01(\rR\bsinceSeq\x12\x14\n" +
+	"\x05since\x18\x03 \x01(\x03R\x05since\x12\x14\n" +
+	"\x05until\x18\x04 \x01(\x03R\x05until\x12\x14\n" +
+	"\x05types\x18\x05 \x03(\tR\x05types\"\xa1\x02\n" +
+	"\fClusterEvent\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\rR\x03seq\x12\x12\n" +
+	"\x04time\x18\x03 \x01(\x03R\x04time\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x0e\n" +
+	"\x02id\x18\x06 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\a \x01(\tR\x04name\x12F\n" +
+	"\n" +
+	"attributes\x18\b \x03(\v2&.shoal.v1.ClusterEvent.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\\\n" +
 	"\fResolveImage\x12\x18\n" +
 	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
 	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
-	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x9c\f\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\xd9\f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3168,7 +3383,8 @@ const file_control_proto_rawDesc = "" +
 	"\rUpdateService\x12\x1e.shoal.v1.UpdateServiceRequest\x1a\x1f.shoal.v1.UpdateServiceResponse\x12P\n" +
 	"\rRemoveService\x12\x1e.shoal.v1.RemoveServiceRequest\x1a\x1f.shoal.v1.RemoveServiceResponse\x12D\n" +
 	"\tListTasks\x12\x1a.shoal.v1.ListTasksRequest\x1a\x1b.shoal.v1.ListTasksResponse\x12@\n" +
-	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12k\n" +
+	"\vServiceLogs\x12\x1c.shoal.v1.ServiceLogsRequest\x1a\x11.shoal.v1.LogLine0\x01\x12;\n" +
+	"\x06Events\x12\x17.shoal.v1.EventsRequest\x1a\x16.shoal.v1.ClusterEvent0\x01\x12k\n" +
 	"\x16IssueClientCertificate\x12'.shoal.v1.IssueClientCertificateRequest\x1a(.shoal.v1.IssueClientCertificateResponse\x12M\n" +
 	"\fRotateRootCA\x12\x1d.shoal.v1.RotateRootCARequest\x1a\x1e.shoal.v1.RotateRootCAResponse\x12V\n" +
 	"\x0fRotateGossipKey\x12 .shoal.v1.RotateGossipKeyRequest\x1a!.shoal.v1.RotateGossipKeyResponse\x12M\n" +
@@ -3202,7 +3418,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_control_proto_goTypes = []any{
 	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
 	(*CreateServiceRequest)(nil),           // 1: shoal.v1.CreateServiceRequest
@@ -3260,110 +3476,116 @@ var file_control_proto_goTypes = []any{
 	(*ListSecretsResponse)(nil),            // 53: shoal.v1.ListSecretsResponse
 	(*RemoveSecretRequest)(nil),            // 54: shoal.v1.RemoveSecretRequest
 	(*RemoveSecretResponse)(nil),           // 55: shoal.v1.RemoveSecretResponse
-	(*ServiceSpec)(nil),                    // 56: shoal.v1.ServiceSpec
-	(*RegistryAuth)(nil),                   // 57: shoal.v1.RegistryAuth
-	(*Service)(nil),                        // 58: shoal.v1.Service
-	(*Task)(nil),                           // 59: shoal.v1.Task
-	(NodeRole)(0),                          // 60: shoal.v1.NodeRole
-	(*Node)(nil),                           // 61: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 62: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 63: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 64: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 65: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 66: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 67: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 68: shoal.v1.Secret
+	(*EventsRequest)(nil),                  // 56: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 57: shoal.v1.ClusterEvent
+	nil,                                    // 58: shoal.v1.ClusterEvent.AttributesEntry
+	(*ServiceSpec)(nil),                    // 59: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 60: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 61: shoal.v1.Service
+	(*Task)(nil),                           // 62: shoal.v1.Task
+	(NodeRole)(0),                          // 63: shoal.v1.NodeRole
+	(*Node)(nil),                           // 64: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 65: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 66: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 67: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 68: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 69: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 70: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 71: shoal.v1.Secret
 }
 var file_control_proto_depIdxs = []int32{
-	56, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	59, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 1: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	57, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	58, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	58, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	58, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	60, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	61, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	61, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	61, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	6,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	56, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	59, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 8: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	57, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	58, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	59, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	60, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	61, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	61, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	62, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	61, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	63, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	64, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	60, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	61, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	62, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	63, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	64, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	64, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	65, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	64, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	66, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	67, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	27, // 19: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	60, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	60, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	65, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	60, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	63, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	63, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	68, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	63, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	27, // 24: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	66, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	67, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	68, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	68, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	68, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	18, // 30: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	20, // 31: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	22, // 32: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	24, // 33: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	26, // 34: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	29, // 35: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	1,  // 36: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	3,  // 37: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	5,  // 38: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	8,  // 39: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	10, // 40: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	12, // 41: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 42: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	40, // 43: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	42, // 44: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	44, // 45: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	48, // 46: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	50, // 47: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	52, // 48: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	54, // 49: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	16, // 50: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	33, // 51: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	35, // 52: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	37, // 53: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	38, // 54: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	31, // 55: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	46, // 56: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	19, // 57: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	21, // 58: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	23, // 59: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	25, // 60: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	28, // 61: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	30, // 62: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	2,  // 63: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	4,  // 64: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	7,  // 65: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	9,  // 66: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	11, // 67: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	13, // 68: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 69: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	41, // 70: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	43, // 71: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	45, // 72: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	49, // 73: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	51, // 74: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	53, // 75: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	55, // 76: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	17, // 77: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	34, // 78: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	36, // 79: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	27, // 80: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	39, // 81: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	32, // 82: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	47, // 83: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	57, // [57:84] is the sub-list for method output_type
-	30, // [30:57] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	69, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	70, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	71, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	71, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	71, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	58, // 30: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	18, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	20, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	22, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	24, // 34: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	26, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	29, // 36: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	1,  // 37: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	3,  // 38: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	5,  // 39: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	8,  // 40: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	10, // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	12, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	56, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	40, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	42, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	44, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	48, // 48: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	50, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	52, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	54, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	16, // 52: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	33, // 53: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	35, // 54: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	37, // 55: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	38, // 56: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	31, // 57: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	46, // 58: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	19, // 59: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	21, // 60: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	23, // 61: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	25, // 62: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	28, // 63: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	30, // 64: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	2,  // 65: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	4,  // 66: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	7,  // 67: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	9,  // 68: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	11, // 69: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	13, // 70: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 71: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	57, // 72: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	41, // 73: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	43, // 74: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	45, // 75: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	49, // 76: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	51, // 77: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	53, // 78: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	55, // 79: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	17, // 80: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	34, // 81: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	36, // 82: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	27, // 83: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	39, // 84: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	32, // 85: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	47, // 86: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	59, // [59:87] is the sub-list for method output_type
+	31, // [31:59] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3378,7 +3600,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

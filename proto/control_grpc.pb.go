@@ -35,6 +35,7 @@ const (
 	Control_RemoveService_FullMethodName          = "/shoal.v1.Control/RemoveService"
 	Control_ListTasks_FullMethodName              = "/shoal.v1.Control/ListTasks"
 	Control_ServiceLogs_FullMethodName            = "/shoal.v1.Control/ServiceLogs"
+	Control_Events_FullMethodName                 = "/shoal.v1.Control/Events"
 	Control_IssueClientCertificate_FullMethodName = "/shoal.v1.Control/IssueClientCertificate"
 	Control_RotateRootCA_FullMethodName           = "/shoal.v1.Control/RotateRootCA"
 	Control_RotateGossipKey_FullMethodName        = "/shoal.v1.Control/RotateGossipKey"
@@ -65,6 +66,11 @@ type ControlClient interface {
 	// ServiceLogs streams the output of a service's tasks from every node
 	// that ran them. Any manager serves it from its own replica.
 	ServiceLogs(ctx context.Context, in *ServiceLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error)
+	// Events streams what happens in the cluster, as `docker events`: the
+	// recent past this manager keeps, then live changes. Any manager serves
+	// it from its own replica; each event carries the Raft index it comes
+	// from, so a client resumes on another manager without gaps or repeats.
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ClusterEvent], error)
 	IssueClientCertificate(ctx context.Context, in *IssueClientCertificateRequest, opts ...grpc.CallOption) (*IssueClientCertificateResponse, error)
 	RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error)
 	RotateGossipKey(ctx context.Context, in *RotateGossipKeyRequest, opts ...grpc.CallOption) (*RotateGossipKeyResponse, error)
@@ -222,6 +228,25 @@ func (c *controlClient) ServiceLogs(ctx context.Context, in *ServiceLogsRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_ServiceLogsClient = grpc.ServerStreamingClient[LogLine]
 
+func (c *controlClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ClusterEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[1], Control_Events_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EventsRequest, ClusterEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_EventsClient = grpc.ServerStreamingClient[ClusterEvent]
+
 func (c *controlClient) IssueClientCertificate(ctx context.Context, in *IssueClientCertificateRequest, opts ...grpc.CallOption) (*IssueClientCertificateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(IssueClientCertificateResponse)
@@ -313,6 +338,11 @@ type ControlServer interface {
 	// ServiceLogs streams the output of a service's tasks from every node
 	// that ran them. Any manager serves it from its own replica.
 	ServiceLogs(*ServiceLogsRequest, grpc.ServerStreamingServer[LogLine]) error
+	// Events streams what happens in the cluster, as `docker events`: the
+	// recent past this manager keeps, then live changes. Any manager serves
+	// it from its own replica; each event carries the Raft index it comes
+	// from, so a client resumes on another manager without gaps or repeats.
+	Events(*EventsRequest, grpc.ServerStreamingServer[ClusterEvent]) error
 	IssueClientCertificate(context.Context, *IssueClientCertificateRequest) (*IssueClientCertificateResponse, error)
 	RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error)
 	RotateGossipKey(context.Context, *RotateGossipKeyRequest) (*RotateGossipKeyResponse, error)
@@ -369,6 +399,9 @@ func (UnimplementedControlServer) ListTasks(context.Context, *ListTasksRequest) 
 }
 func (UnimplementedControlServer) ServiceLogs(*ServiceLogsRequest, grpc.ServerStreamingServer[LogLine]) error {
 	return status.Error(codes.Unimplemented, "method ServiceLogs not implemented")
+}
+func (UnimplementedControlServer) Events(*EventsRequest, grpc.ServerStreamingServer[ClusterEvent]) error {
+	return status.Error(codes.Unimplemented, "method Events not implemented")
 }
 func (UnimplementedControlServer) IssueClientCertificate(context.Context, *IssueClientCertificateRequest) (*IssueClientCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueClientCertificate not implemented")
@@ -639,6 +672,17 @@ func _Control_ServiceLogs_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_ServiceLogsServer = grpc.ServerStreamingServer[LogLine]
 
+func _Control_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).Events(m, &grpc.GenericServerStream[EventsRequest, ClusterEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_EventsServer = grpc.ServerStreamingServer[ClusterEvent]
+
 func _Control_IssueClientCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(IssueClientCertificateRequest)
 	if err := dec(in); err != nil {
@@ -853,6 +897,11 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ServiceLogs",
 			Handler:       _Control_ServiceLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Events",
+			Handler:       _Control_Events_Handler,
 			ServerStreams: true,
 		},
 	},

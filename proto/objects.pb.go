@@ -2641,6 +2641,63 @@ func (*ServiceSpec_ReplicatedJob) isServiceSpec_Mode() {}
 
 func (*ServiceSpec_GlobalJob) isServiceSpec_Mode() {}
 
+// JobStatus is where a job (replicated-job or global-job service) is, as
+// Docker's: job_iteration counts its runs (1 at create; every spec update,
+// `service update --force` included, starts the next one, and only tasks of
+// the current iteration count towards its completions); last_execution is
+// when the current iteration began (Unix nanoseconds).
+type JobStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobIteration  uint64                 `protobuf:"varint,1,opt,name=job_iteration,json=jobIteration,proto3" json:"job_iteration,omitempty"`
+	LastExecution int64                  `protobuf:"varint,2,opt,name=last_execution,json=lastExecution,proto3" json:"last_execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobStatus) Reset() {
+	*x = JobStatus{}
+	mi := &file_objects_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobStatus) ProtoMessage() {}
+
+func (x *JobStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
+func (*JobStatus) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *JobStatus) GetJobIteration() uint64 {
+	if x != nil {
+		return x.JobIteration
+	}
+	return 0
+}
+
+func (x *JobStatus) GetLastExecution() int64 {
+	if x != nil {
+		return x.LastExecution
+	}
+	return 0
+}
+
 // UpdateStatus reports a rolling update's progress.
 type UpdateStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2654,7 +2711,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2723,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2736,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2721,6 +2778,8 @@ type Service struct {
 	PreviousSpec *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
 	Endpoint     *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	UpdateStatus *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	// job_status is set for jobs only.
+	JobStatus *JobStatus `protobuf:"bytes,110,opt,name=job_status,json=jobStatus,proto3" json:"job_status,omitempty"`
 	// sealed_registry_auth is the RegistryAuth (marshalled) sealed with the
 	// cluster's secrets key, bound to "registry-auth:<service ID>". The
 	// control API never returns it.
@@ -2734,7 +2793,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2746,7 +2805,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2759,7 +2818,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Service) GetId() string {
@@ -2811,6 +2870,13 @@ func (x *Service) GetUpdateStatus() *UpdateStatus {
 	return nil
 }
 
+func (x *Service) GetJobStatus() *JobStatus {
+	if x != nil {
+		return x.JobStatus
+	}
+	return nil
+}
+
 func (x *Service) GetSealedRegistryAuth() []byte {
 	if x != nil {
 		return x.SealedRegistryAuth
@@ -2843,7 +2909,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2855,7 +2921,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2868,7 +2934,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RegistryAuth) GetServer() string {
@@ -2919,7 +2985,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +2997,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3010,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -2999,7 +3065,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3011,7 +3077,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3024,7 +3090,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3114,13 +3180,16 @@ type Task struct {
 	Endpoint     *Endpoint   `protobuf:"bytes,11,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// pending_reason says why a pending task has no node yet.
 	PendingReason string `protobuf:"bytes,12,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
+	// job_iteration is the job run (Service.job_status.job_iteration) this
+	// task belongs to; 0 for tasks of services that are not jobs.
+	JobIteration  uint64 `protobuf:"varint,110,opt,name=job_iteration,json=jobIteration,proto3" json:"job_iteration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3201,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3214,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Task) GetId() string {
@@ -3232,6 +3301,13 @@ func (x *Task) GetPendingReason() string {
 	return ""
 }
 
+func (x *Task) GetJobIteration() uint64 {
+	if x != nil {
+		return x.JobIteration
+	}
+	return 0
+}
+
 // JoinTokens are the secrets that admit new nodes.
 type JoinTokens struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3243,7 +3319,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3331,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3344,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3300,7 +3376,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3388,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3401,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3386,7 +3462,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3398,7 +3474,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3411,7 +3487,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3462,13 +3538,18 @@ type Cluster struct {
 	// given has expired: until then workers refuse them. An entry goes then,
 	// or when the node is promoted again.
 	DemotedManagers map[string]int64 `protobuf:"bytes,8,rep,name=demoted_managers,json=demotedManagers,proto3" json:"demoted_managers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// leader is the node that won the latest election and leader_term its
+	// Raft term, recorded by the new leader itself so that every replica's
+	// event history shows leader changes.
+	Leader        string `protobuf:"bytes,140,opt,name=leader,proto3" json:"leader,omitempty"`
+	LeaderTerm    uint64 `protobuf:"varint,141,opt,name=leader_term,json=leaderTerm,proto3" json:"leader_term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +3561,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +3574,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Cluster) GetId() string {
@@ -3552,6 +3633,20 @@ func (x *Cluster) GetDemotedManagers() map[string]int64 {
 	return nil
 }
 
+func (x *Cluster) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeaderTerm() uint64 {
+	if x != nil {
+		return x.LeaderTerm
+	}
+	return 0
+}
+
 // RootCA is the cluster's certificate authority.
 type RootCA struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3576,7 +3671,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3588,7 +3683,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3696,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3666,7 +3761,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3678,7 +3773,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3691,7 +3786,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3741,7 +3836,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3753,7 +3848,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3766,7 +3861,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3802,7 +3897,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3814,7 +3909,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3827,7 +3922,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Secret) GetId() string {
@@ -4025,13 +4120,16 @@ const file_objects_proto_rawDesc = "" +
 	"\x06update\x18\a \x01(\v2\x16.shoal.v1.UpdateConfigR\x06update\x122\n" +
 	"\brollback\x18\b \x01(\v2\x16.shoal.v1.UpdateConfigR\brollback\x122\n" +
 	"\bendpoint\x18\t \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpointB\x06\n" +
-	"\x04mode\"\x97\x01\n" +
+	"\x04mode\"W\n" +
+	"\tJobStatus\x12#\n" +
+	"\rjob_iteration\x18\x01 \x01(\x04R\fjobIteration\x12%\n" +
+	"\x0elast_execution\x18\x02 \x01(\x03R\rlastExecution\"\x97\x01\n" +
 	"\fUpdateStatus\x12+\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x15.shoal.v1.UpdateStateR\x05state\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\x9a\x03\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xce\x03\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4039,7 +4137,9 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12:\n" +
 	"\rprevious_spec\x18\x05 \x01(\v2\x15.shoal.v1.ServiceSpecR\fpreviousSpec\x12.\n" +
 	"\bendpoint\x18\x06 \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12;\n" +
-	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x121\n" +
+	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x122\n" +
+	"\n" +
+	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\x121\n" +
 	"\x14sealed_registry_auth\x18\x82\x01 \x01(\fR\x12sealedRegistryAuth\x121\n" +
 	"\x14registry_auth_server\x18\x83\x01 \x01(\tR\x12registryAuthServer\"\xac\x01\n" +
 	"\fRegistryAuth\x12\x16\n" +
@@ -4066,7 +4166,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x06health\x18\b \x01(\x0e2\x15.shoal.v1.HealthStateR\x06health\x12+\n" +
 	"\x05ports\x18\t \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\x12\x1b\n" +
 	"\tnode_lost\x18\n" +
-	" \x01(\bR\bnodeLost\"\xb3\x03\n" +
+	" \x01(\bR\bnodeLost\"\xd8\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12\x1d\n" +
@@ -4081,7 +4181,8 @@ const file_objects_proto_rawDesc = "" +
 	"\x06status\x18\n" +
 	" \x01(\v2\x14.shoal.v1.TaskStatusR\x06status\x12.\n" +
 	"\bendpoint\x18\v \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12%\n" +
-	"\x0epending_reason\x18\f \x01(\tR\rpendingReason\">\n" +
+	"\x0epending_reason\x18\f \x01(\tR\rpendingReason\x12#\n" +
+	"\rjob_iteration\x18n \x01(\x04R\fjobIteration\">\n" +
 	"\n" +
 	"JoinTokens\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x18\n" +
@@ -4098,7 +4199,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
 	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12\x1f\n" +
 	"\vcert_expiry\x18\x04 \x01(\x03R\n" +
-	"certExpiry\"\xa7\x03\n" +
+	"certExpiry\"\xe2\x03\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4109,7 +4210,10 @@ const file_objects_proto_rawDesc = "" +
 	"\aroot_ca\x18\x06 \x01(\v2\x10.shoal.v1.RootCAR\x06rootCa\x12\x1f\n" +
 	"\vgossip_keys\x18\a \x03(\fR\n" +
 	"gossipKeys\x12Q\n" +
-	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x1aB\n" +
+	"\x10demoted_managers\x18\b \x03(\v2&.shoal.v1.Cluster.DemotedManagersEntryR\x0fdemotedManagers\x12\x17\n" +
+	"\x06leader\x18\x8c\x01 \x01(\tR\x06leader\x12 \n" +
+	"\vleader_term\x18\x8d\x01 \x01(\x04R\n" +
+	"leaderTerm\x1aB\n" +
 	"\x14DemotedManagersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb7\x01\n" +
@@ -4222,7 +4326,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4264,32 +4368,33 @@ var file_objects_proto_goTypes = []any{
 	(*EndpointSpec)(nil),         // 37: shoal.v1.EndpointSpec
 	(*Endpoint)(nil),             // 38: shoal.v1.Endpoint
 	(*ServiceSpec)(nil),          // 39: shoal.v1.ServiceSpec
-	(*UpdateStatus)(nil),         // 40: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 41: shoal.v1.Service
-	(*RegistryAuth)(nil),         // 42: shoal.v1.RegistryAuth
-	(*PortBinding)(nil),          // 43: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 44: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 45: shoal.v1.Task
-	(*JoinTokens)(nil),           // 46: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 47: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 48: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 49: shoal.v1.Cluster
-	(*RootCA)(nil),               // 50: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 51: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 52: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 53: shoal.v1.Secret
-	nil,                          // 54: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 55: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 56: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 57: shoal.v1.Cluster.DemotedManagersEntry
+	(*JobStatus)(nil),            // 40: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 41: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 42: shoal.v1.Service
+	(*RegistryAuth)(nil),         // 43: shoal.v1.RegistryAuth
+	(*PortBinding)(nil),          // 44: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 45: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 46: shoal.v1.Task
+	(*JoinTokens)(nil),           // 47: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 48: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 49: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 50: shoal.v1.Cluster
+	(*RootCA)(nil),               // 51: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 52: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 53: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 54: shoal.v1.Secret
+	nil,                          // 55: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 56: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 57: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 58: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	54, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	55, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	55, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	56, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 6: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 7: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
 	14, // 8: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
@@ -4298,13 +4403,13 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 11: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	20, // 12: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 13: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	51, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	52, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 15: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	27, // 16: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 17: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 18: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 19: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	56, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	57, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	30, // 21: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	31, // 22: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	32, // 23: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
@@ -4334,31 +4439,32 @@ var file_objects_proto_depIdxs = []int32{
 	39, // 47: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
 	39, // 48: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
 	38, // 49: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	40, // 50: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	8,  // 51: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 52: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 53: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	43, // 54: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 55: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	34, // 56: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 57: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	44, // 58: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	38, // 59: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 60: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 61: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	48, // 62: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	46, // 63: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	50, // 64: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	57, // 65: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 66: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 67: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 68: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	52, // 69: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	41, // 50: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	40, // 51: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	8,  // 52: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 53: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 54: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	44, // 55: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 56: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	34, // 57: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 58: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	45, // 59: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	38, // 60: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 61: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 62: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	49, // 63: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	47, // 64: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	51, // 65: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	58, // 66: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 67: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 68: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 69: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	53, // 70: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	71, // [71:71] is the sub-list for method output_type
+	71, // [71:71] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4378,7 +4484,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -25,6 +25,8 @@ type fsm struct {
 	mu  sync.RWMutex
 	st  *state
 	hub *hub
+	// obs hears of writes made through Update (nil: nobody listens).
+	obs *Observer
 }
 
 func newFSM() *fsm { return &fsm{st: newState(), hub: newHub()} }
@@ -179,7 +181,7 @@ func applyActionNoCheck[T Object](t *table[T], kind Kind, a *pb.StoreAction, o T
 	}
 	if a.GetKind() == pb.StoreActionKind_STORE_ACTION_KIND_DELETE {
 		t.remove(id)
-		return Event{Kind: EventDelete, Table: kind, Object: old, Old: old, Index: index}, restore, nil
+		return Event{Kind: EventDelete, Table: kind, Object: old, Old: old, Index: index, Time: ts}, restore, nil
 	}
 	meta := o.GetMeta()
 	if meta == nil {
@@ -194,7 +196,7 @@ func applyActionNoCheck[T Object](t *table[T], kind Kind, a *pb.StoreAction, o T
 		meta.CreatedAt = ts
 	}
 	t.put(o)
-	ev := Event{Kind: EventCreate, Table: kind, Object: o, Index: index}
+	ev := Event{Kind: EventCreate, Table: kind, Object: o, Index: index, Time: ts}
 	if exists {
 		ev.Kind, ev.Old = EventUpdate, old
 	}

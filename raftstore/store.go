@@ -90,6 +90,8 @@ type Config struct {
 	// WrapStream, if set, wraps the stream layer (fault injection).
 	WrapStream func(raft.StreamLayer) raft.StreamLayer
 	Logger     *slog.Logger
+	// Observer, if set, hears of every write (metrics).
+	Observer *Observer
 }
 
 func (c *Config) setDefaults() {
@@ -184,7 +186,7 @@ func open(cfg Config, forceNew bool) (*Store, error) {
 	s := &Store{
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "raftstore"),
-		fsm:       newFSM(),
+		fsm:       &fsm{st: newState(), hub: newHub(), obs: cfg.Observer},
 		notifyCh:  make(chan bool, 16),
 		leaderCh:  make(chan bool, 16),
 		readyCond: make(chan struct{}),

@@ -37,6 +37,9 @@ type Event struct {
 	Old    Object
 	// Index is the Raft index of the transaction that made the change.
 	Index uint64
+	// Time is the transaction's timestamp (Unix nanoseconds, the
+	// proposer's clock), the same on every replica.
+	Time int64
 }
 
 // Errors that end a subscription.

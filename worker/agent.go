@@ -132,6 +132,7 @@ type Agent struct {
 	gossip       *gossip.Gossip
 	grpc         *grpc.Server
 	mesh         *mesh.Mesh
+	metrics      *agentMetrics
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status
@@ -289,6 +290,7 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		removed:     make(chan struct{}),
 		promoted:    make(chan struct{}),
 	}
+	a.metrics = newAgentMetrics(a)
 	for _, rt := range rts {
 		a.runtimes[rt.Name()] = rt
 		a.runtimeNames = append(a.runtimeNames, rt.Name())

@@ -108,6 +108,7 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 			if ctx.Err() != nil {
 				return nil, true
 			}
+			c.a.metrics.runtimeError(rt, "prepare")
 			return failure(err, "prepare"), false
 		}
 		return newStatus(pb.TaskState_TASK_STATE_READY, "prepared"), false
@@ -131,6 +132,7 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 				if ctx.Err() != nil {
 					return nil, true
 				}
+				c.a.metrics.runtimeError(rt, "start")
 				return failure(err, "start"), false
 			}
 			info, _ = rt.Inspect(ctx, t.GetId())

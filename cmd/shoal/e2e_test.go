@@ -408,6 +408,9 @@ func TestCLIBadInput(t *testing.T) {
 		{"join-token without a role", []string{"cluster", "join-token", "--host", m.addr()}, 2, "worker"},
 		{"no manager at host", []string{"node", "ls", "--host", fmt.Sprintf("127.0.0.9:%d", deadPort), "--data-dir", m.dataDir, "--timeout", "2s"}, 1, "no Shoal manager answers"},
 		{"no credentials", []string{"node", "ls", "--host", fmt.Sprintf("127.0.0.9:%d", deadPort), "--data-dir", t.TempDir()}, 1, "no credentials to talk to the cluster"},
+		{"events with an unknown type", []string{"events", "--filter", "type=container", "--host", m.addr()}, 2, "use one of service, node"},
+		{"events with a bad since", []string{"events", "--since", "yesterday", "--host", m.addr()}, 2, "--since"},
+		{"events with an unknown filter", []string{"events", "--filter", "colour=red", "--host", m.addr()}, 2, "unknown key"},
 		{"a client config that is not one", []string{"node", "ls", "--host", m.addr(), "--client-config", filepath.Join(notShoal, "stuff")}, 1, "not a Shoal client config"},
 	}
 	for _, tc := range cases {

@@ -343,7 +343,7 @@ func scaleSpec(spec *pb.ServiceSpec, n uint64) error {
 	case *pb.ServiceSpec_ReplicatedJob:
 		m.ReplicatedJob.TotalCompletions = n
 	default:
-		return fmt.Errorf("scale: service %s is %s; only replicated services can be scaled", spec.GetAnnotations().GetName(), modeWord(spec))
+		return fmt.Errorf("scale: service %s is %s (one task on every eligible node); only replicated services and replicated jobs can be scaled", spec.GetAnnotations().GetName(), modeWord(spec))
 	}
 	return nil
 }

@@ -411,6 +411,11 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 	case *pb.ServiceSpec_GlobalJob:
 		p("Service Mode:\tGlobal job")
 	}
+	if js := svc.GetJobStatus(); js != nil {
+		p("JobStatus:")
+		p(" Iteration:\t%d", js.GetJobIteration())
+		p(" Last execution:\t%s", when(js.GetLastExecution()))
+	}
 	if us := svc.GetUpdateStatus(); us != nil && us.GetState() != pb.UpdateState_UPDATE_STATE_UNKNOWN {
 		p("UpdateStatus:")
 		p(" State:\t%s", updateStateWord(us.GetState()))

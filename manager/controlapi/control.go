@@ -71,6 +71,11 @@ type Workers interface {
 	Worker(addr string) (*grpc.ClientConn, error)
 }
 
+// EventSource streams the cluster's events from this manager's replica.
+type EventSource interface {
+	Stream(ctx context.Context, req *pb.EventsRequest, send func(*pb.ClusterEvent) error) error
+}
+
 // Config is what a Server needs.
 type Config struct {
 	Store      raftstore.StateStore
@@ -80,6 +85,8 @@ type Config struct {
 	CA         Authority
 	Keys       SecretsKey
 	Workers    Workers
+	// Events is this manager's event history.
+	Events EventSource
 	// ClusterID picks the cluster's block of virtual IPs.
 	ClusterID string
 	// AdvertiseIP is this manager's address, where new ingress ports are
@@ -90,8 +97,8 @@ type Config struct {
 	Log     *slog.Logger
 }
 
-// Server is the user-facing API. Every method but GetCluster and
-// ServiceLogs runs on the leader (the leaderroute interceptor sees to it
+// Server is the user-facing API. Every method but GetCluster, ServiceLogs
+// and Events runs on the leader (the leaderroute interceptor sees to it
 // for gRPC calls); reads there are linearizable (ViewConsistent).
 type Server struct {
 	pb.UnimplementedControlServer
@@ -102,6 +109,7 @@ type Server struct {
 	ca          Authority
 	keys        SecretsKey
 	workers     Workers
+	events      EventSource
 	clusterID   string
 	advertiseIP string
 	resolve     Resolver
@@ -115,7 +123,7 @@ func New(cfg Config) *Server {
 		resolve = registry.Resolve
 	}
 	return &Server{store: cfg.Store, raft: cfg.Raft, members: cfg.Members, beats: cfg.Heartbeats, ca: cfg.CA, keys: cfg.Keys,
-		workers: cfg.Workers, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, resolve: resolve, log: cfg.Log}
+		workers: cfg.Workers, events: cfg.Events, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, resolve: resolve, log: cfg.Log}
 }
 
 // ListNodes returns every node with the leader's view of manager health.
