@@ -15,9 +15,8 @@ build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/hello ./cmd/hello
 
 # The test command (CI runs it through .ci/run): the Go suite with the race
-# detector, short fuzz runs and a short seeded chaos pass (needs root), after
-# installing what the tests need (test-deps).
-test: test-deps test-go fuzz-short chaos-short
+# detector, short fuzz runs and a short seeded chaos pass (needs root).
+test: test-go fuzz-short chaos-short
 
 # The Debian packages the tests use (promtool, ...), installed when missing.
 test-deps:
@@ -91,10 +90,6 @@ demo: build
 images:
 	GO=$(GO) scripts/images.sh
 	scripts/push-images.sh
-
-# What the tests need beyond Go: Debian's docker-registry (as root).
-test-deps:
-	scripts/registry-deps.sh
 
 clean:
 	rm -rf $(BIN)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a local image registry for trying Shoal with images from a registry:
-# Debian's docker-registry (scripts/registry-deps.sh installs it) on
+# Debian's docker-registry (scripts/test-deps.sh installs it) on
 # 127.0.0.1:5000 by default, plain HTTP (the Docker Engine allows it on
 # 127.0.0.0/8), its config and storage under ${TMPDIR:-/tmp}/shoal-registry-PORT.
 #
@@ -15,7 +15,7 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 case ${1:-} in
   start)
     if running; then echo "registry already running on $REGISTRY (pid $(cat "$pidfile"))"; exit 0; fi
-    command -v docker-registry >/dev/null || { echo "registry.sh: docker-registry is not installed: run scripts/registry-deps.sh as root" >&2; exit 1; }
+    command -v docker-registry >/dev/null || { echo "registry.sh: docker-registry is not installed: run scripts/test-deps.sh as root" >&2; exit 1; }
     mkdir -p "$dir/data"
     cat >"$dir/config.yml" <<CFG
 version: 0.1

@@ -53,7 +53,7 @@ const BinaryName = "docker-registry"
 func Binary() (string, error) {
 	path, err := exec.LookPath(BinaryName)
 	if err != nil {
-		return "", fmt.Errorf("%s is not installed: run scripts/registry-deps.sh as root (apt-get install docker-registry)", BinaryName)
+		return "", fmt.Errorf("%s is not installed: run scripts/test-deps.sh as root (apt-get install docker-registry)", BinaryName)
 	}
 	return path, nil
 }
