@@ -32,6 +32,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
@@ -351,6 +352,10 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSe
 	}
 	spec.host.DNS = r.dnsServers()
 	image := spec.config.Image
+	if _, err := reference.ParseNormalizedNamed(image); err != nil {
+		// No registry could ever hold it: pulling again would not help.
+		return permanent("image %q cannot be pulled on node %s: not a valid image reference (%v)", image, r.nodeName, err)
+	}
 	if _, err := r.cli.ImageInspect(ctx, image); err != nil {
 		if !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("prepare task %s: inspect image %s: %w", id, image, err)
