@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -40,6 +41,12 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 	}
 	defaultServiceSpec(spec)
 	auth, err := s.registryAuthFor(spec, req.GetRegistryAuth(), nil)
+	if err != nil {
+		return nil, err
+	}
+	// A spec the cluster refuses is refused before the registry is asked
+	// (the write checks it again).
+	s.store.View(func(tx *raftstore.Tx) { err = validateServiceSpec(tx, spec, "") })
 	if err != nil {
 		return nil, err
 	}
@@ -451,6 +458,13 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 		defaultServiceSpec(spec)
 		if auth, err = s.registryAuthFor(spec, req.GetRegistryAuth(), cur); err != nil {
 			return nil, err
+		}
+		if spec.GetTask().GetRuntime() == "docker" && !registry.HasDigest(spec.GetTask().GetContainer().GetImage()) {
+			// Refused before the registry is asked (the write checks again).
+			s.store.View(func(tx *raftstore.Tx) { err = validateServiceSpec(tx, spec, id) })
+			if err != nil {
+				return nil, err
+			}
 		}
 		if warn, err = s.pinImage(ctx, spec, cur.GetSpec(), req.GetResolveImage(), auth); err != nil {
 			return nil, err
