@@ -32,6 +32,9 @@ const DefaultCertExpiry = ca.DefaultCertExpiry
 // MaxSecretSize is the largest secret value a manager accepts.
 const MaxSecretSize = controlapi.MaxSecretSize
 
+// MaxConfigSize is the largest config a manager accepts.
+const MaxConfigSize = controlapi.MaxConfigSize
+
 // Config configures a manager node.
 type Config struct {
 	// DataDir holds node.json and the Raft state (raft/).
@@ -56,6 +59,9 @@ type Config struct {
 	HeartbeatPeriod time.Duration
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
 	GossipFast bool
+	// MeshDatapath is the routing mesh's datapath: mesh.DatapathAuto (the
+	// default: nftables when possible) or mesh.DatapathUserspace.
+	MeshDatapath string
 	// EventHistory is how many events this manager keeps for `shoal
 	// events --since` and for clients resuming after a failover (default
 	// 10,000).

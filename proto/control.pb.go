@@ -3162,6 +3162,356 @@ func (x *ClusterEvent) GetAttributes() map[string]string {
 	return nil
 }
 
+type CreateConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec carries the name, labels and the data (at most 1000 KiB).
+	Spec          *ConfigSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigRequest) Reset() {
+	*x = CreateConfigRequest{}
+	mi := &file_control_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigRequest) ProtoMessage() {}
+
+func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
+func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is the stored config, without its data.
+	Config        *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigResponse) Reset() {
+	*x = CreateConfigResponse{}
+	mi := &file_control_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigResponse) ProtoMessage() {}
+
+func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
+func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *CreateConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type GetConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a config ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigRequest) Reset() {
+	*x = GetConfigRequest{}
+	mi := &file_control_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigRequest) ProtoMessage() {}
+
+func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *GetConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is with its data.
+	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// services are the names of the services that use the config.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigResponse) Reset() {
+	*x = GetConfigResponse{}
+	mi := &file_control_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigResponse) ProtoMessage() {}
+
+func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *GetConfigResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListConfigsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsRequest) Reset() {
+	*x = ListConfigsRequest{}
+	mi := &file_control_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsRequest) ProtoMessage() {}
+
+func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
+func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{61}
+}
+
+type ListConfigsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// configs are without their data (size says how large it is).
+	Configs       []*Config `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsResponse) Reset() {
+	*x = ListConfigsResponse{}
+	mi := &file_control_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsResponse) ProtoMessage() {}
+
+func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
+func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListConfigsResponse) GetConfigs() []*Config {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
+type RemoveConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigRequest) Reset() {
+	*x = RemoveConfigRequest{}
+	mi := &file_control_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigRequest) ProtoMessage() {}
+
+func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
+func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RemoveConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveConfigResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigResponse) Reset() {
+	*x = RemoveConfigResponse{}
+	mi := &file_control_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigResponse) ProtoMessage() {}
+
+func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
+func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{64}
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -3361,11 +3711,26 @@ const file_control_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\\\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\x13CreateConfigRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
+	"\x14CreateConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\"$\n" +
+	"\x10GetConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
+	"\x11GetConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
+	"\x12ListConfigsRequest\"A\n" +
+	"\x13ListConfigsResponse\x12*\n" +
+	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
+	"\x13RemoveConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
+	"\x14RemoveConfigResponse*\\\n" +
 	"\fResolveImage\x12\x18\n" +
 	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
 	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
-	"\x13RESOLVE_IMAGE_NEVER\x10\x022\xd9\f\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x89\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3391,7 +3756,11 @@ const file_control_proto_rawDesc = "" +
 	"\fCreateSecret\x12\x1d.shoal.v1.CreateSecretRequest\x1a\x1e.shoal.v1.CreateSecretResponse\x12D\n" +
 	"\tGetSecret\x12\x1a.shoal.v1.GetSecretRequest\x1a\x1b.shoal.v1.GetSecretResponse\x12J\n" +
 	"\vListSecrets\x12\x1c.shoal.v1.ListSecretsRequest\x1a\x1d.shoal.v1.ListSecretsResponse\x12M\n" +
-	"\fRemoveSecret\x12\x1d.shoal.v1.RemoveSecretRequest\x1a\x1e.shoal.v1.RemoveSecretResponse2C\n" +
+	"\fRemoveSecret\x12\x1d.shoal.v1.RemoveSecretRequest\x1a\x1e.shoal.v1.RemoveSecretResponse\x12M\n" +
+	"\fCreateConfig\x12\x1d.shoal.v1.CreateConfigRequest\x1a\x1e.shoal.v1.CreateConfigResponse\x12D\n" +
+	"\tGetConfig\x12\x1a.shoal.v1.GetConfigRequest\x1a\x1b.shoal.v1.GetConfigResponse\x12J\n" +
+	"\vListConfigs\x12\x1c.shoal.v1.ListConfigsRequest\x1a\x1d.shoal.v1.ListConfigsResponse\x12M\n" +
+	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
 	"\n" +
@@ -3418,7 +3787,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_control_proto_goTypes = []any{
 	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
 	(*CreateServiceRequest)(nil),           // 1: shoal.v1.CreateServiceRequest
@@ -3478,114 +3847,136 @@ var file_control_proto_goTypes = []any{
 	(*RemoveSecretResponse)(nil),           // 55: shoal.v1.RemoveSecretResponse
 	(*EventsRequest)(nil),                  // 56: shoal.v1.EventsRequest
 	(*ClusterEvent)(nil),                   // 57: shoal.v1.ClusterEvent
-	nil,                                    // 58: shoal.v1.ClusterEvent.AttributesEntry
-	(*ServiceSpec)(nil),                    // 59: shoal.v1.ServiceSpec
-	(*RegistryAuth)(nil),                   // 60: shoal.v1.RegistryAuth
-	(*Service)(nil),                        // 61: shoal.v1.Service
-	(*Task)(nil),                           // 62: shoal.v1.Task
-	(NodeRole)(0),                          // 63: shoal.v1.NodeRole
-	(*Node)(nil),                           // 64: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 65: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 66: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 67: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 68: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 69: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 70: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 71: shoal.v1.Secret
+	(*CreateConfigRequest)(nil),            // 58: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 59: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 60: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 61: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 62: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 63: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 64: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 65: shoal.v1.RemoveConfigResponse
+	nil,                                    // 66: shoal.v1.ClusterEvent.AttributesEntry
+	(*ServiceSpec)(nil),                    // 67: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 68: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 69: shoal.v1.Service
+	(*Task)(nil),                           // 70: shoal.v1.Task
+	(NodeRole)(0),                          // 71: shoal.v1.NodeRole
+	(*Node)(nil),                           // 72: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 73: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 74: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 75: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 76: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 77: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 78: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 79: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 80: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 81: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	59, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	67, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 1: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	60, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	61, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	61, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	61, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	68, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	69, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	69, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	69, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	6,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	59, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	67, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 8: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	60, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	61, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	62, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	63, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	64, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	64, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	65, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	64, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	66, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	67, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	68, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	69, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	70, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	71, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	72, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	72, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	73, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	72, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	74, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	75, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	27, // 19: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	63, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	63, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	68, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	63, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	71, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	71, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	76, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	71, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	27, // 24: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	69, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	70, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	71, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	71, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	71, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	58, // 30: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	18, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	20, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	22, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	24, // 34: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	26, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	29, // 36: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	1,  // 37: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	3,  // 38: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	5,  // 39: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	8,  // 40: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	10, // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	12, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	56, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	40, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	42, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	44, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	48, // 48: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	50, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	52, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	54, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	16, // 52: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	33, // 53: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	35, // 54: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	37, // 55: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	38, // 56: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	31, // 57: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	46, // 58: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	19, // 59: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	21, // 60: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	23, // 61: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	25, // 62: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	28, // 63: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	30, // 64: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	2,  // 65: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	4,  // 66: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	7,  // 67: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	9,  // 68: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	11, // 69: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	13, // 70: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 71: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	57, // 72: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	41, // 73: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	43, // 74: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	45, // 75: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	49, // 76: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	51, // 77: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	53, // 78: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	55, // 79: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	17, // 80: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	34, // 81: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	36, // 82: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	27, // 83: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	39, // 84: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	32, // 85: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	47, // 86: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	59, // [59:87] is the sub-list for method output_type
-	31, // [31:59] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	77, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	78, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	79, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	79, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	79, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	66, // 30: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	80, // 31: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	81, // 32: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	81, // 33: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	81, // 34: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	18, // 35: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	20, // 36: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	22, // 37: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	24, // 38: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	26, // 39: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	29, // 40: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	1,  // 41: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	3,  // 42: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	5,  // 43: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	8,  // 44: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	10, // 45: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	12, // 46: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 47: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	56, // 48: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	40, // 49: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	42, // 50: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	44, // 51: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	48, // 52: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	50, // 53: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	52, // 54: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	54, // 55: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	58, // 56: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	60, // 57: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	62, // 58: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	64, // 59: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	16, // 60: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	33, // 61: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	35, // 62: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	37, // 63: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	38, // 64: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	31, // 65: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	46, // 66: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	19, // 67: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	21, // 68: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	23, // 69: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	25, // 70: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	28, // 71: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	30, // 72: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	2,  // 73: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	4,  // 74: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	7,  // 75: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	9,  // 76: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	11, // 77: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	13, // 78: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 79: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	57, // 80: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	41, // 81: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	43, // 82: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	45, // 83: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	49, // 84: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	51, // 85: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	53, // 86: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	55, // 87: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	59, // 88: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	61, // 89: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	63, // 90: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	65, // 91: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	17, // 92: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	34, // 93: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	36, // 94: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	27, // 95: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	39, // 96: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	32, // 97: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	47, // 98: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	67, // [67:99] is the sub-list for method output_type
+	35, // [35:67] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3600,7 +3991,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   58,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -35,8 +35,14 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// MaxEntrySize is the largest transaction written as one Raft entry.
-const MaxEntrySize = 512 * 1024
+// MaxEntrySize is the largest transaction written as one Raft entry: room
+// for one config at its 1000 KiB limit with its metadata (swarmkit allows
+// 1.5 MiB likewise). Writers that batch aim for BatchEntrySize.
+const MaxEntrySize = 1536 * 1024
+
+// BatchEntrySize is the size a writer that splits large changes into
+// batches aims below: hashicorp/raft's suggested entry size.
+const BatchEntrySize = 512 * 1024
 
 // Timing holds the Raft timings.
 type Timing struct {

@@ -157,7 +157,7 @@ type pullingRuntime struct {
 
 func (r *pullingRuntime) Name() string { return "pulling" }
 
-func (r *pullingRuntime) Prepare(ctx context.Context, t *pb.Task, s TaskSecrets) error {
+func (r *pullingRuntime) Prepare(ctx context.Context, t *pb.Task, s TaskFiles) error {
 	r.auth <- s.RegistryAuth
 	for _, msg := range []string{"pulling 0/2 layers", "pulling 1/2 layers", "pulling 1/2 layers"} {
 		ReportProgress(ctx, msg)
@@ -178,7 +178,8 @@ func TestPrepareProgressAndRegistryAuth(t *testing.T) {
 		Status:       &pb.TaskStatus{State: pb.TaskState_TASK_STATE_PREPARING, Message: "preparing", Timestamp: began}}
 	a := testAgent(t, rt, tk)
 	a.secrets = map[string][]byte{}
-	a.secretFiles = &secretFiles{}
+	a.configs = map[string][]byte{}
+	a.secretFiles, a.configFiles = newSecretFiles(""), newConfigFiles("")
 	rt.a = a
 	c := &taskController{a: a, id: tk.GetId(), poke: make(chan struct{}, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

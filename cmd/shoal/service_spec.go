@@ -2,8 +2,9 @@ package main
 
 // How the flags of `shoal service create` and `shoal service update` become
 // a ServiceSpec. Each concern's flags live in a file of their own
-// (service_flags_*.go): the task, its environment, secrets, placement,
-// ports, resources, restart policy, health check, and rolling updates. A
+// (service_flags_*.go): the task, its environment, secrets and configs,
+// placement, ports, resources, restart policy, health check, and rolling
+// updates. A
 // concern registers its flags for create or update, and applies those
 // given to a spec: create starts from IMAGE and the defaults, update from
 // the service's current spec. The checks that span concerns are in
@@ -31,7 +32,7 @@ type specConcern interface {
 type serviceFlags struct {
 	task      taskFlags
 	env       envFlags
-	secrets   secretFlags
+	files     fileFlags
 	placement placementFlags
 	ports     portFlags
 	resources resourceFlags
@@ -51,7 +52,7 @@ func (f *serviceFlags) concerns() []titledConcern {
 	return []titledConcern{
 		{"Task", &f.task},
 		{"Environment, labels and mounts", &f.env},
-		{"Secrets", &f.secrets},
+		{"Secrets and configs", &f.files},
 		{"Placement", &f.placement},
 		{"Ports and endpoint", &f.ports},
 		{"Resources", &f.resources},

@@ -217,7 +217,11 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 			return bad("environment entry %q must be KEY=VALUE", kv)
 		}
 	}
-	if err := resolveSecretRefs(tx, c); err != nil {
+	secretPaths, err := resolveSecretRefs(tx, c)
+	if err != nil {
+		return err
+	}
+	if err := resolveConfigRefs(tx, c, secretPaths); err != nil {
 		return err
 	}
 	if _, err := scheduler.ParseConstraints(task.GetPlacement().GetConstraints()); err != nil {
@@ -637,7 +641,7 @@ func resolveService(tx *raftstore.Tx, ref string) (*pb.Service, error) {
 }
 
 // resolveRef finds an object by ID, name or unique ID prefix, as users
-// name services and secrets on the command line.
+// name services, secrets and configs on the command line.
 func resolveRef[T raftstore.Object](table raftstore.Table[T], noun, ref string) (T, error) {
 	var zero T
 	if ref == "" {

@@ -3,7 +3,7 @@
 // grace period in which the workers of the previous term reconnect, shown
 // Unknown meanwhile), marks nodes that miss them Down and fails their
 // tasks, streams each worker its assignments, the endpoint sets and the
-// secret values its tasks use, and records the task status workers
+// secret and config values its tasks use, and records the task status workers
 // report, coalesced into few store transactions.
 package dispatcher
 

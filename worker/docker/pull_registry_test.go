@@ -78,7 +78,7 @@ func TestPullFromRegistry(t *testing.T) {
 		mu.Unlock()
 	})
 	id := "t" + randomID()
-	if err := r.Prepare(pctx, helloTask(id, ref), worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(pctx, helloTask(id, ref), worker.TaskFiles{}); err != nil {
 		t.Fatalf("prepare %s: %v", ref, err)
 	}
 	mu.Lock()
@@ -108,7 +108,7 @@ func TestPullFromRegistry(t *testing.T) {
 		{"with credentials", pref, &pb.RegistryAuth{Server: private.Host, Username: "alice", Password: "right"}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			err := r.Prepare(ctx, helloTask("t"+randomID(), c.image), worker.TaskSecrets{RegistryAuth: c.auth})
+			err := r.Prepare(ctx, helloTask("t"+randomID(), c.image), worker.TaskFiles{RegistryAuth: c.auth})
 			if c.why == "" {
 				if err != nil {
 					t.Fatalf("prepare: %v", err)

@@ -334,9 +334,9 @@ func (r *Runtime) inspect(ctx context.Context, taskID string) (container.Inspect
 
 // Prepare makes sure the task's image is on this node, pulling it from its
 // registry (with the service's credentials, if any) when it is not, and
-// creates its container (not started), with its secret files mounted. Preparing a
-// prepared task does nothing.
-func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSecrets) error {
+// creates its container (not started), with its secret and config files
+// mounted. Preparing a prepared task does nothing.
+func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFiles) error {
 	id := t.GetId()
 	if id == "" {
 		return permanent("a task without an ID")
@@ -346,7 +346,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSe
 	} else if !errors.Is(err, worker.ErrTaskNotFound) {
 		return err
 	}
-	spec, err := buildSpec(t, r.nodeID, r.hostIP, secrets)
+	spec, err := buildSpec(t, r.nodeID, r.hostIP, files)
 	if err != nil {
 		return err
 	}
@@ -360,7 +360,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSe
 		if !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("prepare task %s: inspect image %s: %w", id, image, err)
 		}
-		if err := r.pull(ctx, image, secrets.RegistryAuth); err != nil {
+		if err := r.pull(ctx, image, files.RegistryAuth); err != nil {
 			return err
 		}
 	}
