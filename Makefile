@@ -94,9 +94,11 @@ demo: build
 	$(GO) run ./cmd/shoal-demo -bin $(BIN)
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
-# the local Docker Engine (FROM scratch, no registry).
+# the local Docker Engine (FROM scratch), then pushed to the local registry
+# at REGISTRY (default 127.0.0.1:5000) when one runs (scripts/registry.sh).
 images:
 	GO=$(GO) scripts/images.sh
+	scripts/push-images.sh
 
 clean:
 	rm -rf $(BIN)

@@ -7,6 +7,7 @@ set -euo pipefail
 # command package
 need=(
   "promtool prometheus"
+  "docker-registry docker-registry"
 )
 missing=()
 for pair in "${need[@]}"; do
@@ -31,3 +32,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # start their own instances, so stop it.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
 pkill -x prometheus 2>/dev/null || true
+# docker-registry's service likewise: the registry tests run their own
+# instances, each with its own config, port and storage.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry 2>/dev/null || true; fi
+if command -v service >/dev/null 2>&1; then service docker-registry stop >/dev/null 2>&1 || true; fi
