@@ -20,6 +20,13 @@ function h(tag, attrs, ...children) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
     else if (k === 'value') el.value = v;
+    else if (k === 'style') {
+      // Through the CSSOM: the page's CSP refuses style attributes.
+      for (const decl of String(v).split(';')) {
+        const i = decl.indexOf(':');
+        if (i > 0) el.style.setProperty(decl.slice(0, i).trim(), decl.slice(i + 1).trim());
+      }
+    }
     else el.setAttribute(k, v === true ? '' : String(v));
   }
   const add = (c) => {
@@ -148,9 +155,8 @@ function eventRows(events) {
     h('td', {}, badge(e.type, 'type-' + e.type)),
     h('td', {}, e.action),
     h('td', {}, e.name || short(e.id)),
-    h('td', {class: 'attrs'}, Object.entries(e.attributes || {})
-      .filter(([k, v]) => v && k !== 'node').map(([k, v]) => k + '=' + v).join(', ') +
-      (e.attributes && e.attributes.node ? (' node=' + nodeName(e.attributes.node)) : ''))));
+    h('td', {class: 'attrs'}, Object.entries(e.attributes || {}).filter(([, v]) => v).sort()
+      .map(([k, v]) => k + '=' + (k === 'node' ? nodeName(v) : v)).join(', '))));
 }
 
 function nodeName(id) {
@@ -276,11 +282,11 @@ function servicePage(st, id) {
         }
       }}, 'Remove')),
     h('h2', {}, 'Tasks'),
-    table(headers, taskRows(tasks.filter((t) => t.current)), {class: 'tasks'}),
-    h('h2', {}, 'History'),
-    table(headers, taskRows(tasks.filter((t) => !t.current)), {class: 'tasks'}),
+    table(headers, taskRows(tasks.filter((t) => t.current)), {class: 'tasks', id: 'tasks'}),
     h('h2', {}, 'Logs'),
-    logPane(s));
+    logPane(s),
+    h('h2', {}, 'History'),
+    table(headers, taskRows(tasks.filter((t) => !t.current)), {class: 'tasks', id: 'history'}));
 }
 
 // logPane follows the service's output; the same element is kept across
