@@ -188,11 +188,9 @@ func TestTourDashboard(t *testing.T) {
 
 	// Ctrl-C: everything stops.
 	_ = cmd.Process.Signal(os.Interrupt)
-	go func() {
-		for lines.Scan() {
-			out.WriteString(lines.Text() + "\n")
-		}
-	}()
+	for lines.Scan() { // to the end of the output: the tour exited
+		out.WriteString(lines.Text() + "\n")
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the tour after Ctrl-C: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
