@@ -34,6 +34,8 @@ import (
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 //go:embed static
@@ -78,6 +80,7 @@ type Server struct {
 	state    *State
 	stateRaw []byte
 	events   []EventView // the latest, oldest first
+	added    uint64      // events added so far: the last one's EventView.n
 	changed  chan struct{}
 	version  uint64
 
@@ -230,6 +233,8 @@ func (s *Server) hostnames() map[string]string {
 func (s *Server) addEvent(e *pb.ClusterEvent) {
 	v := eventView(e, s.hostnames())
 	s.mu.Lock()
+	s.added++
+	v.n = s.added
 	s.events = append(s.events, v)
 	if len(s.events) > maxEvents {
 		s.events = append([]EventView(nil), s.events[len(s.events)-maxEvents:]...)
@@ -250,6 +255,17 @@ func (s *Server) followEvents(ctx context.Context) {
 			n, err := s.streamEvents(ctx, addr, req)
 			if ctx.Err() != nil {
 				return
+			}
+			if status.Code(err) == codes.OutOfRange {
+				// This manager no longer holds the events after the last
+				// one received: the state is read whole anyway, so follow
+				// from now, and say so in the list.
+				s.log.Warn("events lost in a move between managers", "err", err)
+				*req = pb.EventsRequest{Since: time.Now().UnixNano()}
+				s.addEvent(&pb.ClusterEvent{Time: time.Now().UnixNano(), Type: "dashboard", Action: "gap",
+					Attributes: map[string]string{"message": "some events were missed while changing managers"}})
+				got = true
+				break
 			}
 			got = got || n > 0
 			lastErr = err
@@ -309,11 +325,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store")
+	authenticated := s.authenticated(r)
 	if tok := r.URL.Query().Get("token"); tok != "" {
+		if authenticated { // the login URL again, in the browser that used it
+			http.Redirect(w, r, "/", http.StatusSeeOther)
+			return
+		}
 		s.login(w, r, tok)
 		return
 	}
-	if !s.authenticated(r) {
+	if !authenticated {
 		unauthorized(w)
 		return
 	}
@@ -433,9 +454,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	var sentVersion uint64
-	sentEvents := 0 // how many of the events the page has, by position
-	var lastIndex uint64
-	var lastSeq uint32
+	var sentEvents uint64 // the n of the last event sent
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
 	for {
@@ -443,7 +462,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		raw, version, changed := s.stateRaw, s.version, s.changed
 		var fresh []EventView
 		for _, e := range s.events {
-			if sentEvents == 0 || e.Index > lastIndex || e.Index == lastIndex && e.Seq > lastSeq {
+			if e.n > sentEvents {
 				fresh = append(fresh, e)
 			}
 		}
@@ -451,9 +470,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		if len(fresh) > 0 {
 			b, _ := json.Marshal(fresh)
 			fmt.Fprintf(w, "event: events\ndata: %s\n\n", b)
-			last := fresh[len(fresh)-1]
-			lastIndex, lastSeq = last.Index, last.Seq
-			sentEvents += len(fresh)
+			sentEvents = fresh[len(fresh)-1].n
 		}
 		if raw != nil && version != sentVersion {
 			fmt.Fprintf(w, "event: state\ndata: %s\n\n", raw)

@@ -34,6 +34,7 @@ type fakeControl struct {
 	nodeUpdates []*pb.UpdateNodeRequest
 	calls       int
 	events      chan *pb.ClusterEvent
+	eventsErr   error // the next Events call fails with it
 }
 
 func newFake() *fakeControl {
@@ -196,6 +197,13 @@ func (f *fakeControl) Events(ctx context.Context, _ *pb.EventsRequest, _ ...grpc
 	if err := f.check(); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	err := f.eventsErr
+	f.eventsErr = nil
+	f.mu.Unlock()
+	if err != nil {
+		return &fakeStream{ctx: ctx, err: err}, nil
+	}
 	return &fakeStream{ctx: ctx, events: f.events}, nil
 }
 
@@ -204,9 +212,13 @@ type fakeStream struct {
 	grpc.ClientStream
 	ctx    context.Context
 	events chan *pb.ClusterEvent
+	err    error // fails at once with it
 }
 
 func (s *fakeStream) Recv() (*pb.ClusterEvent, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
 	select {
 	case e := <-s.events:
 		return e, nil
@@ -544,6 +556,41 @@ func TestStreamPushesStateAndEvents(t *testing.T) {
 	// The event asks for a new read, which follows.
 	if err := json.Unmarshal([]byte(next("state")), &st); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEventsResumeTooOld: a manager that no longer holds the events after
+// the last one received says so; the dashboard notes the gap in the list
+// and follows from now.
+func TestEventsResumeTooOld(t *testing.T) {
+	fake := newFake()
+	fake.eventsErr = status.Error(codes.OutOfRange, "events too old")
+	s, _ := startServer(t, map[string]*fakeControl{"a:1": fake}, "a:1")
+	fake.events <- &pb.ClusterEvent{Index: 40, Type: "service", Action: "scale", Name: "web"}
+	poll.Until(t, 10*time.Second, "the gap noted, then the next event", func() (bool, string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		var texts []string
+		for _, e := range s.events {
+			texts = append(texts, e.Text)
+		}
+		return len(texts) == 2 && strings.HasPrefix(texts[0], "dashboard gap") && texts[1] == "service scale web", strings.Join(texts, "; ")
+	})
+}
+
+// TestLoginURLAgainWithSession: the browser that logged in may open the
+// login URL again (a reload): it is sent to the overview, not refused.
+func TestLoginURLAgainWithSession(t *testing.T) {
+	s, ts := startServer(t, map[string]*fakeControl{"a:1": newFake()}, "a:1")
+	token := s.Token()
+	c := login(t, s, ts)
+	resp, err := c.Get(ts.URL + "/?token=" + token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.RawQuery != "" {
+		t.Errorf("the login URL again with the session: %s at %s; want the overview", resp.Status, resp.Request.URL)
 	}
 }
 

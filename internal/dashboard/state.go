@@ -134,6 +134,8 @@ type EventView struct {
 	Name       string            `json:"name"`
 	Attributes map[string]string `json:"attributes,omitempty"`
 	Text       string            `json:"text"`
+
+	n uint64 // the server's count of events when this one arrived
 }
 
 // read fetches the cluster through m and builds its State (without
