@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build browser screenshots test test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build screenshots test test-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -18,19 +18,19 @@ build:
 # detector, short fuzz runs and a short seeded chaos pass (needs root).
 test: test-go fuzz-short chaos-short
 
-# The Go suite alone: vet and every package's tests with the race detector
-# (Debian's chromium is installed first for the dashboard's browser test).
-test-go: browser
+# The Debian packages the tests use (promtool, chromium for the dashboard's
+# browser test, ...), installed when missing.
+test-deps:
+	bash scripts/test-deps.sh
+
+# The Go suite alone: vet and every package's tests with the race detector.
+test-go: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# Debian's chromium, for the dashboard's browser test, when it is missing.
-browser:
-	scripts/install-chromium.sh
-
 # The dashboard's browser test alone; it rewrites the screenshots in
 # docs/images that the README shows.
-screenshots:
+screenshots: test-deps
 	$(GO) test -count=1 -run TestDashboardBrowser -v ./cmd/shoal
 
 test-short:

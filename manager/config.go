@@ -32,6 +32,9 @@ const DefaultCertExpiry = ca.DefaultCertExpiry
 // MaxSecretSize is the largest secret value a manager accepts.
 const MaxSecretSize = controlapi.MaxSecretSize
 
+// MaxConfigSize is the largest config a manager accepts.
+const MaxConfigSize = controlapi.MaxConfigSize
+
 // Config configures a manager node.
 type Config struct {
 	// DataDir holds node.json and the Raft state (raft/).

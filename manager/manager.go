@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shoal-cluster/shoal/gossip"
 	"github.com/shoal-cluster/shoal/internal/clock"
 	"github.com/shoal-cluster/shoal/internal/datadir"
@@ -38,6 +39,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/events"
 	"github.com/shoal-cluster/shoal/manager/leaderroute"
 	"github.com/shoal-cluster/shoal/manager/membership"
+	"github.com/shoal-cluster/shoal/manager/metrics"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/sealer"
@@ -77,6 +79,7 @@ type Manager struct {
 	gossip  *gossip.Gossip
 	feed    *endpoints.Feed
 	journal *events.Journal
+	metrics *metrics.Manager
 	mesh    *mesh.Mesh
 
 	// storeReady is set once store is assigned (Raft handshakes may come
@@ -277,6 +280,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		keys:    sealer.NewHolder(id.NodeID, cfg.DataDir),
 		conns:   leaderroute.NewPool(nc.Creds()),
 		stopped: make(chan struct{}),
+		metrics: metrics.New(),
 	}
 	if key, err := sealer.Load(cfg.DataDir); err == nil {
 		m.keys.Set(key)
@@ -295,6 +299,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		ClientTLS:         nc.Creds().ClientTLS(pki.RoleManager),
 		WrapStream:        cfg.WrapRaftStream,
 		Logger:            cfg.Logger,
+		Observer:          m.metrics.Observer(),
 	}
 	var err error
 	if forceNew {
@@ -361,6 +366,8 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 	}()
 	m.loop(m.feed.Run)
 	m.loop(m.journal.Run)
+	m.metrics.Attach(m.store, m.disp)
+	m.loop(m.metrics.Run)
 	m.loop(m.runMesh)
 	m.loop(m.leadership)
 	m.loop(m.watchMembership)
@@ -568,6 +575,7 @@ func (m *Manager) leadership(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case leader := <-m.store.LeaderChanges():
+			m.metrics.LeadershipChanged()
 			running.stop()
 			running = nil
 			if leader {
@@ -935,6 +943,9 @@ func (m *Manager) ID() string { return m.id.NodeID }
 
 // ClusterID is the cluster this node belongs to.
 func (m *Manager) ClusterID() string { return m.id.ClusterID }
+
+// Metrics is the manager's Prometheus collector (`--metrics-addr`).
+func (m *Manager) Metrics() prometheus.Collector { return m.metrics }
 
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }

@@ -3055,6 +3055,356 @@ func (x *ClusterEvent) GetAttributes() map[string]string {
 	return nil
 }
 
+type CreateConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec carries the name, labels and the data (at most 1000 KiB).
+	Spec          *ConfigSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigRequest) Reset() {
+	*x = CreateConfigRequest{}
+	mi := &file_control_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigRequest) ProtoMessage() {}
+
+func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
+func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is the stored config, without its data.
+	Config        *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigResponse) Reset() {
+	*x = CreateConfigResponse{}
+	mi := &file_control_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigResponse) ProtoMessage() {}
+
+func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
+func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *CreateConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type GetConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a config ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigRequest) Reset() {
+	*x = GetConfigRequest{}
+	mi := &file_control_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigRequest) ProtoMessage() {}
+
+func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *GetConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is with its data.
+	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// services are the names of the services that use the config.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigResponse) Reset() {
+	*x = GetConfigResponse{}
+	mi := &file_control_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigResponse) ProtoMessage() {}
+
+func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *GetConfigResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListConfigsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsRequest) Reset() {
+	*x = ListConfigsRequest{}
+	mi := &file_control_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsRequest) ProtoMessage() {}
+
+func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
+func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{61}
+}
+
+type ListConfigsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// configs are without their data (size says how large it is).
+	Configs       []*Config `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsResponse) Reset() {
+	*x = ListConfigsResponse{}
+	mi := &file_control_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsResponse) ProtoMessage() {}
+
+func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
+func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListConfigsResponse) GetConfigs() []*Config {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
+type RemoveConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigRequest) Reset() {
+	*x = RemoveConfigRequest{}
+	mi := &file_control_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigRequest) ProtoMessage() {}
+
+func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
+func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RemoveConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveConfigResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigResponse) Reset() {
+	*x = RemoveConfigResponse{}
+	mi := &file_control_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigResponse) ProtoMessage() {}
+
+func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
+func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{64}
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -3248,7 +3598,22 @@ const file_control_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xd9\f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\x13CreateConfigRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
+	"\x14CreateConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\"$\n" +
+	"\x10GetConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
+	"\x11GetConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
+	"\x12ListConfigsRequest\"A\n" +
+	"\x13ListConfigsResponse\x12*\n" +
+	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
+	"\x13RemoveConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
+	"\x14RemoveConfigResponse2\x89\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3274,7 +3639,11 @@ const file_control_proto_rawDesc = "" +
 	"\fCreateSecret\x12\x1d.shoal.v1.CreateSecretRequest\x1a\x1e.shoal.v1.CreateSecretResponse\x12D\n" +
 	"\tGetSecret\x12\x1a.shoal.v1.GetSecretRequest\x1a\x1b.shoal.v1.GetSecretResponse\x12J\n" +
 	"\vListSecrets\x12\x1c.shoal.v1.ListSecretsRequest\x1a\x1d.shoal.v1.ListSecretsResponse\x12M\n" +
-	"\fRemoveSecret\x12\x1d.shoal.v1.RemoveSecretRequest\x1a\x1e.shoal.v1.RemoveSecretResponse2C\n" +
+	"\fRemoveSecret\x12\x1d.shoal.v1.RemoveSecretRequest\x1a\x1e.shoal.v1.RemoveSecretResponse\x12M\n" +
+	"\fCreateConfig\x12\x1d.shoal.v1.CreateConfigRequest\x1a\x1e.shoal.v1.CreateConfigResponse\x12D\n" +
+	"\tGetConfig\x12\x1a.shoal.v1.GetConfigRequest\x1a\x1b.shoal.v1.GetConfigResponse\x12J\n" +
+	"\vListConfigs\x12\x1c.shoal.v1.ListConfigsRequest\x1a\x1d.shoal.v1.ListConfigsResponse\x12M\n" +
+	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
 	"\n" +
@@ -3300,7 +3669,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
@@ -3359,109 +3728,131 @@ var file_control_proto_goTypes = []any{
 	(*RemoveSecretResponse)(nil),           // 54: shoal.v1.RemoveSecretResponse
 	(*EventsRequest)(nil),                  // 55: shoal.v1.EventsRequest
 	(*ClusterEvent)(nil),                   // 56: shoal.v1.ClusterEvent
-	nil,                                    // 57: shoal.v1.ClusterEvent.AttributesEntry
-	(*ServiceSpec)(nil),                    // 58: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 59: shoal.v1.Service
-	(*Task)(nil),                           // 60: shoal.v1.Task
-	(NodeRole)(0),                          // 61: shoal.v1.NodeRole
-	(*Node)(nil),                           // 62: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 63: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 64: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 65: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 66: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 67: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 68: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 69: shoal.v1.Secret
+	(*CreateConfigRequest)(nil),            // 57: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 58: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 59: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 60: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 61: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 62: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 63: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 64: shoal.v1.RemoveConfigResponse
+	nil,                                    // 65: shoal.v1.ClusterEvent.AttributesEntry
+	(*ServiceSpec)(nil),                    // 66: shoal.v1.ServiceSpec
+	(*Service)(nil),                        // 67: shoal.v1.Service
+	(*Task)(nil),                           // 68: shoal.v1.Task
+	(NodeRole)(0),                          // 69: shoal.v1.NodeRole
+	(*Node)(nil),                           // 70: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 71: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 72: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 73: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 74: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 75: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 76: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 77: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 78: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 79: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	58, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	59, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	59, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	59, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	66, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	67, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	67, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	67, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	58, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	59, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	60, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	61, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	62, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	62, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	63, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	62, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	64, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	65, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	66, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	67, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	68, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	69, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	70, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	70, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	71, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	70, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	72, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	73, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	61, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	61, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	66, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	61, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	69, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	69, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	74, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	69, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	67, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	68, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	69, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	69, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	69, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	57, // 26: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	17, // 27: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 28: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 29: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 30: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 31: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 32: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 33: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 34: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 35: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 36: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 37: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 38: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 39: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	55, // 40: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	39, // 41: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	41, // 42: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	43, // 43: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	47, // 44: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	49, // 45: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	51, // 46: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	53, // 47: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	15, // 48: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 49: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 50: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 51: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 52: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 53: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	45, // 54: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	18, // 55: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 56: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 57: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 58: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 59: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 60: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 61: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 62: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 63: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 64: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 65: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 66: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 67: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	56, // 68: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	40, // 69: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	42, // 70: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	44, // 71: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	48, // 72: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	50, // 73: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	52, // 74: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	54, // 75: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	16, // 76: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 77: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 78: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 79: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 80: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 81: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	46, // 82: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	55, // [55:83] is the sub-list for method output_type
-	27, // [27:55] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	75, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	76, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	77, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	77, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	77, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	65, // 26: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	78, // 27: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	79, // 28: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	79, // 29: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	79, // 30: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	17, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	19, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	21, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	23, // 34: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	25, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	28, // 36: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	0,  // 37: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 38: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 39: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	7,  // 40: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	9,  // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	11, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	13, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	55, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	39, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	41, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	43, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	47, // 48: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	49, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	51, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	53, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	57, // 52: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	59, // 53: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	61, // 54: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	63, // 55: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	15, // 56: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	32, // 57: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	34, // 58: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	36, // 59: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	37, // 60: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	30, // 61: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	45, // 62: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	18, // 63: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	20, // 64: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	22, // 65: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	24, // 66: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	27, // 67: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	29, // 68: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	1,  // 69: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 70: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	6,  // 71: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	8,  // 72: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	10, // 73: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	12, // 74: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	14, // 75: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	56, // 76: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	40, // 77: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	42, // 78: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	44, // 79: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	48, // 80: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	50, // 81: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	52, // 82: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	54, // 83: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	58, // 84: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	60, // 85: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	62, // 86: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	64, // 87: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	16, // 88: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	33, // 89: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	35, // 90: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	26, // 91: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	38, // 92: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	31, // 93: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	46, // 94: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	63, // [63:95] is the sub-list for method output_type
+	31, // [31:63] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3476,7 +3867,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   58,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -271,7 +271,10 @@ type SessionMessage struct {
 	// are reachable: a complete set first, then per-service changes.
 	Endpoints *EndpointUpdate `protobuf:"bytes,6,opt,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// secrets are the secret values the node's tasks need (field 7).
-	Secrets       *SecretAssignments `protobuf:"bytes,7,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	Secrets *SecretAssignments `protobuf:"bytes,7,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	// configs are the config contents the node's tasks need, in the same
+	// shape as secrets (a SecretValue carries a config's ID, name and data).
+	Configs       *SecretAssignments `protobuf:"bytes,122,opt,name=configs,proto3" json:"configs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,6 +361,13 @@ func (x *SessionMessage) GetEndpoints() *EndpointUpdate {
 func (x *SessionMessage) GetSecrets() *SecretAssignments {
 	if x != nil {
 		return x.Secrets
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetConfigs() *SecretAssignments {
+	if x != nil {
+		return x.Configs
 	}
 	return nil
 }
@@ -1047,7 +1057,7 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12(\n" +
 	"\aupdated\x18\x02 \x03(\v2\x0e.shoal.v1.TaskR\aupdated\x12\x18\n" +
 	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\x8f\x03\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\xc6\x03\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -1057,7 +1067,8 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04node\x18\x05 \x01(\v2\x0e.shoal.v1.NodeR\x04node\x124\n" +
 	"\bsecurity\x18\b \x01(\v2\x18.shoal.v1.SecurityUpdateR\bsecurity\x126\n" +
 	"\tendpoints\x18\x06 \x01(\v2\x18.shoal.v1.EndpointUpdateR\tendpoints\x125\n" +
-	"\asecrets\x18\a \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\asecrets\"J\n" +
+	"\asecrets\x18\a \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\asecrets\x125\n" +
+	"\aconfigs\x18z \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\aconfigs\"J\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
@@ -1162,25 +1173,26 @@ var file_dispatcher_proto_depIdxs = []int32{
 	10, // 6: shoal.v1.SessionMessage.security:type_name -> shoal.v1.SecurityUpdate
 	13, // 7: shoal.v1.SessionMessage.endpoints:type_name -> shoal.v1.EndpointUpdate
 	15, // 8: shoal.v1.SessionMessage.secrets:type_name -> shoal.v1.SecretAssignments
-	19, // 9: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	7,  // 10: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	20, // 11: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
-	21, // 12: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
-	11, // 13: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
-	12, // 14: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
-	0,  // 15: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
-	14, // 16: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
-	1,  // 17: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	5,  // 18: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	8,  // 19: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	4,  // 20: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	6,  // 21: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	9,  // 22: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	15, // 9: shoal.v1.SessionMessage.configs:type_name -> shoal.v1.SecretAssignments
+	19, // 10: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	7,  // 11: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	20, // 12: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
+	21, // 13: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
+	11, // 14: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
+	12, // 15: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
+	0,  // 16: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
+	14, // 17: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
+	1,  // 18: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	5,  // 19: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	8,  // 20: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	4,  // 21: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	6,  // 22: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	9,  // 23: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	21, // [21:24] is the sub-list for method output_type
+	18, // [18:21] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }

@@ -1984,6 +1984,94 @@ func (x *SecretReference) GetMode() uint32 {
 	return 0
 }
 
+// ConfigReference attaches a config to a task as a file. target is an
+// absolute path: where a container sees the file (default "/<name>"); a
+// process task finds it at $SHOAL_CONFIGS_DIR<target>. uid and gid (numeric,
+// empty: the task's user, root in a container) own the file.
+type ConfigReference struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ConfigId      string                 `protobuf:"bytes,1,opt,name=config_id,json=configId,proto3" json:"config_id,omitempty"`
+	ConfigName    string                 `protobuf:"bytes,2,opt,name=config_name,json=configName,proto3" json:"config_name,omitempty"`
+	Target        string                 `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid           string                 `protobuf:"bytes,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           string                 `protobuf:"bytes,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigReference) Reset() {
+	*x = ConfigReference{}
+	mi := &file_objects_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigReference) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigReference) ProtoMessage() {}
+
+func (x *ConfigReference) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigReference.ProtoReflect.Descriptor instead.
+func (*ConfigReference) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ConfigReference) GetConfigId() string {
+	if x != nil {
+		return x.ConfigId
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetConfigName() string {
+	if x != nil {
+		return x.ConfigName
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *ConfigReference) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *ConfigReference) GetGid() string {
+	if x != nil {
+		return x.Gid
+	}
+	return ""
+}
+
 // ContainerSpec is what runs: an image (docker runtime) or an executable
 // path (process runtime), with its command line and environment.
 type ContainerSpec struct {
@@ -1999,13 +2087,15 @@ type ContainerSpec struct {
 	StopGracePeriod int64                  `protobuf:"varint,9,opt,name=stop_grace_period,json=stopGracePeriod,proto3" json:"stop_grace_period,omitempty"`
 	Healthcheck     *HealthCheck           `protobuf:"bytes,10,opt,name=healthcheck,proto3" json:"healthcheck,omitempty"`
 	Secrets         []*SecretReference     `protobuf:"bytes,11,rep,name=secrets,proto3" json:"secrets,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// configs are the configs the task sees as files (Docker's configs).
+	Configs       []*ConfigReference `protobuf:"bytes,120,rep,name=configs,proto3" json:"configs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
 	*x = ContainerSpec{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2107,7 @@ func (x *ContainerSpec) String() string {
 func (*ContainerSpec) ProtoMessage() {}
 
 func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2120,7 @@ func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSpec.ProtoReflect.Descriptor instead.
 func (*ContainerSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ContainerSpec) GetImage() string {
@@ -2110,6 +2200,13 @@ func (x *ContainerSpec) GetSecrets() []*SecretReference {
 	return nil
 }
 
+func (x *ContainerSpec) GetConfigs() []*ConfigReference {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
 // TaskSpec is the template every task of a service is made from.
 type TaskSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2127,7 +2224,7 @@ type TaskSpec struct {
 
 func (x *TaskSpec) Reset() {
 	*x = TaskSpec{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2236,7 @@ func (x *TaskSpec) String() string {
 func (*TaskSpec) ProtoMessage() {}
 
 func (x *TaskSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2249,7 @@ func (x *TaskSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
 func (*TaskSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TaskSpec) GetRuntime() string {
@@ -2212,7 +2309,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2224,7 +2321,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2237,7 +2334,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -2296,7 +2393,7 @@ type PortConfig struct {
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2405,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2418,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PortConfig) GetName() string {
@@ -2370,7 +2467,7 @@ type EndpointSpec struct {
 
 func (x *EndpointSpec) Reset() {
 	*x = EndpointSpec{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2479,7 @@ func (x *EndpointSpec) String() string {
 func (*EndpointSpec) ProtoMessage() {}
 
 func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2492,7 @@ func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointSpec.ProtoReflect.Descriptor instead.
 func (*EndpointSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EndpointSpec) GetMode() ResolutionMode {
@@ -2425,7 +2522,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2437,7 +2534,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2450,7 +2547,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Endpoint) GetSpec() *EndpointSpec {
@@ -2495,7 +2592,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2604,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2617,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ServiceSpec) GetAnnotations() *Annotations {
@@ -2629,6 +2726,63 @@ func (*ServiceSpec_ReplicatedJob) isServiceSpec_Mode() {}
 
 func (*ServiceSpec_GlobalJob) isServiceSpec_Mode() {}
 
+// JobStatus is where a job (replicated-job or global-job service) is, as
+// Docker's: job_iteration counts its runs (1 at create; every spec update,
+// `service update --force` included, starts the next one, and only tasks of
+// the current iteration count towards its completions); last_execution is
+// when the current iteration began (Unix nanoseconds).
+type JobStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobIteration  uint64                 `protobuf:"varint,1,opt,name=job_iteration,json=jobIteration,proto3" json:"job_iteration,omitempty"`
+	LastExecution int64                  `protobuf:"varint,2,opt,name=last_execution,json=lastExecution,proto3" json:"last_execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobStatus) Reset() {
+	*x = JobStatus{}
+	mi := &file_objects_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobStatus) ProtoMessage() {}
+
+func (x *JobStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
+func (*JobStatus) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *JobStatus) GetJobIteration() uint64 {
+	if x != nil {
+		return x.JobIteration
+	}
+	return 0
+}
+
+func (x *JobStatus) GetLastExecution() int64 {
+	if x != nil {
+		return x.LastExecution
+	}
+	return 0
+}
+
 // UpdateStatus reports a rolling update's progress.
 type UpdateStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2642,7 +2796,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2808,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2821,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2705,17 +2859,19 @@ type Service struct {
 	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	Spec  *ServiceSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// spec_version counts spec changes; tasks record the one they run.
-	SpecVersion   uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
-	PreviousSpec  *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
-	Endpoint      *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
-	UpdateStatus  *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	SpecVersion  uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
+	PreviousSpec *ServiceSpec  `protobuf:"bytes,5,opt,name=previous_spec,json=previousSpec,proto3" json:"previous_spec,omitempty"`
+	Endpoint     *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	UpdateStatus *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	// job_status is set for jobs only.
+	JobStatus     *JobStatus `protobuf:"bytes,110,opt,name=job_status,json=jobStatus,proto3" json:"job_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +2883,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +2896,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Service) GetId() string {
@@ -2792,6 +2948,13 @@ func (x *Service) GetUpdateStatus() *UpdateStatus {
 	return nil
 }
 
+func (x *Service) GetJobStatus() *JobStatus {
+	if x != nil {
+		return x.JobStatus
+	}
+	return nil
+}
+
 // PortBinding is where a task's port is reachable on its node.
 type PortBinding struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2805,7 +2968,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +2980,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +2993,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -2885,7 +3048,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +3060,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +3073,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3000,13 +3163,16 @@ type Task struct {
 	Endpoint     *Endpoint   `protobuf:"bytes,11,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// pending_reason says why a pending task has no node yet.
 	PendingReason string `protobuf:"bytes,12,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
+	// job_iteration is the job run (Service.job_status.job_iteration) this
+	// task belongs to; 0 for tasks of services that are not jobs.
+	JobIteration  uint64 `protobuf:"varint,110,opt,name=job_iteration,json=jobIteration,proto3" json:"job_iteration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3184,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3197,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Task) GetId() string {
@@ -3118,6 +3284,13 @@ func (x *Task) GetPendingReason() string {
 	return ""
 }
 
+func (x *Task) GetJobIteration() uint64 {
+	if x != nil {
+		return x.JobIteration
+	}
+	return 0
+}
+
 // JoinTokens are the secrets that admit new nodes.
 type JoinTokens struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3129,7 +3302,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3141,7 +3314,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3154,7 +3327,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3186,7 +3359,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3198,7 +3371,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3211,7 +3384,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3272,7 +3445,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3457,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3470,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3359,7 +3532,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3371,7 +3544,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3384,7 +3557,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Cluster) GetId() string {
@@ -3481,7 +3654,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3493,7 +3666,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3506,7 +3679,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3571,7 +3744,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3583,7 +3756,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3596,7 +3769,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3646,7 +3819,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3658,7 +3831,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3671,7 +3844,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3707,7 +3880,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3719,7 +3892,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3732,7 +3905,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Secret) GetId() string {
@@ -3764,6 +3937,132 @@ func (x *Secret) GetSealedData() []byte {
 }
 
 func (x *Secret) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// ConfigSpec holds a config's name and contents. Configs are not sensitive
+// (Docker stores them unencrypted): the store keeps data as it is.
+type ConfigSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Annotations   *Annotations           `protobuf:"bytes,1,opt,name=annotations,proto3" json:"annotations,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigSpec) Reset() {
+	*x = ConfigSpec{}
+	mi := &file_objects_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigSpec) ProtoMessage() {}
+
+func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
+func (*ConfigSpec) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ConfigSpec) GetAnnotations() *Annotations {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+func (x *ConfigSpec) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// Config is a non-secret file handed to tasks (Docker's configs); it
+// cannot change once created.
+type Config struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec  *ConfigSpec            `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// size is the length of spec.data in bytes (set also when a listing
+	// leaves the data out).
+	Size          uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Config) Reset() {
+	*x = Config{}
+	mi := &file_objects_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Config) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Config) ProtoMessage() {}
+
+func (x *Config) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Config.ProtoReflect.Descriptor instead.
+func (*Config) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *Config) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Config) GetMeta() *Meta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Config) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Config) GetSize() uint64 {
 	if x != nil {
 		return x.Size
 	}
@@ -3870,7 +4169,15 @@ const file_objects_proto_rawDesc = "" +
 	"\vsecret_name\x18\x02 \x01(\tR\n" +
 	"secretName\x12\x16\n" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xc6\x03\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"\x9f\x01\n" +
+	"\x0fConfigReference\x12\x1b\n" +
+	"\tconfig_id\x18\x01 \x01(\tR\bconfigId\x12\x1f\n" +
+	"\vconfig_name\x18\x02 \x01(\tR\n" +
+	"configName\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\tR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xfb\x03\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -3883,7 +4190,8 @@ const file_objects_proto_rawDesc = "" +
 	"\x11stop_grace_period\x18\t \x01(\x03R\x0fstopGracePeriod\x127\n" +
 	"\vhealthcheck\x18\n" +
 	" \x01(\v2\x15.shoal.v1.HealthCheckR\vhealthcheck\x123\n" +
-	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x1a9\n" +
+	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x123\n" +
+	"\aconfigs\x18x \x03(\v2\x19.shoal.v1.ConfigReferenceR\aconfigs\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +
@@ -3929,13 +4237,16 @@ const file_objects_proto_rawDesc = "" +
 	"\x06update\x18\a \x01(\v2\x16.shoal.v1.UpdateConfigR\x06update\x122\n" +
 	"\brollback\x18\b \x01(\v2\x16.shoal.v1.UpdateConfigR\brollback\x122\n" +
 	"\bendpoint\x18\t \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpointB\x06\n" +
-	"\x04mode\"\x97\x01\n" +
+	"\x04mode\"W\n" +
+	"\tJobStatus\x12#\n" +
+	"\rjob_iteration\x18\x01 \x01(\x04R\fjobIteration\x12%\n" +
+	"\x0elast_execution\x18\x02 \x01(\x03R\rlastExecution\"\x97\x01\n" +
 	"\fUpdateStatus\x12+\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x15.shoal.v1.UpdateStateR\x05state\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xb4\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xe8\x02\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -3943,7 +4254,9 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12:\n" +
 	"\rprevious_spec\x18\x05 \x01(\v2\x15.shoal.v1.ServiceSpecR\fpreviousSpec\x12.\n" +
 	"\bendpoint\x18\x06 \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12;\n" +
-	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\"\x98\x01\n" +
+	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x122\n" +
+	"\n" +
+	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\"\x98\x01\n" +
 	"\vPortBinding\x12\x1f\n" +
 	"\vtarget_port\x18\x01 \x01(\rR\n" +
 	"targetPort\x12\x17\n" +
@@ -3962,7 +4275,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x06health\x18\b \x01(\x0e2\x15.shoal.v1.HealthStateR\x06health\x12+\n" +
 	"\x05ports\x18\t \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\x12\x1b\n" +
 	"\tnode_lost\x18\n" +
-	" \x01(\bR\bnodeLost\"\xb3\x03\n" +
+	" \x01(\bR\bnodeLost\"\xd8\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12\x1d\n" +
@@ -3977,7 +4290,8 @@ const file_objects_proto_rawDesc = "" +
 	"\x06status\x18\n" +
 	" \x01(\v2\x14.shoal.v1.TaskStatusR\x06status\x12.\n" +
 	"\bendpoint\x18\v \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12%\n" +
-	"\x0epending_reason\x18\f \x01(\tR\rpendingReason\">\n" +
+	"\x0epending_reason\x18\f \x01(\tR\rpendingReason\x12#\n" +
+	"\rjob_iteration\x18n \x01(\x04R\fjobIteration\">\n" +
 	"\n" +
 	"JoinTokens\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x18\n" +
@@ -4037,7 +4351,16 @@ const file_objects_proto_rawDesc = "" +
 	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec\x12\x1f\n" +
 	"\vsealed_data\x18\x04 \x01(\fR\n" +
 	"sealedData\x12\x12\n" +
-	"\x04size\x18\x05 \x01(\x04R\x04size*R\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\"Y\n" +
+	"\n" +
+	"ConfigSpec\x127\n" +
+	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"z\n" +
+	"\x06Config\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
+	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12(\n" +
+	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size*R\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_WORKER\x10\x01\x12\x15\n" +
@@ -4121,7 +4444,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4156,38 +4479,42 @@ var file_objects_proto_goTypes = []any{
 	(*Mount)(nil),                // 30: shoal.v1.Mount
 	(*HealthCheck)(nil),          // 31: shoal.v1.HealthCheck
 	(*SecretReference)(nil),      // 32: shoal.v1.SecretReference
-	(*ContainerSpec)(nil),        // 33: shoal.v1.ContainerSpec
-	(*TaskSpec)(nil),             // 34: shoal.v1.TaskSpec
-	(*UpdateConfig)(nil),         // 35: shoal.v1.UpdateConfig
-	(*PortConfig)(nil),           // 36: shoal.v1.PortConfig
-	(*EndpointSpec)(nil),         // 37: shoal.v1.EndpointSpec
-	(*Endpoint)(nil),             // 38: shoal.v1.Endpoint
-	(*ServiceSpec)(nil),          // 39: shoal.v1.ServiceSpec
-	(*UpdateStatus)(nil),         // 40: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 41: shoal.v1.Service
-	(*PortBinding)(nil),          // 42: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 43: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 44: shoal.v1.Task
-	(*JoinTokens)(nil),           // 45: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 46: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 47: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 48: shoal.v1.Cluster
-	(*RootCA)(nil),               // 49: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 50: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 51: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 52: shoal.v1.Secret
-	nil,                          // 53: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 54: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 55: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 56: shoal.v1.Cluster.DemotedManagersEntry
+	(*ConfigReference)(nil),      // 33: shoal.v1.ConfigReference
+	(*ContainerSpec)(nil),        // 34: shoal.v1.ContainerSpec
+	(*TaskSpec)(nil),             // 35: shoal.v1.TaskSpec
+	(*UpdateConfig)(nil),         // 36: shoal.v1.UpdateConfig
+	(*PortConfig)(nil),           // 37: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),         // 38: shoal.v1.EndpointSpec
+	(*Endpoint)(nil),             // 39: shoal.v1.Endpoint
+	(*ServiceSpec)(nil),          // 40: shoal.v1.ServiceSpec
+	(*JobStatus)(nil),            // 41: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 42: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 43: shoal.v1.Service
+	(*PortBinding)(nil),          // 44: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 45: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 46: shoal.v1.Task
+	(*JoinTokens)(nil),           // 47: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 48: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 49: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 50: shoal.v1.Cluster
+	(*RootCA)(nil),               // 51: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 52: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 53: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 54: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 55: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 56: shoal.v1.Config
+	nil,                          // 57: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 58: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 59: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 60: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	53, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	57, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	54, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	58, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 6: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 7: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
 	14, // 8: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
@@ -4196,67 +4523,72 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 11: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	20, // 12: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 13: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	50, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	52, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 15: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	27, // 16: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 17: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 18: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 19: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	55, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	59, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	30, // 21: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	31, // 22: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	32, // 23: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
-	33, // 24: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
-	29, // 25: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
-	26, // 26: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
-	28, // 27: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
-	6,  // 28: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
-	7,  // 29: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
-	8,  // 30: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
-	9,  // 31: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
-	10, // 32: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
-	36, // 33: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	37, // 34: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
-	36, // 35: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
-	15, // 36: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
-	34, // 37: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
-	22, // 38: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	23, // 39: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	24, // 40: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
-	25, // 41: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
-	35, // 42: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
-	35, // 43: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
-	37, // 44: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	11, // 45: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 46: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	39, // 47: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	39, // 48: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	38, // 49: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	40, // 50: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	8,  // 51: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 52: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 53: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	42, // 54: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 55: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	34, // 56: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 57: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	43, // 58: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	38, // 59: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 60: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 61: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	47, // 62: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	45, // 63: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	49, // 64: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	56, // 65: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 66: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 67: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 68: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	51, // 69: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	33, // 24: shoal.v1.ContainerSpec.configs:type_name -> shoal.v1.ConfigReference
+	34, // 25: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
+	29, // 26: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	26, // 27: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
+	28, // 28: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
+	6,  // 29: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
+	7,  // 30: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
+	8,  // 31: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
+	9,  // 32: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
+	10, // 33: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
+	37, // 34: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	38, // 35: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
+	37, // 36: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
+	15, // 37: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
+	35, // 38: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
+	22, // 39: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	23, // 40: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	24, // 41: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
+	25, // 42: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
+	36, // 43: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
+	36, // 44: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
+	38, // 45: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	11, // 46: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 47: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	40, // 48: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	40, // 49: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	39, // 50: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	42, // 51: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	41, // 52: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	8,  // 53: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 54: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 55: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	44, // 56: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 57: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	35, // 58: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 59: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	45, // 60: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	39, // 61: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 62: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 63: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	49, // 64: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	47, // 65: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	51, // 66: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	60, // 67: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 68: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 69: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 70: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	53, // 71: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 72: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 73: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	55, // 74: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	75, // [75:75] is the sub-list for method output_type
+	75, // [75:75] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4264,7 +4596,7 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[25].OneofWrappers = []any{
+	file_objects_proto_msgTypes[26].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 		(*ServiceSpec_ReplicatedJob)(nil),
@@ -4276,7 +4608,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   43,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

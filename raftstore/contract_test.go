@@ -58,6 +58,7 @@ var contractCases = []struct {
 	{"DoneContextCommitsNothing", contractDoneContextCommitsNothing},
 	{"DeadlinePassingDuringFn", contractDeadlinePassingDuringFn},
 	{"TooLarge", contractTooLarge},
+	{"LargestConfigFits", contractLargestConfigFits},
 	{"RefusalsCommitNothing", contractRefusalsCommitNothing},
 	{"Closed", contractClosed},
 	{"ContendedWritesSerialise", contractContendedWritesSerialise},
@@ -315,6 +316,23 @@ func contractTooLarge(t *testing.T, f *fixture) {
 	f.store.View(func(tx *Tx) {
 		if _, ok := tx.Secrets().Get("big"); ok {
 			t.Error("a transaction over the size limit was committed")
+		}
+	})
+}
+
+// contractLargestConfigFits: a config at its 1000 KiB limit is one
+// transaction under MaxEntrySize, and comes back whole.
+func contractLargestConfigFits(t *testing.T, f *fixture) {
+	data := strings.Repeat("c", 1000*1024)
+	if _, err := f.store.Update(bg(t), func(tx *Tx) error {
+		return tx.Configs().Create(testConfig("cfg-big", "big.conf", data))
+	}); err != nil {
+		t.Fatalf("Update with a 1000 KiB config = %v, want it committed", err)
+	}
+	f.store.View(func(tx *Tx) {
+		got, ok := tx.Configs().Get("cfg-big")
+		if !ok || string(got.GetSpec().GetData()) != data {
+			t.Errorf("the 1000 KiB config came back with %d bytes (found %v)", len(got.GetSpec().GetData()), ok)
 		}
 	})
 }

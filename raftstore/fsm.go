@@ -25,6 +25,8 @@ type fsm struct {
 	mu  sync.RWMutex
 	st  *state
 	hub *hub
+	// obs hears of writes made through Update (nil: nobody listens).
+	obs *Observer
 }
 
 func newFSM() *fsm { return &fsm{st: newState(), hub: newHub()} }
@@ -105,6 +107,8 @@ func (st *state) apply(txn *pb.Transaction, index uint64) ([]Event, error) {
 			ev, u, chk, err = applyAction(st.clusters, KindCluster, a, t.Cluster, index, txn.GetTimestamp())
 		case *pb.StoreAction_Secret:
 			ev, u, chk, err = applyAction(st.secrets, KindSecret, a, t.Secret, index, txn.GetTimestamp())
+		case *pb.StoreAction_Config:
+			ev, u, chk, err = applyAction(st.configs, KindConfig, a, t.Config, index, txn.GetTimestamp())
 		default:
 			err = fmt.Errorf("action without a target")
 		}
@@ -214,6 +218,8 @@ func setMeta(o Object, m *pb.Meta) {
 		v.Meta = m
 	case *pb.Secret:
 		v.Meta = m
+	case *pb.Config:
+		v.Meta = m
 	}
 }
 
@@ -233,6 +239,7 @@ func (st *state) capture() *pb.Snapshot {
 		Tasks:           st.tasks.all(),
 		Clusters:        st.clusters.all(),
 		Secrets:         st.secrets.all(),
+		Configs:         st.configs.all(),
 		AppliedRequests: st.requests.entries(),
 		Index:           st.index,
 	}
@@ -283,6 +290,9 @@ func decodeSnapshot(data []byte) (*state, error) {
 	}
 	for _, o := range snap.GetSecrets() {
 		st.secrets.put(o)
+	}
+	for _, o := range snap.GetConfigs() {
+		st.configs.put(o)
 	}
 	for _, r := range snap.GetAppliedRequests() {
 		st.requests.add(r.GetRequestId(), r.GetIndex())

@@ -59,6 +59,9 @@ func populate(t testing.TB, h *fsmHarness) []string {
 		if err := tx.Tasks().Delete("task-3"); err != nil {
 			return err
 		}
+		if err := tx.Configs().Create(testConfig("cfg-1", "app.conf", "port=80")); err != nil {
+			return err
+		}
 		return tx.Secrets().Create(testSecret("sec-2", "token", "t0k3n"))
 	})
 	commit(func(tx *Tx) error {
@@ -89,6 +92,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 		{"tasks", msgs(orig.Tasks), msgs(got.Tasks)},
 		{"clusters", msgs(orig.Clusters), msgs(got.Clusters)},
 		{"secrets", msgs(orig.Secrets), msgs(got.Secrets)},
+		{"configs", msgs(orig.Configs), msgs(got.Configs)},
 		{"applied requests", msgs(orig.AppliedRequests), msgs(got.AppliedRequests)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -134,6 +138,9 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 		}
 		if got := ids(tx.Secrets().Find(IndexName, "token")); !sameStrings(got, []string{"sec-2"}) {
 			t.Errorf("secret token after restore: %v", got)
+		}
+		if got := ids(tx.Configs().Find(IndexName, "app.conf")); !sameStrings(got, []string{"cfg-1"}) {
+			t.Errorf("config app.conf after restore: %v", got)
 		}
 	})
 	// Unique names still hold after a restore.

@@ -38,6 +38,10 @@ func testClusterObject(id, name string) *pb.Cluster {
 	return &pb.Cluster{Id: id, Spec: &pb.ClusterSpec{Annotations: &pb.Annotations{Name: name}}}
 }
 
+func testConfig(id, name string, data string) *pb.Config {
+	return &pb.Config{Id: id, Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: name}, Data: []byte(data)}, Size: uint64(len(data))}
+}
+
 func testSecret(id, name string, data string) *pb.Secret {
 	return &pb.Secret{Id: id, Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: name}, Data: []byte(data)}}
 }

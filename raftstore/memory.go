@@ -15,6 +15,8 @@ type MemoryConfig struct {
 	// Now stamps transactions (objects' created and updated times);
 	// time.Now when nil. Tests pass a fake clock's.
 	Now func() time.Time
+	// Observer, if set, hears of every write (metrics).
+	Observer *Observer
 }
 
 // MemoryStore is the cluster state held in this process alone, without
@@ -43,7 +45,7 @@ func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
 	}
 	m := &MemoryStore{
 		cfg:       cfg,
-		fsm:       newFSM(),
+		fsm:       &fsm{st: newState(), hub: newHub(), obs: cfg.Observer},
 		contended: make(chan struct{}, 1),
 		leaderCh:  make(chan bool, 1),
 		closed:    make(chan struct{}),

@@ -111,14 +111,42 @@ func update(ctx context.Context, f *fsm, contended chan struct{}, c committer, f
 			}
 			return index, nil
 		}
+		began := time.Now()
 		res, err := c.commit(ctx, &pb.Transaction{RequestId: reqID, Timestamp: c.now().UnixNano(), Actions: actions})
 		if err != nil {
+			f.obs.committed(time.Since(began), err)
 			return 0, err
 		}
+		f.obs.committed(time.Since(began), res.err)
 		if errors.Is(res.err, ErrVersionConflict) && attempt < maxConflictRetries {
+			f.obs.conflict()
 			continue
 		}
 		return res.index, res.err
+	}
+}
+
+// Observer hears of the writes made through Update, for metrics. Either
+// function may be nil; both must be quick.
+type Observer struct {
+	// Committed is told of every transaction proposed: how long it took to
+	// commit and apply here, and its outcome (nil, a refusal such as
+	// ErrVersionConflict, or why it could not be committed).
+	Committed func(d time.Duration, err error)
+	// Conflict is told when a transaction was refused for a version
+	// conflict and is about to run again on the new state.
+	Conflict func()
+}
+
+func (o *Observer) committed(d time.Duration, err error) {
+	if o != nil && o.Committed != nil {
+		o.Committed(d, err)
+	}
+}
+
+func (o *Observer) conflict() {
+	if o != nil && o.Conflict != nil {
+		o.Conflict()
 	}
 }
 

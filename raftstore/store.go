@@ -35,8 +35,14 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// MaxEntrySize is the largest transaction written as one Raft entry.
-const MaxEntrySize = 512 * 1024
+// MaxEntrySize is the largest transaction written as one Raft entry: room
+// for one config at its 1000 KiB limit with its metadata (swarmkit allows
+// 1.5 MiB likewise). Writers that batch aim for BatchEntrySize.
+const MaxEntrySize = 1536 * 1024
+
+// BatchEntrySize is the size a writer that splits large changes into
+// batches aims below: hashicorp/raft's suggested entry size.
+const BatchEntrySize = 512 * 1024
 
 // Timing holds the Raft timings.
 type Timing struct {
@@ -90,6 +96,8 @@ type Config struct {
 	// WrapStream, if set, wraps the stream layer (fault injection).
 	WrapStream func(raft.StreamLayer) raft.StreamLayer
 	Logger     *slog.Logger
+	// Observer, if set, hears of every write (metrics).
+	Observer *Observer
 }
 
 func (c *Config) setDefaults() {
@@ -184,7 +192,7 @@ func open(cfg Config, forceNew bool) (*Store, error) {
 	s := &Store{
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "raftstore"),
-		fsm:       newFSM(),
+		fsm:       &fsm{st: newState(), hub: newHub(), obs: cfg.Observer},
 		notifyCh:  make(chan bool, 16),
 		leaderCh:  make(chan bool, 16),
 		readyCond: make(chan struct{}),

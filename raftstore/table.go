@@ -16,7 +16,8 @@ type Object interface {
 
 // Index names used by the tables.
 const (
-	// IndexName indexes nodes by hostname and services and secrets by name.
+	// IndexName indexes nodes by hostname and services, secrets and configs
+	// by name.
 	IndexName = "name"
 	// IndexService indexes tasks by service ID.
 	IndexService = "service"
@@ -143,6 +144,7 @@ type state struct {
 	tasks    *table[*pb.Task]
 	clusters *table[*pb.Cluster]
 	secrets  *table[*pb.Secret]
+	configs  *table[*pb.Config]
 	requests *requestLog
 	index    uint64
 }
@@ -162,6 +164,9 @@ func newState() *state {
 		clusters: newTable[*pb.Cluster](),
 		secrets: newTable(indexDef[*pb.Secret]{name: IndexName, unique: true, key: func(s *pb.Secret) string {
 			return s.GetSpec().GetAnnotations().GetName()
+		}}),
+		configs: newTable(indexDef[*pb.Config]{name: IndexName, unique: true, key: func(c *pb.Config) string {
+			return c.GetSpec().GetAnnotations().GetName()
 		}}),
 		requests: newRequestLog(requestLogSize),
 	}

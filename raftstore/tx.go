@@ -20,6 +20,7 @@ const (
 	KindTask
 	KindCluster
 	KindSecret
+	KindConfig
 )
 
 func (k Kind) String() string {
@@ -34,6 +35,8 @@ func (k Kind) String() string {
 		return "cluster"
 	case KindSecret:
 		return "secret"
+	case KindConfig:
+		return "config"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -102,6 +105,11 @@ func (tx *Tx) Secrets() Table[*pb.Secret] {
 	return Table[*pb.Secret]{tx: tx, t: tx.st.secrets, kind: KindSecret}
 }
 
+// Configs is the config table.
+func (tx *Tx) Configs() Table[*pb.Config] {
+	return Table[*pb.Config]{tx: tx, t: tx.st.configs, kind: KindConfig}
+}
+
 // Cluster returns the cluster object, or nil before initialisation.
 func (tx *Tx) Cluster() *pb.Cluster {
 	all := tx.Clusters().List()
@@ -131,6 +139,8 @@ func (tx *Tx) actions() []*pb.StoreAction {
 			a.Target = &pb.StoreAction_Cluster{Cluster: o}
 		case *pb.Secret:
 			a.Target = &pb.StoreAction_Secret{Secret: o}
+		case *pb.Config:
+			a.Target = &pb.StoreAction_Config{Config: o}
 		}
 		out = append(out, a)
 	}

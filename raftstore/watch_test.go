@@ -263,7 +263,7 @@ func TestWatchOverflow(t *testing.T) {
 func TestEventKindStrings(t *testing.T) {
 	for k, want := range map[fmt.Stringer]string{
 		EventCreate: "create", EventUpdate: "update", EventDelete: "delete", EventKind(0): "unknown",
-		KindNode: "node", KindService: "service", KindTask: "task", KindCluster: "cluster", KindSecret: "secret", Kind(9): "kind(9)",
+		KindNode: "node", KindService: "service", KindTask: "task", KindCluster: "cluster", KindSecret: "secret", KindConfig: "config", Kind(9): "kind(9)",
 	} {
 		if got := k.String(); got != want {
 			t.Errorf("%#v.String() = %q, want %q", k, got, want)

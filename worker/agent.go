@@ -60,6 +60,10 @@ type Config struct {
 	// this node's on the first tmpfs among /run and /dev/shm). It should be
 	// an in-memory filesystem: secret values must not reach a disk.
 	SecretsDir string
+	// ConfigsDir is where tasks' config files go (default: a directory of
+	// this node's on the first tmpfs among /run and /dev/shm, else
+	// DataDir/worker/configs).
+	ConfigsDir string
 	Logger     *slog.Logger
 }
 
@@ -131,13 +135,16 @@ type Agent struct {
 	gossip       *gossip.Gossip
 	grpc         *grpc.Server
 	mesh         *mesh.Mesh
+	metrics      *agentMetrics
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status
 	controllers map[string]*taskController
 	pending     map[string]*pb.TaskStatus // statuses not yet acknowledged
 	secrets     map[string][]byte         // secret values by ID: memory only, never in the db or a log
-	secretFiles *secretFiles
+	configs     map[string][]byte         // config data by ID, in memory as secrets are
+	secretFiles *taskFiles
+	configFiles *taskFiles
 	session     *activeSession
 	leaderHint  string        // where a manager said the leader is
 	period      time.Duration // the heartbeat period the last leader asked for
@@ -282,12 +289,15 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		controllers: map[string]*taskController{},
 		pending:     map[string]*pb.TaskStatus{},
 		secrets:     map[string][]byte{},
-		secretFiles: &secretFiles{root: cfg.SecretsDir},
+		configs:     map[string][]byte{},
+		secretFiles: newSecretFiles(cfg.SecretsDir),
+		configFiles: newConfigFiles(cfg.ConfigsDir),
 		connected:   make(chan struct{}),
 		statusWake:  make(chan struct{}, 1),
 		removed:     make(chan struct{}),
 		promoted:    make(chan struct{}),
 	}
+	a.metrics = newAgentMetrics(a)
 	for _, rt := range rts {
 		a.runtimes[rt.Name()] = rt
 		a.runtimeNames = append(a.runtimeNames, rt.Name())
@@ -300,6 +310,9 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		}
 	case !isTmpfs(filepath.Dir(filepath.Clean(a.secretFiles.root))) && !isTmpfs(a.secretFiles.root):
 		a.log.Warn("the secrets directory is not on an in-memory filesystem: secret values will be written to disk", "dir", a.secretFiles.root)
+	}
+	if a.configFiles.root == "" {
+		a.configFiles.root = defaultConfigsRoot(id.NodeID, cfg.DataDir)
 	}
 	a.gossip, err = gossip.New(gossip.Config{
 		Meta:          gossip.Meta{NodeID: id.NodeID, Role: gossip.RoleWorker, API: cfg.apiAddr()},
@@ -377,60 +390,81 @@ func (a *Agent) restoreTasks() error {
 	if len(tasks) > 0 {
 		a.log.Info("restored tasks from the local store", "tasks", len(tasks))
 	}
-	// Secret files of tasks that ended, or that no record claims, go now;
-	// those of live tasks stay for their controllers.
+	// Secret and config files of tasks that ended, or that no record
+	// claims, go now; those of live tasks stay for their controllers.
 	live := map[string]bool{}
 	for _, t := range tasks {
 		live[t.GetId()] = t.GetStatus().GetState() < pb.TaskState_TASK_STATE_COMPLETE
 	}
-	ids, err := a.secretFiles.tasks()
-	if err != nil {
-		a.log.Warn("look for leftover secret files", "err", err)
-	}
-	for _, id := range ids {
-		if !live[id] {
-			a.dropSecretFiles(id)
+	for _, files := range []*taskFiles{a.secretFiles, a.configFiles} {
+		ids, err := files.tasks()
+		if err != nil {
+			a.log.Warn("look for leftover "+files.kind.noun+" files", "err", err)
+		}
+		for _, id := range ids {
+			if !live[id] {
+				a.dropFiles(id)
+			}
 		}
 	}
 	return nil
 }
 
-// applySecrets brings the secret values held in memory in line with what
-// the managers say this node's tasks need, and wakes tasks waiting for one.
-func (a *Agent) applySecrets(sa *pb.SecretAssignments) {
+// applyValues brings the secret values or config data held in memory
+// (held) in line with what the managers say this node's tasks need, and
+// wakes tasks waiting for one.
+func (a *Agent) applyValues(noun string, held map[string][]byte, sa *pb.SecretAssignments) {
 	if sa == nil {
 		return
 	}
 	a.mu.Lock()
 	if sa.GetType() == pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE {
-		clear(a.secrets)
+		clear(held)
 	}
 	for _, id := range sa.GetRemoved() {
-		delete(a.secrets, id)
+		delete(held, id)
 	}
 	for _, v := range sa.GetUpdated() {
-		a.secrets[v.GetId()] = v.GetData()
+		held[v.GetId()] = v.GetData()
 	}
-	held := len(a.secrets)
+	n := len(held)
 	for _, c := range a.controllers {
 		c.wake()
 	}
 	a.mu.Unlock()
-	a.log.Debug("secrets updated", "received", len(sa.GetUpdated()), "forgotten", len(sa.GetRemoved()), "held", held)
+	a.log.Debug(noun+"s updated", "received", len(sa.GetUpdated()), "forgotten", len(sa.GetRemoved()), "held", n)
 }
 
-// writeSecretFiles materialises a task's secrets; ok is false while a
-// value has not arrived from the managers yet.
-func (a *Agent) writeSecretFiles(t *pb.Task) (TaskSecrets, bool, error) {
+// writeFiles materialises a task's secrets and configs; ok is false while
+// a value has not arrived from the managers yet.
+func (a *Agent) writeFiles(t *pb.Task) (TaskFiles, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.secretFiles.write(t, a.secrets)
+	secrets, ok, err := a.secretFiles.write(t, a.secrets)
+	if err != nil || !ok {
+		return TaskFiles{}, ok, err
+	}
+	configs, ok, err := a.configFiles.write(t, a.configs)
+	if err != nil || !ok {
+		a.dropFiles(t.GetId())
+		return TaskFiles{}, ok, err
+	}
+	return TaskFiles{Secrets: secrets, Configs: configs}, true, nil
 }
 
-// dropSecretFiles removes a task's secret files (the task ended or left).
-func (a *Agent) dropSecretFiles(taskID string) {
-	if err := a.secretFiles.remove(taskID); err != nil {
-		a.log.Warn("remove a task's secret files", "task", taskID, "err", err)
+// filesPresent reports whether a task's secret and config files are all
+// in place.
+func (a *Agent) filesPresent(t *pb.Task) bool {
+	return a.secretFiles.present(t) && a.configFiles.present(t)
+}
+
+// dropFiles removes a task's secret and config files (the task ended or
+// left). It takes no lock: removal is idempotent and per task.
+func (a *Agent) dropFiles(taskID string) {
+	for _, files := range []*taskFiles{a.secretFiles, a.configFiles} {
+		if err := files.remove(taskID); err != nil {
+			a.log.Warn("remove a task's "+files.kind.noun+" files", "task", taskID, "err", err)
+		}
 	}
 }
 
@@ -553,7 +587,7 @@ func (a *Agent) removeTask(id string) {
 			a.removeFromRuntime(rt, id, grace)
 		}
 	}
-	a.dropSecretFiles(id)
+	a.dropFiles(id)
 	if err := a.db.delete(id); err != nil {
 		a.log.Error("forget task", "task", id, "err", err)
 	}
@@ -730,6 +764,7 @@ func (a *Agent) forget() {
 	}
 	a.mu.Lock()
 	clear(a.secrets)
+	clear(a.configs)
 	a.mu.Unlock()
 	a.id.Removed = true
 	if err := datadir.Save(a.cfg.DataDir, a.id); err != nil {
@@ -796,11 +831,17 @@ func (a *Agent) Credentials() *rpc.Credentials { return a.creds.Creds() }
 
 // HeldSecrets lists, sorted, the IDs of the secrets whose values this
 // agent holds in memory (never the values).
-func (a *Agent) HeldSecrets() []string {
+func (a *Agent) HeldSecrets() []string { return a.heldIDs(a.secrets) }
+
+// HeldConfigs lists, sorted, the IDs of the configs whose data this agent
+// holds in memory.
+func (a *Agent) HeldConfigs() []string { return a.heldIDs(a.configs) }
+
+func (a *Agent) heldIDs(held map[string][]byte) []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]string, 0, len(a.secrets))
-	for id := range a.secrets {
+	out := make([]string, 0, len(held))
+	for id := range held {
 		out = append(out, id)
 	}
 	sort.Strings(out)
@@ -810,6 +851,10 @@ func (a *Agent) HeldSecrets() []string {
 // SecretsDir is the directory under which this agent writes its tasks'
 // secret files ("" when the node has none).
 func (a *Agent) SecretsDir() string { return a.secretFiles.root }
+
+// ConfigsDir is the directory under which this agent writes its tasks'
+// config files.
+func (a *Agent) ConfigsDir() string { return a.configFiles.root }
 
 // ClusterID is the cluster this node belongs to.
 func (a *Agent) ClusterID() string { return a.id.ClusterID }

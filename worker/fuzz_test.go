@@ -11,15 +11,17 @@ import (
 )
 
 // FuzzSecretFiles feeds arbitrary task assignments (what a manager sends)
-// to the writing and removal of a task's secret files: whatever the task
-// ID and the references' targets, nothing outside the secrets root is
-// written or removed.
+// to the writing and removal of a task's secret and config files: whatever
+// the task ID and the references' targets, nothing outside the secrets and
+// configs roots is written or removed.
 func FuzzSecretFiles(f *testing.F) {
 	for _, task := range []*pb.Task{
 		{Id: "t1", Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Secrets: []*pb.SecretReference{{SecretId: "s1", SecretName: "db", Target: "db", Mode: 0o440}}}}},
 		{Id: "../outside", Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Secrets: []*pb.SecretReference{{SecretId: "s1", Target: "x"}}}}},
 		{Id: "t2", Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Secrets: []*pb.SecretReference{{SecretId: "s1", Target: "../../etc/passwd"}}}}},
 		{Id: "..", Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Secrets: []*pb.SecretReference{{SecretId: "s1", Target: "a"}, {SecretId: "s2", Target: "a"}}}}},
+		{Id: "t3", Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Configs: []*pb.ConfigReference{{ConfigId: "c1", Target: "/etc/app.conf"}, {ConfigId: "c2", Target: "/../../x"}}}}},
+		{Id: "t4", Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Configs: []*pb.ConfigReference{{ConfigId: "c1", Target: "/a"}, {ConfigId: "c2", Target: "/a/b"}, {ConfigId: "c3", Target: "relative"}}}}},
 	} {
 		data, err := proto.Marshal(task)
 		if err != nil {
@@ -37,13 +39,17 @@ func FuzzSecretFiles(f *testing.F) {
 		if err := os.WriteFile(canary, []byte("keep"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s := &secretFiles{root: filepath.Join(base, "secrets")}
 		values := map[string][]byte{}
 		for _, r := range task.GetSpec().GetContainer().GetSecrets() {
 			values[r.GetSecretId()] = []byte("value")
 		}
-		_, _, _ = s.write(&task, values)
-		_ = s.remove(task.GetId())
+		for _, r := range task.GetSpec().GetContainer().GetConfigs() {
+			values[r.GetConfigId()] = []byte("value")
+		}
+		for _, s := range []*taskFiles{newSecretFiles(filepath.Join(base, "secrets")), newConfigFiles(filepath.Join(base, "configs"))} {
+			_, _, _ = s.write(&task, values)
+			_ = s.remove(task.GetId())
+		}
 		entries, err := os.ReadDir(base)
 		if err != nil {
 			t.Fatal(err)
@@ -52,8 +58,9 @@ func FuzzSecretFiles(f *testing.F) {
 		for _, e := range entries {
 			names = append(names, e.Name())
 		}
-		if !slices.Contains(names, "canary") || len(names) > 2 || (len(names) == 2 && !slices.Contains(names, "secrets")) {
-			t.Fatalf("task %q with targets %v touched the secrets root's parent: %v", task.GetId(), targets(&task), names)
+		extra := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "canary" || n == "secrets" || n == "configs" })
+		if !slices.Contains(names, "canary") || len(extra) > 0 {
+			t.Fatalf("task %q with targets %v touched the roots' parent: %v", task.GetId(), targets(&task), names)
 		}
 	})
 }
@@ -61,6 +68,9 @@ func FuzzSecretFiles(f *testing.F) {
 func targets(t *pb.Task) []string {
 	var out []string
 	for _, r := range t.GetSpec().GetContainer().GetSecrets() {
+		out = append(out, r.GetTarget())
+	}
+	for _, r := range t.GetSpec().GetContainer().GetConfigs() {
 		out = append(out, r.GetTarget())
 	}
 	return out

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -23,9 +24,9 @@ type Runtime interface {
 	Name() string
 	// Prepare makes everything a task needs before it starts (checks the
 	// executable or image, allocates ports, creates directories) and hands
-	// it the secret files the agent wrote. A permanent problem (no such
-	// executable) is a *PermanentError.
-	Prepare(ctx context.Context, t *pb.Task, secrets TaskSecrets) error
+	// it the secret and config files the agent wrote. A permanent problem
+	// (no such executable) is a *PermanentError.
+	Prepare(ctx context.Context, t *pb.Task, files TaskFiles) error
 	// Start starts a prepared task.
 	Start(ctx context.Context, taskID string) error
 	// Wait blocks until the task has exited and returns how; it returns at
@@ -111,23 +112,49 @@ type Availability interface {
 	Available() bool
 }
 
-// TaskSecrets is where the agent wrote a task's secrets: a private
-// directory on an in-memory filesystem with one file per secret the task
-// references, named by the reference's target. The zero value means the
-// task uses no secrets. The agent removes the directory when the task ends.
-type TaskSecrets struct {
-	// Dir is the task's secrets directory on this node.
-	Dir string
-	// Files are the secret files in Dir, one per reference.
-	Files []SecretFile
+// TaskFiles is what the agent wrote for a task before it starts: its
+// secrets and its configs. The zero value means the task uses neither. The
+// agent removes the files when the task ends.
+type TaskFiles struct {
+	// Secrets are in a private directory on an in-memory filesystem, one
+	// file per secret the task references, named by the reference's target.
+	Secrets FileSet
+	// Configs are in a private directory of their own, each at its target
+	// path below it (target /etc/app.conf: Dir/etc/app.conf).
+	Configs FileSet
 }
 
-// SecretFile is one secret as a file.
-type SecretFile struct {
-	// Target is the file's name, as the task sees it.
+// FileSet is one task's directory of secret or config files.
+type FileSet struct {
+	// Dir is the directory on this node ("" when there are no files).
+	Dir string
+	// Files are the files below Dir, one per reference.
+	Files []TaskFile
+}
+
+// TaskFile is one secret or config as a file.
+type TaskFile struct {
+	// Target is where the task sees the file: a secret's file name, a
+	// config's absolute path in a container.
 	Target string
-	// Path is the file on this node (Dir/Target).
+	// Path is the file on this node.
 	Path string
+	// UID and GID (numeric) own the file when the reference named them
+	// (the agent set them); "" leaves it to the runtime (the task's user,
+	// or root in a container).
+	UID, GID string
+}
+
+// Owner is the file's owner: the one its reference named, else uid and
+// gid.
+func (f TaskFile) Owner(uid, gid int) (int, int) {
+	if n, err := strconv.Atoi(f.UID); err == nil {
+		uid = n
+	}
+	if n, err := strconv.Atoi(f.GID); err == nil {
+		gid = n
+	}
+	return uid, gid
 }
 
 // ContainerSecretsDir is where the docker runtime mounts a task's secret
@@ -137,3 +164,8 @@ const ContainerSecretsDir = "/run/secrets"
 // SecretsDirEnv names the environment variable that tells a process task
 // where its secret files are.
 const SecretsDirEnv = "SHOAL_SECRETS_DIR"
+
+// ConfigsDirEnv names the environment variable that tells a process task
+// where its config files are: a config with target /etc/app.conf is
+// $SHOAL_CONFIGS_DIR/etc/app.conf.
+const ConfigsDirEnv = "SHOAL_CONFIGS_DIR"

@@ -284,7 +284,8 @@ func (a *Agent) serveSession(o *openedSession) error {
 		a.log.Warn("remember managers", "err", err)
 	}
 	a.rememberManagers(first.GetManagers())
-	a.applySecrets(first.GetSecrets())
+	a.applyValues("secret", a.secrets, first.GetSecrets())
+	a.applyValues("config", a.configs, first.GetConfigs())
 	a.applyAssignments(first.GetAssignments())
 	a.mesh.Apply(first.GetEndpoints())
 	a.noteNode(first.GetNode())
@@ -341,7 +342,8 @@ func (a *Agent) serveSession(o *openedSession) error {
 			a.noteRedirect(o.stream.Trailer().Get(managerLeaderTrailer))
 			return err
 		case m := <-msgs:
-			a.applySecrets(m.GetSecrets())
+			a.applyValues("secret", a.secrets, m.GetSecrets())
+			a.applyValues("config", a.configs, m.GetConfigs())
 			a.applyAssignments(m.GetAssignments())
 			a.mesh.Apply(m.GetEndpoints())
 			a.noteNode(m.GetNode())

@@ -46,7 +46,7 @@ func (c *taskController) run(ctx context.Context) {
 		if next != nil {
 			c.a.setStatus(c.id, next)
 			if next.GetState() >= pb.TaskState_TASK_STATE_COMPLETE {
-				c.a.dropSecretFiles(c.id) // the task ended: its secrets go
+				c.a.dropFiles(c.id) // the task ended: its secrets and configs go
 			}
 			continue
 		}
@@ -79,8 +79,8 @@ func newStatus(state pb.TaskState, msg string) *pb.TaskStatus {
 func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, bool) {
 	cur, desired := t.GetStatus().GetState(), t.GetDesiredState()
 	if cur >= pb.TaskState_TASK_STATE_COMPLETE {
-		c.a.dropSecretFiles(t.GetId()) // idempotent: a restarted agent may find them
-		return nil, true               // terminal: nothing to do until the task is removed
+		c.a.dropFiles(t.GetId()) // idempotent: a restarted agent may find them
+		return nil, true         // terminal: nothing to do until the task is removed
 	}
 	rt, err := c.a.runtimeFor(t)
 	if err != nil {
@@ -97,17 +97,18 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 	case cur == pb.TaskState_TASK_STATE_ACCEPTED:
 		return newStatus(pb.TaskState_TASK_STATE_PREPARING, "preparing"), false
 	case cur == pb.TaskState_TASK_STATE_PREPARING:
-		secrets, ok, err := c.a.writeSecretFiles(t)
+		files, ok, err := c.a.writeFiles(t)
 		if err != nil {
-			return failure(err, "prepare secrets"), false
+			return failure(err, "prepare secrets and configs"), false
 		}
 		if !ok {
-			return nil, true // a secret's value has not arrived yet
+			return nil, true // a secret's or config's value has not arrived yet
 		}
-		if err := rt.Prepare(ctx, t, secrets); err != nil {
+		if err := rt.Prepare(ctx, t, files); err != nil {
 			if ctx.Err() != nil {
 				return nil, true
 			}
+			c.a.metrics.runtimeError(rt, "prepare")
 			return failure(err, "prepare"), false
 		}
 		return newStatus(pb.TaskState_TASK_STATE_READY, "prepared"), false
@@ -122,15 +123,16 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 			return exitStatus(info.Exit), false
 		}
 		if err != nil || info.State == RunCreated {
-			if !c.a.secretFiles.present(t) {
+			if !c.a.filesPresent(t) {
 				s := newStatus(pb.TaskState_TASK_STATE_FAILED, "secrets lost")
-				s.Err = "the task's secret files are gone (the node restarted since it was prepared); it will be replaced"
+				s.Err = "the task's secret or config files are gone (the node restarted since it was prepared); it will be replaced"
 				return s, false
 			}
 			if err := rt.Start(ctx, t.GetId()); err != nil {
 				if ctx.Err() != nil {
 					return nil, true
 				}
+				c.a.metrics.runtimeError(rt, "start")
 				return failure(err, "start"), false
 			}
 			info, _ = rt.Inspect(ctx, t.GetId())

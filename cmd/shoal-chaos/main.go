@@ -22,7 +22,9 @@
 //	    port 8080 on every node) answered requests sent to every node
 //	    throughout the round, no worker was declared Down and no task
 //	    replaced because of a manager's fault, and writes through the
-//	    surviving managers committed promptly (dataPlaneLimits, per fault).
+//	    surviving managers committed promptly (dataPlaneLimits, per fault);
+//	(f) a replicated job run across the fault finished with every slot
+//	    completed exactly once (job.go).
 //
 // It prints a summary table and exits 1 on any anomaly. It needs root (ip
 // netns, veth, iptables, tc) and removes everything it created, also when
@@ -317,6 +319,16 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	var writes *writer
 	defer func() { probes.stop(); downs.stop(); writes.stop() }()
 
+	job, err := s.startJob(ctx, i)
+	if err != nil {
+		return err
+	}
+	jobChecked := false
+	defer func() {
+		if !jobChecked {
+			_ = s.removeJob(ctx, job) // the round ended early: do not leave it to the next
+		}
+	}()
 	sleep(ctx, time.Duration(800+rng.IntN(700))*time.Millisecond)
 	before, err := s.webTasks(ctx)
 	if err != nil {
@@ -417,6 +429,8 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	lost, skipped := checkAcknowledged(w.history, final)
 	add("(b) acknowledged", lost...)
 	s.skipped += skipped
+	add("(f) job", s.finishJob(ctx, job)...)
+	jobChecked = true
 	if problems := s.waitConverged(ctx, s.withWeb(final), 90*time.Second); len(problems) > 0 {
 		add("(c,d) converged", problems...)
 	}
@@ -846,7 +860,7 @@ func (s *suite) summary(took time.Duration) {
 	if s.skipped > 0 {
 		fmt.Fprintf(tw, "(b) names left to (a): too many unknown outcomes\t%d\t\n", s.skipped)
 	}
-	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "availability", "daemon logs", "unexpected errors", "suite"}
+	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "(f) job", "availability", "daemon logs", "unexpected errors", "suite"}
 	n := 0
 	for _, inv := range invs {
 		fmt.Fprintf(tw, "anomalies: %s\t%d\t\n", inv, len(s.anomalies[inv]))

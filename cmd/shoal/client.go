@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -198,5 +199,46 @@ func removeCommand(g *globalFlags, noun string, remove func(s *session, ref stri
 		},
 	}
 	c.register(cmd.Flags(), false)
+	return cmd
+}
+
+// inspectCommand is `NOUN inspect [--pretty] REF...`: get fetches each
+// one, shown as JSON or, with --pretty, by pretty.
+func inspectCommand[R proto.Message](g *globalFlags, noun, short string, get func(s *session, ref string) (R, error), pretty func(w io.Writer, got R, now time.Time)) *cobra.Command {
+	c := &clientFlags{globalFlags: g}
+	var asText bool
+	upper := strings.ToUpper(noun)
+	cmd := &cobra.Command{
+		Use:   fmt.Sprintf("inspect [OPTIONS] %s [%s...]", upper, upper),
+		Short: short,
+		Args:  minArgs(1, fmt.Sprintf("%s inspect needs at least one %s name or ID", noun, noun)),
+		RunE: func(_ *cobra.Command, pos []string) error {
+			s, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			var got []R
+			for _, ref := range pos {
+				resp, err := get(s, ref)
+				if err != nil {
+					return s.explain(err)
+				}
+				got = append(got, resp)
+			}
+			if !asText {
+				return printJSON(got)
+			}
+			for i, g := range got {
+				if i > 0 {
+					fmt.Println()
+				}
+				pretty(os.Stdout, g, time.Now())
+			}
+			return nil
+		},
+	}
+	c.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&asText, "pretty", false, "human-readable output instead of JSON")
 	return cmd
 }

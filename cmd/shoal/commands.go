@@ -47,7 +47,7 @@ func newRootCommand() *cobra.Command {
 		Short: "Run a Shoal cluster and its services",
 		Long: "Shoal turns a set of machines into one cluster: managers keep its state in Raft, workers run\n" +
 			"its services' tasks as processes or containers. This one binary is both the node (init, join,\n" +
-			"start) and the client of a running cluster (node, cluster, service, secret).",
+			"start) and the client of a running cluster (node, cluster, service, secret, config).",
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		Args:          unknownSubcommand,
@@ -58,7 +58,7 @@ func newRootCommand() *cobra.Command {
 	g.register(root.PersistentFlags())
 	root.AddCommand(
 		initCommand(g), joinCommand(g), startCommand(g), leaveCommand(g),
-		nodeCommand(g), clusterCommand(g), serviceCommand(g), secretCommand(g), eventsCommand(g), dashboardCommand(g), imageCommand(),
+		nodeCommand(g), clusterCommand(g), serviceCommand(g), secretCommand(g), configCommand(g), eventsCommand(g), dashboardCommand(g), imageCommand(),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print the version",

@@ -34,7 +34,7 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	onFlag(root, "log-level", oneOf("debug", "info", "warn", "error"))
 	onFlag(root, "host", q.managerAddrs)
 
-	for _, path := range []string{"service ls", "service ps", "node ls", "secret ls", "cluster info"} {
+	for _, path := range []string{"service ls", "service ps", "node ls", "secret ls", "config ls", "cluster info"} {
 		onFlag(at(root, path), "format", oneOf("table", "json"))
 	}
 	at(root, "node update").ValidArgsFunction = first(q.nodes)
@@ -45,11 +45,16 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	for _, path := range []string{"secret inspect", "secret rm"} {
 		at(root, path).ValidArgsFunction = q.secrets
 	}
-	at(root, "secret create").ValidArgsFunction = func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-		if len(args) == 1 {
-			return nil, cobra.ShellCompDirectiveDefault // FILE
+	for _, path := range []string{"config inspect", "config rm"} {
+		at(root, path).ValidArgsFunction = q.configs
+	}
+	for _, path := range []string{"secret create", "config create"} {
+		at(root, path).ValidArgsFunction = func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if len(args) == 1 {
+				return nil, cobra.ShellCompDirectiveDefault // FILE
+			}
+			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	at(root, "image load").ValidArgsFunction = first(files)
 
@@ -76,6 +81,8 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	onFlag(update, "image", files)
 	onFlag(create, "secret", q.secrets)
 	onFlag(update, "secret-add", q.secrets)
+	onFlag(create, "config", q.configs)
+	onFlag(update, "config-add", q.configs)
 	onFlag(create, "constraint", q.constraints)
 	onFlag(update, "constraint-add", q.constraints)
 	onFlag(create, "placement-pref", q.spreads)
@@ -83,6 +90,12 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	onFlag(update, "secret-rm", q.fromService(func(spec *pb.ServiceSpec) (out []string) {
 		for _, r := range spec.GetTask().GetContainer().GetSecrets() {
 			out = append(out, r.GetSecretName())
+		}
+		return out
+	}))
+	onFlag(update, "config-rm", q.fromService(func(spec *pb.ServiceSpec) (out []string) {
+		for _, r := range spec.GetTask().GetContainer().GetConfigs() {
+			out = append(out, r.GetConfigName())
 		}
 		return out
 	}))
@@ -266,11 +279,36 @@ func (q *clusterQuery) nodes(_ *cobra.Command, args []string, toComplete string)
 
 // secrets completes secret names not already on the command line.
 func (q *clusterQuery) secrets(_ *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	return q.names(args, toComplete, func(s *session) ([]string, error) {
+		resp, err := s.control.ListSecrets(s.ctx, &pb.ListSecretsRequest{})
+		var names []string
+		for _, sec := range resp.GetSecrets() {
+			names = append(names, sec.GetSpec().GetAnnotations().GetName())
+		}
+		return names, err
+	})
+}
+
+// configs completes config names not already on the command line.
+func (q *clusterQuery) configs(_ *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	return q.names(args, toComplete, func(s *session) ([]string, error) {
+		resp, err := s.control.ListConfigs(s.ctx, &pb.ListConfigsRequest{})
+		var names []string
+		for _, c := range resp.GetConfigs() {
+			names = append(names, c.GetSpec().GetAnnotations().GetName())
+		}
+		return names, err
+	})
+}
+
+// names completes the names list returns that are not already on the
+// command line.
+func (q *clusterQuery) names(args []string, toComplete string, list func(s *session) ([]string, error)) ([]string, cobra.ShellCompDirective) {
 	var names []string
 	q.ask(func(s *session) error {
-		resp, err := s.control.ListSecrets(s.ctx, &pb.ListSecretsRequest{})
-		for _, sec := range resp.GetSecrets() {
-			if name := sec.GetSpec().GetAnnotations().GetName(); !slices.Contains(args, name) {
+		all, err := list(s)
+		for _, name := range all {
+			if !slices.Contains(args, name) {
 				names = append(names, name)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/metrics"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
@@ -34,6 +35,9 @@ type daemonFlags struct {
 	heartbeat       time.Duration
 	gossipFast      bool
 	leaveOnStop     bool
+	metricsAddr     string
+
+	metrics *metrics.Server // bound by the first config() when --metrics-addr is set
 }
 
 func (d *daemonFlags) register(fs *pflag.FlagSet) {
@@ -44,6 +48,7 @@ func (d *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&d.heartbeat, "heartbeat-period", time.Second, "managers: how often workers must report; three missed periods mark a worker Down")
 	fs.BoolVar(&d.gossipFast, "gossip-fast", false, "gossip with LAN-local timings: dead nodes are noticed in about 2s (loopback and small LANs)")
 	fs.BoolVar(&d.leaveOnStop, "leave-on-stop", false, "workers: leave the cluster on Ctrl-C or SIGTERM instead of just stopping")
+	fs.StringVar(&d.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `IP:PORT`/metrics (off by default)")
 }
 
 // config turns the flags into a manager configuration.
@@ -69,6 +74,16 @@ func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
 	}
 	cfg.HeartbeatPeriod = d.heartbeat
 	cfg.GossipFast = d.gossipFast
+	if d.metricsAddr != "" && d.metrics == nil {
+		// Bound before the node starts, so that a port in use changes nothing.
+		srv, err := metrics.Listen(d.metricsAddr)
+		if err != nil {
+			return cfg, err
+		}
+		d.metrics = srv
+		go srv.Serve(context.Background(), cfg.Logger)
+		cfg.Logger.Info("serving metrics", "url", "http://"+srv.Addr()+"/metrics")
+	}
 	if d.advertise == "" {
 		if needAdvertise {
 			return cfg, usagef("--advertise IP[:PORT] is required: the address other nodes reach this one on")
@@ -323,6 +338,9 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 // --leave-on-stop), until the cluster removes it, or until it is promoted
 // (then it carries on as a manager).
 func serveWorker(ctx context.Context, d *daemonFlags, a *worker.Agent) error {
+	if d.metrics != nil {
+		d.metrics.SetNode(a.Metrics())
+	}
 	select {
 	case <-ctx.Done():
 		if d.leaveOnStop {
@@ -391,6 +409,9 @@ func runStart(d *daemonFlags) error {
 // serve runs a manager until a signal (stop, stay a member), removal, or
 // demotion (then it carries on as a worker).
 func serve(ctx context.Context, d *daemonFlags, m *manager.Manager) error {
+	if d.metrics != nil {
+		d.metrics.SetNode(m.Metrics())
+	}
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "Stopping; the node stays a member of the cluster. Restart it with `shoal start`.")

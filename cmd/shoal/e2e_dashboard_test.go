@@ -26,7 +26,7 @@ import (
 
 // findChromium returns the browser to drive. Without one the test skips,
 // unless SHOAL_REQUIRE_BROWSER=1 or SHOAL_REQUIRE_DOCKER=1 (CI) says it
-// must run: `make test` installs it (scripts/install-chromium.sh).
+// must run: `make test` installs it (scripts/test-deps.sh).
 func findChromium(t *testing.T) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
@@ -35,9 +35,9 @@ func findChromium(t *testing.T) string {
 		}
 	}
 	if os.Getenv("SHOAL_REQUIRE_BROWSER") == "1" || os.Getenv("SHOAL_REQUIRE_DOCKER") == "1" {
-		t.Fatal("no chromium, and SHOAL_REQUIRE_BROWSER=1 or SHOAL_REQUIRE_DOCKER=1 requires the browser test: run scripts/install-chromium.sh")
+		t.Fatal("no chromium, and SHOAL_REQUIRE_BROWSER=1 or SHOAL_REQUIRE_DOCKER=1 requires the browser test: run make test-deps (scripts/test-deps.sh) to install it")
 	}
-	t.Skip("no chromium (scripts/install-chromium.sh installs it; SHOAL_REQUIRE_BROWSER=1 makes this a failure)")
+	t.Skip("no chromium (make test-deps installs it; SHOAL_REQUIRE_BROWSER=1 makes this a failure)")
 	return ""
 }
 
@@ -373,7 +373,7 @@ func TestDashboardBrowser(t *testing.T) {
 	c, hello := startDashCluster(t)
 	m1 := c.managers[0]
 
-	step("services web (3 replicas) and api (2), a secret")
+	step("services web (3 replicas) and api (2), a secret, a config")
 	for _, svc := range []struct{ name, replicas, port string }{{"web", "3", "8080"}, {"api", "2", "8081"}} {
 		out, errOut, code := cliWithin(t, 90*time.Second, "service", "create", "--host", m1.addr(), "--timeout", "75s", "--name", svc.name,
 			"--replicas", svc.replicas, "--runtime", "process", "--publish", svc.port+":80", "--health-http", "/healthz", "--health-interval", "500ms",
@@ -389,6 +389,9 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	if out, errOut, code := cli(t, "secret", "create", "db-password", secretFile, "--host", m1.addr()); code != 0 {
 		t.Fatalf("secret create: %s%s", out, errOut)
+	}
+	if out, errOut, code := cli(t, "config", "create", "web.conf", secretFile, "--host", m1.addr()); code != 0 {
+		t.Fatalf("config create: %s%s", out, errOut)
 	}
 	var clusterInfo []struct {
 		Cluster struct {
@@ -471,6 +474,7 @@ func TestDashboardBrowser(t *testing.T) {
 	b.waitText("api 2/2", `[data-replicas="api"]`, 20*time.Second, func(s string) bool { return s == "2/2" })
 	b.do("open Secrets", chromedp.Navigate(u+"/#/secrets"))
 	b.waitText("the secret listed", `[data-secret="db-password"]`, 10*time.Second, func(s string) bool { return strings.HasPrefix(s, "db-password") })
+	b.waitText("the config listed", `[data-config="web.conf"]`, 10*time.Second, func(s string) bool { return strings.HasPrefix(s, "web.conf") })
 	if html, _ := evalIn[string](b, "document.documentElement.outerHTML"); strings.Contains(html, secretValue) {
 		t.Error("the Secrets page shows the secret's value")
 	}

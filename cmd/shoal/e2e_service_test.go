@@ -72,6 +72,7 @@ type svcJourney struct {
 	manager *node
 	nodes   map[string]string // node ID -> hostname
 	http    *http.Client
+	metrics map[string]string // hostname -> metrics address, with withMetrics
 }
 
 // cliWithin is cli with a longer deadline, for commands that wait for a
@@ -295,7 +296,12 @@ func (j *svcJourney) helloProcesses() map[int]string {
 
 // startServiceCluster builds hello, forms the cluster and arranges that no
 // process outlives the test, whatever happens.
-func startServiceCluster(t *testing.T) *svcJourney {
+func startServiceCluster(t *testing.T) *svcJourney { return startServiceClusterWith(t, false) }
+
+// startServiceClusterWith starts the journey's cluster; withMetrics gives
+// every node --metrics-addr (on its own IP, port 9323), listed in
+// j.metrics by hostname.
+func startServiceClusterWith(t *testing.T, withMetrics bool) *svcJourney {
 	base, err := os.MkdirTemp("", "shoal-e2e-svc-")
 	if err != nil {
 		t.Fatal(err)
@@ -339,9 +345,17 @@ func startServiceCluster(t *testing.T) *svcJourney {
 
 	ips := []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"}
 	port := freePort(t, ips...)
+	j.metrics = map[string]string{}
+	metricsArgs := func(ip, name string) []string {
+		if !withMetrics {
+			return nil
+		}
+		j.metrics[name] = net.JoinHostPort(ip, strconv.Itoa(freePort(t, ip)))
+		return []string{"--metrics-addr", j.metrics[name]}
+	}
 	mdir := filepath.Join(base, "m1")
-	j.manager = startDaemon(t, ips[0], port, mdir, "init", "--data-dir", mdir, "--advertise", fmt.Sprintf("%s:%d", ips[0], port),
-		"--hostname", "m1", "--gossip-fast", "--heartbeat-period", "500ms")
+	j.manager = startDaemon(t, ips[0], port, mdir, append([]string{"init", "--data-dir", mdir, "--advertise", fmt.Sprintf("%s:%d", ips[0], port),
+		"--hostname", "m1", "--gossip-fast", "--heartbeat-period", "500ms"}, metricsArgs(ips[0], "m1")...)...)
 	var token string
 	eventually(t, 20*time.Second, "the worker token", func() (bool, string) {
 		out, errOut, code := cli(t, "cluster", "join-token", "-q", "worker", "--host", j.manager.addr(), "--timeout", "2s")
@@ -350,8 +364,8 @@ func startServiceCluster(t *testing.T) *svcJourney {
 	})
 	for i, name := range []string{"w1", "w2"} {
 		dir := filepath.Join(base, name)
-		startDaemon(t, ips[i+1], port, dir, "join", "--data-dir", dir, "--advertise", fmt.Sprintf("%s:%d", ips[i+1], port),
-			"--hostname", name, "--gossip-fast", "--token", token, j.manager.addr())
+		startDaemon(t, ips[i+1], port, dir, append([]string{"join", "--data-dir", dir, "--advertise", fmt.Sprintf("%s:%d", ips[i+1], port),
+			"--hostname", name, "--gossip-fast", "--token", token, j.manager.addr()}, metricsArgs(ips[i+1], name)...)...)
 	}
 	// Both workers Ready and offering the process runtime, so that the
 	// scheduler sees both when the service is created.

@@ -1,6 +1,6 @@
 // Command shoal is Shoal's single binary: the node daemon (init, join,
 // start) and the client for a running cluster (node, cluster, service,
-// secret). Its command line is a cobra command tree (commands.go); each
+// secret, config). Its command line is a cobra command tree (commands.go); each
 // command's file holds its flags and what it does.
 package main
 

@@ -260,43 +260,10 @@ func runServicePs(c *clientFlags, f *servicePsFlags, pos []string) error {
 // ---------------------------------------------------------------- inspect
 
 func serviceInspectCommand(g *globalFlags) *cobra.Command {
-	c := &clientFlags{globalFlags: g}
-	var pretty bool
-	cmd := &cobra.Command{
-		Use:   "inspect [OPTIONS] SERVICE [SERVICE...]",
-		Short: "Show one or more services in detail",
-		Args:  minArgs(1, "service inspect needs at least one service name or ID"),
-		RunE:  func(_ *cobra.Command, pos []string) error { return runServiceInspect(c, pretty, pos) },
-	}
-	c.register(cmd.Flags(), false)
-	cmd.Flags().BoolVar(&pretty, "pretty", false, "human-readable output instead of JSON")
-	return cmd
-}
-
-func runServiceInspect(c *clientFlags, pretty bool, pos []string) error {
-	s, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	var services []*pb.Service
-	for _, ref := range pos {
+	return inspectCommand(g, "service", "Show one or more services in detail", func(s *session, ref string) (*pb.Service, error) {
 		resp, err := s.control.GetService(s.ctx, &pb.GetServiceRequest{Ref: ref})
-		if err != nil {
-			return s.explain(err)
-		}
-		services = append(services, resp.GetService())
-	}
-	if !pretty {
-		return printJSON(services)
-	}
-	for i, svc := range services {
-		if i > 0 {
-			fmt.Println()
-		}
-		renderServicePretty(os.Stdout, svc, time.Now())
-	}
-	return nil
+		return resp.GetService(), err
+	}, renderServicePretty)
 }
 
 // ---------------------------------------------------------------- scale
@@ -332,9 +299,12 @@ func scaleSpec(spec *pb.ServiceSpec, n uint64) error {
 	case *pb.ServiceSpec_Replicated:
 		m.Replicated.Replicas = n
 	case *pb.ServiceSpec_ReplicatedJob:
+		if n == 0 {
+			return errNoCompletions("scale: " + spec.GetAnnotations().GetName() + "=0")
+		}
 		m.ReplicatedJob.TotalCompletions = n
 	default:
-		return fmt.Errorf("scale: service %s is %s; only replicated services can be scaled", spec.GetAnnotations().GetName(), modeWord(spec))
+		return fmt.Errorf("scale: service %s is %s (one task on every eligible node); only replicated services and replicated jobs can be scaled", spec.GetAnnotations().GetName(), modeWord(spec))
 	}
 	return nil
 }

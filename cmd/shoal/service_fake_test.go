@@ -436,7 +436,7 @@ func TestServiceCommandsFakeCluster(t *testing.T) {
 	if code, _, errOut := captureRun(t, svc("create", "--name", "agent", "--mode", "global", "-d", "/bin/agent")...); code != 0 {
 		t.Fatalf("create global: exit %d, %q", code, errOut)
 	}
-	if code, _, errOut := captureRun(t, svc("scale", "agent=3")...); code != 1 || errOut != "Error: scale: service agent is global; only replicated services can be scaled\n" {
+	if code, _, errOut := captureRun(t, svc("scale", "agent=3")...); code != 1 || errOut != "Error: scale: service agent is global (one task on every eligible node); only replicated services and replicated jobs can be scaled\n" {
 		t.Errorf("scale global: exit %d, stderr %q", code, errOut)
 	}
 	code, out, _ = captureRun(t, svc("update", "--force", "agent")...)

@@ -59,6 +59,7 @@ type progressFrame struct {
 	done             bool          // the tasks have converged
 	stable           time.Duration // how long done must hold
 	job              bool
+	err              error // the job failed
 }
 
 // progressOpts say what the command changed.
@@ -125,6 +126,12 @@ func (j taskJudge) step(t *pb.Task) int {
 	}
 }
 
+// fractionBar is a bar filled n/d of the way.
+func fractionBar(n, d int) string {
+	w := barWidth * n / max(d, 1)
+	return "[" + strings.Repeat("=", w) + ">" + strings.Repeat(" ", barWidth-w) + "]"
+}
+
 func progressBar(step int) string {
 	n := barWidth * step / stepsToRunning
 	return "[" + strings.Repeat("=", n) + ">" + strings.Repeat(" ", barWidth-n) + "]"
@@ -145,7 +152,7 @@ func evalProgress(svc *pb.Service, tasks []*pb.Task, nodes map[string]string, op
 	var units []*unit
 	switch m := spec.GetMode().(type) {
 	case *pb.ServiceSpec_ReplicatedJob, *pb.ServiceSpec_GlobalJob:
-		return evalJob(svc, j, tasks)
+		return evalJob(svc, j, tasks, nodes)
 	case *pb.ServiceSpec_Global:
 		byNode := map[string]*unit{}
 		for _, t := range tasks {
@@ -303,58 +310,133 @@ func unitLine(j taskJudge, u *unit, t *pb.Task, width int) progressLine {
 	return progressLine{key: u.key, text: text}
 }
 
-// evalJob evaluates a job: done when its tasks have completed.
-func evalJob(svc *pb.Service, j taskJudge, tasks []*pb.Task) progressFrame {
+// evalJob evaluates a job, as Docker's job progress: the completions of its
+// current iteration, the tasks active, and a line per slot (per node, for a
+// global job) while there are few. The job is done when every slot (every
+// node that runs it) has completed; it has failed when nothing runs any
+// more and a slot's restart policy gave up on it.
+func evalJob(svc *pb.Service, j taskJudge, tasks []*pb.Task, nodes map[string]string) progressFrame {
 	f := progressFrame{job: true}
-	var completed, active, failed int
-	var lastErr string
-	nodes, doneNodes := map[string]bool{}, map[string]bool{}
+	iter := svc.GetJobStatus().GetJobIteration()
+	type group struct {
+		key, label string
+		tasks      []*pb.Task
+		complete   bool
+		active     *pb.Task
+	}
+	groups := map[string]*group{}
+	var order []*group
+	active := 0
+	_, global := svc.GetSpec().GetMode().(*pb.ServiceSpec_GlobalJob)
 	for _, t := range tasks {
-		if !j.upToDate(t) {
+		if iter != 0 && t.GetJobIteration() != iter || iter == 0 && !j.upToDate(t) {
 			continue
 		}
-		st := t.GetStatus().GetState()
-		if t.GetNodeId() != "" && t.GetDesiredState() <= pb.TaskState_TASK_STATE_COMPLETE {
-			nodes[t.GetNodeId()] = true
+		key := fmt.Sprintf("slot:%d", t.GetSlot())
+		if global {
+			key = "node:" + t.GetNodeId()
 		}
-		switch {
+		g := groups[key]
+		if g == nil {
+			g = &group{key: key}
+			groups[key] = g
+			order = append(order, g)
+		}
+		g.tasks = append(g.tasks, t)
+		switch st := t.GetStatus().GetState(); {
 		case st == pb.TaskState_TASK_STATE_COMPLETE:
-			completed++
-			doneNodes[t.GetNodeId()] = true
-		case st <= pb.TaskState_TASK_STATE_RUNNING && t.GetDesiredState() <= pb.TaskState_TASK_STATE_COMPLETE:
+			g.complete = true
+		case t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING:
+			g.active = t
 			active++
-		case st > pb.TaskState_TASK_STATE_COMPLETE:
-			failed++
-			if lastErr == "" {
-				lastErr = t.GetStatus().GetErr()
-			}
 		}
 	}
+	completed := 0
+	var gaveUp []*group
+	for _, g := range order {
+		sortNewestFirst(g.tasks)
+		switch {
+		case g.complete:
+			completed++
+		case g.active == nil:
+			gaveUp = append(gaveUp, g)
+		}
+	}
+	var total int
 	switch m := svc.GetSpec().GetMode().(type) {
 	case *pb.ServiceSpec_ReplicatedJob:
-		total := m.ReplicatedJob.GetTotalCompletions()
+		limit := max(m.ReplicatedJob.GetMaxConcurrent(), 1)
+		total = int(m.ReplicatedJob.GetTotalCompletions())
 		if total == 0 {
-			total = max(m.ReplicatedJob.GetMaxConcurrent(), 1)
+			total = int(limit)
 		}
-		f.desired, f.running = int(total), min(completed, int(total))
+		for _, g := range order {
+			g.label = fmt.Sprintf("%d/%d", g.tasks[0].GetSlot(), total)
+		}
 		f.lines = append(f.lines,
-			progressLine{key: "overall", text: fmt.Sprintf("job progress: %d out of %d complete", f.running, f.desired)},
-			progressLine{key: "active", text: fmt.Sprintf("active tasks: %d out of %d tasks", active, max(m.ReplicatedJob.GetMaxConcurrent(), 1))})
-		f.done = f.running >= f.desired
+			progressLine{key: "overall", text: fmt.Sprintf("job progress: %d out of %d complete %s", completed, total, fractionBar(completed, total))},
+			progressLine{key: "active", text: fmt.Sprintf("active tasks: %d out of %d tasks", active, limit)})
+		f.done = completed >= total
 	default:
-		f.desired, f.running = len(nodes), len(doneNodes)
-		f.lines = append(f.lines, progressLine{key: "overall", text: fmt.Sprintf("job progress: %d out of %d nodes complete", f.running, f.desired)})
-		f.done = f.running == f.desired && active == 0
-		if f.desired == 0 {
-			f.stable = emptyVerifyPeriod
+		total = len(order)
+		for _, g := range order {
+			g.label = nodeName(nodes, g.tasks[0].GetNodeId())
+		}
+		f.lines = append(f.lines, progressLine{key: "overall", text: fmt.Sprintf("job progress: %d out of %d nodes complete %s", completed, total, fractionBar(completed, total))})
+		f.done = total > 0 && completed == total
+		if total == 0 {
+			// No eligible node yet, or the orchestrator has not made the
+			// tasks: done only if that holds a while.
+			f.done, f.stable = true, emptyVerifyPeriod
 		}
 	}
-	if failed > 0 {
-		text := fmt.Sprintf("failed tasks: %d", failed)
-		if lastErr != "" {
-			text += " (" + lastErr + ")"
+	f.desired, f.running = total, min(completed, total)
+	if len(order) <= maxProgressBars {
+		sort.SliceStable(order, func(a, b int) bool {
+			if ta, tb := order[a].tasks[0], order[b].tasks[0]; ta.GetSlot() != tb.GetSlot() {
+				return ta.GetSlot() < tb.GetSlot()
+			}
+			return order[a].label < order[b].label
+		})
+		width := 0
+		for _, g := range order {
+			width = max(width, len(g.label))
 		}
-		f.lines = append(f.lines, progressLine{key: "failed", text: text})
+		for _, g := range order {
+			t, note := g.tasks[0], ""
+			if g.active != nil {
+				t = g.active
+			}
+			step := j.step(t)
+			switch {
+			case g.complete:
+				step = stepsToRunning
+			case t.GetStatus().GetErr() != "":
+				note = t.GetStatus().GetErr()
+			case g.active != nil && len(g.tasks) > 1:
+				for _, old := range g.tasks {
+					if old != t && old.GetStatus().GetErr() != "" {
+						note = "previous attempt: " + old.GetStatus().GetErr()
+						break
+					}
+				}
+			}
+			text := fmt.Sprintf("%-*s %-9s %s", width+1, g.label+":", strings.ToLower(taskStateWord(t.GetStatus().GetState())), progressBar(step))
+			if note != "" {
+				text += " " + strings.ReplaceAll(note, "\n", " ")
+			}
+			f.lines = append(f.lines, progressLine{key: g.key, text: text})
+		}
+	}
+	if !f.done && active == 0 && len(gaveUp) > 0 && (global || completed+len(gaveUp) >= total) {
+		g := gaveUp[0]
+		why := g.tasks[0].GetStatus().GetErr()
+		if why == "" {
+			why = g.tasks[0].GetStatus().GetMessage()
+		}
+		name := svc.GetSpec().GetAnnotations().GetName()
+		f.err = fmt.Errorf("job %s failed: %d out of %d complete; %s gave up after %d attempt(s): %s; see `shoal service ps %s`, and run it again with `shoal service update --force %s`",
+			name, completed, total, strings.Replace(g.key, ":", " ", 1), len(g.tasks), why, name, name)
 	}
 	return f
 }
@@ -427,7 +509,7 @@ func (c *convergence) observe(f progressFrame, v updateVerdict, now time.Time) (
 	if c.since.IsZero() {
 		c.since = now
 	}
-	if f.job {
+	if f.job && now.Sub(c.since) >= f.stable {
 		return append(lines, progressLine{key: "verify", text: "verify: Job complete"}), true
 	}
 	if now.Sub(c.since) >= f.stable {
@@ -529,6 +611,10 @@ func watchService(s *session, svc *pb.Service, opts progressOpts, quiet bool, ti
 	var history []*pb.Task
 	var last progressFrame
 	stopped := func() error {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && last.job {
+			return fmt.Errorf("job %s has not finished after %s (%d out of %d complete): it keeps running in the background; see `shoal service ps %s`, or wait longer with --timeout",
+				name, timeout, last.running, last.desired, name)
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("service %s has not converged after %s (%d out of %d tasks): it keeps converging in the background; see `shoal service ps %s`, or wait longer with --timeout",
 				name, timeout, last.running, last.desired, name)
@@ -548,7 +634,8 @@ func watchService(s *session, svc *pb.Service, opts progressOpts, quiet bool, ti
 		verdict := judgeUpdate(svc, opts)
 		// Every few polls, and before reporting a failed update, fetch the
 		// ended tasks too: they carry the errors.
-		full := poll%historyEvery == 0 || verdict.err != nil
+		// A job's completed tasks are no longer meant to run: fetch them all.
+		full := poll%historyEvery == 0 || verdict.err != nil || svc.GetJobStatus() != nil
 		resp, err := s.control.ListTasks(ctx, &pb.ListTasksRequest{ServiceRef: id, RunningOnly: !full})
 		if err != nil {
 			if ctx.Err() != nil {
@@ -567,7 +654,7 @@ func watchService(s *session, svc *pb.Service, opts progressOpts, quiet bool, ti
 		} else {
 			tasks = mergeHistory(tasks, history)
 		}
-		if _, global := svc.GetSpec().GetMode().(*pb.ServiceSpec_Global); global && time.Since(nodesAt) > 2*time.Second && unknownNode(tasks, nodes) {
+		if global := svc.GetSpec().GetGlobal() != nil || svc.GetSpec().GetGlobalJob() != nil; global && time.Since(nodesAt) > 2*time.Second && unknownNode(tasks, nodes) {
 			nodesAt = time.Now()
 			if n, err := s.control.ListNodes(ctx, &pb.ListNodesRequest{}); err == nil {
 				nodes = hostnames(n.GetNodes())
@@ -578,6 +665,9 @@ func watchService(s *session, svc *pb.Service, opts progressOpts, quiet bool, ti
 		printer.draw(lines)
 		if verdict.err != nil {
 			return verdict.err
+		}
+		if last.err != nil {
+			return last.err
 		}
 		if done {
 			return nil

@@ -232,36 +232,73 @@ func TestRenderProgressGlobal(t *testing.T) {
 	}
 }
 
-func TestRenderProgressJobs(t *testing.T) {
-	svc := progressService(1)
-	svc.Spec.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 3}}
-	complete := pb.TaskState_TASK_STATE_COMPLETE
-	bad := ptask("t3", 3, 2, shutdown, failed)
-	bad.Status.Err = "exit 1"
-	tasks := []*pb.Task{ptask("t1", 1, 2, complete, complete), ptask("t2", 2, 2, complete, running), bad}
-	f := evalProgress(svc, tasks, nil, progressOpts{})
-	want := "job progress: 1 out of 3 complete\nactive tasks: 1 out of 2 tasks\nfailed tasks: 1 (exit 1)\n"
-	if got := frameText(f.lines); got != want || f.done {
-		t.Errorf("frame (done %v):\n%s\nwant:\n%s", f.done, got, want)
-	}
-	tasks[1].Status.State = complete
-	tasks = append(tasks, ptask("t4", 3, 2, complete, complete))
-	if f := evalProgress(svc, tasks, nil, progressOpts{}); !f.done || !f.job {
-		t.Errorf("3 complete: done %v", f.done)
-	}
-	var c convergence
-	lines, done := c.observe(evalProgress(svc, tasks, nil, progressOpts{}), updateVerdict{}, testNow)
-	if !done || lines[len(lines)-1].text != "verify: Job complete" {
-		t.Errorf("job: done %v, last line %q", done, lines[len(lines)-1].text)
-	}
+// jtask is a task of iteration iter of a job.
+func jtask(id string, slot, iter uint64, desired, state pb.TaskState, err string) *pb.Task {
+	t := ptask(id, slot, 2, desired, state)
+	t.JobIteration = iter
+	t.Status.Err = err
+	return t
+}
 
-	svc.Spec.Mode = &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}
-	g1 := ptask("g1", 0, 2, complete, complete)
-	g2 := ptask("g2", 0, 2, complete, running)
-	g2.NodeId = "n2bbbbbbbbbbbbbbbbbbbbbbb"
-	f = evalProgress(svc, []*pb.Task{g1, g2}, nil, progressOpts{})
-	if f.done || f.lines[0].text != "job progress: 1 out of 2 nodes complete" {
-		t.Errorf("global job: done %v, %q", f.done, f.lines[0].text)
+func TestRenderProgressJobs(t *testing.T) {
+	complete, shutdownDesired := pb.TaskState_TASK_STATE_COMPLETE, pb.TaskState_TASK_STATE_SHUTDOWN
+	replicated := &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 3}}
+	globalJob := &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}
+	onNode := func(t *pb.Task, node string) *pb.Task { t.NodeId = node; return t }
+	cases := []struct {
+		name    string
+		mode    any
+		tasks   []*pb.Task
+		want    string // the frame
+		done    bool
+		wantErr string
+	}{
+		{name: "running, with a retry", mode: replicated, tasks: []*pb.Task{
+			jtask("t1", 1, 2, complete, complete, ""),
+			jtask("t2", 2, 2, running, running, ""),
+			jtask("t3", 3, 2, shutdownDesired, failed, "exit status 1"),
+			jtask("t4", 3, 2, running, pending, ""),
+			jtask("old", 1, 1, complete, complete, ""), // an earlier iteration: does not count
+		}, want: "job progress: 1 out of 3 complete " + bar(16) + "\nactive tasks: 2 out of 2 tasks\n" +
+			"1/3: complete  " + bar(50) + "\n2/3: running   " + bar(50) + "\n3/3: pending   " + bar(11) + " previous attempt: exit status 1\n"},
+		{name: "complete", mode: replicated, tasks: []*pb.Task{
+			jtask("t1", 1, 2, complete, complete, ""), jtask("t2", 2, 2, complete, complete, ""), jtask("t3", 3, 2, complete, complete, ""),
+		}, done: true, want: "job progress: 3 out of 3 complete " + bar(50) + "\nactive tasks: 0 out of 2 tasks\n" +
+			"1/3: complete  " + bar(50) + "\n2/3: complete  " + bar(50) + "\n3/3: complete  " + bar(50) + "\n"},
+		{name: "a slot given up, the others done", mode: replicated, tasks: []*pb.Task{
+			jtask("t1", 1, 2, complete, complete, ""), jtask("t2", 2, 2, complete, complete, ""),
+			jtask("t3", 3, 2, shutdownDesired, failed, "exit status 3"),
+		}, wantErr: "job svc1 failed: 2 out of 3 complete; slot 3 gave up after 1 attempt(s): exit status 3",
+			want: "job progress: 2 out of 3 complete " + bar(33) + "\nactive tasks: 0 out of 2 tasks\n" +
+				"1/3: complete  " + bar(50) + "\n2/3: complete  " + bar(50) + "\n3/3: failed    " + bar(0) + " exit status 3\n"},
+		{name: "global, one node to go", mode: globalJob, tasks: []*pb.Task{
+			onNode(jtask("g1", 0, 2, complete, complete, ""), "n1"), onNode(jtask("g2", 0, 2, running, running, ""), "n2"),
+		}, want: "job progress: 1 out of 2 nodes complete " + bar(25) + "\nnode1: complete  " + bar(50) + "\nnode2: running   " + bar(50) + "\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := progressService(1)
+			svc.Spec.Annotations.Name = "svc1"
+			svc.JobStatus = &pb.JobStatus{JobIteration: 2}
+			switch m := tc.mode.(type) {
+			case *pb.ServiceSpec_ReplicatedJob:
+				svc.Spec.Mode = m
+			case *pb.ServiceSpec_GlobalJob:
+				svc.Spec.Mode = m
+			}
+			f := evalProgress(svc, tc.tasks, map[string]string{"n1": "node1", "n2": "node2"}, progressOpts{})
+			if got := frameText(f.lines); got != tc.want || f.done != tc.done || !f.job {
+				t.Errorf("frame (done %v):\n%s\nwant (done %v):\n%s", f.done, got, tc.done, tc.want)
+			}
+			if gotErr := fmt.Sprint(f.err); (tc.wantErr == "") != (f.err == nil) || !strings.Contains(gotErr, tc.wantErr) {
+				t.Errorf("err %v, want %q", f.err, tc.wantErr)
+			}
+			var c convergence
+			lines, done := c.observe(f, updateVerdict{}, testNow)
+			if done != tc.done || done && lines[len(lines)-1].text != "verify: Job complete" {
+				t.Errorf("observe: done %v, last line %q", done, lines[len(lines)-1].text)
+			}
+		})
 	}
 }
 

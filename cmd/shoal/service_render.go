@@ -367,17 +367,21 @@ func enumLower(name, prefix string) string {
 
 func dur(ns int64) string { return time.Duration(ns).String() }
 
+// agoAt says how long before now a time (Unix nanoseconds) was, for
+// --pretty output ("-" for none).
+func agoAt(now time.Time, ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return strings.ToLower(humanDuration(now.Sub(time.Unix(0, ns)))) + " ago"
+}
+
 // renderServicePretty writes `service inspect --pretty` for one service.
 func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 	spec := svc.GetSpec()
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
-	when := func(ns int64) string {
-		if ns == 0 {
-			return "-"
-		}
-		return strings.ToLower(humanDuration(now.Sub(time.Unix(0, ns)))) + " ago"
-	}
+	when := func(ns int64) string { return agoAt(now, ns) }
 	p("ID:\t%s", svc.GetId())
 	p("Name:\t%s", spec.GetAnnotations().GetName())
 	if labels := spec.GetAnnotations().GetLabels(); len(labels) > 0 {
@@ -401,6 +405,11 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 		p(" Total completions:\t%d", m.ReplicatedJob.GetTotalCompletions())
 	case *pb.ServiceSpec_GlobalJob:
 		p("Service Mode:\tGlobal job")
+	}
+	if js := svc.GetJobStatus(); js != nil {
+		p("JobStatus:")
+		p(" Iteration:\t%d", js.GetJobIteration())
+		p(" Last execution:\t%s", when(js.GetLastExecution()))
 	}
 	if us := svc.GetUpdateStatus(); us != nil && us.GetState() != pb.UpdateState_UPDATE_STATE_UNKNOWN {
 		p("UpdateStatus:")
@@ -487,6 +496,16 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 		p("Secrets:")
 		for _, r := range c.GetSecrets() {
 			p(" %s:	-> %s (mode %04o)", r.GetSecretName(), r.GetTarget(), r.GetMode())
+		}
+	}
+	if len(c.GetConfigs()) > 0 {
+		p("Configs:")
+		for _, r := range c.GetConfigs() {
+			owner := ""
+			if r.GetUid() != "" || r.GetGid() != "" {
+				owner = fmt.Sprintf(", uid %q gid %q", r.GetUid(), r.GetGid())
+			}
+			p(" %s:	-> %s (mode %04o%s)", r.GetConfigName(), r.GetTarget(), r.GetMode(), owner)
 		}
 	}
 	if hc := c.GetHealthcheck(); hc != nil {

@@ -2,8 +2,9 @@ package main
 
 // How the flags of `shoal service create` and `shoal service update` become
 // a ServiceSpec. Each concern's flags live in a file of their own
-// (service_flags_*.go): the task, its environment, secrets, placement,
-// ports, resources, restart policy, health check, and rolling updates. A
+// (service_flags_*.go): the task, its environment, secrets and configs,
+// placement, ports, resources, restart policy, health check, and rolling
+// updates. A
 // concern registers its flags for create or update, and applies those
 // given to a spec: create starts from IMAGE and the defaults, update from
 // the service's current spec. The checks that span concerns are in
@@ -11,6 +12,8 @@ package main
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/spf13/pflag"
@@ -29,7 +32,7 @@ type specConcern interface {
 type serviceFlags struct {
 	task      taskFlags
 	env       envFlags
-	secrets   secretFlags
+	files     fileFlags
 	placement placementFlags
 	ports     portFlags
 	resources resourceFlags
@@ -49,7 +52,7 @@ func (f *serviceFlags) concerns() []titledConcern {
 	return []titledConcern{
 		{"Task", &f.task},
 		{"Environment, labels and mounts", &f.env},
-		{"Secrets", &f.secrets},
+		{"Secrets and configs", &f.files},
 		{"Placement", &f.placement},
 		{"Ports and endpoint", &f.ports},
 		{"Resources", &f.resources},
@@ -109,6 +112,9 @@ func (o *createOptions) spec(set map[string]bool, pos []string) (*pb.ServiceSpec
 		}
 	}
 	tidySpec(spec)
+	if err := jobSpec(spec, set, true); err != nil {
+		return nil, err
+	}
 	if err := validateSpec(spec, nil); err != nil {
 		return nil, err
 	}
@@ -168,6 +174,9 @@ func (o *updateOptions) apply(spec *pb.ServiceSpec) error {
 	}
 	if hadEndpoint {
 		spec.Endpoint = e
+	}
+	if err := jobSpec(spec, o.set, false); err != nil {
+		return err
 	}
 	return validateSpec(spec, o.set)
 }
@@ -236,6 +245,33 @@ func validateSpec(spec *pb.ServiceSpec, changed map[string]bool) error {
 			return usagef("port %s is published twice", key)
 		}
 		seen[key] = true
+	}
+	return nil
+}
+
+// jobSpec refuses the rolling update flags on a job, as Docker does: a job
+// has no rolling update, every update runs it again. On create it also
+// gives a job Docker's defaults: no update or rollback config, and a
+// restart policy of on-failure unless --restart-condition says otherwise.
+func jobSpec(spec *pb.ServiceSpec, set map[string]bool, create bool) error {
+	if spec.GetReplicatedJob() == nil && spec.GetGlobalJob() == nil {
+		return nil
+	}
+	var given []string
+	for name := range set {
+		if strings.HasPrefix(name, "update-") || strings.HasPrefix(name, "rollback-") {
+			given = append(given, "--"+name)
+		}
+	}
+	if len(given) > 0 {
+		sort.Strings(given)
+		return usagef("%s: a job (%s) has no rolling update or rollback; every `service update` runs it again from the start", strings.Join(given, ", "), modeWord(spec))
+	}
+	if create {
+		spec.Update, spec.Rollback = nil, nil
+		if !set["restart-condition"] && spec.Task.Restart != nil {
+			spec.Task.Restart.Condition = pb.RestartCondition_RESTART_CONDITION_ON_FAILURE
+		}
 	}
 	return nil
 }

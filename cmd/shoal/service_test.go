@@ -111,17 +111,17 @@ func TestServiceCreateFlagsToSpec(t *testing.T) {
 			return s
 		}},
 		{"replicated job", []string{"--mode", "replicated-job", "--replicas", "5", "--max-concurrent", "2", "/bin/app"}, func() *pb.ServiceSpec {
-			s := baseSpec("/bin/app")
+			s := jobBaseSpec("/bin/app")
 			s.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 5}}
 			return s
 		}},
 		{"replicated job defaults", []string{"--mode", "replicated-job", "/bin/app"}, func() *pb.ServiceSpec {
-			s := baseSpec("/bin/app")
+			s := jobBaseSpec("/bin/app")
 			s.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 1, TotalCompletions: 1}}
 			return s
 		}},
 		{"global job", []string{"--mode", "global-job", "/bin/app"}, func() *pb.ServiceSpec {
-			s := baseSpec("/bin/app")
+			s := jobBaseSpec("/bin/app")
 			s.Mode = &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}
 			return s
 		}},
@@ -267,6 +267,10 @@ func TestServiceCreateFlagErrors(t *testing.T) {
 		{"replicas with global job", []string{"--mode", "global-job", "--replicas", "3", "/bin/app"}, "--replicas cannot be used with --mode global-job"},
 		{"max per node with global", []string{"--mode", "global", "--max-replicas-per-node", "1", "/bin/app"}, "--max-replicas-per-node cannot be used"},
 		{"max concurrent with replicated", []string{"--max-concurrent", "2", "/bin/app"}, "--max-concurrent is for --mode replicated-job only"},
+		{"max concurrent with global", []string{"--mode", "global", "--max-concurrent", "2", "/bin/app"}, "--max-concurrent is for --mode replicated-job only"},
+		{"a job of no completions", []string{"--mode", "replicated-job", "--replicas", "0", "/bin/app"}, "--replicas 0: a replicated job needs at least one completion"},
+		{"update flags on a job", []string{"--mode", "replicated-job", "--update-parallelism", "2", "/bin/app"}, "--update-parallelism: a job (replicated job) has no rolling update or rollback"},
+		{"rollback flags on a global job", []string{"--mode", "global-job", "--rollback-order", "start-first", "/bin/app"}, "--rollback-order: a job (global job) has no rolling update or rollback"},
 		{"bad mode", []string{"--mode", "daemonset", "/bin/app"}, `--mode "daemonset": use replicated, global, replicated-job or global-job`},
 		{"bad runtime", []string{"--runtime", "podman", "/bin/app"}, `--runtime "podman": use process or docker`},
 		{"relative path", []string{"./app"}, `IMAGE "./app": the process runtime runs an executable: give its absolute path`},
@@ -498,8 +502,21 @@ func TestParseScaleArgs(t *testing.T) {
 	}
 	global := &pb.ServiceSpec{Annotations: &pb.Annotations{Name: "web"}, Mode: &pb.ServiceSpec_Global{Global: &pb.GlobalService{}}}
 	err = scaleSpec(global, 3)
-	if err == nil || err.Error() != "scale: service web is global; only replicated services can be scaled" {
+	if err == nil || err.Error() != "scale: service web is global (one task on every eligible node); only replicated services and replicated jobs can be scaled" {
 		t.Errorf("scaleSpec(global) = %v", err)
+	}
+	gjob := &pb.ServiceSpec{Annotations: &pb.Annotations{Name: "once"}, Mode: &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}}
+	if err = scaleSpec(gjob, 3); err == nil || !strings.Contains(err.Error(), "scale: service once is global job (one task on every eligible node)") {
+		t.Errorf("scaleSpec(global job) = %v", err)
+	}
+	rjob := jobBaseSpec("/bin/app")
+	rjob.Annotations.Name = "batch"
+	rjob.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 4}}
+	if err := scaleSpec(rjob, 9); err != nil || rjob.GetReplicatedJob().GetTotalCompletions() != 9 {
+		t.Errorf("scaleSpec(replicated job) = %v, completions %d", err, rjob.GetReplicatedJob().GetTotalCompletions())
+	}
+	if err := scaleSpec(rjob, 0); err == nil || !strings.Contains(err.Error(), "scale: batch=0: a replicated job needs at least one completion") {
+		t.Errorf("scaleSpec(replicated job, 0) = %v", err)
 	}
 	rep := baseSpec("/bin/app")
 	if err := scaleSpec(rep, 7); err != nil || rep.GetReplicated().GetReplicas() != 7 {
@@ -621,6 +638,8 @@ func TestServiceUpdateFlagErrors(t *testing.T) {
 	global := existingSpec()
 	global.Mode = &pb.ServiceSpec_Global{Global: &pb.GlobalService{}}
 	process := baseSpec("/bin/app")
+	job := jobBaseSpec("/bin/app")
+	job.Mode = &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}
 	tests := []struct {
 		name string
 		spec *pb.ServiceSpec
@@ -643,6 +662,9 @@ func TestServiceUpdateFlagErrors(t *testing.T) {
 		{"mounts on process runtime", process, []string{"--mount-add", "type=tmpfs,target=/t"}, "does not support mounts"},
 		{"reservation above the existing limit", existingSpec(), []string{"--limit-cpu", "0.05"}, "the CPU reservation (0.1) is more than the CPU limit (0.05)"},
 		{"max concurrent on a service", existingSpec(), []string{"--max-concurrent", "2"}, "not a replicated job"},
+		{"max concurrent on a global job", job, []string{"--max-concurrent", "2"}, "not a replicated job"},
+		{"update flags on a job", job, []string{"--update-delay", "1s", "--rollback-monitor", "1s"}, "--rollback-monitor, --update-delay: a job (global job) has no rolling update or rollback"},
+		{"replicas of a global job", job, []string{"--replicas", "3"}, "only replicated services have replicas"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -896,6 +918,20 @@ func TestRenderServicePretty(t *testing.T) {
 			t.Errorf("inspect --pretty lacks %q:\n%s", want, out)
 		}
 	}
+	// A job shows its iteration.
+	job := proto.Clone(svc).(*pb.Service)
+	job.UpdateStatus = nil
+	job.Spec.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 10}}
+	job.JobStatus = &pb.JobStatus{JobIteration: 3, LastExecution: ago_(2 * time.Minute)}
+	b.Reset()
+	renderServicePretty(&b, job, testNow)
+	out = regexp.MustCompile(`(\S) {2,}`).ReplaceAllString(b.String(), "$1 ")
+	for _, want := range []string{"Service Mode: Replicated job\n", " Max concurrent: 2\n", " Total completions: 10\n",
+		"JobStatus:\n", " Iteration: 3\n", " Last execution: 2 minutes ago\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect --pretty of a job lacks %q:\n%s", want, out)
+		}
+	}
 	for state, word := range map[pb.UpdateState]string{
 		pb.UpdateState_UPDATE_STATE_UPDATING: "updating", pb.UpdateState_UPDATE_STATE_PAUSED: "paused",
 		pb.UpdateState_UPDATE_STATE_COMPLETED: "completed", pb.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED: "rollback_completed",
@@ -959,4 +995,13 @@ func TestRenderHumanDuration(t *testing.T) {
 			t.Errorf("humanDuration(%v) = %q, want %q", d, got, want)
 		}
 	}
+}
+
+// jobBaseSpec is what create makes of a job: baseSpec with Docker's job
+// defaults (restart on failure, no update or rollback config).
+func jobBaseSpec(image string) *pb.ServiceSpec {
+	s := baseSpec(image)
+	s.Update, s.Rollback = nil, nil
+	s.Task.Restart.Condition = pb.RestartCondition_RESTART_CONDITION_ON_FAILURE
+	return s
 }

@@ -194,7 +194,7 @@ func (s *Server) publishState(st *State, err error) {
 	if err != nil {
 		s.log.Warn("read the cluster", "err", err)
 		if s.state == nil {
-			st = &State{Nodes: []NodeView{}, Services: []ServiceView{}, Tasks: []TaskView{}, Secrets: []SecretView{}}
+			st = &State{Nodes: []NodeView{}, Services: []ServiceView{}, Tasks: []TaskView{}, Secrets: []SecretView{}, Configs: []SecretView{}}
 		} else {
 			c := *s.state
 			st = &c

@@ -129,6 +129,13 @@ func (f *fakeControl) ListSecrets(context.Context, *pb.ListSecretsRequest, ...gr
 		SealedData: []byte("sealed-bytes"), Size: 7}}}, nil
 }
 
+func (f *fakeControl) ListConfigs(context.Context, *pb.ListConfigsRequest, ...grpc.CallOption) (*pb.ListConfigsResponse, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	return &pb.ListConfigsResponse{Configs: []*pb.Config{{Id: "g1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "nginx.conf"}}, Size: 120}}}, nil
+}
+
 func (f *fakeControl) GetCluster(context.Context, *pb.GetClusterRequest, ...grpc.CallOption) (*pb.GetClusterResponse, error) {
 	if err := f.check(); err != nil {
 		return nil, err
@@ -399,6 +406,9 @@ func TestStateView(t *testing.T) {
 	}
 	if st.TasksBy["running"] != 1 || st.TasksBy["starting"] != 1 || st.TasksBy["pending"] != 1 || st.TasksBy["failed"] != 0 {
 		t.Errorf("tasks by state %v: want the current tasks only", st.TasksBy)
+	}
+	if len(st.Configs) != 1 || st.Configs[0].Name != "nginx.conf" || st.Configs[0].Size != 120 {
+		t.Errorf("configs %+v", st.Configs)
 	}
 	if st.NodesBy["Ready"] != 2 {
 		t.Errorf("nodes by state %v", st.NodesBy)

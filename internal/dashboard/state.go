@@ -31,6 +31,7 @@ type State struct {
 	Services []ServiceView  `json:"services"`
 	Tasks    []TaskView     `json:"tasks"`
 	Secrets  []SecretView   `json:"secrets"`
+	Configs  []SecretView   `json:"configs"`
 	NodesBy  map[string]int `json:"nodes_by_state"`
 	TasksBy  map[string]int `json:"tasks_by_state"`
 }
@@ -114,7 +115,7 @@ type TaskView struct {
 	Since        int64  `json:"since"`   // Unix milliseconds of the state
 }
 
-// SecretView is a secret's name and size: never its value.
+// SecretView is a secret's or a config's name and size: never its value.
 type SecretView struct {
 	ID        string `json:"id"`
 	Name      string `json:"name"`
@@ -147,6 +148,7 @@ func read(ctx context.Context, m *managers) (*State, error) {
 		svcs  *pb.ListServicesResponse
 		tasks *pb.ListTasksResponse
 		secs  *pb.ListSecretsResponse
+		cfgs  *pb.ListConfigsResponse
 	)
 	via, err := m.do(ctx, func(ctx context.Context, c pb.ControlClient) error {
 		var err error
@@ -162,6 +164,9 @@ func read(ctx context.Context, m *managers) (*State, error) {
 		if secs, err = c.ListSecrets(ctx, &pb.ListSecretsRequest{}); err != nil {
 			return err
 		}
+		if cfgs, err = c.ListConfigs(ctx, &pb.ListConfigsRequest{}); err != nil {
+			return err
+		}
 		cl, err = c.GetCluster(ctx, &pb.GetClusterRequest{})
 		return err
 	})
@@ -169,15 +174,16 @@ func read(ctx context.Context, m *managers) (*State, error) {
 		return nil, err
 	}
 	m.learn(nodes.GetNodes())
-	s := build(cl, nodes.GetNodes(), svcs.GetServices(), svcs.GetCounts(), tasks.GetTasks(), secs.GetSecrets())
+	s := build(cl, nodes.GetNodes(), svcs.GetServices(), svcs.GetCounts(), tasks.GetTasks(), secs.GetSecrets(), cfgs.GetConfigs())
 	s.Via = via
 	return s, nil
 }
 
 // build turns what the Control API returned into a State.
-func build(cl *pb.GetClusterResponse, nodes []*pb.Node, svcs []*pb.Service, counts []*pb.ServiceTaskCounts, tasks []*pb.Task, secrets []*pb.Secret) *State {
+func build(cl *pb.GetClusterResponse, nodes []*pb.Node, svcs []*pb.Service, counts []*pb.ServiceTaskCounts, tasks []*pb.Task,
+	secrets []*pb.Secret, configs []*pb.Config) *State {
 	s := &State{UpdatedAt: time.Now().UnixMilli(), NodesBy: map[string]int{}, TasksBy: map[string]int{},
-		Nodes: []NodeView{}, Services: []ServiceView{}, Tasks: []TaskView{}, Secrets: []SecretView{}}
+		Nodes: []NodeView{}, Services: []ServiceView{}, Tasks: []TaskView{}, Secrets: []SecretView{}, Configs: []SecretView{}}
 	hostnames := map[string]string{}
 	for _, n := range nodes {
 		hostnames[n.GetId()] = n.GetDescription().GetHostname()
@@ -291,6 +297,11 @@ func build(cl *pb.GetClusterResponse, nodes []*pb.Node, svcs []*pb.Service, coun
 			CreatedAt: sec.GetMeta().GetCreatedAt() / 1e6, UpdatedAt: sec.GetMeta().GetUpdatedAt() / 1e6})
 	}
 	slices.SortFunc(s.Secrets, func(a, b SecretView) int { return cmp.Compare(a.Name, b.Name) })
+	for _, c := range configs {
+		s.Configs = append(s.Configs, SecretView{ID: c.GetId(), Name: c.GetSpec().GetAnnotations().GetName(), Size: c.GetSize(),
+			CreatedAt: c.GetMeta().GetCreatedAt() / 1e6, UpdatedAt: c.GetMeta().GetUpdatedAt() / 1e6})
+	}
+	slices.SortFunc(s.Configs, func(a, b SecretView) int { return cmp.Compare(a.Name, b.Name) })
 	return s
 }
 

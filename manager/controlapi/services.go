@@ -61,6 +61,9 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 			SpecVersion: 1,
 			Endpoint:    &pb.Endpoint{Spec: spec.GetEndpoint(), Ports: spec.GetEndpoint().GetPorts(), VirtualAddr: vip},
 		}
+		if isJob(spec) {
+			svc.JobStatus = &pb.JobStatus{JobIteration: 1, LastExecution: time.Now().UnixNano()}
+		}
 		return tx.Services().Create(svc)
 	})
 	if err != nil {
@@ -117,6 +120,20 @@ func defaultServiceSpec(spec *pb.ServiceSpec) {
 	if spec.Mode == nil {
 		spec.Mode = &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 1}}
 	}
+	if j := spec.GetReplicatedJob(); j != nil {
+		// As Docker's: one task at a time, and as many completions as
+		// tasks at once unless told.
+		if j.MaxConcurrent == 0 {
+			j.MaxConcurrent = 1
+		}
+		if j.TotalCompletions == 0 {
+			j.TotalCompletions = j.MaxConcurrent
+		}
+	}
+	if isJob(spec) && spec.Task.Restart == nil {
+		// A job's task that exits 0 is done: Docker's default for jobs.
+		spec.Task.Restart = &pb.RestartPolicy{Condition: pb.RestartCondition_RESTART_CONDITION_ON_FAILURE, Delay: int64(5 * time.Second)}
+	}
 	if spec.Update == nil {
 		spec.Update = &pb.UpdateConfig{Parallelism: 1, Monitor: int64(5 * time.Second)}
 	}
@@ -151,8 +168,12 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 			return bad("%d replicas is more than the %d a service may have", m.Replicated.GetReplicas(), maxReplicas)
 		}
 	case *pb.ServiceSpec_Global:
-	case *pb.ServiceSpec_ReplicatedJob, *pb.ServiceSpec_GlobalJob:
-		return bad("job modes (run to completion) are not supported yet; use --mode replicated or global")
+	case *pb.ServiceSpec_ReplicatedJob:
+		j := m.ReplicatedJob
+		if j.GetMaxConcurrent() > maxReplicas || j.GetTotalCompletions() > maxReplicas {
+			return bad("a replicated job may run at most %d tasks at once and ask for at most %d completions", maxReplicas, maxReplicas)
+		}
+	case *pb.ServiceSpec_GlobalJob:
 	default:
 		return bad("the service needs a mode: replicated or global")
 	}
@@ -176,7 +197,11 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 			return bad("environment entry %q must be KEY=VALUE", kv)
 		}
 	}
-	if err := resolveSecretRefs(tx, c); err != nil {
+	secretPaths, err := resolveSecretRefs(tx, c)
+	if err != nil {
+		return err
+	}
+	if err := resolveConfigRefs(tx, c, secretPaths); err != nil {
 		return err
 	}
 	if _, err := scheduler.ParseConstraints(task.GetPlacement().GetConstraints()); err != nil {
@@ -358,11 +383,17 @@ func (s *Server) ListServices(ctx context.Context, _ *pb.ListServicesRequest) (*
 	return resp, nil
 }
 
-// countTasks counts a service's running and desired tasks.
+// countTasks counts a service's running and desired tasks; for a job, the
+// tasks of its current iteration only, as Docker's: desired are those still
+// meant to run, completed those that exited 0.
 func countTasks(svc *pb.Service, tasks []*pb.Task) *pb.ServiceTaskCounts {
 	c := &pb.ServiceTaskCounts{ServiceId: svc.GetId()}
 	checked := hasHealthCheck(svc.GetSpec().GetTask())
+	job := isJob(svc.GetSpec())
 	for _, t := range tasks {
+		if job && t.GetJobIteration() != svc.GetJobStatus().GetJobIteration() {
+			continue
+		}
 		if t.GetDesiredState() <= pb.TaskState_TASK_STATE_RUNNING {
 			c.Desired++
 		}
@@ -427,8 +458,8 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 		if next.GetAnnotations().GetName() == "" {
 			next.Annotations.Name = svc.GetSpec().GetAnnotations().GetName()
 		}
-		if (svc.GetSpec().GetGlobal() != nil) != (next.GetGlobal() != nil) {
-			return status.Errorf(codes.InvalidArgument, "a service's mode cannot change between replicated and global; create a new service")
+		if from, to := modeName(svc.GetSpec()), modeName(next); from != to {
+			return status.Errorf(codes.InvalidArgument, "a service's mode cannot change (%s to %s); create a new service", from, to)
 		}
 		if err := validateServiceSpec(tx, next, svc.GetId()); err != nil {
 			return err
@@ -452,11 +483,23 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 // applySpecChange installs a new spec. A change to the task template bumps
 // the spec version, which starts a rolling update; a change of replicas
 // alone does not.
+//
+// A job has no rolling update: as Docker's, every update of a job
+// (`--force` included) starts its next iteration, which runs it again from
+// the start under the new spec; the orchestrator stops what the previous
+// iteration still runs.
 func applySpecChange(svc *pb.Service, next *pb.ServiceSpec, rollback bool, now time.Time) {
 	taskChanged := !proto.Equal(svc.GetSpec().GetTask(), next.GetTask())
 	svc.PreviousSpec = svc.GetSpec()
 	svc.Spec = next
 	svc.Endpoint = &pb.Endpoint{Spec: next.GetEndpoint(), Ports: next.GetEndpoint().GetPorts(), VirtualAddr: svc.GetEndpoint().GetVirtualAddr()}
+	if isJob(next) {
+		if taskChanged {
+			svc.SpecVersion++
+		}
+		svc.JobStatus = &pb.JobStatus{JobIteration: svc.GetJobStatus().GetJobIteration() + 1, LastExecution: now.UnixNano()}
+		return
+	}
 	if !taskChanged {
 		return
 	}
@@ -552,7 +595,7 @@ func resolveService(tx *raftstore.Tx, ref string) (*pb.Service, error) {
 }
 
 // resolveRef finds an object by ID, name or unique ID prefix, as users
-// name services and secrets on the command line.
+// name services, secrets and configs on the command line.
 func resolveRef[T raftstore.Object](table raftstore.Table[T], noun, ref string) (T, error) {
 	var zero T
 	if ref == "" {
@@ -577,4 +620,22 @@ func resolveRef[T raftstore.Object](table raftstore.Table[T], noun, ref string) 
 		return matches[0], nil
 	}
 	return zero, status.Errorf(codes.InvalidArgument, "%q matches %d %ss; use a longer ID or the name", ref, len(matches), noun)
+}
+
+// isJob reports whether a spec is a job: its tasks run to completion.
+func isJob(spec *pb.ServiceSpec) bool {
+	return spec.GetReplicatedJob() != nil || spec.GetGlobalJob() != nil
+}
+
+// modeName names a spec's mode as --mode does.
+func modeName(spec *pb.ServiceSpec) string {
+	switch spec.GetMode().(type) {
+	case *pb.ServiceSpec_Global:
+		return "global"
+	case *pb.ServiceSpec_ReplicatedJob:
+		return "replicated-job"
+	case *pb.ServiceSpec_GlobalJob:
+		return "global-job"
+	}
+	return "replicated"
 }

@@ -3,7 +3,7 @@
 // grace period in which the workers of the previous term reconnect, shown
 // Unknown meanwhile), marks nodes that miss them Down and fails their
 // tasks, streams each worker its assignments, the endpoint sets and the
-// secret values its tasks use, and records the task status workers
+// secret and config values its tasks use, and records the task status workers
 // report, coalesced into few store transactions.
 package dispatcher
 
@@ -113,6 +113,8 @@ type Dispatcher struct {
 	sessions  map[string]*workerSession // by node ID
 	deadlines map[string]*deadline      // by node ID
 	beats     map[string]time.Time      // last heartbeat by node ID (not stored: one write per beat would flood Raft)
+	// heartbeats counts the heartbeats received, for metrics.
+	heartbeats uint64
 
 	statusCh chan statusBatch
 }
@@ -256,7 +258,16 @@ func (d *Dispatcher) armDeadline(nodeID string, after time.Duration, reason stri
 func (d *Dispatcher) beat(nodeID string) {
 	d.mu.Lock()
 	d.beats[nodeID] = d.clock.Now()
+	d.heartbeats++
 	d.mu.Unlock()
+}
+
+// Stats are the dispatcher's figures for metrics: open worker sessions
+// (on the leader; none elsewhere) and heartbeats received since start.
+func (d *Dispatcher) Stats() (sessions int, heartbeats uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.sessions), d.heartbeats
 }
 
 // LastBeat is the last heartbeat this leader saw from a node.

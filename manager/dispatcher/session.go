@@ -105,9 +105,10 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 	// The endpoint sets go with the session too: complete first, then
 	// only the services that changed.
 	sentEndpoints, endpointsChanged := d.feed.Snapshot()
-	secrets := d.newSecretTracker(nodeID)
+	secrets, configs := d.newSecretTracker(nodeID), d.newConfigTracker(nodeID)
 	for _, t := range tasks {
 		secrets.note(t, false)
+		configs.note(t, false)
 	}
 	first := &pb.SessionMessage{
 		SessionId:       sess.id,
@@ -118,6 +119,7 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		Security:        security,
 		Endpoints:       endpoints.Complete(sentEndpoints),
 		Secrets:         secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
+		Configs:         configs.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 	}
 	if err := stream.Send(first); err != nil {
 		return err
@@ -178,6 +180,7 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				}
 			case *pb.Task:
 				secrets.note(o, ev.Kind == raftstore.EventDelete)
+				configs.note(o, ev.Kind == raftstore.EventDelete)
 				old, _ := ev.Old.(*pb.Task)
 				switch {
 				case ev.Kind == raftstore.EventDelete || o.GetNodeId() != nodeID:
@@ -190,7 +193,8 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			}
 		}
 		msg.Secrets = secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
-		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil && msg.Secrets == nil {
+		msg.Configs = configs.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
+		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil && msg.Secrets == nil && msg.Configs == nil {
 			continue
 		}
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {

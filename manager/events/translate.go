@@ -41,6 +41,13 @@ func Translate(ev raftstore.Event) []*pb.ClusterEvent {
 		case raftstore.EventDelete:
 			add("secret", "remove", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
 		}
+	case *pb.Config:
+		switch ev.Kind {
+		case raftstore.EventCreate:
+			add("config", "create", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
+		case raftstore.EventDelete:
+			add("config", "remove", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
+		}
 	case *pb.Cluster:
 		old, _ := any(ev.Old).(*pb.Cluster)
 		if o.GetLeader() != "" && (old.GetLeader() != o.GetLeader() || old.GetLeaderTerm() != o.GetLeaderTerm()) {

@@ -277,6 +277,13 @@ func (o *Orchestrator) stopTimers() {
 	}
 }
 
+// isGlobal reports whether a service runs one task per node: a global
+// service or a global job.
 func isGlobal(s *pb.Service) bool {
-	return s.GetSpec().GetGlobal() != nil
+	return s.GetSpec().GetGlobal() != nil || s.GetSpec().GetGlobalJob() != nil
+}
+
+// isJob reports whether a service's tasks run to completion.
+func isJob(s *pb.Service) bool {
+	return s.GetSpec().GetReplicatedJob() != nil || s.GetSpec().GetGlobalJob() != nil
 }

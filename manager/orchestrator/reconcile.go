@@ -49,6 +49,7 @@ func newSnapshot(tx *raftstore.Tx) *snapshot {
 
 const (
 	stateRunning  = pb.TaskState_TASK_STATE_RUNNING
+	stateComplete = pb.TaskState_TASK_STATE_COMPLETE
 	stateShutdown = pb.TaskState_TASK_STATE_SHUTDOWN
 	stateRemove   = pb.TaskState_TASK_STATE_REMOVE
 )
@@ -71,19 +72,30 @@ func (o *Orchestrator) reconcileService(tx *raftstore.Tx, st *snapshot, id strin
 	if !ok {
 		return nil, o.removeAll(tx, st, tasks)
 	}
-	r := &run{o: o, tx: tx, st: st, svc: svc, now: now}
+	r := &run{o: o, tx: tx, st: st, svc: svc, now: now, job: isJob(svc)}
+	if r.job {
+		var err error
+		if tasks, err = r.stopPastIterations(tasks); err != nil {
+			return nil, err
+		}
+	}
 	if err := r.handleEnded(tasks); err != nil {
 		return nil, err
 	}
 	// Re-read: handleEnded may have created and changed tasks.
-	tasks = tx.Tasks().Find(raftstore.IndexService, id)
+	tasks = r.current(tx.Tasks().Find(raftstore.IndexService, id))
 	if err := r.promoteDelayed(tasks); err != nil {
 		return nil, err
 	}
 	var err error
-	if isGlobal(svc) {
+	switch {
+	case r.job && isGlobal(svc):
+		err = r.globalJob(tasks)
+	case r.job:
+		err = r.replicatedJob(tasks)
+	case isGlobal(svc):
 		err = r.global(tasks)
-	} else {
+	default:
 		err = r.replicated(tasks)
 	}
 	if err != nil {
@@ -100,12 +112,17 @@ type run struct {
 	svc    *pb.Service
 	now    time.Time
 	delays []delayed
+	job    bool // the service is a job: its tasks run to completion
 }
 
-// restartPolicy returns the service's restart policy with defaults.
+// restartPolicy returns the service's restart policy with defaults (for a
+// job, as Docker's, on failure only).
 func (r *run) restartPolicy() (pb.RestartCondition, time.Duration, uint64, time.Duration) {
 	p := r.svc.GetSpec().GetTask().GetRestart()
 	if p == nil {
+		if r.job {
+			return pb.RestartCondition_RESTART_CONDITION_ON_FAILURE, DefaultRestartDelay, 0, 0
+		}
 		return pb.RestartCondition_RESTART_CONDITION_ANY, DefaultRestartDelay, 0, 0
 	}
 	return p.GetCondition(), time.Duration(p.GetDelay()), p.GetMaxAttempts(), time.Duration(p.GetWindow())
@@ -128,6 +145,12 @@ func (r *run) handleEnded(tasks []*pb.Task) error {
 		}
 		node, known := r.st.nodes[t.GetNodeId()]
 		switch {
+		case r.job && t.GetStatus().GetState() == stateComplete:
+			// A job's completion: done for good, never replaced.
+			t.DesiredState = stateComplete
+			if err := r.tx.Tasks().Update(t); err != nil {
+				return err
+			}
 		case ended(t):
 			if err := r.replace(t, tasks, r.mayRestart(t, tasks)); err != nil {
 				return err
@@ -135,6 +158,15 @@ func (r *run) handleEnded(tasks []*pb.Task) error {
 		case t.GetNodeId() != "" && !known:
 			t.Status = &pb.TaskStatus{Timestamp: r.now.UnixNano(), State: pb.TaskState_TASK_STATE_FAILED,
 				Message: "node removed", Err: fmt.Sprintf("node %s was removed from the cluster", t.GetNodeId())}
+			if r.job && isGlobal(r.svc) {
+				// A global job no longer runs on that node: it is not a
+				// failure of the job.
+				t.DesiredState = stateRemove
+				if err := r.tx.Tasks().Update(t); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := r.replace(t, tasks, !isGlobal(r.svc)); err != nil {
 				return err
 			}
@@ -261,6 +293,7 @@ func (r *run) newTask(slot uint64, nodeID string, desired pb.TaskState) *pb.Task
 		DesiredState: desired,
 		Status:       &pb.TaskStatus{Timestamp: r.now.UnixNano(), State: pb.TaskState_TASK_STATE_PENDING, Message: "pending"},
 		Endpoint:     proto.Clone(r.svc.GetEndpoint()).(*pb.Endpoint),
+		JobIteration: r.svc.GetJobStatus().GetJobIteration(),
 	}
 }
 
@@ -377,8 +410,8 @@ func (r *run) global(tasks []*pb.Task) error {
 func (r *run) trimHistory(tasks []*pb.Task) error {
 	groups := map[string][]*pb.Task{}
 	for _, t := range tasks {
-		if active(t) {
-			continue
+		if active(t) || r.completion(t) {
+			continue // a completion of the current run is what keeps its slot done
 		}
 		if r.gone(t) && t.GetDesiredState() >= stateRemove {
 			if err := r.tx.Tasks().Delete(t.GetId()); err != nil {

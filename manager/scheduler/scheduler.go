@@ -36,8 +36,8 @@ const (
 	// defaultMaxChunk is the most tasks one transaction writes.
 	defaultMaxChunk = 1000
 	// chunkBytes bounds the estimated size of one transaction, well under
-	// raftstore.MaxEntrySize.
-	chunkBytes = raftstore.MaxEntrySize * 3 / 4
+	// raftstore.BatchEntrySize.
+	chunkBytes = raftstore.BatchEntrySize * 3 / 4
 	// drainMax is how many queued events are applied before looking at the
 	// batch again.
 	drainMax = 4096

@@ -41,7 +41,7 @@ func FuzzBuildSpec(f *testing.F) {
 		if name := ContainerName(&task); !dockerName.MatchString(name) {
 			t.Fatalf("task %q gets container name %q, which the Engine refuses", task.GetId(), name)
 		}
-		_, _ = buildSpec(&task, "node1", hostIP, worker.TaskSecrets{})
-		_, _ = buildSpec(&task, "node1", netip.Addr{}, worker.TaskSecrets{})
+		_, _ = buildSpec(&task, "node1", hostIP, worker.TaskFiles{})
+		_, _ = buildSpec(&task, "node1", netip.Addr{}, worker.TaskFiles{})
 	})
 }

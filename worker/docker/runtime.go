@@ -330,9 +330,9 @@ func (r *Runtime) inspect(ctx context.Context, taskID string) (container.Inspect
 }
 
 // Prepare checks the task's image is on this node and creates its
-// container (not started), with its secret files mounted. Preparing a
-// prepared task does nothing.
-func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSecrets) error {
+// container (not started), with its secret and config files mounted.
+// Preparing a prepared task does nothing.
+func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFiles) error {
 	id := t.GetId()
 	if id == "" {
 		return permanent("a task without an ID")
@@ -342,7 +342,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSe
 	} else if !errors.Is(err, worker.ErrTaskNotFound) {
 		return err
 	}
-	spec, err := buildSpec(t, r.nodeID, r.hostIP, secrets)
+	spec, err := buildSpec(t, r.nodeID, r.hostIP, files)
 	if err != nil {
 		return err
 	}

@@ -153,7 +153,7 @@ func TestContainerAndImageHealth(t *testing.T) {
 	ctx := ctxT(t)
 	id := "task" + randomID()
 	task := helloTask(id, "shoal/hello:v1")
-	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Start(ctx, id); err != nil {
@@ -224,7 +224,7 @@ func TestMissingImageAndBadMount(t *testing.T) {
 	cli := engine(t)
 	r := newRuntime(t, cli, "node-"+randomID())
 	ctx := ctxT(t)
-	err := r.Prepare(ctx, helloTask("t"+randomID(), "shoal/no-such-image:v0"), worker.TaskSecrets{})
+	err := r.Prepare(ctx, helloTask("t"+randomID(), "shoal/no-such-image:v0"), worker.TaskFiles{})
 	var perm *worker.PermanentError
 	if !errors.As(err, &perm) || !strings.Contains(err.Error(), "image shoal/no-such-image:v0 not found on node test-node (no registry configured)") ||
 		!strings.Contains(err.Error(), "shoal image load") {
@@ -232,13 +232,13 @@ func TestMissingImageAndBadMount(t *testing.T) {
 	}
 	task := helloTask("t"+randomID(), "shoal/hello:v1")
 	task.Spec.Container.Mounts = []*pb.Mount{{Type: pb.MountType_MOUNT_TYPE_BIND, Source: "/no/such/dir/for/shoal", Target: "/data"}}
-	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); !errors.As(err, &perm) || !strings.Contains(err.Error(), "does not exist") {
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); !errors.As(err, &perm) || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("bad mount: %v", err)
 	}
 	// A limit the Engine refuses is a rejection too.
 	task = helloTask("t"+randomID(), "shoal/hello:v1")
 	task.Spec.Resources = &pb.ResourceRequirements{Limits: &pb.Resources{MemoryBytes: 1 << 20}}
-	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); !errors.As(err, &perm) {
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); !errors.As(err, &perm) {
 		t.Fatalf("tiny memory limit: %v", err)
 	}
 	if infos, err := r.List(ctx); err != nil || len(infos) != 0 {
@@ -257,7 +257,7 @@ func TestRestartFindsContainers(t *testing.T) {
 	ctx := ctxT(t)
 	id, otherID := "task"+randomID(), "task"+randomID()
 	for rt, tid := range map[*Runtime]string{r1: id, other: otherID} {
-		if err := rt.Prepare(ctx, helloTask(tid, "shoal/hello:v1"), worker.TaskSecrets{}); err != nil {
+		if err := rt.Prepare(ctx, helloTask(tid, "shoal/hello:v1"), worker.TaskFiles{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := rt.Start(ctx, tid); err != nil {
@@ -288,7 +288,7 @@ func TestContainerRemovedByHand(t *testing.T) {
 	r := newRuntime(t, cli, "node-"+randomID())
 	ctx := ctxT(t)
 	id := "task" + randomID()
-	if err := r.Prepare(ctx, helloTask(id, "shoal/hello:v1"), worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(ctx, helloTask(id, "shoal/hello:v1"), worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Start(ctx, id); err != nil {
@@ -401,7 +401,7 @@ func TestEngineGoesAway(t *testing.T) {
 	})
 	ctx := ctxT(t)
 	id := "task" + randomID()
-	if err := r.Prepare(ctx, helloTask(id, "shoal/hello:v1"), worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(ctx, helloTask(id, "shoal/hello:v1"), worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Start(ctx, id); err != nil {
@@ -458,7 +458,7 @@ func TestHostPortClash(t *testing.T) {
 	task.Endpoint = &pb.Endpoint{Spec: &pb.EndpointSpec{Ports: []*pb.PortConfig{
 		{TargetPort: 80, PublishMode: pb.PublishMode_PUBLISH_MODE_HOST, PublishedPort: uint32(port)},
 	}}}
-	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	err = r.Start(ctx, id)

@@ -97,8 +97,9 @@ type createSpec struct {
 // buildSpec maps a task onto a container. Problems with the spec itself
 // are *worker.PermanentError. hostIP is where ports are published (the
 // node's advertise address; invalid means all addresses). Each secret file
-// is bind-mounted read-only at /run/secrets/<target>.
-func buildSpec(t *pb.Task, nodeID string, hostIP netip.Addr, secrets worker.TaskSecrets) (*createSpec, error) {
+// is bind-mounted read-only at /run/secrets/<target>, each config file at
+// its target.
+func buildSpec(t *pb.Task, nodeID string, hostIP netip.Addr, files worker.TaskFiles) (*createSpec, error) {
 	c := t.GetSpec().GetContainer()
 	if c == nil || c.GetImage() == "" {
 		return nil, permanent("task %s has no image: the docker runtime runs a container image", t.GetId())
@@ -152,14 +153,20 @@ func buildSpec(t *pb.Task, nodeID string, hostIP netip.Addr, secrets worker.Task
 	if host.Mounts, err = mounts(t); err != nil {
 		return nil, err
 	}
-	for _, f := range secrets.Files {
-		target := path.Join(worker.ContainerSecretsDir, f.Target)
-		for _, m := range host.Mounts {
-			if m.Target == target {
-				return nil, permanent("task %s: a mount and the secret %q both use %s", t.GetId(), f.Target, target)
+	for _, set := range []struct {
+		noun  string
+		files []worker.TaskFile
+		dir   string // what a target is relative to
+	}{{"secret", files.Secrets.Files, worker.ContainerSecretsDir}, {"config", files.Configs.Files, "/"}} {
+		for _, f := range set.files {
+			target := path.Join(set.dir, f.Target)
+			for _, m := range host.Mounts {
+				if m.Target == target {
+					return nil, permanent("task %s: a mount and the %s %q both use %s", t.GetId(), set.noun, f.Target, target)
+				}
 			}
+			host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: f.Path, Target: target, ReadOnly: true})
 		}
-		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: f.Path, Target: target, ReadOnly: true})
 	}
 
 	var portList []string

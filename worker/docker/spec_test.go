@@ -58,7 +58,7 @@ func TestBuildSpec(t *testing.T) {
 		}}},
 	}
 	ip := netip.MustParseAddr("10.0.0.5")
-	s, err := buildSpec(task, "node1", ip, worker.TaskSecrets{})
+	s, err := buildSpec(task, "node1", ip, worker.TaskFiles{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestBuildSpecRejects(t *testing.T) {
 	} {
 		tk := base()
 		mutate(tk)
-		_, err := buildSpec(tk, "n", netip.Addr{}, worker.TaskSecrets{})
+		_, err := buildSpec(tk, "n", netip.Addr{}, worker.TaskFiles{})
 		var perm *worker.PermanentError
 		if !errors.As(err, &perm) {
 			t.Errorf("%s: got %v, want a permanent error", name, err)
@@ -178,18 +178,25 @@ func TestBuildSpecRejects(t *testing.T) {
 	}
 }
 
-func TestBuildSpecMountsSecrets(t *testing.T) {
+func TestBuildSpecMountsSecretsAndConfigs(t *testing.T) {
 	task := &pb.Task{Id: "x", ServiceName: "web", Slot: 1, Spec: &pb.TaskSpec{Container: &pb.ContainerSpec{Image: "shoal/hello:v1"}}}
-	secrets := worker.TaskSecrets{Dir: "/dev/shm/s/x", Files: []worker.SecretFile{
-		{Target: "pw", Path: "/dev/shm/s/x/pw"}, {Target: "tls.key", Path: "/dev/shm/s/x/tls.key"},
-	}}
-	s, err := buildSpec(task, "n", netip.Addr{}, secrets)
+	files := worker.TaskFiles{
+		Secrets: worker.FileSet{Dir: "/dev/shm/s/x", Files: []worker.TaskFile{
+			{Target: "pw", Path: "/dev/shm/s/x/pw"}, {Target: "tls.key", Path: "/dev/shm/s/x/tls.key"},
+		}},
+		Configs: worker.FileSet{Dir: "/dev/shm/c/x", Files: []worker.TaskFile{
+			{Target: "/app.conf", Path: "/dev/shm/c/x/app.conf"}, {Target: "/etc/nginx/nginx.conf", Path: "/dev/shm/c/x/etc/nginx/nginx.conf"},
+		}},
+	}
+	s, err := buildSpec(task, "n", netip.Addr{}, files)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []mount.Mount{
 		{Type: mount.TypeBind, Source: "/dev/shm/s/x/pw", Target: "/run/secrets/pw", ReadOnly: true},
 		{Type: mount.TypeBind, Source: "/dev/shm/s/x/tls.key", Target: "/run/secrets/tls.key", ReadOnly: true},
+		{Type: mount.TypeBind, Source: "/dev/shm/c/x/app.conf", Target: "/app.conf", ReadOnly: true},
+		{Type: mount.TypeBind, Source: "/dev/shm/c/x/etc/nginx/nginx.conf", Target: "/etc/nginx/nginx.conf", ReadOnly: true},
 	}
 	if !slices.EqualFunc(s.host.Mounts, want, func(a, b mount.Mount) bool {
 		return a.Type == b.Type && a.Source == b.Source && a.Target == b.Target && a.ReadOnly == b.ReadOnly
@@ -199,7 +206,11 @@ func TestBuildSpecMountsSecrets(t *testing.T) {
 	// A mount of the task's own on a secret's path is refused.
 	task.Spec.Container.Mounts = []*pb.Mount{{Type: pb.MountType_MOUNT_TYPE_TMPFS, Target: "/run/secrets/pw"}}
 	var perm *worker.PermanentError
-	if _, err := buildSpec(task, "n", netip.Addr{}, secrets); !errors.As(err, &perm) {
+	if _, err := buildSpec(task, "n", netip.Addr{}, files); !errors.As(err, &perm) {
 		t.Errorf("a mount on a secret's path: %v, want a permanent error", err)
+	}
+	task.Spec.Container.Mounts = []*pb.Mount{{Type: pb.MountType_MOUNT_TYPE_TMPFS, Target: "/app.conf"}}
+	if _, err := buildSpec(task, "n", netip.Addr{}, files); !errors.As(err, &perm) || !strings.Contains(err.Error(), `config "/app.conf"`) {
+		t.Errorf("a mount on a config's path: %v, want a permanent error naming the config", err)
 	}
 }

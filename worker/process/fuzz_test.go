@@ -43,7 +43,7 @@ func FuzzPrepareTask(f *testing.F) {
 			return
 		}
 		ctx := context.Background()
-		if err := r.Prepare(ctx, &task, worker.TaskSecrets{}); err == nil {
+		if err := r.Prepare(ctx, &task, worker.TaskFiles{}); err == nil {
 			if err := r.Remove(ctx, task.GetId()); err != nil {
 				t.Fatalf("remove a prepared task: %v", err)
 			}

@@ -29,11 +29,13 @@ func permanent(format string, args ...any) error {
 
 // Prepare checks the task's program, resolves its user, allocates its
 // ports and writes its spec. A task with secrets finds their directory in
-// $SHOAL_SECRETS_DIR; the directory and files are given to the task's user.
+// $SHOAL_SECRETS_DIR, one with configs theirs in $SHOAL_CONFIGS_DIR; the
+// directories and files are given to the task's user (a config's file to
+// the uid and gid its reference names, if any).
 // Preparing a prepared task does nothing, so its ports stay the same across
 // retries and agent restarts. Problems the task cannot recover from (no
 // such executable, unknown user, bad env) are *worker.PermanentError.
-func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSecrets) error {
+func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFiles) error {
 	id := t.GetId()
 	dir, ok := r.taskDir(id)
 	if !ok {
@@ -52,9 +54,12 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, secrets worker.TaskSe
 	if err != nil {
 		return err
 	}
-	if secrets.Dir != "" {
-		spec.Env = mergeEnv(spec.Env, []string{worker.SecretsDirEnv + "=" + secrets.Dir})
-		if err := giveSecrets(secrets, spec.Credential); err != nil {
+	for env, set := range map[string]worker.FileSet{worker.SecretsDirEnv: files.Secrets, worker.ConfigsDirEnv: files.Configs} {
+		if set.Dir == "" {
+			continue
+		}
+		spec.Env = mergeEnv(spec.Env, []string{env + "=" + set.Dir})
+		if err := giveFiles(set, spec.Credential); err != nil {
 			return fmt.Errorf("prepare task %s: %w", id, err)
 		}
 	}
@@ -484,19 +489,30 @@ func freePort(proto, ip string) (uint32, error) {
 	return uint32(l.Addr().(*net.TCPAddr).Port), nil
 }
 
-// giveSecrets hands a task's secrets directory and files to the user the
-// task runs as (nil: the agent's own user, who owns them already).
-func giveSecrets(secrets worker.TaskSecrets, cred *credential) error {
+// giveFiles hands a task's secrets or configs directory, the directories
+// below it and its files to the user the task runs as (nil: the agent's
+// own user, who owns them already); a file whose reference named an owner
+// keeps that owner.
+func giveFiles(set worker.FileSet, cred *credential) error {
 	if cred == nil {
 		return nil
 	}
-	paths := []string{secrets.Dir}
-	for _, f := range secrets.Files {
-		paths = append(paths, f.Path)
+	uid, gid := int(cred.UID), int(cred.GID)
+	dirs := map[string]bool{set.Dir: true}
+	for _, f := range set.Files {
+		for d := filepath.Dir(f.Path); strings.HasPrefix(d, set.Dir+string(filepath.Separator)); d = filepath.Dir(d) {
+			dirs[d] = true
+		}
 	}
-	for _, p := range paths {
-		if err := os.Chown(p, int(cred.UID), int(cred.GID)); err != nil {
-			return fmt.Errorf("give the secret files to the task's user: %w", err)
+	for d := range dirs {
+		if err := os.Chown(d, uid, gid); err != nil {
+			return fmt.Errorf("give the task's files to its user: %w", err)
+		}
+	}
+	for _, f := range set.Files {
+		fu, fg := f.Owner(uid, gid)
+		if err := os.Chown(f.Path, fu, fg); err != nil {
+			return fmt.Errorf("give the task's files to its user: %w", err)
 		}
 	}
 	return nil

@@ -125,7 +125,7 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 func mustRun(t *testing.T, r *Runtime, task *pb.Task) {
 	t.Helper()
 	ctx := testCtx(t, 20*time.Second)
-	if err := r.Prepare(ctx, task, worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
 	if err := r.Start(ctx, task.Id); err != nil {
@@ -450,7 +450,7 @@ func TestEnvDirAndPorts(t *testing.T) {
 	}
 
 	// Ports are persisted: a retried Prepare and a new agent see the same.
-	if err := r.Prepare(context.Background(), a, worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(context.Background(), a, worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	r2 := newRuntime(t, dir)
@@ -482,7 +482,7 @@ func TestUser(t *testing.T) {
 		task := shTask("id")
 		task.Spec.Container.User = "0"
 		var perm *worker.PermanentError
-		if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); !errors.As(err, &perm) {
+		if err := r.Prepare(context.Background(), task, worker.TaskFiles{}); !errors.As(err, &perm) {
 			t.Fatalf("Prepare as another user without root = %v, want a PermanentError", err)
 		}
 		return
@@ -496,7 +496,7 @@ func TestUser(t *testing.T) {
 			t.Parallel()
 			task := shTask(`echo "$(id -u):$(id -g)" > "$HOME/id"`)
 			task.Spec.Container.User = tc.user
-			if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
+			if err := r.Prepare(context.Background(), task, worker.TaskFiles{}); err != nil {
 				if tc.user == "nobody" && strings.Contains(err.Error(), "unknown user") {
 					t.Skip("no user nobody on this machine")
 				}
@@ -565,7 +565,7 @@ func TestPrepareErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := r.Prepare(context.Background(), tc.task, worker.TaskSecrets{})
+			err := r.Prepare(context.Background(), tc.task, worker.TaskFiles{})
 			var perm *worker.PermanentError
 			if !errors.As(err, &perm) {
 				t.Fatalf("Prepare = %v, want a *worker.PermanentError", err)
@@ -587,7 +587,7 @@ func TestStartFailure(t *testing.T) {
 	os.WriteFile(prog, []byte("#!/bin/sh\necho hi\n"), 0o755)
 	task := shTask("")
 	task.Spec.Container.Command = []string{prog}
-	if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(context.Background(), task, worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(prog) // gone between Prepare and Start
@@ -649,7 +649,7 @@ func TestStopBeforeStart(t *testing.T) {
 	t.Parallel()
 	r := newRuntime(t, newStateDir(t))
 	task := shTask("echo should not run")
-	if err := r.Prepare(context.Background(), task, worker.TaskSecrets{}); err != nil {
+	if err := r.Prepare(context.Background(), task, worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	if info := mustInspect(t, r, task.Id); info.State != worker.RunCreated {
@@ -970,8 +970,9 @@ func inheritedSignalState(t *testing.T) string {
 	return "SigBlk:\t0000000000000000\n" + string(out)
 }
 
-// TestSecretsDir: the task finds its secrets in $SHOAL_SECRETS_DIR, and a
-// task running as another user owns them (root only).
+// TestSecretsDir: the task finds its secrets in $SHOAL_SECRETS_DIR and its
+// configs (below directories of their own) in $SHOAL_CONFIGS_DIR, and a
+// task running as another user owns them all (root only).
 func TestSecretsDir(t *testing.T) {
 	t.Parallel()
 	dir := newStateDir(t)
@@ -986,7 +987,7 @@ func TestSecretsDir(t *testing.T) {
 		users = append(users, "65534:65534")
 	}
 	for _, user := range users {
-		secrets := worker.TaskSecrets{Dir: filepath.Join(t.TempDir(), "s")}
+		secrets := worker.FileSet{Dir: filepath.Join(t.TempDir(), "s")}
 		if err := os.Chmod(filepath.Dir(secrets.Dir), 0o711); err != nil {
 			t.Fatal(err)
 		}
@@ -997,11 +998,22 @@ func TestSecretsDir(t *testing.T) {
 		if err := os.WriteFile(pw, []byte("hunter2"), 0o400); err != nil {
 			t.Fatal(err)
 		}
-		secrets.Files = []worker.SecretFile{{Target: "pw", Path: pw}}
-		task := shTask(`cat "$SHOAL_SECRETS_DIR/pw" > "$HOME/out"`, "SHOAL_SECRETS_DIR=/not/here")
+		secrets.Files = []worker.TaskFile{{Target: "pw", Path: pw}}
+		// A config below a directory of its own, as the agent writes one
+		// with target /etc/app/app.conf.
+		configs := worker.FileSet{Dir: filepath.Join(filepath.Dir(secrets.Dir), "c")}
+		conf := filepath.Join(configs.Dir, "etc", "app", "app.conf")
+		if err := os.MkdirAll(filepath.Dir(conf), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(conf, []byte(" port=80"), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		configs.Files = []worker.TaskFile{{Target: "/etc/app/app.conf", Path: conf}}
+		task := shTask(`cat "$SHOAL_SECRETS_DIR/pw" "$SHOAL_CONFIGS_DIR/etc/app/app.conf" > "$HOME/out"`, "SHOAL_SECRETS_DIR=/not/here")
 		task.Spec.Container.User = user
 		ctx := testCtx(t, 20*time.Second)
-		if err := r.Prepare(ctx, task, secrets); err != nil {
+		if err := r.Prepare(ctx, task, worker.TaskFiles{Secrets: secrets, Configs: configs}); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.Start(ctx, task.Id); err != nil {
@@ -1011,7 +1023,7 @@ func TestSecretsDir(t *testing.T) {
 			t.Fatalf("user %q: exit %+v, logs %q", user, ex, mustLogs(t, r, task.Id, worker.LogOptions{}))
 		}
 		b, err := os.ReadFile(filepath.Join(r.dir, task.Id, workDir, "out"))
-		if err != nil || string(b) != "hunter2" {
+		if err != nil || string(b) != "hunter2 port=80" {
 			t.Errorf("user %q: the task read %q, %v", user, b, err)
 		}
 	}

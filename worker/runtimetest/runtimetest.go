@@ -230,7 +230,7 @@ func (s *suite) run(rt worker.Runtime, p Program) *pb.Task {
 func (s *suite) prepare(rt worker.Runtime, task *pb.Task) {
 	s.t.Helper()
 	task.Spec.Runtime = rt.Name()
-	if err := rt.Prepare(ctx(s.t), task, worker.TaskSecrets{}); err != nil {
+	if err := rt.Prepare(ctx(s.t), task, worker.TaskFiles{}); err != nil {
 		s.t.Fatalf("Prepare(%s): %v", task.Id, err)
 	}
 }
@@ -838,7 +838,7 @@ func missingProgram(s *suite) {
 	task := s.task(Program{Kind: Sleep})
 	task.Spec.Container = s.f.Missing(s.t)
 	task.Spec.Runtime = rt.Name()
-	err := rt.Prepare(ctx(s.t), task, worker.TaskSecrets{})
+	err := rt.Prepare(ctx(s.t), task, worker.TaskFiles{})
 	var perm *worker.PermanentError
 	if !errors.As(err, &perm) {
 		s.t.Fatalf("Prepare = %v, want a *worker.PermanentError", err)

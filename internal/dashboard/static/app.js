@@ -315,19 +315,24 @@ function closeLogs() {
 }
 
 function secrets(st) {
+  const rows = (list, attr) => list.map((x) => h('tr', {[attr]: x.name},
+    h('td', {}, x.name), h('td', {class: 'mono'}, short(x.id)), h('td', {}, x.size + ' B'),
+    h('td', {}, ago(x.created_at)), h('td', {}, ago(x.updated_at))));
+  const headers = ['Name', 'ID', 'Size', 'Created', 'Updated'];
   return h('div', {},
-    h('h1', {}, 'Secrets'),
+    h('h1', {}, 'Secrets and configs'),
+    h('h2', {}, 'Secrets'),
     h('p', {class: 'muted'}, 'Names and sizes only: the dashboard never reads a secret\'s value.'),
-    table(['Name', 'ID', 'Size', 'Created', 'Updated'], st.secrets.map((x) => h('tr', {'data-secret': x.name},
-      h('td', {}, x.name), h('td', {class: 'mono'}, short(x.id)), h('td', {}, x.size + ' B'),
-      h('td', {}, ago(x.created_at)), h('td', {}, ago(x.updated_at))))));
+    table(headers, rows(st.secrets, 'data-secret'), {id: 'secrets'}),
+    h('h2', {}, 'Configs'),
+    table(headers, rows(st.configs || [], 'data-config'), {id: 'configs'}));
 }
 
 function eventsPage() {
   const key = 'event-filter';
   const filter = S.drafts[key] || '';
   const sel = h('select', {'data-key': key, onchange: (e) => { S.drafts[key] = e.target.value; render(); }},
-    ['', 'service', 'node', 'task', 'secret'].map((t) => h('option', {value: t, selected: t === filter}, t || 'all types')));
+    ['', 'service', 'node', 'task', 'secret', 'config'].map((t) => h('option', {value: t, selected: t === filter}, t || 'all types')));
   const evs = S.events.filter((e) => !filter || e.type === filter).slice().reverse();
   return h('div', {},
     h('h1', {}, 'Events ', sel),

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use when they are missing, so that
+# `make test` runs the same on a fresh machine as on a developer's: each
+# tool is checked first and apt runs only for what is absent.
+set -euo pipefail
+
+# command package...
+need=(
+  "promtool prometheus"
+  "chromium chromium fonts-liberation" # the dashboard's browser test (headless)
+)
+missing=()
+for pair in "${need[@]}"; do
+  cmd=${pair%% *} pkgs=${pair#* }
+  # shellcheck disable=SC2206 # one word per package
+  command -v "$cmd" >/dev/null 2>&1 || missing+=($pkgs)
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test-deps: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+  exit 1
+fi
+echo "test-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Packages that start a system service on install (prometheus): the tests
+# start their own instances, so stop it.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
+pkill -x prometheus 2>/dev/null || true
