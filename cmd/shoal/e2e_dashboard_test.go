@@ -353,9 +353,23 @@ func (b *browser) setValue(sel, value string) {
 	}
 }
 
+// click clicks an element with the mouse. The page re-renders on every
+// change; an element replaced between the lookup and the click is looked
+// up again (the click was not sent).
 func (b *browser) click(sel string) {
 	b.t.Helper()
-	b.do("click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+	var err error
+	for range 5 {
+		ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+		err = chromedp.Do(ctx, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "Could not find node") && !strings.Contains(err.Error(), "detached") {
+			break
+		}
+	}
+	if err != nil {
+		b.t.Fatalf("browser: click %s: %v", sel, err)
+	}
 }
 
 // TestDashboardBrowser logs in with the printed token, sees every node

@@ -79,6 +79,7 @@ type Server struct {
 	mu       sync.Mutex
 	state    *State
 	stateRaw []byte
+	content  []byte // stateRaw without its version and time, to tell news
 	events   []EventView // the latest, oldest first
 	added    uint64      // events added so far: the last one's EventView.n
 	changed  chan struct{}
@@ -201,13 +202,21 @@ func (s *Server) publishState(st *State, err error) {
 		}
 		st.Error = "the cluster does not answer: " + err.Error()
 	}
-	s.version++
-	st.Version = s.version
-	raw, merr := json.Marshal(st)
+	// A read that found nothing new is not news: the pages keep what they
+	// show (and what the user is clicking on).
+	st.Version, st.UpdatedAt = 0, 0
+	content, merr := json.Marshal(st)
 	if merr != nil {
 		s.log.Error("encode the state", "err", merr)
 		return
 	}
+	if s.state != nil && string(content) == string(s.content) {
+		return
+	}
+	s.content = content
+	s.version++
+	st.Version, st.UpdatedAt = s.version, time.Now().UnixMilli()
+	raw, _ := json.Marshal(st)
 	s.state, s.stateRaw = st, raw
 	s.notifyLocked()
 }

@@ -558,14 +558,45 @@ func TestStreamPushesStateAndEvents(t *testing.T) {
 	if err := json.Unmarshal([]byte(next("state")), &st); err != nil || st.Cluster.ID != "c1" {
 		t.Fatalf("first state: %v %+v", err, st)
 	}
+	// The cluster changes, and says so.
+	fake.mu.Lock()
+	fake.nodes[1].Spec = &pb.NodeSpec{Availability: pb.NodeAvailability_NODE_AVAILABILITY_DRAIN}
+	fake.mu.Unlock()
 	fake.events <- &pb.ClusterEvent{Index: 12, Type: "node", Action: "drain", Id: "n2", Name: "w1", Attributes: map[string]string{"role": "worker"}}
 	var evs []EventView
 	if err := json.Unmarshal([]byte(next("events")), &evs); err != nil || len(evs) != 1 || evs[0].Text != "node drain w1 (role=worker)" {
 		t.Fatalf("events: %v %+v", err, evs)
 	}
-	// The event asks for a new read, which follows.
-	if err := json.Unmarshal([]byte(next("state")), &st); err != nil {
-		t.Fatal(err)
+	// The event asks for a new read, which follows with the change.
+	var again State
+	if err := json.Unmarshal([]byte(next("state")), &again); err != nil || again.Version <= st.Version || again.Nodes[1].Availability != "Drain" {
+		t.Fatalf("state after the event: %v, version %d after %d, nodes %+v", err, again.Version, st.Version, again.Nodes)
+	}
+}
+
+// TestUnchangedReadIsNotNews: reads that find the cluster as it was push
+// nothing to the pages (a re-render could swallow a click).
+func TestUnchangedReadIsNotNews(t *testing.T) {
+	fake := newFake()
+	s, _ := startServer(t, map[string]*fakeControl{"a:1": fake}, "a:1")
+	s.mu.Lock()
+	v := s.version
+	s.mu.Unlock()
+	calls := func() int {
+		fake.mu.Lock()
+		defer fake.mu.Unlock()
+		return fake.calls
+	}
+	// Five more reads (six calls each) of a cluster that does not change.
+	start := calls()
+	poll.Until(t, 10*time.Second, "five more reads", func() (bool, string) {
+		s.poke()
+		return calls() >= start+5*6, ""
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.version != v {
+		t.Errorf("the state's version moved from %d to %d without a change", v, s.version)
 	}
 }
 

@@ -19,7 +19,7 @@ type State struct {
 	// Version counts refreshes; the pages ignore a state older than the
 	// one they show.
 	Version   uint64 `json:"version"`
-	UpdatedAt int64  `json:"updated_at"` // Unix milliseconds
+	UpdatedAt int64  `json:"updated_at"` // Unix milliseconds of the change
 	// Via is the manager that answered.
 	Via string `json:"via"`
 	// Error says why the latest refresh failed; the rest is then the

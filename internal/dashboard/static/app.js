@@ -346,7 +346,20 @@ function route() {
   return {page: parts[0] || 'overview', arg: parts[1] || ''};
 }
 
+// A re-render between a button's press and its release would lose the
+// click: while a pointer is down, renders wait for its release.
+let pointerDown = false;
+let renderWaiting = false;
+document.addEventListener('pointerdown', () => { pointerDown = true; }, true);
+const release = () => {
+  pointerDown = false;
+  if (renderWaiting) { renderWaiting = false; setTimeout(render, 0); }
+};
+document.addEventListener('pointerup', release, true);
+document.addEventListener('pointercancel', release, true);
+
 function render() {
+  if (pointerDown) { renderWaiting = true; return; }
   const st = S.state;
   const {page, arg} = route();
   document.querySelectorAll('nav a').forEach((a) => a.classList.toggle('active', a.dataset.nav === page));
@@ -384,7 +397,7 @@ function showLive() {
   const el = $('#live');
   if (!S.live) { el.textContent = 'reconnecting…'; el.className = 'live down'; return; }
   const st = S.state;
-  el.textContent = st ? 'live via ' + st.via + ' · ' + clock(st.updated_at) : 'live';
+  el.textContent = st ? 'live via ' + st.via + ' · changed ' + clock(st.updated_at) : 'live';
   el.className = 'live' + (st && st.error ? ' down' : ' up');
 }
 
