@@ -79,7 +79,7 @@ type Server struct {
 	mu       sync.Mutex
 	state    *State
 	stateRaw []byte
-	content  []byte // stateRaw without its version and time, to tell news
+	content  []byte      // stateRaw without its version and time, to tell news
 	events   []EventView // the latest, oldest first
 	added    uint64      // events added so far: the last one's EventView.n
 	changed  chan struct{}
