@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	cdplog "github.com/chromedp/cdproto/log"
+	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
 
@@ -286,6 +288,46 @@ func newBrowser(t *testing.T, exe string) *browser {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start %s: %v", exe, err)
 	}
+	// The page must run without a JavaScript exception or a refusal of
+	// its own Content-Security-Policy.
+	var errs lockedBuffer
+	exceptions := chromedp.Events(ctx, cdpruntime.ExceptionThrown)
+	logs := chromedp.Events(ctx, cdplog.EntryAdded)
+	watched := make(chan struct{}, 2)
+	go func() {
+		defer func() { watched <- struct{}{} }()
+		for ev, err := range exceptions {
+			if err != nil {
+				return
+			}
+			if d := ev.ExceptionDetails; d != nil {
+				desc := ""
+				if d.Exception != nil {
+					desc = d.Exception.Description
+				}
+				fmt.Fprintf(&errs, "exception: %s %s (%s:%d)\n", d.Text, desc, d.URL, d.LineNumber)
+			}
+		}
+	}()
+	go func() {
+		defer func() { watched <- struct{}{} }()
+		for ev, err := range logs {
+			if err != nil {
+				return
+			}
+			if e := ev.Entry; e.Level == cdplog.EntryLevelError && (e.Source == "javascript" || e.Source == "security") {
+				fmt.Fprintf(&errs, "%s: %s (%s)\n", e.Source, e.Text, e.URL)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-watched
+		<-watched
+		if errs.String() != "" {
+			t.Errorf("the page reported errors:\n%s", errs.String())
+		}
+	})
 	return &browser{t: t, ctx: ctx, dir: screenshotDir(t)}
 }
 
