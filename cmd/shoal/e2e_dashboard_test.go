@@ -573,8 +573,10 @@ func TestDashboardBrowser(t *testing.T) {
 	if lag := time.Since(returned); lag > time.Second {
 		t.Errorf("the page showed a change %s after it was made; want within a second", lag.Round(time.Millisecond))
 	}
+	clicked := time.Now()
 	b.click(`button[data-node-button="` + target + `"][data-availability="active"]`)
 	b.waitText(target+" active again", `[data-availability-of="`+target+`"]`, 10*time.Second, func(s string) bool { return s == "Active" })
+	t.Logf("Activate clicked: the page showed the node active %s later (the write, its event, a read, the push)", time.Since(clicked).Round(time.Millisecond))
 
 	step("drain " + target + " with its button; its tasks move")
 	if byNode[idByName[target]] == 0 {
