@@ -214,6 +214,33 @@ func (f *fakeControl) Events(ctx context.Context, _ *pb.EventsRequest, _ ...grpc
 	return &fakeStream{ctx: ctx, events: f.events}, nil
 }
 
+func (f *fakeControl) ServiceLogs(ctx context.Context, req *pb.ServiceLogsRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[pb.LogLine], error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	lines := make(chan *pb.LogLine, 2)
+	lines <- &pb.LogLine{TaskId: "t1abcdefghijklmno", NodeId: "n2", Slot: 1, ServiceName: "web", Data: []byte("hello listening\n")}
+	lines <- &pb.LogLine{TaskId: "t2abcdefghijklmno", NodeId: "n2", Slot: 2, ServiceName: "web", Data: []byte("two\nlines\n")}
+	return &fakeLogStream{ctx: ctx, lines: lines}, nil
+}
+
+// fakeLogStream streams its lines, then waits for its context to end, as
+// a followed service that prints nothing more.
+type fakeLogStream struct {
+	grpc.ClientStream
+	ctx   context.Context
+	lines chan *pb.LogLine
+}
+
+func (s *fakeLogStream) Recv() (*pb.LogLine, error) {
+	select {
+	case l := <-s.lines:
+		return l, nil
+	case <-s.ctx.Done():
+		return nil, status.FromContextError(s.ctx.Err()).Err()
+	}
+}
+
 // fakeStream streams a fake's events until its context ends.
 type fakeStream struct {
 	grpc.ClientStream
@@ -632,6 +659,41 @@ func TestLoginURLAgainWithSession(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || resp.Request.URL.RawQuery != "" {
 		t.Errorf("the login URL again with the session: %s at %s; want the overview", resp.Status, resp.Request.URL)
+	}
+}
+
+// TestLogs: a service's output arrives with Docker's prefixes, one line
+// per line of output; leaving the page ends the stream (goleak checks).
+func TestLogs(t *testing.T) {
+	s, ts := startServer(t, map[string]*fakeControl{"a:1": newFake()}, "a:1")
+	c := login(t, s, ts)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+"/api/services/s1/logs", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	var got []LogLineView
+	for len(got) < 3 && sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var batch []LogLineView
+			if err := json.Unmarshal([]byte(data), &batch); err != nil {
+				t.Fatalf("%q: %v", data, err)
+			}
+			got = append(got, batch...)
+		}
+	}
+	want := []LogLineView{{"web.1.t1abcdefghij@w1", "hello listening"}, {"web.2.t2abcdefghij@w1", "two"}, {"web.2.t2abcdefghij@w1", "lines"}}
+	if len(got) != len(want) {
+		t.Fatalf("lines %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("line %d: %+v, want %+v", i, got[i], want[i])
+		}
 	}
 }
 

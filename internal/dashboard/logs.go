@@ -99,7 +99,13 @@ func (s *Server) followLogs(ctx context.Context, id string, tail int32, send fun
 				close(lines)
 				return
 			}
-			lines <- l
+			select {
+			case lines <- l:
+			case <-sctx.Done(): // the page left
+				errc <- sctx.Err()
+				close(lines)
+				return
+			}
 		}
 	}()
 	hostnames := s.hostnames()
