@@ -22,6 +22,7 @@ import (
 	"time"
 
 	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/page"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
@@ -617,6 +618,42 @@ func TestDashboardBrowser(t *testing.T) {
 	})
 	b.screenshot("dashboard-service.png")
 
+	step("api's page: force redeploy, update the image, roll back, remove")
+	hello2 := filepath.Join(filepath.Dir(hello), "hello2")
+	if data, err := os.ReadFile(hello); err != nil || os.WriteFile(hello2, data, 0o755) != nil {
+		t.Fatalf("copy hello: %v", err)
+	}
+	b.do("open api's page", chromedp.Navigate(u+"/#/services/api"))
+	b.waitText("api's page", `[data-replicas="api"]`, 10*time.Second, func(string) bool { return true })
+	b.click(`[data-action="redeploy"]`)
+	c.waitSpec("api", "force redeploy", func(spec map[string]any) bool { return dig(spec, "task", "force_update") == "1" })
+	b.setValue(`[data-image="api"]`, hello2)
+	b.click(`[data-action="image"]`)
+	c.waitSpec("api", "the new image", func(spec map[string]any) bool { return dig(spec, "task", "container", "image") == hello2 })
+	b.waitText("roll back enabled", `[data-action="rollback"]:not([disabled])`, 10*time.Second, func(string) bool { return true })
+	b.click(`[data-action="rollback"]`)
+	c.waitSpec("api", "the image rolled back", func(spec map[string]any) bool { return dig(spec, "task", "container", "image") == hello })
+	dialogs := chromedp.Events(b.ctx, page.JavascriptDialogOpening)
+	go func() {
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			_, _ = chromedp.Call(b.ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			return
+		}
+	}()
+	b.click(`[data-action="remove"]`)
+	eventually(t, 20*time.Second, "api removed", func() (bool, string) {
+		out, errOut, code := cli(t, "service", "ls", "-q", "--host", c.live().addr())
+		ids := strings.Fields(out)
+		return code == 0 && len(ids) == 1, out + errOut
+	})
+	b.waitText("back on the service list without api", `[data-replicas="web"]`, 10*time.Second, func(string) bool { return true })
+	if got := b.texts(`[data-replicas="api"]`); len(got) != 0 {
+		t.Errorf("api still listed after its removal: %q", got)
+	}
+
 	step("kill the leader " + c.hostnameOf(leader) + ", which the dashboard talks through")
 	leader.kill()
 	b.do("open the overview", chromedp.Navigate(u+"/#/"))
@@ -644,6 +681,20 @@ func TestDashboardBrowser(t *testing.T) {
 		return n >= 2 && slices.ContainsFunc(evs, func(e string) bool { return strings.HasPrefix(e, "node leader") }), fmt.Sprintf("%q", firstN(evs, 10))
 	})
 	step("done")
+}
+
+// waitSpec waits until the stored spec of a service satisfies ok.
+func (c *dashCluster) waitSpec(service, what string, ok func(spec map[string]any) bool) {
+	c.t.Helper()
+	eventually(c.t, 20*time.Second, service+": "+what, func() (bool, string) {
+		out, errOut, code := cli(c.t, "service", "inspect", service, "--host", c.live().addr(), "--timeout", "3s")
+		var svcs []map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &svcs) != nil || len(svcs) != 1 {
+			return false, out + errOut
+		}
+		spec, _ := svcs[0]["spec"].(map[string]any)
+		return ok(spec), out
+	})
 }
 
 // attrs returns an attribute of every element matching sel.

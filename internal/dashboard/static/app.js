@@ -261,7 +261,7 @@ function servicePage(st, id) {
   }
   const tasks = st.tasks.filter((t) => t.service_id === s.id);
   const imageKey = 'image-' + s.id;
-  const image = input(imageKey, s.image, {type: 'text', class: 'image', 'aria-label': 'new image'});
+  const image = input(imageKey, s.image, {type: 'text', class: 'image', 'aria-label': 'new image', 'data-image': s.name});
   const headers = ['Task', 'ID', 'Node', 'Desired', 'State', 'Health', 'Error', 'Ports'];
   return h('div', {},
     h('h1', {}, s.name, ' ', h('span', {class: 'muted mono small'}, s.id)),
@@ -273,10 +273,10 @@ function servicePage(st, id) {
       h('dt', {}, 'Update'), h('dd', {}, s.update_state ? [badge(s.update_state), ' ', s.update_message || ''] : '-')),
     h('div', {class: 'controls'},
       h('label', {}, 'Replicas ', scaleControl(s)),
-      h('label', {}, 'Image ', image, h('button', {onclick: (e) => act('/api/services/' + s.id + '/image', {image: S.drafts[imageKey] ?? image.value}, e.target, imageKey)}, 'Update')),
-      h('button', {disabled: !s.can_rollback, title: s.can_rollback ? '' : 'never updated', onclick: (e) => act('/api/services/' + s.id + '/rollback', {}, e.target)}, 'Roll back'),
-      h('button', {onclick: (e) => act('/api/services/' + s.id + '/redeploy', {}, e.target)}, 'Force redeploy'),
-      h('button', {class: 'danger', onclick: (e) => {
+      h('label', {}, 'Image ', image, h('button', {'data-action': 'image', onclick: (e) => act('/api/services/' + s.id + '/image', {image: S.drafts[imageKey] ?? image.value}, e.target, imageKey)}, 'Update')),
+      h('button', {'data-action': 'rollback', disabled: !s.can_rollback, title: s.can_rollback ? '' : 'never updated', onclick: (e) => act('/api/services/' + s.id + '/rollback', {}, e.target)}, 'Roll back'),
+      h('button', {'data-action': 'redeploy', onclick: (e) => act('/api/services/' + s.id + '/redeploy', {}, e.target)}, 'Force redeploy'),
+      h('button', {class: 'danger', 'data-action': 'remove', onclick: (e) => {
         if (confirm('Remove service ' + s.name + ' and stop its tasks?')) {
           act('/api/services/' + s.id + '/remove', {}, e.target).then((ok) => { if (ok) location.hash = '#/services'; });
         }
