@@ -4,15 +4,17 @@
 # tool is checked first and apt runs only for what is absent.
 set -euo pipefail
 
-# command package
+# command package...
 need=(
   "promtool prometheus"
   "docker-registry docker-registry"
+  "chromium chromium fonts-liberation" # the dashboard's browser test (headless)
 )
 missing=()
 for pair in "${need[@]}"; do
-  cmd=${pair%% *} pkg=${pair#* }
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  cmd=${pair%% *} pkgs=${pair#* }
+  # shellcheck disable=SC2206 # one word per package
+  command -v "$cmd" >/dev/null 2>&1 || missing+=($pkgs)
 done
 # As root the routing mesh runs on nftables, and its kernel-datapath tests
 # need the nft command (without root they skip, and nft is not needed).
