@@ -40,7 +40,7 @@ bench-deps:
 # The dashboard's browser test alone; it rewrites the screenshots in
 # docs/images that the README shows.
 screenshots: test-deps
-	$(GO) test -count=1 -run TestDashboardBrowser -v ./cmd/shoal
+	SHOAL_SCREENSHOT_DIR=$(CURDIR)/docs/images $(GO) test -count=1 -run TestDashboardBrowser -v ./cmd/shoal
 
 test-short:
 	$(GO) test -count=1 -short ./...
