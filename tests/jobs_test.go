@@ -247,10 +247,12 @@ func TestJobSurvivesLeaderAndWorkerLoss(t *testing.T) {
 		}
 		return false, "no fresh running task"
 	})
+	// The agent first, so that it reports nothing of its tasks' end: the
+	// managers learn of it only when the node misses its heartbeats.
 	w := c.workers[victim]
-	killAll(w.runtime)
 	w.a.Close()
 	w.a = nil
+	killAll(w.runtime)
 	t.Logf("killed worker %s", w.cfg.Hostname)
 	c.waitJobDone("long", 8, 120*time.Second)
 	done := runsIn(t, dir, "done-")

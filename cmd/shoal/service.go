@@ -299,6 +299,9 @@ func scaleSpec(spec *pb.ServiceSpec, n uint64) error {
 	case *pb.ServiceSpec_Replicated:
 		m.Replicated.Replicas = n
 	case *pb.ServiceSpec_ReplicatedJob:
+		if n == 0 {
+			return errNoCompletions("scale: " + spec.GetAnnotations().GetName() + "=0")
+		}
 		m.ReplicatedJob.TotalCompletions = n
 	default:
 		return fmt.Errorf("scale: service %s is %s (one task on every eligible node); only replicated services and replicated jobs can be scaled", spec.GetAnnotations().GetName(), modeWord(spec))

@@ -170,6 +170,9 @@ func (f *taskFlags) setMode(spec *pb.ServiceSpec, set map[string]bool) error {
 		}
 		total := conc
 		if set["replicas"] {
+			if replicas == 0 {
+				return errNoCompletions("--replicas 0")
+			}
 			total = replicas
 		}
 		spec.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: conc, TotalCompletions: total}}
@@ -207,6 +210,9 @@ func (f *taskFlags) update(spec *pb.ServiceSpec, set map[string]bool) error {
 		case *pb.ServiceSpec_Replicated:
 			m.Replicated.Replicas = n
 		case *pb.ServiceSpec_ReplicatedJob:
+			if n == 0 {
+				return errNoCompletions("--replicas 0")
+			}
 			m.ReplicatedJob.TotalCompletions = n
 		default:
 			return fmt.Errorf("--replicas: service %s is %s; only replicated services have replicas", spec.Annotations.GetName(), modeWord(spec))
@@ -250,6 +256,12 @@ func (f *taskFlags) applyShared(spec *pb.ServiceSpec, set map[string]bool) error
 		c.StopGracePeriod = int64(f.stopGrace)
 	}
 	return nil
+}
+
+// errNoCompletions refuses a replicated job of no completions (the spec
+// could not tell it from "as many as --max-concurrent").
+func errNoCompletions(what string) error {
+	return usagef("%s: a replicated job needs at least one completion; remove the job with `shoal service rm` instead", what)
 }
 
 func checkReplicas(n int64) (uint64, error) {

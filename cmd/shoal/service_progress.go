@@ -611,6 +611,10 @@ func watchService(s *session, svc *pb.Service, opts progressOpts, quiet bool, ti
 	var history []*pb.Task
 	var last progressFrame
 	stopped := func() error {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && last.job {
+			return fmt.Errorf("job %s has not finished after %s (%d out of %d complete): it keeps running in the background; see `shoal service ps %s`, or wait longer with --timeout",
+				name, timeout, last.running, last.desired, name)
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("service %s has not converged after %s (%d out of %d tasks): it keeps converging in the background; see `shoal service ps %s`, or wait longer with --timeout",
 				name, timeout, last.running, last.desired, name)

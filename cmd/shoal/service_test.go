@@ -268,6 +268,7 @@ func TestServiceCreateFlagErrors(t *testing.T) {
 		{"max per node with global", []string{"--mode", "global", "--max-replicas-per-node", "1", "/bin/app"}, "--max-replicas-per-node cannot be used"},
 		{"max concurrent with replicated", []string{"--max-concurrent", "2", "/bin/app"}, "--max-concurrent is for --mode replicated-job only"},
 		{"max concurrent with global", []string{"--mode", "global", "--max-concurrent", "2", "/bin/app"}, "--max-concurrent is for --mode replicated-job only"},
+		{"a job of no completions", []string{"--mode", "replicated-job", "--replicas", "0", "/bin/app"}, "--replicas 0: a replicated job needs at least one completion"},
 		{"update flags on a job", []string{"--mode", "replicated-job", "--update-parallelism", "2", "/bin/app"}, "--update-parallelism: a job (replicated job) has no rolling update or rollback"},
 		{"rollback flags on a global job", []string{"--mode", "global-job", "--rollback-order", "start-first", "/bin/app"}, "--rollback-order: a job (global job) has no rolling update or rollback"},
 		{"bad mode", []string{"--mode", "daemonset", "/bin/app"}, `--mode "daemonset": use replicated, global, replicated-job or global-job`},
@@ -436,6 +437,8 @@ func TestParsePublish(t *testing.T) {
 		{"target=80,published=8080,protocol=udp,mode=host", &pb.PortConfig{PublishedPort: 8080, TargetPort: 80, Protocol: udp, PublishMode: pb.PublishMode_PUBLISH_MODE_HOST}},
 		{"published=8080,target=80,mode=ingress", &pb.PortConfig{PublishedPort: 8080, TargetPort: 80}},
 		{"target=80,name=http", &pb.PortConfig{TargetPort: 80, Name: "http"}},
+		{"published=8080,target=80,local=true,proxy-protocol=1", &pb.PortConfig{PublishedPort: 8080, TargetPort: 80, Local: true, ProxyProtocol: true}},
+		{"target=80,proxy-protocol=true", &pb.PortConfig{TargetPort: 80, ProxyProtocol: true}},
 	}
 	for _, tt := range good {
 		got, err := parsePublish("--publish", tt.in)
@@ -444,7 +447,8 @@ func TestParsePublish(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "web", ":80", "8080:", "8080:0", "0", "65536:80", "8080:80:90", "1.2.3.4:8080:80", "8080-8090:80",
-		"8080:80/sctp", "8080:80/", "published=8080", "target=0", "target=80,protocol=icmp", "target=80,mode=", "target=80,published", "target=x"} {
+		"8080:80/sctp", "8080:80/", "published=8080", "target=0", "target=80,protocol=icmp", "target=80,mode=", "target=80,published", "target=x",
+		"published=8080,target=80,local=maybe", "target=80,local=true", "published=8080,target=80,mode=host,local=true"} {
 		if got, err := parsePublish("--publish", in); err == nil {
 			t.Errorf("parsePublish(%q) = %v, want an error", in, got)
 		}
@@ -503,6 +507,19 @@ func TestParseScaleArgs(t *testing.T) {
 	err = scaleSpec(global, 3)
 	if err == nil || err.Error() != "scale: service web is global (one task on every eligible node); only replicated services and replicated jobs can be scaled" {
 		t.Errorf("scaleSpec(global) = %v", err)
+	}
+	gjob := &pb.ServiceSpec{Annotations: &pb.Annotations{Name: "once"}, Mode: &pb.ServiceSpec_GlobalJob{GlobalJob: &pb.GlobalJob{}}}
+	if err = scaleSpec(gjob, 3); err == nil || !strings.Contains(err.Error(), "scale: service once is global job (one task on every eligible node)") {
+		t.Errorf("scaleSpec(global job) = %v", err)
+	}
+	rjob := jobBaseSpec("/bin/app")
+	rjob.Annotations.Name = "batch"
+	rjob.Mode = &pb.ServiceSpec_ReplicatedJob{ReplicatedJob: &pb.ReplicatedJob{MaxConcurrent: 2, TotalCompletions: 4}}
+	if err := scaleSpec(rjob, 9); err != nil || rjob.GetReplicatedJob().GetTotalCompletions() != 9 {
+		t.Errorf("scaleSpec(replicated job) = %v, completions %d", err, rjob.GetReplicatedJob().GetTotalCompletions())
+	}
+	if err := scaleSpec(rjob, 0); err == nil || !strings.Contains(err.Error(), "scale: batch=0: a replicated job needs at least one completion") {
+		t.Errorf("scaleSpec(replicated job, 0) = %v", err)
 	}
 	rep := baseSpec("/bin/app")
 	if err := scaleSpec(rep, 7); err != nil || rep.GetReplicated().GetReplicas() != 7 {

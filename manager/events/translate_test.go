@@ -83,6 +83,8 @@ func TestTranslate(t *testing.T) {
 		{"leader elected", update, &pb.Cluster{Id: "c", Leader: "n1", LeaderTerm: 2}, &pb.Cluster{Id: "c", Leader: "n2", LeaderTerm: 3},
 			[]brief{{"node", "leader", "n2", "", map[string]string{"term": "3"}}}},
 		{"cluster change without election", update, &pb.Cluster{Id: "c", Leader: "n1", LeaderTerm: 2}, &pb.Cluster{Id: "c", Leader: "n1", LeaderTerm: 2, RemovedNodes: []string{"x"}}, nil},
+		{"config removed", del, &pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "nginx.conf"}}}, &pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "nginx.conf"}}},
+			[]brief{{"config", "remove", "c1", "nginx.conf", nil}}},
 		{"secret created", create, nil, &pb.Secret{Id: "x1", Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "db"}}},
 			[]brief{{"secret", "create", "x1", "db", nil}}},
 		{"config created", create, nil, &pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}}},

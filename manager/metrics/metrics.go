@@ -250,6 +250,7 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 		objects["service"] = tx.Services().Len()
 		objects["task"] = tx.Tasks().Len()
 		objects["secret"] = tx.Secrets().Len()
+		objects["config"] = tx.Configs().Len()
 		objects["cluster"] = tx.Clusters().Len()
 	})
 	for k, v := range objects {

@@ -290,6 +290,21 @@ func TestGlobalJob(t *testing.T) {
 	if v.running != 0 || len(v.complete) != 3 {
 		t.Fatalf("want the three nodes done:\n%s", describe(h.tasks("g")))
 	}
+	// A node removed while it runs the job: its task goes, with no retry.
+	addNode(h, "d", pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE, pb.NodeState_NODE_STATE_READY)
+	h.reconcile()
+	h.place("g", "")
+	h.update(func(tx *raftstore.Tx) error { return tx.Nodes().Delete("d") })
+	h.reconcile()
+	v = h.checkJobInvariants("g", 1)
+	for _, tk := range h.tasks("g") {
+		if tk.GetNodeId() == "d" {
+			t.Fatalf("the removed node's task is still there:\n%s", describe(h.tasks("g")))
+		}
+	}
+	if v.running != 0 || len(v.complete) != 3 {
+		t.Fatalf("want the three nodes done and nothing running:\n%s", describe(h.tasks("g")))
+	}
 }
 
 // TestJobDrainedTaskCompletesAfterAll: a task told to stop because its

@@ -158,6 +158,15 @@ func (r *run) handleEnded(tasks []*pb.Task) error {
 		case t.GetNodeId() != "" && !known:
 			t.Status = &pb.TaskStatus{Timestamp: r.now.UnixNano(), State: pb.TaskState_TASK_STATE_FAILED,
 				Message: "node removed", Err: fmt.Sprintf("node %s was removed from the cluster", t.GetNodeId())}
+			if r.job && isGlobal(r.svc) {
+				// A global job no longer runs on that node: it is not a
+				// failure of the job.
+				t.DesiredState = stateRemove
+				if err := r.tx.Tasks().Update(t); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := r.replace(t, tasks, !isGlobal(r.svc)); err != nil {
 				return err
 			}
