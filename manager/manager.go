@@ -44,6 +44,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/sealer"
 	"github.com/shoal-cluster/shoal/manager/updater"
+	"github.com/shoal-cluster/shoal/manager/usage"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -76,6 +77,7 @@ type Manager struct {
 	members *membership.Server
 	ca      *ca.Authority
 	disp    *dispatcher.Dispatcher
+	usage   *usage.Table
 	gossip  *gossip.Gossip
 	feed    *endpoints.Feed
 	journal *events.Journal
@@ -398,11 +400,13 @@ func (m *Manager) assemble() {
 		Clock:         clock.Real(),
 		Log:           m.log,
 	})
+	m.usage = usage.New(clock.Real())
 	m.disp = dispatcher.New(dispatcher.Config{
 		Store:      m.store,
 		Leadership: m.members,
 		Endpoints:  m.feed,
 		Secrets:    m.keys,
+		Usage:      m.usage,
 		Clock:      clock.Real(),
 		APIAddr:    cfg.APIAddr(),
 		Period:     cfg.HeartbeatPeriod,

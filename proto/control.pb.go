@@ -24,6 +24,225 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TaskStatsRequest selects tasks by service or node (or every task).
+type TaskStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// service is a service ID, ID prefix or name; node a node ID, prefix or
+	// hostname. Empty: all.
+	Service       string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStatsRequest) Reset() {
+	*x = TaskStatsRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStatsRequest) ProtoMessage() {}
+
+func (x *TaskStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStatsRequest.ProtoReflect.Descriptor instead.
+func (*TaskStatsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *TaskStatsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *TaskStatsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// TaskStat is one running task's use and what it reserved and may use.
+type TaskStat struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TaskId      string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	ServiceId   string                 `protobuf:"bytes,2,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	ServiceName string                 `protobuf:"bytes,3,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	Slot        uint64                 `protobuf:"varint,4,opt,name=slot,proto3" json:"slot,omitempty"`
+	NodeId      string                 `protobuf:"bytes,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Hostname    string                 `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// usage is the latest sample (absent: none yet).
+	Usage *TaskUsage `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`
+	// cpu_reservation (nano CPUs) and memory_limit (bytes) from the spec.
+	CpuReservation int64 `protobuf:"varint,8,opt,name=cpu_reservation,json=cpuReservation,proto3" json:"cpu_reservation,omitempty"`
+	MemoryLimit    int64 `protobuf:"varint,9,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
+	// age is how old the sample is on the leader's clock (nanoseconds).
+	Age           int64 `protobuf:"varint,10,opt,name=age,proto3" json:"age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStat) Reset() {
+	*x = TaskStat{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStat) ProtoMessage() {}
+
+func (x *TaskStat) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStat.ProtoReflect.Descriptor instead.
+func (*TaskStat) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TaskStat) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskStat) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *TaskStat) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *TaskStat) GetSlot() uint64 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
+}
+
+func (x *TaskStat) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *TaskStat) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *TaskStat) GetUsage() *TaskUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *TaskStat) GetCpuReservation() int64 {
+	if x != nil {
+		return x.CpuReservation
+	}
+	return 0
+}
+
+func (x *TaskStat) GetMemoryLimit() int64 {
+	if x != nil {
+		return x.MemoryLimit
+	}
+	return 0
+}
+
+func (x *TaskStat) GetAge() int64 {
+	if x != nil {
+		return x.Age
+	}
+	return 0
+}
+
+type TaskStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stats         []*TaskStat            `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStatsResponse) Reset() {
+	*x = TaskStatsResponse{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStatsResponse) ProtoMessage() {}
+
+func (x *TaskStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStatsResponse.ProtoReflect.Descriptor instead.
+func (*TaskStatsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TaskStatsResponse) GetStats() []*TaskStat {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
 type CreateServiceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -33,7 +252,7 @@ type CreateServiceRequest struct {
 
 func (x *CreateServiceRequest) Reset() {
 	*x = CreateServiceRequest{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +264,7 @@ func (x *CreateServiceRequest) String() string {
 func (*CreateServiceRequest) ProtoMessage() {}
 
 func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +277,7 @@ func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceRequest.ProtoReflect.Descriptor instead.
 func (*CreateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
@@ -77,7 +296,7 @@ type CreateServiceResponse struct {
 
 func (x *CreateServiceResponse) Reset() {
 	*x = CreateServiceResponse{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +308,7 @@ func (x *CreateServiceResponse) String() string {
 func (*CreateServiceResponse) ProtoMessage() {}
 
 func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +321,7 @@ func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceResponse.ProtoReflect.Descriptor instead.
 func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateServiceResponse) GetService() *Service {
@@ -122,7 +341,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +353,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +366,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetServiceRequest) GetRef() string {
@@ -166,7 +385,7 @@ type GetServiceResponse struct {
 
 func (x *GetServiceResponse) Reset() {
 	*x = GetServiceResponse{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +397,7 @@ func (x *GetServiceResponse) String() string {
 func (*GetServiceResponse) ProtoMessage() {}
 
 func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +410,7 @@ func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceResponse.ProtoReflect.Descriptor instead.
 func (*GetServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetServiceResponse) GetService() *Service {
@@ -209,7 +428,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +440,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +453,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 // ServiceTaskCounts summarises a service's tasks for `service ls`.
@@ -252,7 +471,7 @@ type ServiceTaskCounts struct {
 
 func (x *ServiceTaskCounts) Reset() {
 	*x = ServiceTaskCounts{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +483,7 @@ func (x *ServiceTaskCounts) String() string {
 func (*ServiceTaskCounts) ProtoMessage() {}
 
 func (x *ServiceTaskCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +496,7 @@ func (x *ServiceTaskCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceTaskCounts.ProtoReflect.Descriptor instead.
 func (*ServiceTaskCounts) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ServiceTaskCounts) GetServiceId() string {
@@ -318,7 +537,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -330,7 +549,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -343,7 +562,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListServicesResponse) GetServices() []*Service {
@@ -374,7 +593,7 @@ type UpdateServiceRequest struct {
 
 func (x *UpdateServiceRequest) Reset() {
 	*x = UpdateServiceRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +605,7 @@ func (x *UpdateServiceRequest) String() string {
 func (*UpdateServiceRequest) ProtoMessage() {}
 
 func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +618,7 @@ func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateServiceRequest) GetRef() string {
@@ -439,7 +658,7 @@ type UpdateServiceResponse struct {
 
 func (x *UpdateServiceResponse) Reset() {
 	*x = UpdateServiceResponse{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +670,7 @@ func (x *UpdateServiceResponse) String() string {
 func (*UpdateServiceResponse) ProtoMessage() {}
 
 func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +683,7 @@ func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateServiceResponse) GetService() *Service {
@@ -483,7 +702,7 @@ type RemoveServiceRequest struct {
 
 func (x *RemoveServiceRequest) Reset() {
 	*x = RemoveServiceRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +714,7 @@ func (x *RemoveServiceRequest) String() string {
 func (*RemoveServiceRequest) ProtoMessage() {}
 
 func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +727,7 @@ func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveServiceRequest) GetRef() string {
@@ -526,7 +745,7 @@ type RemoveServiceResponse struct {
 
 func (x *RemoveServiceResponse) Reset() {
 	*x = RemoveServiceResponse{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +757,7 @@ func (x *RemoveServiceResponse) String() string {
 func (*RemoveServiceResponse) ProtoMessage() {}
 
 func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +770,7 @@ func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 type ListTasksRequest struct {
@@ -567,7 +786,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +798,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +811,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTasksRequest) GetServiceRef() string {
@@ -625,7 +844,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +856,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +869,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -672,7 +891,7 @@ type ServiceLogsRequest struct {
 
 func (x *ServiceLogsRequest) Reset() {
 	*x = ServiceLogsRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +903,7 @@ func (x *ServiceLogsRequest) String() string {
 func (*ServiceLogsRequest) ProtoMessage() {}
 
 func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +916,7 @@ func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ServiceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ServiceLogsRequest) GetRef() string {
@@ -735,7 +954,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +966,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +979,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LogLine) GetTaskId() string {
@@ -809,7 +1028,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1040,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1053,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TaskLogsRequest) GetTaskId() string {
@@ -867,7 +1086,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1098,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1111,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -912,7 +1131,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1143,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1156,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListNodesRequest) GetRole() NodeRole {
@@ -956,7 +1175,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1187,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1200,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1001,7 +1220,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1232,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1245,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetNodeRequest) GetRef() string {
@@ -1045,7 +1264,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1276,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1289,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1092,7 +1311,7 @@ type UpdateNodeRequest struct {
 
 func (x *UpdateNodeRequest) Reset() {
 	*x = UpdateNodeRequest{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1323,7 @@ func (x *UpdateNodeRequest) String() string {
 func (*UpdateNodeRequest) ProtoMessage() {}
 
 func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1336,7 @@ func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateNodeRequest) GetRef() string {
@@ -1150,7 +1369,7 @@ type UpdateNodeResponse struct {
 
 func (x *UpdateNodeResponse) Reset() {
 	*x = UpdateNodeResponse{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1381,7 @@ func (x *UpdateNodeResponse) String() string {
 func (*UpdateNodeResponse) ProtoMessage() {}
 
 func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1394,7 @@ func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateNodeResponse) GetNode() *Node {
@@ -1196,7 +1415,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1427,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1440,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveNodeRequest) GetRef() string {
@@ -1246,7 +1465,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1477,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1490,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 type GetClusterRequest struct {
@@ -1282,7 +1501,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1513,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1526,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 // ManagerRaftStatus is one manager's view of Raft.
@@ -1333,7 +1552,7 @@ type ManagerRaftStatus struct {
 
 func (x *ManagerRaftStatus) Reset() {
 	*x = ManagerRaftStatus{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1564,7 @@ func (x *ManagerRaftStatus) String() string {
 func (*ManagerRaftStatus) ProtoMessage() {}
 
 func (x *ManagerRaftStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1577,7 @@ func (x *ManagerRaftStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManagerRaftStatus.ProtoReflect.Descriptor instead.
 func (*ManagerRaftStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ManagerRaftStatus) GetNodeId() string {
@@ -1464,7 +1683,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1695,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1708,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1529,7 +1748,7 @@ type RotateJoinTokenRequest struct {
 
 func (x *RotateJoinTokenRequest) Reset() {
 	*x = RotateJoinTokenRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1760,7 @@ func (x *RotateJoinTokenRequest) String() string {
 func (*RotateJoinTokenRequest) ProtoMessage() {}
 
 func (x *RotateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1773,7 @@ func (x *RotateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RotateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotateJoinTokenRequest) GetRole() NodeRole {
@@ -1573,7 +1792,7 @@ type RotateJoinTokenResponse struct {
 
 func (x *RotateJoinTokenResponse) Reset() {
 	*x = RotateJoinTokenResponse{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1804,7 @@ func (x *RotateJoinTokenResponse) String() string {
 func (*RotateJoinTokenResponse) ProtoMessage() {}
 
 func (x *RotateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1817,7 @@ func (x *RotateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RotateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotateJoinTokenResponse) GetToken() string {
@@ -1617,7 +1836,7 @@ type CheckTokenRequest struct {
 
 func (x *CheckTokenRequest) Reset() {
 	*x = CheckTokenRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1848,7 @@ func (x *CheckTokenRequest) String() string {
 func (*CheckTokenRequest) ProtoMessage() {}
 
 func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1861,7 @@ func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
 func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CheckTokenRequest) GetToken() string {
@@ -1662,7 +1881,7 @@ type CheckTokenResponse struct {
 
 func (x *CheckTokenResponse) Reset() {
 	*x = CheckTokenResponse{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1893,7 @@ func (x *CheckTokenResponse) String() string {
 func (*CheckTokenResponse) ProtoMessage() {}
 
 func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1906,7 @@ func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
 func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CheckTokenResponse) GetClusterId() string {
@@ -1726,7 +1945,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1957,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1970,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -1830,7 +2049,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2061,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2074,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -1923,7 +2142,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2154,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2167,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaveRequest) GetNodeId() string {
@@ -1966,7 +2185,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2197,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2210,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 type RaftStatusRequest struct {
@@ -2002,7 +2221,7 @@ type RaftStatusRequest struct {
 
 func (x *RaftStatusRequest) Reset() {
 	*x = RaftStatusRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2233,7 @@ func (x *RaftStatusRequest) String() string {
 func (*RaftStatusRequest) ProtoMessage() {}
 
 func (x *RaftStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2246,7 @@ func (x *RaftStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftStatusRequest.ProtoReflect.Descriptor instead.
 func (*RaftStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 type CheckMemberRequest struct {
@@ -2040,7 +2259,7 @@ type CheckMemberRequest struct {
 
 func (x *CheckMemberRequest) Reset() {
 	*x = CheckMemberRequest{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2271,7 @@ func (x *CheckMemberRequest) String() string {
 func (*CheckMemberRequest) ProtoMessage() {}
 
 func (x *CheckMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2284,7 @@ func (x *CheckMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckMemberRequest.ProtoReflect.Descriptor instead.
 func (*CheckMemberRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CheckMemberRequest) GetNodeId() string {
@@ -2094,7 +2313,7 @@ type CheckMemberResponse struct {
 
 func (x *CheckMemberResponse) Reset() {
 	*x = CheckMemberResponse{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2325,7 @@ func (x *CheckMemberResponse) String() string {
 func (*CheckMemberResponse) ProtoMessage() {}
 
 func (x *CheckMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2338,7 @@ func (x *CheckMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckMemberResponse.ProtoReflect.Descriptor instead.
 func (*CheckMemberResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CheckMemberResponse) GetRemoved() bool {
@@ -2154,7 +2373,7 @@ type IssueClientCertificateRequest struct {
 
 func (x *IssueClientCertificateRequest) Reset() {
 	*x = IssueClientCertificateRequest{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2385,7 @@ func (x *IssueClientCertificateRequest) String() string {
 func (*IssueClientCertificateRequest) ProtoMessage() {}
 
 func (x *IssueClientCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2398,7 @@ func (x *IssueClientCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueClientCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueClientCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IssueClientCertificateRequest) GetCsr() []byte {
@@ -2199,7 +2418,7 @@ type IssueClientCertificateResponse struct {
 
 func (x *IssueClientCertificateResponse) Reset() {
 	*x = IssueClientCertificateResponse{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2211,7 +2430,7 @@ func (x *IssueClientCertificateResponse) String() string {
 func (*IssueClientCertificateResponse) ProtoMessage() {}
 
 func (x *IssueClientCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2224,7 +2443,7 @@ func (x *IssueClientCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueClientCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueClientCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IssueClientCertificateResponse) GetCertificate() []byte {
@@ -2250,7 +2469,7 @@ type RotateRootCARequest struct {
 
 func (x *RotateRootCARequest) Reset() {
 	*x = RotateRootCARequest{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2481,7 @@ func (x *RotateRootCARequest) String() string {
 func (*RotateRootCARequest) ProtoMessage() {}
 
 func (x *RotateRootCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2494,7 @@ func (x *RotateRootCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootCARequest.ProtoReflect.Descriptor instead.
 func (*RotateRootCARequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 type RotateRootCAResponse struct {
@@ -2288,7 +2507,7 @@ type RotateRootCAResponse struct {
 
 func (x *RotateRootCAResponse) Reset() {
 	*x = RotateRootCAResponse{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2519,7 @@ func (x *RotateRootCAResponse) String() string {
 func (*RotateRootCAResponse) ProtoMessage() {}
 
 func (x *RotateRootCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2532,7 @@ func (x *RotateRootCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootCAResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RotateRootCAResponse) GetDigest() string {
@@ -2332,7 +2551,7 @@ type RotateGossipKeyRequest struct {
 
 func (x *RotateGossipKeyRequest) Reset() {
 	*x = RotateGossipKeyRequest{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2563,7 @@ func (x *RotateGossipKeyRequest) String() string {
 func (*RotateGossipKeyRequest) ProtoMessage() {}
 
 func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2576,7 @@ func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGossipKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateGossipKeyRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 type RotateGossipKeyResponse struct {
@@ -2370,7 +2589,7 @@ type RotateGossipKeyResponse struct {
 
 func (x *RotateGossipKeyResponse) Reset() {
 	*x = RotateGossipKeyResponse{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2601,7 @@ func (x *RotateGossipKeyResponse) String() string {
 func (*RotateGossipKeyResponse) ProtoMessage() {}
 
 func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2614,7 @@ func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGossipKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateGossipKeyResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RotateGossipKeyResponse) GetKeys() int32 {
@@ -2416,7 +2635,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2647,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2660,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{45}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -2462,7 +2681,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2474,7 +2693,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2487,7 +2706,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{46}
+	return file_control_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RenewCertificateResponse) GetCertificate() []byte {
@@ -2521,7 +2740,7 @@ type CreateSecretRequest struct {
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2752,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2765,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{47}
+	return file_control_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CreateSecretRequest) GetSpec() *SecretSpec {
@@ -2566,7 +2785,7 @@ type CreateSecretResponse struct {
 
 func (x *CreateSecretResponse) Reset() {
 	*x = CreateSecretResponse{}
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2797,7 @@ func (x *CreateSecretResponse) String() string {
 func (*CreateSecretResponse) ProtoMessage() {}
 
 func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2810,7 @@ func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretResponse.ProtoReflect.Descriptor instead.
 func (*CreateSecretResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{48}
+	return file_control_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateSecretResponse) GetSecret() *Secret {
@@ -2611,7 +2830,7 @@ type GetSecretRequest struct {
 
 func (x *GetSecretRequest) Reset() {
 	*x = GetSecretRequest{}
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2842,7 @@ func (x *GetSecretRequest) String() string {
 func (*GetSecretRequest) ProtoMessage() {}
 
 func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2855,7 @@ func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{49}
+	return file_control_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetSecretRequest) GetRef() string {
@@ -2658,7 +2877,7 @@ type GetSecretResponse struct {
 
 func (x *GetSecretResponse) Reset() {
 	*x = GetSecretResponse{}
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2670,7 +2889,7 @@ func (x *GetSecretResponse) String() string {
 func (*GetSecretResponse) ProtoMessage() {}
 
 func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2683,7 +2902,7 @@ func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{50}
+	return file_control_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetSecretResponse) GetSecret() *Secret {
@@ -2708,7 +2927,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2720,7 +2939,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2733,7 +2952,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{51}
+	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
 type ListSecretsResponse struct {
@@ -2746,7 +2965,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2758,7 +2977,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2771,7 +2990,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{52}
+	return file_control_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -2790,7 +3009,7 @@ type RemoveSecretRequest struct {
 
 func (x *RemoveSecretRequest) Reset() {
 	*x = RemoveSecretRequest{}
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +3021,7 @@ func (x *RemoveSecretRequest) String() string {
 func (*RemoveSecretRequest) ProtoMessage() {}
 
 func (x *RemoveSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +3034,7 @@ func (x *RemoveSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecretRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSecretRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{53}
+	return file_control_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RemoveSecretRequest) GetRef() string {
@@ -2833,7 +3052,7 @@ type RemoveSecretResponse struct {
 
 func (x *RemoveSecretResponse) Reset() {
 	*x = RemoveSecretResponse{}
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2845,7 +3064,7 @@ func (x *RemoveSecretResponse) String() string {
 func (*RemoveSecretResponse) ProtoMessage() {}
 
 func (x *RemoveSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2858,7 +3077,7 @@ func (x *RemoveSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecretResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{54}
+	return file_control_proto_rawDescGZIP(), []int{57}
 }
 
 // EventsRequest selects events. Events are ordered by (index, seq).
@@ -2882,7 +3101,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3113,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3126,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{55}
+	return file_control_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *EventsRequest) GetSinceIndex() uint64 {
@@ -2971,7 +3190,7 @@ type ClusterEvent struct {
 
 func (x *ClusterEvent) Reset() {
 	*x = ClusterEvent{}
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3202,7 @@ func (x *ClusterEvent) String() string {
 func (*ClusterEvent) ProtoMessage() {}
 
 func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3215,7 @@ func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterEvent.ProtoReflect.Descriptor instead.
 func (*ClusterEvent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{56}
+	return file_control_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ClusterEvent) GetIndex() uint64 {
@@ -3065,7 +3284,7 @@ type CreateConfigRequest struct {
 
 func (x *CreateConfigRequest) Reset() {
 	*x = CreateConfigRequest{}
-	mi := &file_control_proto_msgTypes[57]
+	mi := &file_control_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3296,7 @@ func (x *CreateConfigRequest) String() string {
 func (*CreateConfigRequest) ProtoMessage() {}
 
 func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[57]
+	mi := &file_control_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3309,7 @@ func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
 func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{57}
+	return file_control_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
@@ -3110,7 +3329,7 @@ type CreateConfigResponse struct {
 
 func (x *CreateConfigResponse) Reset() {
 	*x = CreateConfigResponse{}
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3341,7 @@ func (x *CreateConfigResponse) String() string {
 func (*CreateConfigResponse) ProtoMessage() {}
 
 func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3354,7 @@ func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
 func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{58}
+	return file_control_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CreateConfigResponse) GetConfig() *Config {
@@ -3155,7 +3374,7 @@ type GetConfigRequest struct {
 
 func (x *GetConfigRequest) Reset() {
 	*x = GetConfigRequest{}
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3167,7 +3386,7 @@ func (x *GetConfigRequest) String() string {
 func (*GetConfigRequest) ProtoMessage() {}
 
 func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3180,7 +3399,7 @@ func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{59}
+	return file_control_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetConfigRequest) GetRef() string {
@@ -3202,7 +3421,7 @@ type GetConfigResponse struct {
 
 func (x *GetConfigResponse) Reset() {
 	*x = GetConfigResponse{}
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3214,7 +3433,7 @@ func (x *GetConfigResponse) String() string {
 func (*GetConfigResponse) ProtoMessage() {}
 
 func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3227,7 +3446,7 @@ func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{60}
+	return file_control_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetConfigResponse) GetConfig() *Config {
@@ -3252,7 +3471,7 @@ type ListConfigsRequest struct {
 
 func (x *ListConfigsRequest) Reset() {
 	*x = ListConfigsRequest{}
-	mi := &file_control_proto_msgTypes[61]
+	mi := &file_control_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3264,7 +3483,7 @@ func (x *ListConfigsRequest) String() string {
 func (*ListConfigsRequest) ProtoMessage() {}
 
 func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[61]
+	mi := &file_control_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3277,7 +3496,7 @@ func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
 func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{61}
+	return file_control_proto_rawDescGZIP(), []int{64}
 }
 
 type ListConfigsResponse struct {
@@ -3290,7 +3509,7 @@ type ListConfigsResponse struct {
 
 func (x *ListConfigsResponse) Reset() {
 	*x = ListConfigsResponse{}
-	mi := &file_control_proto_msgTypes[62]
+	mi := &file_control_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3302,7 +3521,7 @@ func (x *ListConfigsResponse) String() string {
 func (*ListConfigsResponse) ProtoMessage() {}
 
 func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[62]
+	mi := &file_control_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3315,7 +3534,7 @@ func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
 func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{62}
+	return file_control_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListConfigsResponse) GetConfigs() []*Config {
@@ -3334,7 +3553,7 @@ type RemoveConfigRequest struct {
 
 func (x *RemoveConfigRequest) Reset() {
 	*x = RemoveConfigRequest{}
-	mi := &file_control_proto_msgTypes[63]
+	mi := &file_control_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3346,7 +3565,7 @@ func (x *RemoveConfigRequest) String() string {
 func (*RemoveConfigRequest) ProtoMessage() {}
 
 func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[63]
+	mi := &file_control_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3359,7 +3578,7 @@ func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
 func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{63}
+	return file_control_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RemoveConfigRequest) GetRef() string {
@@ -3377,7 +3596,7 @@ type RemoveConfigResponse struct {
 
 func (x *RemoveConfigResponse) Reset() {
 	*x = RemoveConfigResponse{}
-	mi := &file_control_proto_msgTypes[64]
+	mi := &file_control_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3608,7 @@ func (x *RemoveConfigResponse) String() string {
 func (*RemoveConfigResponse) ProtoMessage() {}
 
 func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[64]
+	mi := &file_control_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,14 +3621,32 @@ func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
 func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{64}
+	return file_control_proto_rawDescGZIP(), []int{67}
 }
 
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"A\n" +
+	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"@\n" +
+	"\x10TaskStatsRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"\xb7\x02\n" +
+	"\bTaskStat\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x02 \x01(\tR\tserviceId\x12!\n" +
+	"\fservice_name\x18\x03 \x01(\tR\vserviceName\x12\x12\n" +
+	"\x04slot\x18\x04 \x01(\x04R\x04slot\x12\x17\n" +
+	"\anode_id\x18\x05 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\x12)\n" +
+	"\x05usage\x18\a \x01(\v2\x13.shoal.v1.TaskUsageR\x05usage\x12'\n" +
+	"\x0fcpu_reservation\x18\b \x01(\x03R\x0ecpuReservation\x12!\n" +
+	"\fmemory_limit\x18\t \x01(\x03R\vmemoryLimit\x12\x10\n" +
+	"\x03age\x18\n" +
+	" \x01(\x03R\x03age\"=\n" +
+	"\x11TaskStatsResponse\x12(\n" +
+	"\x05stats\x18\x01 \x03(\v2\x12.shoal.v1.TaskStatR\x05stats\"A\n" +
 	"\x14CreateServiceRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\"D\n" +
 	"\x15CreateServiceResponse\x12+\n" +
@@ -3613,7 +3850,7 @@ const file_control_proto_rawDesc = "" +
 	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
 	"\x13RemoveConfigRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveConfigResponse2\x89\x0f\n" +
+	"\x14RemoveConfigResponse2\xcf\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3643,7 +3880,8 @@ const file_control_proto_rawDesc = "" +
 	"\fCreateConfig\x12\x1d.shoal.v1.CreateConfigRequest\x1a\x1e.shoal.v1.CreateConfigResponse\x12D\n" +
 	"\tGetConfig\x12\x1a.shoal.v1.GetConfigRequest\x1a\x1b.shoal.v1.GetConfigResponse\x12J\n" +
 	"\vListConfigs\x12\x1c.shoal.v1.ListConfigsRequest\x1a\x1d.shoal.v1.ListConfigsResponse\x12M\n" +
-	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse2C\n" +
+	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse\x12D\n" +
+	"\tTaskStats\x12\x1a.shoal.v1.TaskStatsRequest\x1a\x1b.shoal.v1.TaskStatsResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
 	"\n" +
@@ -3669,190 +3907,198 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_control_proto_goTypes = []any{
-	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),              // 2: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 3: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 4: shoal.v1.ListServicesRequest
-	(*ServiceTaskCounts)(nil),              // 5: shoal.v1.ServiceTaskCounts
-	(*ListServicesResponse)(nil),           // 6: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),           // 7: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),          // 8: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),           // 9: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),          // 10: shoal.v1.RemoveServiceResponse
-	(*ListTasksRequest)(nil),               // 11: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),              // 12: shoal.v1.ListTasksResponse
-	(*ServiceLogsRequest)(nil),             // 13: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                        // 14: shoal.v1.LogLine
-	(*TaskLogsRequest)(nil),                // 15: shoal.v1.TaskLogsRequest
-	(*LogChunk)(nil),                       // 16: shoal.v1.LogChunk
-	(*ListNodesRequest)(nil),               // 17: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 18: shoal.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),                 // 19: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),                // 20: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),              // 21: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),             // 22: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),              // 23: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),             // 24: shoal.v1.RemoveNodeResponse
-	(*GetClusterRequest)(nil),              // 25: shoal.v1.GetClusterRequest
-	(*ManagerRaftStatus)(nil),              // 26: shoal.v1.ManagerRaftStatus
-	(*GetClusterResponse)(nil),             // 27: shoal.v1.GetClusterResponse
-	(*RotateJoinTokenRequest)(nil),         // 28: shoal.v1.RotateJoinTokenRequest
-	(*RotateJoinTokenResponse)(nil),        // 29: shoal.v1.RotateJoinTokenResponse
-	(*CheckTokenRequest)(nil),              // 30: shoal.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),             // 31: shoal.v1.CheckTokenResponse
-	(*JoinRequest)(nil),                    // 32: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),                   // 33: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),                   // 34: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),                  // 35: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),              // 36: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),             // 37: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),            // 38: shoal.v1.CheckMemberResponse
-	(*IssueClientCertificateRequest)(nil),  // 39: shoal.v1.IssueClientCertificateRequest
-	(*IssueClientCertificateResponse)(nil), // 40: shoal.v1.IssueClientCertificateResponse
-	(*RotateRootCARequest)(nil),            // 41: shoal.v1.RotateRootCARequest
-	(*RotateRootCAResponse)(nil),           // 42: shoal.v1.RotateRootCAResponse
-	(*RotateGossipKeyRequest)(nil),         // 43: shoal.v1.RotateGossipKeyRequest
-	(*RotateGossipKeyResponse)(nil),        // 44: shoal.v1.RotateGossipKeyResponse
-	(*RenewCertificateRequest)(nil),        // 45: shoal.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 46: shoal.v1.RenewCertificateResponse
-	(*CreateSecretRequest)(nil),            // 47: shoal.v1.CreateSecretRequest
-	(*CreateSecretResponse)(nil),           // 48: shoal.v1.CreateSecretResponse
-	(*GetSecretRequest)(nil),               // 49: shoal.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),              // 50: shoal.v1.GetSecretResponse
-	(*ListSecretsRequest)(nil),             // 51: shoal.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),            // 52: shoal.v1.ListSecretsResponse
-	(*RemoveSecretRequest)(nil),            // 53: shoal.v1.RemoveSecretRequest
-	(*RemoveSecretResponse)(nil),           // 54: shoal.v1.RemoveSecretResponse
-	(*EventsRequest)(nil),                  // 55: shoal.v1.EventsRequest
-	(*ClusterEvent)(nil),                   // 56: shoal.v1.ClusterEvent
-	(*CreateConfigRequest)(nil),            // 57: shoal.v1.CreateConfigRequest
-	(*CreateConfigResponse)(nil),           // 58: shoal.v1.CreateConfigResponse
-	(*GetConfigRequest)(nil),               // 59: shoal.v1.GetConfigRequest
-	(*GetConfigResponse)(nil),              // 60: shoal.v1.GetConfigResponse
-	(*ListConfigsRequest)(nil),             // 61: shoal.v1.ListConfigsRequest
-	(*ListConfigsResponse)(nil),            // 62: shoal.v1.ListConfigsResponse
-	(*RemoveConfigRequest)(nil),            // 63: shoal.v1.RemoveConfigRequest
-	(*RemoveConfigResponse)(nil),           // 64: shoal.v1.RemoveConfigResponse
-	nil,                                    // 65: shoal.v1.ClusterEvent.AttributesEntry
-	(*ServiceSpec)(nil),                    // 66: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 67: shoal.v1.Service
-	(*Task)(nil),                           // 68: shoal.v1.Task
-	(NodeRole)(0),                          // 69: shoal.v1.NodeRole
-	(*Node)(nil),                           // 70: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 71: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 72: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 73: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 74: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 75: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 76: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 77: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 78: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 79: shoal.v1.Config
+	(*TaskStatsRequest)(nil),               // 0: shoal.v1.TaskStatsRequest
+	(*TaskStat)(nil),                       // 1: shoal.v1.TaskStat
+	(*TaskStatsResponse)(nil),              // 2: shoal.v1.TaskStatsResponse
+	(*CreateServiceRequest)(nil),           // 3: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),          // 4: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),              // 5: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 6: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 7: shoal.v1.ListServicesRequest
+	(*ServiceTaskCounts)(nil),              // 8: shoal.v1.ServiceTaskCounts
+	(*ListServicesResponse)(nil),           // 9: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),           // 10: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),          // 11: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),           // 12: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),          // 13: shoal.v1.RemoveServiceResponse
+	(*ListTasksRequest)(nil),               // 14: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),              // 15: shoal.v1.ListTasksResponse
+	(*ServiceLogsRequest)(nil),             // 16: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                        // 17: shoal.v1.LogLine
+	(*TaskLogsRequest)(nil),                // 18: shoal.v1.TaskLogsRequest
+	(*LogChunk)(nil),                       // 19: shoal.v1.LogChunk
+	(*ListNodesRequest)(nil),               // 20: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 21: shoal.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),                 // 22: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),                // 23: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),              // 24: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),             // 25: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),              // 26: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),             // 27: shoal.v1.RemoveNodeResponse
+	(*GetClusterRequest)(nil),              // 28: shoal.v1.GetClusterRequest
+	(*ManagerRaftStatus)(nil),              // 29: shoal.v1.ManagerRaftStatus
+	(*GetClusterResponse)(nil),             // 30: shoal.v1.GetClusterResponse
+	(*RotateJoinTokenRequest)(nil),         // 31: shoal.v1.RotateJoinTokenRequest
+	(*RotateJoinTokenResponse)(nil),        // 32: shoal.v1.RotateJoinTokenResponse
+	(*CheckTokenRequest)(nil),              // 33: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),             // 34: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),                    // 35: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),                   // 36: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),                   // 37: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),                  // 38: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),              // 39: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),             // 40: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),            // 41: shoal.v1.CheckMemberResponse
+	(*IssueClientCertificateRequest)(nil),  // 42: shoal.v1.IssueClientCertificateRequest
+	(*IssueClientCertificateResponse)(nil), // 43: shoal.v1.IssueClientCertificateResponse
+	(*RotateRootCARequest)(nil),            // 44: shoal.v1.RotateRootCARequest
+	(*RotateRootCAResponse)(nil),           // 45: shoal.v1.RotateRootCAResponse
+	(*RotateGossipKeyRequest)(nil),         // 46: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),        // 47: shoal.v1.RotateGossipKeyResponse
+	(*RenewCertificateRequest)(nil),        // 48: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 49: shoal.v1.RenewCertificateResponse
+	(*CreateSecretRequest)(nil),            // 50: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),           // 51: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),               // 52: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),              // 53: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),             // 54: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 55: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),            // 56: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),           // 57: shoal.v1.RemoveSecretResponse
+	(*EventsRequest)(nil),                  // 58: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 59: shoal.v1.ClusterEvent
+	(*CreateConfigRequest)(nil),            // 60: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 61: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 62: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 63: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 64: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 65: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 66: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 67: shoal.v1.RemoveConfigResponse
+	nil,                                    // 68: shoal.v1.ClusterEvent.AttributesEntry
+	(*TaskUsage)(nil),                      // 69: shoal.v1.TaskUsage
+	(*ServiceSpec)(nil),                    // 70: shoal.v1.ServiceSpec
+	(*Service)(nil),                        // 71: shoal.v1.Service
+	(*Task)(nil),                           // 72: shoal.v1.Task
+	(NodeRole)(0),                          // 73: shoal.v1.NodeRole
+	(*Node)(nil),                           // 74: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 75: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 76: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 77: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 78: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 79: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 80: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 81: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 82: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 83: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	66, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	67, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	67, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	67, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	66, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	67, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	68, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	69, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	70, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	70, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	71, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	70, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	72, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	73, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	69, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	69, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	74, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	69, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
-	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	75, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	76, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	77, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	77, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	77, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	65, // 26: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	78, // 27: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	79, // 28: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	79, // 29: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	79, // 30: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	17, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 34: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 36: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 37: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 38: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 39: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 40: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	55, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	39, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	41, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	43, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	47, // 48: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	49, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	51, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	53, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	57, // 52: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	59, // 53: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	61, // 54: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	63, // 55: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	15, // 56: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 57: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 58: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 59: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 60: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 61: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	45, // 62: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	18, // 63: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 64: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 65: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 66: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 67: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 68: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 69: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 70: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 71: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 72: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 73: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 74: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 75: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	56, // 76: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	40, // 77: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	42, // 78: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	44, // 79: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	48, // 80: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	50, // 81: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	52, // 82: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	54, // 83: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	58, // 84: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	60, // 85: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	62, // 86: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	64, // 87: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	16, // 88: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 89: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 90: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 91: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 92: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 93: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	46, // 94: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	63, // [63:95] is the sub-list for method output_type
-	31, // [31:63] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	69, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
+	1,  // 1: shoal.v1.TaskStatsResponse.stats:type_name -> shoal.v1.TaskStat
+	70, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	71, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	71, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	71, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	8,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
+	70, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	71, // 8: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	72, // 9: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	73, // 10: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	74, // 11: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	74, // 12: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	75, // 13: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	74, // 14: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	76, // 15: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	77, // 16: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	29, // 17: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	73, // 18: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	73, // 19: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	78, // 20: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	73, // 21: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	29, // 22: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	79, // 23: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	80, // 24: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	81, // 25: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	81, // 26: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	81, // 27: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	68, // 28: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	82, // 29: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	83, // 30: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	83, // 31: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	83, // 32: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	20, // 33: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	22, // 34: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	24, // 35: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	26, // 36: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	28, // 37: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	31, // 38: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	3,  // 39: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	5,  // 40: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	7,  // 41: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	10, // 42: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	12, // 43: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	14, // 44: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	16, // 45: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	58, // 46: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	42, // 47: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	44, // 48: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	46, // 49: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	50, // 50: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	52, // 51: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	54, // 52: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	56, // 53: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	60, // 54: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	62, // 55: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	64, // 56: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	66, // 57: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	0,  // 58: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
+	18, // 59: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	35, // 60: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	37, // 61: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	39, // 62: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	40, // 63: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	33, // 64: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	48, // 65: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	21, // 66: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	23, // 67: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	25, // 68: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	27, // 69: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	30, // 70: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	32, // 71: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	4,  // 72: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	6,  // 73: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	9,  // 74: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	11, // 75: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	13, // 76: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	15, // 77: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	17, // 78: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	59, // 79: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	43, // 80: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	45, // 81: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	47, // 82: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	51, // 83: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	53, // 84: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	55, // 85: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	57, // 86: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	61, // 87: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	63, // 88: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	65, // 89: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	67, // 90: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	2,  // 91: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
+	19, // 92: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	36, // 93: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	38, // 94: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	29, // 95: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	41, // 96: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	34, // 97: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	49, // 98: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	66, // [66:99] is the sub-list for method output_type
+	33, // [33:66] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3867,7 +4113,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   66,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
