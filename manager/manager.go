@@ -32,6 +32,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/authz"
+	"github.com/shoal-cluster/shoal/manager/autoscaler"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/controlapi"
 	"github.com/shoal-cluster/shoal/manager/dispatcher"
@@ -421,6 +422,7 @@ func (m *Manager) assemble() {
 		Keys:        m.keys,
 		Workers:     m.conns,
 		Events:      m.journal,
+		Usage:       m.usage,
 		ClusterID:   id.ClusterID,
 		AdvertiseIP: cfg.AdvertiseIP,
 		Log:         m.log,
@@ -628,6 +630,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		orchestrator.New(m.store, clock.Real(), m.log).Run,
 		scheduler.New(m.store, clock.Real(), m.log).Run,
 		updater.New(m.store, clock.Real(), m.log).Run,
+		autoscaler.New(m.store, m.usage, clock.Real(), 3*m.cfg.HeartbeatPeriod, m.log).Run,
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/authz"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/sealer"
+	"github.com/shoal-cluster/shoal/manager/usage"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -49,6 +50,12 @@ type Members interface {
 // not stored).
 type Heartbeats interface {
 	LastBeat(nodeID string) (time.Time, bool)
+}
+
+// Usage is the leader's latest task samples (manager/usage).
+type Usage interface {
+	Snapshot() map[string]usage.Sample
+	Now() time.Time
 }
 
 // Authority is the cluster's CA: client certificates and rotations.
@@ -86,6 +93,8 @@ type Config struct {
 	Workers    Workers
 	// Events is this manager's event history.
 	Events EventSource
+	// Usage is the tasks' CPU and memory use (nil: TaskStats is unavailable).
+	Usage Usage
 	// ClusterID picks the cluster's block of virtual IPs.
 	ClusterID string
 	// AdvertiseIP is this manager's address, where new ingress ports are
@@ -107,6 +116,7 @@ type Server struct {
 	keys        SecretsKey
 	workers     Workers
 	events      EventSource
+	usage       Usage
 	clusterID   string
 	advertiseIP string
 	log         *slog.Logger
@@ -115,7 +125,7 @@ type Server struct {
 // New returns a Server.
 func New(cfg Config) *Server {
 	return &Server{store: cfg.Store, raft: cfg.Raft, members: cfg.Members, beats: cfg.Heartbeats, ca: cfg.CA, keys: cfg.Keys,
-		workers: cfg.Workers, events: cfg.Events, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, log: cfg.Log}
+		workers: cfg.Workers, events: cfg.Events, usage: cfg.Usage, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, log: cfg.Log}
 }
 
 // ListNodes returns every node with the leader's view of manager health.
