@@ -193,10 +193,10 @@ func Decide(in Input) Decision {
 type taskClass int
 
 const (
-	ignored taskClass = iota // not meant to run, or ended
-	unready                  // starting or not healthy
-	missing                  // ready but without a fresh sample
-	measured                 // ready with a fresh sample
+	ignored  taskClass = iota // not meant to run, or ended
+	unready                   // starting or not healthy
+	missing                   // ready but without a fresh sample
+	measured                  // ready with a fresh sample
 )
 
 func classify(t *pb.Task, samples map[string]usage.Sample, now time.Time, stale time.Duration) (taskClass, float64) {
