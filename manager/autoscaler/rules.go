@@ -247,6 +247,7 @@ func recommend(in Input, current uint64) (uint64, float64, string, bool) {
 	if len(measuredTasks) == 0 {
 		return 0, -1, fmt.Sprintf("no CPU figures yet (%d tasks starting, %d without a fresh sample): no decision", len(unreadyTasks), len(missingTasks)), false
 	}
+	// As Kubernetes: the utilisation in whole percent, over the target.
 	ratio := func(es ...[]entry) float64 {
 		var used, reserved float64
 		for _, list := range es {
@@ -255,14 +256,15 @@ func recommend(in Input, current uint64) (uint64, float64, string, bool) {
 				reserved += e.reserved
 			}
 		}
-		return used / reserved / target
+		return math.Floor(used*100/reserved) / 100 / target
 	}
+	within := func(r float64) bool { return math.Abs(1-r) <= Tolerance+1e-9 }
 	usageRatio := ratio(measuredTasks)
 	util := usageRatio * target * 100
 	why := fmt.Sprintf("average CPU %.0f%% of the %d%% target", util, as.GetTargetCpuPercent())
 	scaleUpWithUnready := len(unreadyTasks) > 0 && usageRatio > 1
 	if !scaleUpWithUnready && len(missingTasks) == 0 {
-		if math.Abs(1-usageRatio) <= Tolerance {
+		if within(usageRatio) {
 			return current, util, why + " (within the tolerance)", true
 		}
 		return uint64(math.Ceil(usageRatio * float64(len(measuredTasks)))), util, why, true
@@ -308,7 +310,7 @@ func recommend(in Input, current uint64) (uint64, float64, string, bool) {
 	if len(assumed) > 0 {
 		why += ")"
 	}
-	if math.Abs(1-newRatio) <= Tolerance || (usageRatio < 1 && newRatio > 1) || (usageRatio > 1 && newRatio < 1) {
+	if within(newRatio) || (usageRatio < 1 && newRatio > 1) || (usageRatio > 1 && newRatio < 1) {
 		return current, util, why + ": no change", true
 	}
 	next := uint64(math.Ceil(newRatio * float64(n)))
