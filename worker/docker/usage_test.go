@@ -2,9 +2,12 @@ package docker
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/shoal-cluster/shoal/internal/poll"
 	"github.com/shoal-cluster/shoal/worker"
 )
 
@@ -32,4 +35,32 @@ func TestStatsUsage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUsageFromEngine reads a running container's use from the Engine's
+// one-shot stats: CPU time that grows, and memory in use.
+func TestUsageFromEngine(t *testing.T) {
+	cli := engine(t)
+	r := newRuntime(t, cli, "node-"+randomID())
+	ctx := ctxT(t)
+	id := "task" + randomID()
+	if err := r.Prepare(ctx, helloTask(id, "shoal/hello:v1"), worker.TaskFiles{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	var first worker.Usage
+	poll.Until(t, 20*time.Second, "the container's figures", func() (bool, string) {
+		u, err := r.Usage(ctx, id)
+		if err != nil {
+			return false, err.Error()
+		}
+		first = u
+		return u.CPUTotal > 0 && u.MemoryBytes > 0, fmt.Sprintf("%+v", u)
+	})
+	if _, err := r.Usage(ctx, "task-unknown"); err == nil {
+		t.Fatal("usage of an unknown task succeeded")
+	}
+	t.Logf("container uses %+v", first)
 }
