@@ -142,3 +142,73 @@ func (c *cluster) runningPerNodeAny(name string) map[string]int {
 	}
 	return out
 }
+
+// TestAutoscaleLeaderKilled kills the leader in the middle of a scale-up:
+// the new leader has figures again within a few heartbeats, finishes the
+// scale-up without passing the maximum, and after the load stops waits a
+// full window of its own before scaling down.
+func TestAutoscaleLeaderKilled(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(3)
+	c.addWorkers(1)
+	burn := filepath.Join(c.base, "burn")
+	if err := os.WriteFile(burn, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const lo, hi = 1, 4
+	const window = 6 * time.Second
+	spec := burnSpec("burn", burn, lo, hi)
+	spec.Autoscale.DownscaleWindow = int64(window)
+	c.createService(spec)
+
+	peak := uint64(0)
+	watch := func() uint64 {
+		n, _ := c.replicasOf("burn")
+		peak = max(peak, n)
+		return n
+	}
+	c.eventually(60*time.Second, "a first scale-up", func() (bool, string) {
+		n := watch()
+		return n >= 2, fmt.Sprint(n)
+	})
+	old := c.leader()
+	c.stopManager(old)
+	killed := time.Now()
+	leader := c.leader()
+	elected := time.Now()
+	c.eventually(30*time.Second, "the new leader's figures", func() (bool, string) {
+		ctx, cancel := c.ctx()
+		defer cancel()
+		resp, err := c.control(leader).TaskStats(ctx, &pb.TaskStatsRequest{Service: "burn"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, st := range resp.GetStats() {
+			if st.GetUsage().GetCpuWindow() > 0 {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(resp.GetStats())
+	})
+	t.Logf("leader killed; a new one in %s, with figures %s later", elected.Sub(killed).Round(100*time.Millisecond), time.Since(elected).Round(100*time.Millisecond))
+	c.eventually(60*time.Second, "scaled up to the maximum under the new leader", func() (bool, string) {
+		n := watch()
+		return n == hi, fmt.Sprint(n)
+	})
+	if err := os.Remove(burn); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	c.eventually(60*time.Second, "scaled down to the minimum", func() (bool, string) {
+		n := watch()
+		return n == lo, fmt.Sprint(n)
+	})
+	took := time.Since(stopped)
+	t.Logf("scaled down %s after the load stopped; peak %d", took.Round(100*time.Millisecond), peak)
+	if took < window-time.Second {
+		t.Fatalf("scaled down %s after the load stopped, within the %s window", took, window)
+	}
+	if peak > hi {
+		t.Fatalf("replicas reached %d, above the maximum of %d", peak, hi)
+	}
+}
