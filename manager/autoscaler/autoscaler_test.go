@@ -65,9 +65,9 @@ func (w *world) converge() {
 		}
 		for slot := uint64(len(tasks)) + 1; slot <= n; slot++ {
 			if err := tx.Tasks().Create(&pb.Task{Id: fmt.Sprintf("t%d", slot), ServiceId: "s1", ServiceName: "web", Slot: slot,
-				DesiredState: pb.TaskState_TASK_STATE_RUNNING,
-				Spec:         &pb.TaskSpec{Resources: &pb.ResourceRequirements{Reservations: &pb.Resources{NanoCpus: core / 2}}},
-				Status:       &pb.TaskStatus{State: pb.TaskState_TASK_STATE_RUNNING}}); err != nil {
+				DesiredState: pb.TaskState_TASK_STATE_RUNNING, NodeId: "node-a",
+				Spec:   &pb.TaskSpec{Resources: &pb.ResourceRequirements{Reservations: &pb.Resources{NanoCpus: core / 2}}},
+				Status: &pb.TaskStatus{State: pb.TaskState_TASK_STATE_RUNNING}}); err != nil {
 				return err
 			}
 		}

@@ -211,7 +211,9 @@ func classify(t *pb.Task, samples map[string]usage.Sample, now time.Time, stale 
 		return unready, 0
 	}
 	s, ok := samples[t.GetId()]
-	if !ok || s.Usage.GetCpuWindow() <= 0 || now.Sub(s.At) > stale {
+	// A sample counts only from the node the task runs on (a worker
+	// cannot speak for another node's tasks).
+	if !ok || s.NodeID != t.GetNodeId() || s.Usage.GetCpuWindow() <= 0 || now.Sub(s.At) > stale {
 		return missing, 0
 	}
 	return measured, float64(s.Usage.GetCpuNanoCores())

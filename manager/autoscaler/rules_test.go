@@ -29,7 +29,8 @@ func service(replicas, lo, hi uint64) *pb.Service {
 // a number is a running task with a fresh sample; "-" a running task
 // without one; "old" one whose sample is stale; "starting" a task not
 // running yet; "unhealthy" a running task failing its health check;
-// "failed" a task that ended.
+// "failed" a task that ended; "elsewhere" a task whose (idle) sample
+// another node sent.
 func fleet(specs ...string) ([]*pb.Task, map[string]usage.Sample) {
 	var tasks []*pb.Task
 	samples := map[string]usage.Sample{}
@@ -37,6 +38,7 @@ func fleet(specs ...string) ([]*pb.Task, map[string]usage.Sample) {
 		t := &pb.Task{Id: fmt.Sprintf("t%d", i+1), ServiceId: "s1", ServiceName: "web", Slot: uint64(i + 1),
 			DesiredState: pb.TaskState_TASK_STATE_RUNNING,
 			Spec:         &pb.TaskSpec{Resources: &pb.ResourceRequirements{Reservations: &pb.Resources{NanoCpus: core / 2}}},
+			NodeId:       "n1",
 			Status:       &pb.TaskStatus{State: pb.TaskState_TASK_STATE_RUNNING}}
 		switch s {
 		case "-":
@@ -47,11 +49,13 @@ func fleet(specs ...string) ([]*pb.Task, map[string]usage.Sample) {
 		case "failed":
 			t.Status.State = pb.TaskState_TASK_STATE_FAILED
 		case "old":
-			samples[t.Id] = usage.Sample{Usage: &pb.TaskUsage{CpuWindow: int64(time.Second), CpuNanoCores: core / 2}, At: epoch.Add(-time.Minute)}
+			samples[t.Id] = usage.Sample{NodeID: "n1", Usage: &pb.TaskUsage{CpuWindow: int64(time.Second), CpuNanoCores: core / 2}, At: epoch.Add(-time.Minute)}
+		case "elsewhere": // a sample another node claims
+			samples[t.Id] = usage.Sample{NodeID: "n2", Usage: &pb.TaskUsage{CpuWindow: int64(time.Second), CpuNanoCores: 0}, At: epoch}
 		default:
 			var pct int64
 			fmt.Sscan(s, &pct)
-			samples[t.Id] = usage.Sample{Usage: &pb.TaskUsage{CpuWindow: int64(time.Second), CpuNanoCores: core / 2 * pct / 100}, At: epoch}
+			samples[t.Id] = usage.Sample{NodeID: "n1", Usage: &pb.TaskUsage{CpuWindow: int64(time.Second), CpuNanoCores: core / 2 * pct / 100}, At: epoch}
 		}
 		tasks = append(tasks, t)
 	}
@@ -109,6 +113,8 @@ func TestDecide(t *testing.T) {
 			wantReason: "(2 without figures counted at 100%): no change"},
 		{name: "missing samples at 100% still allow some scale-down", svc: service(6, 1, 10), tasks: []string{"0", "0", "0", "0", "0", "-"}, want: 2, wantRec: 2},
 		{name: "stale samples are missing, not idle", svc: service(4, 1, 10), tasks: []string{"10", "old", "old", "old"}, want: 4, wantRec: 4,
+			wantReason: "counted at 100%"},
+		{name: "a sample from another node counts as missing", svc: service(4, 1, 10), tasks: []string{"10", "10", "elsewhere", "elsewhere"}, want: 4, wantRec: 4,
 			wantReason: "counted at 100%"},
 		{name: "starting tasks count idle on a scale-up", svc: service(4, 1, 10), tasks: []string{"200", "200", "starting", "starting"}, want: 8, wantRec: 8,
 			wantReason: "2 starting counted idle"},

@@ -67,7 +67,7 @@ func (s *Server) TaskStats(ctx context.Context, req *pb.TaskStatsRequest) (*pb.T
 				CpuReservation: t.GetSpec().GetResources().GetReservations().GetNanoCpus(),
 				MemoryLimit:    t.GetSpec().GetResources().GetLimits().GetMemoryBytes(),
 			}
-			if smp, ok := samples[t.GetId()]; ok {
+			if smp, ok := samples[t.GetId()]; ok && smp.NodeID == t.GetNodeId() {
 				st.Usage = smp.Usage
 				st.Age = int64(now.Sub(smp.At))
 			}
