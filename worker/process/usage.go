@@ -41,7 +41,10 @@ func (r *Runtime) Usage(_ context.Context, id string) (worker.Usage, error) {
 // usage reads the plan's cgroup files.
 func (p *cgroupPlan) usage() (worker.Usage, error) {
 	u := worker.Usage{MemoryLimit: p.MemoryBytes}
-	var cpuOK, memOK bool
+	var cpuOK, memOK, acct bool
+	for _, e := range p.Entries {
+		acct = acct || e.Controller == "cpuacct"
+	}
 	for _, e := range p.Entries {
 		switch {
 		case p.Version == 2:
@@ -60,7 +63,7 @@ func (p *cgroupPlan) usage() (worker.Usage, error) {
 				return u, err
 			}
 			u.MemoryBytes, memOK = mem, true
-		case e.Controller == "cpuacct" || (e.Controller == "cpu" && !cpuOK):
+		case e.Controller == "cpuacct" || (e.Controller == "cpu" && !acct):
 			// cpu and cpuacct are often mounted together; then the cpu
 			// entry's directory has cpuacct.usage.
 			cpu, err := readUint(filepath.Join(e.Dir, "cpuacct.usage"))

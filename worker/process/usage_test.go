@@ -1,6 +1,9 @@
 package process
 
 import (
+	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -65,5 +68,45 @@ func TestCgroupUsage(t *testing.T) {
 				t.Errorf("usage() = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// BenchmarkUsage100Tasks is one heartbeat's sampling on a worker with 100
+// tasks: each task's cgroup.json and its cgroup v1 files (fixtures on the
+// page cache, as the kernel's are in memory).
+func BenchmarkUsage100Tasks(b *testing.B) {
+	r := &Runtime{dir: b.TempDir()}
+	abs := func(p string) string {
+		a, err := filepath.Abs(filepath.Join("testdata", "cgroup", p))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return a
+	}
+	plan := cgroupPlan{Version: 1, MemoryBytes: 64 << 20, Entries: []cgroupEntry{
+		{Controller: "memory", Dir: abs("v1/memory")},
+		{Controller: "cpu", Dir: abs("v1/memory")},
+		{Controller: "cpuacct", Dir: abs("v1/cpuacct")},
+	}}
+	var ids []string
+	for i := range 100 {
+		id := fmt.Sprintf("task%021d", i)
+		dir := filepath.Join(r.dir, id)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := writeJSONAtomic(dir, cgroupFile, &plan, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		for _, id := range ids {
+			if _, err := r.Usage(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }
