@@ -106,6 +106,12 @@ func main() {
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Served-By", name)
+		// Where the connection came from and arrived: the routing mesh's
+		// tests check that a client's address is kept.
+		w.Header().Set("X-Client-Addr", r.RemoteAddr)
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			w.Header().Set("X-Served-At", a.String())
+		}
 		fmt.Fprintf(w, "hello from %s (%s)\n", name, *ver)
 	})
 	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}

@@ -69,6 +69,9 @@ func (p *udpProxy) serviceName() string { return p.service }
 // setBackends replaces the addresses new flows go to and ends every flow
 // on a backend that left the set: the client's next datagram starts a flow
 // on a live one.
+// setProxyProtocol is a no-op: the PROXY protocol header is for TCP.
+func (p *udpProxy) setProxyProtocol(bool) {}
+
 func (p *udpProxy) setBackends(addrs []string) {
 	cp := append([]string(nil), addrs...)
 	live := make(map[string]bool, len(cp))
