@@ -103,6 +103,11 @@ func benchmarks() []bench {
 			run:  runMesh,
 		},
 		{
+			name: "autoscale",
+			desc: "in-process manager + worker (process runtime, cgroups; needs root): reading the CPU and memory of 100 running tasks, as a worker does before each heartbeat; then a service of CPU burners (0.1 CPU each, target 50%, 1 to 4 tasks, Kubernetes' default 15s sync): load start → first committed scale-up, and the peak replicas over the next 30s",
+			run:  runAutoscale,
+		},
+		{
 			name: "faults",
 			desc: "what clients see while nodes fail on a real network (needs root): `shoal-chaos` with 3 managers and 3 workers, each in a network namespace of its own, `hello` with 6 replicas published on port 8080 of every node, one request every 20 ms to every live node on a new connection and a write through every surviving manager each second; per round, the failed requests, the longest time a client saw nothing succeed, and the slowest write, for each fault kind (" + faultKinds + ")",
 			run:  runFaults,
