@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps mesh-tools test-go test-short proto proto-tools proto-check lint bench demo demo-autoscale clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build screenshots test test-deps bench-deps test-go test-short proto proto-tools proto-check lint bench demo demo-autoscale clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -18,24 +18,29 @@ build:
 # detector, short fuzz runs and a short seeded chaos pass (needs root).
 test: test-go fuzz-short chaos-short
 
-# The Debian packages the tests use (promtool, ...), installed when missing.
+# The Debian packages the tests use (promtool, chromium for the dashboard's
+# browser test, ...), installed when missing.
 test-deps:
 	bash scripts/test-deps.sh
 
 # The Go suite alone: vet and every package's tests with the race detector;
 # as root the mesh runs on nftables, so its tests run once more on the
 # user-space proxy.
-test-go: test-deps mesh-tools
+test-go: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 	@if [ "$$(id -u)" = 0 ]; then echo "== the mesh tests on the user-space datapath"; \
 		SHOAL_TEST_MESH_DATAPATH=userspace $(GO) test -race -count=1 -run 'Mesh|ServiceDiscovery' ./tests; fi
 
-# nftables for the mesh's kernel datapath (its tests skip without it) and wrk
-# for the mesh benchmark, from Debian's packages; only as root.
-mesh-tools:
-	@[ "$$(id -u)" != 0 ] || command -v nft >/dev/null || { apt-get update -qq && apt-get install -y -qq nftables; }
+# wrk for the mesh benchmark's rows (Debian's package; only as root, else
+# the bench notes that they were skipped).
+bench-deps:
 	@[ "$$(id -u)" != 0 ] || command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# The dashboard's browser test alone; it rewrites the screenshots in
+# docs/images that the README shows.
+screenshots: test-deps
+	SHOAL_SCREENSHOT_DIR=$(CURDIR)/docs/images $(GO) test -count=1 -run TestDashboardBrowser -v ./cmd/shoal
 
 test-short:
 	$(GO) test -count=1 -short ./...
@@ -81,10 +86,10 @@ fuzz:
 fuzz-short:
 	GO=$(GO) FUZZTIME=3s scripts/fuzz.sh
 
-bench: mesh-tools
+bench: bench-deps
 	$(GO) run ./cmd/shoal-bench
 
-bench-quick:
+bench-quick: bench-deps
 	$(GO) run ./cmd/shoal-bench --quick
 
 # The local tour: 3 managers and 3 workers on loopback, a replicated
@@ -100,9 +105,11 @@ demo-autoscale: build
 	BIN=$(BIN) scripts/demo-autoscale.sh
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
-# the local Docker Engine (FROM scratch, no registry).
+# the local Docker Engine (FROM scratch), then pushed to the local registry
+# at REGISTRY (default 127.0.0.1:5000) when one runs (scripts/registry.sh).
 images:
 	GO=$(GO) scripts/images.sh
+	scripts/push-images.sh
 
 clean:
 	rm -rf $(BIN)

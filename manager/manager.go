@@ -28,6 +28,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/mesh"
+	nodemetrics "github.com/shoal-cluster/shoal/internal/metrics"
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
@@ -986,7 +987,9 @@ func (m *Manager) ID() string { return m.id.NodeID }
 func (m *Manager) ClusterID() string { return m.id.ClusterID }
 
 // Metrics is the manager's Prometheus collector (`--metrics-addr`).
-func (m *Manager) Metrics() prometheus.Collector { return m.metrics }
+func (m *Manager) Metrics() prometheus.Collector {
+	return nodemetrics.Join(m.metrics, m.mesh.Collector())
+}
 
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }

@@ -24,6 +24,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ResolveImage says when the managers pin a service's image tag to the
+// digest the registry has for it (`--resolve-image`, as Docker's).
+type ResolveImage int32
+
+const (
+	// Always: on create, and on every update of an image without a digest.
+	ResolveImage_RESOLVE_IMAGE_ALWAYS ResolveImage = 0
+	// Changed: on create, and on an update that changes the image.
+	ResolveImage_RESOLVE_IMAGE_CHANGED ResolveImage = 1
+	// Never: the image is stored as given.
+	ResolveImage_RESOLVE_IMAGE_NEVER ResolveImage = 2
+)
+
+// Enum value maps for ResolveImage.
+var (
+	ResolveImage_name = map[int32]string{
+		0: "RESOLVE_IMAGE_ALWAYS",
+		1: "RESOLVE_IMAGE_CHANGED",
+		2: "RESOLVE_IMAGE_NEVER",
+	}
+	ResolveImage_value = map[string]int32{
+		"RESOLVE_IMAGE_ALWAYS":  0,
+		"RESOLVE_IMAGE_CHANGED": 1,
+		"RESOLVE_IMAGE_NEVER":   2,
+	}
+)
+
+func (x ResolveImage) Enum() *ResolveImage {
+	p := new(ResolveImage)
+	*p = x
+	return p
+}
+
+func (x ResolveImage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResolveImage) Descriptor() protoreflect.EnumDescriptor {
+	return file_control_proto_enumTypes[0].Descriptor()
+}
+
+func (ResolveImage) Type() protoreflect.EnumType {
+	return &file_control_proto_enumTypes[0]
+}
+
+func (x ResolveImage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResolveImage.Descriptor instead.
+func (ResolveImage) EnumDescriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
 // TaskStatsRequest selects tasks by service or node (or every task).
 type TaskStatsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -244,8 +298,12 @@ func (x *TaskStatsResponse) GetStats() []*TaskStat {
 }
 
 type CreateServiceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Spec         *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	ResolveImage ResolveImage           `protobuf:"varint,130,opt,name=resolve_image,json=resolveImage,proto3,enum=shoal.v1.ResolveImage" json:"resolve_image,omitempty"`
+	// registry_auth are the caller's credentials for the image's registry
+	// (`--with-registry-auth`): sealed by the managers, never returned.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,131,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,9 +345,26 @@ func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
 	return nil
 }
 
+func (x *CreateServiceRequest) GetResolveImage() ResolveImage {
+	if x != nil {
+		return x.ResolveImage
+	}
+	return ResolveImage_RESOLVE_IMAGE_ALWAYS
+}
+
+func (x *CreateServiceRequest) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
 type CreateServiceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// warnings are what the caller should know (the image could not be
+	// pinned to a digest, say).
+	Warnings      []string `protobuf:"bytes,130,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -327,6 +402,13 @@ func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
 func (x *CreateServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *CreateServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -586,7 +668,10 @@ type UpdateServiceRequest struct {
 	Version uint64       `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	Spec    *ServiceSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// rollback returns the service to its previous spec (spec is ignored).
-	Rollback      bool `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	Rollback     bool         `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	ResolveImage ResolveImage `protobuf:"varint,130,opt,name=resolve_image,json=resolveImage,proto3,enum=shoal.v1.ResolveImage" json:"resolve_image,omitempty"`
+	// registry_auth replaces the service's registry credentials.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,131,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -649,9 +734,24 @@ func (x *UpdateServiceRequest) GetRollback() bool {
 	return false
 }
 
+func (x *UpdateServiceRequest) GetResolveImage() ResolveImage {
+	if x != nil {
+		return x.ResolveImage
+	}
+	return ResolveImage_RESOLVE_IMAGE_ALWAYS
+}
+
+func (x *UpdateServiceRequest) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
 type UpdateServiceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Warnings      []string               `protobuf:"bytes,130,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +789,13 @@ func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
 func (x *UpdateServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *UpdateServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -3080,6 +3187,356 @@ func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{57}
 }
 
+type CreateConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec carries the name, labels and the data (at most 1000 KiB).
+	Spec          *ConfigSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigRequest) Reset() {
+	*x = CreateConfigRequest{}
+	mi := &file_control_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigRequest) ProtoMessage() {}
+
+func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
+func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is the stored config, without its data.
+	Config        *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigResponse) Reset() {
+	*x = CreateConfigResponse{}
+	mi := &file_control_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigResponse) ProtoMessage() {}
+
+func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
+func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *CreateConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type GetConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a config ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigRequest) Reset() {
+	*x = GetConfigRequest{}
+	mi := &file_control_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigRequest) ProtoMessage() {}
+
+func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is with its data.
+	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// services are the names of the services that use the config.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigResponse) Reset() {
+	*x = GetConfigResponse{}
+	mi := &file_control_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigResponse) ProtoMessage() {}
+
+func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *GetConfigResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListConfigsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsRequest) Reset() {
+	*x = ListConfigsRequest{}
+	mi := &file_control_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsRequest) ProtoMessage() {}
+
+func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
+func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{62}
+}
+
+type ListConfigsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// configs are without their data (size says how large it is).
+	Configs       []*Config `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsResponse) Reset() {
+	*x = ListConfigsResponse{}
+	mi := &file_control_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsResponse) ProtoMessage() {}
+
+func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
+func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ListConfigsResponse) GetConfigs() []*Config {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
+type RemoveConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigRequest) Reset() {
+	*x = RemoveConfigRequest{}
+	mi := &file_control_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigRequest) ProtoMessage() {}
+
+func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
+func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *RemoveConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveConfigResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigResponse) Reset() {
+	*x = RemoveConfigResponse{}
+	mi := &file_control_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigResponse) ProtoMessage() {}
+
+func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
+func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{65}
+}
+
 // EventsRequest selects events. Events are ordered by (index, seq).
 type EventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3101,7 +3558,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3570,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3583,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{58}
+	return file_control_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *EventsRequest) GetSinceIndex() uint64 {
@@ -3190,7 +3647,7 @@ type ClusterEvent struct {
 
 func (x *ClusterEvent) Reset() {
 	*x = ClusterEvent{}
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3202,7 +3659,7 @@ func (x *ClusterEvent) String() string {
 func (*ClusterEvent) ProtoMessage() {}
 
 func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3215,7 +3672,7 @@ func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterEvent.ProtoReflect.Descriptor instead.
 func (*ClusterEvent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{59}
+	return file_control_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ClusterEvent) GetIndex() uint64 {
@@ -3274,356 +3731,6 @@ func (x *ClusterEvent) GetAttributes() map[string]string {
 	return nil
 }
 
-type CreateConfigRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// spec carries the name, labels and the data (at most 1000 KiB).
-	Spec          *ConfigSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateConfigRequest) Reset() {
-	*x = CreateConfigRequest{}
-	mi := &file_control_proto_msgTypes[60]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateConfigRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateConfigRequest) ProtoMessage() {}
-
-func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[60]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
-func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{60}
-}
-
-func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
-	if x != nil {
-		return x.Spec
-	}
-	return nil
-}
-
-type CreateConfigResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// config is the stored config, without its data.
-	Config        *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateConfigResponse) Reset() {
-	*x = CreateConfigResponse{}
-	mi := &file_control_proto_msgTypes[61]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateConfigResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateConfigResponse) ProtoMessage() {}
-
-func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[61]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
-func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{61}
-}
-
-func (x *CreateConfigResponse) GetConfig() *Config {
-	if x != nil {
-		return x.Config
-	}
-	return nil
-}
-
-type GetConfigRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// ref is a config ID, a unique ID prefix, or a name.
-	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetConfigRequest) Reset() {
-	*x = GetConfigRequest{}
-	mi := &file_control_proto_msgTypes[62]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetConfigRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetConfigRequest) ProtoMessage() {}
-
-func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[62]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
-func (*GetConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{62}
-}
-
-func (x *GetConfigRequest) GetRef() string {
-	if x != nil {
-		return x.Ref
-	}
-	return ""
-}
-
-type GetConfigResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// config is with its data.
-	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
-	// services are the names of the services that use the config.
-	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetConfigResponse) Reset() {
-	*x = GetConfigResponse{}
-	mi := &file_control_proto_msgTypes[63]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetConfigResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetConfigResponse) ProtoMessage() {}
-
-func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[63]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
-func (*GetConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{63}
-}
-
-func (x *GetConfigResponse) GetConfig() *Config {
-	if x != nil {
-		return x.Config
-	}
-	return nil
-}
-
-func (x *GetConfigResponse) GetServices() []string {
-	if x != nil {
-		return x.Services
-	}
-	return nil
-}
-
-type ListConfigsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ListConfigsRequest) Reset() {
-	*x = ListConfigsRequest{}
-	mi := &file_control_proto_msgTypes[64]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ListConfigsRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ListConfigsRequest) ProtoMessage() {}
-
-func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[64]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
-func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{64}
-}
-
-type ListConfigsResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// configs are without their data (size says how large it is).
-	Configs       []*Config `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ListConfigsResponse) Reset() {
-	*x = ListConfigsResponse{}
-	mi := &file_control_proto_msgTypes[65]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ListConfigsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ListConfigsResponse) ProtoMessage() {}
-
-func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[65]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
-func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{65}
-}
-
-func (x *ListConfigsResponse) GetConfigs() []*Config {
-	if x != nil {
-		return x.Configs
-	}
-	return nil
-}
-
-type RemoveConfigRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RemoveConfigRequest) Reset() {
-	*x = RemoveConfigRequest{}
-	mi := &file_control_proto_msgTypes[66]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RemoveConfigRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RemoveConfigRequest) ProtoMessage() {}
-
-func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[66]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
-func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{66}
-}
-
-func (x *RemoveConfigRequest) GetRef() string {
-	if x != nil {
-		return x.Ref
-	}
-	return ""
-}
-
-type RemoveConfigResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RemoveConfigResponse) Reset() {
-	*x = RemoveConfigResponse{}
-	mi := &file_control_proto_msgTypes[67]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RemoveConfigResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RemoveConfigResponse) ProtoMessage() {}
-
-func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[67]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
-func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{67}
-}
-
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -3646,11 +3753,14 @@ const file_control_proto_rawDesc = "" +
 	"\x03age\x18\n" +
 	" \x01(\x03R\x03age\"=\n" +
 	"\x11TaskStatsResponse\x12(\n" +
-	"\x05stats\x18\x01 \x03(\v2\x12.shoal.v1.TaskStatR\x05stats\"A\n" +
+	"\x05stats\x18\x01 \x03(\v2\x12.shoal.v1.TaskStatR\x05stats\"\xbd\x01\n" +
 	"\x14CreateServiceRequest\x12)\n" +
-	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\"D\n" +
+	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12<\n" +
+	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
+	"\rregistry_auth\x18\x83\x01 \x01(\v2\x16.shoal.v1.RegistryAuthR\fregistryAuth\"a\n" +
 	"\x15CreateServiceResponse\x12+\n" +
-	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\"%\n" +
+	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\x12\x1b\n" +
+	"\bwarnings\x18\x82\x01 \x03(\tR\bwarnings\"%\n" +
 	"\x11GetServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"A\n" +
 	"\x12GetServiceResponse\x12+\n" +
@@ -3664,14 +3774,17 @@ const file_control_proto_rawDesc = "" +
 	"\tcompleted\x18\x04 \x01(\x04R\tcompleted\"z\n" +
 	"\x14ListServicesResponse\x12-\n" +
 	"\bservices\x18\x01 \x03(\v2\x11.shoal.v1.ServiceR\bservices\x123\n" +
-	"\x06counts\x18\x02 \x03(\v2\x1b.shoal.v1.ServiceTaskCountsR\x06counts\"\x89\x01\n" +
+	"\x06counts\x18\x02 \x03(\v2\x1b.shoal.v1.ServiceTaskCountsR\x06counts\"\x85\x02\n" +
 	"\x14UpdateServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12)\n" +
 	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12\x1a\n" +
-	"\brollback\x18\x04 \x01(\bR\brollback\"D\n" +
+	"\brollback\x18\x04 \x01(\bR\brollback\x12<\n" +
+	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
+	"\rregistry_auth\x18\x83\x01 \x01(\v2\x16.shoal.v1.RegistryAuthR\fregistryAuth\"a\n" +
 	"\x15UpdateServiceResponse\x12+\n" +
-	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\"(\n" +
+	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\x12\x1b\n" +
+	"\bwarnings\x18\x82\x01 \x03(\tR\bwarnings\"(\n" +
 	"\x14RemoveServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x17\n" +
 	"\x15RemoveServiceResponse\"q\n" +
@@ -3814,7 +3927,22 @@ const file_control_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2\x10.shoal.v1.SecretR\asecrets\"'\n" +
 	"\x13RemoveSecretRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveSecretResponse\"\x8f\x01\n" +
+	"\x14RemoveSecretResponse\"?\n" +
+	"\x13CreateConfigRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
+	"\x14CreateConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\"$\n" +
+	"\x10GetConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
+	"\x11GetConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
+	"\x12ListConfigsRequest\"A\n" +
+	"\x13ListConfigsResponse\x12*\n" +
+	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
+	"\x13RemoveConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
+	"\x14RemoveConfigResponse\"\x8f\x01\n" +
 	"\rEventsRequest\x12\x1f\n" +
 	"\vsince_index\x18\x01 \x01(\x04R\n" +
 	"sinceIndex\x12\x1b\n" +
@@ -3835,22 +3963,11 @@ const file_control_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
-	"\x13CreateConfigRequest\x12(\n" +
-	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
-	"\x14CreateConfigResponse\x12(\n" +
-	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\"$\n" +
-	"\x10GetConfigRequest\x12\x10\n" +
-	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
-	"\x11GetConfigResponse\x12(\n" +
-	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\x12\x1a\n" +
-	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
-	"\x12ListConfigsRequest\"A\n" +
-	"\x13ListConfigsResponse\x12*\n" +
-	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
-	"\x13RemoveConfigRequest\x12\x10\n" +
-	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveConfigResponse2\xcf\x0f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\\\n" +
+	"\fResolveImage\x12\x18\n" +
+	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
+	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\xcf\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3907,198 +4024,205 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
+var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_control_proto_goTypes = []any{
-	(*TaskStatsRequest)(nil),               // 0: shoal.v1.TaskStatsRequest
-	(*TaskStat)(nil),                       // 1: shoal.v1.TaskStat
-	(*TaskStatsResponse)(nil),              // 2: shoal.v1.TaskStatsResponse
-	(*CreateServiceRequest)(nil),           // 3: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),          // 4: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),              // 5: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 6: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 7: shoal.v1.ListServicesRequest
-	(*ServiceTaskCounts)(nil),              // 8: shoal.v1.ServiceTaskCounts
-	(*ListServicesResponse)(nil),           // 9: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),           // 10: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),          // 11: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),           // 12: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),          // 13: shoal.v1.RemoveServiceResponse
-	(*ListTasksRequest)(nil),               // 14: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),              // 15: shoal.v1.ListTasksResponse
-	(*ServiceLogsRequest)(nil),             // 16: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                        // 17: shoal.v1.LogLine
-	(*TaskLogsRequest)(nil),                // 18: shoal.v1.TaskLogsRequest
-	(*LogChunk)(nil),                       // 19: shoal.v1.LogChunk
-	(*ListNodesRequest)(nil),               // 20: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 21: shoal.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),                 // 22: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),                // 23: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),              // 24: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),             // 25: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),              // 26: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),             // 27: shoal.v1.RemoveNodeResponse
-	(*GetClusterRequest)(nil),              // 28: shoal.v1.GetClusterRequest
-	(*ManagerRaftStatus)(nil),              // 29: shoal.v1.ManagerRaftStatus
-	(*GetClusterResponse)(nil),             // 30: shoal.v1.GetClusterResponse
-	(*RotateJoinTokenRequest)(nil),         // 31: shoal.v1.RotateJoinTokenRequest
-	(*RotateJoinTokenResponse)(nil),        // 32: shoal.v1.RotateJoinTokenResponse
-	(*CheckTokenRequest)(nil),              // 33: shoal.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),             // 34: shoal.v1.CheckTokenResponse
-	(*JoinRequest)(nil),                    // 35: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),                   // 36: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),                   // 37: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),                  // 38: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),              // 39: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),             // 40: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),            // 41: shoal.v1.CheckMemberResponse
-	(*IssueClientCertificateRequest)(nil),  // 42: shoal.v1.IssueClientCertificateRequest
-	(*IssueClientCertificateResponse)(nil), // 43: shoal.v1.IssueClientCertificateResponse
-	(*RotateRootCARequest)(nil),            // 44: shoal.v1.RotateRootCARequest
-	(*RotateRootCAResponse)(nil),           // 45: shoal.v1.RotateRootCAResponse
-	(*RotateGossipKeyRequest)(nil),         // 46: shoal.v1.RotateGossipKeyRequest
-	(*RotateGossipKeyResponse)(nil),        // 47: shoal.v1.RotateGossipKeyResponse
-	(*RenewCertificateRequest)(nil),        // 48: shoal.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 49: shoal.v1.RenewCertificateResponse
-	(*CreateSecretRequest)(nil),            // 50: shoal.v1.CreateSecretRequest
-	(*CreateSecretResponse)(nil),           // 51: shoal.v1.CreateSecretResponse
-	(*GetSecretRequest)(nil),               // 52: shoal.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),              // 53: shoal.v1.GetSecretResponse
-	(*ListSecretsRequest)(nil),             // 54: shoal.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),            // 55: shoal.v1.ListSecretsResponse
-	(*RemoveSecretRequest)(nil),            // 56: shoal.v1.RemoveSecretRequest
-	(*RemoveSecretResponse)(nil),           // 57: shoal.v1.RemoveSecretResponse
-	(*EventsRequest)(nil),                  // 58: shoal.v1.EventsRequest
-	(*ClusterEvent)(nil),                   // 59: shoal.v1.ClusterEvent
-	(*CreateConfigRequest)(nil),            // 60: shoal.v1.CreateConfigRequest
-	(*CreateConfigResponse)(nil),           // 61: shoal.v1.CreateConfigResponse
-	(*GetConfigRequest)(nil),               // 62: shoal.v1.GetConfigRequest
-	(*GetConfigResponse)(nil),              // 63: shoal.v1.GetConfigResponse
-	(*ListConfigsRequest)(nil),             // 64: shoal.v1.ListConfigsRequest
-	(*ListConfigsResponse)(nil),            // 65: shoal.v1.ListConfigsResponse
-	(*RemoveConfigRequest)(nil),            // 66: shoal.v1.RemoveConfigRequest
-	(*RemoveConfigResponse)(nil),           // 67: shoal.v1.RemoveConfigResponse
-	nil,                                    // 68: shoal.v1.ClusterEvent.AttributesEntry
-	(*TaskUsage)(nil),                      // 69: shoal.v1.TaskUsage
-	(*ServiceSpec)(nil),                    // 70: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 71: shoal.v1.Service
-	(*Task)(nil),                           // 72: shoal.v1.Task
-	(NodeRole)(0),                          // 73: shoal.v1.NodeRole
-	(*Node)(nil),                           // 74: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 75: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 76: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 77: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 78: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 79: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 80: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 81: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 82: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 83: shoal.v1.Config
+	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
+	(*TaskStatsRequest)(nil),               // 1: shoal.v1.TaskStatsRequest
+	(*TaskStat)(nil),                       // 2: shoal.v1.TaskStat
+	(*TaskStatsResponse)(nil),              // 3: shoal.v1.TaskStatsResponse
+	(*CreateServiceRequest)(nil),           // 4: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),          // 5: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),              // 6: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 7: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 8: shoal.v1.ListServicesRequest
+	(*ServiceTaskCounts)(nil),              // 9: shoal.v1.ServiceTaskCounts
+	(*ListServicesResponse)(nil),           // 10: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),           // 11: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),          // 12: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),           // 13: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),          // 14: shoal.v1.RemoveServiceResponse
+	(*ListTasksRequest)(nil),               // 15: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),              // 16: shoal.v1.ListTasksResponse
+	(*ServiceLogsRequest)(nil),             // 17: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                        // 18: shoal.v1.LogLine
+	(*TaskLogsRequest)(nil),                // 19: shoal.v1.TaskLogsRequest
+	(*LogChunk)(nil),                       // 20: shoal.v1.LogChunk
+	(*ListNodesRequest)(nil),               // 21: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 22: shoal.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),                 // 23: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),                // 24: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),              // 25: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),             // 26: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),              // 27: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),             // 28: shoal.v1.RemoveNodeResponse
+	(*GetClusterRequest)(nil),              // 29: shoal.v1.GetClusterRequest
+	(*ManagerRaftStatus)(nil),              // 30: shoal.v1.ManagerRaftStatus
+	(*GetClusterResponse)(nil),             // 31: shoal.v1.GetClusterResponse
+	(*RotateJoinTokenRequest)(nil),         // 32: shoal.v1.RotateJoinTokenRequest
+	(*RotateJoinTokenResponse)(nil),        // 33: shoal.v1.RotateJoinTokenResponse
+	(*CheckTokenRequest)(nil),              // 34: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),             // 35: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),                    // 36: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),                   // 37: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),                   // 38: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),                  // 39: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),              // 40: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),             // 41: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),            // 42: shoal.v1.CheckMemberResponse
+	(*IssueClientCertificateRequest)(nil),  // 43: shoal.v1.IssueClientCertificateRequest
+	(*IssueClientCertificateResponse)(nil), // 44: shoal.v1.IssueClientCertificateResponse
+	(*RotateRootCARequest)(nil),            // 45: shoal.v1.RotateRootCARequest
+	(*RotateRootCAResponse)(nil),           // 46: shoal.v1.RotateRootCAResponse
+	(*RotateGossipKeyRequest)(nil),         // 47: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),        // 48: shoal.v1.RotateGossipKeyResponse
+	(*RenewCertificateRequest)(nil),        // 49: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 50: shoal.v1.RenewCertificateResponse
+	(*CreateSecretRequest)(nil),            // 51: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),           // 52: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),               // 53: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),              // 54: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),             // 55: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 56: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),            // 57: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),           // 58: shoal.v1.RemoveSecretResponse
+	(*CreateConfigRequest)(nil),            // 59: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 60: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 61: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 62: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 63: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 64: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 65: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 66: shoal.v1.RemoveConfigResponse
+	(*EventsRequest)(nil),                  // 67: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 68: shoal.v1.ClusterEvent
+	nil,                                    // 69: shoal.v1.ClusterEvent.AttributesEntry
+	(*TaskUsage)(nil),                      // 70: shoal.v1.TaskUsage
+	(*ServiceSpec)(nil),                    // 71: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 72: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 73: shoal.v1.Service
+	(*Task)(nil),                           // 74: shoal.v1.Task
+	(NodeRole)(0),                          // 75: shoal.v1.NodeRole
+	(*Node)(nil),                           // 76: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 77: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 78: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 79: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 80: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 81: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 82: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 83: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 84: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 85: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	69, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
-	1,  // 1: shoal.v1.TaskStatsResponse.stats:type_name -> shoal.v1.TaskStat
-	70, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	71, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	71, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	71, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	8,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	70, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	71, // 8: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	72, // 9: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	73, // 10: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	74, // 11: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	74, // 12: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	75, // 13: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	74, // 14: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	76, // 15: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	77, // 16: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	29, // 17: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	73, // 18: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	73, // 19: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	78, // 20: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	73, // 21: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
-	29, // 22: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	79, // 23: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	80, // 24: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	81, // 25: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	81, // 26: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	81, // 27: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	68, // 28: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	82, // 29: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	83, // 30: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	83, // 31: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	83, // 32: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	20, // 33: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	22, // 34: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	24, // 35: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	26, // 36: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	28, // 37: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	31, // 38: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	3,  // 39: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	5,  // 40: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	7,  // 41: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	10, // 42: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	12, // 43: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	14, // 44: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	16, // 45: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	58, // 46: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	42, // 47: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	44, // 48: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	46, // 49: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	50, // 50: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	52, // 51: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	54, // 52: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	56, // 53: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	60, // 54: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	62, // 55: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	64, // 56: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	66, // 57: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	0,  // 58: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
-	18, // 59: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	35, // 60: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	37, // 61: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	39, // 62: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	40, // 63: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	33, // 64: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	48, // 65: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	21, // 66: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	23, // 67: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	25, // 68: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	27, // 69: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	30, // 70: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	32, // 71: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	4,  // 72: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	6,  // 73: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	9,  // 74: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	11, // 75: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	13, // 76: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	15, // 77: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	17, // 78: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	59, // 79: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	43, // 80: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	45, // 81: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	47, // 82: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	51, // 83: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	53, // 84: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	55, // 85: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	57, // 86: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	61, // 87: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	63, // 88: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	65, // 89: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	67, // 90: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	2,  // 91: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
-	19, // 92: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	36, // 93: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	38, // 94: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	29, // 95: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	41, // 96: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	34, // 97: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	49, // 98: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	66, // [66:99] is the sub-list for method output_type
-	33, // [33:66] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	70, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
+	2,  // 1: shoal.v1.TaskStatsResponse.stats:type_name -> shoal.v1.TaskStat
+	71, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 3: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	72, // 4: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	73, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	73, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	73, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	9,  // 8: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
+	71, // 9: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 10: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	72, // 11: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	73, // 12: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	74, // 13: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	75, // 14: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	76, // 15: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	76, // 16: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	77, // 17: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	76, // 18: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	78, // 19: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	79, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	30, // 21: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	75, // 22: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	75, // 23: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	80, // 24: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	75, // 25: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	30, // 26: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	81, // 27: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	82, // 28: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	83, // 29: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	83, // 30: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	83, // 31: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	84, // 32: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	85, // 33: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	85, // 34: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	85, // 35: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	69, // 36: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	21, // 37: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	23, // 38: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	25, // 39: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	27, // 40: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	29, // 41: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	32, // 42: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	4,  // 43: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	6,  // 44: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	8,  // 45: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	11, // 46: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	13, // 47: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	15, // 48: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	17, // 49: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	67, // 50: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	43, // 51: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	45, // 52: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	47, // 53: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	51, // 54: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	53, // 55: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	55, // 56: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	57, // 57: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	59, // 58: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	61, // 59: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	63, // 60: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	65, // 61: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	1,  // 62: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
+	19, // 63: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	36, // 64: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	38, // 65: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	40, // 66: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	41, // 67: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	34, // 68: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	49, // 69: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	22, // 70: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	24, // 71: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	26, // 72: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	28, // 73: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	31, // 74: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	33, // 75: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	5,  // 76: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	7,  // 77: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	10, // 78: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	12, // 79: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	14, // 80: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	16, // 81: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	18, // 82: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	68, // 83: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	44, // 84: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	46, // 85: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	48, // 86: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	52, // 87: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	54, // 88: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	56, // 89: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	58, // 90: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	60, // 91: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	62, // 92: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	64, // 93: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	66, // 94: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	3,  // 95: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
+	20, // 96: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	37, // 97: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	39, // 98: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	30, // 99: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	42, // 100: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	35, // 101: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	50, // 102: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	70, // [70:103] is the sub-list for method output_type
+	37, // [37:70] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -4112,13 +4236,14 @@ func file_control_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
 		GoTypes:           file_control_proto_goTypes,
 		DependencyIndexes: file_control_proto_depIdxs,
+		EnumInfos:         file_control_proto_enumTypes,
 		MessageInfos:      file_control_proto_msgTypes,
 	}.Build()
 	File_control_proto = out.File

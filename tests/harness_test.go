@@ -294,6 +294,7 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 		StatusInterval:    50 * time.Millisecond,
 		CertCheckInterval: 200 * time.Millisecond,
 		SecretsDir:        filepath.Join(c.secrets, fmt.Sprintf("w%d", i)),
+		ConfigsDir:        filepath.Join(c.secrets, fmt.Sprintf("w%d-configs", i)),
 		Logger:            c.logger(fmt.Sprintf("w%d", i)),
 	}
 	cfg.Runtimes = func() ([]worker.Runtime, error) {

@@ -568,4 +568,38 @@ func TestMeshLocalKeepsClientAddress(t *testing.T) {
 	if h, err := askFrom(client, fmt.Sprintf("http://%s:%d/", c.managers[0].cfg.AdvertiseIP, published)); err == nil {
 		t.Fatalf("the manager, with no task of its own, served a local=true port (at %s)", h.Get("X-Served-At"))
 	}
+
+	// A worker stops: its table goes. Restarted, it rebuilds the table
+	// from the current endpoints and serves again.
+	w := c.workers[0]
+	table := mesh.TableName(w.a.ID())
+	w.a.Close()
+	w.a = nil
+	if out, err := exec.Command("nft", "list", "table", "ip", table).CombinedOutput(); kernel && err == nil {
+		t.Fatalf("a stopped worker left its table:\n%s", out)
+	}
+	c.restartWorker(w)
+	c.eventually(20*time.Second, "the restarted worker routing to its 2 tasks", func() (bool, string) {
+		got := len(w.a.Mesh().Backends(net.JoinHostPort(w.cfg.AdvertiseIP, strconv.Itoa(int(published)))))
+		return got == 2, fmt.Sprintf("%d", got)
+	})
+	c.checkKernelTables(published)
+	if _, err := askFrom(client, fmt.Sprintf("http://%s:%d/", w.cfg.AdvertiseIP, published)); err != nil {
+		t.Fatalf("via the restarted worker: %v", err)
+	}
+
+	// The service goes: no node's table has a frontend for its port.
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if _, err := c.control(c.leader()).RemoveService(ctx, &pb.RemoveServiceRequest{Ref: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually(20*time.Second, "no table routing the removed service's port", func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			if elems, _ := kernelBackends(t, n, published); len(elems) > 0 {
+				return false, fmt.Sprintf("%s still has %v", n.name, elems)
+			}
+		}
+		return true, ""
+	})
 }

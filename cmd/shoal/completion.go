@@ -79,6 +79,7 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 		onFlag(cmd, "rollback-failure-action", oneOf("pause", "continue"))
 		onFlag(cmd, "endpoint-mode", oneOf("vip", "dnsrr"))
 		onFlag(cmd, "autoscale-cpu", oneOf("50%", "70%", "80%", "none"))
+		onFlag(cmd, "resolve-image", oneOf("always", "changed", "never"))
 	}
 	onFlag(update, "image", files)
 	onFlag(create, "secret", q.secrets)

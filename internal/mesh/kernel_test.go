@@ -368,12 +368,18 @@ func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 	if counts := spread(t, addr, 4); counts[bes[0].name] != 2 || counts[bes[1].name] != 2 {
 		t.Fatalf("served by the proxy meanwhile: %v", counts)
 	}
+	if dp := m.Datapath(); dp.Name != DatapathUserspace || !strings.Contains(dp.Reason, "could not be applied") {
+		t.Fatalf("datapath while nft fails: %+v", dp)
+	}
 	// nft works again: the next update rebuilds the table.
 	m.mu.Lock()
 	m.kern.nft = nft
 	m.mu.Unlock()
 	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[1], bes[0])}})
 	checkTable(t, table, "rebuilt once nft works", both)
+	if dp := m.Datapath(); dp.Name != DatapathKernel {
+		t.Fatalf("datapath once nft works: %+v", dp)
+	}
 }
 
 // BenchmarkKernelSync measures one endpoint change on the kernel

@@ -97,10 +97,14 @@ func New(cfg Config) *Mesh {
 	return m
 }
 
-// Datapath says which datapath the mesh uses and why.
+// Datapath says which datapath the mesh uses and why (the proxy, while
+// the kernel's rules could not be applied).
 func (m *Mesh) Datapath() DatapathInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.kern != nil && m.kern.lastErr != nil {
+		return DatapathInfo{Name: DatapathUserspace, Reason: fmt.Sprintf("the nftables rules could not be applied (retried at every change): %v", m.kern.lastErr)}
+	}
 	return m.dp
 }
 
@@ -208,6 +212,7 @@ type proxy interface {
 	setBackends([]string)
 	setProxyProtocol(bool)
 	currentBackends() []string
+	stats() ProxyStats
 	close()
 }
 

@@ -38,6 +38,8 @@ type listener struct {
 
 	ejectMu sync.Mutex
 	ejected map[string]time.Time // backends a dial just failed on, until when new connections try them last
+
+	counters proxyCounters
 }
 
 // ejectFor is how long a backend that failed a dial is tried only after
@@ -86,6 +88,8 @@ func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTim
 }
 
 func (l *listener) serviceName() string { return l.service }
+
+func (l *listener) stats() ProxyStats { return l.counters.snapshot(l.service, l.key, "tcp") }
 
 func (l *listener) setProxyProtocol(on bool) { l.proxyProto.Store(on) }
 
@@ -217,6 +221,7 @@ func (l *listener) handle(client net.Conn) {
 		if l.ctx.Err() != nil {
 			return
 		}
+		l.counters.failures.Add(1)
 		l.eject(addr)
 		l.log.Debug("mesh dial failed; trying the next endpoint", "service", l.service, "endpoint", addr, "err", err)
 	}
@@ -236,20 +241,25 @@ func (l *listener) handle(client net.Conn) {
 			return
 		}
 	}
-	relay(client, upstream)
+	l.counters.conns.Add(1)
+	in, out := relay(client, upstream)
+	l.counters.bytesIn.Add(uint64(in))
+	l.counters.bytesOut.Add(uint64(out))
 }
 
 // relay copies both ways until both directions are done, passing on
-// half-closes so request/response protocols see end of input. One
-// direction runs in the caller's goroutine.
-func relay(a, b net.Conn) {
+// half-closes so request/response protocols see end of input, and returns
+// the bytes copied from a to b and from b to a. One direction runs in the
+// caller's goroutine.
+func relay(a, b net.Conn) (aToB, bToA int64) {
 	done := make(chan struct{})
 	go func() {
-		pipe(a, b)
+		bToA = pipe(a, b)
 		close(done)
 	}()
-	pipe(b, a)
+	aToB = pipe(b, a)
 	<-done
+	return aToB, bToA
 }
 
 // copyBufSize is the relay's buffer per direction while it copies.
@@ -262,15 +272,16 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // connections does): for the small messages of request/response traffic
 // a splice costs two system calls and a pipe per chunk, and measured the
 // proxy's CPU per keep-alive request fell by about a third without it.
-func pipe(dst, src net.Conn) {
+func pipe(dst, src net.Conn) int64 {
 	bp := copyBufs.Get().(*[]byte)
-	_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	n, _ := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 	copyBufs.Put(bp)
 	if tc, ok := dst.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	} else {
 		_ = dst.Close()
 	}
+	return n
 }
 
 // close stops accepting, abandons dials in flight and ends every proxied

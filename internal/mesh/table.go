@@ -1,8 +1,9 @@
 // Package mesh is the data plane every Shoal node runs: a user-space TCP
 // proxy that makes each published port reachable on the node (the routing
 // mesh), a proxy on each service's virtual IP, and a DNS resolver that
-// answers service names. It is fed endpoint sets by the managers and never
-// reads the store itself.
+// answers service names; as root with nftables, kernel NAT rules forward
+// TCP connections in front of the proxy (kernel.go). It is fed endpoint
+// sets by the managers and never reads the store itself.
 package mesh
 
 import (

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -27,8 +28,8 @@ type valueKind[T raftstore.Object] struct {
 	noun string
 	// refs are the IDs of the objects a task uses.
 	refs func(t *pb.Task) []string
-	// table is the kind's table.
-	table func(tx *raftstore.Tx) raftstore.Table[T]
+	// get reads a stored object by ID.
+	get func(tx *raftstore.Tx, id string) (T, bool)
 	// value is what the worker receives for a stored object.
 	value func(o T) (*pb.SecretValue, error)
 }
@@ -47,9 +48,19 @@ func (d *Dispatcher) newSecretTracker(nodeID string) *valueTracker[*pb.Secret] {
 			for _, r := range t.GetSpec().GetContainer().GetSecrets() {
 				ids = append(ids, r.GetSecretId())
 			}
+			if t.GetSpec().GetContainer().GetWithRegistryAuth() {
+				// The service's registry credentials travel as one more secret.
+				ids = append(ids, registry.AuthSecretID(t.GetServiceId()))
+			}
 			return ids
 		},
-		table: (*raftstore.Tx).Secrets,
+		get: func(tx *raftstore.Tx, id string) (*pb.Secret, bool) {
+			if svcID, ok := registry.AuthSecretService(id); ok {
+				sec := registryAuthSecret(tx, svcID)
+				return sec, sec != nil
+			}
+			return tx.Secrets().Get(id)
+		},
 		value: func(sec *pb.Secret) (*pb.SecretValue, error) {
 			key, err := d.keys.Key()
 			if err != nil {
@@ -75,7 +86,7 @@ func (d *Dispatcher) newConfigTracker(nodeID string) *valueTracker[*pb.Config] {
 			}
 			return ids
 		},
-		table: (*raftstore.Tx).Configs,
+		get: func(tx *raftstore.Tx, id string) (*pb.Config, bool) { return tx.Configs().Get(id) },
 		value: func(c *pb.Config) (*pb.SecretValue, error) {
 			return &pb.SecretValue{Id: c.GetId(), Name: c.GetSpec().GetAnnotations().GetName(), Data: c.GetSpec().GetData()}, nil
 		},
@@ -102,6 +113,13 @@ func (s *valueTracker[T]) note(t *pb.Task, deleted bool) {
 		return
 	}
 	s.uses[t.GetId()] = ids
+}
+
+// stale marks a value the worker holds as changed in the store (a
+// service's new registry credentials): the next changes sends it again if
+// a task still needs it.
+func (s *valueTracker[T]) stale(id string) {
+	delete(s.sent, id)
 }
 
 // changes returns what the worker must learn: with COMPLETE every value
@@ -131,7 +149,7 @@ func (s *valueTracker[T]) changes(kind pb.AssignmentsType) *pb.SecretAssignments
 		var stored []T
 		s.store.View(func(tx *raftstore.Tx) {
 			for _, id := range missing {
-				if o, ok := s.kind.table(tx).Get(id); ok {
+				if o, ok := s.kind.get(tx, id); ok {
 					stored = append(stored, o)
 				} else if !s.failed[id] {
 					s.failed[id] = true
@@ -161,4 +179,57 @@ func (s *valueTracker[T]) changes(kind pb.AssignmentsType) *pb.SecretAssignments
 		return nil
 	}
 	return out
+}
+
+// maxValueBytes bounds the secret and config bytes one session message
+// carries, well under the 16 MiB a worker accepts in one message: a node
+// whose tasks use more gets them in messages of their own that follow.
+const maxValueBytes = 8 << 20
+
+// splitValues returns msg with at most budget bytes of secret and config
+// values (at least one value, whatever its size), followed by as many
+// messages as the rest needs, each an incremental update the worker adds
+// to what it holds. msg keeps the update's type and its removals.
+func splitValues(msg *pb.SessionMessage, budget int) []*pb.SessionMessage {
+	out := []*pb.SessionMessage{msg}
+	cur, used := msg, 0
+	for _, field := range []func(*pb.SessionMessage) **pb.SecretAssignments{
+		func(m *pb.SessionMessage) **pb.SecretAssignments { return &m.Secrets },
+		func(m *pb.SessionMessage) **pb.SecretAssignments { return &m.Configs },
+	} {
+		sa := *field(msg)
+		if sa == nil {
+			continue
+		}
+		values := sa.Updated
+		sa.Updated = nil
+		for _, v := range values {
+			if n := len(v.GetData()); used > 0 && used+n > budget {
+				cur, used = &pb.SessionMessage{SessionId: msg.GetSessionId()}, 0
+				out = append(out, cur)
+			}
+			used += len(v.GetData())
+			dst := field(cur)
+			if *dst == nil {
+				*dst = &pb.SecretAssignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL}
+			}
+			(*dst).Updated = append((*dst).Updated, v)
+		}
+	}
+	return out
+}
+
+// registryAuthSecret presents a service's sealed registry credentials as a
+// secret under their own ID (see registry.AuthSecretID), sealed to it, or
+// nil when the service has none.
+func registryAuthSecret(tx *raftstore.Tx, serviceID string) *pb.Secret {
+	svc, ok := tx.Services().Get(serviceID)
+	if !ok || len(svc.GetSealedRegistryAuth()) == 0 {
+		return nil
+	}
+	return &pb.Secret{
+		Id:         registry.AuthSecretID(serviceID),
+		Spec:       &pb.SecretSpec{Annotations: &pb.Annotations{Name: "registry credentials of " + svc.GetSpec().GetAnnotations().GetName()}},
+		SealedData: svc.GetSealedRegistryAuth(),
+	}
 }
