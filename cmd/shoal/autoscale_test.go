@@ -1,6 +1,7 @@
 package main
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -112,5 +113,29 @@ func TestStatRows(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+func TestRenderAutoscalePretty(t *testing.T) {
+	svc := &pb.Service{Id: "svc1", Spec: existingSpec(), Meta: &pb.Meta{CreatedAt: ago_(time.Hour)}}
+	svc.Spec.Autoscale = &pb.AutoscaleSpec{TargetCpuPercent: 70, MinReplicas: 2, MaxReplicas: 20, SyncPeriod: int64(2 * time.Second)}
+	render := func() string {
+		var b strings.Builder
+		renderServicePretty(&b, svc, testNow)
+		return regexp.MustCompile(`(\S) {2,}`).ReplaceAllString(b.String(), "$1 ")
+	}
+	for _, want := range []string{"Autoscaling:\n", " Target: CPU 70% of the reservation\n", " Bounds: 2 to 20 tasks\n",
+		" Sync: every 2s; scale-down window 5m0s\n", " Last decision: none yet\n"} {
+		if out := render(); !strings.Contains(out, want) {
+			t.Errorf("inspect --pretty lacks %q:\n%s", want, out)
+		}
+	}
+	svc.AutoscaleStatus = &pb.AutoscaleStatus{DecidedAt: ago_(30 * time.Second), FromReplicas: 3, ToReplicas: 6, Reason: "average CPU 142% of the 70% target"}
+	if want, out := " Last decision: 3 → 6, 30 seconds ago: average CPU 142% of the 70% target\n", render(); !strings.Contains(out, want) {
+		t.Errorf("inspect --pretty lacks %q:\n%s", want, out)
+	}
+	svc.Spec.Autoscale = nil
+	if out := render(); strings.Contains(out, "Autoscaling") {
+		t.Errorf("a service not autoscaled shows an autoscaler:\n%s", out)
 	}
 }
