@@ -337,8 +337,8 @@ func TestRegistryJourney(t *testing.T) {
 }
 
 // TestPrivateRegistryJourney: a registry behind TLS (its CA where the
-// Engine trusts it) with htpasswd users. A wrong password fails the tasks
-// with the registry's reason; `service update --with-registry-auth` with
+// Engine trusts it) with htpasswd users. A wrong password is refused at
+// create, or, unpinned, fails the tasks with the registry's reason; `service update --with-registry-auth` with
 // the right one (read from the Docker client config) pins the image and
 // runs it, and the credentials never show.
 func TestPrivateRegistryJourney(t *testing.T) {
@@ -383,13 +383,19 @@ func TestPrivateRegistryJourney(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A wrong password: the managers cannot pin (a warning), the workers
-	// cannot pull: the tasks fail with the registry's reason, again and again.
-	out, errOut, code := c.svc("create", "--name", "private", "--with-registry-auth", "--detach", "--restart-delay", "200ms", ref)
-	c.must("service create --with-registry-auth (wrong password)", out, errOut, code)
-	if !strings.Contains(errOut, "could not be accessed on a registry") || !strings.Contains(errOut, "UNAUTHORIZED") {
-		t.Errorf("no warning that the registry refused: %q", errOut)
+	// A wrong password: the managers' digest lookup is refused with it, so
+	// the create is refused in one line and nothing is made.
+	_, errOut, code = c.svc("create", "--name", "private", "--with-registry-auth", "--detach", ref)
+	if code == 0 || !strings.Contains(errOut, "--with-registry-auth") || !strings.Contains(errOut, "docker login "+reg.Host) {
+		t.Errorf("--with-registry-auth with a wrong password: exit %d, %q", code, errOut)
 	}
+	if ls := c.ok("ls", "-q"); strings.TrimSpace(ls) != "" {
+		t.Fatalf("a refused create left a service: %q", ls)
+	}
+	// Without the managers' lookup (--resolve-image never) the workers
+	// cannot pull: the tasks fail with the registry's reason, again and again.
+	out, errOut, code := c.svc("create", "--name", "private", "--with-registry-auth", "--resolve-image", "never", "--detach", "--restart-delay", "200ms", ref)
+	c.must("service create --with-registry-auth --resolve-image never (wrong password)", out, errOut, code)
 	reason := c.failedWith("private", 2, "pull "+ref+" on node w", "unauthorized: authentication required")
 	t.Logf("a wrong password fails the task with: %s", reason)
 

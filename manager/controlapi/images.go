@@ -41,6 +41,10 @@ func (s *Server) pinImage(ctx context.Context, spec, cur *pb.ServiceSpec, mode p
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, registry.ErrNotFound):
 		return nil, status.Errorf(codes.InvalidArgument, "%v; push it first, or pass --resolve-image never for an image every node has already", err)
+	case errors.Is(err, registry.ErrUnauthorized) && auth != nil:
+		// Credentials were sent and refused: every task would fail to
+		// pull, so nothing is changed.
+		return nil, status.Errorf(codes.InvalidArgument, "%v with the credentials sent by --with-registry-auth; log in again (`docker login %s`) and retry", err, registry.Host(image))
 	case ctx.Err() != nil:
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
