@@ -33,6 +33,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/authz"
+	"github.com/shoal-cluster/shoal/manager/autoscaler"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/controlapi"
 	"github.com/shoal-cluster/shoal/manager/dispatcher"
@@ -45,6 +46,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/sealer"
 	"github.com/shoal-cluster/shoal/manager/updater"
+	"github.com/shoal-cluster/shoal/manager/usage"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -78,6 +80,7 @@ type Manager struct {
 	members *membership.Server
 	ca      *ca.Authority
 	disp    *dispatcher.Dispatcher
+	usage   *usage.Table
 	gossip  *gossip.Gossip
 	feed    *endpoints.Feed
 	journal *events.Journal
@@ -400,11 +403,13 @@ func (m *Manager) assemble() {
 		Clock:         clock.Real(),
 		Log:           m.log,
 	})
+	m.usage = usage.New(clock.Real())
 	m.disp = dispatcher.New(dispatcher.Config{
 		Store:      m.store,
 		Leadership: m.members,
 		Endpoints:  m.feed,
 		Secrets:    m.keys,
+		Usage:      m.usage,
 		Clock:      clock.Real(),
 		APIAddr:    cfg.APIAddr(),
 		Period:     cfg.HeartbeatPeriod,
@@ -419,6 +424,7 @@ func (m *Manager) assemble() {
 		Keys:        m.keys,
 		Workers:     m.conns,
 		Events:      m.journal,
+		Usage:       m.usage,
 		ClusterID:   id.ClusterID,
 		AdvertiseIP: cfg.AdvertiseIP,
 		Log:         m.log,
@@ -627,6 +633,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		orchestrator.New(m.store, clock.Real(), m.log).Run,
 		scheduler.New(m.store, clock.Real(), m.log).Run,
 		updater.New(m.store, clock.Real(), m.log).Run,
+		autoscaler.New(m.store, m.usage, clock.Real(), 3*m.cfg.HeartbeatPeriod, m.log).Run,
 	}
 }
 
