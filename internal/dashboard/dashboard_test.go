@@ -129,6 +129,13 @@ func (f *fakeControl) ListSecrets(context.Context, *pb.ListSecretsRequest, ...gr
 		SealedData: []byte("sealed-bytes"), Size: 7}}}, nil
 }
 
+func (f *fakeControl) TaskStats(context.Context, *pb.TaskStatsRequest, ...grpc.CallOption) (*pb.TaskStatsResponse, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	return &pb.TaskStatsResponse{}, nil
+}
+
 func (f *fakeControl) ListConfigs(context.Context, *pb.ListConfigsRequest, ...grpc.CallOption) (*pb.ListConfigsResponse, error) {
 	if err := f.check(); err != nil {
 		return nil, err
