@@ -2,11 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
-	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -232,6 +232,21 @@ func TestDockerCLI(t *testing.T) {
 		{name: "node drain", args: []string{"node", "update", "--availability", "drain", "w2"}},
 		{name: "node drained", args: []string{"node", "ls", "--filter", "name=w2"}, want: []string{`w2 +Ready +Drain`}},
 		{name: "node active", args: []string{"node", "update", "--availability", "active", "w2"}},
+	} {
+		d.step(s)
+	}
+	// Promote a worker and demote it again: it carries on as a worker.
+	d.step(dockerStep{name: "node promote", args: []string{"node", "promote", "w2"}, want: []string{`Node w2 promoted to a manager in the swarm`}})
+	eventually(t, 45*time.Second, "w2 a reachable manager", func() (bool, string) {
+		out, errOut, _ := d.run(10*time.Second, "", "node", "ls")
+		return regexp.MustCompile(`w2 +Ready +Active +Reachable`).MatchString(out), out + errOut
+	})
+	d.step(dockerStep{name: "node demote", timeout: 45 * time.Second, args: []string{"node", "demote", "w2"}, want: []string{`Manager w2 demoted in the swarm`}})
+	eventually(t, 45*time.Second, "w2 a Ready worker again", func() (bool, string) {
+		out, errOut, _ := d.run(10*time.Second, "", "node", "ls", "--filter", "role=worker", "--format", "{{.Hostname}} {{.Status}}")
+		return out == "w1 Ready\nw2 Ready\n", out + errOut
+	})
+	for _, s := range []dockerStep{
 		{name: "node rm of a manager", args: []string{"node", "rm", "m3"}, code: 1, want: []string{`m3|manager`}},
 		{name: "node rm unknown", args: []string{"node", "rm", "nosuchnode"}, code: 1, want: []string{`nosuchnode`}},
 

@@ -234,8 +234,6 @@ func (s *Server) version(w http.ResponseWriter, _ *http.Request) error {
 		Os:            runtime.GOOS,
 		Arch:          runtime.GOARCH,
 		GoVersion:     runtime.Version(),
-		Components: []system.ComponentVersion{{Name: "Shoal", Version: s.cfg.Version,
-			Details: map[string]string{"ApiVersion": APIVersion, "MinAPIVersion": MinAPIVersion, "Os": runtime.GOOS, "Arch": runtime.GOARCH}}},
 	}
 	return writeJSON(w, http.StatusOK, v)
 }
