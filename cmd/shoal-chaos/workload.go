@@ -34,6 +34,8 @@ type workload struct {
 	history []record
 	counts  map[opKind]int
 	unknown int
+	// docker counts the calls answered through the Docker Engine API.
+	docker int
 	errs    []string // calls refused for a reason the model does not expect
 }
 
@@ -95,6 +97,11 @@ func (w *workload) do(ctx context.Context, client int, m *node, in opInput) opOu
 		// does; the others (and the final reads) use the control API.
 		var unexpected string
 		out, unexpected = w.dockerDo(cctx, m, in)
+		if out.Outcome != outUnknown {
+			w.mu.Lock()
+			w.docker++
+			w.mu.Unlock()
+		}
 		return w.record(client, in, out, call, unexpected)
 	}
 	switch in.Kind {
