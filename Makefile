@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build test test-deps bench-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -22,10 +22,19 @@ test: test-go fuzz-short chaos-short
 test-deps:
 	bash scripts/test-deps.sh
 
-# The Go suite alone: vet and every package's tests with the race detector.
+# The Go suite alone: vet and every package's tests with the race detector;
+# as root the mesh runs on nftables, so its tests run once more on the
+# user-space proxy.
 test-go: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@if [ "$$(id -u)" = 0 ]; then echo "== the mesh tests on the user-space datapath"; \
+		SHOAL_TEST_MESH_DATAPATH=userspace $(GO) test -race -count=1 -run 'Mesh|ServiceDiscovery' ./tests; fi
+
+# wrk for the mesh benchmark's rows (Debian's package; only as root, else
+# the bench notes that they were skipped).
+bench-deps:
+	@[ "$$(id -u)" != 0 ] || command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 test-short:
 	$(GO) test -count=1 -short ./...
@@ -71,10 +80,10 @@ fuzz:
 fuzz-short:
 	GO=$(GO) FUZZTIME=3s scripts/fuzz.sh
 
-bench:
+bench: bench-deps
 	$(GO) run ./cmd/shoal-bench
 
-bench-quick:
+bench-quick: bench-deps
 	$(GO) run ./cmd/shoal-bench --quick
 
 # The local tour: 3 managers and 3 workers on loopback, a replicated

@@ -59,6 +59,9 @@ type Config struct {
 	HeartbeatPeriod time.Duration
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
 	GossipFast bool
+	// MeshDatapath is the routing mesh's datapath: mesh.DatapathAuto (the
+	// default: nftables when possible) or mesh.DatapathUserspace.
+	MeshDatapath string
 	// EventHistory is how many events this manager keeps for `shoal
 	// events --since` and for clients resuming after a failover (default
 	// 10,000).

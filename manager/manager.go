@@ -28,6 +28,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/joinclient"
 	"github.com/shoal-cluster/shoal/internal/mesh"
+	nodemetrics "github.com/shoal-cluster/shoal/internal/metrics"
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
@@ -48,6 +49,7 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 )
 
 // ErrRemoved means this node was removed from its cluster.
@@ -349,7 +351,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		m.store.Close()
 		return nil, err
 	}
-	m.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.APIPort + mesh.DNSPortOffset, Log: m.log})
+	m.mesh = mesh.New(mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.APIPort + mesh.DNSPortOffset, NodeID: id.NodeID, Datapath: cfg.MeshDatapath, Log: m.log})
 	if err := m.mesh.Start(ctx); err != nil {
 		m.log.Warn("no service resolver on this node", "err", err)
 	}
@@ -627,6 +629,7 @@ func (g *loopGroup) stop() {
 func (m *Manager) leaderLoops() []func(context.Context) {
 	return []func(context.Context){
 		m.ensureCluster,
+		m.recordMeshDatapath,
 		m.recordLeader,
 		m.members.ProbeManagers,
 		m.ca.FinishRotation,
@@ -684,6 +687,38 @@ func (m *Manager) ensureCluster(ctx context.Context) {
 	m.log.Info("cluster initialised", "cluster", m.id.ClusterID)
 }
 
+// describeSelf is this manager's description, with its mesh's datapath.
+func (m *Manager) describeSelf() *pb.NodeDescription {
+	d := describeHost(m.cfg.Hostname)
+	if m.mesh != nil {
+		dp := m.mesh.Datapath()
+		d.MeshDatapath = &pb.MeshDatapath{Name: dp.Name, Reason: dp.Reason, Table: dp.Table}
+	}
+	return d
+}
+
+// recordMeshDatapath records, on the leader, which mesh datapath this
+// manager uses (workers report theirs when they open a session; a
+// manager's record otherwise keeps what it had when it joined).
+func (m *Manager) recordMeshDatapath(ctx context.Context) {
+	want := m.describeSelf().GetMeshDatapath()
+	_, err := m.store.Update(ctx, func(tx *raftstore.Tx) error {
+		n, ok := tx.Nodes().Get(m.id.NodeID)
+		if !ok || proto.Equal(n.GetDescription().GetMeshDatapath(), want) {
+			return nil
+		}
+		n = proto.Clone(n).(*pb.Node)
+		if n.Description == nil {
+			n.Description = &pb.NodeDescription{}
+		}
+		n.Description.MeshDatapath = want
+		return tx.Nodes().Update(n)
+	})
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn("record the mesh datapath", "err", err)
+	}
+}
+
 // recordLeader writes this node and its term into the cluster object once
 // per won election, so that every replica's event history shows the leader
 // change at its Raft index. It waits for the cluster object on a new
@@ -726,7 +761,7 @@ func (m *Manager) selfNode() *pb.Node {
 			DesiredRole:  pb.NodeRole_NODE_ROLE_MANAGER,
 			Availability: pb.NodeAvailability_NODE_AVAILABILITY_ACTIVE,
 		},
-		Description: describeHost(m.cfg.Hostname),
+		Description: m.describeSelf(),
 		Status:      &pb.NodeStatus{State: pb.NodeState_NODE_STATE_READY, Addr: m.cfg.AdvertiseIP, LastHeartbeat: time.Now().UnixNano()},
 		ManagerStatus: &pb.ManagerStatus{
 			RaftId:   m.id.RaftID,
@@ -955,7 +990,9 @@ func (m *Manager) ID() string { return m.id.NodeID }
 func (m *Manager) ClusterID() string { return m.id.ClusterID }
 
 // Metrics is the manager's Prometheus collector (`--metrics-addr`).
-func (m *Manager) Metrics() prometheus.Collector { return m.metrics }
+func (m *Manager) Metrics() prometheus.Collector {
+	return nodemetrics.Join(m.metrics, m.mesh.Collector())
+}
 
 // Store is this manager's replica of the cluster state.
 func (m *Manager) Store() *raftstore.Store { return m.store }

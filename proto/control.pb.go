@@ -2861,6 +2861,356 @@ func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
+type CreateConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spec carries the name, labels and the data (at most 1000 KiB).
+	Spec          *ConfigSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigRequest) Reset() {
+	*x = CreateConfigRequest{}
+	mi := &file_control_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigRequest) ProtoMessage() {}
+
+func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
+func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is the stored config, without its data.
+	Config        *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConfigResponse) Reset() {
+	*x = CreateConfigResponse{}
+	mi := &file_control_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConfigResponse) ProtoMessage() {}
+
+func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
+func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *CreateConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type GetConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a config ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigRequest) Reset() {
+	*x = GetConfigRequest{}
+	mi := &file_control_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigRequest) ProtoMessage() {}
+
+func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *GetConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// config is with its data.
+	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// services are the names of the services that use the config.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigResponse) Reset() {
+	*x = GetConfigResponse{}
+	mi := &file_control_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigResponse) ProtoMessage() {}
+
+func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *GetConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *GetConfigResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListConfigsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsRequest) Reset() {
+	*x = ListConfigsRequest{}
+	mi := &file_control_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsRequest) ProtoMessage() {}
+
+func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
+func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{59}
+}
+
+type ListConfigsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// configs are without their data (size says how large it is).
+	Configs       []*Config `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConfigsResponse) Reset() {
+	*x = ListConfigsResponse{}
+	mi := &file_control_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConfigsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConfigsResponse) ProtoMessage() {}
+
+func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
+func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *ListConfigsResponse) GetConfigs() []*Config {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
+type RemoveConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigRequest) Reset() {
+	*x = RemoveConfigRequest{}
+	mi := &file_control_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigRequest) ProtoMessage() {}
+
+func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
+func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *RemoveConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveConfigResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveConfigResponse) Reset() {
+	*x = RemoveConfigResponse{}
+	mi := &file_control_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveConfigResponse) ProtoMessage() {}
+
+func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
+func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{62}
+}
+
 // EventsRequest selects events. Events are ordered by (index, seq).
 type EventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2882,7 +3232,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3244,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3257,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{55}
+	return file_control_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *EventsRequest) GetSinceIndex() uint64 {
@@ -2971,7 +3321,7 @@ type ClusterEvent struct {
 
 func (x *ClusterEvent) Reset() {
 	*x = ClusterEvent{}
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3333,7 @@ func (x *ClusterEvent) String() string {
 func (*ClusterEvent) ProtoMessage() {}
 
 func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3346,7 @@ func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterEvent.ProtoReflect.Descriptor instead.
 func (*ClusterEvent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{56}
+	return file_control_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ClusterEvent) GetIndex() uint64 {
@@ -3053,356 +3403,6 @@ func (x *ClusterEvent) GetAttributes() map[string]string {
 		return x.Attributes
 	}
 	return nil
-}
-
-type CreateConfigRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// spec carries the name, labels and the data (at most 1000 KiB).
-	Spec          *ConfigSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateConfigRequest) Reset() {
-	*x = CreateConfigRequest{}
-	mi := &file_control_proto_msgTypes[57]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateConfigRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateConfigRequest) ProtoMessage() {}
-
-func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[57]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
-func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{57}
-}
-
-func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
-	if x != nil {
-		return x.Spec
-	}
-	return nil
-}
-
-type CreateConfigResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// config is the stored config, without its data.
-	Config        *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateConfigResponse) Reset() {
-	*x = CreateConfigResponse{}
-	mi := &file_control_proto_msgTypes[58]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateConfigResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateConfigResponse) ProtoMessage() {}
-
-func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[58]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
-func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{58}
-}
-
-func (x *CreateConfigResponse) GetConfig() *Config {
-	if x != nil {
-		return x.Config
-	}
-	return nil
-}
-
-type GetConfigRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// ref is a config ID, a unique ID prefix, or a name.
-	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetConfigRequest) Reset() {
-	*x = GetConfigRequest{}
-	mi := &file_control_proto_msgTypes[59]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetConfigRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetConfigRequest) ProtoMessage() {}
-
-func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[59]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
-func (*GetConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{59}
-}
-
-func (x *GetConfigRequest) GetRef() string {
-	if x != nil {
-		return x.Ref
-	}
-	return ""
-}
-
-type GetConfigResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// config is with its data.
-	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
-	// services are the names of the services that use the config.
-	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetConfigResponse) Reset() {
-	*x = GetConfigResponse{}
-	mi := &file_control_proto_msgTypes[60]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetConfigResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetConfigResponse) ProtoMessage() {}
-
-func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[60]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
-func (*GetConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{60}
-}
-
-func (x *GetConfigResponse) GetConfig() *Config {
-	if x != nil {
-		return x.Config
-	}
-	return nil
-}
-
-func (x *GetConfigResponse) GetServices() []string {
-	if x != nil {
-		return x.Services
-	}
-	return nil
-}
-
-type ListConfigsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ListConfigsRequest) Reset() {
-	*x = ListConfigsRequest{}
-	mi := &file_control_proto_msgTypes[61]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ListConfigsRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ListConfigsRequest) ProtoMessage() {}
-
-func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[61]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
-func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{61}
-}
-
-type ListConfigsResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// configs are without their data (size says how large it is).
-	Configs       []*Config `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ListConfigsResponse) Reset() {
-	*x = ListConfigsResponse{}
-	mi := &file_control_proto_msgTypes[62]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ListConfigsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ListConfigsResponse) ProtoMessage() {}
-
-func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[62]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
-func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{62}
-}
-
-func (x *ListConfigsResponse) GetConfigs() []*Config {
-	if x != nil {
-		return x.Configs
-	}
-	return nil
-}
-
-type RemoveConfigRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RemoveConfigRequest) Reset() {
-	*x = RemoveConfigRequest{}
-	mi := &file_control_proto_msgTypes[63]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RemoveConfigRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RemoveConfigRequest) ProtoMessage() {}
-
-func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[63]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
-func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{63}
-}
-
-func (x *RemoveConfigRequest) GetRef() string {
-	if x != nil {
-		return x.Ref
-	}
-	return ""
-}
-
-type RemoveConfigResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RemoveConfigResponse) Reset() {
-	*x = RemoveConfigResponse{}
-	mi := &file_control_proto_msgTypes[64]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RemoveConfigResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RemoveConfigResponse) ProtoMessage() {}
-
-func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[64]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
-func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{64}
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -3577,7 +3577,22 @@ const file_control_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2\x10.shoal.v1.SecretR\asecrets\"'\n" +
 	"\x13RemoveSecretRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveSecretResponse\"\x8f\x01\n" +
+	"\x14RemoveSecretResponse\"?\n" +
+	"\x13CreateConfigRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
+	"\x14CreateConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\"$\n" +
+	"\x10GetConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
+	"\x11GetConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
+	"\x12ListConfigsRequest\"A\n" +
+	"\x13ListConfigsResponse\x12*\n" +
+	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
+	"\x13RemoveConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
+	"\x14RemoveConfigResponse\"\x8f\x01\n" +
 	"\rEventsRequest\x12\x1f\n" +
 	"\vsince_index\x18\x01 \x01(\x04R\n" +
 	"sinceIndex\x12\x1b\n" +
@@ -3598,22 +3613,7 @@ const file_control_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
-	"\x13CreateConfigRequest\x12(\n" +
-	"\x04spec\x18\x01 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
-	"\x14CreateConfigResponse\x12(\n" +
-	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\"$\n" +
-	"\x10GetConfigRequest\x12\x10\n" +
-	"\x03ref\x18\x01 \x01(\tR\x03ref\"Y\n" +
-	"\x11GetConfigResponse\x12(\n" +
-	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config\x12\x1a\n" +
-	"\bservices\x18\x02 \x03(\tR\bservices\"\x14\n" +
-	"\x12ListConfigsRequest\"A\n" +
-	"\x13ListConfigsResponse\x12*\n" +
-	"\aconfigs\x18\x01 \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\"'\n" +
-	"\x13RemoveConfigRequest\x12\x10\n" +
-	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x16\n" +
-	"\x14RemoveConfigResponse2\x89\x0f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\x89\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3726,16 +3726,16 @@ var file_control_proto_goTypes = []any{
 	(*ListSecretsResponse)(nil),            // 52: shoal.v1.ListSecretsResponse
 	(*RemoveSecretRequest)(nil),            // 53: shoal.v1.RemoveSecretRequest
 	(*RemoveSecretResponse)(nil),           // 54: shoal.v1.RemoveSecretResponse
-	(*EventsRequest)(nil),                  // 55: shoal.v1.EventsRequest
-	(*ClusterEvent)(nil),                   // 56: shoal.v1.ClusterEvent
-	(*CreateConfigRequest)(nil),            // 57: shoal.v1.CreateConfigRequest
-	(*CreateConfigResponse)(nil),           // 58: shoal.v1.CreateConfigResponse
-	(*GetConfigRequest)(nil),               // 59: shoal.v1.GetConfigRequest
-	(*GetConfigResponse)(nil),              // 60: shoal.v1.GetConfigResponse
-	(*ListConfigsRequest)(nil),             // 61: shoal.v1.ListConfigsRequest
-	(*ListConfigsResponse)(nil),            // 62: shoal.v1.ListConfigsResponse
-	(*RemoveConfigRequest)(nil),            // 63: shoal.v1.RemoveConfigRequest
-	(*RemoveConfigResponse)(nil),           // 64: shoal.v1.RemoveConfigResponse
+	(*CreateConfigRequest)(nil),            // 55: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 56: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 57: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 58: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 59: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 60: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 61: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 62: shoal.v1.RemoveConfigResponse
+	(*EventsRequest)(nil),                  // 63: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 64: shoal.v1.ClusterEvent
 	nil,                                    // 65: shoal.v1.ClusterEvent.AttributesEntry
 	(*ServiceSpec)(nil),                    // 66: shoal.v1.ServiceSpec
 	(*Service)(nil),                        // 67: shoal.v1.Service
@@ -3779,11 +3779,11 @@ var file_control_proto_depIdxs = []int32{
 	77, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
 	77, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
 	77, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	65, // 26: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	78, // 27: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	79, // 28: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	79, // 29: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	79, // 30: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	78, // 26: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	79, // 27: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	79, // 28: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	79, // 29: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	65, // 30: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
 	17, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
 	19, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
 	21, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
@@ -3797,7 +3797,7 @@ var file_control_proto_depIdxs = []int32{
 	9,  // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
 	11, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
 	13, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	55, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	63, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
 	39, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
 	41, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
 	43, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
@@ -3805,10 +3805,10 @@ var file_control_proto_depIdxs = []int32{
 	49, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
 	51, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
 	53, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	57, // 52: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	59, // 53: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	61, // 54: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	63, // 55: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	55, // 52: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	57, // 53: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	59, // 54: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	61, // 55: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
 	15, // 56: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
 	32, // 57: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
 	34, // 58: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
@@ -3829,7 +3829,7 @@ var file_control_proto_depIdxs = []int32{
 	10, // 73: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
 	12, // 74: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
 	14, // 75: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	56, // 76: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	64, // 76: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
 	40, // 77: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
 	42, // 78: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
 	44, // 79: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
@@ -3837,10 +3837,10 @@ var file_control_proto_depIdxs = []int32{
 	50, // 81: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
 	52, // 82: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
 	54, // 83: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	58, // 84: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	60, // 85: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	62, // 86: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	64, // 87: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	56, // 84: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	58, // 85: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	60, // 86: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	62, // 87: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
 	16, // 88: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
 	33, // 89: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
 	35, // 90: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse

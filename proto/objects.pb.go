@@ -987,14 +987,16 @@ func (x *NodeSpec) GetAvailability() NodeAvailability {
 
 // NodeDescription is what a node reports about itself.
 type NodeDescription struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Os            string                 `protobuf:"bytes,2,opt,name=os,proto3" json:"os,omitempty"`
-	Arch          string                 `protobuf:"bytes,3,opt,name=arch,proto3" json:"arch,omitempty"`
-	Resources     *Resources             `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
-	Runtimes      []string               `protobuf:"bytes,5,rep,name=runtimes,proto3" json:"runtimes,omitempty"`
-	Version       string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
-	EngineLabels  map[string]string      `protobuf:"bytes,7,rep,name=engine_labels,json=engineLabels,proto3" json:"engine_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Hostname     string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Os           string                 `protobuf:"bytes,2,opt,name=os,proto3" json:"os,omitempty"`
+	Arch         string                 `protobuf:"bytes,3,opt,name=arch,proto3" json:"arch,omitempty"`
+	Resources    *Resources             `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
+	Runtimes     []string               `protobuf:"bytes,5,rep,name=runtimes,proto3" json:"runtimes,omitempty"`
+	Version      string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	EngineLabels map[string]string      `protobuf:"bytes,7,rep,name=engine_labels,json=engineLabels,proto3" json:"engine_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// mesh_datapath is how the node's routing mesh forwards connections.
+	MeshDatapath  *MeshDatapath `protobuf:"bytes,100,opt,name=mesh_datapath,json=meshDatapath,proto3" json:"mesh_datapath,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1078,6 +1080,77 @@ func (x *NodeDescription) GetEngineLabels() map[string]string {
 	return nil
 }
 
+func (x *NodeDescription) GetMeshDatapath() *MeshDatapath {
+	if x != nil {
+		return x.MeshDatapath
+	}
+	return nil
+}
+
+// MeshDatapath says which datapath a node's routing mesh uses and why.
+type MeshDatapath struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is "kernel" (nftables rules) or "userspace" (the proxy).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// reason says why, e.g. why the kernel datapath is not used.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// table is the node's nftables table ("ip shoal_<node id>"), kernel only.
+	Table         string `protobuf:"bytes,3,opt,name=table,proto3" json:"table,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MeshDatapath) Reset() {
+	*x = MeshDatapath{}
+	mi := &file_objects_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MeshDatapath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MeshDatapath) ProtoMessage() {}
+
+func (x *MeshDatapath) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MeshDatapath.ProtoReflect.Descriptor instead.
+func (*MeshDatapath) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MeshDatapath) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MeshDatapath) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *MeshDatapath) GetTable() string {
+	if x != nil {
+		return x.Table
+	}
+	return ""
+}
+
 // NodeStatus is the manager's view of a node's health.
 type NodeStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1092,7 +1165,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_objects_proto_msgTypes[5]
+	mi := &file_objects_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1177,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[5]
+	mi := &file_objects_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1190,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{5}
+	return file_objects_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NodeStatus) GetState() NodeState {
@@ -1165,7 +1238,7 @@ type ManagerStatus struct {
 
 func (x *ManagerStatus) Reset() {
 	*x = ManagerStatus{}
-	mi := &file_objects_proto_msgTypes[6]
+	mi := &file_objects_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1250,7 @@ func (x *ManagerStatus) String() string {
 func (*ManagerStatus) ProtoMessage() {}
 
 func (x *ManagerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[6]
+	mi := &file_objects_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1263,7 @@ func (x *ManagerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManagerStatus.ProtoReflect.Descriptor instead.
 func (*ManagerStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{6}
+	return file_objects_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ManagerStatus) GetRaftId() string {
@@ -1250,7 +1323,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_objects_proto_msgTypes[7]
+	mi := &file_objects_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1335,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[7]
+	mi := &file_objects_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1348,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{7}
+	return file_objects_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Node) GetId() string {
@@ -1351,7 +1424,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[8]
+	mi := &file_objects_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1436,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[8]
+	mi := &file_objects_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1449,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{8}
+	return file_objects_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -1394,7 +1467,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[9]
+	mi := &file_objects_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1479,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[9]
+	mi := &file_objects_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1492,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{9}
+	return file_objects_proto_rawDescGZIP(), []int{10}
 }
 
 type ReplicatedJob struct {
@@ -1432,7 +1505,7 @@ type ReplicatedJob struct {
 
 func (x *ReplicatedJob) Reset() {
 	*x = ReplicatedJob{}
-	mi := &file_objects_proto_msgTypes[10]
+	mi := &file_objects_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1517,7 @@ func (x *ReplicatedJob) String() string {
 func (*ReplicatedJob) ProtoMessage() {}
 
 func (x *ReplicatedJob) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[10]
+	mi := &file_objects_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1530,7 @@ func (x *ReplicatedJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedJob.ProtoReflect.Descriptor instead.
 func (*ReplicatedJob) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{10}
+	return file_objects_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReplicatedJob) GetMaxConcurrent() uint64 {
@@ -1482,7 +1555,7 @@ type GlobalJob struct {
 
 func (x *GlobalJob) Reset() {
 	*x = GlobalJob{}
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1567,7 @@ func (x *GlobalJob) String() string {
 func (*GlobalJob) ProtoMessage() {}
 
 func (x *GlobalJob) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1580,7 @@ func (x *GlobalJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalJob.ProtoReflect.Descriptor instead.
 func (*GlobalJob) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{11}
+	return file_objects_proto_rawDescGZIP(), []int{12}
 }
 
 // RestartPolicy says when a failed or finished task is replaced.
@@ -1524,7 +1597,7 @@ type RestartPolicy struct {
 
 func (x *RestartPolicy) Reset() {
 	*x = RestartPolicy{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1609,7 @@ func (x *RestartPolicy) String() string {
 func (*RestartPolicy) ProtoMessage() {}
 
 func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1622,7 @@ func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartPolicy.ProtoReflect.Descriptor instead.
 func (*RestartPolicy) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RestartPolicy) GetCondition() RestartCondition {
@@ -1591,7 +1664,7 @@ type PlacementPreference struct {
 
 func (x *PlacementPreference) Reset() {
 	*x = PlacementPreference{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1676,7 @@ func (x *PlacementPreference) String() string {
 func (*PlacementPreference) ProtoMessage() {}
 
 func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1689,7 @@ func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementPreference.ProtoReflect.Descriptor instead.
 func (*PlacementPreference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PlacementPreference) GetSpreadDescriptor() string {
@@ -1640,7 +1713,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1725,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1738,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -1700,7 +1773,7 @@ type ResourceRequirements struct {
 
 func (x *ResourceRequirements) Reset() {
 	*x = ResourceRequirements{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1785,7 @@ func (x *ResourceRequirements) String() string {
 func (*ResourceRequirements) ProtoMessage() {}
 
 func (x *ResourceRequirements) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1798,7 @@ func (x *ResourceRequirements) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceRequirements.ProtoReflect.Descriptor instead.
 func (*ResourceRequirements) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResourceRequirements) GetLimits() *Resources {
@@ -1755,7 +1828,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1840,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1853,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Mount) GetType() MountType {
@@ -1831,7 +1904,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1916,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +1929,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HealthCheck) GetCommand() []string {
@@ -1928,7 +2001,7 @@ type SecretReference struct {
 
 func (x *SecretReference) Reset() {
 	*x = SecretReference{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2013,7 @@ func (x *SecretReference) String() string {
 func (*SecretReference) ProtoMessage() {}
 
 func (x *SecretReference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2026,7 @@ func (x *SecretReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretReference.ProtoReflect.Descriptor instead.
 func (*SecretReference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SecretReference) GetSecretId() string {
@@ -2002,7 +2075,7 @@ type ConfigReference struct {
 
 func (x *ConfigReference) Reset() {
 	*x = ConfigReference{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2087,7 @@ func (x *ConfigReference) String() string {
 func (*ConfigReference) ProtoMessage() {}
 
 func (x *ConfigReference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2100,7 @@ func (x *ConfigReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigReference.ProtoReflect.Descriptor instead.
 func (*ConfigReference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ConfigReference) GetConfigId() string {
@@ -2095,7 +2168,7 @@ type ContainerSpec struct {
 
 func (x *ContainerSpec) Reset() {
 	*x = ContainerSpec{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2180,7 @@ func (x *ContainerSpec) String() string {
 func (*ContainerSpec) ProtoMessage() {}
 
 func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2193,7 @@ func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSpec.ProtoReflect.Descriptor instead.
 func (*ContainerSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ContainerSpec) GetImage() string {
@@ -2224,7 +2297,7 @@ type TaskSpec struct {
 
 func (x *TaskSpec) Reset() {
 	*x = TaskSpec{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2309,7 @@ func (x *TaskSpec) String() string {
 func (*TaskSpec) ProtoMessage() {}
 
 func (x *TaskSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2322,7 @@ func (x *TaskSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
 func (*TaskSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TaskSpec) GetRuntime() string {
@@ -2309,7 +2382,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2394,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2407,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -2387,13 +2460,20 @@ type PortConfig struct {
 	TargetPort    uint32                 `protobuf:"varint,3,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
 	PublishedPort uint32                 `protobuf:"varint,4,opt,name=published_port,json=publishedPort,proto3" json:"published_port,omitempty"`
 	PublishMode   PublishMode            `protobuf:"varint,5,opt,name=publish_mode,json=publishMode,proto3,enum=shoal.v1.PublishMode" json:"publish_mode,omitempty"`
+	// local sends a node's connections to this port only to the tasks on
+	// that node (as Kubernetes' externalTrafficPolicy: Local), so backends
+	// see the client's address; a node with no such task refuses them.
+	Local bool `protobuf:"varint,100,opt,name=local,proto3" json:"local,omitempty"`
+	// proxy_protocol makes the user-space mesh send a PROXY protocol v2
+	// header to the backend first, carrying the client's address.
+	ProxyProtocol bool `protobuf:"varint,101,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2485,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2498,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PortConfig) GetName() string {
@@ -2456,6 +2536,20 @@ func (x *PortConfig) GetPublishMode() PublishMode {
 	return PublishMode_PUBLISH_MODE_INGRESS
 }
 
+func (x *PortConfig) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+func (x *PortConfig) GetProxyProtocol() bool {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return false
+}
+
 // EndpointSpec is how a service is reached.
 type EndpointSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2467,7 +2561,7 @@ type EndpointSpec struct {
 
 func (x *EndpointSpec) Reset() {
 	*x = EndpointSpec{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2573,7 @@ func (x *EndpointSpec) String() string {
 func (*EndpointSpec) ProtoMessage() {}
 
 func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2586,7 @@ func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointSpec.ProtoReflect.Descriptor instead.
 func (*EndpointSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EndpointSpec) GetMode() ResolutionMode {
@@ -2522,7 +2616,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2534,7 +2628,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2547,7 +2641,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Endpoint) GetSpec() *EndpointSpec {
@@ -2592,7 +2686,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2698,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2711,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceSpec) GetAnnotations() *Annotations {
@@ -2741,7 +2835,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2753,7 +2847,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2766,7 +2860,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JobStatus) GetJobIteration() uint64 {
@@ -2796,7 +2890,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2902,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +2915,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2871,7 +2965,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2883,7 +2977,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2896,7 +2990,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Service) GetId() string {
@@ -2968,7 +3062,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2980,7 +3074,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2993,7 +3087,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -3048,7 +3142,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3060,7 +3154,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3073,7 +3167,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3172,7 +3266,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3278,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3291,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Task) GetId() string {
@@ -3302,7 +3396,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3314,7 +3408,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3327,7 +3421,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3359,7 +3453,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3371,7 +3465,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3384,7 +3478,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3445,7 +3539,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3457,7 +3551,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3470,7 +3564,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3532,7 +3626,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3638,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3651,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Cluster) GetId() string {
@@ -3654,7 +3748,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3666,7 +3760,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3679,7 +3773,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3744,7 +3838,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3756,7 +3850,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3769,7 +3863,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3819,7 +3913,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +3925,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +3938,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3880,7 +3974,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3892,7 +3986,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3905,7 +3999,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Secret) GetId() string {
@@ -3955,7 +4049,7 @@ type ConfigSpec struct {
 
 func (x *ConfigSpec) Reset() {
 	*x = ConfigSpec{}
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3967,7 +4061,7 @@ func (x *ConfigSpec) String() string {
 func (*ConfigSpec) ProtoMessage() {}
 
 func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3980,7 +4074,7 @@ func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
 func (*ConfigSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{41}
+	return file_objects_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ConfigSpec) GetAnnotations() *Annotations {
@@ -4013,7 +4107,7 @@ type Config struct {
 
 func (x *Config) Reset() {
 	*x = Config{}
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4025,7 +4119,7 @@ func (x *Config) String() string {
 func (*Config) ProtoMessage() {}
 
 func (x *Config) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4038,7 +4132,7 @@ func (x *Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Config.ProtoReflect.Descriptor instead.
 func (*Config) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{42}
+	return file_objects_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Config) GetId() string {
@@ -4092,7 +4186,7 @@ const file_objects_proto_rawDesc = "" +
 	"\bNodeSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x125\n" +
 	"\fdesired_role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\vdesiredRole\x12>\n" +
-	"\favailability\x18\x03 \x01(\x0e2\x1a.shoal.v1.NodeAvailabilityR\favailability\"\xcd\x02\n" +
+	"\favailability\x18\x03 \x01(\x0e2\x1a.shoal.v1.NodeAvailabilityR\favailability\"\x8a\x03\n" +
 	"\x0fNodeDescription\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -4100,10 +4194,15 @@ const file_objects_proto_rawDesc = "" +
 	"\tresources\x18\x04 \x01(\v2\x13.shoal.v1.ResourcesR\tresources\x12\x1a\n" +
 	"\bruntimes\x18\x05 \x03(\tR\bruntimes\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12P\n" +
-	"\rengine_labels\x18\a \x03(\v2+.shoal.v1.NodeDescription.EngineLabelsEntryR\fengineLabels\x1a?\n" +
+	"\rengine_labels\x18\a \x03(\v2+.shoal.v1.NodeDescription.EngineLabelsEntryR\fengineLabels\x12;\n" +
+	"\rmesh_datapath\x18d \x01(\v2\x16.shoal.v1.MeshDatapathR\fmeshDatapath\x1a?\n" +
 	"\x11EngineLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
+	"\fMeshDatapath\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05table\x18\x03 \x01(\tR\x05table\"\x8c\x01\n" +
 	"\n" +
 	"NodeStatus\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.shoal.v1.NodeStateR\x05state\x12\x18\n" +
@@ -4208,7 +4307,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x0efailure_action\x18\x03 \x01(\x0e2\x1d.shoal.v1.UpdateFailureActionR\rfailureAction\x12\x18\n" +
 	"\amonitor\x18\x04 \x01(\x03R\amonitor\x12*\n" +
 	"\x11max_failure_ratio\x18\x05 \x01(\x02R\x0fmaxFailureRatio\x12+\n" +
-	"\x05order\x18\x06 \x01(\x0e2\x15.shoal.v1.UpdateOrderR\x05order\"\xd6\x01\n" +
+	"\x05order\x18\x06 \x01(\x0e2\x15.shoal.v1.UpdateOrderR\x05order\"\x93\x02\n" +
 	"\n" +
 	"PortConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
@@ -4216,7 +4315,9 @@ const file_objects_proto_rawDesc = "" +
 	"\vtarget_port\x18\x03 \x01(\rR\n" +
 	"targetPort\x12%\n" +
 	"\x0epublished_port\x18\x04 \x01(\rR\rpublishedPort\x128\n" +
-	"\fpublish_mode\x18\x05 \x01(\x0e2\x15.shoal.v1.PublishModeR\vpublishMode\"h\n" +
+	"\fpublish_mode\x18\x05 \x01(\x0e2\x15.shoal.v1.PublishModeR\vpublishMode\x12\x14\n" +
+	"\x05local\x18d \x01(\bR\x05local\x12%\n" +
+	"\x0eproxy_protocol\x18e \x01(\bR\rproxyProtocol\"h\n" +
 	"\fEndpointSpec\x12,\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x18.shoal.v1.ResolutionModeR\x04mode\x12*\n" +
 	"\x05ports\x18\x02 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\"\x85\x01\n" +
@@ -4444,7 +4545,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4465,130 +4566,132 @@ var file_objects_proto_goTypes = []any{
 	(*Resources)(nil),            // 16: shoal.v1.Resources
 	(*NodeSpec)(nil),             // 17: shoal.v1.NodeSpec
 	(*NodeDescription)(nil),      // 18: shoal.v1.NodeDescription
-	(*NodeStatus)(nil),           // 19: shoal.v1.NodeStatus
-	(*ManagerStatus)(nil),        // 20: shoal.v1.ManagerStatus
-	(*Node)(nil),                 // 21: shoal.v1.Node
-	(*ReplicatedService)(nil),    // 22: shoal.v1.ReplicatedService
-	(*GlobalService)(nil),        // 23: shoal.v1.GlobalService
-	(*ReplicatedJob)(nil),        // 24: shoal.v1.ReplicatedJob
-	(*GlobalJob)(nil),            // 25: shoal.v1.GlobalJob
-	(*RestartPolicy)(nil),        // 26: shoal.v1.RestartPolicy
-	(*PlacementPreference)(nil),  // 27: shoal.v1.PlacementPreference
-	(*Placement)(nil),            // 28: shoal.v1.Placement
-	(*ResourceRequirements)(nil), // 29: shoal.v1.ResourceRequirements
-	(*Mount)(nil),                // 30: shoal.v1.Mount
-	(*HealthCheck)(nil),          // 31: shoal.v1.HealthCheck
-	(*SecretReference)(nil),      // 32: shoal.v1.SecretReference
-	(*ConfigReference)(nil),      // 33: shoal.v1.ConfigReference
-	(*ContainerSpec)(nil),        // 34: shoal.v1.ContainerSpec
-	(*TaskSpec)(nil),             // 35: shoal.v1.TaskSpec
-	(*UpdateConfig)(nil),         // 36: shoal.v1.UpdateConfig
-	(*PortConfig)(nil),           // 37: shoal.v1.PortConfig
-	(*EndpointSpec)(nil),         // 38: shoal.v1.EndpointSpec
-	(*Endpoint)(nil),             // 39: shoal.v1.Endpoint
-	(*ServiceSpec)(nil),          // 40: shoal.v1.ServiceSpec
-	(*JobStatus)(nil),            // 41: shoal.v1.JobStatus
-	(*UpdateStatus)(nil),         // 42: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 43: shoal.v1.Service
-	(*PortBinding)(nil),          // 44: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 45: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 46: shoal.v1.Task
-	(*JoinTokens)(nil),           // 47: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 48: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 49: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 50: shoal.v1.Cluster
-	(*RootCA)(nil),               // 51: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 52: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 53: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 54: shoal.v1.Secret
-	(*ConfigSpec)(nil),           // 55: shoal.v1.ConfigSpec
-	(*Config)(nil),               // 56: shoal.v1.Config
-	nil,                          // 57: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 58: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 59: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 60: shoal.v1.Cluster.DemotedManagersEntry
+	(*MeshDatapath)(nil),         // 19: shoal.v1.MeshDatapath
+	(*NodeStatus)(nil),           // 20: shoal.v1.NodeStatus
+	(*ManagerStatus)(nil),        // 21: shoal.v1.ManagerStatus
+	(*Node)(nil),                 // 22: shoal.v1.Node
+	(*ReplicatedService)(nil),    // 23: shoal.v1.ReplicatedService
+	(*GlobalService)(nil),        // 24: shoal.v1.GlobalService
+	(*ReplicatedJob)(nil),        // 25: shoal.v1.ReplicatedJob
+	(*GlobalJob)(nil),            // 26: shoal.v1.GlobalJob
+	(*RestartPolicy)(nil),        // 27: shoal.v1.RestartPolicy
+	(*PlacementPreference)(nil),  // 28: shoal.v1.PlacementPreference
+	(*Placement)(nil),            // 29: shoal.v1.Placement
+	(*ResourceRequirements)(nil), // 30: shoal.v1.ResourceRequirements
+	(*Mount)(nil),                // 31: shoal.v1.Mount
+	(*HealthCheck)(nil),          // 32: shoal.v1.HealthCheck
+	(*SecretReference)(nil),      // 33: shoal.v1.SecretReference
+	(*ConfigReference)(nil),      // 34: shoal.v1.ConfigReference
+	(*ContainerSpec)(nil),        // 35: shoal.v1.ContainerSpec
+	(*TaskSpec)(nil),             // 36: shoal.v1.TaskSpec
+	(*UpdateConfig)(nil),         // 37: shoal.v1.UpdateConfig
+	(*PortConfig)(nil),           // 38: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),         // 39: shoal.v1.EndpointSpec
+	(*Endpoint)(nil),             // 40: shoal.v1.Endpoint
+	(*ServiceSpec)(nil),          // 41: shoal.v1.ServiceSpec
+	(*JobStatus)(nil),            // 42: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 43: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 44: shoal.v1.Service
+	(*PortBinding)(nil),          // 45: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 46: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 47: shoal.v1.Task
+	(*JoinTokens)(nil),           // 48: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 49: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 50: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 51: shoal.v1.Cluster
+	(*RootCA)(nil),               // 52: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 53: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 54: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 55: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 56: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 57: shoal.v1.Config
+	nil,                          // 58: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 59: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 60: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 61: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	57, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	58, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	58, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
-	2,  // 6: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	3,  // 7: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
-	14, // 8: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
-	17, // 9: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
-	18, // 10: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
-	19, // 11: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
-	20, // 12: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	0,  // 13: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	52, // 14: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
-	4,  // 15: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
-	27, // 16: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
-	16, // 17: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
-	16, // 18: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
-	5,  // 19: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	59, // 20: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	30, // 21: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
-	31, // 22: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
-	32, // 23: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
-	33, // 24: shoal.v1.ContainerSpec.configs:type_name -> shoal.v1.ConfigReference
-	34, // 25: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
-	29, // 26: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
-	26, // 27: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
-	28, // 28: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
-	6,  // 29: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
-	7,  // 30: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
-	8,  // 31: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
-	9,  // 32: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
-	10, // 33: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
-	37, // 34: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	38, // 35: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
-	37, // 36: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
-	15, // 37: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
-	35, // 38: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
-	22, // 39: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	23, // 40: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	24, // 41: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
-	25, // 42: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
-	36, // 43: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
-	36, // 44: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
-	38, // 45: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	11, // 46: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 47: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	40, // 48: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 49: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	39, // 50: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	42, // 51: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	41, // 52: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
-	8,  // 53: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 54: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 55: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	44, // 56: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 57: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	35, // 58: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 59: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	45, // 60: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	39, // 61: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 62: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 63: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	49, // 64: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	47, // 65: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	51, // 66: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	60, // 67: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 68: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 69: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 70: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	53, // 71: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	15, // 72: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 73: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
-	55, // 74: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
-	75, // [75:75] is the sub-list for method output_type
-	75, // [75:75] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	59, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	19, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
+	2,  // 7: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
+	3,  // 8: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
+	14, // 9: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
+	17, // 10: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
+	18, // 11: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
+	20, // 12: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
+	21, // 13: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
+	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
+	53, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	4,  // 16: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
+	28, // 17: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
+	16, // 18: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
+	16, // 19: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
+	5,  // 20: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
+	60, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	31, // 22: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
+	32, // 23: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
+	33, // 24: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
+	34, // 25: shoal.v1.ContainerSpec.configs:type_name -> shoal.v1.ConfigReference
+	35, // 26: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
+	30, // 27: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	27, // 28: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
+	29, // 29: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
+	6,  // 30: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
+	7,  // 31: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
+	8,  // 32: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
+	9,  // 33: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
+	10, // 34: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
+	38, // 35: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	39, // 36: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
+	38, // 37: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
+	15, // 38: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
+	36, // 39: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
+	23, // 40: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	24, // 41: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	25, // 42: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
+	26, // 43: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
+	37, // 44: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
+	37, // 45: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
+	39, // 46: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	11, // 47: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 48: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	41, // 49: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	41, // 50: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	40, // 51: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	43, // 52: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	42, // 53: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	8,  // 54: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 55: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 56: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	45, // 57: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 58: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	36, // 59: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 60: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	46, // 61: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	40, // 62: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 63: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 64: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	50, // 65: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	48, // 66: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	52, // 67: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	61, // 68: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 69: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 70: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 71: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	54, // 72: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 73: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 74: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	56, // 75: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	76, // [76:76] is the sub-list for method output_type
+	76, // [76:76] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4596,7 +4699,7 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[26].OneofWrappers = []any{
+	file_objects_proto_msgTypes[27].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 		(*ServiceSpec_ReplicatedJob)(nil),
@@ -4608,7 +4711,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   47,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

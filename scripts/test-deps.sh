@@ -13,6 +13,11 @@ for pair in "${need[@]}"; do
   cmd=${pair%% *} pkg=${pair#* }
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# As root the routing mesh runs on nftables, and its kernel-datapath tests
+# need the nft command (without root they skip, and nft is not needed).
+if [ "$(id -u)" -eq 0 ] && ! command -v nft >/dev/null 2>&1; then
+  missing+=(nftables)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "test-deps: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2

@@ -614,6 +614,41 @@ func TestDockerServiceDiscovery(t *testing.T) {
 	}
 }
 
+// mountedFile checks that a task's container has path bind-mounted
+// read-only from a file under dir on the node, and returns the file as the
+// container sees it (read with the Engine: the image has no shell).
+func (d *dcluster) mountedFile(tk *pb.Task, path, dir string) (*tar.Header, []byte) {
+	d.t.Helper()
+	ci, err := d.inspect(tk.GetStatus().GetContainerId())
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	i := slices.IndexFunc(ci.Container.Mounts, func(m container.MountPoint) bool { return m.Destination == path })
+	if i < 0 {
+		d.t.Fatalf("no mount at %s: %+v", path, ci.Container.Mounts)
+	}
+	if m := ci.Container.Mounts[i]; string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, dir+"/") {
+		d.t.Errorf("mount at %s: type %s rw %v source %s; want a read-only bind from %s", path, m.Type, m.RW, m.Source, dir)
+	}
+	ctx, cancel := d.ctx()
+	defer cancel()
+	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: path})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer res.Content.Close()
+	tr := tar.NewReader(res.Content)
+	hdr, err := tr.Next()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	data, err := io.ReadAll(tr)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return hdr, data
+}
+
 // TestDockerSecretMounted: a container finds its secret read-only at
 // /run/secrets/<target>, bind-mounted from the worker's tmpfs, and the
 // file leaves the worker when the task ends.
@@ -630,41 +665,8 @@ func TestDockerSecretMounted(t *testing.T) {
 	d.answersAll("vault", "v1", 1)
 
 	tk := d.runningTasks("vault")[0]
-	ci, err := d.inspect(tk.GetStatus().GetContainerId())
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := d.workers[0]
-	var found bool
-	for _, m := range ci.Container.Mounts {
-		if m.Destination == "/run/secrets/token" {
-			found = true
-			if string(m.Type) != "bind" || m.RW || !strings.HasPrefix(m.Source, w.a.SecretsDir()+"/") {
-				t.Errorf("secret mount: type %s rw %v source %s; want a read-only bind from %s", m.Type, m.RW, m.Source, w.a.SecretsDir())
-			}
-		}
-	}
-	if !found {
-		t.Fatalf("no mount at /run/secrets/token: %+v", ci.Container.Mounts)
-	}
-
-	// Read the file as the container sees it (the image has no shell).
-	ctx, cancel := d.ctx()
-	defer cancel()
-	res, err := d.cli.CopyFromContainer(ctx, tk.GetStatus().GetContainerId(), client.CopyFromContainerOptions{SourcePath: "/run/secrets/token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(res.Content)
-	hdr, err := tr.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(tr)
-	res.Content.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	hdr, got := d.mountedFile(tk, "/run/secrets/token", w.a.SecretsDir())
 	if !bytes.Equal(got, value) || hdr.FileInfo().Mode().Perm() != 0o400 {
 		t.Errorf("/run/secrets/token in the container: %q mode %v; want the value, mode 0400", got, hdr.FileInfo().Mode().Perm())
 	}
@@ -672,6 +674,36 @@ func TestDockerSecretMounted(t *testing.T) {
 	d.scale("vault", 0)
 	d.eventually(30*time.Second, "the secret gone from the worker", func() (bool, string) {
 		held, files := w.a.HeldSecrets(), filesUnder(w.a.SecretsDir())
+		return len(held) == 0 && len(files) == 0, fmt.Sprintf("holds %v, files %v", held, files)
+	})
+}
+
+// TestDockerConfigMounted: a container finds its config read-only at its
+// target with the mode and owner asked for, and the task reads it: the
+// hello app reports the version the config file holds
+// (HELLO_VERSION_FILE). The file leaves the worker when the task ends.
+func TestDockerConfigMounted(t *testing.T) {
+	d := newDockerCluster(t)
+	d.addManagers(1)
+	d.addDockerWorkers(1)
+	d.createConfig(d.leader(), "hello-version", []byte("v7-from-config\n"))
+	spec := dockerSpec("conf", helloV1, 1)
+	spec.Task.Container.Healthcheck = helloCheck()
+	spec.Task.Container.Env = []string{"HELLO_VERSION_FILE=/etc/hello/version"}
+	spec.Task.Container.Configs = []*pb.ConfigReference{{ConfigName: "hello-version", Target: "/etc/hello/version", Mode: 0o440, Uid: "1000", Gid: "1000"}}
+	d.createService(spec)
+	d.answersAll("conf", "v7-from-config", 1)
+
+	tk := d.runningTasks("conf")[0]
+	w := d.workers[0]
+	hdr, got := d.mountedFile(tk, "/etc/hello/version", w.a.ConfigsDir())
+	if string(got) != "v7-from-config\n" || hdr.FileInfo().Mode().Perm() != 0o440 || hdr.Uid != 1000 || hdr.Gid != 1000 {
+		t.Errorf("/etc/hello/version in the container: %q mode %v owner %d:%d; want the config, 0440, owned by 1000:1000", got, hdr.FileInfo().Mode().Perm(), hdr.Uid, hdr.Gid)
+	}
+
+	d.scale("conf", 0)
+	d.eventually(30*time.Second, "the config gone from the worker", func() (bool, string) {
+		held, files := w.a.HeldConfigs(), filesUnder(w.a.ConfigsDir())
 		return len(held) == 0 && len(files) == 0, fmt.Sprintf("holds %v, files %v", held, files)
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/clientcreds"
+	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/poll"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager"
@@ -227,6 +230,7 @@ func (c *cluster) managerConfig(i int) manager.Config {
 		ProbeInterval:     300 * time.Millisecond,
 		HeartbeatPeriod:   testHeartbeat,
 		GossipFast:        true,
+		MeshDatapath:      testMeshDatapath(),
 		CertExpiry:        c.certExpiry,
 		CertCheckInterval: 200 * time.Millisecond,
 		Logger:            c.logger(fmt.Sprintf("m%d", i)),
@@ -286,9 +290,11 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 		AdvertiseIP:       c.ip(host),
 		APIPort:           c.port,
 		GossipFast:        true,
+		MeshDatapath:      testMeshDatapath(),
 		StatusInterval:    50 * time.Millisecond,
 		CertCheckInterval: 200 * time.Millisecond,
 		SecretsDir:        filepath.Join(c.secrets, fmt.Sprintf("w%d", i)),
+		ConfigsDir:        filepath.Join(c.secrets, fmt.Sprintf("w%d-configs", i)),
 		Logger:            c.logger(fmt.Sprintf("w%d", i)),
 	}
 	cfg.Runtimes = func() ([]worker.Runtime, error) {
@@ -403,6 +409,41 @@ func (c *cluster) stopAll() {
 	}
 	for _, m := range c.managers {
 		c.stopManager(m)
+	}
+	c.checkNoMeshTables()
+}
+
+// meshDatapathEnv chooses the mesh datapath of test clusters: auto (the
+// default: nftables when root with nft) or userspace.
+const meshDatapathEnv = "SHOAL_TEST_MESH_DATAPATH"
+
+func testMeshDatapath() string {
+	if dp := os.Getenv(meshDatapathEnv); dp != "" {
+		return dp
+	}
+	return mesh.DatapathAuto
+}
+
+// checkNoMeshTables fails the test if a stopped node left its nftables
+// table behind, and removes it.
+func (c *cluster) checkNoMeshTables() {
+	var dirs []string
+	for _, m := range c.managers {
+		dirs = append(dirs, m.cfg.DataDir)
+	}
+	for _, w := range c.workers {
+		dirs = append(dirs, w.cfg.DataDir)
+	}
+	for _, dir := range dirs {
+		id, err := datadir.Load(dir)
+		if err != nil || os.Geteuid() != 0 {
+			continue
+		}
+		table := mesh.TableName(id.NodeID)
+		if out, err := exec.Command("nft", "list", "table", "ip", table).CombinedOutput(); err == nil {
+			c.t.Errorf("node %s left its mesh table after it stopped:\n%s", id.NodeID, out)
+			_ = mesh.RemoveTable(context.Background(), table)
+		}
 	}
 }
 

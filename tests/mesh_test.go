@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 // meshNode is one node's view for the mesh tests: its address and mesh.
 type meshNode struct {
 	name string
+	id   string
 	ip   string
 	mesh *mesh.Mesh
 }
@@ -29,11 +31,11 @@ type meshNode struct {
 func (c *cluster) meshNodes() []meshNode {
 	var out []meshNode
 	for i, m := range c.live() {
-		out = append(out, meshNode{name: fmt.Sprintf("m%d", i+1), ip: m.cfg.AdvertiseIP, mesh: m.m.Mesh()})
+		out = append(out, meshNode{name: fmt.Sprintf("m%d", i+1), id: m.m.ID(), ip: m.cfg.AdvertiseIP, mesh: m.m.Mesh()})
 	}
 	for i, w := range c.workers {
 		if w.a != nil {
-			out = append(out, meshNode{name: fmt.Sprintf("w%d", i+1), ip: w.cfg.AdvertiseIP, mesh: w.a.Mesh()})
+			out = append(out, meshNode{name: fmt.Sprintf("w%d", i+1), id: w.a.ID(), ip: w.cfg.AdvertiseIP, mesh: w.a.Mesh()})
 		}
 	}
 	return out
@@ -98,6 +100,55 @@ func (c *cluster) waitBackends(port uint32, want int) {
 	})
 }
 
+// kernelBackends reads where a node's nftables table sends new
+// connections to ip:port: its backend map's elements, in index order
+// ("0 : 127.0.0.1 . 4000"), or ok=false when the node is not on the
+// kernel datapath.
+func kernelBackends(t *testing.T, n meshNode, port uint32) (elems []string, ok bool) {
+	t.Helper()
+	dp := n.mesh.Datapath()
+	if dp.Name != mesh.DatapathKernel {
+		return nil, false
+	}
+	key := strings.NewReplacer(".", "_", ":", "_").Replace(net.JoinHostPort(n.ip, strconv.Itoa(int(port))))
+	out, err := exec.Command("nft", "list", "map", "ip", strings.TrimPrefix(dp.Table, "ip "), "be_"+key).CombinedOutput()
+	if err != nil {
+		return nil, true // no frontend (yet, or no backend)
+	}
+	s := string(out)
+	if i := strings.Index(s, "elements = {"); i >= 0 {
+		s = s[i+len("elements = {"):]
+		s = s[:strings.Index(s, "}")]
+		for _, e := range strings.Split(s, ",") {
+			elems = append(elems, strings.Join(strings.Fields(e), " "))
+		}
+	}
+	return elems, true
+}
+
+// checkKernelTables checks that every node on the kernel datapath sends
+// port to exactly the endpoints its mesh has, one map element each.
+func (c *cluster) checkKernelTables(port uint32) {
+	c.t.Helper()
+	c.eventually(10*time.Second, fmt.Sprintf("the kernel tables routing port %d as the meshes do", port), func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			got, ok := kernelBackends(c.t, n, port)
+			if !ok {
+				continue
+			}
+			var want []string
+			for i, b := range n.mesh.Backends(net.JoinHostPort(n.ip, strconv.Itoa(int(port)))) {
+				host, p, _ := net.SplitHostPort(b)
+				want = append(want, fmt.Sprintf("%d : %s . %s", i, host, p))
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				return false, fmt.Sprintf("%s: table has %v, want %v", n.name, got, want)
+			}
+		}
+		return true, ""
+	})
+}
+
 // endpointOf is the host:port a task serves its target port 80 on.
 func endpointOf(t *pb.Task) string {
 	for _, b := range t.GetStatus().GetPorts() {
@@ -134,6 +185,21 @@ func TestRoutingMesh(t *testing.T) {
 	c.createService(spec)
 	c.waitRunning("web", 6, evenly(2))
 	c.waitBackends(published, 6)
+	c.checkKernelTables(published)
+	// Each node's record says which datapath its mesh uses (node inspect).
+	c.eventually(10*time.Second, "every node's mesh datapath recorded", func() (bool, string) {
+		var why string
+		c.leader().m.Store().View(func(tx *raftstore.Tx) {
+			for _, n := range c.meshNodes() {
+				got, ok := tx.Nodes().Get(n.id)
+				if want := n.mesh.Datapath(); !ok || got.GetDescription().GetMeshDatapath().GetName() != want.Name || got.GetDescription().GetMeshDatapath().GetTable() != want.Table {
+					why = fmt.Sprintf("%s: recorded %v, mesh has %+v", n.name, got.GetDescription().GetMeshDatapath(), want)
+					return
+				}
+			}
+		})
+		return why == "", why
+	})
 
 	// Every node answers on the published port, managers included, and
 	// round robin reaches every replica from each of them.
@@ -151,9 +217,13 @@ func TestRoutingMesh(t *testing.T) {
 		}
 	}
 
-	// Steady load through one worker while replicas come and go: only a
-	// request in flight on a killed replica may fail.
-	var ok, failed atomic.Int64
+	// Steady load through one worker while replicas come and go: on the
+	// user-space datapath only a request in flight on a killed replica may
+	// fail (the proxy tries the next replica when one refuses); on the
+	// kernel datapath, as with IPVS or kube-proxy, connections NATed to the
+	// killed replica fail until it leaves the rotation, and none after.
+	kernel := c.meshNodes()[0].mesh.Datapath().Name == mesh.DatapathKernel
+	var ok, failed, lastFailure atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -168,6 +238,7 @@ func TestRoutingMesh(t *testing.T) {
 			}
 			if _, err := ask(url); err != nil {
 				failed.Add(1)
+				lastFailure.Store(time.Now().UnixNano())
 			} else {
 				ok.Add(1)
 			}
@@ -183,6 +254,7 @@ func TestRoutingMesh(t *testing.T) {
 		}
 	}
 	ep := endpointOf(victim)
+	killed := time.Now()
 	if err := syscall.Kill(int(victim.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
 		t.Fatalf("kill replica: %v", err)
 	}
@@ -190,6 +262,10 @@ func TestRoutingMesh(t *testing.T) {
 		n := c.anyNodeRoutesTo(published, ep)
 		return n == "", n + " still routes to " + ep
 	})
+	removed := time.Now()
+	failedBeforeRemoval := failed.Load()
+	t.Logf("the killed replica left every node's rotation in %s; %d requests failed meanwhile", removed.Sub(killed), failedBeforeRemoval)
+	c.checkKernelTables(published)
 
 	// A replica whose health check fails leaves it too, at once rather
 	// than once stopped (and is replaced).
@@ -226,10 +302,17 @@ func TestRoutingMesh(t *testing.T) {
 	// Scaling adds endpoints everywhere.
 	c.scale("web", 9)
 	c.waitBackends(published, 9)
+	c.checkKernelTables(published)
 	close(stop)
 	wg.Wait()
-	if ok.Load() == 0 || failed.Load() > 1 {
+	switch {
+	case ok.Load() == 0:
+		t.Fatal("under load: no request answered")
+	case !kernel && failed.Load() > 1:
 		t.Fatalf("under load: %d answered, %d failed (at most the one in flight on the killed replica may fail)", ok.Load(), failed.Load())
+	case kernel && failed.Load() > failedBeforeRemoval+1: // one may be in flight as the removal lands
+		t.Fatalf("under load: %d answered, %d failed, %d of them after the killed replica left the rotation (last at %s)", ok.Load(), failed.Load(),
+			failed.Load()-failedBeforeRemoval, time.Unix(0, lastFailure.Load()).Format(time.RFC3339Nano))
 	}
 	t.Logf("under load: %d answered, %d failed", ok.Load(), failed.Load())
 
@@ -405,4 +488,118 @@ func TestMeshTargetPortNeverListened(t *testing.T) {
 			t.Fatalf("%s: the connection hung with no endpoint", n.name)
 		}
 	}
+}
+
+// askFrom makes one request on a new connection from the local address
+// src and returns the response's headers.
+func askFrom(src, url string) (http.Header, error) {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: d.DialContext}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return resp.Header, nil
+}
+
+// With local=true a node sends the connections to a published port only
+// to its own tasks, which on the kernel datapath see the client's own
+// address; a node without such a task refuses them (both datapaths).
+func TestMeshLocalKeepsClientAddress(t *testing.T) {
+	c := newCluster(t)
+	c.addManagers(1)
+	c.addWorkers(2)
+	// The proxy connects to tasks from the node's address: the client's
+	// is kept on the kernel datapath only.
+	kernel := c.meshNodes()[0].mesh.Datapath().Name == mesh.DatapathKernel
+	published := uint32(c.freePort()) + 3
+	spec := helloSpec(t, "web", 4)
+	spec.Endpoint = &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80, PublishedPort: published, Local: true}}}
+	c.createService(spec)
+	c.waitRunning("web", 4, evenly(2))
+	c.eventually(20*time.Second, "each worker routing to its own 2 tasks, the manager to none", func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			want := 2
+			if strings.HasPrefix(n.name, "m") {
+				want = 0
+			}
+			if got := len(n.mesh.Backends(net.JoinHostPort(n.ip, strconv.Itoa(int(published))))); got != want {
+				return false, fmt.Sprintf("%s has %d", n.name, got)
+			}
+		}
+		return true, ""
+	})
+	c.checkKernelTables(published)
+
+	client := c.ip(77) // an address of this host other than any node's
+	for _, w := range c.workers {
+		local := map[string]bool{}
+		for _, tk := range c.serviceTasks("web") {
+			if tk.GetNodeId() == w.a.ID() && tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING {
+				local[endpointOf(tk)] = true
+			}
+		}
+		url := fmt.Sprintf("http://%s:%d/", w.cfg.AdvertiseIP, published)
+		seen := map[string]bool{}
+		for range 8 {
+			h, err := askFrom(client, url)
+			if err != nil {
+				t.Fatalf("via %s: %v", w.cfg.Hostname, err)
+			}
+			if host, _, _ := net.SplitHostPort(h.Get("X-Client-Addr")); kernel && host != client {
+				t.Fatalf("via %s: the task saw the client as %s, want %s", w.cfg.Hostname, h.Get("X-Client-Addr"), client)
+			}
+			at := h.Get("X-Served-At")
+			if !local[at] {
+				t.Fatalf("via %s: served at %s, not by one of its own tasks %v", w.cfg.Hostname, at, local)
+			}
+			seen[at] = true
+		}
+		if len(seen) != len(local) {
+			t.Fatalf("via %s: 8 requests reached %v, want each of its tasks %v", w.cfg.Hostname, seen, local)
+		}
+	}
+	// The manager runs no task of the service: it refuses.
+	if h, err := askFrom(client, fmt.Sprintf("http://%s:%d/", c.managers[0].cfg.AdvertiseIP, published)); err == nil {
+		t.Fatalf("the manager, with no task of its own, served a local=true port (at %s)", h.Get("X-Served-At"))
+	}
+
+	// A worker stops: its table goes. Restarted, it rebuilds the table
+	// from the current endpoints and serves again.
+	w := c.workers[0]
+	table := mesh.TableName(w.a.ID())
+	w.a.Close()
+	w.a = nil
+	if out, err := exec.Command("nft", "list", "table", "ip", table).CombinedOutput(); kernel && err == nil {
+		t.Fatalf("a stopped worker left its table:\n%s", out)
+	}
+	c.restartWorker(w)
+	c.eventually(20*time.Second, "the restarted worker routing to its 2 tasks", func() (bool, string) {
+		got := len(w.a.Mesh().Backends(net.JoinHostPort(w.cfg.AdvertiseIP, strconv.Itoa(int(published)))))
+		return got == 2, fmt.Sprintf("%d", got)
+	})
+	c.checkKernelTables(published)
+	if _, err := askFrom(client, fmt.Sprintf("http://%s:%d/", w.cfg.AdvertiseIP, published)); err != nil {
+		t.Fatalf("via the restarted worker: %v", err)
+	}
+
+	// The service goes: no node's table has a frontend for its port.
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if _, err := c.control(c.leader()).RemoveService(ctx, &pb.RemoveServiceRequest{Ref: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually(20*time.Second, "no table routing the removed service's port", func() (bool, string) {
+		for _, n := range c.meshNodes() {
+			if elems, _ := kernelBackends(t, n, published); len(elems) > 0 {
+				return false, fmt.Sprintf("%s still has %v", n.name, elems)
+			}
+		}
+		return true, ""
+	})
 }

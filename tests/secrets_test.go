@@ -64,6 +64,41 @@ func secretReaderSpec(name, out string, replicas uint64, refs ...*pb.SecretRefer
 	}
 }
 
+// readersRead waits until want tasks of a reader service (secretReaderSpec,
+// configReaderSpec) run and have written what they read to out, checks
+// that each read wantRead, and returns the nodes they run on, which must
+// all differ.
+func (c *cluster) readersRead(name, out string, want int, wantRead string) map[string]bool {
+	c.t.Helper()
+	var running []*pb.Task
+	c.eventually(45*time.Second, fmt.Sprintf("%d %s tasks running with their file read", want, name), func() (bool, string) {
+		running = running[:0]
+		for _, tk := range c.serviceTasks(name) {
+			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
+				if _, err := os.Stat(filepath.Join(out, tk.GetId())); err == nil {
+					running = append(running, tk)
+				}
+			}
+		}
+		return len(running) == want, fmt.Sprintf("%d ready", len(running))
+	})
+	nodes := map[string]bool{}
+	for _, tk := range running {
+		nodes[tk.GetNodeId()] = true
+		got, err := os.ReadFile(filepath.Join(out, tk.GetId()))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if string(got) != wantRead {
+			c.t.Errorf("task %s read %q, want %q", tk.GetId(), got, wantRead)
+		}
+	}
+	if len(nodes) != want {
+		c.t.Fatalf("the %d tasks run on %d nodes, want %d (max 1 per node)", want, len(nodes), want)
+	}
+	return nodes
+}
+
 // filesUnder lists the regular files below dir (none when it is missing).
 func filesUnder(dir string) []string {
 	var out []string
@@ -131,32 +166,7 @@ func TestSecretsReachOnlyTheirNodes(t *testing.T) {
 	}
 
 	c.createService(secretReaderSpec("reader", out, 2, &pb.SecretReference{SecretName: "db-password", Target: "pw"}))
-	var running []*pb.Task
-	c.eventually(45*time.Second, "2 reader tasks running with their secret read", func() (bool, string) {
-		running = running[:0]
-		for _, tk := range c.serviceTasks("reader") {
-			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING && tk.GetDesiredState() == pb.TaskState_TASK_STATE_RUNNING {
-				if _, err := os.Stat(filepath.Join(out, tk.GetId())); err == nil {
-					running = append(running, tk)
-				}
-			}
-		}
-		return len(running) == 2, fmt.Sprintf("%d ready", len(running))
-	})
-	users := map[string]bool{}
-	for _, tk := range running {
-		users[tk.GetNodeId()] = true
-		got, err := os.ReadFile(filepath.Join(out, tk.GetId()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := "400\n" + string(value); string(got) != want {
-			t.Errorf("task %s read %q, want mode 400 and the value", tk.GetId(), got)
-		}
-	}
-	if len(users) != 2 {
-		t.Fatalf("the 2 tasks run on %d nodes, want 2 (max 1 per node)", len(users))
-	}
+	users := c.readersRead("reader", out, 2, "400\n"+string(value))
 
 	// Only the nodes that run a task hold the secret, and only the one
 	// their tasks use; the third node has neither values nor files.

@@ -51,6 +51,9 @@ type Config struct {
 	Labels map[string]string
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
 	GossipFast bool
+	// MeshDatapath is the routing mesh's datapath: mesh.DatapathAuto (the
+	// default: nftables when possible) or mesh.DatapathUserspace.
+	MeshDatapath string
 	// StatusInterval is how often pending task statuses are sent (default 100ms).
 	StatusInterval time.Duration
 	// CertCheckInterval is how often the agent checks whether its
@@ -330,7 +333,7 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	mcfg := mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), Log: a.log}
+	mcfg := mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), NodeID: id.NodeID, Datapath: cfg.MeshDatapath, Log: a.log}
 	if _, ok := a.runtimes["docker"]; ok {
 		mcfg.ContainerResolver = mesh.ContainerResolverIP(id.ClusterID)
 	}
@@ -861,6 +864,15 @@ func (a *Agent) ClusterID() string { return a.id.ClusterID }
 
 // Gossip is this node's gossip member.
 func (a *Agent) Gossip() *gossip.Gossip { return a.gossip }
+
+// MeshDatapathOf is what a node reports of its mesh's datapath.
+func MeshDatapathOf(m *mesh.Mesh) *pb.MeshDatapath {
+	if m == nil {
+		return nil
+	}
+	dp := m.Datapath()
+	return &pb.MeshDatapath{Name: dp.Name, Reason: dp.Reason, Table: dp.Table}
+}
 
 // Mesh is the node's routing mesh and resolver.
 func (a *Agent) Mesh() *mesh.Mesh { return a.mesh }

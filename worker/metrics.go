@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shoal-cluster/shoal/internal/metrics"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -28,7 +29,9 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 }
 
 // Metrics is the worker's Prometheus collector (`--metrics-addr`).
-func (a *Agent) Metrics() prometheus.Collector { return a.metrics }
+func (a *Agent) Metrics() prometheus.Collector {
+	return metrics.Join(a.metrics, a.mesh.Collector())
+}
 
 // Describe implements prometheus.Collector.
 func (m *agentMetrics) Describe(ch chan<- *prometheus.Desc) {

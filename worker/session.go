@@ -225,8 +225,10 @@ func (a *Agent) openSession(race context.Context, addr string, bound time.Durati
 		return nil, "", err
 	}
 	offered := a.offered()
+	desc := describe(&a.cfg, offered)
+	desc.MeshDatapath = MeshDatapathOf(a.mesh)
 	stream, err := pb.NewDispatcherClient(conn).Session(ctx, &pb.SessionRequest{
-		NodeId: a.id.NodeID, Description: describe(&a.cfg, offered),
+		NodeId: a.id.NodeID, Description: desc,
 	})
 	if err != nil {
 		return fail(err)

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ var version = "v1"
 func main() {
 	addr := flag.String("listen", "", "address to listen on (default :$PORT, else :80)")
 	ver := flag.String("version", envOr("HELLO_VERSION", version), "version to report")
+	versionFile := flag.String("version-file", os.Getenv("HELLO_VERSION_FILE"), "read the version to report from this file at each request (a config file given to the task)")
 	unhealthy := flag.Bool("unhealthy", os.Getenv("HELLO_UNHEALTHY") != "", "fail the health check (for update and rollback tests)")
 	healthcheck := flag.String("healthcheck", "", "probe URL and exit 0 if healthy (for a container HEALTHCHECK)")
 	healthyAfter := flag.Duration("healthy-after", envDuration("HELLO_HEALTHY_AFTER"), "fail the health check until this long after start (a slow start)")
@@ -92,8 +94,23 @@ func main() {
 		_, _ = io.Copy(w, resp.Body)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		v := *ver
+		if *versionFile != "" {
+			b, err := os.ReadFile(*versionFile)
+			if err != nil {
+				http.Error(w, fmt.Sprintf("read the version file: %v", err), http.StatusInternalServerError)
+				return
+			}
+			v = strings.TrimSpace(string(b))
+		}
 		w.Header().Set("X-Served-By", name)
-		fmt.Fprintf(w, "hello from %s (%s)\n", name, *ver)
+		// Where the connection came from and arrived: the routing mesh's
+		// tests check that a client's address is kept.
+		w.Header().Set("X-Client-Addr", r.RemoteAddr)
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			w.Header().Set("X-Served-At", a.String())
+		}
+		fmt.Fprintf(w, "hello from %s (%s)\n", name, v)
 	})
 	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

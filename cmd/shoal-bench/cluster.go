@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/clientcreds"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -332,6 +333,11 @@ func (c *cluster) close() {
 		}
 	}
 	stopAll(procs)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	for _, m := range c.members {
+		mesh.RemoveNodeTable(ctx, m.dataDir) // a manager killed during the run left its mesh's nftables table
+	}
+	cancel()
 	for _, m := range c.members {
 		le := countErrors(m.logPath, stopping)
 		if le.other > 0 {

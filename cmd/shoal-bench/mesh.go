@@ -94,6 +94,14 @@ func runMesh(ctx context.Context, e *env) ([]series, error) {
 			p99[i].samples = append(p99[i].samples, r.p99)
 		}
 	}
+	wrkDur := 5 * time.Second
+	if e.opts.quick {
+		wrkDur = 2 * time.Second
+	}
+	wrkRows, err := meshWrkRows(ctx, e, wrkDur)
+	if err != nil {
+		return nil, err
+	}
 	change, err := runEndpointChange(ctx, e)
 	if err != nil {
 		return nil, fmt.Errorf("endpoint change: %w", err)
@@ -102,6 +110,7 @@ func runMesh(ctx context.Context, e *env) ([]series, error) {
 	for i := range names {
 		out = append(out, rps[i], p99[i])
 	}
+	out = append(out, wrkRows...)
 	return append(out, change...), nil
 }
 

@@ -234,6 +234,7 @@ func (w *workerNode) stop() {
 	// resolver address to lo, and leaves it there when it stops.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	mesh.RemoveNodeContainerAddrs(ctx, w.dataDir)
+	mesh.RemoveNodeTable(ctx, w.dataDir) // left when it had to be killed
 	cancel()
 }
 

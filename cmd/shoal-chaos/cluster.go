@@ -25,7 +25,14 @@ const apiPort = 4242
 
 // daemonFlags are the timings every node runs with: fast gossip and
 // heartbeats so that faults are noticed within a round.
-var daemonFlags = []string{"--gossip-fast", "--heartbeat-period", "500ms", "--election-timeout", "300ms"}
+//
+// The routing mesh runs on the user-space proxy: the invariants below
+// (next to no failed request while a worker is cut off) rely on the
+// proxy giving up on a silent backend after its dial timeout and trying
+// the next one; the kernel datapath (nftables) sends a cut-off worker's
+// share of new connections into the void until its probes give up on the
+// worker's tasks (about a second) or the worker is declared Down.
+var daemonFlags = []string{"--gossip-fast", "--heartbeat-period", "500ms", "--election-timeout", "300ms", "--mesh-datapath", "userspace"}
 
 // node is one shoal daemon in its own network namespace.
 type node struct {

@@ -36,7 +36,7 @@ type workload struct {
 	unknown int
 	// docker counts the calls answered through the Docker Engine API.
 	docker int
-	errs    []string // calls refused for a reason the model does not expect
+	errs   []string // calls refused for a reason the model does not expect
 }
 
 func newWorkload(c *cluster, hello string) *workload {

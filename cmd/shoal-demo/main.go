@@ -504,6 +504,10 @@ func (d *demo) shutdown() {
 	if d.dir != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		mesh.RemoveNodeContainerAddrs(ctx, filepath.Join(d.dir, "m1"))
+		// A node killed after the grace period left its mesh's nftables table.
+		for _, p := range d.nodes {
+			mesh.RemoveNodeTable(ctx, filepath.Join(d.dir, p.name))
+		}
 		cancel()
 	}
 	// Task supervisors outlive their workers by design; none should be

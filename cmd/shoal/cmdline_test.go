@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -14,24 +13,18 @@ import (
 // returns its address and the flags of a client config it accepts.
 func fakeCluster(t *testing.T) (string, []string) {
 	t.Helper()
-	fake := &fakeControl{services: map[string]*pb.Service{}}
+	fake := &fakeControl{services: map[string]*pb.Service{}, configs: []string{"app.conf", "nginx.conf"}}
 	for _, name := range []string{"web", "api"} {
 		id := fake.id("s")
 		fake.services[id] = &pb.Service{Id: id, Meta: &pb.Meta{Version: 1}, SpecVersion: 1, Spec: &pb.ServiceSpec{
 			Annotations: &pb.Annotations{Name: name},
-			Task:        &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/" + name}},
-			Mode:        &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}},
+			Task: &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/" + name,
+				Configs: []*pb.ConfigReference{{ConfigName: "app.conf", Target: "/app.conf"}}}},
+			Mode: &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 2}},
 		}}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, tlsFlags := fakeTLSServer(t)
-	pb.RegisterControlServer(srv, fake)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	return l.Addr().String(), tlsFlags
+	host := serveControl(t, fake)
+	return host[1], host[2:]
 }
 
 // TestGlobalFlagsBeforeOrAfter: the global flags work before the command,
@@ -230,6 +223,12 @@ func TestCompletionFakeCluster(t *testing.T) {
 		{[]string{"service", "ps", "--filter", "node="}, []string{"node=w1", "node=w2"}, ":4"},
 		{[]string{"service", "create", "--replicas", ""}, nil, ":4"},
 		{[]string{"cluster", "join-token", ""}, []string{"worker", "manager"}, ":4"},
+		{[]string{"config", "rm", ""}, []string{"app.conf", "nginx.conf"}, ":4"},
+		{[]string{"config", "inspect", "app.conf", "n"}, []string{"nginx.conf"}, ":4"},
+		{[]string{"config", "inspect", "app.conf", ""}, []string{"nginx.conf"}, ":4"},
+		{[]string{"service", "create", "--config", ""}, []string{"app.conf", "nginx.conf"}, ":4"},
+		{[]string{"service", "update", "web", "--config-rm", ""}, []string{"app.conf"}, ":4"},
+		{[]string{"config", "ls", "--format", ""}, []string{"table", "json"}, ":4"},
 	}
 	for _, tt := range tests {
 		got, directive := complete(tt.args...)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/datadir"
+	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/metrics"
 	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -35,6 +36,7 @@ type daemonFlags struct {
 	heartbeat       time.Duration
 	gossipFast      bool
 	leaveOnStop     bool
+	meshDatapath    string
 	metricsAddr     string
 	dockerAPIAddr   string
 
@@ -48,6 +50,7 @@ func (d *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&d.electionTimeout, "election-timeout", raftstore.DefaultTiming().ElectionTimeout, "Raft election and heartbeat timeout (leader lease is half of it)")
 	fs.DurationVar(&d.heartbeat, "heartbeat-period", time.Second, "managers: how often workers must report; three missed periods mark a worker Down")
 	fs.BoolVar(&d.gossipFast, "gossip-fast", false, "gossip with LAN-local timings: dead nodes are noticed in about 2s (loopback and small LANs)")
+	fs.StringVar(&d.meshDatapath, "mesh-datapath", mesh.DatapathAuto, "routing mesh datapath: auto (nftables rules when root with the nft command, else the user-space proxy) or userspace")
 	fs.BoolVar(&d.leaveOnStop, "leave-on-stop", false, "workers: leave the cluster on Ctrl-C or SIGTERM instead of just stopping")
 	fs.StringVar(&d.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `IP:PORT`/metrics (off by default)")
 	fs.StringVar(&d.dockerAPIAddr, "docker-api-addr", "", "managers: serve the Docker Engine API on `IP:PORT` with TLS, for admin client certificates (`shoal cluster client-config --docker DIR`); it is always served on DATA_DIR/docker.sock")
@@ -83,6 +86,12 @@ func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
 			return cfg, usagef("--docker-api-addr %q: give IP:PORT, e.g. 10.0.0.5:2376", d.dockerAPIAddr)
 		}
 		cfg.DockerAPIAddr = d.dockerAPIAddr
+	}
+	switch d.meshDatapath {
+	case mesh.DatapathAuto, mesh.DatapathUserspace:
+		cfg.MeshDatapath = d.meshDatapath
+	default:
+		return cfg, usagef("--mesh-datapath %q: use auto or userspace", d.meshDatapath)
 	}
 	if d.metricsAddr != "" && d.metrics == nil {
 		// Bound before the node starts, so that a port in use changes nothing.
@@ -321,13 +330,14 @@ func resume(ctx context.Context, d *daemonFlags, id *datadir.Identity) error {
 // workerConfig derives a worker's configuration from the daemon flags.
 func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 	wcfg := worker.Config{
-		DataDir:     cfg.DataDir,
-		Hostname:    cfg.Hostname,
-		AdvertiseIP: cfg.AdvertiseIP,
-		APIPort:     cfg.APIPort,
-		ListenIP:    cfg.ListenIP,
-		GossipFast:  d.gossipFast,
-		Logger:      cfg.Logger,
+		DataDir:      cfg.DataDir,
+		Hostname:     cfg.Hostname,
+		AdvertiseIP:  cfg.AdvertiseIP,
+		APIPort:      cfg.APIPort,
+		ListenIP:     cfg.ListenIP,
+		GossipFast:   d.gossipFast,
+		MeshDatapath: cfg.MeshDatapath,
+		Logger:       cfg.Logger,
 	}
 	if wcfg.AdvertiseIP == "" {
 		if id, err := datadir.Load(cfg.DataDir); err == nil && id.Advertise != "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -145,6 +146,30 @@ func TestMetrics(t *testing.T) {
 		s, w, why := running()
 		return s == 5 && w == 5, why
 	})
+	// The mesh: requests to w2's published port go through its user-space
+	// proxy and show in its counters.
+	w2IP, _, _ := net.SplitHostPort(j.metrics["w2"])
+	for range 10 {
+		if code, _, err := j.get("http://" + net.JoinHostPort(w2IP, "8080") + "/"); err != nil || code != http.StatusOK {
+			t.Fatalf("GET through w2's published port: %d, %v", code, err)
+		}
+	}
+	w2, err := scrape(t, j.metrics["w2"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	promtoolCheck(t, "w2", w2)
+	if n := metricValue(t, w2, "shoal_mesh_datapath", map[string]string{"datapath": "userspace"}); n != 1 {
+		t.Errorf("w2 runs its mesh on the user-space proxy, but shoal_mesh_datapath says otherwise:\n%s", w2)
+	}
+	labels := map[string]string{"service": "web", "protocol": "tcp"}
+	if n := metricValue(t, w2, "shoal_mesh_connections_total", labels); n < 10 {
+		t.Errorf("shoal_mesh_connections_total{service=web} on w2 = %v after 10 requests", n)
+	}
+	if n := metricValue(t, w2, "shoal_mesh_sent_bytes_total", labels); n == 0 {
+		t.Errorf("shoal_mesh_sent_bytes_total{service=web} on w2 is 0 after 10 answered requests")
+	}
+
 	m1, _ = scrape(t, j.metrics["m1"])
 	if placed := metricValue(t, m1, "shoal_scheduler_placements_total", nil) - placedBefore; placed < 5 {
 		t.Errorf("placements moved by %v, want at least 5", placed)

@@ -299,8 +299,8 @@ func (j *svcJourney) helloProcesses() map[int]string {
 func startServiceCluster(t *testing.T) *svcJourney { return startServiceClusterWith(t, false) }
 
 // startServiceClusterWith starts the journey's cluster; withMetrics gives
-// every node --metrics-addr (on its own IP, port 9323), listed in
-// j.metrics by hostname.
+// every node --metrics-addr (on its own IP and a free port), listed in
+// j.metrics by hostname, and runs w2's mesh on the user-space proxy.
 func startServiceClusterWith(t *testing.T, withMetrics bool) *svcJourney {
 	base, err := os.MkdirTemp("", "shoal-e2e-svc-")
 	if err != nil {
@@ -351,7 +351,13 @@ func startServiceClusterWith(t *testing.T, withMetrics bool) *svcJourney {
 			return nil
 		}
 		j.metrics[name] = net.JoinHostPort(ip, strconv.Itoa(freePort(t, ip)))
-		return []string{"--metrics-addr", j.metrics[name]}
+		args := []string{"--metrics-addr", j.metrics[name]}
+		if name == "w2" {
+			// One node on the user-space proxy, whose counters the
+			// metrics test reads.
+			args = append(args, "--mesh-datapath", "userspace")
+		}
+		return args
 	}
 	mdir := filepath.Join(base, "m1")
 	j.manager = startDaemon(t, ips[0], port, mdir, append([]string{"init", "--data-dir", mdir, "--advertise", fmt.Sprintf("%s:%d", ips[0], port),

@@ -113,6 +113,7 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 		// resolver address to lo; a killed node leaves it there.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		mesh.RemoveNodeContainerAddrs(ctx, dataDir)
+		mesh.RemoveNodeTable(ctx, dataDir) // and a killed node its mesh's nftables table
 		cancel()
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)

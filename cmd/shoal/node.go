@@ -178,6 +178,14 @@ func printNodePretty(n *pb.Node) {
 	if len(d.GetRuntimes()) > 0 {
 		fmt.Printf("Runtimes:\t\t%s\n", strings.Join(d.GetRuntimes(), ", "))
 	}
+	if dp := d.GetMeshDatapath(); dp != nil {
+		switch {
+		case dp.GetTable() != "":
+			fmt.Printf("Mesh datapath:\t\t%s (nftables table %s: nft list table %s)\n", dp.GetName(), dp.GetTable(), dp.GetTable())
+		default:
+			fmt.Printf("Mesh datapath:\t\t%s (%s)\n", dp.GetName(), dp.GetReason())
+		}
+	}
 	if c := n.GetCertificate(); c != nil {
 		fmt.Printf("TLS certificate:\n Role:\t\t\t%s\n Expires:\t\t%s\n Root CA:\t\t%s\n",
 			roleWord(c.GetRole()), time.Unix(0, c.GetNotAfter()).UTC().Format(time.RFC3339), c.GetRootDigest())

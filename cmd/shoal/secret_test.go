@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,89 +15,7 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
-
-func TestSecretFlagsOnCreate(t *testing.T) {
-	tests := []struct {
-		args []string
-		want []*pb.SecretReference
-	}{
-		{[]string{"--secret", "db"}, []*pb.SecretReference{{SecretName: "db", Target: "db", Mode: 0o400}}},
-		{[]string{"--secret", "db,target=pw,mode=0440"}, []*pb.SecretReference{{SecretName: "db", Target: "pw", Mode: 0o440}}},
-		{[]string{"--secret", "source=db,target=pw", "--secret", "tls.key"}, []*pb.SecretReference{
-			{SecretName: "db", Target: "pw", Mode: 0o400}, {SecretName: "tls.key", Target: "tls.key", Mode: 0o400}}},
-		{[]string{"--secret", "db", "--secret", "db,target=db2"}, []*pb.SecretReference{
-			{SecretName: "db", Target: "db", Mode: 0o400}, {SecretName: "db", Target: "db2", Mode: 0o400}}},
-	}
-	for _, tt := range tests {
-		spec, err := createSpec(append(tt.args, "/bin/app")...)
-		if err != nil {
-			t.Fatalf("create %q: %v", tt.args, err)
-		}
-		want := baseSpec("/bin/app")
-		want.Task.Container.Secrets = tt.want
-		if !proto.Equal(spec, want) {
-			t.Errorf("create %q\n got: %s\nwant: %s", tt.args, text(spec), text(want))
-		}
-	}
-}
-
-func TestSecretFlagErrors(t *testing.T) {
-	tests := []struct {
-		args []string
-		want string
-	}{
-		{[]string{"--secret", ""}, "give the secret's name"},
-		{[]string{"--secret", "bad/name"}, "give the secret's name"},
-		{[]string{"--secret", "db,target=../x"}, `target="../x": use a plain file name`},
-		{[]string{"--secret", "db,target=a/b"}, "use a plain file name"},
-		{[]string{"--secret", "db,mode=999"}, "use an octal permission mode"},
-		{[]string{"--secret", "db,mode=01777"}, "use an octal permission mode"},
-		{[]string{"--secret", "db,uid=0"}, "uid is not supported"},
-		{[]string{"--secret", "db,colour=red"}, `unknown field "colour"`},
-		{[]string{"--secret", "a,target=x", "--secret", "b,target=x"}, `secret a already uses the target "x"`},
-	}
-	for _, tt := range tests {
-		_, err := createSpec(append(tt.args, "/bin/app")...)
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("create %q: %v, want an error with %q", tt.args, err, tt.want)
-		}
-	}
-}
-
-func TestSecretFlagsOnUpdate(t *testing.T) {
-	existing := existingSpec()
-	existing.Task.Container.Secrets = []*pb.SecretReference{
-		{SecretId: "s1", SecretName: "db", Target: "db", Mode: 0o400},
-		{SecretId: "s2", SecretName: "api", Target: "token", Mode: 0o400},
-	}
-	tests := []struct {
-		name string
-		args []string
-		want []*pb.SecretReference
-	}{
-		{"rm by name, add", []string{"--secret-rm", "db", "--secret-add", "db2"}, []*pb.SecretReference{
-			{SecretId: "s2", SecretName: "api", Target: "token", Mode: 0o400}, {SecretName: "db2", Target: "db2", Mode: 0o400}}},
-		{"rm by ID", []string{"--secret-rm", "s2"}, []*pb.SecretReference{{SecretId: "s1", SecretName: "db", Target: "db", Mode: 0o400}}},
-		{"add on a used target replaces", []string{"--secret-add", "api2,target=token"}, []*pb.SecretReference{
-			{SecretId: "s1", SecretName: "db", Target: "db", Mode: 0o400}, {SecretName: "api2", Target: "token", Mode: 0o400}}},
-	}
-	for _, tt := range tests {
-		got, err := updateSpec(existing, tt.args...)
-		if err != nil {
-			t.Fatalf("%s: %v", tt.name, err)
-		}
-		want := proto.Clone(existing).(*pb.ServiceSpec)
-		want.Task.Container.Secrets = tt.want
-		if !proto.Equal(got, want) {
-			t.Errorf("%s\n got: %s\nwant: %s", tt.name, text(got), text(want))
-		}
-	}
-	if _, err := updateSpec(existing, "--secret-rm", "nope"); err == nil || !strings.Contains(err.Error(), "--secret-rm nope: the service uses no such secret") {
-		t.Errorf("--secret-rm of an unknown secret: %v", err)
-	}
-}
 
 // fakeSecrets is a Control server that keeps secrets, as the managers do:
 // the value goes in and never comes out.
@@ -189,16 +106,9 @@ func withStdin(t *testing.T, data []byte, fn func()) {
 
 func TestSecretCommandsFakeServer(t *testing.T) {
 	fake := &fakeSecrets{values: map[string][]byte{}}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, tlsFlags := fakeTLSServer(t)
-	pb.RegisterControlServer(srv, fake)
-	go srv.Serve(l)
-	defer srv.Stop()
+	host := serveControl(t, fake)
 	cmd := func(args ...string) []string {
-		return append(append([]string{"secret", args[0], "--host", l.Addr().String()}, tlsFlags...), args[1:]...)
+		return append(append([]string{"secret", args[0]}, host...), args[1:]...)
 	}
 
 	file := filepath.Join(t.TempDir(), "pw")

@@ -37,6 +37,8 @@ type fakeControl struct {
 	failImage string
 	// stuckImage: tasks of this image stay PENDING.
 	stuckImage string
+	// configs are the names ListConfigs answers.
+	configs []string
 	// beforeUpdate runs at the start of UpdateService (under mu).
 	beforeUpdate func()
 }
@@ -308,15 +310,7 @@ func TestServiceCommandsFakeCluster(t *testing.T) {
 		t.Skip("waits for progress to converge")
 	}
 	fake := &fakeControl{services: map[string]*pb.Service{}, failImage: "/bin/broken", stuckImage: "/bin/huge"}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, tlsFlags := fakeTLSServer(t)
-	pb.RegisterControlServer(srv, fake)
-	go srv.Serve(l)
-	defer srv.Stop()
-	host := append([]string{"--host", l.Addr().String()}, tlsFlags...)
+	host := serveControl(t, fake)
 	// Our flags go first: after IMAGE, create passes everything to the task.
 	svc := func(args ...string) []string {
 		return append(append([]string{"service", args[0]}, host...), args[1:]...)
@@ -477,4 +471,29 @@ func fakeTLSServer(t *testing.T) (*grpc.Server, []string) {
 	}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.Creds(t, pki.RoleManager, "fake-manager").ServerTLS(false, nil, nil))))
 	return srv, []string{"--client-config", config}
+}
+
+// serveControl serves srv (a fake, or the managers' control API on a
+// memory store) as the Control service over mutual TLS until the test
+// ends, and returns the CLI flags that reach it (--host and the admin
+// client config).
+func serveControl(t *testing.T, srv pb.ControlServer) []string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, tlsFlags := fakeTLSServer(t)
+	pb.RegisterControlServer(server, srv)
+	go server.Serve(l)
+	t.Cleanup(server.Stop)
+	return append([]string{"--host", l.Addr().String()}, tlsFlags...)
+}
+
+func (f *fakeControl) ListConfigs(context.Context, *pb.ListConfigsRequest) (*pb.ListConfigsResponse, error) {
+	resp := &pb.ListConfigsResponse{}
+	for _, name := range f.configs {
+		resp.Configs = append(resp.Configs, &pb.Config{Id: "c-" + name, Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: name}}})
+	}
+	return resp, nil
 }

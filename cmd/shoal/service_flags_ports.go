@@ -23,7 +23,7 @@ type portFlags struct {
 }
 
 func (f *portFlags) registerCreate(fs *pflag.FlagSet) {
-	fs.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a `port`: PUBLISHED:TARGET[/udp] or published=P,target=T[,protocol=udp][,mode=host] (repeatable)")
+	fs.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a `port`: PUBLISHED:TARGET[/udp] or published=P,target=T[,protocol=udp][,mode=host][,local=true][,proxy-protocol=true] (repeatable); local: each node sends connections only to its own tasks, which see the client's address; proxy-protocol: the mesh's proxy sends tasks a PROXY v2 header")
 	fs.StringVar(&f.endpointMode, "endpoint-mode", "vip", "how the service is reached: vip or dnsrr")
 }
 
@@ -98,7 +98,7 @@ func endpoint(spec *pb.ServiceSpec) *pb.EndpointSpec {
 }
 
 // parsePublish reads PUBLISHED:TARGET[/PROTOCOL], TARGET[/PROTOCOL], or
-// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host].
+// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host][,local=BOOL][,proxy-protocol=BOOL].
 func parsePublish(flagName, s string) (*pb.PortConfig, error) {
 	bad := func(format string, args ...any) error {
 		return usagef("%s %q: %s", flagName, s, fmt.Sprintf(format, args...))
@@ -140,12 +140,25 @@ func parsePublish(flagName, s string) (*pb.PortConfig, error) {
 				}
 			case "name":
 				p.Name = v
+			case "local", "proxy-protocol":
+				on, err := strconv.ParseBool(v)
+				if err != nil {
+					return nil, bad("%s=%s: use true or false", k, v)
+				}
+				if k == "local" {
+					p.Local = on
+				} else {
+					p.ProxyProtocol = on
+				}
 			default:
-				return nil, bad("unknown field %q: use published, target, protocol and mode", k)
+				return nil, bad("unknown field %q: use published, target, protocol, mode, local and proxy-protocol", k)
 			}
 		}
 		if p.TargetPort == 0 {
 			return nil, bad("give target=PORT, the port the task listens on")
+		}
+		if p.Local && (p.PublishedPort == 0 || p.PublishMode == pb.PublishMode_PUBLISH_MODE_HOST) {
+			return nil, bad("local=true is for ports published on the routing mesh: give published=PORT and no mode=host")
 		}
 		return p, nil
 	}

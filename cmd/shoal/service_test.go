@@ -437,6 +437,8 @@ func TestParsePublish(t *testing.T) {
 		{"target=80,published=8080,protocol=udp,mode=host", &pb.PortConfig{PublishedPort: 8080, TargetPort: 80, Protocol: udp, PublishMode: pb.PublishMode_PUBLISH_MODE_HOST}},
 		{"published=8080,target=80,mode=ingress", &pb.PortConfig{PublishedPort: 8080, TargetPort: 80}},
 		{"target=80,name=http", &pb.PortConfig{TargetPort: 80, Name: "http"}},
+		{"published=8080,target=80,local=true,proxy-protocol=1", &pb.PortConfig{PublishedPort: 8080, TargetPort: 80, Local: true, ProxyProtocol: true}},
+		{"target=80,proxy-protocol=true", &pb.PortConfig{TargetPort: 80, ProxyProtocol: true}},
 	}
 	for _, tt := range good {
 		got, err := parsePublish("--publish", tt.in)
@@ -445,7 +447,8 @@ func TestParsePublish(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "web", ":80", "8080:", "8080:0", "0", "65536:80", "8080:80:90", "1.2.3.4:8080:80", "8080-8090:80",
-		"8080:80/sctp", "8080:80/", "published=8080", "target=0", "target=80,protocol=icmp", "target=80,mode=", "target=80,published", "target=x"} {
+		"8080:80/sctp", "8080:80/", "published=8080", "target=0", "target=80,protocol=icmp", "target=80,mode=", "target=80,published", "target=x",
+		"published=8080,target=80,local=maybe", "target=80,local=true", "published=8080,target=80,mode=host,local=true"} {
 		if got, err := parsePublish("--publish", in); err == nil {
 			t.Errorf("parsePublish(%q) = %v, want an error", in, got)
 		}

@@ -32,7 +32,14 @@ type Config struct {
 	// a backend whose node went silent is given up for the next one after
 	// it, never waited on for the kernel's connect timeout.
 	DialTimeout time.Duration
-	Log         *slog.Logger
+	// NodeID is this node's ID: it names the node's nftables table and
+	// tells local backends (same node) from remote ones.
+	NodeID string
+	// Datapath is DatapathAuto (the default: nftables rules when the node
+	// is root and has the nft command, else the proxy) or
+	// DatapathUserspace (always the proxy).
+	Datapath string
+	Log      *slog.Logger
 }
 
 // DefaultDialTimeout bounds a proxy's dial to one backend: far above a
@@ -59,6 +66,10 @@ type Mesh struct {
 	dns      *resolver
 	ctrDNS   *resolver       // the containers' resolver, if any
 	ctrAddrs map[string]bool // container twin addresses added to lo
+
+	kern  *kernel      // the kernel datapath, nil when the proxy does it all
+	dp    DatapathInfo // which datapath and why
+	probe *prober      // probes the kernel's backends; nil without kernel
 }
 
 // New returns a mesh that listens on nothing until Start and Apply.
@@ -78,7 +89,23 @@ func New(cfg Config) *Mesh {
 		ctrAddrs:  map[string]bool{},
 	}
 	m.tab.Store(&table{})
+	m.kern, m.dp = newKernel(cfg, m.log)
+	if m.kern != nil {
+		m.probe = newProber(cfg.DialTimeout, m.probeChanged)
+	}
+	m.log.Info("mesh datapath", "datapath", m.dp.Name, "reason", m.dp.Reason, "table", m.dp.Table)
 	return m
+}
+
+// Datapath says which datapath the mesh uses and why (the proxy, while
+// the kernel's rules could not be applied).
+func (m *Mesh) Datapath() DatapathInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kern != nil && m.kern.lastErr != nil {
+		return DatapathInfo{Name: DatapathUserspace, Reason: fmt.Sprintf("the nftables rules could not be applied (retried at every change): %v", m.kern.lastErr)}
+	}
+	return m.dp
 }
 
 // Start opens the resolver (when a DNS port is set).
@@ -167,7 +194,8 @@ func (m *Mesh) Errors() []error {
 }
 
 // Backends returns where new connections to addr go: "ip:port" for TCP,
-// "ip:port/udp" for UDP.
+// "ip:port/udp" for UDP. On the kernel datapath the rules may leave out
+// backends its probes found dead or silent.
 func (m *Mesh) Backends(addr string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -182,16 +210,20 @@ func (m *Mesh) Backends(addr string) []string {
 type proxy interface {
 	serviceName() string
 	setBackends([]string)
+	setProxyProtocol(bool)
 	currentBackends() []string
+	stats() ProxyStats
 	close()
 }
 
 // wanted is one address the table says this node must proxy.
 type wanted struct {
-	service   string
-	backends  []string
-	reusePort bool
-	localIP   string // an address to add to lo first (a container twin)
+	service    string
+	backends   []string
+	nodes      map[string]string // backend address -> its node ID
+	reusePort  bool
+	localIP    string // an address to add to lo first (a container twin)
+	proxyProto bool   // send a PROXY protocol v2 header to backends
 }
 
 // proxyKey names a proxied address: "ip:port", with "/udp" for UDP.
@@ -211,9 +243,19 @@ func (m *Mesh) desired() map[string]wanted {
 	for _, s := range *m.tab.Load() {
 		for _, p := range s.GetPorts() {
 			proto := p.GetProtocol()
-			w := wanted{service: s.GetServiceName(), backends: backends(s, p.GetTargetPort(), proto)}
+			w := wanted{service: s.GetServiceName(), proxyProto: p.GetProxyProtocol()}
+			w.backends, w.nodes = backends(s, p.GetTargetPort(), proto, "")
 			if p.GetPublishMode() == pb.PublishMode_PUBLISH_MODE_INGRESS && p.GetPublishedPort() != 0 && m.cfg.IP != "" {
-				out[proxyKey(m.cfg.IP, p.GetPublishedPort(), proto)] = w
+				in := w
+				if p.GetLocal() {
+					// Only this node's tasks (none without a node ID).
+					onNode := m.cfg.NodeID
+					if onNode == "" {
+						onNode = "\x00"
+					}
+					in.backends, in.nodes = backends(s, p.GetTargetPort(), proto, onNode)
+				}
+				out[proxyKey(m.cfg.IP, p.GetPublishedPort(), proto)] = in
 			}
 			if vip := s.GetVirtualAddr(); vip != "" {
 				w.reusePort = true
@@ -277,7 +319,9 @@ func (m *Mesh) reconcile() {
 			m.log.Info("mesh proxying", "addr", addr, "service", w.service, "endpoints", len(w.backends))
 		}
 		l.setBackends(w.backends)
+		l.setProxyProtocol(w.proxyProto)
 	}
+	m.syncKernel(want)
 	// A twin address whose service is gone is removed from the host (every
 	// node of the cluster sees the service go).
 	for ip := range m.ctrAddrs {
@@ -290,8 +334,55 @@ func (m *Mesh) reconcile() {
 			delete(m.ctrAddrs, ip)
 		}
 	}
-	if len(m.errs) > 0 && m.retry == nil {
+	if (len(m.errs) > 0 || (m.kern != nil && m.kern.dirty)) && m.retry == nil {
 		m.retry = time.AfterFunc(retryInterval, m.retryFailed)
+	}
+}
+
+// syncKernel hands the kernel datapath the TCP addresses it forwards:
+// every proxied TCP address whose listener is bound (so a port another
+// program holds is never redirected) and has backends, except container
+// twins (the kernel would have to route containers' packets to loopback)
+// and ports asking for the PROXY protocol (only the proxy can add it).
+// m.mu is held.
+func (m *Mesh) syncKernel(want map[string]wanted) {
+	if m.kern == nil {
+		return
+	}
+	fronts := map[string]kernelFront{}
+	probed := map[string]bool{}
+	for key, w := range want {
+		if _, bound := m.listeners[key]; !bound || strings.HasSuffix(key, "/udp") || w.localIP != "" || w.proxyProto || len(w.backends) == 0 {
+			continue
+		}
+		// Backends the probes found dead or silent are left out, unless
+		// that would leave none.
+		var live []string
+		remote := map[string]bool{}
+		for _, b := range w.backends {
+			probed[b] = true
+			if !m.probe.isDown(b) {
+				live = append(live, b)
+			}
+			remote[b] = w.nodes[b] != m.cfg.NodeID
+		}
+		if len(live) == 0 {
+			live = w.backends
+		}
+		if f, ok := kernelFrontend(key, live, remote); ok {
+			fronts[key] = f
+		}
+	}
+	m.probe.set(probed)
+	_ = m.kern.sync(fronts) // a failure is logged, and retried
+}
+
+// probeChanged reconciles after a probed backend went down or came back.
+func (m *Mesh) probeChanged() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed {
+		m.reconcile()
 	}
 }
 
@@ -373,8 +464,16 @@ func (m *Mesh) Close() error {
 	m.listeners = map[string]proxy{}
 	resolvers := []*resolver{m.dns, m.ctrDNS}
 	m.mu.Unlock()
+	if m.kern != nil {
+		if err := m.kern.remove(context.Background()); err != nil {
+			m.log.Warn("mesh: remove the nftables table", "table", m.kern.table, "err", err)
+		}
+	}
 	for _, l := range ls {
 		l.close()
+	}
+	if m.probe != nil {
+		m.probe.close()
 	}
 	// Container twin addresses stay on lo: another node of the cluster on
 	// this host may serve them, and a restarted node reuses them.

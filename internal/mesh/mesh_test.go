@@ -48,7 +48,7 @@ func startBackends(t *testing.T, n int) []*backend {
 }
 
 func (b *backend) endpoint(target uint32) *pb.TaskEndpoint {
-	return &pb.TaskEndpoint{TaskId: b.name, NodeId: "n1", Ip: "127.0.0.1",
+	return &pb.TaskEndpoint{TaskId: b.name, NodeId: testNode, Ip: "127.0.0.1",
 		Ports: []*pb.PortBinding{{TargetPort: target, HostIp: "127.0.0.1", HostPort: uint32(b.addr.Port)}}}
 }
 
@@ -72,17 +72,40 @@ func service(id, name, vip string, published, target uint32, bes ...*backend) *p
 	return s
 }
 
+// testNode is the node ID of the test meshes and their backends: random,
+// so that test runs sharing a host never share an nftables table.
+var testNode = fmt.Sprintf("n%08x", rand.Uint32())
+
+// newTestMesh is a user-space mesh.
 func newTestMesh(t *testing.T, dns bool) *Mesh {
 	t.Helper()
-	cfg := Config{IP: "127.0.0.1", Log: slog.New(slog.DiscardHandler), DialTimeout: 500 * time.Millisecond}
+	return newTestMeshOn(t, DatapathUserspace, dns)
+}
+
+// newTestMeshOn is a mesh on the given datapath; the test is skipped when
+// the kernel datapath is asked for and cannot run here (not root, no nft).
+func newTestMeshOn(t *testing.T, datapath string, dns bool) *Mesh {
+	t.Helper()
+	cfg := Config{IP: "127.0.0.1", NodeID: testNode, Datapath: datapath, Log: slog.New(slog.DiscardHandler), DialTimeout: 500 * time.Millisecond}
 	if dns {
 		cfg.DNSPort = freeTCPPort(t, "127.0.0.1")
 	}
 	m := New(cfg)
+	if dp := m.Datapath(); datapath == DatapathKernel && dp.Name != DatapathKernel {
+		_ = m.Close()
+		t.Skipf("no kernel datapath here: %s", dp.Reason)
+	}
 	if err := m.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// forEachDatapath runs a test on the user-space and the kernel datapath.
+func forEachDatapath(t *testing.T, test func(t *testing.T, datapath string)) {
+	for _, dp := range []string{DatapathUserspace, DatapathKernel} {
+		t.Run(dp, func(t *testing.T) { test(t, dp) })
+	}
 }
 
 // get asks addr once, on a new connection, and returns the body.
@@ -112,60 +135,64 @@ func spread(t *testing.T, addr string, n int) map[string]int {
 }
 
 func TestIngressBalancesAndFollowsUpdates(t *testing.T) {
-	bes := startBackends(t, 3)
-	m := newTestMesh(t, false)
-	defer m.Close()
-	port := freeTCPPort(t, "127.0.0.1")
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	forEachDatapath(t, func(t *testing.T, datapath string) {
+		bes := startBackends(t, 3)
+		m := newTestMeshOn(t, datapath, false)
+		defer m.Close()
+		port := freeTCPPort(t, "127.0.0.1")
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
-	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
-	counts := spread(t, addr, 30)
-	for _, b := range bes {
-		if counts[b.name] != 10 {
-			t.Fatalf("round robin over 3 tasks: want 10 each, got %v", counts)
+		m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+		counts := spread(t, addr, 30)
+		for _, b := range bes {
+			if counts[b.name] != 10 {
+				t.Fatalf("round robin over 3 tasks: want 10 each, got %v", counts)
+			}
 		}
-	}
 
-	// A task leaves the set (stopped, unhealthy): no new connection reaches it.
-	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[2])}})
-	counts = spread(t, addr, 20)
-	if counts[bes[1].name] != 0 || counts[bes[0].name] == 0 || counts[bes[2].name] == 0 {
-		t.Fatalf("after removing %s: %v", bes[1].name, counts)
-	}
+		// A task leaves the set (stopped, unhealthy): no new connection reaches it.
+		m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[2])}})
+		counts = spread(t, addr, 20)
+		if counts[bes[1].name] != 0 || counts[bes[0].name] == 0 || counts[bes[2].name] == 0 {
+			t.Fatalf("after removing %s: %v", bes[1].name, counts)
+		}
 
-	// Scaling up adds endpoints.
-	more := startBackends(t, 1)
-	more[0].name = "task-new"
-	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[2], more[0])}})
-	if counts = spread(t, addr, 30); counts["task-new"] != 10 {
-		t.Fatalf("after adding an endpoint: %v", counts)
-	}
+		// Scaling up adds endpoints.
+		more := startBackends(t, 1)
+		more[0].name = "task-new"
+		m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0], bes[2], more[0])}})
+		if counts = spread(t, addr, 30); counts["task-new"] != 10 {
+			t.Fatalf("after adding an endpoint: %v", counts)
+		}
 
-	// The service goes: the port closes.
-	m.Apply(&pb.EndpointUpdate{Removed: []string{"s1"}})
-	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		t.Fatal("the port still accepts after the service was removed")
-	}
+		// The service goes: the port closes.
+		m.Apply(&pb.EndpointUpdate{Removed: []string{"s1"}})
+		if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			t.Fatal("the port still accepts after the service was removed")
+		}
+	})
 }
 
 func TestNoEndpointClosesPromptly(t *testing.T) {
-	m := newTestMesh(t, false)
-	defer m.Close()
-	port := freeTCPPort(t, "127.0.0.1")
-	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80)}})
-	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	// A client with nowhere to go sees the connection end, not a hang: the
-	// deadline only bounds the test.
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	n, err := c.Read(make([]byte, 1))
-	var ne net.Error
-	if n != 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
-		t.Fatalf("read with no endpoints: n=%d err=%v, want EOF or reset", n, err)
-	}
+	forEachDatapath(t, func(t *testing.T, datapath string) {
+		m := newTestMeshOn(t, datapath, false)
+		defer m.Close()
+		port := freeTCPPort(t, "127.0.0.1")
+		m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80)}})
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A client with nowhere to go sees the connection end, not a hang: the
+		// deadline only bounds the test.
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		if n != 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+			t.Fatalf("read with no endpoints: n=%d err=%v, want EOF or reset", n, err)
+		}
+	})
 }
 
 func TestDeadEndpointIsSkipped(t *testing.T) {
@@ -182,56 +209,58 @@ func TestDeadEndpointIsSkipped(t *testing.T) {
 }
 
 func TestVirtualIPAndResolver(t *testing.T) {
-	bes := startBackends(t, 2)
-	m := newTestMesh(t, true)
-	defer m.Close()
-	vip := fmt.Sprintf("127.%d.%d.%d", 32+rand.IntN(200), rand.IntN(250), 1+rand.IntN(250))
-	target := freeTCPPort(t, vip)
-	web := service("s1", "web", vip, 0, uint32(target), bes...)
-	web.Tasks[1].Ip = "127.0.0.2"
-	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{web, service("s2", "db", "", 0, 5432)}})
+	forEachDatapath(t, func(t *testing.T, datapath string) {
+		bes := startBackends(t, 2)
+		m := newTestMeshOn(t, datapath, true)
+		defer m.Close()
+		vip := fmt.Sprintf("127.%d.%d.%d", 32+rand.IntN(200), rand.IntN(250), 1+rand.IntN(250))
+		target := freeTCPPort(t, vip)
+		web := service("s1", "web", vip, 0, uint32(target), bes...)
+		web.Tasks[1].Ip = "127.0.0.2"
+		m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{web, service("s2", "db", "", 0, 5432)}})
 
-	counts := spread(t, net.JoinHostPort(vip, strconv.Itoa(target)), 10)
-	if counts[bes[0].name] != 5 || counts[bes[1].name] != 5 {
-		t.Fatalf("virtual IP spread: %v", counts)
-	}
+		counts := spread(t, net.JoinHostPort(vip, strconv.Itoa(target)), 10)
+		if counts[bes[0].name] != 5 || counts[bes[1].name] != 5 {
+			t.Fatalf("virtual IP spread: %v", counts)
+		}
 
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, m.DNSAddr())
-	}}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cases := []struct {
-		name    string
-		want    string
-		notFoud bool
-	}{
-		{name: "web", want: vip},
-		{name: "WEB.", want: vip},
-		{name: "tasks.web", want: "127.0.0.1,127.0.0.2"},
-		{name: "db", want: ""}, // no virtual IP and no task: known, no address
-		{name: "nope", notFoud: true},
-		{name: "tasks.nope", notFoud: true},
-	}
-	for _, tc := range cases {
-		addrs, err := r.LookupHost(ctx, tc.name)
-		var dnsErr *net.DNSError
-		switch {
-		case tc.notFoud:
-			if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
-				t.Errorf("%s: want NXDOMAIN, got %v %v", tc.name, addrs, err)
-			}
-		case tc.want == "":
-			if len(addrs) != 0 {
-				t.Errorf("%s: want no address, got %v", tc.name, addrs)
-			}
-		default:
-			if err != nil || strings.Join(addrs, ",") != tc.want {
-				t.Errorf("%s: got %v %v, want %s", tc.name, addrs, err, tc.want)
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, m.DNSAddr())
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cases := []struct {
+			name    string
+			want    string
+			notFoud bool
+		}{
+			{name: "web", want: vip},
+			{name: "WEB.", want: vip},
+			{name: "tasks.web", want: "127.0.0.1,127.0.0.2"},
+			{name: "db", want: ""}, // no virtual IP and no task: known, no address
+			{name: "nope", notFoud: true},
+			{name: "tasks.nope", notFoud: true},
+		}
+		for _, tc := range cases {
+			addrs, err := r.LookupHost(ctx, tc.name)
+			var dnsErr *net.DNSError
+			switch {
+			case tc.notFoud:
+				if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+					t.Errorf("%s: want NXDOMAIN, got %v %v", tc.name, addrs, err)
+				}
+			case tc.want == "":
+				if len(addrs) != 0 {
+					t.Errorf("%s: want no address, got %v", tc.name, addrs)
+				}
+			default:
+				if err != nil || strings.Join(addrs, ",") != tc.want {
+					t.Errorf("%s: got %v %v, want %s", tc.name, addrs, err, tc.want)
+				}
 			}
 		}
-	}
+	})
 }
 
 func TestPortTakenIsReported(t *testing.T) {

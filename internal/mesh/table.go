@@ -1,8 +1,9 @@
 // Package mesh is the data plane every Shoal node runs: a user-space TCP
 // proxy that makes each published port reachable on the node (the routing
 // mesh), a proxy on each service's virtual IP, and a DNS resolver that
-// answers service names. It is fed endpoint sets by the managers and never
-// reads the store itself.
+// answers service names; as root with nftables, kernel NAT rules forward
+// TCP connections in front of the proxy (kernel.go). It is fed endpoint
+// sets by the managers and never reads the store itself.
 package mesh
 
 import (
@@ -65,10 +66,15 @@ func equalFold(a, b string) bool {
 }
 
 // backends returns the addresses (host:port) where a service's target port
-// is served, one per running, healthy task, in a stable order.
-func backends(s *pb.ServiceEndpoints, target uint32, protocol pb.PortProtocol) []string {
+// is served, one per running, healthy task, in a stable order, and the
+// node each one is on. With onNode set, only that node's tasks count.
+func backends(s *pb.ServiceEndpoints, target uint32, protocol pb.PortProtocol, onNode string) ([]string, map[string]string) {
 	var out []string
+	nodes := map[string]string{}
 	for _, t := range s.GetTasks() {
+		if onNode != "" && t.GetNodeId() != onNode {
+			continue
+		}
 		for _, b := range t.GetPorts() {
 			if b.GetTargetPort() != target || b.GetProtocol() != protocol || b.GetHostPort() == 0 {
 				continue
@@ -80,12 +86,14 @@ func backends(s *pb.ServiceEndpoints, target uint32, protocol pb.PortProtocol) [
 			if ip == "" {
 				continue
 			}
-			out = append(out, net.JoinHostPort(ip, strconv.Itoa(int(b.GetHostPort()))))
+			addr := net.JoinHostPort(ip, strconv.Itoa(int(b.GetHostPort())))
+			out = append(out, addr)
+			nodes[addr] = t.GetNodeId()
 			break
 		}
 	}
 	sort.Strings(out)
-	return out
+	return out, nodes
 }
 
 // taskIPs are the distinct addresses of a service's tasks, for the

@@ -37,6 +37,8 @@ type udpProxy struct {
 	capped bool                // udpMaxFlows was reached (and logged)
 	wg     sync.WaitGroup
 	done   chan struct{}
+
+	counters proxyCounters
 }
 
 type udpFlow struct {
@@ -66,9 +68,14 @@ func newUDPProxy(conn *net.UDPConn, key, service string, log *slog.Logger) *udpP
 
 func (p *udpProxy) serviceName() string { return p.service }
 
+func (p *udpProxy) stats() ProxyStats { return p.counters.snapshot(p.service, p.key, "udp") }
+
 // setBackends replaces the addresses new flows go to and ends every flow
 // on a backend that left the set: the client's next datagram starts a flow
 // on a live one.
+// setProxyProtocol is a no-op: the PROXY protocol header is for TCP.
+func (p *udpProxy) setProxyProtocol(bool) {}
+
 func (p *udpProxy) setBackends(addrs []string) {
 	cp := append([]string(nil), addrs...)
 	live := make(map[string]bool, len(cp))
@@ -106,7 +113,9 @@ func (p *udpProxy) serve() {
 			continue
 		}
 		f.last.Store(time.Now().UnixNano())
-		_, _ = f.upstream.Write(buf[:n])
+		if _, err := f.upstream.Write(buf[:n]); err == nil {
+			p.counters.bytesIn.Add(uint64(n))
+		}
 	}
 }
 
@@ -136,9 +145,11 @@ func (p *udpProxy) flow(client *net.UDPAddr) *udpFlow {
 	}
 	up, err := net.DialUDP("udp4", nil, raddr)
 	if err != nil {
+		p.counters.failures.Add(1)
 		p.log.Debug("mesh udp dial", "service", p.service, "endpoint", addr, "err", err)
 		return nil
 	}
+	p.counters.conns.Add(1)
 	f := &udpFlow{backend: addr, upstream: up}
 	f.last.Store(time.Now().UnixNano())
 	p.flows[key] = f
@@ -182,7 +193,9 @@ func (p *udpProxy) replies(client *net.UDPAddr, f *udpFlow) {
 		// idle.
 		if rerr == nil {
 			f.last.Store(time.Now().UnixNano())
-			_, _ = p.conn.WriteToUDP((*buf)[:n], client)
+			if _, err := p.conn.WriteToUDP((*buf)[:n], client); err == nil {
+				p.counters.bytesOut.Add(uint64(n))
+			}
 		}
 		udpBufs.Put(buf)
 	}

@@ -92,3 +92,22 @@ func (n *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		c.Collect(ch)
 	}
 }
+
+// Join reports several collectors as one (a node's own and its mesh's).
+func Join(cs ...prometheus.Collector) prometheus.Collector { return joined(cs) }
+
+type joined []prometheus.Collector
+
+// Describe implements prometheus.Collector.
+func (j joined) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range j {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (j joined) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range j {
+		c.Collect(ch)
+	}
+}

@@ -1,6 +1,8 @@
 package controlapi
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,10 +16,20 @@ import (
 
 // FuzzCreateServiceSpec feeds arbitrary CreateServiceRequest bytes (what a
 // client sends) through the handler's decoding, defaults and validation
-// against a real store: no panic, and a refusal is one InvalidArgument or
-// AlreadyExists status that says what to fix.
+// against a real store: no panic, and a refusal is one InvalidArgument,
+// AlreadyExists or NotFound (a secret or config that does not exist)
+// status that says what to fix.
 func FuzzCreateServiceSpec(f *testing.F) {
 	store := storetest.OpenLeader(f)
+	// A secret and a config for references to find.
+	if _, err := store.Update(context.Background(), func(tx *raftstore.Tx) error {
+		if err := tx.Secrets().Create(&pb.Secret{Id: "s1", Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "pw"}}}); err != nil {
+			return err
+		}
+		return tx.Configs().Create(&pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}, Data: []byte("x")}})
+	}); err != nil {
+		f.Fatal(err)
+	}
 	for _, spec := range []*pb.ServiceSpec{
 		{},
 		{Annotations: &pb.Annotations{Name: "web"}, Task: &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/app", Env: []string{"A=1"}}}},
@@ -29,6 +41,9 @@ func FuzzCreateServiceSpec(f *testing.F) {
 		{Mode: &pb.ServiceSpec_Global{Global: &pb.GlobalService{}}, Task: &pb.TaskSpec{Container: &pb.ContainerSpec{Command: []string{"/bin/sh"},
 			Healthcheck: &pb.HealthCheck{HttpGet: "/", TcpSocket: 80, Interval: -1}}}},
 		{Update: &pb.UpdateConfig{MaxFailureRatio: 2, Delay: int64(time.Second)}},
+		{Annotations: &pb.Annotations{Name: "files"}, Task: &pb.TaskSpec{Runtime: "process", Container: &pb.ContainerSpec{Image: "/bin/app",
+			Secrets: []*pb.SecretReference{{SecretName: "pw"}},
+			Configs: []*pb.ConfigReference{{ConfigName: "app.conf", Target: "/etc/app.conf", Mode: 0o444, Uid: "1000"}, {ConfigId: "x", Target: "/run/secrets/pw"}}}}},
 	} {
 		data, err := proto.Marshal(&pb.CreateServiceRequest{Spec: spec})
 		if err != nil {
@@ -49,8 +64,8 @@ func FuzzCreateServiceSpec(f *testing.F) {
 			return
 		}
 		st, ok := status.FromError(err)
-		if !ok || (st.Code() != codes.InvalidArgument && st.Code() != codes.AlreadyExists) || st.Message() == "" {
-			t.Fatalf("validation refused with %v: want one InvalidArgument or AlreadyExists status", err)
+		if !ok || (st.Code() != codes.InvalidArgument && st.Code() != codes.AlreadyExists && st.Code() != codes.NotFound) || st.Message() == "" || strings.Contains(st.Message(), "\n") {
+			t.Fatalf("validation refused with %v: want one InvalidArgument, AlreadyExists or NotFound status on one line", err)
 		}
 	})
 }

@@ -121,8 +121,10 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		Secrets:         secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 		Configs:         configs.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 	}
-	if err := stream.Send(first); err != nil {
-		return err
+	for _, m := range splitValues(first, maxValueBytes) {
+		if err := stream.Send(m); err != nil {
+			return err
+		}
 	}
 	for {
 		var ev raftstore.Event
@@ -200,8 +202,10 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {
 			msg.Assignments = inc
 		}
-		if err := stream.Send(msg); err != nil {
-			return err
+		for _, m := range splitValues(msg, maxValueBytes) {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
 		}
 	}
 }

@@ -162,3 +162,41 @@ func (s *valueTracker[T]) changes(kind pb.AssignmentsType) *pb.SecretAssignments
 	}
 	return out
 }
+
+// maxValueBytes bounds the secret and config bytes one session message
+// carries, well under the 16 MiB a worker accepts in one message: a node
+// whose tasks use more gets them in messages of their own that follow.
+const maxValueBytes = 8 << 20
+
+// splitValues returns msg with at most budget bytes of secret and config
+// values (at least one value, whatever its size), followed by as many
+// messages as the rest needs, each an incremental update the worker adds
+// to what it holds. msg keeps the update's type and its removals.
+func splitValues(msg *pb.SessionMessage, budget int) []*pb.SessionMessage {
+	out := []*pb.SessionMessage{msg}
+	cur, used := msg, 0
+	for _, field := range []func(*pb.SessionMessage) **pb.SecretAssignments{
+		func(m *pb.SessionMessage) **pb.SecretAssignments { return &m.Secrets },
+		func(m *pb.SessionMessage) **pb.SecretAssignments { return &m.Configs },
+	} {
+		sa := *field(msg)
+		if sa == nil {
+			continue
+		}
+		values := sa.Updated
+		sa.Updated = nil
+		for _, v := range values {
+			if n := len(v.GetData()); used > 0 && used+n > budget {
+				cur, used = &pb.SessionMessage{SessionId: msg.GetSessionId()}, 0
+				out = append(out, cur)
+			}
+			used += len(v.GetData())
+			dst := field(cur)
+			if *dst == nil {
+				*dst = &pb.SecretAssignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL}
+			}
+			(*dst).Updated = append((*dst).Updated, v)
+		}
+	}
+	return out
+}

@@ -91,3 +91,51 @@ func TestConfigTrackerSendsOnlyWhatTheNodeRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitValues: values over the budget go in incremental messages that
+// follow; the first keeps the type (a complete set still clears what the
+// worker held), the removals and everything else; nothing is lost or sent
+// twice, and a value larger than the budget still goes, alone.
+func TestSplitValues(t *testing.T) {
+	val := func(id string, n int) *pb.SecretValue { return &pb.SecretValue{Id: id, Data: make([]byte, n)} }
+	complete := pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE
+	for _, c := range []struct {
+		name    string
+		secrets []*pb.SecretValue
+		configs []*pb.SecretValue
+		want    [][]string // IDs per message, secrets then configs
+	}{
+		{"fits", []*pb.SecretValue{val("s1", 3)}, []*pb.SecretValue{val("c1", 4)}, [][]string{{"s1", "c1"}}},
+		{"configs overflow", []*pb.SecretValue{val("s1", 6)}, []*pb.SecretValue{val("c1", 4), val("c2", 10), val("c3", 1)}, [][]string{{"s1", "c1"}, {"c2"}, {"c3"}}},
+		{"one too large", nil, []*pb.SecretValue{val("c1", 25), val("c2", 2)}, [][]string{{"c1"}, {"c2"}}},
+		{"only configs, none", nil, nil, [][]string{{}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			msg := &pb.SessionMessage{SessionId: "s", Node: &pb.Node{Id: "n1"},
+				Secrets: &pb.SecretAssignments{Type: complete, Updated: c.secrets, Removed: []string{"old"}},
+				Configs: &pb.SecretAssignments{Type: complete, Updated: c.configs}}
+			out := splitValues(msg, 10)
+			if len(out) != len(c.want) || out[0] != msg || out[0].GetNode().GetId() != "n1" ||
+				out[0].GetSecrets().GetType() != complete || out[0].GetConfigs().GetType() != complete || !slices.Equal(out[0].GetSecrets().GetRemoved(), []string{"old"}) {
+				t.Fatalf("split into %d messages, first %v; want %d, the first keeping the node, types and removals", len(out), out[0], len(c.want))
+			}
+			for i, m := range out {
+				var ids []string
+				for _, sa := range []*pb.SecretAssignments{m.GetSecrets(), m.GetConfigs()} {
+					if i > 0 && sa != nil && (sa.GetType() != pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL || len(sa.GetRemoved()) > 0) {
+						t.Errorf("message %d: %v, want an incremental update without removals", i, sa)
+					}
+					for _, v := range sa.GetUpdated() {
+						ids = append(ids, v.GetId())
+					}
+				}
+				if i > 0 && (m.GetSessionId() != "s" || m.GetNode() != nil) {
+					t.Errorf("message %d: %v, want the session ID and values only", i, m)
+				}
+				if !slices.Equal(ids, c.want[i]) && !(len(ids) == 0 && len(c.want[i]) == 0) {
+					t.Errorf("message %d carries %v, want %v", i, ids, c.want[i])
+				}
+			}
+		})
+	}
+}

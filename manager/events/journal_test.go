@@ -66,6 +66,21 @@ func (f *journalFixture) held(t *testing.T, n int) {
 	})
 }
 
+// heldUpTo waits until the journal's newest event is about name.
+func (f *journalFixture) heldUpTo(t *testing.T, name string) {
+	t.Helper()
+	poll.Until(t, 5*time.Second, "the event about "+name, func() (bool, string) {
+		f.j.mu.Lock()
+		defer f.j.mu.Unlock()
+		n := len(f.j.events)
+		if n == 0 {
+			return false, "none held"
+		}
+		last := f.j.events[n-1].GetName()
+		return last == name, "newest: " + last
+	})
+}
+
 // collector streams into a slice from a goroutine.
 type collector struct {
 	mu     sync.Mutex
@@ -194,8 +209,10 @@ func TestStreamRefusesTrimmedPosition(t *testing.T) {
 	for _, n := range []string{"a", "b", "c", "d", "e"} {
 		f.secret(t, n)
 	}
-	f.held(t, 3)
-	err := f.j.Stream(context.Background(), &pb.EventsRequest{SinceIndex: 1}, func(*pb.ClusterEvent) error { return nil })
+	f.heldUpTo(t, "e")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := f.j.Stream(ctx, &pb.EventsRequest{SinceIndex: 1}, func(*pb.ClusterEvent) error { return nil })
 	if status.Code(err) != codes.OutOfRange {
 		t.Fatalf("resume from a trimmed index: %v, want OutOfRange", err)
 	}

@@ -35,19 +35,9 @@ func Translate(ev raftstore.Event) []*pb.ClusterEvent {
 	case *pb.Node:
 		translateNode(ev, o, add)
 	case *pb.Secret:
-		switch ev.Kind {
-		case raftstore.EventCreate:
-			add("secret", "create", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
-		case raftstore.EventDelete:
-			add("secret", "remove", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
-		}
+		translateBlob(ev, "secret", o.GetId(), o.GetSpec().GetAnnotations().GetName(), add)
 	case *pb.Config:
-		switch ev.Kind {
-		case raftstore.EventCreate:
-			add("config", "create", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
-		case raftstore.EventDelete:
-			add("config", "remove", o.GetId(), o.GetSpec().GetAnnotations().GetName(), nil)
-		}
+		translateBlob(ev, "config", o.GetId(), o.GetSpec().GetAnnotations().GetName(), add)
 	case *pb.Cluster:
 		old, _ := any(ev.Old).(*pb.Cluster)
 		if o.GetLeader() != "" && (old.GetLeader() != o.GetLeader() || old.GetLeaderTerm() != o.GetLeaderTerm()) {
@@ -58,6 +48,17 @@ func Translate(ev raftstore.Event) []*pb.ClusterEvent {
 }
 
 type addFunc func(typ, action, id, name string, attrs map[string]string)
+
+// translateBlob gives a secret's or config's events: created and removed
+// (they cannot change).
+func translateBlob(ev raftstore.Event, typ, id, name string, add addFunc) {
+	switch ev.Kind {
+	case raftstore.EventCreate:
+		add(typ, "create", id, name, nil)
+	case raftstore.EventDelete:
+		add(typ, "remove", id, name, nil)
+	}
+}
 
 func translateService(ev raftstore.Event, s *pb.Service, add addFunc) {
 	name := s.GetSpec().GetAnnotations().GetName()

@@ -87,6 +87,11 @@ func TestTranslate(t *testing.T) {
 			[]brief{{"config", "remove", "c1", "nginx.conf", nil}}},
 		{"secret created", create, nil, &pb.Secret{Id: "x1", Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "db"}}},
 			[]brief{{"secret", "create", "x1", "db", nil}}},
+		{"config created", create, nil, &pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}}},
+			[]brief{{"config", "create", "c1", "app.conf", nil}}},
+		{"config removed", del, &pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}}},
+			&pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}}},
+			[]brief{{"config", "remove", "c1", "app.conf", nil}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
