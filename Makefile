@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps bench-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build screenshots test test-deps bench-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -18,7 +18,8 @@ build:
 # detector, short fuzz runs and a short seeded chaos pass (needs root).
 test: test-go fuzz-short chaos-short
 
-# The Debian packages the tests use (promtool, ...), installed when missing.
+# The Debian packages the tests use (promtool, chromium for the dashboard's
+# browser test, ...), installed when missing.
 test-deps:
 	bash scripts/test-deps.sh
 
@@ -35,6 +36,11 @@ test-go: test-deps
 # the bench notes that they were skipped).
 bench-deps:
 	@[ "$$(id -u)" != 0 ] || command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# The dashboard's browser test alone; it rewrites the screenshots in
+# docs/images that the README shows.
+screenshots: test-deps
+	SHOAL_SCREENSHOT_DIR=$(CURDIR)/docs/images $(GO) test -count=1 -run TestDashboardBrowser -v ./cmd/shoal
 
 test-short:
 	$(GO) test -count=1 -short ./...
@@ -94,9 +100,11 @@ demo: build
 	$(GO) run ./cmd/shoal-demo -bin $(BIN)
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
-# the local Docker Engine (FROM scratch, no registry).
+# the local Docker Engine (FROM scratch), then pushed to the local registry
+# at REGISTRY (default 127.0.0.1:5000) when one runs (scripts/registry.sh).
 images:
 	GO=$(GO) scripts/images.sh
+	scripts/push-images.sh
 
 clean:
 	rm -rf $(BIN)

@@ -24,9 +24,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ResolveImage says when the managers pin a service's image tag to the
+// digest the registry has for it (`--resolve-image`, as Docker's).
+type ResolveImage int32
+
+const (
+	// Always: on create, and on every update of an image without a digest.
+	ResolveImage_RESOLVE_IMAGE_ALWAYS ResolveImage = 0
+	// Changed: on create, and on an update that changes the image.
+	ResolveImage_RESOLVE_IMAGE_CHANGED ResolveImage = 1
+	// Never: the image is stored as given.
+	ResolveImage_RESOLVE_IMAGE_NEVER ResolveImage = 2
+)
+
+// Enum value maps for ResolveImage.
+var (
+	ResolveImage_name = map[int32]string{
+		0: "RESOLVE_IMAGE_ALWAYS",
+		1: "RESOLVE_IMAGE_CHANGED",
+		2: "RESOLVE_IMAGE_NEVER",
+	}
+	ResolveImage_value = map[string]int32{
+		"RESOLVE_IMAGE_ALWAYS":  0,
+		"RESOLVE_IMAGE_CHANGED": 1,
+		"RESOLVE_IMAGE_NEVER":   2,
+	}
+)
+
+func (x ResolveImage) Enum() *ResolveImage {
+	p := new(ResolveImage)
+	*p = x
+	return p
+}
+
+func (x ResolveImage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResolveImage) Descriptor() protoreflect.EnumDescriptor {
+	return file_control_proto_enumTypes[0].Descriptor()
+}
+
+func (ResolveImage) Type() protoreflect.EnumType {
+	return &file_control_proto_enumTypes[0]
+}
+
+func (x ResolveImage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResolveImage.Descriptor instead.
+func (ResolveImage) EnumDescriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
 type CreateServiceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Spec         *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	ResolveImage ResolveImage           `protobuf:"varint,130,opt,name=resolve_image,json=resolveImage,proto3,enum=shoal.v1.ResolveImage" json:"resolve_image,omitempty"`
+	// registry_auth are the caller's credentials for the image's registry
+	// (`--with-registry-auth`): sealed by the managers, never returned.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,131,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -68,9 +126,26 @@ func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
 	return nil
 }
 
+func (x *CreateServiceRequest) GetResolveImage() ResolveImage {
+	if x != nil {
+		return x.ResolveImage
+	}
+	return ResolveImage_RESOLVE_IMAGE_ALWAYS
+}
+
+func (x *CreateServiceRequest) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
 type CreateServiceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// warnings are what the caller should know (the image could not be
+	// pinned to a digest, say).
+	Warnings      []string `protobuf:"bytes,130,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -108,6 +183,13 @@ func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
 func (x *CreateServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *CreateServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -367,7 +449,10 @@ type UpdateServiceRequest struct {
 	Version uint64       `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	Spec    *ServiceSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// rollback returns the service to its previous spec (spec is ignored).
-	Rollback      bool `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	Rollback     bool         `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	ResolveImage ResolveImage `protobuf:"varint,130,opt,name=resolve_image,json=resolveImage,proto3,enum=shoal.v1.ResolveImage" json:"resolve_image,omitempty"`
+	// registry_auth replaces the service's registry credentials.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,131,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -430,9 +515,24 @@ func (x *UpdateServiceRequest) GetRollback() bool {
 	return false
 }
 
+func (x *UpdateServiceRequest) GetResolveImage() ResolveImage {
+	if x != nil {
+		return x.ResolveImage
+	}
+	return ResolveImage_RESOLVE_IMAGE_ALWAYS
+}
+
+func (x *UpdateServiceRequest) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
 type UpdateServiceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Warnings      []string               `protobuf:"bytes,130,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +570,13 @@ func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
 func (x *UpdateServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *UpdateServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -3409,11 +3516,14 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"A\n" +
+	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"\xbd\x01\n" +
 	"\x14CreateServiceRequest\x12)\n" +
-	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\"D\n" +
+	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12<\n" +
+	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
+	"\rregistry_auth\x18\x83\x01 \x01(\v2\x16.shoal.v1.RegistryAuthR\fregistryAuth\"a\n" +
 	"\x15CreateServiceResponse\x12+\n" +
-	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\"%\n" +
+	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\x12\x1b\n" +
+	"\bwarnings\x18\x82\x01 \x03(\tR\bwarnings\"%\n" +
 	"\x11GetServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"A\n" +
 	"\x12GetServiceResponse\x12+\n" +
@@ -3427,14 +3537,17 @@ const file_control_proto_rawDesc = "" +
 	"\tcompleted\x18\x04 \x01(\x04R\tcompleted\"z\n" +
 	"\x14ListServicesResponse\x12-\n" +
 	"\bservices\x18\x01 \x03(\v2\x11.shoal.v1.ServiceR\bservices\x123\n" +
-	"\x06counts\x18\x02 \x03(\v2\x1b.shoal.v1.ServiceTaskCountsR\x06counts\"\x89\x01\n" +
+	"\x06counts\x18\x02 \x03(\v2\x1b.shoal.v1.ServiceTaskCountsR\x06counts\"\x85\x02\n" +
 	"\x14UpdateServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12)\n" +
 	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12\x1a\n" +
-	"\brollback\x18\x04 \x01(\bR\brollback\"D\n" +
+	"\brollback\x18\x04 \x01(\bR\brollback\x12<\n" +
+	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
+	"\rregistry_auth\x18\x83\x01 \x01(\v2\x16.shoal.v1.RegistryAuthR\fregistryAuth\"a\n" +
 	"\x15UpdateServiceResponse\x12+\n" +
-	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\"(\n" +
+	"\aservice\x18\x01 \x01(\v2\x11.shoal.v1.ServiceR\aservice\x12\x1b\n" +
+	"\bwarnings\x18\x82\x01 \x03(\tR\bwarnings\"(\n" +
 	"\x14RemoveServiceRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x17\n" +
 	"\x15RemoveServiceResponse\"q\n" +
@@ -3613,7 +3726,11 @@ const file_control_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\x89\x0f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\\\n" +
+	"\fResolveImage\x12\x18\n" +
+	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
+	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x89\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3669,190 +3786,197 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
+var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_control_proto_goTypes = []any{
-	(*CreateServiceRequest)(nil),           // 0: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),          // 1: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),              // 2: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 3: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 4: shoal.v1.ListServicesRequest
-	(*ServiceTaskCounts)(nil),              // 5: shoal.v1.ServiceTaskCounts
-	(*ListServicesResponse)(nil),           // 6: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),           // 7: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),          // 8: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),           // 9: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),          // 10: shoal.v1.RemoveServiceResponse
-	(*ListTasksRequest)(nil),               // 11: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),              // 12: shoal.v1.ListTasksResponse
-	(*ServiceLogsRequest)(nil),             // 13: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                        // 14: shoal.v1.LogLine
-	(*TaskLogsRequest)(nil),                // 15: shoal.v1.TaskLogsRequest
-	(*LogChunk)(nil),                       // 16: shoal.v1.LogChunk
-	(*ListNodesRequest)(nil),               // 17: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 18: shoal.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),                 // 19: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),                // 20: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),              // 21: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),             // 22: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),              // 23: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),             // 24: shoal.v1.RemoveNodeResponse
-	(*GetClusterRequest)(nil),              // 25: shoal.v1.GetClusterRequest
-	(*ManagerRaftStatus)(nil),              // 26: shoal.v1.ManagerRaftStatus
-	(*GetClusterResponse)(nil),             // 27: shoal.v1.GetClusterResponse
-	(*RotateJoinTokenRequest)(nil),         // 28: shoal.v1.RotateJoinTokenRequest
-	(*RotateJoinTokenResponse)(nil),        // 29: shoal.v1.RotateJoinTokenResponse
-	(*CheckTokenRequest)(nil),              // 30: shoal.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),             // 31: shoal.v1.CheckTokenResponse
-	(*JoinRequest)(nil),                    // 32: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),                   // 33: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),                   // 34: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),                  // 35: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),              // 36: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),             // 37: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),            // 38: shoal.v1.CheckMemberResponse
-	(*IssueClientCertificateRequest)(nil),  // 39: shoal.v1.IssueClientCertificateRequest
-	(*IssueClientCertificateResponse)(nil), // 40: shoal.v1.IssueClientCertificateResponse
-	(*RotateRootCARequest)(nil),            // 41: shoal.v1.RotateRootCARequest
-	(*RotateRootCAResponse)(nil),           // 42: shoal.v1.RotateRootCAResponse
-	(*RotateGossipKeyRequest)(nil),         // 43: shoal.v1.RotateGossipKeyRequest
-	(*RotateGossipKeyResponse)(nil),        // 44: shoal.v1.RotateGossipKeyResponse
-	(*RenewCertificateRequest)(nil),        // 45: shoal.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 46: shoal.v1.RenewCertificateResponse
-	(*CreateSecretRequest)(nil),            // 47: shoal.v1.CreateSecretRequest
-	(*CreateSecretResponse)(nil),           // 48: shoal.v1.CreateSecretResponse
-	(*GetSecretRequest)(nil),               // 49: shoal.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),              // 50: shoal.v1.GetSecretResponse
-	(*ListSecretsRequest)(nil),             // 51: shoal.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),            // 52: shoal.v1.ListSecretsResponse
-	(*RemoveSecretRequest)(nil),            // 53: shoal.v1.RemoveSecretRequest
-	(*RemoveSecretResponse)(nil),           // 54: shoal.v1.RemoveSecretResponse
-	(*CreateConfigRequest)(nil),            // 55: shoal.v1.CreateConfigRequest
-	(*CreateConfigResponse)(nil),           // 56: shoal.v1.CreateConfigResponse
-	(*GetConfigRequest)(nil),               // 57: shoal.v1.GetConfigRequest
-	(*GetConfigResponse)(nil),              // 58: shoal.v1.GetConfigResponse
-	(*ListConfigsRequest)(nil),             // 59: shoal.v1.ListConfigsRequest
-	(*ListConfigsResponse)(nil),            // 60: shoal.v1.ListConfigsResponse
-	(*RemoveConfigRequest)(nil),            // 61: shoal.v1.RemoveConfigRequest
-	(*RemoveConfigResponse)(nil),           // 62: shoal.v1.RemoveConfigResponse
-	(*EventsRequest)(nil),                  // 63: shoal.v1.EventsRequest
-	(*ClusterEvent)(nil),                   // 64: shoal.v1.ClusterEvent
-	nil,                                    // 65: shoal.v1.ClusterEvent.AttributesEntry
-	(*ServiceSpec)(nil),                    // 66: shoal.v1.ServiceSpec
-	(*Service)(nil),                        // 67: shoal.v1.Service
-	(*Task)(nil),                           // 68: shoal.v1.Task
-	(NodeRole)(0),                          // 69: shoal.v1.NodeRole
-	(*Node)(nil),                           // 70: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 71: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 72: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 73: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 74: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 75: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 76: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 77: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 78: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 79: shoal.v1.Config
+	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
+	(*CreateServiceRequest)(nil),           // 1: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),          // 2: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),              // 3: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 4: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 5: shoal.v1.ListServicesRequest
+	(*ServiceTaskCounts)(nil),              // 6: shoal.v1.ServiceTaskCounts
+	(*ListServicesResponse)(nil),           // 7: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),           // 8: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),          // 9: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),           // 10: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),          // 11: shoal.v1.RemoveServiceResponse
+	(*ListTasksRequest)(nil),               // 12: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),              // 13: shoal.v1.ListTasksResponse
+	(*ServiceLogsRequest)(nil),             // 14: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                        // 15: shoal.v1.LogLine
+	(*TaskLogsRequest)(nil),                // 16: shoal.v1.TaskLogsRequest
+	(*LogChunk)(nil),                       // 17: shoal.v1.LogChunk
+	(*ListNodesRequest)(nil),               // 18: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 19: shoal.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),                 // 20: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),                // 21: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),              // 22: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),             // 23: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),              // 24: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),             // 25: shoal.v1.RemoveNodeResponse
+	(*GetClusterRequest)(nil),              // 26: shoal.v1.GetClusterRequest
+	(*ManagerRaftStatus)(nil),              // 27: shoal.v1.ManagerRaftStatus
+	(*GetClusterResponse)(nil),             // 28: shoal.v1.GetClusterResponse
+	(*RotateJoinTokenRequest)(nil),         // 29: shoal.v1.RotateJoinTokenRequest
+	(*RotateJoinTokenResponse)(nil),        // 30: shoal.v1.RotateJoinTokenResponse
+	(*CheckTokenRequest)(nil),              // 31: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),             // 32: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),                    // 33: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),                   // 34: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),                   // 35: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),                  // 36: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),              // 37: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),             // 38: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),            // 39: shoal.v1.CheckMemberResponse
+	(*IssueClientCertificateRequest)(nil),  // 40: shoal.v1.IssueClientCertificateRequest
+	(*IssueClientCertificateResponse)(nil), // 41: shoal.v1.IssueClientCertificateResponse
+	(*RotateRootCARequest)(nil),            // 42: shoal.v1.RotateRootCARequest
+	(*RotateRootCAResponse)(nil),           // 43: shoal.v1.RotateRootCAResponse
+	(*RotateGossipKeyRequest)(nil),         // 44: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),        // 45: shoal.v1.RotateGossipKeyResponse
+	(*RenewCertificateRequest)(nil),        // 46: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 47: shoal.v1.RenewCertificateResponse
+	(*CreateSecretRequest)(nil),            // 48: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),           // 49: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),               // 50: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),              // 51: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),             // 52: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 53: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),            // 54: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),           // 55: shoal.v1.RemoveSecretResponse
+	(*CreateConfigRequest)(nil),            // 56: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 57: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 58: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 59: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 60: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 61: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 62: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 63: shoal.v1.RemoveConfigResponse
+	(*EventsRequest)(nil),                  // 64: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 65: shoal.v1.ClusterEvent
+	nil,                                    // 66: shoal.v1.ClusterEvent.AttributesEntry
+	(*ServiceSpec)(nil),                    // 67: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 68: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 69: shoal.v1.Service
+	(*Task)(nil),                           // 70: shoal.v1.Task
+	(NodeRole)(0),                          // 71: shoal.v1.NodeRole
+	(*Node)(nil),                           // 72: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 73: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 74: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 75: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 76: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 77: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 78: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 79: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 80: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 81: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	66, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	67, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	67, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	67, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	5,  // 4: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	66, // 5: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	67, // 6: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	68, // 7: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	69, // 8: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	70, // 9: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	70, // 10: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	71, // 11: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	70, // 12: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	72, // 13: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	73, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	26, // 15: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	69, // 16: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	69, // 17: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	74, // 18: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	69, // 19: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
-	26, // 20: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	75, // 21: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	76, // 22: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	77, // 23: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	77, // 24: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	77, // 25: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	78, // 26: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	79, // 27: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	79, // 28: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	79, // 29: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	65, // 30: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	17, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	19, // 32: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	21, // 33: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	23, // 34: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	25, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	28, // 36: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	0,  // 37: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 38: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 39: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	7,  // 40: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	9,  // 41: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	11, // 42: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	13, // 43: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	63, // 44: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	39, // 45: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	41, // 46: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	43, // 47: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	47, // 48: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	49, // 49: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	51, // 50: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	53, // 51: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	55, // 52: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	57, // 53: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	59, // 54: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	61, // 55: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	15, // 56: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	32, // 57: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	34, // 58: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	36, // 59: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	37, // 60: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	30, // 61: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	45, // 62: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	18, // 63: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	20, // 64: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	22, // 65: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	24, // 66: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	27, // 67: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	29, // 68: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	1,  // 69: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 70: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	6,  // 71: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	8,  // 72: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	10, // 73: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	12, // 74: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	14, // 75: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	64, // 76: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	40, // 77: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	42, // 78: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	44, // 79: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	48, // 80: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	50, // 81: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	52, // 82: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	54, // 83: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	56, // 84: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	58, // 85: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	60, // 86: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	62, // 87: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	16, // 88: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	33, // 89: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	35, // 90: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	26, // 91: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	38, // 92: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	31, // 93: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	46, // 94: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	63, // [63:95] is the sub-list for method output_type
-	31, // [31:63] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	67, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 1: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	68, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	69, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	69, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	69, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	6,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
+	67, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 8: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	68, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	69, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	70, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	71, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	72, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	72, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	73, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	72, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	74, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	75, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	27, // 19: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	71, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	71, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	76, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	71, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	27, // 24: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	77, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	78, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	79, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	79, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	79, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	80, // 30: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	81, // 31: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	81, // 32: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	81, // 33: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	66, // 34: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	18, // 35: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	20, // 36: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	22, // 37: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	24, // 38: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	26, // 39: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	29, // 40: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	1,  // 41: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	3,  // 42: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	5,  // 43: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	8,  // 44: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	10, // 45: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	12, // 46: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 47: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	64, // 48: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	40, // 49: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	42, // 50: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	44, // 51: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	48, // 52: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	50, // 53: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	52, // 54: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	54, // 55: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	56, // 56: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	58, // 57: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	60, // 58: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	62, // 59: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	16, // 60: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	33, // 61: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	35, // 62: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	37, // 63: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	38, // 64: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	31, // 65: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	46, // 66: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	19, // 67: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	21, // 68: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	23, // 69: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	25, // 70: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	28, // 71: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	30, // 72: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	2,  // 73: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	4,  // 74: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	7,  // 75: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	9,  // 76: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	11, // 77: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	13, // 78: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 79: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	65, // 80: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	41, // 81: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	43, // 82: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	45, // 83: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	49, // 84: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	51, // 85: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	53, // 86: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	55, // 87: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	57, // 88: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	59, // 89: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	61, // 90: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	63, // 91: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	17, // 92: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	34, // 93: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	36, // 94: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	27, // 95: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	39, // 96: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	32, // 97: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	47, // 98: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	67, // [67:99] is the sub-list for method output_type
+	35, // [35:67] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3866,13 +3990,14 @@ func file_control_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
 		GoTypes:           file_control_proto_goTypes,
 		DependencyIndexes: file_control_proto_depIdxs,
+		EnumInfos:         file_control_proto_enumTypes,
 		MessageInfos:      file_control_proto_msgTypes,
 	}.Build()
 	File_control_proto = out.File

@@ -2161,9 +2161,14 @@ type ContainerSpec struct {
 	Healthcheck     *HealthCheck           `protobuf:"bytes,10,opt,name=healthcheck,proto3" json:"healthcheck,omitempty"`
 	Secrets         []*SecretReference     `protobuf:"bytes,11,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	// configs are the configs the task sees as files (Docker's configs).
-	Configs       []*ConfigReference `protobuf:"bytes,120,rep,name=configs,proto3" json:"configs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Configs []*ConfigReference `protobuf:"bytes,120,rep,name=configs,proto3" json:"configs,omitempty"`
+	// with_registry_auth: tasks pull the image with the registry credentials
+	// the service was given (`--with-registry-auth`). The managers keep them
+	// sealed in Service.sealed_registry_auth and hand them only to workers
+	// running the service's tasks.
+	WithRegistryAuth bool `protobuf:"varint,130,opt,name=with_registry_auth,json=withRegistryAuth,proto3" json:"with_registry_auth,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
@@ -2278,6 +2283,13 @@ func (x *ContainerSpec) GetConfigs() []*ConfigReference {
 		return x.Configs
 	}
 	return nil
+}
+
+func (x *ContainerSpec) GetWithRegistryAuth() bool {
+	if x != nil {
+		return x.WithRegistryAuth
+	}
+	return false
 }
 
 // TaskSpec is the template every task of a service is made from.
@@ -2958,9 +2970,16 @@ type Service struct {
 	Endpoint     *Endpoint     `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	UpdateStatus *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
 	// job_status is set for jobs only.
-	JobStatus     *JobStatus `protobuf:"bytes,110,opt,name=job_status,json=jobStatus,proto3" json:"job_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	JobStatus *JobStatus `protobuf:"bytes,110,opt,name=job_status,json=jobStatus,proto3" json:"job_status,omitempty"`
+	// sealed_registry_auth is the RegistryAuth (marshalled) sealed with the
+	// cluster's secrets key, bound to "registry-auth:<service ID>". The
+	// control API never returns it.
+	SealedRegistryAuth []byte `protobuf:"bytes,130,opt,name=sealed_registry_auth,json=sealedRegistryAuth,proto3" json:"sealed_registry_auth,omitempty"`
+	// registry_auth_server is the registry those credentials are for (shown
+	// by inspect; the credentials themselves never are).
+	RegistryAuthServer string `protobuf:"bytes,131,opt,name=registry_auth_server,json=registryAuthServer,proto3" json:"registry_auth_server,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -3049,6 +3068,101 @@ func (x *Service) GetJobStatus() *JobStatus {
 	return nil
 }
 
+func (x *Service) GetSealedRegistryAuth() []byte {
+	if x != nil {
+		return x.SealedRegistryAuth
+	}
+	return nil
+}
+
+func (x *Service) GetRegistryAuthServer() string {
+	if x != nil {
+		return x.RegistryAuthServer
+	}
+	return ""
+}
+
+// RegistryAuth is a user's credentials for one registry, as the Docker
+// client config holds them.
+type RegistryAuth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// server is the registry's host[:port] ("127.0.0.1:5000", "index.docker.io").
+	Server   string `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// identity_token is an OAuth refresh token, used instead of a password.
+	IdentityToken string `protobuf:"bytes,4,opt,name=identity_token,json=identityToken,proto3" json:"identity_token,omitempty"`
+	// registry_token is a bearer token sent as is.
+	RegistryToken string `protobuf:"bytes,5,opt,name=registry_token,json=registryToken,proto3" json:"registry_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryAuth) Reset() {
+	*x = RegistryAuth{}
+	mi := &file_objects_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryAuth) ProtoMessage() {}
+
+func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
+func (*RegistryAuth) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RegistryAuth) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetIdentityToken() string {
+	if x != nil {
+		return x.IdentityToken
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetRegistryToken() string {
+	if x != nil {
+		return x.RegistryToken
+	}
+	return ""
+}
+
 // PortBinding is where a task's port is reachable on its node.
 type PortBinding struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3062,7 +3176,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3074,7 +3188,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3087,7 +3201,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -3142,7 +3256,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3154,7 +3268,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3167,7 +3281,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3266,7 +3380,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3278,7 +3392,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3291,7 +3405,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Task) GetId() string {
@@ -3396,7 +3510,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3408,7 +3522,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3421,7 +3535,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3453,7 +3567,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3465,7 +3579,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3478,7 +3592,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3539,7 +3653,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3551,7 +3665,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3564,7 +3678,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3626,7 +3740,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3638,7 +3752,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3651,7 +3765,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Cluster) GetId() string {
@@ -3748,7 +3862,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3760,7 +3874,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3773,7 +3887,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3838,7 +3952,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3850,7 +3964,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3863,7 +3977,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -3913,7 +4027,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3925,7 +4039,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3938,7 +4052,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -3974,7 +4088,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3986,7 +4100,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3999,7 +4113,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{41}
+	return file_objects_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Secret) GetId() string {
@@ -4049,7 +4163,7 @@ type ConfigSpec struct {
 
 func (x *ConfigSpec) Reset() {
 	*x = ConfigSpec{}
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4061,7 +4175,7 @@ func (x *ConfigSpec) String() string {
 func (*ConfigSpec) ProtoMessage() {}
 
 func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4074,7 +4188,7 @@ func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
 func (*ConfigSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{42}
+	return file_objects_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ConfigSpec) GetAnnotations() *Annotations {
@@ -4107,7 +4221,7 @@ type Config struct {
 
 func (x *Config) Reset() {
 	*x = Config{}
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4119,7 +4233,7 @@ func (x *Config) String() string {
 func (*Config) ProtoMessage() {}
 
 func (x *Config) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4132,7 +4246,7 @@ func (x *Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Config.ProtoReflect.Descriptor instead.
 func (*Config) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{43}
+	return file_objects_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Config) GetId() string {
@@ -4276,7 +4390,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
 	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
 	"\x03uid\x18\x05 \x01(\tR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xfb\x03\n" +
+	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xaa\x04\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -4290,7 +4404,8 @@ const file_objects_proto_rawDesc = "" +
 	"\vhealthcheck\x18\n" +
 	" \x01(\v2\x15.shoal.v1.HealthCheckR\vhealthcheck\x123\n" +
 	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x123\n" +
-	"\aconfigs\x18x \x03(\v2\x19.shoal.v1.ConfigReferenceR\aconfigs\x1a9\n" +
+	"\aconfigs\x18x \x03(\v2\x19.shoal.v1.ConfigReferenceR\aconfigs\x12-\n" +
+	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +
@@ -4347,7 +4462,7 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xe8\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xce\x03\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4357,7 +4472,15 @@ const file_objects_proto_rawDesc = "" +
 	"\bendpoint\x18\x06 \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12;\n" +
 	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x122\n" +
 	"\n" +
-	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\"\x98\x01\n" +
+	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\x121\n" +
+	"\x14sealed_registry_auth\x18\x82\x01 \x01(\fR\x12sealedRegistryAuth\x121\n" +
+	"\x14registry_auth_server\x18\x83\x01 \x01(\tR\x12registryAuthServer\"\xac\x01\n" +
+	"\fRegistryAuth\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12%\n" +
+	"\x0eidentity_token\x18\x04 \x01(\tR\ridentityToken\x12%\n" +
+	"\x0eregistry_token\x18\x05 \x01(\tR\rregistryToken\"\x98\x01\n" +
 	"\vPortBinding\x12\x1f\n" +
 	"\vtarget_port\x18\x01 \x01(\rR\n" +
 	"targetPort\x12\x17\n" +
@@ -4545,7 +4668,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4592,31 +4715,32 @@ var file_objects_proto_goTypes = []any{
 	(*JobStatus)(nil),            // 42: shoal.v1.JobStatus
 	(*UpdateStatus)(nil),         // 43: shoal.v1.UpdateStatus
 	(*Service)(nil),              // 44: shoal.v1.Service
-	(*PortBinding)(nil),          // 45: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 46: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 47: shoal.v1.Task
-	(*JoinTokens)(nil),           // 48: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 49: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 50: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 51: shoal.v1.Cluster
-	(*RootCA)(nil),               // 52: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 53: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 54: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 55: shoal.v1.Secret
-	(*ConfigSpec)(nil),           // 56: shoal.v1.ConfigSpec
-	(*Config)(nil),               // 57: shoal.v1.Config
-	nil,                          // 58: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 59: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 60: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 61: shoal.v1.Cluster.DemotedManagersEntry
+	(*RegistryAuth)(nil),         // 45: shoal.v1.RegistryAuth
+	(*PortBinding)(nil),          // 46: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 47: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 48: shoal.v1.Task
+	(*JoinTokens)(nil),           // 49: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 50: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 51: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 52: shoal.v1.Cluster
+	(*RootCA)(nil),               // 53: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 54: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 55: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 56: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 57: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 58: shoal.v1.Config
+	nil,                          // 59: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 60: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 61: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 62: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	58, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	59, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	59, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	60, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	19, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
 	2,  // 7: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 8: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
@@ -4626,13 +4750,13 @@ var file_objects_proto_depIdxs = []int32{
 	20, // 12: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	21, // 13: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	53, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	54, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 16: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	28, // 17: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 18: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 19: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 20: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	60, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	61, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	31, // 22: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	32, // 23: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	33, // 24: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
@@ -4668,25 +4792,25 @@ var file_objects_proto_depIdxs = []int32{
 	8,  // 54: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
 	12, // 55: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
 	13, // 56: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	45, // 57: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	46, // 57: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
 	14, // 58: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
 	36, // 59: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
 	12, // 60: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	46, // 61: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	47, // 61: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
 	40, // 62: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
 	15, // 63: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
 	14, // 64: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	50, // 65: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	48, // 66: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	52, // 67: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	61, // 68: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	51, // 65: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	49, // 66: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	53, // 67: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	62, // 68: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
 	0,  // 69: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
 	15, // 70: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
 	14, // 71: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	54, // 72: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	55, // 72: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
 	15, // 73: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
 	14, // 74: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
-	56, // 75: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	57, // 75: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
 	76, // [76:76] is the sub-list for method output_type
 	76, // [76:76] is the sub-list for method input_type
 	76, // [76:76] is the sub-list for extension type_name
@@ -4711,7 +4835,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   48,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -4,14 +4,17 @@
 # tool is checked first and apt runs only for what is absent.
 set -euo pipefail
 
-# command package
+# command package...
 need=(
   "promtool prometheus"
+  "docker-registry docker-registry"
+  "chromium chromium fonts-liberation" # the dashboard's browser test (headless)
 )
 missing=()
 for pair in "${need[@]}"; do
-  cmd=${pair%% *} pkg=${pair#* }
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  cmd=${pair%% *} pkgs=${pair#* }
+  # shellcheck disable=SC2206 # one word per package
+  command -v "$cmd" >/dev/null 2>&1 || missing+=($pkgs)
 done
 # As root the routing mesh runs on nftables, and its kernel-datapath tests
 # need the nft command (without root they skip, and nft is not needed).
@@ -31,3 +34,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # start their own instances, so stop it.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
 pkill -x prometheus 2>/dev/null || true
+# docker-registry's service likewise: the registry tests run their own
+# instances, each with its own config, port and storage.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry 2>/dev/null || true; fi
+if command -v service >/dev/null 2>&1; then service docker-registry stop >/dev/null 2>&1 || true; fi

@@ -573,7 +573,16 @@ func TestDockerBadInput(t *testing.T) {
 			return false, "no rejected task with the message yet"
 		})
 	}
-	rejected("ghost", "image shoal/hello:no-such-tag not found on node w1 (no registry configured); load it with `shoal image load FILE` or `docker load`")
+	// An image the node lacks is pulled; one no registry has fails the
+	// task with the Engine's reason, and it is tried again.
+	d.eventually(30*time.Second, "ghost failed", func() (bool, string) {
+		for _, tk := range d.serviceTasks("ghost") {
+			if tk.GetStatus().GetState() == pb.TaskState_TASK_STATE_FAILED && strings.Contains(tk.GetStatus().GetErr(), "pull shoal/hello:no-such-tag on node w1: ") {
+				return true, ""
+			}
+		}
+		return false, "no failed task with the pull's reason yet"
+	})
 	rejected("badmount", "bind mount source /no/such/dir/shoal-test does not exist")
 
 	// An image whose own HEALTHCHECK fails (no check in the spec): the

@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/nodecreds"
 	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
@@ -443,6 +444,18 @@ func (a *Agent) applyValues(noun string, held map[string][]byte, sa *pb.SecretAs
 func (a *Agent) writeFiles(t *pb.Task) (TaskFiles, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	var auth *pb.RegistryAuth
+	if t.GetSpec().GetContainer().GetWithRegistryAuth() {
+		// The service's registry credentials travel with the secrets.
+		raw, ok := a.secrets[registry.AuthSecretID(t.GetServiceId())]
+		if !ok {
+			return TaskFiles{}, false, nil
+		}
+		auth = &pb.RegistryAuth{}
+		if err := proto.Unmarshal(raw, auth); err != nil {
+			return TaskFiles{}, false, fmt.Errorf("read the registry credentials of service %s: %w", t.GetServiceName(), err)
+		}
+	}
 	secrets, ok, err := a.secretFiles.write(t, a.secrets)
 	if err != nil || !ok {
 		return TaskFiles{}, ok, err
@@ -452,7 +465,7 @@ func (a *Agent) writeFiles(t *pb.Task) (TaskFiles, bool, error) {
 		a.dropFiles(t.GetId())
 		return TaskFiles{}, ok, err
 	}
-	return TaskFiles{Secrets: secrets, Configs: configs}, true, nil
+	return TaskFiles{Secrets: secrets, Configs: configs, RegistryAuth: auth}, true, nil
 }
 
 // filesPresent reports whether a task's secret and config files are all

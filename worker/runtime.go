@@ -122,6 +122,28 @@ type TaskFiles struct {
 	// Configs are in a private directory of their own, each at its target
 	// path below it (target /etc/app.conf: Dir/etc/app.conf).
 	Configs FileSet
+	// RegistryAuth are the credentials to pull the task's image with
+	// (a service created with --with-registry-auth), held in memory only;
+	// nil pulls anonymously.
+	RegistryAuth *pb.RegistryAuth
+}
+
+// progressKey carries a progress reporter in a context.
+type progressKey struct{}
+
+// WithProgress returns a context through which a runtime reports how a
+// long step (Prepare pulling an image) is going: report receives a short
+// line ("pulling 3/5 layers") each time it changes.
+func WithProgress(ctx context.Context, report func(msg string)) context.Context {
+	return context.WithValue(ctx, progressKey{}, report)
+}
+
+// ReportProgress reports a step's progress through ctx (see WithProgress);
+// without a reporter it does nothing.
+func ReportProgress(ctx context.Context, msg string) {
+	if report, ok := ctx.Value(progressKey{}).(func(string)); ok && report != nil {
+		report(msg)
+	}
 }
 
 // FileSet is one task's directory of secret or config files.

@@ -104,7 +104,7 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 		if !ok {
 			return nil, true // a secret's or config's value has not arrived yet
 		}
-		if err := rt.Prepare(ctx, t, files); err != nil {
+		if err := rt.Prepare(c.progressContext(ctx), t, files); err != nil {
 			if ctx.Err() != nil {
 				return nil, true
 			}
@@ -145,6 +145,22 @@ func (c *taskController) step(ctx context.Context, t *pb.Task) (*pb.TaskStatus, 
 		return c.waitRunning(ctx, rt, t)
 	}
 	return nil, true
+}
+
+// progressContext reports a preparing task's progress (an image pull) as
+// its status message, which `service ps` shows; each new line is one
+// status report, so a runtime reports only when the line changes.
+func (c *taskController) progressContext(ctx context.Context) context.Context {
+	return WithProgress(ctx, func(msg string) {
+		cur := c.a.task(c.id)
+		if cur == nil || cur.GetStatus().GetState() != pb.TaskState_TASK_STATE_PREPARING || cur.GetStatus().GetMessage() == msg {
+			return
+		}
+		// The state's time stays when it began: only the message moves.
+		s := proto.Clone(cur.GetStatus()).(*pb.TaskStatus)
+		s.Message = msg
+		c.a.setStatus(c.id, s)
+	})
 }
 
 // waitRunning waits for a running task to exit or to be told to stop.

@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/protobuf/proto"
 )
 
 // checkedRuntime is a runtime whose one task runs until stopped and
@@ -140,5 +142,79 @@ func TestRunningCarriesInitialHealth(t *testing.T) {
 				t.Fatalf("got %v, want RUNNING with health %v", s, tc.want)
 			}
 		})
+	}
+}
+
+// pullingRuntime's Prepare reports progress as an image pull does, hands
+// the test the status the agent then holds, and waits for the test.
+type pullingRuntime struct {
+	Runtime
+	a        *Agent
+	auth     chan *pb.RegistryAuth
+	reported chan *pb.TaskStatus
+	release  chan struct{}
+}
+
+func (r *pullingRuntime) Name() string { return "pulling" }
+
+func (r *pullingRuntime) Prepare(ctx context.Context, t *pb.Task, s TaskFiles) error {
+	r.auth <- s.RegistryAuth
+	for _, msg := range []string{"pulling 0/2 layers", "pulling 1/2 layers", "pulling 1/2 layers"} {
+		ReportProgress(ctx, msg)
+	}
+	r.reported <- r.a.task(t.GetId()).GetStatus()
+	<-r.release
+	return nil
+}
+
+// A preparing task's progress is its status message, reported as it
+// changes, with the time the task began preparing; the service's registry
+// credentials reach Prepare once they have arrived.
+func TestPrepareProgressAndRegistryAuth(t *testing.T) {
+	rt := &pullingRuntime{auth: make(chan *pb.RegistryAuth, 1), reported: make(chan *pb.TaskStatus, 1), release: make(chan struct{})}
+	began := time.Now().Add(-time.Minute).UnixNano()
+	tk := &pb.Task{Id: "t1", ServiceId: "svc1", Spec: &pb.TaskSpec{Runtime: "pulling", Container: &pb.ContainerSpec{WithRegistryAuth: true}},
+		DesiredState: pb.TaskState_TASK_STATE_RUNNING,
+		Status:       &pb.TaskStatus{State: pb.TaskState_TASK_STATE_PREPARING, Message: "preparing", Timestamp: began}}
+	a := testAgent(t, rt, tk)
+	a.secrets = map[string][]byte{}
+	a.configs = map[string][]byte{}
+	a.secretFiles, a.configFiles = newSecretFiles(""), newConfigFiles("")
+	rt.a = a
+	c := &taskController{a: a, id: tk.GetId(), poke: make(chan struct{}, 1)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// The credentials have not arrived: the task waits.
+	if s, wait := c.step(ctx, a.task("t1")); s != nil || !wait {
+		t.Fatalf("step without the credentials: %v, wait %v; want to wait", s, wait)
+	}
+	raw, err := proto.Marshal(&pb.RegistryAuth{Server: "127.0.0.1:5443", Username: "alice", Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.secrets[registry.AuthSecretID("svc1")] = raw
+
+	done := make(chan *pb.TaskStatus, 1)
+	go func() {
+		s, _ := c.step(ctx, a.task("t1"))
+		done <- s
+	}()
+	if got := <-rt.auth; got.GetUsername() != "alice" || got.GetPassword() != "pw" {
+		t.Errorf("Prepare got credentials %v", got)
+	}
+	s := <-rt.reported
+	if s.GetState() != pb.TaskState_TASK_STATE_PREPARING || s.GetMessage() != "pulling 1/2 layers" || s.GetTimestamp() != began {
+		t.Errorf("status while pulling: %v; want PREPARING, \"pulling 1/2 layers\", the time it began preparing", s)
+	}
+	a.mu.Lock()
+	pending := a.pending["t1"]
+	a.mu.Unlock()
+	if pending.GetMessage() != "pulling 1/2 layers" {
+		t.Errorf("the progress is not queued for the managers: %v", pending)
+	}
+	close(rt.release)
+	if s := <-done; s.GetState() != pb.TaskState_TASK_STATE_READY {
+		t.Errorf("after Prepare: %v, want READY", s)
 	}
 }

@@ -103,6 +103,11 @@ func benchmarks() []bench {
 			run:  runMesh,
 		},
 		{
+			name: "registry",
+			desc: "1 manager + 3 worker processes on this machine's Docker Engine and Debian's docker-registry on loopback: a 6-replica service created from an image no node has (pushed per run) → 6 running, the manager pinning its digest; the workers share the Engine, which pulls once",
+			run:  runRegistry,
+		},
+		{
 			name: "faults",
 			desc: "what clients see while nodes fail on a real network (needs root): `shoal-chaos` with 3 managers and 3 workers, each in a network namespace of its own, `hello` with 6 replicas published on port 8080 of every node, one request every 20 ms to every live node on a new connection and a write through every surviving manager each second; per round, the failed requests, the longest time a client saw nothing succeed, and the slowest write, for each fault kind (" + faultKinds + ")",
 			run:  runFaults,

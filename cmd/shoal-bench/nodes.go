@@ -185,13 +185,18 @@ type workerNode struct {
 // startWorker joins a worker process at workerIP and the cluster's port
 // and waits until ListNodes shows it Ready.
 func (c *cluster) startWorker(ctx context.Context, name string, extra []string) (*workerNode, error) {
+	return c.startWorkerAt(ctx, name, workerIP, extra)
+}
+
+// startWorkerAt is startWorker on another loopback address.
+func (c *cluster) startWorkerAt(ctx context.Context, name, ip string, extra []string) (*workerNode, error) {
 	token, err := c.joinToken(ctx, pb.NodeRole_NODE_ROLE_WORKER)
 	if err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(c.e.tmp, c.name)
 	w := &workerNode{e: c.e, name: name, label: c.name + "/" + name, dataDir: filepath.Join(dir, name), logPath: filepath.Join(dir, name+".log"), extra: extra}
-	args := []string{"join", "--data-dir", w.dataDir, "--advertise", net.JoinHostPort(workerIP, strconv.Itoa(c.port)),
+	args := []string{"join", "--data-dir", w.dataDir, "--advertise", net.JoinHostPort(ip, strconv.Itoa(c.port)),
 		"--hostname", name, "--token", token, "--log-level", "info"}
 	args = append(append(args, extra...), c.members[0].api)
 	if w.proc, err = c.e.startProc(w.label, w.logPath, args...); err != nil {

@@ -1,7 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-cluster/shoal/internal/poll"
 )
 
 // buildDemo builds shoal, hello and this tour into one directory.
@@ -102,5 +110,99 @@ func TestTour(t *testing.T) {
 				t.Logf("tour output:\n%s", strings.TrimSpace(out))
 			}
 		})
+	}
+}
+
+// TestTourDashboard runs the tour as `DEMO_DASHBOARD=1 make demo` does: at
+// the end it prints the dashboard's login URL and keeps the cluster
+// running; the URL logs in and shows the tour's service scaled to 9; Ctrl-C
+// stops everything.
+func TestTourDashboard(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the tour starts six daemons")
+	}
+	bin := buildDemo(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "shoal-demo"), "-bin", bin, "-runtime", "process")
+	cmd.Env = append(os.Environ(), "DEMO_DASHBOARD=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	lines := bufio.NewScanner(stdout)
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil { // the test failed before its Ctrl-C
+			_ = cmd.Process.Signal(os.Interrupt)
+			_, _ = io.Copy(io.Discard, stdout)
+			_ = cmd.Wait()
+		}
+	})
+	loginRE := regexp.MustCompile(`^Open (http://127\.0\.0\.1:\d+)/\?token=\S+`)
+	var login, base string
+	for login == "" && lines.Scan() {
+		out.WriteString(lines.Text() + "\n")
+		if m := loginRE.FindStringSubmatch(lines.Text()); m != nil {
+			login, base = strings.TrimPrefix(m[0], "Open "), m[1]
+		}
+	}
+	if login == "" {
+		_ = cmd.Wait()
+		t.Fatalf("the tour printed no dashboard URL:\n%s\n%s", out.String(), errOut.String())
+	}
+
+	// The URL logs in; the dashboard shows the tour's service.
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar, Timeout: 5 * time.Second}
+	resp, err := client.Get(login)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the login URL: %s", resp.Status)
+	}
+	var state struct {
+		Services []struct {
+			Name    string `json:"name"`
+			Desired int    `json:"desired"`
+		} `json:"services"`
+	}
+	// The first read of the cluster may still be on its way.
+	poll.Until(t, 10*time.Second, "hello with 9 replicas on the dashboard", func() (bool, string) {
+		resp, err := client.Get(base + "/api/state")
+		if err != nil {
+			return false, err.Error()
+		}
+		err = json.NewDecoder(resp.Body).Decode(&state)
+		resp.Body.Close()
+		return err == nil && len(state.Services) == 1 && state.Services[0].Name == "hello" && state.Services[0].Desired == 9,
+			fmt.Sprintf("%s: %v %+v", resp.Status, err, state)
+	})
+
+	// Ctrl-C: everything stops.
+	_ = cmd.Process.Signal(os.Interrupt)
+	for lines.Scan() { // to the end of the output: the tour exited
+		out.WriteString(lines.Text() + "\n")
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the tour after Ctrl-C: %v\n%s\n%s", err, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "every process stopped") {
+		t.Errorf("no clean end after Ctrl-C:\n%s", out.String())
+	}
+	if m := regexp.MustCompile(`logs are in (\S+)`).FindStringSubmatch(out.String()); m != nil {
+		if left := processesUnder(m[1]); len(left) > 0 {
+			t.Errorf("processes left running after the tour: %v", left)
+		}
+		if !t.Failed() {
+			os.RemoveAll(m[1])
+		}
 	}
 }

@@ -40,6 +40,7 @@ func main() {
 	bin := flag.String("bin", "bin", "directory holding the shoal and hello binaries")
 	port := flag.Int("port", 0, "API port of every node (default: a free one)")
 	keep := flag.Bool("keep", false, "leave the cluster running at the end (stop it with Ctrl-C)")
+	dashboard := flag.Bool("dashboard", os.Getenv("DEMO_DASHBOARD") == "1", "at the end, serve the web dashboard (shoal dashboard) and leave the cluster running until Ctrl-C (env DEMO_DASHBOARD=1)")
 	runtime := flag.String("runtime", envOr("DEMO_RUNTIME", "process"), "runtime of the hello service: process or docker (env DEMO_RUNTIME)")
 	publish := flag.Int("publish", 8080, "port hello is published on, on every node (a free one if it is taken)")
 	flag.Parse()
@@ -47,7 +48,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "unknown runtime %q: use process or docker\n", *runtime)
 		os.Exit(2)
 	}
-	d := &demo{bin: *bin, start: time.Now(), runtime: *runtime, publish: *publish}
+	d := &demo{bin: *bin, start: time.Now(), runtime: *runtime, publish: *publish, dashboard: *dashboard}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := d.run(ctx, *port, *keep)
@@ -68,6 +69,8 @@ type demo struct {
 	runtime string
 	start   time.Time
 	nodes   []*proc
+
+	dashboard bool // serve the web dashboard at the end, until Ctrl-C
 }
 
 // proc is one shoal daemon.
@@ -207,15 +210,85 @@ func (d *demo) run(ctx context.Context, port int, keep bool) error {
 		return err
 	}
 
-	if keep {
+	switch {
+	case d.dashboard:
+		stop, err := d.serveDashboard(ctx, survivor.addr(d.port))
+		if err != nil {
+			return err
+		}
+		<-ctx.Done()
+		stop()
+	case keep:
 		step("the cluster keeps running; press Ctrl-C to stop it (SHOAL_HOST=%s)", survivor.addr(d.port))
 		<-ctx.Done()
+	default:
+		fmt.Println("\n(`DEMO_DASHBOARD=1 make demo` leaves the cluster running here with the web dashboard, `shoal dashboard`, until Ctrl-C)")
 	}
 	step("removing the service and stopping every node")
 	if err := d.shoal(context.Background(), "service", "rm", "hello", "--host", survivor.addr(d.port)); err != nil {
 		return err
 	}
 	return d.waitNoTasks(survivor.addr(d.port))
+}
+
+// serveDashboard runs `shoal dashboard` through addr, prints the URL it
+// logs in with, and returns what stops it.
+func (d *demo) serveDashboard(ctx context.Context, addr string) (func(), error) {
+	step("the web dashboard: scale hello, drain a node, watch the tasks move and the events arrive")
+	fmt.Println("$ shoal dashboard")
+	logf, err := os.Create(filepath.Join(d.dir, "dashboard.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(filepath.Join(d.bin, "shoal"), "dashboard", "--host", addr, "--addr", "127.0.0.1:0")
+	cmd.Env = d.cliEnv()
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // stopped by the tour, after the Ctrl-C
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start shoal dashboard: %w", err)
+	}
+	done := make(chan struct{})
+	urls := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if i := strings.Index(sc.Text(), "http"); i >= 0 {
+				select {
+				case urls <- sc.Text()[i:]:
+				default:
+				}
+			}
+		}
+	}()
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	select {
+	case u := <-urls:
+		fmt.Printf("Open %s\n(the token logs one browser in; the cluster and the dashboard run until Ctrl-C; its log: %s)\n", u, logf.Name())
+		return stop, nil
+	case <-done:
+		return nil, fmt.Errorf("shoal dashboard exited; see %s", logf.Name())
+	case <-ctx.Done():
+		stop()
+		return func() {}, nil
+	case <-time.After(30 * time.Second):
+		stop()
+		return nil, fmt.Errorf("shoal dashboard printed no URL within 30s; see %s", logf.Name())
+	}
 }
 
 // daemon starts a node and waits for it to answer.

@@ -98,6 +98,11 @@ func TestWrongCommandLinesExit2(t *testing.T) {
 		{[]string{"image", "load", "image.tar"}, "--host is for client commands: image load loads into the Docker Engine of this machine", "shoal image load"},
 		{[]string{"service", "ls", "--format", "yaml"}, `--format "yaml": use table or json`, "shoal service ls"},
 		{[]string{"service", "inspect", "web\xff"}, `argument "web\xff" is not valid UTF-8 text`, "shoal service inspect"},
+		{[]string{"dashboard", "--addr", "0.0.0.0:8080"}, "--addr 0.0.0.0:8080 serves on 0.0.0.0, not only loopback: give --tls-cert and --tls-key to serve HTTPS there, or use 127.0.0.1:PORT", "shoal dashboard"},
+		{[]string{"dashboard", "--addr", ":8080"}, "--addr :8080 serves on every address, not only loopback", "shoal dashboard"},
+		{[]string{"dashboard", "--addr", "8080"}, `--addr "8080": use IP:PORT, such as 127.0.0.1:8080`, "shoal dashboard"},
+		{[]string{"dashboard", "--tls-cert", "cert.pem"}, "give both --tls-cert and --tls-key, or neither", "shoal dashboard"},
+		{[]string{"dashboard", "now"}, "dashboard takes no arguments: choose where it listens with --addr IP:PORT", "shoal dashboard"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -77,6 +77,7 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 		onFlag(cmd, "update-failure-action", oneOf("pause", "continue", "rollback"))
 		onFlag(cmd, "rollback-failure-action", oneOf("pause", "continue"))
 		onFlag(cmd, "endpoint-mode", oneOf("vip", "dnsrr"))
+		onFlag(cmd, "resolve-image", oneOf("always", "changed", "never"))
 	}
 	onFlag(update, "image", files)
 	onFlag(create, "secret", q.secrets)

@@ -94,15 +94,24 @@ func runServiceCreate(c *clientFlags, o *createOptions, set map[string]bool, pos
 	if err != nil {
 		return err
 	}
+	mode, err := o.registry.mode()
+	if err != nil {
+		return err
+	}
+	auth, err := o.registry.auth(spec)
+	if err != nil {
+		return err
+	}
 	s, err := c.connect()
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	resp, err := s.control.CreateService(s.ctx, &pb.CreateServiceRequest{Spec: spec})
+	resp, err := s.control.CreateService(s.ctx, &pb.CreateServiceRequest{Spec: spec, ResolveImage: mode, RegistryAuth: auth})
 	if err != nil {
 		return s.explain(err)
 	}
+	printWarnings(resp.GetWarnings())
 	svc := resp.GetService()
 	fmt.Println(svc.GetId())
 	if o.detach {
@@ -207,7 +216,7 @@ func servicePsCommand(g *globalFlags) *cobra.Command {
 	}
 	c.register(cmd.Flags(), true)
 	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "print task IDs only")
-	cmd.Flags().BoolVar(&f.noTrunc, "no-trunc", false, "do not shorten IDs and errors")
+	cmd.Flags().BoolVar(&f.noTrunc, "no-trunc", false, "do not shorten IDs and errors, and show image digests")
 	cmd.Flags().StringArrayVarP(&f.filters, "filter", "f", nil, "show only tasks that match `KEY=VALUE`: desired-state=running|shutdown|..., node=NODE, id=PREFIX, name=web.1 (repeatable)")
 	return cmd
 }
@@ -416,12 +425,22 @@ func runServiceUpdate(c *clientFlags, o *updateOptions, ref string) error {
 	if err := o.apply(spec); err != nil {
 		return err
 	}
+	mode, err := o.registry.mode()
+	if err != nil {
+		return err
+	}
+	auth, err := o.registry.auth(spec)
+	if err != nil {
+		return err
+	}
 	updated := svc
-	if !proto.Equal(spec, svc.GetSpec()) {
-		resp, err := s.control.UpdateService(s.ctx, &pb.UpdateServiceRequest{Ref: svc.GetId(), Version: svc.GetMeta().GetVersion(), Spec: spec})
+	if !proto.Equal(spec, svc.GetSpec()) || auth != nil {
+		resp, err := s.control.UpdateService(s.ctx, &pb.UpdateServiceRequest{Ref: svc.GetId(), Version: svc.GetMeta().GetVersion(), Spec: spec,
+			ResolveImage: mode, RegistryAuth: auth})
 		if err != nil {
 			return aborted(s, err, name)
 		}
+		printWarnings(resp.GetWarnings())
 		updated = resp.GetService()
 	}
 	fmt.Println(name)

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
@@ -151,7 +152,7 @@ func renderServiceList(w io.Writer, services []*pb.Service, counts []*pb.Service
 	for _, svc := range services {
 		spec := svc.GetSpec()
 		t.row(shortID(svc.GetId()), spec.GetAnnotations().GetName(), modeWord(spec),
-			replicasCell(svc, byID[svc.GetId()]), spec.GetTask().GetContainer().GetImage(), servicePorts(svc))
+			replicasCell(svc, byID[svc.GetId()]), registry.StripDigest(spec.GetTask().GetContainer().GetImage()), servicePorts(svc))
 	}
 	t.flush()
 }
@@ -226,7 +227,11 @@ func currentState(t *pb.Task, now time.Time) string {
 	if d < 0 {
 		d = 0
 	}
-	return st + " " + strings.ToLower(humanDuration(d)) + " ago"
+	out := st + " " + strings.ToLower(humanDuration(d)) + " ago"
+	if msg := t.GetStatus().GetMessage(); t.GetStatus().GetState() == pb.TaskState_TASK_STATE_PREPARING && strings.HasPrefix(msg, "pulling ") {
+		out += " (" + msg + ")" // an image pull's progress
+	}
+	return out
 }
 
 // humanDuration is Docker's units.HumanDuration.
@@ -300,7 +305,11 @@ func renderTaskList(w io.Writer, tasks []*pb.Task, nodes map[string]string, noTr
 		if !noTrunc {
 			id = shortID(id)
 		}
-		t.row(id, shown, task.GetSpec().GetContainer().GetImage(), nodeName(nodes, task.GetNodeId()),
+		image := task.GetSpec().GetContainer().GetImage()
+		if !noTrunc {
+			image = registry.StripDigest(image) // as Docker shows it; inspect has the digest
+		}
+		t.row(id, shown, image, nodeName(nodes, task.GetNodeId()),
 			taskStateWord(task.GetDesiredState()), currentState(task, now), taskError(task, noTrunc), taskPorts(task))
 	}
 	t.flush()
@@ -460,6 +469,13 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 	p("ContainerSpec:")
 	p(" Runtime:\t%s", runtime)
 	p(" Image:\t%s", c.GetImage())
+	if d := registry.Digest(c.GetImage()); d != "" {
+		p(" Tag:\t%s", registry.StripDigest(c.GetImage()))
+		p(" Digest:\t%s", d)
+	}
+	if c.GetWithRegistryAuth() {
+		p(" Registry auth:\tsealed on the managers, for %s", svc.GetRegistryAuthServer())
+	}
 	if len(c.GetCommand()) > 0 {
 		p(" Command:\t%s", strings.Join(c.GetCommand(), " "))
 	}

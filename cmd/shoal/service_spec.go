@@ -91,11 +91,13 @@ func registerDetach(fs *pflag.FlagSet, detach, quiet *bool) {
 // createOptions are the flags of `service create`.
 type createOptions struct {
 	serviceFlags
+	registry      registryOptions
 	detach, quiet bool
 }
 
 func (o *createOptions) register(fs *pflag.FlagSet) {
 	o.serviceFlags.register(fs, false)
+	o.registry.register(fs)
 	registerDetach(fs, &o.detach, &o.quiet)
 }
 
@@ -125,12 +127,14 @@ func (o *createOptions) spec(set map[string]bool, pos []string) (*pb.ServiceSpec
 // given, by long name.
 type updateOptions struct {
 	serviceFlags
+	registry      registryOptions
 	detach, quiet bool
 	set           map[string]bool
 }
 
 func (o *updateOptions) register(fs *pflag.FlagSet) {
 	o.serviceFlags.register(fs, true)
+	o.registry.register(fs)
 	registerDetach(fs, &o.detach, &o.quiet)
 }
 
@@ -138,7 +142,7 @@ func (o *updateOptions) register(fs *pflag.FlagSet) {
 func (o *updateOptions) changes() bool {
 	for name := range o.set {
 		switch name {
-		case "detach", "quiet", "timeout", "help", "host", "data-dir", "client-config", "log-level":
+		case "detach", "quiet", "timeout", "help", "host", "data-dir", "client-config", "log-level", "resolve-image":
 		default:
 			return true
 		}

@@ -1000,6 +1000,37 @@ func TestRenderHumanDuration(t *testing.T) {
 	}
 }
 
+// TestRenderPullProgress: a task pulling its image shows the pull's
+// progress with its state; images show without their digest unless
+// --no-trunc, as Docker's do.
+func TestRenderPullProgress(t *testing.T) {
+	const pinned = "127.0.0.1:5000/shoal/hello:v1@sha256:5320539538ac033e00786e3c805faad191e197037505530ee2266523c5f33928"
+	pulling := task("t1pullingaaaaaaaaaaaaaaaa", 1, "n1aaaaaaaaaaaaaaaaaaaaaaa", running, pb.TaskState_TASK_STATE_PREPARING, 3*time.Second)
+	pulling.Status.Message = "pulling 3/5 layers"
+	pulling.Spec.Container.Image = pinned
+	preparing := task("t2preparingbbbbbbbbbbbbbbb", 2, "n1aaaaaaaaaaaaaaaaaaaaaaa", running, pb.TaskState_TASK_STATE_PREPARING, 3*time.Second)
+	preparing.Status.Message = "preparing"
+	tasks := []*pb.Task{pulling, preparing}
+	for _, c := range []struct {
+		noTrunc bool
+		want    []string
+	}{
+		{false, []string{"127.0.0.1:5000/shoal/hello:v1 ", "Preparing 3 seconds ago (pulling 3/5 layers)", "Preparing 3 seconds ago\n"}},
+		{true, []string{pinned}},
+	} {
+		var b bytes.Buffer
+		renderTaskList(&b, tasks, nodeMap, c.noTrunc, testNow)
+		for _, w := range c.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("no-trunc=%v: output lacks %q:\n%s", c.noTrunc, w, b.String())
+			}
+		}
+		if !c.noTrunc && strings.Contains(b.String(), "sha256:") {
+			t.Errorf("the digest shows without --no-trunc:\n%s", b.String())
+		}
+	}
+}
+
 // jobBaseSpec is what create makes of a job: baseSpec with Docker's job
 // defaults (restart on failure, no update or rollback config).
 func jobBaseSpec(image string) *pb.ServiceSpec {

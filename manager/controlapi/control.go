@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/pki"
+	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/manager/authz"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/sealer"
@@ -91,7 +92,9 @@ type Config struct {
 	// AdvertiseIP is this manager's address, where new ingress ports are
 	// checked.
 	AdvertiseIP string
-	Log         *slog.Logger
+	// Resolve pins image tags to digests (default registry.Resolve).
+	Resolve Resolver
+	Log     *slog.Logger
 }
 
 // Server is the user-facing API. Every method but GetCluster, ServiceLogs
@@ -109,13 +112,18 @@ type Server struct {
 	events      EventSource
 	clusterID   string
 	advertiseIP string
+	resolve     Resolver
 	log         *slog.Logger
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
+	resolve := cfg.Resolve
+	if resolve == nil {
+		resolve = registry.Resolve
+	}
 	return &Server{store: cfg.Store, raft: cfg.Raft, members: cfg.Members, beats: cfg.Heartbeats, ca: cfg.CA, keys: cfg.Keys,
-		workers: cfg.Workers, events: cfg.Events, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, log: cfg.Log}
+		workers: cfg.Workers, events: cfg.Events, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, resolve: resolve, log: cfg.Log}
 }
 
 // ListNodes returns every node with the leader's view of manager health.

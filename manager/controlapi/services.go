@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	pb "github.com/shoal-cluster/shoal/proto"
@@ -39,8 +40,22 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 		return nil, status.Error(codes.InvalidArgument, "create service: a spec is required")
 	}
 	defaultServiceSpec(spec)
+	auth, err := s.registryAuthFor(spec, req.GetRegistryAuth(), nil)
+	if err != nil {
+		return nil, err
+	}
+	// A spec the cluster refuses is refused before the registry is asked
+	// (the write checks it again).
+	s.store.View(func(tx *raftstore.Tx) { err = validateServiceSpec(tx, spec, "") })
+	if err != nil {
+		return nil, err
+	}
+	warnings, err := s.pinImage(ctx, spec, nil, req.GetResolveImage(), auth)
+	if err != nil {
+		return nil, err
+	}
 	var id string
-	_, err := s.store.Update(ctx, func(tx *raftstore.Tx) error {
+	_, err = s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		if err := validateServiceSpec(tx, spec, ""); err != nil {
 			return err
 		}
@@ -60,6 +75,11 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 			Spec:        spec,
 			SpecVersion: 1,
 			Endpoint:    &pb.Endpoint{Spec: spec.GetEndpoint(), Ports: spec.GetEndpoint().GetPorts(), VirtualAddr: vip},
+		}
+		if auth != nil {
+			if err := s.sealRegistryAuth(svc, auth); err != nil {
+				return err
+			}
 		}
 		if isJob(spec) {
 			svc.JobStatus = &pb.JobStatus{JobIteration: 1, LastExecution: time.Now().UnixNano()}
@@ -81,8 +101,8 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("service created", "service", svc.GetSpec().GetAnnotations().GetName(), "id", id)
-	return &pb.CreateServiceResponse{Service: svc}, nil
+	s.log.Info("service created", "service", svc.GetSpec().GetAnnotations().GetName(), "id", id, "image", svc.GetSpec().GetTask().GetContainer().GetImage())
+	return &pb.CreateServiceResponse{Service: svc, Warnings: warnings}, nil
 }
 
 // readService reads a service back after a write (a retried request that
@@ -94,7 +114,7 @@ func (s *Server) readService(id string) (*pb.Service, error) {
 	if svc == nil {
 		return nil, status.Errorf(codes.NotFound, "service %s was removed meanwhile", id)
 	}
-	return svc, nil
+	return redacted(svc), nil
 }
 
 // defaultServiceSpec fills what a spec leaves out.
@@ -365,15 +385,15 @@ func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetServiceResponse{Service: svc}, nil
+	return &pb.GetServiceResponse{Service: redacted(svc)}, nil
 }
 
 // ListServices returns every service with its task counts.
 func (s *Server) ListServices(ctx context.Context, _ *pb.ListServicesRequest) (*pb.ListServicesResponse, error) {
 	resp := &pb.ListServicesResponse{}
 	err := s.store.ViewConsistent(ctx, func(tx *raftstore.Tx) {
-		resp.Services = tx.Services().List()
-		for _, svc := range resp.Services {
+		for _, svc := range tx.Services().List() {
+			resp.Services = append(resp.Services, redacted(svc))
 			resp.Counts = append(resp.Counts, countTasks(svc, tx.Tasks().Find(raftstore.IndexService, svc.GetId())))
 		}
 	})
@@ -421,17 +441,38 @@ func hasHealthCheck(t *pb.TaskSpec) bool {
 // UpdateService changes a service's spec, or rolls it back.
 func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest) (*pb.UpdateServiceResponse, error) {
 	var (
-		id  string
-		err error
+		id   string
+		cur  *pb.Service
+		err  error
+		spec *pb.ServiceSpec // the new spec, its image pinned
+		auth *pb.RegistryAuth
+		warn []string
 	)
 	s.store.View(func(tx *raftstore.Tx) {
-		var svc *pb.Service
-		if svc, err = resolveService(tx, req.GetRef()); err == nil {
-			id = svc.GetId()
+		if cur, err = resolveService(tx, req.GetRef()); err == nil {
+			id = cur.GetId()
 		}
 	})
 	if err != nil {
 		return nil, err
+	}
+	if !req.GetRollback() && req.GetSpec() != nil {
+		// Pin the image before the write: it asks the registry.
+		spec = proto.Clone(req.GetSpec()).(*pb.ServiceSpec)
+		defaultServiceSpec(spec)
+		if auth, err = s.registryAuthFor(spec, req.GetRegistryAuth(), cur); err != nil {
+			return nil, err
+		}
+		if spec.GetTask().GetRuntime() == "docker" && !registry.HasDigest(spec.GetTask().GetContainer().GetImage()) {
+			// Refused before the registry is asked (the write checks again).
+			s.store.View(func(tx *raftstore.Tx) { err = validateServiceSpec(tx, spec, id) })
+			if err != nil {
+				return nil, err
+			}
+		}
+		if warn, err = s.pinImage(ctx, spec, cur.GetSpec(), req.GetResolveImage(), auth); err != nil {
+			return nil, err
+		}
 	}
 	_, err = s.store.Update(ctx, func(tx *raftstore.Tx) error {
 		svc, ok := tx.Services().Get(id)
@@ -449,10 +490,15 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 			}
 			next = proto.Clone(svc.GetPreviousSpec()).(*pb.ServiceSpec)
 		} else {
-			if req.GetSpec() == nil {
+			if spec == nil {
 				return status.Error(codes.InvalidArgument, "update service: a spec is required")
 			}
-			next = proto.Clone(req.GetSpec()).(*pb.ServiceSpec)
+			next = proto.Clone(spec).(*pb.ServiceSpec)
+			if req.GetRegistryAuth() != nil {
+				if err := s.sealRegistryAuth(svc, req.GetRegistryAuth()); err != nil {
+					return err
+				}
+			}
 		}
 		defaultServiceSpec(next)
 		if next.GetAnnotations().GetName() == "" {
@@ -477,7 +523,7 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 	if err != nil {
 		return nil, err
 	}
-	return &pb.UpdateServiceResponse{Service: svc}, nil
+	return &pb.UpdateServiceResponse{Service: svc, Warnings: warn}, nil
 }
 
 // applySpecChange installs a new spec. A change to the task template bumps

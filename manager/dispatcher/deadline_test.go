@@ -56,6 +56,12 @@ type harness struct {
 
 func newHarness(t *testing.T, nodes []*pb.Node, tasks []*pb.Task) *harness {
 	t.Helper()
+	return newKeyedHarness(t, nodes, tasks, noKey{})
+}
+
+// newKeyedHarness is newHarness with a secrets key.
+func newKeyedHarness(t *testing.T, nodes []*pb.Node, tasks []*pb.Task, keys SecretsKey) *harness {
+	t.Helper()
 	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	store := storetest.Memory(t, clk.Now)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -75,7 +81,7 @@ func newHarness(t *testing.T, nodes []*pb.Node, tasks []*pb.Task) *harness {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	d := New(Config{Store: store, Leadership: leading{}, Endpoints: noEndpoints{}, Secrets: noKey{}, Clock: clk,
+	d := New(Config{Store: store, Leadership: leading{}, Endpoints: noEndpoints{}, Secrets: keys, Clock: clk,
 		APIAddr: "127.0.0.1:4242", Period: period, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	h := &harness{t: t, d: d, store: store, clock: clk, ctx: ctx}
 	d.begin(ctx)

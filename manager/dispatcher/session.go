@@ -1,8 +1,10 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
@@ -97,6 +99,11 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			return o.GetId() == nodeID
 		case *pb.Cluster:
 			return true
+		case *pb.Service:
+			// New registry credentials: a worker holding the old ones
+			// gets these.
+			old, _ := ev.Old.(*pb.Service)
+			return old != nil && !bytes.Equal(old.GetSealedRegistryAuth(), o.GetSealedRegistryAuth())
 		}
 		return false
 	})
@@ -180,6 +187,8 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 				if up := securityUpdate(o); !proto.Equal(up, security) {
 					security, msg.Security = up, up
 				}
+			case *pb.Service:
+				secrets.stale(registry.AuthSecretID(o.GetId()))
 			case *pb.Task:
 				secrets.note(o, ev.Kind == raftstore.EventDelete)
 				configs.note(o, ev.Kind == raftstore.EventDelete)

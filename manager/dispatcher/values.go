@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/shoal-cluster/shoal/internal/registry"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 )
@@ -27,8 +28,8 @@ type valueKind[T raftstore.Object] struct {
 	noun string
 	// refs are the IDs of the objects a task uses.
 	refs func(t *pb.Task) []string
-	// table is the kind's table.
-	table func(tx *raftstore.Tx) raftstore.Table[T]
+	// get reads a stored object by ID.
+	get func(tx *raftstore.Tx, id string) (T, bool)
 	// value is what the worker receives for a stored object.
 	value func(o T) (*pb.SecretValue, error)
 }
@@ -47,9 +48,19 @@ func (d *Dispatcher) newSecretTracker(nodeID string) *valueTracker[*pb.Secret] {
 			for _, r := range t.GetSpec().GetContainer().GetSecrets() {
 				ids = append(ids, r.GetSecretId())
 			}
+			if t.GetSpec().GetContainer().GetWithRegistryAuth() {
+				// The service's registry credentials travel as one more secret.
+				ids = append(ids, registry.AuthSecretID(t.GetServiceId()))
+			}
 			return ids
 		},
-		table: (*raftstore.Tx).Secrets,
+		get: func(tx *raftstore.Tx, id string) (*pb.Secret, bool) {
+			if svcID, ok := registry.AuthSecretService(id); ok {
+				sec := registryAuthSecret(tx, svcID)
+				return sec, sec != nil
+			}
+			return tx.Secrets().Get(id)
+		},
 		value: func(sec *pb.Secret) (*pb.SecretValue, error) {
 			key, err := d.keys.Key()
 			if err != nil {
@@ -75,7 +86,7 @@ func (d *Dispatcher) newConfigTracker(nodeID string) *valueTracker[*pb.Config] {
 			}
 			return ids
 		},
-		table: (*raftstore.Tx).Configs,
+		get: func(tx *raftstore.Tx, id string) (*pb.Config, bool) { return tx.Configs().Get(id) },
 		value: func(c *pb.Config) (*pb.SecretValue, error) {
 			return &pb.SecretValue{Id: c.GetId(), Name: c.GetSpec().GetAnnotations().GetName(), Data: c.GetSpec().GetData()}, nil
 		},
@@ -102,6 +113,13 @@ func (s *valueTracker[T]) note(t *pb.Task, deleted bool) {
 		return
 	}
 	s.uses[t.GetId()] = ids
+}
+
+// stale marks a value the worker holds as changed in the store (a
+// service's new registry credentials): the next changes sends it again if
+// a task still needs it.
+func (s *valueTracker[T]) stale(id string) {
+	delete(s.sent, id)
 }
 
 // changes returns what the worker must learn: with COMPLETE every value
@@ -131,7 +149,7 @@ func (s *valueTracker[T]) changes(kind pb.AssignmentsType) *pb.SecretAssignments
 		var stored []T
 		s.store.View(func(tx *raftstore.Tx) {
 			for _, id := range missing {
-				if o, ok := s.kind.table(tx).Get(id); ok {
+				if o, ok := s.kind.get(tx, id); ok {
 					stored = append(stored, o)
 				} else if !s.failed[id] {
 					s.failed[id] = true
@@ -199,4 +217,19 @@ func splitValues(msg *pb.SessionMessage, budget int) []*pb.SessionMessage {
 		}
 	}
 	return out
+}
+
+// registryAuthSecret presents a service's sealed registry credentials as a
+// secret under their own ID (see registry.AuthSecretID), sealed to it, or
+// nil when the service has none.
+func registryAuthSecret(tx *raftstore.Tx, serviceID string) *pb.Secret {
+	svc, ok := tx.Services().Get(serviceID)
+	if !ok || len(svc.GetSealedRegistryAuth()) == 0 {
+		return nil
+	}
+	return &pb.Secret{
+		Id:         registry.AuthSecretID(serviceID),
+		Spec:       &pb.SecretSpec{Annotations: &pb.Annotations{Name: "registry credentials of " + svc.GetSpec().GetAnnotations().GetName()}},
+		SealedData: svc.GetSealedRegistryAuth(),
+	}
 }

@@ -50,6 +50,7 @@ type Journal struct {
 	from    position
 	started bool
 	changed chan struct{} // closed and replaced on every append
+	streams int           // streams following now (for tests and a gauge)
 }
 
 // New makes a journal of up to limit events (DefaultLimit when 0).
@@ -169,7 +170,13 @@ func (j *Journal) Stream(ctx context.Context, req *pb.EventsRequest, send func(*
 	default:
 		pos = j.endLocked()
 	}
+	j.streams++
 	j.mu.Unlock()
+	defer func() {
+		j.mu.Lock()
+		j.streams--
+		j.mu.Unlock()
+	}()
 
 	var until <-chan time.Time
 	if u := req.GetUntil(); u != 0 {

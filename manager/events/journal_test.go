@@ -90,9 +90,15 @@ type collector struct {
 	cancel context.CancelFunc
 }
 
-func (f *journalFixture) stream(req *pb.EventsRequest) *collector {
+// stream starts a stream and waits until it has chosen where it starts.
+func (f *journalFixture) stream(t *testing.T, req *pb.EventsRequest) *collector {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &collector{done: make(chan struct{}), cancel: cancel}
+	f.j.mu.Lock()
+	before := f.j.streams
+	f.j.mu.Unlock()
+	t.Cleanup(func() { c.stop() })
 	go func() {
 		defer close(c.done)
 		err := f.j.Stream(ctx, req, func(e *pb.ClusterEvent) error {
@@ -105,6 +111,16 @@ func (f *journalFixture) stream(req *pb.EventsRequest) *collector {
 		c.err = err
 		c.mu.Unlock()
 	}()
+	poll.Until(t, 5*time.Second, "the stream to start", func() (bool, string) {
+		f.j.mu.Lock()
+		defer f.j.mu.Unlock()
+		select {
+		case <-c.done:
+			return true, "" // it already ended (a refusal, or until passed)
+		default:
+		}
+		return f.j.streams > before, ""
+	})
 	return c
 }
 
@@ -136,7 +152,7 @@ func TestStreamFollowsFromNow(t *testing.T) {
 	f := newJournal(t, 0)
 	f.secret(t, "a")
 	f.held(t, 1)
-	c := f.stream(&pb.EventsRequest{})
+	c := f.stream(t, &pb.EventsRequest{})
 	f.secret(t, "b")
 	f.secret(t, "c")
 	c.waitFor(t, "b", "c")
@@ -151,13 +167,13 @@ func TestStreamSinceTimeAndTypes(t *testing.T) {
 	}
 	f.held(t, 3)
 	// Since 90 s after start: b (at +2m) and c (at +3m), then live ones.
-	c := f.stream(&pb.EventsRequest{Since: start.Add(90 * time.Second).UnixNano(), Types: []string{"secret"}})
+	c := f.stream(t, &pb.EventsRequest{Since: start.Add(90 * time.Second).UnixNano(), Types: []string{"secret"}})
 	c.waitFor(t, "b", "c")
 	f.secret(t, "d")
 	c.waitFor(t, "b", "c", "d")
 	c.stop()
 	// Another type sees none of them.
-	c = f.stream(&pb.EventsRequest{Since: start.UnixNano(), Types: []string{"service"}})
+	c = f.stream(t, &pb.EventsRequest{Since: start.UnixNano(), Types: []string{"service"}})
 	f.secret(t, "e")
 	f.held(t, 5)
 	if err := c.stop(); err != context.Canceled || len(c.names()) != 0 {
@@ -172,7 +188,7 @@ func TestStreamUntilEnds(t *testing.T) {
 	f.secret(t, "b")
 	f.held(t, 2)
 	// until is between a and b: the stream sends a, sees b is later and ends.
-	c := f.stream(&pb.EventsRequest{Since: start.UnixNano(), Until: start.Add(90 * time.Second).UnixNano()})
+	c := f.stream(t, &pb.EventsRequest{Since: start.UnixNano(), Until: start.Add(90 * time.Second).UnixNano()})
 	<-c.done
 	if c.err != nil || fmt.Sprint(c.names()) != "[a]" {
 		t.Fatalf("got %v, err %v; want [a] and nil", c.names(), c.err)
@@ -186,18 +202,18 @@ func TestStreamResumesByIndexWithoutRepeats(t *testing.T) {
 		f.secret(t, n)
 	}
 	f.held(t, 4)
-	c := f.stream(&pb.EventsRequest{Since: start.UnixNano()})
+	c := f.stream(t, &pb.EventsRequest{Since: start.UnixNano()})
 	c.waitFor(t, "a", "b", "c", "d")
 	c.stop()
 	// A client that saw up to b resumes after it (on any manager).
 	second := c.got[1]
-	c = f.stream(&pb.EventsRequest{SinceIndex: second.GetIndex(), SinceSeq: second.GetSeq()})
+	c = f.stream(t, &pb.EventsRequest{SinceIndex: second.GetIndex(), SinceSeq: second.GetSeq()})
 	c.waitFor(t, "c", "d")
 	f.secret(t, "e")
 	c.waitFor(t, "c", "d", "e")
 	c.stop()
 	// A resume position this journal has not reached yet waits for it.
-	c = f.stream(&pb.EventsRequest{SinceIndex: c.got[2].GetIndex() + 1})
+	c = f.stream(t, &pb.EventsRequest{SinceIndex: c.got[2].GetIndex() + 1})
 	f.secret(t, "f")
 	f.secret(t, "g")
 	c.waitFor(t, "g")
@@ -217,7 +233,7 @@ func TestStreamRefusesTrimmedPosition(t *testing.T) {
 		t.Fatalf("resume from a trimmed index: %v, want OutOfRange", err)
 	}
 	// Resuming from the last trimmed event is fine.
-	c := f.stream(&pb.EventsRequest{SinceIndex: 2})
+	c := f.stream(t, &pb.EventsRequest{SinceIndex: 2})
 	c.waitFor(t, "c", "d", "e")
 	c.stop()
 }

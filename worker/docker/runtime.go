@@ -9,9 +9,11 @@
 // the containers an earlier one started. Containers run with restart
 // policy "no": Shoal replaces failed tasks itself.
 //
-// There is no registry: images must already be on the node (built there,
-// or loaded with `shoal image load FILE` or `docker load`). A missing image
-// rejects the task rather than failing it over and over.
+// An image missing on the node is pulled from its registry while the task
+// is preparing, its progress in the task's status message; a failed pull
+// fails the task with the registry's reason, and the restart policy
+// decides what next. Images built on the node or loaded there (`shoal
+// image load FILE`, `docker load`) are used as they are.
 package docker
 
 import (
@@ -30,6 +32,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
@@ -329,9 +332,10 @@ func (r *Runtime) inspect(ctx context.Context, taskID string) (container.Inspect
 	}
 }
 
-// Prepare checks the task's image is on this node and creates its
-// container (not started), with its secret and config files mounted.
-// Preparing a prepared task does nothing.
+// Prepare makes sure the task's image is on this node, pulling it from its
+// registry (with the service's credentials, if any) when it is not, and
+// creates its container (not started), with its secret and config files
+// mounted. Preparing a prepared task does nothing.
 func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFiles) error {
 	id := t.GetId()
 	if id == "" {
@@ -348,11 +352,17 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 	}
 	spec.host.DNS = r.dnsServers()
 	image := spec.config.Image
+	if _, err := reference.ParseNormalizedNamed(image); err != nil {
+		// No registry could ever hold it: pulling again would not help.
+		return permanent("image %q cannot be pulled on node %s: not a valid image reference (%v)", image, r.nodeName, err)
+	}
 	if _, err := r.cli.ImageInspect(ctx, image); err != nil {
-		if cerrdefs.IsNotFound(err) {
-			return r.missingImage(image)
+		if !cerrdefs.IsNotFound(err) {
+			return fmt.Errorf("prepare task %s: inspect image %s: %w", id, image, err)
 		}
-		return fmt.Errorf("prepare task %s: inspect image %s: %w", id, image, err)
+		if err := r.pull(ctx, image, files.RegistryAuth); err != nil {
+			return err
+		}
 	}
 	res, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: spec.name, Config: spec.config, HostConfig: spec.host})
 	switch {
@@ -363,7 +373,8 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 		}
 		return fmt.Errorf("prepare task %s: create container %s: %w", id, spec.name, err)
 	case cerrdefs.IsNotFound(err):
-		return r.missingImage(image) // removed meanwhile
+		// Removed meanwhile: the next attempt pulls it again.
+		return fmt.Errorf("prepare task %s: image %s was removed from node %s while the task was prepared", id, image, r.nodeName)
 	case err != nil:
 		return engineError(id, "prepare", fmt.Errorf("create container %s: %w", spec.name, err))
 	}
@@ -373,10 +384,6 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 	r.remember(id, res.ID)
 	r.log.Debug("container created", "task_id", id, "container", spec.name, "id", res.ID)
 	return nil
-}
-
-func (r *Runtime) missingImage(image string) error {
-	return permanent("image %s not found on node %s (no registry configured); load it with `shoal image load FILE` or `docker load`", image, r.nodeName)
 }
 
 // Start starts a prepared task's container, registering a wait on it

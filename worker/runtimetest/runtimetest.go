@@ -90,8 +90,9 @@ type Factory struct {
 	// program doing p (its executable or image, its arguments, and any
 	// environment the runtime's tests need).
 	Spec func(t *testing.T, p Program) *pb.ContainerSpec
-	// Missing is the spec of a task whose program is not on the node
-	// (an executable or an image that does not exist there).
+	// Missing is the spec of a task whose program can never run on the
+	// node (an executable that does not exist there; an image no registry
+	// could hold, since a missing image is pulled).
 	Missing func(t *testing.T) *pb.ContainerSpec
 }
 
