@@ -2,6 +2,7 @@ package dockerapi
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -244,4 +245,38 @@ func normalise(s *pb.ServiceSpec) *pb.ServiceSpec {
 		s.Endpoint = nil // the managers default it to empty
 	}
 	return s
+}
+
+func TestRegistryAuthHeader(t *testing.T) {
+	enc := func(s string) string { return base64.URLEncoding.EncodeToString([]byte(s)) }
+	for _, tc := range []struct {
+		name, header string
+		want         *pb.RegistryAuth
+		err          string
+	}{
+		{"none", "", nil, ""},
+		{"empty object", enc(`{}`), nil, ""},
+		{"password", enc(`{"username":"u","password":"p","serveraddress":"127.0.0.1:5000"}`), &pb.RegistryAuth{Server: "127.0.0.1:5000", Username: "u", Password: "p"}, ""},
+		{"auth field", enc(`{"auth":"` + base64.StdEncoding.EncodeToString([]byte("u:p")) + `","serveraddress":"r"}`), &pb.RegistryAuth{Server: "r", Username: "u", Password: "p"}, ""},
+		{"token", enc(`{"identitytoken":"tok","serveraddress":"r"}`), &pb.RegistryAuth{Server: "r", IdentityToken: "tok"}, ""},
+		{"not base64", "!!!", nil, "not base64"},
+		{"not JSON", enc("nope"), nil, "invalid X-Registry-Auth"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/services/create", nil)
+			if tc.header != "" {
+				r.Header.Set("X-Registry-Auth", tc.header)
+			}
+			got, err := registryAuth(r)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || !proto.Equal(got, tc.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
 }

@@ -67,10 +67,11 @@ func (s *Server) networkExists(_ *http.Request) networkLookup {
 	}
 }
 
-// distribution answers `GET /distribution/{image}/json`: Shoal does not
-// query registries; each worker's Engine pulls the image itself (the CLI
-// says so in a warning and goes on).
+// distribution answers `GET /distribution/{image}/json`: not served. The
+// managers pin a docker-runtime service's image to its digest themselves
+// when it is created or its image changes (the CLI warns that it could not,
+// and goes on); a process-runtime path has no digest.
 func (s *Server) distribution(_ http.ResponseWriter, r *http.Request) error {
 	image := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/distribution/"), "/json")
-	return notImplemented("Shoal does not query registries for %s: each node pulls the image itself", image)
+	return notImplemented("Shoal does not serve registry lookups (%s): its managers pin a service's image to its digest themselves", image)
 }

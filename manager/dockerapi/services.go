@@ -1,21 +1,54 @@
 package dockerapi
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 
+	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/api/types/swarm"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/protobuf/proto"
 )
 
-// registryAuthRefusal is why a request carrying registry credentials is
-// refused: workers pull with their own Engine's credentials.
-const registryAuthRefusal = "Shoal does not pass registry credentials to workers (--with-registry-auth): log the workers' Docker Engines in to the registry instead"
+// registryAuth reads the credentials `--with-registry-auth` sends in the
+// X-Registry-Auth header (base64url JSON); nil when none were sent.
+func registryAuth(r *http.Request) (*pb.RegistryAuth, error) {
+	h := r.Header.Get("X-Registry-Auth")
+	if h == "" {
+		return nil, nil
+	}
+	raw, err := base64.URLEncoding.DecodeString(h)
+	if err != nil {
+		if raw, err = base64.StdEncoding.DecodeString(h); err != nil {
+			return nil, badRequest("invalid X-Registry-Auth header: not base64")
+		}
+	}
+	var a registry.AuthConfig
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, badRequest("invalid X-Registry-Auth header: %v", err)
+	}
+	if a.Auth != "" && a.Username == "" && a.Password == "" {
+		dec, err := base64.StdEncoding.DecodeString(a.Auth)
+		if err != nil {
+			return nil, badRequest("invalid X-Registry-Auth header: auth is not base64")
+		}
+		a.Username, a.Password, _ = strings.Cut(string(dec), ":")
+	}
+	out := &pb.RegistryAuth{Server: a.ServerAddress, Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
+	if proto.Equal(out, &pb.RegistryAuth{}) {
+		return nil, nil
+	}
+	return out, nil
+}
 
 func (s *Server) createService(w http.ResponseWriter, r *http.Request) error {
-	if r.Header.Get("X-Registry-Auth") != "" {
-		return badRequest(registryAuthRefusal)
+	auth, err := registryAuth(r)
+	if err != nil {
+		return err
 	}
 	var d swarm.ServiceSpec
 	if err := decode(r, &d); err != nil {
@@ -25,11 +58,13 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	resp, err := s.cfg.Control.CreateService(r.Context(), &pb.CreateServiceRequest{Spec: spec})
+	// The managers pin the image to its digest (the CLI could not: Shoal
+	// answers no /distribution request), as Docker's --resolve-image does.
+	resp, err := s.cfg.Control.CreateService(r.Context(), &pb.CreateServiceRequest{Spec: spec, RegistryAuth: auth})
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, swarm.ServiceCreateResponse{ID: resp.GetService().GetId()})
+	return writeJSON(w, http.StatusCreated, swarm.ServiceCreateResponse{ID: resp.GetService().GetId(), Warnings: resp.GetWarnings()})
 }
 
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
@@ -86,8 +121,9 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) updateService(w http.ResponseWriter, r *http.Request) error {
-	if r.Header.Get("X-Registry-Auth") != "" {
-		return badRequest(registryAuthRefusal)
+	auth, err := registryAuth(r)
+	if err != nil {
+		return err
 	}
 	version, err := queryVersion(r)
 	if err != nil {
@@ -99,7 +135,7 @@ func (s *Server) updateService(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return badRequest("invalid registryAuthFrom %q: use spec or previous-spec", q.Get("registryAuthFrom"))
 	}
-	req := &pb.UpdateServiceRequest{Ref: r.PathValue("id"), Version: version}
+	req := &pb.UpdateServiceRequest{Ref: r.PathValue("id"), Version: version, RegistryAuth: auth}
 	switch q.Get("rollback") {
 	case "":
 	case "previous":
@@ -115,11 +151,21 @@ func (s *Server) updateService(w http.ResponseWriter, r *http.Request) error {
 		if req.Spec, err = serviceSpecFromDocker(d, s.networkExists(r)); err != nil {
 			return err
 		}
+		// Docker's spec has no place for "pulls with stored credentials":
+		// a service that has them keeps them unless new ones are sent.
+		if auth == nil {
+			cur, err := s.cfg.Control.GetService(r.Context(), &pb.GetServiceRequest{Ref: req.Ref})
+			if err != nil {
+				return err
+			}
+			req.Spec.Task.Container.WithRegistryAuth = cur.GetService().GetSpec().GetTask().GetContainer().GetWithRegistryAuth()
+		}
 	}
-	if _, err := s.cfg.Control.UpdateService(r.Context(), req); err != nil {
+	resp, err := s.cfg.Control.UpdateService(r.Context(), req)
+	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, swarm.ServiceUpdateResponse{})
+	return writeJSON(w, http.StatusOK, swarm.ServiceUpdateResponse{Warnings: resp.GetWarnings()})
 }
 
 func (s *Server) removeService(w http.ResponseWriter, r *http.Request) error {
