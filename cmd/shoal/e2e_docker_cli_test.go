@@ -267,6 +267,14 @@ func TestDockerCLI(t *testing.T) {
 			want: []string{`^web 3 dbpass\n$`}},
 		{name: "service inspect --pretty", args: []string{"service", "inspect", "--pretty", "web"}, want: []string{`Replicas:\s+3`, `Image:\s+` + regexp.QuoteMeta(hello)}},
 		{name: "secret in use", args: []string{"secret", "rm", "dbpass"}, code: 1, want: []string{`in use by service web`}},
+		{name: "service ps running", args: []string{"service", "ps", "--filter", "desired-state=running", "--format", "{{.Name}} {{.CurrentState}}", "web"},
+			want: []string{`(?m)^web\.1 Running`}, not: []string{`Shutdown`}},
+		{name: "node ps", args: []string{"node", "ps", "--format", "{{.Name}}", "w1", "w2"}, want: []string{`web\.[123]`}},
+		{name: "replicated job", timeout: conv, args: []string{"service", "create", "--name", "job1", "--mode", "replicated-job", "--replicas", "2", "/bin/true"},
+			want: []string{`job complete`}},
+		{name: "job listed", args: []string{"service", "ls", "--filter", "mode=replicated-job", "--format", "{{.Name}} {{.Mode}} {{.Replicas}}"},
+			want: []string{`^job1 replicated job 0/0 \(2/2 completed\)\n$`}},
+		{name: "job removed", args: []string{"service", "rm", "job1"}, want: []string{`^job1\n$`}},
 	} {
 		d.step(s)
 	}

@@ -257,6 +257,11 @@ func taskToDocker(t *pb.Task) swarm.Task {
 	}
 	if t.GetJobIteration() != 0 {
 		d.JobIteration = &swarm.Version{Index: t.GetJobIteration()}
+		if t.GetSlot() > 0 {
+			// Docker numbers a replicated job's slots from 0 (the CLI's
+			// progress looks for slots 0..completions-1); Shoal from 1.
+			d.Slot = int(t.GetSlot()) - 1
+		}
 	}
 	return d
 }
