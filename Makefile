@@ -6,7 +6,7 @@ PROTO_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTO_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 STATICCHECK       := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build screenshots test test-deps bench-deps test-go test-short proto proto-tools proto-check lint bench demo clean images chaos chaos-short fuzz fuzz-short
+.PHONY: all build screenshots test test-deps bench-deps test-go test-short proto proto-tools proto-check lint bench demo demo-autoscale clean images chaos chaos-short fuzz fuzz-short
 
 all: build
 
@@ -98,6 +98,11 @@ bench-quick: bench-deps
 demo: build
 	@if [ "$(DEMO_RUNTIME)" = docker ]; then $(MAKE) --no-print-directory images; fi
 	$(GO) run ./cmd/shoal-demo -bin $(BIN)
+
+# Autoscaling on CPU: hello under a built-in load loop goes from 2 to
+# several replicas and back down after, in about two minutes.
+demo-autoscale: build
+	BIN=$(BIN) scripts/demo-autoscale.sh
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
 # the local Docker Engine (FROM scratch), then pushed to the local registry

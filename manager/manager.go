@@ -33,6 +33,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/authz"
+	"github.com/shoal-cluster/shoal/manager/autoscaler"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/controlapi"
 	"github.com/shoal-cluster/shoal/manager/dispatcher"
@@ -46,6 +47,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/scheduler"
 	"github.com/shoal-cluster/shoal/manager/sealer"
 	"github.com/shoal-cluster/shoal/manager/updater"
+	"github.com/shoal-cluster/shoal/manager/usage"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -79,6 +81,7 @@ type Manager struct {
 	members *membership.Server
 	ca      *ca.Authority
 	disp    *dispatcher.Dispatcher
+	usage   *usage.Table
 	gossip  *gossip.Gossip
 	feed    *endpoints.Feed
 	journal *events.Journal
@@ -409,11 +412,13 @@ func (m *Manager) assemble() (*controlapi.Server, *leaderroute.Router) {
 		Clock:         clock.Real(),
 		Log:           m.log,
 	})
+	m.usage = usage.New(clock.Real())
 	m.disp = dispatcher.New(dispatcher.Config{
 		Store:      m.store,
 		Leadership: m.members,
 		Endpoints:  m.feed,
 		Secrets:    m.keys,
+		Usage:      m.usage,
 		Clock:      clock.Real(),
 		APIAddr:    cfg.APIAddr(),
 		Period:     cfg.HeartbeatPeriod,
@@ -428,6 +433,7 @@ func (m *Manager) assemble() (*controlapi.Server, *leaderroute.Router) {
 		Keys:        m.keys,
 		Workers:     m.conns,
 		Events:      m.journal,
+		Usage:       m.usage,
 		ClusterID:   id.ClusterID,
 		AdvertiseIP: cfg.AdvertiseIP,
 		Log:         m.log,
@@ -637,6 +643,7 @@ func (m *Manager) leaderLoops() []func(context.Context) {
 		orchestrator.New(m.store, clock.Real(), m.log).Run,
 		scheduler.New(m.store, clock.Real(), m.log).Run,
 		updater.New(m.store, clock.Real(), m.log).Run,
+		autoscaler.New(m.store, m.usage, clock.Real(), 3*m.cfg.HeartbeatPeriod, m.log).Run,
 	}
 }
 

@@ -78,6 +78,225 @@ func (ResolveImage) EnumDescriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{0}
 }
 
+// TaskStatsRequest selects tasks by service or node (or every task).
+type TaskStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// service is a service ID, ID prefix or name; node a node ID, prefix or
+	// hostname. Empty: all.
+	Service       string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStatsRequest) Reset() {
+	*x = TaskStatsRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStatsRequest) ProtoMessage() {}
+
+func (x *TaskStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStatsRequest.ProtoReflect.Descriptor instead.
+func (*TaskStatsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *TaskStatsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *TaskStatsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// TaskStat is one running task's use and what it reserved and may use.
+type TaskStat struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TaskId      string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	ServiceId   string                 `protobuf:"bytes,2,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	ServiceName string                 `protobuf:"bytes,3,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	Slot        uint64                 `protobuf:"varint,4,opt,name=slot,proto3" json:"slot,omitempty"`
+	NodeId      string                 `protobuf:"bytes,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Hostname    string                 `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// usage is the latest sample (absent: none yet).
+	Usage *TaskUsage `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`
+	// cpu_reservation (nano CPUs) and memory_limit (bytes) from the spec.
+	CpuReservation int64 `protobuf:"varint,8,opt,name=cpu_reservation,json=cpuReservation,proto3" json:"cpu_reservation,omitempty"`
+	MemoryLimit    int64 `protobuf:"varint,9,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
+	// age is how old the sample is on the leader's clock (nanoseconds).
+	Age           int64 `protobuf:"varint,10,opt,name=age,proto3" json:"age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStat) Reset() {
+	*x = TaskStat{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStat) ProtoMessage() {}
+
+func (x *TaskStat) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStat.ProtoReflect.Descriptor instead.
+func (*TaskStat) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TaskStat) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskStat) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *TaskStat) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *TaskStat) GetSlot() uint64 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
+}
+
+func (x *TaskStat) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *TaskStat) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *TaskStat) GetUsage() *TaskUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *TaskStat) GetCpuReservation() int64 {
+	if x != nil {
+		return x.CpuReservation
+	}
+	return 0
+}
+
+func (x *TaskStat) GetMemoryLimit() int64 {
+	if x != nil {
+		return x.MemoryLimit
+	}
+	return 0
+}
+
+func (x *TaskStat) GetAge() int64 {
+	if x != nil {
+		return x.Age
+	}
+	return 0
+}
+
+type TaskStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stats         []*TaskStat            `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStatsResponse) Reset() {
+	*x = TaskStatsResponse{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStatsResponse) ProtoMessage() {}
+
+func (x *TaskStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStatsResponse.ProtoReflect.Descriptor instead.
+func (*TaskStatsResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TaskStatsResponse) GetStats() []*TaskStat {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
 type CreateServiceRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Spec         *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -91,7 +310,7 @@ type CreateServiceRequest struct {
 
 func (x *CreateServiceRequest) Reset() {
 	*x = CreateServiceRequest{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -103,7 +322,7 @@ func (x *CreateServiceRequest) String() string {
 func (*CreateServiceRequest) ProtoMessage() {}
 
 func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -116,7 +335,7 @@ func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceRequest.ProtoReflect.Descriptor instead.
 func (*CreateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
@@ -152,7 +371,7 @@ type CreateServiceResponse struct {
 
 func (x *CreateServiceResponse) Reset() {
 	*x = CreateServiceResponse{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -164,7 +383,7 @@ func (x *CreateServiceResponse) String() string {
 func (*CreateServiceResponse) ProtoMessage() {}
 
 func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -177,7 +396,7 @@ func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceResponse.ProtoReflect.Descriptor instead.
 func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateServiceResponse) GetService() *Service {
@@ -204,7 +423,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -216,7 +435,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -229,7 +448,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetServiceRequest) GetRef() string {
@@ -248,7 +467,7 @@ type GetServiceResponse struct {
 
 func (x *GetServiceResponse) Reset() {
 	*x = GetServiceResponse{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +479,7 @@ func (x *GetServiceResponse) String() string {
 func (*GetServiceResponse) ProtoMessage() {}
 
 func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +492,7 @@ func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceResponse.ProtoReflect.Descriptor instead.
 func (*GetServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetServiceResponse) GetService() *Service {
@@ -291,7 +510,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +522,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +535,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 // ServiceTaskCounts summarises a service's tasks for `service ls`.
@@ -334,7 +553,7 @@ type ServiceTaskCounts struct {
 
 func (x *ServiceTaskCounts) Reset() {
 	*x = ServiceTaskCounts{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +565,7 @@ func (x *ServiceTaskCounts) String() string {
 func (*ServiceTaskCounts) ProtoMessage() {}
 
 func (x *ServiceTaskCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +578,7 @@ func (x *ServiceTaskCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceTaskCounts.ProtoReflect.Descriptor instead.
 func (*ServiceTaskCounts) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ServiceTaskCounts) GetServiceId() string {
@@ -400,7 +619,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +631,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +644,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListServicesResponse) GetServices() []*Service {
@@ -459,7 +678,7 @@ type UpdateServiceRequest struct {
 
 func (x *UpdateServiceRequest) Reset() {
 	*x = UpdateServiceRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +690,7 @@ func (x *UpdateServiceRequest) String() string {
 func (*UpdateServiceRequest) ProtoMessage() {}
 
 func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +703,7 @@ func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateServiceRequest) GetRef() string {
@@ -539,7 +758,7 @@ type UpdateServiceResponse struct {
 
 func (x *UpdateServiceResponse) Reset() {
 	*x = UpdateServiceResponse{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +770,7 @@ func (x *UpdateServiceResponse) String() string {
 func (*UpdateServiceResponse) ProtoMessage() {}
 
 func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +783,7 @@ func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateServiceResponse) GetService() *Service {
@@ -590,7 +809,7 @@ type RemoveServiceRequest struct {
 
 func (x *RemoveServiceRequest) Reset() {
 	*x = RemoveServiceRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +821,7 @@ func (x *RemoveServiceRequest) String() string {
 func (*RemoveServiceRequest) ProtoMessage() {}
 
 func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +834,7 @@ func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveServiceRequest) GetRef() string {
@@ -633,7 +852,7 @@ type RemoveServiceResponse struct {
 
 func (x *RemoveServiceResponse) Reset() {
 	*x = RemoveServiceResponse{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +864,7 @@ func (x *RemoveServiceResponse) String() string {
 func (*RemoveServiceResponse) ProtoMessage() {}
 
 func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +877,7 @@ func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 type ListTasksRequest struct {
@@ -674,7 +893,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +905,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +918,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTasksRequest) GetServiceRef() string {
@@ -732,7 +951,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +963,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +976,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -779,7 +998,7 @@ type ServiceLogsRequest struct {
 
 func (x *ServiceLogsRequest) Reset() {
 	*x = ServiceLogsRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1010,7 @@ func (x *ServiceLogsRequest) String() string {
 func (*ServiceLogsRequest) ProtoMessage() {}
 
 func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1023,7 @@ func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ServiceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ServiceLogsRequest) GetRef() string {
@@ -842,7 +1061,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1073,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1086,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LogLine) GetTaskId() string {
@@ -916,7 +1135,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1147,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1160,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TaskLogsRequest) GetTaskId() string {
@@ -974,7 +1193,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1205,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1218,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -1019,7 +1238,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1250,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1263,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListNodesRequest) GetRole() NodeRole {
@@ -1063,7 +1282,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1294,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1307,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1108,7 +1327,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1339,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1352,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetNodeRequest) GetRef() string {
@@ -1152,7 +1371,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1383,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1396,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1199,7 +1418,7 @@ type UpdateNodeRequest struct {
 
 func (x *UpdateNodeRequest) Reset() {
 	*x = UpdateNodeRequest{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1430,7 @@ func (x *UpdateNodeRequest) String() string {
 func (*UpdateNodeRequest) ProtoMessage() {}
 
 func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1443,7 @@ func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateNodeRequest) GetRef() string {
@@ -1257,7 +1476,7 @@ type UpdateNodeResponse struct {
 
 func (x *UpdateNodeResponse) Reset() {
 	*x = UpdateNodeResponse{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1488,7 @@ func (x *UpdateNodeResponse) String() string {
 func (*UpdateNodeResponse) ProtoMessage() {}
 
 func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1501,7 @@ func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateNodeResponse) GetNode() *Node {
@@ -1303,7 +1522,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1534,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1547,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveNodeRequest) GetRef() string {
@@ -1353,7 +1572,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1584,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1597,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 type GetClusterRequest struct {
@@ -1389,7 +1608,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1620,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1633,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 // ManagerRaftStatus is one manager's view of Raft.
@@ -1440,7 +1659,7 @@ type ManagerRaftStatus struct {
 
 func (x *ManagerRaftStatus) Reset() {
 	*x = ManagerRaftStatus{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1671,7 @@ func (x *ManagerRaftStatus) String() string {
 func (*ManagerRaftStatus) ProtoMessage() {}
 
 func (x *ManagerRaftStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1684,7 @@ func (x *ManagerRaftStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManagerRaftStatus.ProtoReflect.Descriptor instead.
 func (*ManagerRaftStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ManagerRaftStatus) GetNodeId() string {
@@ -1571,7 +1790,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1802,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1815,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1636,7 +1855,7 @@ type RotateJoinTokenRequest struct {
 
 func (x *RotateJoinTokenRequest) Reset() {
 	*x = RotateJoinTokenRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1867,7 @@ func (x *RotateJoinTokenRequest) String() string {
 func (*RotateJoinTokenRequest) ProtoMessage() {}
 
 func (x *RotateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1880,7 @@ func (x *RotateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RotateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotateJoinTokenRequest) GetRole() NodeRole {
@@ -1680,7 +1899,7 @@ type RotateJoinTokenResponse struct {
 
 func (x *RotateJoinTokenResponse) Reset() {
 	*x = RotateJoinTokenResponse{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1911,7 @@ func (x *RotateJoinTokenResponse) String() string {
 func (*RotateJoinTokenResponse) ProtoMessage() {}
 
 func (x *RotateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1924,7 @@ func (x *RotateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RotateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotateJoinTokenResponse) GetToken() string {
@@ -1724,7 +1943,7 @@ type CheckTokenRequest struct {
 
 func (x *CheckTokenRequest) Reset() {
 	*x = CheckTokenRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1955,7 @@ func (x *CheckTokenRequest) String() string {
 func (*CheckTokenRequest) ProtoMessage() {}
 
 func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1968,7 @@ func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
 func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CheckTokenRequest) GetToken() string {
@@ -1769,7 +1988,7 @@ type CheckTokenResponse struct {
 
 func (x *CheckTokenResponse) Reset() {
 	*x = CheckTokenResponse{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2000,7 @@ func (x *CheckTokenResponse) String() string {
 func (*CheckTokenResponse) ProtoMessage() {}
 
 func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +2013,7 @@ func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
 func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CheckTokenResponse) GetClusterId() string {
@@ -1833,7 +2052,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +2064,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2077,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -1937,7 +2156,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2168,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2181,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -2030,7 +2249,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2261,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2274,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaveRequest) GetNodeId() string {
@@ -2073,7 +2292,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2304,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2317,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 type RaftStatusRequest struct {
@@ -2109,7 +2328,7 @@ type RaftStatusRequest struct {
 
 func (x *RaftStatusRequest) Reset() {
 	*x = RaftStatusRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2340,7 @@ func (x *RaftStatusRequest) String() string {
 func (*RaftStatusRequest) ProtoMessage() {}
 
 func (x *RaftStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2353,7 @@ func (x *RaftStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftStatusRequest.ProtoReflect.Descriptor instead.
 func (*RaftStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 type CheckMemberRequest struct {
@@ -2147,7 +2366,7 @@ type CheckMemberRequest struct {
 
 func (x *CheckMemberRequest) Reset() {
 	*x = CheckMemberRequest{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2378,7 @@ func (x *CheckMemberRequest) String() string {
 func (*CheckMemberRequest) ProtoMessage() {}
 
 func (x *CheckMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2391,7 @@ func (x *CheckMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckMemberRequest.ProtoReflect.Descriptor instead.
 func (*CheckMemberRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CheckMemberRequest) GetNodeId() string {
@@ -2201,7 +2420,7 @@ type CheckMemberResponse struct {
 
 func (x *CheckMemberResponse) Reset() {
 	*x = CheckMemberResponse{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2432,7 @@ func (x *CheckMemberResponse) String() string {
 func (*CheckMemberResponse) ProtoMessage() {}
 
 func (x *CheckMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2445,7 @@ func (x *CheckMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckMemberResponse.ProtoReflect.Descriptor instead.
 func (*CheckMemberResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CheckMemberResponse) GetRemoved() bool {
@@ -2261,7 +2480,7 @@ type IssueClientCertificateRequest struct {
 
 func (x *IssueClientCertificateRequest) Reset() {
 	*x = IssueClientCertificateRequest{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2492,7 @@ func (x *IssueClientCertificateRequest) String() string {
 func (*IssueClientCertificateRequest) ProtoMessage() {}
 
 func (x *IssueClientCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2505,7 @@ func (x *IssueClientCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueClientCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueClientCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IssueClientCertificateRequest) GetCsr() []byte {
@@ -2306,7 +2525,7 @@ type IssueClientCertificateResponse struct {
 
 func (x *IssueClientCertificateResponse) Reset() {
 	*x = IssueClientCertificateResponse{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2537,7 @@ func (x *IssueClientCertificateResponse) String() string {
 func (*IssueClientCertificateResponse) ProtoMessage() {}
 
 func (x *IssueClientCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2550,7 @@ func (x *IssueClientCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueClientCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueClientCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IssueClientCertificateResponse) GetCertificate() []byte {
@@ -2357,7 +2576,7 @@ type RotateRootCARequest struct {
 
 func (x *RotateRootCARequest) Reset() {
 	*x = RotateRootCARequest{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2588,7 @@ func (x *RotateRootCARequest) String() string {
 func (*RotateRootCARequest) ProtoMessage() {}
 
 func (x *RotateRootCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2601,7 @@ func (x *RotateRootCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootCARequest.ProtoReflect.Descriptor instead.
 func (*RotateRootCARequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 type RotateRootCAResponse struct {
@@ -2395,7 +2614,7 @@ type RotateRootCAResponse struct {
 
 func (x *RotateRootCAResponse) Reset() {
 	*x = RotateRootCAResponse{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2626,7 @@ func (x *RotateRootCAResponse) String() string {
 func (*RotateRootCAResponse) ProtoMessage() {}
 
 func (x *RotateRootCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2639,7 @@ func (x *RotateRootCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootCAResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RotateRootCAResponse) GetDigest() string {
@@ -2439,7 +2658,7 @@ type RotateGossipKeyRequest struct {
 
 func (x *RotateGossipKeyRequest) Reset() {
 	*x = RotateGossipKeyRequest{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2451,7 +2670,7 @@ func (x *RotateGossipKeyRequest) String() string {
 func (*RotateGossipKeyRequest) ProtoMessage() {}
 
 func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2464,7 +2683,7 @@ func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGossipKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateGossipKeyRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 type RotateGossipKeyResponse struct {
@@ -2477,7 +2696,7 @@ type RotateGossipKeyResponse struct {
 
 func (x *RotateGossipKeyResponse) Reset() {
 	*x = RotateGossipKeyResponse{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2708,7 @@ func (x *RotateGossipKeyResponse) String() string {
 func (*RotateGossipKeyResponse) ProtoMessage() {}
 
 func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2721,7 @@ func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGossipKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateGossipKeyResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RotateGossipKeyResponse) GetKeys() int32 {
@@ -2523,7 +2742,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2754,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2767,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{45}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -2569,7 +2788,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2581,7 +2800,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2594,7 +2813,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{46}
+	return file_control_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RenewCertificateResponse) GetCertificate() []byte {
@@ -2628,7 +2847,7 @@ type CreateSecretRequest struct {
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2859,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2872,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{47}
+	return file_control_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CreateSecretRequest) GetSpec() *SecretSpec {
@@ -2673,7 +2892,7 @@ type CreateSecretResponse struct {
 
 func (x *CreateSecretResponse) Reset() {
 	*x = CreateSecretResponse{}
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2685,7 +2904,7 @@ func (x *CreateSecretResponse) String() string {
 func (*CreateSecretResponse) ProtoMessage() {}
 
 func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2698,7 +2917,7 @@ func (x *CreateSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretResponse.ProtoReflect.Descriptor instead.
 func (*CreateSecretResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{48}
+	return file_control_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateSecretResponse) GetSecret() *Secret {
@@ -2718,7 +2937,7 @@ type GetSecretRequest struct {
 
 func (x *GetSecretRequest) Reset() {
 	*x = GetSecretRequest{}
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2949,7 @@ func (x *GetSecretRequest) String() string {
 func (*GetSecretRequest) ProtoMessage() {}
 
 func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2962,7 @@ func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{49}
+	return file_control_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetSecretRequest) GetRef() string {
@@ -2765,7 +2984,7 @@ type GetSecretResponse struct {
 
 func (x *GetSecretResponse) Reset() {
 	*x = GetSecretResponse{}
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +2996,7 @@ func (x *GetSecretResponse) String() string {
 func (*GetSecretResponse) ProtoMessage() {}
 
 func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +3009,7 @@ func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{50}
+	return file_control_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetSecretResponse) GetSecret() *Secret {
@@ -2815,7 +3034,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2827,7 +3046,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2840,7 +3059,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{51}
+	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
 type ListSecretsResponse struct {
@@ -2853,7 +3072,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +3084,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +3097,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{52}
+	return file_control_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -2897,7 +3116,7 @@ type RemoveSecretRequest struct {
 
 func (x *RemoveSecretRequest) Reset() {
 	*x = RemoveSecretRequest{}
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2909,7 +3128,7 @@ func (x *RemoveSecretRequest) String() string {
 func (*RemoveSecretRequest) ProtoMessage() {}
 
 func (x *RemoveSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2922,7 +3141,7 @@ func (x *RemoveSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecretRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSecretRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{53}
+	return file_control_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RemoveSecretRequest) GetRef() string {
@@ -2940,7 +3159,7 @@ type RemoveSecretResponse struct {
 
 func (x *RemoveSecretResponse) Reset() {
 	*x = RemoveSecretResponse{}
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2952,7 +3171,7 @@ func (x *RemoveSecretResponse) String() string {
 func (*RemoveSecretResponse) ProtoMessage() {}
 
 func (x *RemoveSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2965,7 +3184,7 @@ func (x *RemoveSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecretResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSecretResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{54}
+	return file_control_proto_rawDescGZIP(), []int{57}
 }
 
 type CreateConfigRequest struct {
@@ -2978,7 +3197,7 @@ type CreateConfigRequest struct {
 
 func (x *CreateConfigRequest) Reset() {
 	*x = CreateConfigRequest{}
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3209,7 @@ func (x *CreateConfigRequest) String() string {
 func (*CreateConfigRequest) ProtoMessage() {}
 
 func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3003,7 +3222,7 @@ func (x *CreateConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConfigRequest.ProtoReflect.Descriptor instead.
 func (*CreateConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{55}
+	return file_control_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CreateConfigRequest) GetSpec() *ConfigSpec {
@@ -3023,7 +3242,7 @@ type CreateConfigResponse struct {
 
 func (x *CreateConfigResponse) Reset() {
 	*x = CreateConfigResponse{}
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3035,7 +3254,7 @@ func (x *CreateConfigResponse) String() string {
 func (*CreateConfigResponse) ProtoMessage() {}
 
 func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3048,7 +3267,7 @@ func (x *CreateConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConfigResponse.ProtoReflect.Descriptor instead.
 func (*CreateConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{56}
+	return file_control_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CreateConfigResponse) GetConfig() *Config {
@@ -3068,7 +3287,7 @@ type GetConfigRequest struct {
 
 func (x *GetConfigRequest) Reset() {
 	*x = GetConfigRequest{}
-	mi := &file_control_proto_msgTypes[57]
+	mi := &file_control_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3080,7 +3299,7 @@ func (x *GetConfigRequest) String() string {
 func (*GetConfigRequest) ProtoMessage() {}
 
 func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[57]
+	mi := &file_control_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +3312,7 @@ func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{57}
+	return file_control_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetConfigRequest) GetRef() string {
@@ -3115,7 +3334,7 @@ type GetConfigResponse struct {
 
 func (x *GetConfigResponse) Reset() {
 	*x = GetConfigResponse{}
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3346,7 @@ func (x *GetConfigResponse) String() string {
 func (*GetConfigResponse) ProtoMessage() {}
 
 func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3359,7 @@ func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{58}
+	return file_control_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetConfigResponse) GetConfig() *Config {
@@ -3165,7 +3384,7 @@ type ListConfigsRequest struct {
 
 func (x *ListConfigsRequest) Reset() {
 	*x = ListConfigsRequest{}
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3177,7 +3396,7 @@ func (x *ListConfigsRequest) String() string {
 func (*ListConfigsRequest) ProtoMessage() {}
 
 func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3190,7 +3409,7 @@ func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
 func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{59}
+	return file_control_proto_rawDescGZIP(), []int{62}
 }
 
 type ListConfigsResponse struct {
@@ -3203,7 +3422,7 @@ type ListConfigsResponse struct {
 
 func (x *ListConfigsResponse) Reset() {
 	*x = ListConfigsResponse{}
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3215,7 +3434,7 @@ func (x *ListConfigsResponse) String() string {
 func (*ListConfigsResponse) ProtoMessage() {}
 
 func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3228,7 +3447,7 @@ func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
 func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{60}
+	return file_control_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListConfigsResponse) GetConfigs() []*Config {
@@ -3247,7 +3466,7 @@ type RemoveConfigRequest struct {
 
 func (x *RemoveConfigRequest) Reset() {
 	*x = RemoveConfigRequest{}
-	mi := &file_control_proto_msgTypes[61]
+	mi := &file_control_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3259,7 +3478,7 @@ func (x *RemoveConfigRequest) String() string {
 func (*RemoveConfigRequest) ProtoMessage() {}
 
 func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[61]
+	mi := &file_control_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3272,7 +3491,7 @@ func (x *RemoveConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveConfigRequest.ProtoReflect.Descriptor instead.
 func (*RemoveConfigRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{61}
+	return file_control_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *RemoveConfigRequest) GetRef() string {
@@ -3290,7 +3509,7 @@ type RemoveConfigResponse struct {
 
 func (x *RemoveConfigResponse) Reset() {
 	*x = RemoveConfigResponse{}
-	mi := &file_control_proto_msgTypes[62]
+	mi := &file_control_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3302,7 +3521,7 @@ func (x *RemoveConfigResponse) String() string {
 func (*RemoveConfigResponse) ProtoMessage() {}
 
 func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[62]
+	mi := &file_control_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3315,7 +3534,7 @@ func (x *RemoveConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveConfigResponse.ProtoReflect.Descriptor instead.
 func (*RemoveConfigResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{62}
+	return file_control_proto_rawDescGZIP(), []int{65}
 }
 
 // EventsRequest selects events. Events are ordered by (index, seq).
@@ -3339,7 +3558,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_control_proto_msgTypes[63]
+	mi := &file_control_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3351,7 +3570,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[63]
+	mi := &file_control_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3364,7 +3583,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{63}
+	return file_control_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *EventsRequest) GetSinceIndex() uint64 {
@@ -3428,7 +3647,7 @@ type ClusterEvent struct {
 
 func (x *ClusterEvent) Reset() {
 	*x = ClusterEvent{}
-	mi := &file_control_proto_msgTypes[64]
+	mi := &file_control_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3440,7 +3659,7 @@ func (x *ClusterEvent) String() string {
 func (*ClusterEvent) ProtoMessage() {}
 
 func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[64]
+	mi := &file_control_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3453,7 +3672,7 @@ func (x *ClusterEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterEvent.ProtoReflect.Descriptor instead.
 func (*ClusterEvent) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{64}
+	return file_control_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ClusterEvent) GetIndex() uint64 {
@@ -3516,7 +3735,25 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"\xbd\x01\n" +
+	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"@\n" +
+	"\x10TaskStatsRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"\xb7\x02\n" +
+	"\bTaskStat\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x02 \x01(\tR\tserviceId\x12!\n" +
+	"\fservice_name\x18\x03 \x01(\tR\vserviceName\x12\x12\n" +
+	"\x04slot\x18\x04 \x01(\x04R\x04slot\x12\x17\n" +
+	"\anode_id\x18\x05 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\x12)\n" +
+	"\x05usage\x18\a \x01(\v2\x13.shoal.v1.TaskUsageR\x05usage\x12'\n" +
+	"\x0fcpu_reservation\x18\b \x01(\x03R\x0ecpuReservation\x12!\n" +
+	"\fmemory_limit\x18\t \x01(\x03R\vmemoryLimit\x12\x10\n" +
+	"\x03age\x18\n" +
+	" \x01(\x03R\x03age\"=\n" +
+	"\x11TaskStatsResponse\x12(\n" +
+	"\x05stats\x18\x01 \x03(\v2\x12.shoal.v1.TaskStatR\x05stats\"\xbd\x01\n" +
 	"\x14CreateServiceRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x12<\n" +
 	"\rresolve_image\x18\x82\x01 \x01(\x0e2\x16.shoal.v1.ResolveImageR\fresolveImage\x12<\n" +
@@ -3730,7 +3967,7 @@ const file_control_proto_rawDesc = "" +
 	"\fResolveImage\x12\x18\n" +
 	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
 	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
-	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x89\x0f\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\xcf\x0f\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3760,7 +3997,8 @@ const file_control_proto_rawDesc = "" +
 	"\fCreateConfig\x12\x1d.shoal.v1.CreateConfigRequest\x1a\x1e.shoal.v1.CreateConfigResponse\x12D\n" +
 	"\tGetConfig\x12\x1a.shoal.v1.GetConfigRequest\x1a\x1b.shoal.v1.GetConfigResponse\x12J\n" +
 	"\vListConfigs\x12\x1c.shoal.v1.ListConfigsRequest\x1a\x1d.shoal.v1.ListConfigsResponse\x12M\n" +
-	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse2C\n" +
+	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse\x12D\n" +
+	"\tTaskStats\x12\x1a.shoal.v1.TaskStatsRequest\x1a\x1b.shoal.v1.TaskStatsResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
 	"\n" +
@@ -3787,196 +4025,204 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_control_proto_goTypes = []any{
 	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
-	(*CreateServiceRequest)(nil),           // 1: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),          // 2: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),              // 3: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 4: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 5: shoal.v1.ListServicesRequest
-	(*ServiceTaskCounts)(nil),              // 6: shoal.v1.ServiceTaskCounts
-	(*ListServicesResponse)(nil),           // 7: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),           // 8: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),          // 9: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),           // 10: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),          // 11: shoal.v1.RemoveServiceResponse
-	(*ListTasksRequest)(nil),               // 12: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),              // 13: shoal.v1.ListTasksResponse
-	(*ServiceLogsRequest)(nil),             // 14: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                        // 15: shoal.v1.LogLine
-	(*TaskLogsRequest)(nil),                // 16: shoal.v1.TaskLogsRequest
-	(*LogChunk)(nil),                       // 17: shoal.v1.LogChunk
-	(*ListNodesRequest)(nil),               // 18: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 19: shoal.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),                 // 20: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),                // 21: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),              // 22: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),             // 23: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),              // 24: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),             // 25: shoal.v1.RemoveNodeResponse
-	(*GetClusterRequest)(nil),              // 26: shoal.v1.GetClusterRequest
-	(*ManagerRaftStatus)(nil),              // 27: shoal.v1.ManagerRaftStatus
-	(*GetClusterResponse)(nil),             // 28: shoal.v1.GetClusterResponse
-	(*RotateJoinTokenRequest)(nil),         // 29: shoal.v1.RotateJoinTokenRequest
-	(*RotateJoinTokenResponse)(nil),        // 30: shoal.v1.RotateJoinTokenResponse
-	(*CheckTokenRequest)(nil),              // 31: shoal.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),             // 32: shoal.v1.CheckTokenResponse
-	(*JoinRequest)(nil),                    // 33: shoal.v1.JoinRequest
-	(*JoinResponse)(nil),                   // 34: shoal.v1.JoinResponse
-	(*LeaveRequest)(nil),                   // 35: shoal.v1.LeaveRequest
-	(*LeaveResponse)(nil),                  // 36: shoal.v1.LeaveResponse
-	(*RaftStatusRequest)(nil),              // 37: shoal.v1.RaftStatusRequest
-	(*CheckMemberRequest)(nil),             // 38: shoal.v1.CheckMemberRequest
-	(*CheckMemberResponse)(nil),            // 39: shoal.v1.CheckMemberResponse
-	(*IssueClientCertificateRequest)(nil),  // 40: shoal.v1.IssueClientCertificateRequest
-	(*IssueClientCertificateResponse)(nil), // 41: shoal.v1.IssueClientCertificateResponse
-	(*RotateRootCARequest)(nil),            // 42: shoal.v1.RotateRootCARequest
-	(*RotateRootCAResponse)(nil),           // 43: shoal.v1.RotateRootCAResponse
-	(*RotateGossipKeyRequest)(nil),         // 44: shoal.v1.RotateGossipKeyRequest
-	(*RotateGossipKeyResponse)(nil),        // 45: shoal.v1.RotateGossipKeyResponse
-	(*RenewCertificateRequest)(nil),        // 46: shoal.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 47: shoal.v1.RenewCertificateResponse
-	(*CreateSecretRequest)(nil),            // 48: shoal.v1.CreateSecretRequest
-	(*CreateSecretResponse)(nil),           // 49: shoal.v1.CreateSecretResponse
-	(*GetSecretRequest)(nil),               // 50: shoal.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),              // 51: shoal.v1.GetSecretResponse
-	(*ListSecretsRequest)(nil),             // 52: shoal.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),            // 53: shoal.v1.ListSecretsResponse
-	(*RemoveSecretRequest)(nil),            // 54: shoal.v1.RemoveSecretRequest
-	(*RemoveSecretResponse)(nil),           // 55: shoal.v1.RemoveSecretResponse
-	(*CreateConfigRequest)(nil),            // 56: shoal.v1.CreateConfigRequest
-	(*CreateConfigResponse)(nil),           // 57: shoal.v1.CreateConfigResponse
-	(*GetConfigRequest)(nil),               // 58: shoal.v1.GetConfigRequest
-	(*GetConfigResponse)(nil),              // 59: shoal.v1.GetConfigResponse
-	(*ListConfigsRequest)(nil),             // 60: shoal.v1.ListConfigsRequest
-	(*ListConfigsResponse)(nil),            // 61: shoal.v1.ListConfigsResponse
-	(*RemoveConfigRequest)(nil),            // 62: shoal.v1.RemoveConfigRequest
-	(*RemoveConfigResponse)(nil),           // 63: shoal.v1.RemoveConfigResponse
-	(*EventsRequest)(nil),                  // 64: shoal.v1.EventsRequest
-	(*ClusterEvent)(nil),                   // 65: shoal.v1.ClusterEvent
-	nil,                                    // 66: shoal.v1.ClusterEvent.AttributesEntry
-	(*ServiceSpec)(nil),                    // 67: shoal.v1.ServiceSpec
-	(*RegistryAuth)(nil),                   // 68: shoal.v1.RegistryAuth
-	(*Service)(nil),                        // 69: shoal.v1.Service
-	(*Task)(nil),                           // 70: shoal.v1.Task
-	(NodeRole)(0),                          // 71: shoal.v1.NodeRole
-	(*Node)(nil),                           // 72: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 73: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 74: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 75: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 76: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 77: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 78: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 79: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 80: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 81: shoal.v1.Config
+	(*TaskStatsRequest)(nil),               // 1: shoal.v1.TaskStatsRequest
+	(*TaskStat)(nil),                       // 2: shoal.v1.TaskStat
+	(*TaskStatsResponse)(nil),              // 3: shoal.v1.TaskStatsResponse
+	(*CreateServiceRequest)(nil),           // 4: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),          // 5: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),              // 6: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 7: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 8: shoal.v1.ListServicesRequest
+	(*ServiceTaskCounts)(nil),              // 9: shoal.v1.ServiceTaskCounts
+	(*ListServicesResponse)(nil),           // 10: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),           // 11: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),          // 12: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),           // 13: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),          // 14: shoal.v1.RemoveServiceResponse
+	(*ListTasksRequest)(nil),               // 15: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),              // 16: shoal.v1.ListTasksResponse
+	(*ServiceLogsRequest)(nil),             // 17: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                        // 18: shoal.v1.LogLine
+	(*TaskLogsRequest)(nil),                // 19: shoal.v1.TaskLogsRequest
+	(*LogChunk)(nil),                       // 20: shoal.v1.LogChunk
+	(*ListNodesRequest)(nil),               // 21: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 22: shoal.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),                 // 23: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),                // 24: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),              // 25: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),             // 26: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),              // 27: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),             // 28: shoal.v1.RemoveNodeResponse
+	(*GetClusterRequest)(nil),              // 29: shoal.v1.GetClusterRequest
+	(*ManagerRaftStatus)(nil),              // 30: shoal.v1.ManagerRaftStatus
+	(*GetClusterResponse)(nil),             // 31: shoal.v1.GetClusterResponse
+	(*RotateJoinTokenRequest)(nil),         // 32: shoal.v1.RotateJoinTokenRequest
+	(*RotateJoinTokenResponse)(nil),        // 33: shoal.v1.RotateJoinTokenResponse
+	(*CheckTokenRequest)(nil),              // 34: shoal.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),             // 35: shoal.v1.CheckTokenResponse
+	(*JoinRequest)(nil),                    // 36: shoal.v1.JoinRequest
+	(*JoinResponse)(nil),                   // 37: shoal.v1.JoinResponse
+	(*LeaveRequest)(nil),                   // 38: shoal.v1.LeaveRequest
+	(*LeaveResponse)(nil),                  // 39: shoal.v1.LeaveResponse
+	(*RaftStatusRequest)(nil),              // 40: shoal.v1.RaftStatusRequest
+	(*CheckMemberRequest)(nil),             // 41: shoal.v1.CheckMemberRequest
+	(*CheckMemberResponse)(nil),            // 42: shoal.v1.CheckMemberResponse
+	(*IssueClientCertificateRequest)(nil),  // 43: shoal.v1.IssueClientCertificateRequest
+	(*IssueClientCertificateResponse)(nil), // 44: shoal.v1.IssueClientCertificateResponse
+	(*RotateRootCARequest)(nil),            // 45: shoal.v1.RotateRootCARequest
+	(*RotateRootCAResponse)(nil),           // 46: shoal.v1.RotateRootCAResponse
+	(*RotateGossipKeyRequest)(nil),         // 47: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),        // 48: shoal.v1.RotateGossipKeyResponse
+	(*RenewCertificateRequest)(nil),        // 49: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 50: shoal.v1.RenewCertificateResponse
+	(*CreateSecretRequest)(nil),            // 51: shoal.v1.CreateSecretRequest
+	(*CreateSecretResponse)(nil),           // 52: shoal.v1.CreateSecretResponse
+	(*GetSecretRequest)(nil),               // 53: shoal.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),              // 54: shoal.v1.GetSecretResponse
+	(*ListSecretsRequest)(nil),             // 55: shoal.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 56: shoal.v1.ListSecretsResponse
+	(*RemoveSecretRequest)(nil),            // 57: shoal.v1.RemoveSecretRequest
+	(*RemoveSecretResponse)(nil),           // 58: shoal.v1.RemoveSecretResponse
+	(*CreateConfigRequest)(nil),            // 59: shoal.v1.CreateConfigRequest
+	(*CreateConfigResponse)(nil),           // 60: shoal.v1.CreateConfigResponse
+	(*GetConfigRequest)(nil),               // 61: shoal.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),              // 62: shoal.v1.GetConfigResponse
+	(*ListConfigsRequest)(nil),             // 63: shoal.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),            // 64: shoal.v1.ListConfigsResponse
+	(*RemoveConfigRequest)(nil),            // 65: shoal.v1.RemoveConfigRequest
+	(*RemoveConfigResponse)(nil),           // 66: shoal.v1.RemoveConfigResponse
+	(*EventsRequest)(nil),                  // 67: shoal.v1.EventsRequest
+	(*ClusterEvent)(nil),                   // 68: shoal.v1.ClusterEvent
+	nil,                                    // 69: shoal.v1.ClusterEvent.AttributesEntry
+	(*TaskUsage)(nil),                      // 70: shoal.v1.TaskUsage
+	(*ServiceSpec)(nil),                    // 71: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 72: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 73: shoal.v1.Service
+	(*Task)(nil),                           // 74: shoal.v1.Task
+	(NodeRole)(0),                          // 75: shoal.v1.NodeRole
+	(*Node)(nil),                           // 76: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 77: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 78: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 79: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 80: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 81: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 82: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 83: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 84: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 85: shoal.v1.Config
 }
 var file_control_proto_depIdxs = []int32{
-	67, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	0,  // 1: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	68, // 2: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	69, // 3: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	69, // 4: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	69, // 5: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	6,  // 6: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	67, // 7: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	0,  // 8: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	68, // 9: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	69, // 10: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	70, // 11: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	71, // 12: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	72, // 13: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	72, // 14: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	73, // 15: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	72, // 16: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	74, // 17: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	75, // 18: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	27, // 19: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	71, // 20: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	71, // 21: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	76, // 22: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	71, // 23: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
-	27, // 24: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	77, // 25: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	78, // 26: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	79, // 27: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	79, // 28: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	79, // 29: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	80, // 30: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	81, // 31: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	81, // 32: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	81, // 33: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	66, // 34: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	18, // 35: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	20, // 36: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	22, // 37: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	24, // 38: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	26, // 39: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	29, // 40: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	1,  // 41: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	3,  // 42: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	5,  // 43: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	8,  // 44: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	10, // 45: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	12, // 46: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 47: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	64, // 48: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	40, // 49: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	42, // 50: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	44, // 51: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	48, // 52: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	50, // 53: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	52, // 54: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	54, // 55: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	56, // 56: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	58, // 57: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	60, // 58: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	62, // 59: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	16, // 60: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	33, // 61: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	35, // 62: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	37, // 63: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	38, // 64: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	31, // 65: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	46, // 66: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	19, // 67: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	21, // 68: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	23, // 69: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	25, // 70: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	28, // 71: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	30, // 72: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	2,  // 73: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	4,  // 74: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	7,  // 75: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	9,  // 76: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	11, // 77: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	13, // 78: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 79: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	65, // 80: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	41, // 81: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	43, // 82: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	45, // 83: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	49, // 84: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	51, // 85: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	53, // 86: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	55, // 87: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	57, // 88: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	59, // 89: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	61, // 90: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	63, // 91: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	17, // 92: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	34, // 93: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	36, // 94: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	27, // 95: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	39, // 96: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	32, // 97: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	47, // 98: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	67, // [67:99] is the sub-list for method output_type
-	35, // [35:67] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	70, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
+	2,  // 1: shoal.v1.TaskStatsResponse.stats:type_name -> shoal.v1.TaskStat
+	71, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 3: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	72, // 4: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	73, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	73, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	73, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	9,  // 8: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
+	71, // 9: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	0,  // 10: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
+	72, // 11: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	73, // 12: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	74, // 13: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	75, // 14: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	76, // 15: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	76, // 16: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	77, // 17: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	76, // 18: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	78, // 19: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	79, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	30, // 21: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	75, // 22: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	75, // 23: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	80, // 24: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	75, // 25: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	30, // 26: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
+	81, // 27: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	82, // 28: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	83, // 29: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	83, // 30: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	83, // 31: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	84, // 32: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	85, // 33: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	85, // 34: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	85, // 35: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	69, // 36: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	21, // 37: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	23, // 38: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	25, // 39: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	27, // 40: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	29, // 41: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	32, // 42: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	4,  // 43: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	6,  // 44: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	8,  // 45: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	11, // 46: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	13, // 47: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	15, // 48: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	17, // 49: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	67, // 50: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	43, // 51: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	45, // 52: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	47, // 53: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	51, // 54: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	53, // 55: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	55, // 56: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	57, // 57: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	59, // 58: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	61, // 59: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	63, // 60: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	65, // 61: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	1,  // 62: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
+	19, // 63: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	36, // 64: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	38, // 65: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	40, // 66: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	41, // 67: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	34, // 68: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	49, // 69: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	22, // 70: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	24, // 71: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	26, // 72: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	28, // 73: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	31, // 74: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	33, // 75: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	5,  // 76: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	7,  // 77: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	10, // 78: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	12, // 79: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	14, // 80: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	16, // 81: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	18, // 82: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	68, // 83: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	44, // 84: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	46, // 85: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	48, // 86: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	52, // 87: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	54, // 88: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	56, // 89: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	58, // 90: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	60, // 91: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	62, // 92: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	64, // 93: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	66, // 94: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	3,  // 95: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
+	20, // 96: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	37, // 97: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	39, // 98: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	30, // 99: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	42, // 100: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	35, // 101: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	50, // 102: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	70, // [70:103] is the sub-list for method output_type
+	37, // [37:70] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3991,7 +4237,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   66,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

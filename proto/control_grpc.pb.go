@@ -47,6 +47,7 @@ const (
 	Control_GetConfig_FullMethodName              = "/shoal.v1.Control/GetConfig"
 	Control_ListConfigs_FullMethodName            = "/shoal.v1.Control/ListConfigs"
 	Control_RemoveConfig_FullMethodName           = "/shoal.v1.Control/RemoveConfig"
+	Control_TaskStats_FullMethodName              = "/shoal.v1.Control/TaskStats"
 )
 
 // ControlClient is the client API for Control service.
@@ -88,6 +89,10 @@ type ControlClient interface {
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
 	ListConfigs(ctx context.Context, in *ListConfigsRequest, opts ...grpc.CallOption) (*ListConfigsResponse, error)
 	RemoveConfig(ctx context.Context, in *RemoveConfigRequest, opts ...grpc.CallOption) (*RemoveConfigResponse, error)
+	// TaskStats reports the CPU and memory use of running tasks, from the
+	// samples workers send the leader with their heartbeats (the leader
+	// answers it).
+	TaskStats(ctx context.Context, in *TaskStatsRequest, opts ...grpc.CallOption) (*TaskStatsResponse, error)
 }
 
 type controlClient struct {
@@ -366,6 +371,16 @@ func (c *controlClient) RemoveConfig(ctx context.Context, in *RemoveConfigReques
 	return out, nil
 }
 
+func (c *controlClient) TaskStats(ctx context.Context, in *TaskStatsRequest, opts ...grpc.CallOption) (*TaskStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TaskStatsResponse)
+	err := c.cc.Invoke(ctx, Control_TaskStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -405,6 +420,10 @@ type ControlServer interface {
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
 	ListConfigs(context.Context, *ListConfigsRequest) (*ListConfigsResponse, error)
 	RemoveConfig(context.Context, *RemoveConfigRequest) (*RemoveConfigResponse, error)
+	// TaskStats reports the CPU and memory use of running tasks, from the
+	// samples workers send the leader with their heartbeats (the leader
+	// answers it).
+	TaskStats(context.Context, *TaskStatsRequest) (*TaskStatsResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -489,6 +508,9 @@ func (UnimplementedControlServer) ListConfigs(context.Context, *ListConfigsReque
 }
 func (UnimplementedControlServer) RemoveConfig(context.Context, *RemoveConfigRequest) (*RemoveConfigResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveConfig not implemented")
+}
+func (UnimplementedControlServer) TaskStats(context.Context, *TaskStatsRequest) (*TaskStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaskStats not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -947,6 +969,24 @@ func _Control_RemoveConfig_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_TaskStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TaskStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).TaskStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_TaskStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).TaskStats(ctx, req.(*TaskStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1045,6 +1085,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveConfig",
 			Handler:    _Control_RemoveConfig_Handler,
+		},
+		{
+			MethodName: "TaskStats",
+			Handler:    _Control_TaskStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -373,9 +373,12 @@ func (x *SessionMessage) GetConfigs() *SecretAssignments {
 }
 
 type HeartbeatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	NodeId    string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// usage is the CPU and memory use of the node's running tasks, sampled
+	// just before the beat. The leader keeps it in memory only.
+	Usage         []*TaskUsage `protobuf:"bytes,160,rep,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -422,6 +425,13 @@ func (x *HeartbeatRequest) GetNodeId() string {
 		return x.NodeId
 	}
 	return ""
+}
+
+func (x *HeartbeatRequest) GetUsage() []*TaskUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
 }
 
 type HeartbeatResponse struct {
@@ -1068,11 +1078,12 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\bsecurity\x18\b \x01(\v2\x18.shoal.v1.SecurityUpdateR\bsecurity\x126\n" +
 	"\tendpoints\x18\x06 \x01(\v2\x18.shoal.v1.EndpointUpdateR\tendpoints\x125\n" +
 	"\asecrets\x18\a \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\asecrets\x125\n" +
-	"\aconfigs\x18z \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\aconfigs\"J\n" +
+	"\aconfigs\x18z \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\aconfigs\"v\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
-	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"+\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12*\n" +
+	"\x05usage\x18\xa0\x01 \x03(\v2\x13.shoal.v1.TaskUsageR\x05usage\"+\n" +
 	"\x11HeartbeatResponse\x12\x16\n" +
 	"\x06period\x18\x01 \x01(\x03R\x06period\"Y\n" +
 	"\x10TaskStatusUpdate\x12\x17\n" +
@@ -1159,9 +1170,10 @@ var file_dispatcher_proto_goTypes = []any{
 	(*NodeDescription)(nil),          // 16: shoal.v1.NodeDescription
 	(*Task)(nil),                     // 17: shoal.v1.Task
 	(*Node)(nil),                     // 18: shoal.v1.Node
-	(*TaskStatus)(nil),               // 19: shoal.v1.TaskStatus
-	(*PortBinding)(nil),              // 20: shoal.v1.PortBinding
-	(*PortConfig)(nil),               // 21: shoal.v1.PortConfig
+	(*TaskUsage)(nil),                // 19: shoal.v1.TaskUsage
+	(*TaskStatus)(nil),               // 20: shoal.v1.TaskStatus
+	(*PortBinding)(nil),              // 21: shoal.v1.PortBinding
+	(*PortConfig)(nil),               // 22: shoal.v1.PortConfig
 }
 var file_dispatcher_proto_depIdxs = []int32{
 	16, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
@@ -1174,25 +1186,26 @@ var file_dispatcher_proto_depIdxs = []int32{
 	13, // 7: shoal.v1.SessionMessage.endpoints:type_name -> shoal.v1.EndpointUpdate
 	15, // 8: shoal.v1.SessionMessage.secrets:type_name -> shoal.v1.SecretAssignments
 	15, // 9: shoal.v1.SessionMessage.configs:type_name -> shoal.v1.SecretAssignments
-	19, // 10: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	7,  // 11: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	20, // 12: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
-	21, // 13: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
-	11, // 14: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
-	12, // 15: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
-	0,  // 16: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
-	14, // 17: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
-	1,  // 18: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	5,  // 19: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	8,  // 20: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	4,  // 21: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	6,  // 22: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	9,  // 23: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	21, // [21:24] is the sub-list for method output_type
-	18, // [18:21] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	19, // 10: shoal.v1.HeartbeatRequest.usage:type_name -> shoal.v1.TaskUsage
+	20, // 11: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	7,  // 12: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	21, // 13: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
+	22, // 14: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
+	11, // 15: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
+	12, // 16: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
+	0,  // 17: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
+	14, // 18: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
+	1,  // 19: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	5,  // 20: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	8,  // 21: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	4,  // 22: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	6,  // 23: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	9,  // 24: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	22, // [22:25] is the sub-list for method output_type
+	19, // [19:22] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }

@@ -2688,10 +2688,13 @@ type ServiceSpec struct {
 	//	*ServiceSpec_Global
 	//	*ServiceSpec_ReplicatedJob
 	//	*ServiceSpec_GlobalJob
-	Mode          isServiceSpec_Mode `protobuf_oneof:"mode"`
-	Update        *UpdateConfig      `protobuf:"bytes,7,opt,name=update,proto3" json:"update,omitempty"`
-	Rollback      *UpdateConfig      `protobuf:"bytes,8,opt,name=rollback,proto3" json:"rollback,omitempty"`
-	Endpoint      *EndpointSpec      `protobuf:"bytes,9,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Mode     isServiceSpec_Mode `protobuf_oneof:"mode"`
+	Update   *UpdateConfig      `protobuf:"bytes,7,opt,name=update,proto3" json:"update,omitempty"`
+	Rollback *UpdateConfig      `protobuf:"bytes,8,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	Endpoint *EndpointSpec      `protobuf:"bytes,9,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// autoscale, when set on a replicated service, lets the leader's
+	// autoscaler choose its replicas from the tasks' CPU use.
+	Autoscale     *AutoscaleSpec `protobuf:"bytes,160,opt,name=autoscale,proto3" json:"autoscale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2804,6 +2807,13 @@ func (x *ServiceSpec) GetEndpoint() *EndpointSpec {
 	return nil
 }
 
+func (x *ServiceSpec) GetAutoscale() *AutoscaleSpec {
+	if x != nil {
+		return x.Autoscale
+	}
+	return nil
+}
+
 type isServiceSpec_Mode interface {
 	isServiceSpec_Mode()
 }
@@ -2832,6 +2842,264 @@ func (*ServiceSpec_ReplicatedJob) isServiceSpec_Mode() {}
 
 func (*ServiceSpec_GlobalJob) isServiceSpec_Mode() {}
 
+// TaskUsage is one task's resource use, as a worker sampled it.
+type TaskUsage struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// sampled_at is when (Unix nanoseconds, the worker's clock).
+	SampledAt int64 `protobuf:"varint,2,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
+	// cpu_total is the task's cumulative CPU time (nanoseconds).
+	CpuTotal uint64 `protobuf:"varint,3,opt,name=cpu_total,json=cpuTotal,proto3" json:"cpu_total,omitempty"`
+	// cpu_nano_cores is the CPU rate between the previous sample and this
+	// one (1e9 is one core); meaningful only when cpu_window > 0.
+	CpuNanoCores int64 `protobuf:"varint,4,opt,name=cpu_nano_cores,json=cpuNanoCores,proto3" json:"cpu_nano_cores,omitempty"`
+	// cpu_window is the time between the two samples (nanoseconds); 0 for
+	// a task's first sample.
+	CpuWindow   int64 `protobuf:"varint,5,opt,name=cpu_window,json=cpuWindow,proto3" json:"cpu_window,omitempty"`
+	MemoryBytes int64 `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// memory_limit is the task's memory limit (0: none).
+	MemoryLimit   int64 `protobuf:"varint,7,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskUsage) Reset() {
+	*x = TaskUsage{}
+	mi := &file_objects_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskUsage) ProtoMessage() {}
+
+func (x *TaskUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskUsage.ProtoReflect.Descriptor instead.
+func (*TaskUsage) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TaskUsage) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskUsage) GetSampledAt() int64 {
+	if x != nil {
+		return x.SampledAt
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetCpuTotal() uint64 {
+	if x != nil {
+		return x.CpuTotal
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetCpuNanoCores() int64 {
+	if x != nil {
+		return x.CpuNanoCores
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetCpuWindow() int64 {
+	if x != nil {
+		return x.CpuWindow
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetMemoryLimit() int64 {
+	if x != nil {
+		return x.MemoryLimit
+	}
+	return 0
+}
+
+// AutoscaleSpec is a replicated service's horizontal autoscaler, with the
+// Kubernetes horizontal pod autoscaler's rules: the replicas follow
+// ceil(current x average CPU utilisation / target), where utilisation is
+// CPU used over the task's CPU reservation. Durations are nanoseconds; 0
+// means the default.
+type AutoscaleSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// target_cpu_percent is the average CPU use, in percent of each task's
+	// CPU reservation, to keep the service at (e.g. 70).
+	TargetCpuPercent uint32 `protobuf:"varint,1,opt,name=target_cpu_percent,json=targetCpuPercent,proto3" json:"target_cpu_percent,omitempty"`
+	MinReplicas      uint64 `protobuf:"varint,2,opt,name=min_replicas,json=minReplicas,proto3" json:"min_replicas,omitempty"`
+	MaxReplicas      uint64 `protobuf:"varint,3,opt,name=max_replicas,json=maxReplicas,proto3" json:"max_replicas,omitempty"`
+	// sync_period is how often the autoscaler decides (default 15s); it is
+	// also the period of the scale-up limit.
+	SyncPeriod int64 `protobuf:"varint,4,opt,name=sync_period,json=syncPeriod,proto3" json:"sync_period,omitempty"`
+	// downscale_window is the scale-down stabilisation window: the highest
+	// recommendation in it wins (default 300s).
+	DownscaleWindow int64 `protobuf:"varint,5,opt,name=downscale_window,json=downscaleWindow,proto3" json:"downscale_window,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AutoscaleSpec) Reset() {
+	*x = AutoscaleSpec{}
+	mi := &file_objects_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutoscaleSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutoscaleSpec) ProtoMessage() {}
+
+func (x *AutoscaleSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutoscaleSpec.ProtoReflect.Descriptor instead.
+func (*AutoscaleSpec) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AutoscaleSpec) GetTargetCpuPercent() uint32 {
+	if x != nil {
+		return x.TargetCpuPercent
+	}
+	return 0
+}
+
+func (x *AutoscaleSpec) GetMinReplicas() uint64 {
+	if x != nil {
+		return x.MinReplicas
+	}
+	return 0
+}
+
+func (x *AutoscaleSpec) GetMaxReplicas() uint64 {
+	if x != nil {
+		return x.MaxReplicas
+	}
+	return 0
+}
+
+func (x *AutoscaleSpec) GetSyncPeriod() int64 {
+	if x != nil {
+		return x.SyncPeriod
+	}
+	return 0
+}
+
+func (x *AutoscaleSpec) GetDownscaleWindow() int64 {
+	if x != nil {
+		return x.DownscaleWindow
+	}
+	return 0
+}
+
+// AutoscaleStatus is the autoscaler's last decision for a service.
+type AutoscaleStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// decided_at is when (Unix nanoseconds).
+	DecidedAt    int64  `protobuf:"varint,1,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	FromReplicas uint64 `protobuf:"varint,2,opt,name=from_replicas,json=fromReplicas,proto3" json:"from_replicas,omitempty"`
+	ToReplicas   uint64 `protobuf:"varint,3,opt,name=to_replicas,json=toReplicas,proto3" json:"to_replicas,omitempty"`
+	// reason says why, e.g. "average CPU 142% of the 70% target".
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutoscaleStatus) Reset() {
+	*x = AutoscaleStatus{}
+	mi := &file_objects_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutoscaleStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutoscaleStatus) ProtoMessage() {}
+
+func (x *AutoscaleStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutoscaleStatus.ProtoReflect.Descriptor instead.
+func (*AutoscaleStatus) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AutoscaleStatus) GetDecidedAt() int64 {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return 0
+}
+
+func (x *AutoscaleStatus) GetFromReplicas() uint64 {
+	if x != nil {
+		return x.FromReplicas
+	}
+	return 0
+}
+
+func (x *AutoscaleStatus) GetToReplicas() uint64 {
+	if x != nil {
+		return x.ToReplicas
+	}
+	return 0
+}
+
+func (x *AutoscaleStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // JobStatus is where a job (replicated-job or global-job service) is, as
 // Docker's: job_iteration counts its runs (1 at create; every spec update,
 // `service update --force` included, starts the next one, and only tasks of
@@ -2847,7 +3115,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2859,7 +3127,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2872,7 +3140,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JobStatus) GetJobIteration() uint64 {
@@ -2902,7 +3170,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2914,7 +3182,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2927,7 +3195,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2971,6 +3239,8 @@ type Service struct {
 	UpdateStatus *UpdateStatus `protobuf:"bytes,7,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
 	// job_status is set for jobs only.
 	JobStatus *JobStatus `protobuf:"bytes,110,opt,name=job_status,json=jobStatus,proto3" json:"job_status,omitempty"`
+	// autoscale_status is the autoscaler's last decision.
+	AutoscaleStatus *AutoscaleStatus `protobuf:"bytes,160,opt,name=autoscale_status,json=autoscaleStatus,proto3" json:"autoscale_status,omitempty"`
 	// sealed_registry_auth is the RegistryAuth (marshalled) sealed with the
 	// cluster's secrets key, bound to "registry-auth:<service ID>". The
 	// control API never returns it.
@@ -2984,7 +3254,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3266,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3279,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Service) GetId() string {
@@ -3068,6 +3338,13 @@ func (x *Service) GetJobStatus() *JobStatus {
 	return nil
 }
 
+func (x *Service) GetAutoscaleStatus() *AutoscaleStatus {
+	if x != nil {
+		return x.AutoscaleStatus
+	}
+	return nil
+}
+
 func (x *Service) GetSealedRegistryAuth() []byte {
 	if x != nil {
 		return x.SealedRegistryAuth
@@ -3100,7 +3377,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3389,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3402,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RegistryAuth) GetServer() string {
@@ -3176,7 +3453,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3188,7 +3465,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3201,7 +3478,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -3256,7 +3533,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3268,7 +3545,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3281,7 +3558,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3380,7 +3657,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3392,7 +3669,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3405,7 +3682,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Task) GetId() string {
@@ -3510,7 +3787,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3522,7 +3799,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3535,7 +3812,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3567,7 +3844,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3579,7 +3856,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3592,7 +3869,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3653,7 +3930,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3665,7 +3942,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3678,7 +3955,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -3740,7 +4017,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3752,7 +4029,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3765,7 +4042,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Cluster) GetId() string {
@@ -3862,7 +4139,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3874,7 +4151,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3887,7 +4164,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -3952,7 +4229,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3964,7 +4241,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3977,7 +4254,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -4027,7 +4304,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4039,7 +4316,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4052,7 +4329,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{41}
+	return file_objects_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -4088,7 +4365,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4100,7 +4377,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4113,7 +4390,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{42}
+	return file_objects_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Secret) GetId() string {
@@ -4163,7 +4440,7 @@ type ConfigSpec struct {
 
 func (x *ConfigSpec) Reset() {
 	*x = ConfigSpec{}
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4175,7 +4452,7 @@ func (x *ConfigSpec) String() string {
 func (*ConfigSpec) ProtoMessage() {}
 
 func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4188,7 +4465,7 @@ func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
 func (*ConfigSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{43}
+	return file_objects_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ConfigSpec) GetAnnotations() *Annotations {
@@ -4221,7 +4498,7 @@ type Config struct {
 
 func (x *Config) Reset() {
 	*x = Config{}
-	mi := &file_objects_proto_msgTypes[44]
+	mi := &file_objects_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4233,7 +4510,7 @@ func (x *Config) String() string {
 func (*Config) ProtoMessage() {}
 
 func (x *Config) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[44]
+	mi := &file_objects_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4246,7 +4523,7 @@ func (x *Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Config.ProtoReflect.Descriptor instead.
 func (*Config) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{44}
+	return file_objects_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Config) GetId() string {
@@ -4439,7 +4716,7 @@ const file_objects_proto_rawDesc = "" +
 	"\bEndpoint\x12*\n" +
 	"\x04spec\x18\x01 \x01(\v2\x16.shoal.v1.EndpointSpecR\x04spec\x12*\n" +
 	"\x05ports\x18\x02 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\x12!\n" +
-	"\fvirtual_addr\x18\x03 \x01(\tR\vvirtualAddr\"\xf8\x03\n" +
+	"\fvirtual_addr\x18\x03 \x01(\tR\vvirtualAddr\"\xb0\x04\n" +
 	"\vServiceSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12&\n" +
 	"\x04task\x18\x02 \x01(\v2\x12.shoal.v1.TaskSpecR\x04task\x12=\n" +
@@ -4452,8 +4729,33 @@ const file_objects_proto_rawDesc = "" +
 	"global_job\x18\x06 \x01(\v2\x13.shoal.v1.GlobalJobH\x00R\tglobalJob\x12.\n" +
 	"\x06update\x18\a \x01(\v2\x16.shoal.v1.UpdateConfigR\x06update\x122\n" +
 	"\brollback\x18\b \x01(\v2\x16.shoal.v1.UpdateConfigR\brollback\x122\n" +
-	"\bendpoint\x18\t \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpointB\x06\n" +
-	"\x04mode\"W\n" +
+	"\bendpoint\x18\t \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpoint\x126\n" +
+	"\tautoscale\x18\xa0\x01 \x01(\v2\x17.shoal.v1.AutoscaleSpecR\tautoscaleB\x06\n" +
+	"\x04mode\"\xeb\x01\n" +
+	"\tTaskUsage\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1d\n" +
+	"\n" +
+	"sampled_at\x18\x02 \x01(\x03R\tsampledAt\x12\x1b\n" +
+	"\tcpu_total\x18\x03 \x01(\x04R\bcpuTotal\x12$\n" +
+	"\x0ecpu_nano_cores\x18\x04 \x01(\x03R\fcpuNanoCores\x12\x1d\n" +
+	"\n" +
+	"cpu_window\x18\x05 \x01(\x03R\tcpuWindow\x12!\n" +
+	"\fmemory_bytes\x18\x06 \x01(\x03R\vmemoryBytes\x12!\n" +
+	"\fmemory_limit\x18\a \x01(\x03R\vmemoryLimit\"\xcf\x01\n" +
+	"\rAutoscaleSpec\x12,\n" +
+	"\x12target_cpu_percent\x18\x01 \x01(\rR\x10targetCpuPercent\x12!\n" +
+	"\fmin_replicas\x18\x02 \x01(\x04R\vminReplicas\x12!\n" +
+	"\fmax_replicas\x18\x03 \x01(\x04R\vmaxReplicas\x12\x1f\n" +
+	"\vsync_period\x18\x04 \x01(\x03R\n" +
+	"syncPeriod\x12)\n" +
+	"\x10downscale_window\x18\x05 \x01(\x03R\x0fdownscaleWindow\"\x8e\x01\n" +
+	"\x0fAutoscaleStatus\x12\x1d\n" +
+	"\n" +
+	"decided_at\x18\x01 \x01(\x03R\tdecidedAt\x12#\n" +
+	"\rfrom_replicas\x18\x02 \x01(\x04R\ffromReplicas\x12\x1f\n" +
+	"\vto_replicas\x18\x03 \x01(\x04R\n" +
+	"toReplicas\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"W\n" +
 	"\tJobStatus\x12#\n" +
 	"\rjob_iteration\x18\x01 \x01(\x04R\fjobIteration\x12%\n" +
 	"\x0elast_execution\x18\x02 \x01(\x03R\rlastExecution\"\x97\x01\n" +
@@ -4462,7 +4764,7 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xce\x03\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\x95\x04\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
@@ -4472,7 +4774,8 @@ const file_objects_proto_rawDesc = "" +
 	"\bendpoint\x18\x06 \x01(\v2\x12.shoal.v1.EndpointR\bendpoint\x12;\n" +
 	"\rupdate_status\x18\a \x01(\v2\x16.shoal.v1.UpdateStatusR\fupdateStatus\x122\n" +
 	"\n" +
-	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\x121\n" +
+	"job_status\x18n \x01(\v2\x13.shoal.v1.JobStatusR\tjobStatus\x12E\n" +
+	"\x10autoscale_status\x18\xa0\x01 \x01(\v2\x19.shoal.v1.AutoscaleStatusR\x0fautoscaleStatus\x121\n" +
 	"\x14sealed_registry_auth\x18\x82\x01 \x01(\fR\x12sealedRegistryAuth\x121\n" +
 	"\x14registry_auth_server\x18\x83\x01 \x01(\tR\x12registryAuthServer\"\xac\x01\n" +
 	"\fRegistryAuth\x12\x16\n" +
@@ -4668,7 +4971,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -4712,35 +5015,38 @@ var file_objects_proto_goTypes = []any{
 	(*EndpointSpec)(nil),         // 39: shoal.v1.EndpointSpec
 	(*Endpoint)(nil),             // 40: shoal.v1.Endpoint
 	(*ServiceSpec)(nil),          // 41: shoal.v1.ServiceSpec
-	(*JobStatus)(nil),            // 42: shoal.v1.JobStatus
-	(*UpdateStatus)(nil),         // 43: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 44: shoal.v1.Service
-	(*RegistryAuth)(nil),         // 45: shoal.v1.RegistryAuth
-	(*PortBinding)(nil),          // 46: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 47: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 48: shoal.v1.Task
-	(*JoinTokens)(nil),           // 49: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 50: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 51: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 52: shoal.v1.Cluster
-	(*RootCA)(nil),               // 53: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 54: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 55: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 56: shoal.v1.Secret
-	(*ConfigSpec)(nil),           // 57: shoal.v1.ConfigSpec
-	(*Config)(nil),               // 58: shoal.v1.Config
-	nil,                          // 59: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 60: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 61: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 62: shoal.v1.Cluster.DemotedManagersEntry
+	(*TaskUsage)(nil),            // 42: shoal.v1.TaskUsage
+	(*AutoscaleSpec)(nil),        // 43: shoal.v1.AutoscaleSpec
+	(*AutoscaleStatus)(nil),      // 44: shoal.v1.AutoscaleStatus
+	(*JobStatus)(nil),            // 45: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 46: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 47: shoal.v1.Service
+	(*RegistryAuth)(nil),         // 48: shoal.v1.RegistryAuth
+	(*PortBinding)(nil),          // 49: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 50: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 51: shoal.v1.Task
+	(*JoinTokens)(nil),           // 52: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 53: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 54: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 55: shoal.v1.Cluster
+	(*RootCA)(nil),               // 56: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 57: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 58: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 59: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 60: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 61: shoal.v1.Config
+	nil,                          // 62: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 63: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 64: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 65: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	59, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	62, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	60, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	63, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	19, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
 	2,  // 7: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 8: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
@@ -4750,13 +5056,13 @@ var file_objects_proto_depIdxs = []int32{
 	20, // 12: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	21, // 13: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	54, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	57, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 16: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	28, // 17: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 18: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 19: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 20: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	61, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	64, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	31, // 22: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	32, // 23: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	33, // 24: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
@@ -4782,40 +5088,42 @@ var file_objects_proto_depIdxs = []int32{
 	37, // 44: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
 	37, // 45: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
 	39, // 46: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	11, // 47: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 48: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	41, // 49: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	41, // 50: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	40, // 51: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	43, // 52: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	42, // 53: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
-	8,  // 54: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 55: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 56: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	46, // 57: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 58: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	36, // 59: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 60: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	47, // 61: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	40, // 62: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 63: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 64: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	51, // 65: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	49, // 66: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	53, // 67: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	62, // 68: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 69: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 70: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 71: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	55, // 72: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	15, // 73: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 74: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
-	57, // 75: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
-	76, // [76:76] is the sub-list for method output_type
-	76, // [76:76] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	43, // 47: shoal.v1.ServiceSpec.autoscale:type_name -> shoal.v1.AutoscaleSpec
+	11, // 48: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 49: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	41, // 50: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	41, // 51: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	40, // 52: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	46, // 53: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	45, // 54: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	44, // 55: shoal.v1.Service.autoscale_status:type_name -> shoal.v1.AutoscaleStatus
+	8,  // 56: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 57: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 58: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	49, // 59: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 60: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	36, // 61: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 62: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	50, // 63: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	40, // 64: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 65: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 66: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	54, // 67: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	52, // 68: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	56, // 69: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	65, // 70: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 71: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 72: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 73: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	58, // 74: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 75: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 76: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	60, // 77: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	78, // [78:78] is the sub-list for method output_type
+	78, // [78:78] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4835,7 +5143,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   49,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

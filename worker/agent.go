@@ -140,6 +140,7 @@ type Agent struct {
 	grpc         *grpc.Server
 	mesh         *mesh.Mesh
 	metrics      *agentMetrics
+	usage        usageSampler
 
 	mu          sync.Mutex
 	tasks       map[string]*pb.Task // assigned tasks with their observed status

@@ -106,6 +106,23 @@ type PermanentError struct{ Err error }
 func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
+// Usage is a task's resource use as its runtime reads it.
+type Usage struct {
+	// CPUTotal is the CPU time the task has used since it started (ns).
+	CPUTotal uint64
+	// MemoryBytes is the memory it uses now, less inactive page cache.
+	MemoryBytes int64
+	// MemoryLimit is its memory limit (0: none).
+	MemoryLimit int64
+}
+
+// UsageReader is implemented by runtimes that can measure their tasks'
+// CPU and memory use.
+type UsageReader interface {
+	// Usage reads a running task's use now.
+	Usage(ctx context.Context, taskID string) (Usage, error)
+}
+
 // Availability is implemented by runtimes that can come and go (the Docker
 // Engine may stop): the node offers them only while they are available.
 type Availability interface {

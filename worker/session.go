@@ -386,8 +386,9 @@ func (a *Agent) heartbeat(ctx context.Context, conn *grpc.ClientConn, sess *acti
 		case <-time.After(time.Until(next)):
 		}
 		next = time.Now().Add(period)
+		usage := a.sampleUsage(ctx, min(sampleBound, period/2))
 		hctx, cancel := context.WithTimeout(ctx, 2*period)
-		resp, err := client.Heartbeat(hctx, &pb.HeartbeatRequest{SessionId: sess.id, NodeId: a.id.NodeID})
+		resp, err := client.Heartbeat(hctx, &pb.HeartbeatRequest{SessionId: sess.id, NodeId: a.id.NodeID, Usage: usage})
 		cancel()
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -93,6 +94,18 @@ func main() {
 		fmt.Fprintf(w, "%s -> ", name)
 		_, _ = io.Copy(w, resp.Body)
 	})
+	// /work?ms=50 burns 50ms of CPU before answering: load for the
+	// autoscaler.
+	mux.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		d, err := workDuration(r.URL.Query().Get("ms"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		burn(d)
+		w.Header().Set("X-Served-By", name)
+		fmt.Fprintf(w, "%s worked %s\n", name, d)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		v := *ver
 		if *versionFile != "" {
@@ -132,6 +145,35 @@ func main() {
 	}
 	log.Info("hello stopped")
 }
+
+// maxWork bounds one /work request.
+const maxWork = 10 * time.Second
+
+// workDuration reads /work's ms parameter (default 50).
+func workDuration(ms string) (time.Duration, error) {
+	if ms == "" {
+		return 50 * time.Millisecond, nil
+	}
+	n, err := strconv.Atoi(ms)
+	if err != nil || n < 0 || time.Duration(n)*time.Millisecond > maxWork {
+		return 0, fmt.Errorf("ms=%q: use milliseconds of CPU from 0 to %d", ms, maxWork.Milliseconds())
+	}
+	return time.Duration(n) * time.Millisecond, nil
+}
+
+// burn keeps a CPU busy for about d of this thread's time.
+func burn(d time.Duration) {
+	end := time.Now().Add(d)
+	x := 0
+	for time.Now().Before(end) {
+		for i := range 1000 {
+			x += i
+		}
+	}
+	sink.Store(int64(x))
+}
+
+var sink atomic.Int64
 
 // probe asks a URL and returns 0 when it answers 2xx.
 func probe(url string) int {

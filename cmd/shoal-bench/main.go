@@ -103,6 +103,11 @@ func benchmarks() []bench {
 			run:  runMesh,
 		},
 		{
+			name: "autoscale",
+			desc: "in-process manager + worker (process runtime, cgroups; needs root): reading the CPU and memory of 100 running tasks, as a worker does before each heartbeat; then a service of CPU burners (0.1 CPU each, target 50%, 1 to 4 tasks, Kubernetes' default 15s sync): load start → first committed scale-up, and the peak replicas over the next 30s",
+			run:  runAutoscale,
+		},
+		{
 			name: "registry",
 			desc: "1 manager + 3 worker processes on this machine's Docker Engine and Debian's docker-registry on loopback: a 6-replica service created from an image no node has (pushed per run) → 6 running, the manager pinning its digest; the workers share the Engine, which pulls once",
 			run:  runRegistry,

@@ -140,15 +140,7 @@ func (s *suite) finishJob(ctx context.Context, j *roundJob) []string {
 
 // removeJob removes the job (a job that no longer exists is fine).
 func (s *suite) removeJob(ctx context.Context, j *roundJob) error {
-	return waitFor(ctx, 30*time.Second, "removing "+j.name, func(ctx context.Context) error {
-		return s.anyManager(ctx, func(ctx context.Context, cl pb.ControlClient) error {
-			_, err := cl.RemoveService(ctx, &pb.RemoveServiceRequest{Ref: j.name})
-			if status.Code(err) == codes.NotFound || err != nil && strings.Contains(err.Error(), "no service") {
-				return nil
-			}
-			return err
-		})
-	})
+	return s.removeService(ctx, j.name)
 }
 
 // jobDone reports, as an error, why the tasks are not yet a finished job:

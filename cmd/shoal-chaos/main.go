@@ -66,6 +66,7 @@ type options struct {
 	keep       bool
 	report     string // where to write the per-fault data-plane table as Markdown
 	roundsJSON string // where to write each round's data-plane figures as JSON
+	registry   string // the registry workload: auto, on or off
 }
 
 func main() {
@@ -81,6 +82,7 @@ func main() {
 	fs.BoolVar(&o.keep, "keep", false, "keep the suite's directory (node logs, data) even when every check passes")
 	fs.StringVar(&o.report, "report", "", "write the per-fault data-plane table to this file as Markdown (for docs/benchmarks.md)")
 	fs.StringVar(&o.roundsJSON, "rounds-json", "", "write each round's data-plane figures to this file as JSON (make bench reads it)")
+	fs.StringVar(&o.registry, "registry", "auto", "each round runs a service from a new registry image: on, off, or auto (when the Docker Engine answers and docker-registry is installed; required with SHOAL_REQUIRE_DOCKER=1)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -91,6 +93,10 @@ func main() {
 	}
 	if o.managers != 3 && o.managers != 5 {
 		fmt.Fprintln(os.Stderr, "Error: --managers must be 3 or 5")
+		os.Exit(2)
+	}
+	if o.registry != "auto" && o.registry != "on" && o.registry != "off" {
+		fmt.Fprintln(os.Stderr, "Error: --registry must be auto, on or off")
 		os.Exit(2)
 	}
 	if o.rounds < 1 || o.workers < 1 || o.services < 1 {
@@ -173,6 +179,7 @@ type suite struct {
 	webForce uint64              // its force_update counter (rebalanceWeb)
 	names    map[string]string   // node ID -> hostname
 	specs    map[string]*pb.Node // hostname -> the node as read once the cluster formed
+	images   *registryWorkload   // the registry workload, nil when off
 
 	faults    map[faultKind]int
 	ops       map[opKind]int
@@ -253,6 +260,10 @@ func (s *suite) run(ctx context.Context) error {
 	if err := s.startWeb(ctx); err != nil {
 		return err
 	}
+	if err := s.startRegistry(ctx, s.o.registry, bin); err != nil {
+		return err
+	}
+	defer s.stopRegistry()
 	plan := schedule(s.o.seed, s.o.rounds, s.o.faults)
 	for i, kind := range plan {
 		if ctx.Err() != nil {
@@ -262,6 +273,7 @@ func (s *suite) run(ctx context.Context) error {
 			return fmt.Errorf("round %d (%s): %w", i+1, kind, err)
 		}
 	}
+	s.stopRegistry() // before teardown looks for processes left running
 	return s.teardown(ctx)
 }
 
@@ -328,6 +340,16 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	defer func() {
 		if !jobChecked {
 			_ = s.removeJob(ctx, job) // the round ended early: do not leave it to the next
+		}
+	}()
+	img, err := s.startImage(ctx, i)
+	if err != nil {
+		return err
+	}
+	imgChecked := false
+	defer func() {
+		if !imgChecked && img != nil {
+			_ = s.removeService(ctx, img.name)
 		}
 	}()
 	sleep(ctx, time.Duration(800+rng.IntN(700))*time.Millisecond)
@@ -432,6 +454,8 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	s.skipped += skipped
 	add("(f) job", s.finishJob(ctx, job)...)
 	jobChecked = true
+	add("(g) registry image", s.finishImage(ctx, img)...)
+	imgChecked = true
 	if problems := s.waitConverged(ctx, s.withWeb(final), 90*time.Second); len(problems) > 0 {
 		add("(c,d) converged", problems...)
 	}
@@ -863,7 +887,7 @@ func (s *suite) summary(took time.Duration) {
 	if s.skipped > 0 {
 		fmt.Fprintf(tw, "(b) names left to (a): too many unknown outcomes\t%d\t\n", s.skipped)
 	}
-	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "(f) job", "availability", "daemon logs", "unexpected errors", "suite"}
+	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "(f) job", "(g) registry image", "availability", "daemon logs", "unexpected errors", "suite"}
 	n := 0
 	for _, inv := range invs {
 		fmt.Fprintf(tw, "anomalies: %s\t%d\t\n", inv, len(s.anomalies[inv]))

@@ -34,7 +34,7 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	onFlag(root, "log-level", oneOf("debug", "info", "warn", "error"))
 	onFlag(root, "host", q.managerAddrs)
 
-	for _, path := range []string{"service ls", "service ps", "node ls", "secret ls", "config ls", "cluster info"} {
+	for _, path := range []string{"service ls", "service ps", "service stats", "node ls", "node stats", "secret ls", "config ls", "cluster info"} {
 		onFlag(at(root, path), "format", oneOf("table", "json"))
 	}
 	at(root, "node update").ValidArgsFunction = first(q.nodes)
@@ -62,7 +62,8 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	for _, path := range []string{"service ps", "service inspect", "service rm"} {
 		at(root, path).ValidArgsFunction = q.services
 	}
-	for _, path := range []string{"service update", "service rollback", "service logs"} {
+	at(root, "node stats").ValidArgsFunction = first(q.nodes)
+	for _, path := range []string{"service update", "service rollback", "service logs", "service stats"} {
 		at(root, path).ValidArgsFunction = first(q.services)
 	}
 	onFlag(at(root, "service ps"), "filter", q.taskFilters)
@@ -77,6 +78,7 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 		onFlag(cmd, "update-failure-action", oneOf("pause", "continue", "rollback"))
 		onFlag(cmd, "rollback-failure-action", oneOf("pause", "continue"))
 		onFlag(cmd, "endpoint-mode", oneOf("vip", "dnsrr"))
+		onFlag(cmd, "autoscale-cpu", oneOf("50%", "70%", "80%", "none"))
 		onFlag(cmd, "resolve-image", oneOf("always", "changed", "never"))
 	}
 	onFlag(update, "image", files)

@@ -611,6 +611,18 @@ func TestDashboardBrowser(t *testing.T) {
 		return len(rows) >= 5 && len(logs) == 1 && regexp.MustCompile(`web\.\d\.[a-z0-9]+@(m|w)\d \| `).MatchString(logs[0]),
 			fmt.Sprintf("tasks %q, logs %q", rows, logs)
 	})
+	// Each running task's CPU and memory, from the workers' samples (the
+	// workers run as root here: their tasks have cgroups to sample).
+	eventually(t, 20*time.Second, "CPU and memory in web's task rows", func() (bool, string) {
+		cells := b.texts(`#tasks [data-usage]`)
+		with := 0
+		for _, c := range cells {
+			if regexp.MustCompile(`^\d+%.* · \d+ MiB`).MatchString(c) {
+				with++
+			}
+		}
+		return len(cells) > 0 && with == len(cells), fmt.Sprintf("usage cells %q", cells)
+	})
 	b.screenshot("dashboard-service.png")
 
 	step("api's page: force redeploy, update the image, roll back, remove")

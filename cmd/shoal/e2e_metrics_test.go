@@ -181,4 +181,26 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("shoal_dispatcher_sessions = %v, want 2", n)
 	}
 	promtoolCheck(t, "m1", m1)
+
+	// Every running task's memory (and CPU time) as last sampled, on its
+	// worker, in a format promtool accepts.
+	eventually(t, 20*time.Second, "the tasks' memory in the workers' metrics", func() (bool, string) {
+		tasks, mem := 0, 0.0
+		for _, w := range []string{"w1", "w2"} {
+			text, err := scrape(t, j.metrics[w])
+			if err != nil {
+				return false, err.Error()
+			}
+			tasks += strings.Count(text, `shoal_worker_task_memory_bytes{service="web"`)
+			mem += metricValue(t, text, "shoal_worker_task_memory_bytes", map[string]string{"service": "web"})
+		}
+		return tasks == 5 && mem > 0, fmt.Sprintf("%d tasks, %v bytes", tasks, mem)
+	})
+	for _, w := range []string{"w1", "w2"} {
+		text, err := scrape(t, j.metrics[w])
+		if err != nil {
+			t.Fatal(err)
+		}
+		promtoolCheck(t, w, text)
+	}
 }

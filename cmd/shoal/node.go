@@ -39,7 +39,7 @@ func nodeCommand(g *globalFlags) *cobra.Command {
 		nodeLsCommand(g), nodeInspectCommand(g), nodeUpdateCommand(g),
 		nodeRoleCommand(g, "promote", "Make workers managers", pb.NodeRole_NODE_ROLE_MANAGER),
 		nodeRoleCommand(g, "demote", "Make managers workers", pb.NodeRole_NODE_ROLE_WORKER),
-		nodeRmCommand(g))
+		nodeRmCommand(g), statsCommand(g, "node"))
 }
 
 func nodeLsCommand(g *globalFlags) *cobra.Command {

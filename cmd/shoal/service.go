@@ -34,7 +34,7 @@ const progressTimeout = 2 * time.Minute
 func serviceCommand(g *globalFlags) *cobra.Command {
 	return group("service", "Manage services",
 		serviceCreateCommand(g, &createOptions{}), serviceLsCommand(g), servicePsCommand(g), serviceInspectCommand(g),
-		serviceScaleCommand(g), serviceUpdateCommand(g, &updateOptions{}), serviceRollbackCommand(g), serviceLogsCommand(g),
+		serviceScaleCommand(g), serviceUpdateCommand(g, &updateOptions{}), serviceRollbackCommand(g), serviceLogsCommand(g), statsCommand(g, "service"),
 		removeCommand(g, "service", func(s *session, ref string) error {
 			_, err := s.control.RemoveService(s.ctx, &pb.RemoveServiceRequest{Ref: ref})
 			return err

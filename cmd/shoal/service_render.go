@@ -415,6 +415,26 @@ func renderServicePretty(w io.Writer, svc *pb.Service, now time.Time) {
 	case *pb.ServiceSpec_GlobalJob:
 		p("Service Mode:\tGlobal job")
 	}
+	if as := spec.GetAutoscale(); as != nil {
+		p("Autoscaling:")
+		p(" Target:\tCPU %d%% of the reservation", as.GetTargetCpuPercent())
+		p(" Bounds:\t%d to %d tasks", as.GetMinReplicas(), as.GetMaxReplicas())
+		sync, window := 15*time.Second, 300*time.Second
+		if as.GetSyncPeriod() > 0 {
+			sync = time.Duration(as.GetSyncPeriod())
+		}
+		if as.GetDownscaleWindow() > 0 {
+			window = time.Duration(as.GetDownscaleWindow())
+		} else if as.GetDownscaleWindow() < 0 {
+			window = 0
+		}
+		p(" Sync:\tevery %s; scale-down window %s", sync, window)
+		if st := svc.GetAutoscaleStatus(); st != nil {
+			p(" Last decision:\t%d → %d, %s: %s", st.GetFromReplicas(), st.GetToReplicas(), when(st.GetDecidedAt()), st.GetReason())
+		} else {
+			p(" Last decision:\tnone yet")
+		}
+	}
 	if js := svc.GetJobStatus(); js != nil {
 		p("JobStatus:")
 		p(" Iteration:\t%d", js.GetJobIteration())

@@ -39,6 +39,7 @@ type serviceFlags struct {
 	restart   restartFlags
 	health    healthFlags
 	rollout   rolloutFlags
+	autoscale autoscaleFlags
 }
 
 // titledConcern is a concern and the title of its flags in help.
@@ -59,6 +60,7 @@ func (f *serviceFlags) concerns() []titledConcern {
 		{"Restart policy", &f.restart},
 		{"Health check", &f.health},
 		{"Update and rollback", &f.rollout},
+		{"Autoscaling", &f.autoscale},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,6 +114,19 @@ type TaskView struct {
 	SpecVersion  uint64 `json:"spec_version"`
 	Current      bool   `json:"current"` // desired to run: not history
 	Since        int64  `json:"since"`   // Unix milliseconds of the state
+	// Usage is the task's latest CPU and memory sample, when the leader
+	// has one (rounded, so that the page is not pushed for noise).
+	Usage *UsageView `json:"usage,omitempty"`
+}
+
+// UsageView is a running task's CPU and memory use, as `service stats`
+// shows it: CPU in percent of one core (and of the reservation), memory
+// in MiB (and in percent of the limit).
+type UsageView struct {
+	CPUPercent       int   `json:"cpu_percent"`
+	CPUOfReservation int   `json:"cpu_of_reservation,omitempty"`
+	MemoryMiB        int64 `json:"memory_mib"`
+	MemoryOfLimit    int   `json:"memory_of_limit,omitempty"`
 }
 
 // SecretView is a secret's or a config's name and size: never its value.
@@ -149,6 +163,7 @@ func read(ctx context.Context, m *managers) (*State, error) {
 		tasks *pb.ListTasksResponse
 		secs  *pb.ListSecretsResponse
 		cfgs  *pb.ListConfigsResponse
+		stats []*pb.TaskStat
 	)
 	via, err := m.do(ctx, func(ctx context.Context, c pb.ControlClient) error {
 		var err error
@@ -167,14 +182,22 @@ func read(ctx context.Context, m *managers) (*State, error) {
 		if cfgs, err = c.ListConfigs(ctx, &pb.ListConfigsRequest{}); err != nil {
 			return err
 		}
-		cl, err = c.GetCluster(ctx, &pb.GetClusterRequest{})
-		return err
+		if cl, err = c.GetCluster(ctx, &pb.GetClusterRequest{}); err != nil {
+			return err
+		}
+		// The tasks' CPU and memory: a leader that has no figures yet
+		// (or is being elected) leaves the columns empty, not the page.
+		if resp, err := c.TaskStats(ctx, &pb.TaskStatsRequest{}); err == nil {
+			stats = resp.GetStats()
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	m.learn(nodes.GetNodes())
 	s := build(cl, nodes.GetNodes(), svcs.GetServices(), svcs.GetCounts(), tasks.GetTasks(), secs.GetSecrets(), cfgs.GetConfigs())
+	addUsage(s, stats)
 	s.Via = via
 	return s, nil
 }
@@ -303,6 +326,34 @@ func build(cl *pb.GetClusterResponse, nodes []*pb.Node, svcs []*pb.Service, coun
 	}
 	slices.SortFunc(s.Configs, func(a, b SecretView) int { return cmp.Compare(a.Name, b.Name) })
 	return s
+}
+
+// addUsage puts each task's latest CPU and memory figures on its view.
+func addUsage(s *State, stats []*pb.TaskStat) {
+	byTask := map[string]*pb.TaskStat{}
+	for _, st := range stats {
+		if st.GetUsage() != nil {
+			byTask[st.GetTaskId()] = st
+		}
+	}
+	for i := range s.Tasks {
+		st := byTask[s.Tasks[i].ID]
+		if st == nil {
+			continue
+		}
+		u := st.GetUsage()
+		v := &UsageView{MemoryMiB: u.GetMemoryBytes() >> 20}
+		if u.GetCpuWindow() > 0 {
+			v.CPUPercent = int(math.Round(float64(u.GetCpuNanoCores()) / 1e7))
+			if r := st.GetCpuReservation(); r > 0 {
+				v.CPUOfReservation = int(math.Round(float64(u.GetCpuNanoCores()) * 100 / float64(r)))
+			}
+		}
+		if l := st.GetMemoryLimit(); l > 0 {
+			v.MemoryOfLimit = int(math.Round(float64(u.GetMemoryBytes()) * 100 / float64(l)))
+		}
+		s.Tasks[i].Usage = v
+	}
 }
 
 // word turns NODE_STATE_READY into "ready".

@@ -18,6 +18,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/authz"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/sealer"
+	"github.com/shoal-cluster/shoal/manager/usage"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -50,6 +51,12 @@ type Members interface {
 // not stored).
 type Heartbeats interface {
 	LastBeat(nodeID string) (time.Time, bool)
+}
+
+// Usage is the leader's latest task samples (manager/usage).
+type Usage interface {
+	Snapshot() map[string]usage.Sample
+	Now() time.Time
 }
 
 // Authority is the cluster's CA: client certificates and rotations.
@@ -87,6 +94,8 @@ type Config struct {
 	Workers    Workers
 	// Events is this manager's event history.
 	Events EventSource
+	// Usage is the tasks' CPU and memory use (nil: TaskStats is unavailable).
+	Usage Usage
 	// ClusterID picks the cluster's block of virtual IPs.
 	ClusterID string
 	// AdvertiseIP is this manager's address, where new ingress ports are
@@ -110,6 +119,7 @@ type Server struct {
 	keys        SecretsKey
 	workers     Workers
 	events      EventSource
+	usage       Usage
 	clusterID   string
 	advertiseIP string
 	resolve     Resolver
@@ -123,7 +133,7 @@ func New(cfg Config) *Server {
 		resolve = registry.Resolve
 	}
 	return &Server{store: cfg.Store, raft: cfg.Raft, members: cfg.Members, beats: cfg.Heartbeats, ca: cfg.CA, keys: cfg.Keys,
-		workers: cfg.Workers, events: cfg.Events, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, resolve: resolve, log: cfg.Log}
+		workers: cfg.Workers, events: cfg.Events, usage: cfg.Usage, clusterID: cfg.ClusterID, advertiseIP: cfg.AdvertiseIP, resolve: resolve, log: cfg.Log}
 }
 
 // ListNodes returns every node with the leader's view of manager health.

@@ -182,6 +182,9 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 			}
 		}
 	}
+	if err := validateAutoscale(spec); err != nil {
+		return err
+	}
 	switch m := spec.GetMode().(type) {
 	case *pb.ServiceSpec_Replicated:
 		if m.Replicated.GetReplicas() > maxReplicas {
@@ -506,6 +509,9 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 		}
 		if from, to := modeName(svc.GetSpec()), modeName(next); from != to {
 			return status.Errorf(codes.InvalidArgument, "a service's mode cannot change (%s to %s); create a new service", from, to)
+		}
+		if err := autoscaledReplicas(svc, next, req.GetRollback()); err != nil {
+			return err
 		}
 		if err := validateServiceSpec(tx, next, svc.GetId()); err != nil {
 			return err

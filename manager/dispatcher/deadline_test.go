@@ -14,6 +14,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/clock"
 	"github.com/shoal-cluster/shoal/internal/storetest"
 	"github.com/shoal-cluster/shoal/manager/sealer"
+	"github.com/shoal-cluster/shoal/manager/usage"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/metadata"
@@ -477,5 +478,57 @@ func TestSessionLastBeat(t *testing.T) {
 	h.beat("w1", s)
 	if got, _ := h.d.LastBeat("w1"); !got.Equal(h.clock.Now()) {
 		t.Fatalf("last beat %v after a heartbeat, want %v", got, h.clock.Now())
+	}
+}
+
+// TestHeartbeatUsage: the task samples a heartbeat carries replace that
+// node's in the leader's table, and a node marked Down loses its samples
+// (its tasks must not read as idle), while other nodes keep theirs.
+func TestHeartbeatUsage(t *testing.T) {
+	h := newHarness(t, []*pb.Node{worker("w1", pb.NodeState_NODE_STATE_READY, ""), worker("w2", pb.NodeState_NODE_STATE_READY, "")}, nil)
+	table := usage.New(h.clock)
+	h.d.usage = table
+	beat := func(node string, s *session, tasks ...string) {
+		t.Helper()
+		req := &pb.HeartbeatRequest{NodeId: node, SessionId: s.id}
+		for _, id := range tasks {
+			req.Usage = append(req.Usage, &pb.TaskUsage{TaskId: id, CpuWindow: int64(time.Second), CpuNanoCores: 1e8})
+		}
+		if _, err := h.d.Heartbeat(h.ctx, req); err != nil {
+			t.Fatalf("heartbeat of %s: %v", node, err)
+		}
+	}
+	held := func() string {
+		var ids []string
+		for id, s := range table.Snapshot() {
+			ids = append(ids, id+"@"+s.NodeID)
+		}
+		slices.Sort(ids)
+		return strings.Join(ids, " ")
+	}
+	w1, w2 := h.open("w1"), h.open("w2")
+	steps := []struct {
+		name string
+		do   func()
+		want string
+	}{
+		{"both nodes report", func() { beat("w1", w1, "t1", "t2"); beat("w2", w2, "t3") }, "t1@w1 t2@w1 t3@w2"},
+		{"a beat replaces the node's samples", func() { beat("w1", w1, "t2") }, "t2@w1 t3@w2"},
+		{"w1 goes silent and is marked Down", func() {
+			w1.close()
+			for range heartbeatMisses + 1 {
+				h.clock.Advance(period)
+				beat("w2", w2, "t3")
+			}
+			if got := h.node("w1").GetStatus().GetState(); got != pb.NodeState_NODE_STATE_DOWN {
+				t.Fatalf("w1 is %v, want Down", got)
+			}
+		}, "t3@w2"},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := held(); got != s.want {
+			t.Fatalf("%s: the table holds %q, want %q", s.name, got, s.want)
+		}
 	}
 }

@@ -77,12 +77,24 @@ type SecretsKey interface {
 	Key() (*sealer.Key, error)
 }
 
+// Usage receives the task samples workers send with their heartbeats.
+type Usage interface {
+	// Record replaces a node's samples with its latest ones.
+	Record(nodeID string, samples []*pb.TaskUsage)
+	// ForgetNode drops a node's samples.
+	ForgetNode(nodeID string)
+	// Reset forgets every sample (a new term).
+	Reset()
+}
+
 // Config is what a Dispatcher needs.
 type Config struct {
 	Store      raftstore.StateStore
 	Leadership Leadership
 	Endpoints  Endpoints
 	Secrets    SecretsKey
+	// Usage keeps the task samples of heartbeats (nil: dropped).
+	Usage Usage
 	// Clock times heartbeats, deadlines and the grace period.
 	Clock clock.Clock
 	// APIAddr is this manager's: a follower that is told it leads (an
@@ -102,6 +114,7 @@ type Dispatcher struct {
 	lead   Leadership
 	feed   Endpoints
 	keys   SecretsKey
+	usage  Usage
 	clock  clock.Clock
 	self   string
 	period time.Duration
@@ -143,6 +156,7 @@ func New(cfg Config) *Dispatcher {
 		lead:      cfg.Leadership,
 		feed:      cfg.Endpoints,
 		keys:      cfg.Secrets,
+		usage:     cfg.Usage,
 		clock:     cfg.Clock,
 		self:      cfg.APIAddr,
 		period:    cfg.Period,
@@ -169,6 +183,9 @@ func (d *Dispatcher) begin(ctx context.Context) {
 	d.mu.Lock()
 	d.active, d.ctx = true, ctx
 	d.mu.Unlock()
+	if d.usage != nil {
+		d.usage.Reset()
+	}
 	d.log.Info("dispatcher active", "heartbeat_period", d.period)
 
 	// The grace counts from the start of the term, not from when the
@@ -357,6 +374,9 @@ func (d *Dispatcher) markDown(ctx context.Context, nodeID, why string) error {
 		d.log.Info("worker reconnected as its deadline passed; not marked down", "worker", nodeID)
 	case err == nil:
 		d.log.Warn("worker marked down", "worker", nodeID, "reason", why, "tasks_failed", failed)
+		if d.usage != nil {
+			d.usage.ForgetNode(nodeID)
+		}
 	}
 	return err
 }

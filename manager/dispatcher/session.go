@@ -277,5 +277,8 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*
 	}
 	d.armDeadline(req.GetNodeId(), d.deadline(), reasonHeartbeat)
 	d.beat(req.GetNodeId())
+	if d.usage != nil {
+		d.usage.Record(req.GetNodeId(), req.GetUsage())
+	}
 	return &pb.HeartbeatResponse{Period: int64(d.period)}, nil
 }

@@ -1,5 +1,6 @@
 // Package events turns the store's committed changes into the cluster's
-// event history, as `docker events` shows it: services created, scaled,
+// event history, as `docker events` shows it: services created, scaled
+// (by hand, or by the autoscaler with its reason),
 // updated, rolled back and removed; tasks changing state; nodes joining,
 // going Down or Ready, drained, promoted; leader changes. Every manager
 // keeps the recent history from its own replica (a Journal) and streams it
@@ -87,6 +88,12 @@ func translateService(ev raftstore.Event, s *pb.Service, add addFunc) {
 	if r, ok := replicas(s.GetSpec()); ok {
 		if before, okOld := replicas(old.GetSpec()); okOld && before != r && sameExceptReplicas(old.GetSpec(), s.GetSpec()) {
 			attrs["old_replicas"] = strconv.FormatUint(before, 10)
+			if a := s.GetAutoscaleStatus(); a != nil && a.GetDecidedAt() != old.GetAutoscaleStatus().GetDecidedAt() {
+				// The autoscaler's decision, with its reason.
+				attrs["reason"] = a.GetReason()
+				add("service", "autoscale", s.GetId(), name, attrs)
+				return
+			}
 			add("service", "scale", s.GetId(), name, attrs)
 			return
 		}

@@ -21,6 +21,14 @@ func withStatus(s *pb.Service, st pb.UpdateState, started int64) *pb.Service {
 	return s
 }
 
+func autoscaled(s *pb.Service, decidedAt int64, reason string) *pb.Service {
+	s.Spec.Autoscale = &pb.AutoscaleSpec{TargetCpuPercent: 70, MinReplicas: 1, MaxReplicas: 10}
+	if decidedAt != 0 {
+		s.AutoscaleStatus = &pb.AutoscaleStatus{DecidedAt: decidedAt, Reason: reason}
+	}
+	return s
+}
+
 func task(state pb.TaskState, node, errMsg string) *pb.Task {
 	return &pb.Task{Id: "t1", ServiceName: "web", Slot: 2, NodeId: node, Status: &pb.TaskStatus{State: state, Err: errMsg}}
 }
@@ -57,6 +65,11 @@ func TestTranslate(t *testing.T) {
 			[]brief{{"service", "create", "s1", "web", map[string]string{"image": "hello:v1", "replicas": "3"}}}},
 		{"service scaled", update, svc(3, "hello:v1"), svc(5, "hello:v1"),
 			[]brief{{"service", "scale", "s1", "web", map[string]string{"image": "hello:v1", "replicas": "5", "old_replicas": "3"}}}},
+		{"service autoscaled", update, autoscaled(svc(3, "hello:v1"), 0, ""), autoscaled(svc(6, "hello:v1"), 9, "average CPU 142% of the 70% target"),
+			[]brief{{"service", "autoscale", "s1", "web", map[string]string{"image": "hello:v1", "replicas": "6", "old_replicas": "3",
+				"reason": "average CPU 142% of the 70% target"}}}},
+		{"autoscaled service scaled by a bounds change, not by a decision", update, autoscaled(svc(3, "hello:v1"), 9, "x"), autoscaled(svc(2, "hello:v1"), 9, "x"),
+			[]brief{{"service", "scale", "s1", "web", map[string]string{"image": "hello:v1", "replicas": "2", "old_replicas": "3"}}}},
 		{"service image updated", update, svc(3, "hello:v1"), withStatus(svc(3, "hello:v2"), pb.UpdateState_UPDATE_STATE_UPDATING, 7),
 			[]brief{{"service", "update", "s1", "web", map[string]string{"image": "hello:v2", "replicas": "3", "old_image": "hello:v1", "updatestate": "updating"}}}},
 		{"service rolled back", update, withStatus(svc(3, "hello:v2"), pb.UpdateState_UPDATE_STATE_COMPLETED, 7), withStatus(svc(3, "hello:v1"), pb.UpdateState_UPDATE_STATE_ROLLBACK_STARTED, 9),

@@ -18,6 +18,7 @@ package docker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -817,4 +818,39 @@ type logReader struct {
 func (l *logReader) Close() error {
 	l.src.Close()
 	return l.PipeReader.Close()
+}
+
+// Usage reads a running container's CPU and memory use from the Engine's
+// one-shot stats (no second sample, so it returns at once). Memory is the
+// usage less the inactive page cache, as `docker stats` shows it.
+func (r *Runtime) Usage(ctx context.Context, taskID string) (worker.Usage, error) {
+	id, err := r.containerID(ctx, taskID)
+	if err != nil {
+		return worker.Usage{}, err
+	}
+	res, err := r.cli.ContainerStats(ctx, id, client.ContainerStatsOptions{})
+	if err != nil {
+		return worker.Usage{}, engineError(taskID, "read stats of", err)
+	}
+	defer res.Body.Close()
+	var st container.StatsResponse
+	if err := json.NewDecoder(res.Body).Decode(&st); err != nil {
+		return worker.Usage{}, fmt.Errorf("task %s: decode the Engine's stats: %w", taskID, err)
+	}
+	return statsUsage(st), nil
+}
+
+// statsUsage converts the Engine's stats (cgroup v1 or v2 keys).
+func statsUsage(st container.StatsResponse) worker.Usage {
+	mem := st.MemoryStats.Usage
+	inactive, ok := st.MemoryStats.Stats["total_inactive_file"] // cgroup v1
+	if !ok {
+		inactive = st.MemoryStats.Stats["inactive_file"] // cgroup v2
+	}
+	if inactive < mem {
+		mem -= inactive
+	}
+	// The Engine reports the host's memory as the limit of a container
+	// without one: the agent takes the limit from the task's spec.
+	return worker.Usage{CPUTotal: st.CPUStats.CPUUsage.TotalUsage, MemoryBytes: int64(mem)}
 }

@@ -46,10 +46,12 @@ type cgroupPlan struct {
 // cgroupManager creates and removes task cgroups.
 type cgroupManager struct {
 	version int
-	// v1: the memory and cpu hierarchies (cpu may be absent); v2: unified.
-	memory, cpu *cgroupMount
-	unified     *cgroupMount
-	parent      string
+	// v1: the memory and cpu hierarchies (cpu may be absent), and the
+	// cpuacct hierarchy where it is mounted apart from cpu (it measures a
+	// task's CPU use); v2: unified.
+	memory, cpu, cpuacct *cgroupMount
+	unified              *cgroupMount
+	parent               string
 }
 
 type cgroupMount struct {
@@ -97,6 +99,9 @@ func detectCgroups(parent string) (*cgroupManager, error) {
 		if slices.Contains(opts, "cpu") && cm.cpu == nil {
 			cm.cpu = &cgroupMount{m.mount, m.root}
 		}
+		if slices.Contains(opts, "cpuacct") && !slices.Contains(opts, "cpu") && cm.cpuacct == nil {
+			cm.cpuacct = &cgroupMount{m.mount, m.root}
+		}
 	}
 	if cm.memory == nil {
 		return nil, errors.New("no cgroup v1 memory hierarchy or cgroup v2 memory controller is mounted")
@@ -108,6 +113,11 @@ func detectCgroups(parent string) (*cgroupManager, error) {
 		dir := cm.cpu.parentDir(parent)
 		if err := os.MkdirAll(dir, 0o755); err != nil || !fileExists(filepath.Join(dir, "cpu.cfs_quota_us")) {
 			cm.cpu = nil // no CPU limits, memory still works
+		}
+	}
+	if cm.cpuacct != nil {
+		if err := os.MkdirAll(cm.cpuacct.parentDir(parent), 0o755); err != nil {
+			cm.cpuacct = nil // no CPU figures, limits still work
 		}
 	}
 	return cm, nil
@@ -224,6 +234,14 @@ func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgr
 	} else if quota > 0 {
 		errs = append(errs, errors.New("cpu limit: no cpu cgroup controller with CFS bandwidth control"))
 	}
+	if c.cpuacct != nil {
+		adir := filepath.Join(c.cpuacct.parentDir(c.parent), taskID)
+		if err := os.Mkdir(adir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			errs = append(errs, fmt.Errorf("create cgroup %s (CPU use will not be measured): %w", adir, err))
+		} else {
+			plan.Entries = append(plan.Entries, cgroupEntry{Controller: "cpuacct", Mount: c.cpuacct.mount, MountRoot: c.cpuacct.root, Dir: adir})
+		}
+	}
 	return plan, errors.Join(errs...)
 }
 
@@ -239,6 +257,9 @@ func (c *cgroupManager) planDirs(taskID string) []string {
 	dirs := []string{filepath.Join(c.memory.parentDir(c.parent), taskID)}
 	if c.cpu != nil {
 		dirs = append(dirs, filepath.Join(c.cpu.parentDir(c.parent), taskID))
+	}
+	if c.cpuacct != nil {
+		dirs = append(dirs, filepath.Join(c.cpuacct.parentDir(c.parent), taskID))
 	}
 	return dirs
 }

@@ -250,7 +250,18 @@ function taskRows(tasks) {
     h('td', {}, badge(t.state), ' ', h('span', {class: 'muted small'}, ago(t.since))),
     h('td', {}, t.health ? badge(t.health) : ''),
     h('td', {class: 'err'}, t.error || t.pending_reason || ''),
-    h('td', {class: 'mono'}, t.ports || '')));
+    h('td', {class: 'mono'}, t.ports || ''),
+    h('td', {class: 'mono', 'data-usage': t.name}, usage(t.usage))));
+}
+
+// usage is a task's CPU and memory, as `service stats` shows them.
+function usage(u) {
+  if (!u) return '';
+  let cpu = u.cpu_percent + '%';
+  if (u.cpu_of_reservation) cpu += ' (' + u.cpu_of_reservation + '% of reserved)';
+  let mem = u.memory_mib + ' MiB';
+  if (u.memory_of_limit) mem += ' (' + u.memory_of_limit + '% of limit)';
+  return cpu + ' · ' + mem;
 }
 
 function servicePage(st, id) {
@@ -262,7 +273,7 @@ function servicePage(st, id) {
   const tasks = st.tasks.filter((t) => t.service_id === s.id);
   const imageKey = 'image-' + s.id;
   const image = input(imageKey, s.image, {type: 'text', class: 'image', 'aria-label': 'new image', 'data-image': s.name});
-  const headers = ['Task', 'ID', 'Node', 'Desired', 'State', 'Health', 'Error', 'Ports'];
+  const headers = ['Task', 'ID', 'Node', 'Desired', 'State', 'Health', 'Error', 'Ports', 'CPU · memory'];
   return h('div', {},
     h('h1', {}, s.name, ' ', h('span', {class: 'muted mono small'}, s.id)),
     h('dl', {class: 'facts'},
