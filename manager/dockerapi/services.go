@@ -430,8 +430,8 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 // taskName is a task's name as Docker shows it: service.slot, or
 // service.node for a global service's task.
 func taskName(t *pb.Task) string {
-	if t.GetSlot() != 0 {
-		return t.GetServiceName() + "." + strconv.FormatUint(t.GetSlot(), 10)
+	if slot := taskToDocker(t).Slot; slot != 0 {
+		return t.GetServiceName() + "." + strconv.Itoa(slot)
 	}
 	return t.GetServiceName() + "." + t.GetNodeId()
 }
