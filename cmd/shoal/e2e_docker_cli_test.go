@@ -308,6 +308,10 @@ func TestDockerCLI(t *testing.T) {
 	}
 
 	// Bad input: Docker-shaped errors that change nothing.
+	compose := filepath.Join(t.TempDir(), "compose.yml")
+	if err := os.WriteFile(compose, []byte("services:\n  api:\n    image: shoal/hello:v1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, s := range []dockerStep{
 		{name: "unsupported field", args: []string{"service", "create", "--name", "bad", "--hostname", "h", hello}, code: 1,
 			want: []string{`Shoal does not support ContainerSpec.Hostname \(--hostname\)`}},
@@ -316,6 +320,8 @@ func TestDockerCLI(t *testing.T) {
 		{name: "unknown filter", args: []string{"service", "ls", "--filter", "nosuch=1"}, code: 1, want: []string{`invalid filter 'nosuch'`}},
 		{name: "unknown service", args: []string{"service", "inspect", "nosuch"}, code: 1, want: []string{`no such service: nosuch`}},
 		{name: "network create", args: []string{"network", "create", "-d", "overlay", "mynet"}, code: 1, want: []string{`Shoal does not create networks`}},
+		{name: "stack deploy", args: []string{"stack", "deploy", "-c", compose, "demo"}, code: 1, want: []string{`demo_default`, `Shoal does not create networks`}},
+		{name: "stack ls", args: []string{"stack", "ls"}, want: []string{`^NAME +SERVICES\n$`}},
 		{name: "nothing created", args: []string{"service", "ls", "--format", "{{.Name}}"}, want: []string{`^web\n$`}},
 	} {
 		d.step(s)
