@@ -346,6 +346,16 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	if err != nil {
 		return err
 	}
+	auto, err := s.startAuto(ctx, i)
+	if err != nil {
+		return err
+	}
+	autoChecked := false
+	defer func() {
+		if !autoChecked {
+			_ = s.finishAuto(ctx, auto)
+		}
+	}()
 	imgChecked := false
 	defer func() {
 		if !imgChecked && img != nil {
@@ -456,6 +466,8 @@ func (s *suite) round(ctx context.Context, i int, kind faultKind) error {
 	jobChecked = true
 	add("(g) registry image", s.finishImage(ctx, img)...)
 	imgChecked = true
+	add("(h) autoscale bounds", s.finishAuto(ctx, auto)...)
+	autoChecked = true
 	if problems := s.waitConverged(ctx, s.withWeb(final), 90*time.Second); len(problems) > 0 {
 		add("(c,d) converged", problems...)
 	}
@@ -887,7 +899,7 @@ func (s *suite) summary(took time.Duration) {
 	if s.skipped > 0 {
 		fmt.Fprintf(tw, "(b) names left to (a): too many unknown outcomes\t%d\t\n", s.skipped)
 	}
-	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "(f) job", "(g) registry image", "availability", "daemon logs", "unexpected errors", "suite"}
+	invs := []string{"(a) linearizable", "(b) acknowledged", "(c,d) converged", "(d) orphans", "(e) data plane", "(f) job", "(g) registry image", "(h) autoscale bounds", "availability", "daemon logs", "unexpected errors", "suite"}
 	n := 0
 	for _, inv := range invs {
 		fmt.Fprintf(tw, "anomalies: %s\t%d\t\n", inv, len(s.anomalies[inv]))

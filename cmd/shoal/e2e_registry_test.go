@@ -313,7 +313,7 @@ func TestRegistryJourney(t *testing.T) {
 	c.runningOn("web", v2+"@"+d2, 6)
 
 	// An image the registry does not have: one line, nothing created.
-	out, errOut, code = c.svc("create", "--name", "ghost", "--detach", reg.Host+"/shoal/hello:v9")
+	_, errOut, code = c.svc("create", "--name", "ghost", "--detach", reg.Host+"/shoal/hello:v9")
 	if code == 0 || !strings.Contains(errOut, "not found in the registry") || !strings.Contains(errOut, "--resolve-image never") ||
 		strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
 		t.Errorf("create from a tag the registry lacks: exit %d, stderr %q", code, errOut)

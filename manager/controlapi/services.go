@@ -45,9 +45,11 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 		return nil, err
 	}
 	// A spec the cluster refuses is refused before the registry is asked
-	// (the write checks it again).
+	// (the write checks it again). A name or port already taken is left to
+	// the write: it may be this very request, retried after it committed
+	// (the write recognises its request ID; a read cannot).
 	s.store.View(func(tx *raftstore.Tx) { err = validateServiceSpec(tx, spec, "") })
-	if err != nil {
+	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return nil, err
 	}
 	warnings, err := s.pinImage(ctx, spec, nil, req.GetResolveImage(), auth)
