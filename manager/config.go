@@ -73,6 +73,12 @@ type Config struct {
 	// certificate is due for renewal and follows CA and gossip key
 	// rotations (default 1s).
 	CertCheckInterval time.Duration
+	// DockerAPIAddr is the IP:PORT the Docker Engine API is served on with
+	// TLS (admin client certificates only); empty: only on the unix socket
+	// in the data dir.
+	DockerAPIAddr string
+	// Version is this build's version, as `docker version` shows it.
+	Version string
 	// WrapRaftStream wraps the Raft transport's stream layer (fault
 	// injection in tests); TLS is beneath it.
 	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer

@@ -37,6 +37,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/controlapi"
 	"github.com/shoal-cluster/shoal/manager/dispatcher"
+	"github.com/shoal-cluster/shoal/manager/dockerapi"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
 	"github.com/shoal-cluster/shoal/manager/events"
 	"github.com/shoal-cluster/shoal/manager/leaderroute"
@@ -86,6 +87,8 @@ type Manager struct {
 	journal *events.Journal
 	metrics *metrics.Manager
 	mesh    *mesh.Mesh
+	// docker are the docker API's listeners.
+	docker []*dockerapi.Listener
 
 	// storeReady is set once store is assigned (Raft handshakes may come
 	// before).
@@ -328,7 +331,12 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		m.store.Close()
 		return nil, fmt.Errorf("listen on %s for the API: %w (is another node using this address and port?)", cfg.listenAPI(), err)
 	}
-	m.assemble()
+	control, router := m.assemble()
+	if err := m.startDockerAPI(control, router); err != nil {
+		m.lis.Close()
+		m.store.Close()
+		return nil, err
+	}
 	m.gossip, err = gossip.New(gossip.Config{
 		Meta:          gossip.Meta{NodeID: id.NodeID, Role: gossip.RoleManager, API: cfg.APIAddr()},
 		BindIP:        cfg.ListenIP,
@@ -341,6 +349,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		Logger:        cfg.Logger,
 	})
 	if err != nil {
+		m.closeDockerAPI()
 		m.lis.Close()
 		m.store.Close()
 		return nil, err
@@ -386,7 +395,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 // assemble makes the manager's parts, each given what it needs, and the
 // gRPC server that serves them: every call is authorised first, then a
 // leader-only one is run on the leader.
-func (m *Manager) assemble() {
+func (m *Manager) assemble() (*controlapi.Server, *leaderroute.Router) {
 	cfg, id := m.cfg, m.id
 	m.feed = endpoints.NewFeed(m.store)
 	m.journal = events.New(m.store, cfg.EventHistory, m.log)
@@ -443,6 +452,7 @@ func (m *Manager) assemble() {
 	pb.RegisterControlServer(m.grpc, control)
 	pb.RegisterMembershipServer(m.grpc, m.members)
 	pb.RegisterDispatcherServer(m.grpc, m.disp)
+	return control, router
 }
 
 // loop runs fn in its own goroutine until the manager stops.
@@ -1031,6 +1041,7 @@ func (m *Manager) stop(reason error) {
 		if m.cancel != nil {
 			m.cancel()
 		}
+		m.closeDockerAPI()
 		done := make(chan struct{})
 		go func() { m.grpc.GracefulStop(); close(done) }()
 		select {

@@ -184,6 +184,7 @@ type suite struct {
 	faults    map[faultKind]int
 	ops       map[opKind]int
 	unknown   int
+	docker    int // calls answered through the Docker Engine API
 	skipped   int
 	anomalies map[string][]string // by invariant
 
@@ -526,6 +527,7 @@ func (s *suite) report(i int, kind faultKind, target string, w *workload, took t
 		total += n
 	}
 	s.unknown += w.unknown
+	s.docker += w.docker
 	for _, e := range w.errs {
 		found = append(found, "unexpected error: "+e)
 		s.anomalies["unexpected errors"] = append(s.anomalies["unexpected errors"], fmt.Sprintf("round %d (%s): %s", i+1, kind, e))
@@ -893,6 +895,7 @@ func (s *suite) summary(took time.Duration) {
 	}
 	fmt.Fprintf(tw, "calls: total\t%d\t\n", total)
 	fmt.Fprintf(tw, "calls: outcome unknown\t%d\t\n", s.unknown)
+	fmt.Fprintf(tw, "calls: answered through the docker API\t%d\t\n", s.docker)
 	if s.skipped > 0 {
 		fmt.Fprintf(tw, "(b) names left to (a): too many unknown outcomes\t%d\t\n", s.skipped)
 	}

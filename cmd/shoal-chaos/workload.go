@@ -34,7 +34,9 @@ type workload struct {
 	history []record
 	counts  map[opKind]int
 	unknown int
-	errs    []string // calls refused for a reason the model does not expect
+	// docker counts the calls answered through the Docker Engine API.
+	docker int
+	errs   []string // calls refused for a reason the model does not expect
 }
 
 func newWorkload(c *cluster, hello string) *workload {
@@ -90,6 +92,18 @@ func (w *workload) do(ctx context.Context, client int, m *node, in opInput) opOu
 	defer cancel()
 	call := time.Since(w.start)
 	var out opOutput
+	if client%2 == 1 {
+		// Odd clients go through the Docker Engine API, as the docker CLI
+		// does; the others (and the final reads) use the control API.
+		var unexpected string
+		out, unexpected = w.dockerDo(cctx, m, in)
+		if out.Outcome != outUnknown {
+			w.mu.Lock()
+			w.docker++
+			w.mu.Unlock()
+		}
+		return w.record(client, in, out, call, unexpected)
+	}
 	switch in.Kind {
 	case opCreate:
 		_, err = cl.CreateService(cctx, &pb.CreateServiceRequest{Spec: w.spec(in.Name, in.State)})
@@ -104,7 +118,7 @@ func (w *workload) do(ctx context.Context, client int, m *node, in opInput) opOu
 			out.State = stateOf(resp.GetService())
 		}
 	}
-	ret := time.Since(w.start)
+	var unexpected string
 	switch status.Code(err) {
 	case codes.OK:
 		out.Outcome = outOK
@@ -116,12 +130,20 @@ func (w *workload) do(ctx context.Context, client int, m *node, in opInput) opOu
 		out.Outcome = outUnknown
 	default:
 		out.Outcome = outUnknown
-		w.mu.Lock()
-		w.errs = append(w.errs, fmt.Sprintf("%s on %s: %v", opNames[in.Kind], m.name, err))
-		w.mu.Unlock()
+		unexpected = fmt.Sprintf("%s on %s: %v", opNames[in.Kind], m.name, err)
 	}
+	return w.record(client, in, out, call, unexpected)
+}
+
+// record adds a call's answer to the history; unexpected (if any) is an
+// answer the model does not expect, reported with the round.
+func (w *workload) record(client int, in opInput, out opOutput, call time.Duration, unexpected string) opOutput {
+	ret := time.Since(w.start)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if unexpected != "" {
+		w.errs = append(w.errs, unexpected)
+	}
 	w.counts[in.Kind]++
 	if out.Outcome == outUnknown {
 		w.unknown++

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -135,20 +136,53 @@ func runJoinToken(c *clientFlags, quiet, rotate bool, which string) error {
 
 func clientConfigCommand(g *globalFlags) *cobra.Command {
 	c := &clientFlags{globalFlags: g}
+	var dockerDir string
 	cmd := &cobra.Command{
 		Use:   "client-config [OPTIONS] > FILE",
-		Short: "Export an admin client config for another machine",
+		Short: "Export an admin client config for another machine (or, with --docker DIR, for the docker CLI)",
 		Args:  noArgs("cluster client-config takes no arguments; redirect its output to a file"),
-		RunE:  func(*cobra.Command, []string) error { return runClientConfig(c) },
+		RunE:  func(*cobra.Command, []string) error { return runClientConfig(c, dockerDir) },
 	}
 	c.register(cmd.Flags(), false)
+	cmd.Flags().StringVar(&dockerDir, "docker", "", "write ca.pem, cert.pem and key.pem into `DIR` for the docker CLI (DOCKER_CERT_PATH=DIR DOCKER_TLS_VERIFY=1) instead")
 	return cmd
+}
+
+// writeDockerCerts writes an admin certificate as the docker CLI reads
+// one: DIR/ca.pem, cert.pem and key.pem. It refuses to overwrite them.
+func writeDockerCerts(dir string, certPEM, keyPEM, rootsPEM []byte) error {
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{"ca.pem", rootsPEM, 0o644}, {"cert.pem", certPEM, 0o644}, {"key.pem", keyPEM, 0o600}}
+	for _, f := range files {
+		if _, err := os.Stat(filepath.Join(dir, f.name)); err == nil {
+			return fmt.Errorf("%s already exists: remove it or give another directory", filepath.Join(dir, f.name))
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // runClientConfig exports an admin client config for another machine: a
 // new key made here, a certificate the cluster signs for it, the roots and
 // the manager's address. Use it there with --client-config FILE.
-func runClientConfig(c *clientFlags) error {
+func runClientConfig(c *clientFlags, dockerDir string) error {
+	if dockerDir != "" {
+		for _, name := range []string{"ca.pem", "cert.pem", "key.pem"} {
+			if _, err := os.Stat(filepath.Join(dockerDir, name)); err == nil {
+				return usagef("%s already exists: remove it or give another directory", filepath.Join(dockerDir, name))
+			}
+		}
+	}
 	s, err := c.connect()
 	if err != nil {
 		return err
@@ -161,6 +195,15 @@ func runClientConfig(c *clientFlags) error {
 	resp, err := s.control.IssueClientCertificate(s.ctx, &pb.IssueClientCertificateRequest{Csr: csr})
 	if err != nil {
 		return s.explain(err)
+	}
+	if dockerDir != "" {
+		if err := writeDockerCerts(dockerDir, resp.GetCertificate(), keyPEM, resp.GetRootCas()); err != nil {
+			return err
+		}
+		fmt.Printf("Wrote ca.pem, cert.pem and key.pem to %s. Use them with a manager started with --docker-api-addr IP:PORT:\n\n", dockerDir)
+		fmt.Printf("    DOCKER_HOST=tcp://IP:PORT DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=%s docker node ls\n\n", dockerDir)
+		fmt.Println("Keep key.pem private: it grants full control of the cluster.")
+		return nil
 	}
 	cc := &pki.ClientConfig{Host: s.addr, CertPEM: resp.GetCertificate(), KeyPEM: keyPEM, RootsPEM: resp.GetRootCas()}
 	if _, err := os.Stdout.Write(cc.Encode()); err != nil {

@@ -38,6 +38,7 @@ type daemonFlags struct {
 	leaveOnStop     bool
 	meshDatapath    string
 	metricsAddr     string
+	dockerAPIAddr   string
 
 	metrics *metrics.Server // bound by the first config() when --metrics-addr is set
 }
@@ -52,6 +53,7 @@ func (d *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&d.meshDatapath, "mesh-datapath", mesh.DatapathAuto, "routing mesh datapath: auto (nftables rules when root with the nft command, else the user-space proxy) or userspace")
 	fs.BoolVar(&d.leaveOnStop, "leave-on-stop", false, "workers: leave the cluster on Ctrl-C or SIGTERM instead of just stopping")
 	fs.StringVar(&d.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `IP:PORT`/metrics (off by default)")
+	fs.StringVar(&d.dockerAPIAddr, "docker-api-addr", "", "managers: serve the Docker Engine API on `IP:PORT` with TLS, for admin client certificates (`shoal cluster client-config --docker DIR`); it is always served on DATA_DIR/docker.sock")
 }
 
 // config turns the flags into a manager configuration.
@@ -77,6 +79,14 @@ func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
 	}
 	cfg.HeartbeatPeriod = d.heartbeat
 	cfg.GossipFast = d.gossipFast
+	cfg.Version = version
+	if d.dockerAPIAddr != "" {
+		host, port, err := net.SplitHostPort(d.dockerAPIAddr)
+		if p, perr := strconv.Atoi(port); err != nil || net.ParseIP(host) == nil || perr != nil || p < 1 || p > 65535 {
+			return cfg, usagef("--docker-api-addr %q: give IP:PORT, e.g. 10.0.0.5:2376", d.dockerAPIAddr)
+		}
+		cfg.DockerAPIAddr = d.dockerAPIAddr
+	}
 	switch d.meshDatapath {
 	case mesh.DatapathAuto, mesh.DatapathUserspace:
 		cfg.MeshDatapath = d.meshDatapath
@@ -337,6 +347,9 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 			}
 			wcfg.AdvertiseIP, wcfg.APIPort = ip, port
 		}
+	}
+	if d.dockerAPIAddr != "" {
+		cfg.Logger.Warn("this node is a worker: --docker-api-addr serves nothing until it is promoted to a manager")
 	}
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
 		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), cfg.Logger)

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"strings"
 	"time"
 
@@ -28,6 +29,9 @@ const (
 	RoleManager = "manager"
 	RoleWorker  = "worker"
 	RoleAdmin   = "admin"
+	// RoleServer marks a server-only certificate (IssueServer): never a
+	// valid identity for a Shoal peer (IdentityOf refuses it).
+	RoleServer = "server"
 )
 
 // Identity is who a certificate speaks for.
@@ -215,6 +219,25 @@ func ParseCA(certPEM, keyPEM, chain []byte) (*CA, error) {
 // certificate request csrPEM, valid for lifetime. It returns the
 // certificate followed by the CA's chain, PEM-encoded.
 func (ca *CA) Issue(csrPEM []byte, id Identity, lifetime time.Duration) ([]byte, error) {
+	return ca.issue(csrPEM, id, lifetime, nil)
+}
+
+// ServerName says what a server certificate is for: the addresses and
+// names clients that check host names (the docker CLI) dial it by.
+type ServerName struct {
+	IPs   []net.IP
+	Hosts []string
+}
+
+// IssueServer signs a server-only certificate for the addresses in names,
+// for front doors whose clients check host names. Its subject carries
+// role RoleServer, which no Shoal link accepts from a peer, and its key
+// usage is server authentication only.
+func (ca *CA) IssueServer(csrPEM []byte, clusterID, id string, names ServerName, lifetime time.Duration) ([]byte, error) {
+	return ca.issue(csrPEM, Identity{ID: id, Role: RoleServer, ClusterID: clusterID}, lifetime, &names)
+}
+
+func (ca *CA) issue(csrPEM []byte, id Identity, lifetime time.Duration, server *ServerName) ([]byte, error) {
 	b, _ := pem.Decode(csrPEM)
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
 		return nil, errors.New("no CERTIFICATE REQUEST block in the request")
@@ -244,6 +267,11 @@ func (ca *CA) Issue(csrPEM []byte, id Identity, lifetime time.Duration) ([]byte,
 		NotAfter:     now.Add(lifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if server != nil {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = server.IPs
+		tmpl.DNSNames = server.Hosts
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {

@@ -204,3 +204,13 @@ func Public(c *pb.Cluster) *pb.Cluster {
 	c.GossipKeys = nil
 	return c
 }
+
+// IssueServer signs a server-only certificate (pki.CA.IssueServer) with
+// the cluster's CA, for a front door whose clients check host names.
+func IssueServer(c *pb.Cluster, csr []byte, id string, names pki.ServerName) ([]byte, error) {
+	ca, err := signer(c)
+	if err != nil {
+		return nil, err
+	}
+	return ca.IssueServer(csr, c.GetId(), id, names, certLifetime(c))
+}

@@ -1,0 +1,132 @@
+package dockerapi
+
+import (
+	"net/http"
+
+	"github.com/moby/moby/api/types/swarm"
+	pb "github.com/shoal-cluster/shoal/proto"
+)
+
+func (s *Server) createSecret(w http.ResponseWriter, r *http.Request) error {
+	var d swarm.SecretSpec
+	if err := decode(r, &d); err != nil {
+		return err
+	}
+	if d.Driver != nil && d.Driver.Name != "" {
+		return badRequest("Shoal keeps secrets itself: secret drivers (--driver) are not supported")
+	}
+	if d.Templating != nil && d.Templating.Name != "" {
+		return badRequest("Shoal does not template secrets (--template-driver)")
+	}
+	resp, err := s.cfg.Control.CreateSecret(r.Context(), &pb.CreateSecretRequest{Spec: &pb.SecretSpec{
+		Annotations: &pb.Annotations{Name: d.Name, Labels: d.Labels}, Data: d.Data}})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, swarm.SecretCreateResponse{ID: resp.GetSecret().GetId()})
+}
+
+func secretToDocker(sec *pb.Secret) swarm.Secret {
+	return swarm.Secret{ID: sec.GetId(), Meta: meta(sec.GetMeta()), Spec: swarm.SecretSpec{
+		Annotations: swarm.Annotations{Name: sec.GetSpec().GetAnnotations().GetName(), Labels: orEmpty(sec.GetSpec().GetAnnotations().GetLabels())}}}
+}
+
+func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request) error {
+	f, err := parseFilters(r, "id", "label", "name", "names")
+	if err != nil {
+		return err
+	}
+	resp, err := s.cfg.Control.ListSecrets(r.Context(), &pb.ListSecretsRequest{})
+	if err != nil {
+		return err
+	}
+	out := []swarm.Secret{}
+	for _, sec := range resp.GetSecrets() {
+		d := secretToDocker(sec)
+		if f.prefix("id", d.ID) && f.prefix("name", d.Spec.Name) && f.exact("names", d.Spec.Name) && f.labels("label", d.Spec.Labels) {
+			out = append(out, d)
+		}
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) error {
+	resp, err := s.cfg.Control.GetSecret(r.Context(), &pb.GetSecretRequest{Ref: r.PathValue("id")})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, secretToDocker(resp.GetSecret()))
+}
+
+func (s *Server) updateSecret(_ http.ResponseWriter, _ *http.Request) error {
+	return notImplemented("Shoal secrets cannot change once created: create a new secret and point the service at it (docker service update --secret-rm/--secret-add)")
+}
+
+func (s *Server) removeSecret(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.cfg.Control.RemoveSecret(r.Context(), &pb.RemoveSecretRequest{Ref: r.PathValue("id")}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) createConfig(w http.ResponseWriter, r *http.Request) error {
+	var d swarm.ConfigSpec
+	if err := decode(r, &d); err != nil {
+		return err
+	}
+	if d.Templating != nil && d.Templating.Name != "" {
+		return badRequest("Shoal does not template configs (--template-driver)")
+	}
+	resp, err := s.cfg.Control.CreateConfig(r.Context(), &pb.CreateConfigRequest{Spec: &pb.ConfigSpec{
+		Annotations: &pb.Annotations{Name: d.Name, Labels: d.Labels}, Data: d.Data}})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, swarm.ConfigCreateResponse{ID: resp.GetConfig().GetId()})
+}
+
+func configToDocker(c *pb.Config) swarm.Config {
+	return swarm.Config{ID: c.GetId(), Meta: meta(c.GetMeta()), Spec: swarm.ConfigSpec{
+		Annotations: swarm.Annotations{Name: c.GetSpec().GetAnnotations().GetName(), Labels: orEmpty(c.GetSpec().GetAnnotations().GetLabels())},
+		Data:        c.GetSpec().GetData()}}
+}
+
+func (s *Server) listConfigs(w http.ResponseWriter, r *http.Request) error {
+	f, err := parseFilters(r, "id", "label", "name", "names")
+	if err != nil {
+		return err
+	}
+	resp, err := s.cfg.Control.ListConfigs(r.Context(), &pb.ListConfigsRequest{})
+	if err != nil {
+		return err
+	}
+	out := []swarm.Config{}
+	for _, c := range resp.GetConfigs() {
+		d := configToDocker(c)
+		if f.prefix("id", d.ID) && f.prefix("name", d.Spec.Name) && f.exact("names", d.Spec.Name) && f.labels("label", d.Spec.Labels) {
+			out = append(out, d)
+		}
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getConfig(w http.ResponseWriter, r *http.Request) error {
+	resp, err := s.cfg.Control.GetConfig(r.Context(), &pb.GetConfigRequest{Ref: r.PathValue("id")})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, configToDocker(resp.GetConfig()))
+}
+
+func (s *Server) updateConfig(_ http.ResponseWriter, _ *http.Request) error {
+	return notImplemented("Shoal configs cannot change once created: create a new config and point the service at it (docker service update --config-rm/--config-add)")
+}
+
+func (s *Server) removeConfig(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.cfg.Control.RemoveConfig(r.Context(), &pb.RemoveConfigRequest{Ref: r.PathValue("id")}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
