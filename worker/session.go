@@ -49,10 +49,11 @@ const (
 func (a *Agent) sessionLoop() {
 	defer a.wg.Done()
 	retry := minRetry
+	misses := 0 // searches in a row that opened no session
 	for a.ctx.Err() == nil {
-		s, err := a.findLeader()
+		s, err := a.findLeader(misses)
 		if err == nil {
-			retry = minRetry
+			retry, misses = minRetry, 0
 			err = a.serveSession(s)
 			if a.ctx.Err() != nil {
 				return
@@ -63,6 +64,7 @@ func (a *Agent) sessionLoop() {
 				return
 			}
 			a.log.Info("no session with the leader yet", "err", err)
+			misses++
 		}
 		select {
 		case <-a.ctx.Done():
@@ -105,7 +107,9 @@ type attempt struct {
 // every manager the node knows of is tried in parallel, each attempt
 // bounded by the heartbeat period, so one unreachable address never holds
 // the search up. Leaders named by followers during the search join it.
-func (a *Agent) findLeader() (*openedSession, error) {
+// misses is how many searches in a row found no leader: each doubles the
+// bound (see attemptBound).
+func (a *Agent) findLeader(misses int) (*openedSession, error) {
 	a.mu.Lock()
 	hint := a.leaderHint
 	a.leaderHint = ""
@@ -114,7 +118,7 @@ func (a *Agent) findLeader() (*openedSession, error) {
 	if len(cands) == 0 {
 		return nil, errors.New("no manager known yet; waiting for gossip")
 	}
-	bound := a.attemptBound()
+	bound := a.attemptBound() << min(misses, maxBoundDoublings)
 
 	race, stop := context.WithCancel(a.ctx)
 	defer stop()
@@ -197,6 +201,13 @@ func (a *Agent) attemptBound() time.Duration {
 
 // minAttempt is the shortest bound on an attempt to open a session.
 const minAttempt = 250 * time.Millisecond
+
+// maxBoundDoublings caps how far searches that keep finding no leader
+// stretch the attempt bound (8×). A leader behind a slow, lossy link may
+// need longer than a period for the TLS handshake alone; the longer bound
+// costs nothing when a leader answers (it wins the race at once), only
+// when none does.
+const maxBoundDoublings = 3
 
 // openSession asks one manager for a session and waits, at most bound
 // (dial, TLS handshake and the leader's acceptance header), for it to
