@@ -85,9 +85,20 @@ func New(cfg Config) *Router { return &Router{cfg: cfg} }
 // It runs after authorisation: the caller it forwards for is the one
 // authz left in the context.
 func (r *Router) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if id := rpc.RequestIDFromIncoming(ctx); id != "" {
-		ctx = raftstore.WithRequestID(ctx, id)
+	id := rpc.RequestIDFromIncoming(ctx)
+	if id == "" {
+		// A call without one (in process, from the Docker Engine API or
+		// the dashboard) gets its ID here, so that every way it may run
+		// (forwarded, resent to a new leader, or served here once this
+		// manager wins an election meanwhile) carries the same one, and
+		// a write is applied at most once.
+		id = rpc.NewRequestID()
+		md, _ := metadata.FromIncomingContext(ctx)
+		md = md.Copy()
+		md.Set(rpc.RequestIDKey, id)
+		ctx = metadata.NewIncomingContext(ctx, md)
 	}
+	ctx = raftstore.WithRequestID(ctx, id)
 	if localMethods[info.FullMethod] {
 		resp, err := handler(ctx, req)
 		return resp, ToStatus(err)
