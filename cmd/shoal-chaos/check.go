@@ -213,6 +213,66 @@ const maxUnknownWrites = 12
 // in place or not at all; the final state read after the faults healed
 // must be one of the results. It returns one line per name that fails, and
 // how many names it could not check (too many unknown outcomes).
+// maxLateUnknown is how many writes of unknown outcome per name the check
+// places at every later point (a call that timed out may land late: a
+// manager frozen with the request resumes and applies it).
+const maxLateUnknown = 3
+
+// acknowledgedStates replays writes: every acknowledged one in call order,
+// and each unknown one either not at all or, when late is set, at its
+// call's place or any later one (else at its call's place only). It
+// returns the final states the replays that explain every acknowledged
+// answer end in.
+func acknowledgedStates(writes []record, unknown int, late bool) map[svcState]bool {
+	var unknownAt []int
+	for i, w := range writes {
+		if w.Output.Outcome == outUnknown {
+			unknownAt = append(unknownAt, i)
+		}
+	}
+	candidates := map[svcState]bool{}
+	slot := make([]int, unknown) // where each applied unknown write lands
+	var place func(mask, k int)
+	replay := func(mask int) {
+		state := svcState{}
+		apply := func(w record) bool {
+			var good bool
+			good, state = step(state, w.Input, w.Output)
+			return good
+		}
+		for pos := 0; pos <= len(writes); pos++ {
+			for u, i := range unknownAt {
+				if mask&(1<<u) != 0 && slot[u] == pos && !apply(writes[i]) {
+					return
+				}
+			}
+			if pos < len(writes) && writes[pos].Output.Outcome != outUnknown && !apply(writes[pos]) {
+				return
+			}
+		}
+		candidates[state] = true
+	}
+	place = func(mask, k int) {
+		if k == unknown {
+			replay(mask)
+			return
+		}
+		if mask&(1<<k) == 0 || !late {
+			slot[k] = unknownAt[k]
+			place(mask, k+1)
+			return
+		}
+		for s := unknownAt[k]; s <= len(writes); s++ {
+			slot[k] = s
+			place(mask, k+1)
+		}
+	}
+	for mask := 0; mask < 1<<unknown; mask++ {
+		place(mask, 0)
+	}
+	return candidates
+}
+
 func checkAcknowledged(history []record, final map[string]svcState) (anomalies []string, skipped int) {
 	byName := map[string][]record{}
 	for _, r := range history {
@@ -238,28 +298,16 @@ func checkAcknowledged(history []record, final map[string]svcState) (anomalies [
 			skipped++
 			continue
 		}
-		candidates := map[svcState]bool{}
-		for mask := 0; mask < 1<<unknown; mask++ {
-			state, ok, u := svcState{}, true, 0
-			for _, w := range writes {
-				if w.Output.Outcome == outUnknown {
-					applied := mask&(1<<u) != 0
-					u++
-					if !applied {
-						continue
-					}
-				}
-				var good bool
-				good, state = step(state, w.Input, w.Output)
-				if !good {
-					ok = false
-					break
-				}
+		if unknown > maxLateUnknown {
+			// Too many to place anywhere: each unknown write applies at
+			// its call's place or not at all.
+			candidates := acknowledgedStates(writes, unknown, false)
+			if !candidates[final[name]] {
+				skipped++ // left to (a), which places them anywhere
 			}
-			if ok {
-				candidates[state] = true
-			}
+			continue
 		}
+		candidates := acknowledgedStates(writes, unknown, true)
 		got := final[name]
 		if !candidates[got] {
 			want := make([]string, 0, len(candidates))

@@ -96,17 +96,25 @@ func TestCheckAcknowledged(t *testing.T) {
 		write(1, opCreate, "b", st(1, "v1"), outOK, 0, 10),
 		write(1, opUpdate, "b", st(1, "v2"), outUnknown, 20, 0),
 		write(1, opRemove, "c", svcState{}, outNotFound, 0, 10),
+		// d: a remove that timed out lands after two acknowledged updates
+		// (a manager frozen with it resumed and applied it).
+		write(2, opCreate, "d", st(1, "v1"), outOK, 0, 10),
+		write(2, opRemove, "d", svcState{}, outUnknown, 20, 0),
+		write(2, opUpdate, "d", st(1, "v2"), outOK, 30, 40),
+		write(2, opUpdate, "d", st(1, "v3"), outOK, 50, 60),
 	}
 	cases := []struct {
 		name  string
 		final map[string]svcState
 		bad   []string
 	}{
-		{"every change present", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v1")}, nil},
-		{"the unknown update applied", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v2")}, nil},
-		{"an acknowledged scale lost", map[string]svcState{"a": st(2, "v1"), "b": st(1, "v1")}, []string{"service a"}},
-		{"an acknowledged create lost", map[string]svcState{"a": st(3, "v1")}, []string{"service b"}},
-		{"a refused remove created something", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v1"), "c": st(1, "v1")}, []string{"service c"}},
+		{"every change present", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v1"), "d": st(1, "v3")}, nil},
+		{"the unknown remove landed late", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v1")}, nil},
+		{"an acknowledged update lost", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v1"), "d": st(1, "v2")}, []string{"service d"}},
+		{"the unknown update applied", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v2"), "d": st(1, "v3")}, nil},
+		{"an acknowledged scale lost", map[string]svcState{"a": st(2, "v1"), "b": st(1, "v1"), "d": st(1, "v3")}, []string{"service a"}},
+		{"an acknowledged create lost", map[string]svcState{"a": st(3, "v1"), "d": st(1, "v3")}, []string{"service b"}},
+		{"a refused remove created something", map[string]svcState{"a": st(3, "v1"), "b": st(1, "v1"), "c": st(1, "v1"), "d": st(1, "v3")}, []string{"service c"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
