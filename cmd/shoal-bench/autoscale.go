@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
@@ -34,42 +33,14 @@ const (
 )
 
 func runAutoscale(ctx context.Context, e *env) (_ []series, err error) {
-	port, err := e.freePortWithWorker()
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Join(e.tmp, "autoscale")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	logFile, err := os.Create(filepath.Join(dir, "in-process.log"))
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
 	// Debug: the autoscaler's every decision, holds included.
-	logger := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m, err := manager.Init(ctx, manager.Config{
-		DataDir: filepath.Join(dir, "m1"), Hostname: "m1", AdvertiseIP: managerIPs[0], APIPort: port,
-		Timing: raftstore.TimingFromElection(e.opts.election), HeartbeatPeriod: time.Second, Logger: logger.With("who", "m1"),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("manager.Init: %w", err)
-	}
-	defer m.Close()
-	st := m.Store()
-	var token string
-	err = poll(ctx, 30*time.Second, 20*time.Millisecond, "the cluster object", func(context.Context) (bool, error) {
-		st.View(func(tx *raftstore.Tx) {
-			if c := tx.Cluster(); c != nil {
-				token = c.GetJoinTokens().GetWorker()
-			}
-		})
-		return m.IsLeader() && token != "", nil
-	})
+	p, err := e.startInProcessManager(ctx, "autoscale", slog.LevelDebug)
 	if err != nil {
 		return nil, err
 	}
+	defer p.close()
+	m, dir, port, logger, token := p.m, p.dir, p.port, p.logger, p.token
+	st := m.Store()
 	var rt *process.Runtime
 	wdir := filepath.Join(dir, "w1")
 	wlog := logger.With("who", "w1")

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -20,7 +19,6 @@ import (
 	"github.com/shoal-cluster/shoal/internal/clientcreds"
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
-	"github.com/shoal-cluster/shoal/manager"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
@@ -183,40 +181,13 @@ func freeLoopbackPort() (int, error) {
 // worker reports the exit, the leader commits it and pushes the new set),
 // and from its replacement's RUNNING commit to its endpoint joining.
 func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
-	port, err := e.freePortWithWorker()
+	p, err := e.startInProcessManager(ctx, "mesh", slog.LevelInfo)
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(e.tmp, "mesh")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	logFile, err := os.Create(filepath.Join(dir, "in-process.log"))
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	logger := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	m, err := manager.Init(ctx, manager.Config{
-		DataDir: filepath.Join(dir, "m1"), Hostname: "m1", AdvertiseIP: managerIPs[0], APIPort: port,
-		Timing: raftstore.TimingFromElection(e.opts.election), HeartbeatPeriod: time.Second, Logger: logger.With("who", "m1"),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("manager.Init: %w", err)
-	}
-	defer m.Close()
+	defer p.close()
+	m, dir, port, logger, token := p.m, p.dir, p.port, p.logger, p.token
 	st := m.Store()
-	var token string
-	if err := poll(ctx, 30*time.Second, 20*time.Millisecond, "the cluster object", func(context.Context) (bool, error) {
-		st.View(func(tx *raftstore.Tx) {
-			if c := tx.Cluster(); c != nil {
-				token = c.GetJoinTokens().GetWorker()
-			}
-		})
-		return m.IsLeader() && token != "", nil
-	}); err != nil {
-		return nil, err
-	}
 	wdir := filepath.Join(dir, "w1")
 	wcfg := worker.Config{DataDir: wdir, Hostname: "w1", AdvertiseIP: workerIP, APIPort: port, Logger: logger.With("who", "w1")}
 	var rt *process.Runtime
