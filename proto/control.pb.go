@@ -3731,6 +3731,354 @@ func (x *ClusterEvent) GetAttributes() map[string]string {
 	return nil
 }
 
+type CreateNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *NetworkSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNetworkRequest) Reset() {
+	*x = CreateNetworkRequest{}
+	mi := &file_control_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNetworkRequest) ProtoMessage() {}
+
+func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNetworkRequest.ProtoReflect.Descriptor instead.
+func (*CreateNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *CreateNetworkRequest) GetSpec() *NetworkSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       *Network               `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNetworkResponse) Reset() {
+	*x = CreateNetworkResponse{}
+	mi := &file_control_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNetworkResponse) ProtoMessage() {}
+
+func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNetworkResponse.ProtoReflect.Descriptor instead.
+func (*CreateNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *CreateNetworkResponse) GetNetwork() *Network {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+type GetNetworkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is a network ID, a unique ID prefix, or a name.
+	Ref           string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNetworkRequest) Reset() {
+	*x = GetNetworkRequest{}
+	mi := &file_control_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNetworkRequest) ProtoMessage() {}
+
+func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
+func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *GetNetworkRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type GetNetworkResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Network *Network               `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	// services are the names of the services attached to the network.
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNetworkResponse) Reset() {
+	*x = GetNetworkResponse{}
+	mi := &file_control_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNetworkResponse) ProtoMessage() {}
+
+func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
+func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *GetNetworkResponse) GetNetwork() *Network {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+func (x *GetNetworkResponse) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListNetworksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNetworksRequest) Reset() {
+	*x = ListNetworksRequest{}
+	mi := &file_control_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNetworksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNetworksRequest) ProtoMessage() {}
+
+func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNetworksRequest.ProtoReflect.Descriptor instead.
+func (*ListNetworksRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{72}
+}
+
+type ListNetworksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// networks are the stored networks (the routing mesh, "shoal", is not
+	// stored and not listed).
+	Networks      []*Network `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNetworksResponse) Reset() {
+	*x = ListNetworksResponse{}
+	mi := &file_control_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNetworksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNetworksResponse) ProtoMessage() {}
+
+func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNetworksResponse.ProtoReflect.Descriptor instead.
+func (*ListNetworksResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *ListNetworksResponse) GetNetworks() []*Network {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+type RemoveNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkRequest) Reset() {
+	*x = RemoveNetworkRequest{}
+	mi := &file_control_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkRequest) ProtoMessage() {}
+
+func (x *RemoveNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *RemoveNetworkRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type RemoveNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkResponse) Reset() {
+	*x = RemoveNetworkResponse{}
+	mi := &file_control_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkResponse) ProtoMessage() {}
+
+func (x *RemoveNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{75}
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -3963,11 +4311,26 @@ const file_control_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\\\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
+	"\x14CreateNetworkRequest\x12)\n" +
+	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.NetworkSpecR\x04spec\"D\n" +
+	"\x15CreateNetworkResponse\x12+\n" +
+	"\anetwork\x18\x01 \x01(\v2\x11.shoal.v1.NetworkR\anetwork\"%\n" +
+	"\x11GetNetworkRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"]\n" +
+	"\x12GetNetworkResponse\x12+\n" +
+	"\anetwork\x18\x01 \x01(\v2\x11.shoal.v1.NetworkR\anetwork\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"\x15\n" +
+	"\x13ListNetworksRequest\"E\n" +
+	"\x14ListNetworksResponse\x12-\n" +
+	"\bnetworks\x18\x01 \x03(\v2\x11.shoal.v1.NetworkR\bnetworks\"(\n" +
+	"\x14RemoveNetworkRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x17\n" +
+	"\x15RemoveNetworkResponse*\\\n" +
 	"\fResolveImage\x12\x18\n" +
 	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
 	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
-	"\x13RESOLVE_IMAGE_NEVER\x10\x022\xcf\x0f\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x8b\x12\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -3997,7 +4360,12 @@ const file_control_proto_rawDesc = "" +
 	"\fCreateConfig\x12\x1d.shoal.v1.CreateConfigRequest\x1a\x1e.shoal.v1.CreateConfigResponse\x12D\n" +
 	"\tGetConfig\x12\x1a.shoal.v1.GetConfigRequest\x1a\x1b.shoal.v1.GetConfigResponse\x12J\n" +
 	"\vListConfigs\x12\x1c.shoal.v1.ListConfigsRequest\x1a\x1d.shoal.v1.ListConfigsResponse\x12M\n" +
-	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse\x12D\n" +
+	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse\x12P\n" +
+	"\rCreateNetwork\x12\x1e.shoal.v1.CreateNetworkRequest\x1a\x1f.shoal.v1.CreateNetworkResponse\x12G\n" +
+	"\n" +
+	"GetNetwork\x12\x1b.shoal.v1.GetNetworkRequest\x1a\x1c.shoal.v1.GetNetworkResponse\x12M\n" +
+	"\fListNetworks\x12\x1d.shoal.v1.ListNetworksRequest\x1a\x1e.shoal.v1.ListNetworksResponse\x12P\n" +
+	"\rRemoveNetwork\x12\x1e.shoal.v1.RemoveNetworkRequest\x1a\x1f.shoal.v1.RemoveNetworkResponse\x12D\n" +
 	"\tTaskStats\x12\x1a.shoal.v1.TaskStatsRequest\x1a\x1b.shoal.v1.TaskStatsResponse2C\n" +
 	"\bTaskLogs\x127\n" +
 	"\x04Logs\x12\x19.shoal.v1.TaskLogsRequest\x1a\x12.shoal.v1.LogChunk0\x012\xb5\x03\n" +
@@ -4025,7 +4393,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_control_proto_goTypes = []any{
 	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
 	(*TaskStatsRequest)(nil),               // 1: shoal.v1.TaskStatsRequest
@@ -4096,133 +4464,155 @@ var file_control_proto_goTypes = []any{
 	(*RemoveConfigResponse)(nil),           // 66: shoal.v1.RemoveConfigResponse
 	(*EventsRequest)(nil),                  // 67: shoal.v1.EventsRequest
 	(*ClusterEvent)(nil),                   // 68: shoal.v1.ClusterEvent
-	nil,                                    // 69: shoal.v1.ClusterEvent.AttributesEntry
-	(*TaskUsage)(nil),                      // 70: shoal.v1.TaskUsage
-	(*ServiceSpec)(nil),                    // 71: shoal.v1.ServiceSpec
-	(*RegistryAuth)(nil),                   // 72: shoal.v1.RegistryAuth
-	(*Service)(nil),                        // 73: shoal.v1.Service
-	(*Task)(nil),                           // 74: shoal.v1.Task
-	(NodeRole)(0),                          // 75: shoal.v1.NodeRole
-	(*Node)(nil),                           // 76: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 77: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 78: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 79: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 80: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 81: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 82: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 83: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 84: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 85: shoal.v1.Config
+	(*CreateNetworkRequest)(nil),           // 69: shoal.v1.CreateNetworkRequest
+	(*CreateNetworkResponse)(nil),          // 70: shoal.v1.CreateNetworkResponse
+	(*GetNetworkRequest)(nil),              // 71: shoal.v1.GetNetworkRequest
+	(*GetNetworkResponse)(nil),             // 72: shoal.v1.GetNetworkResponse
+	(*ListNetworksRequest)(nil),            // 73: shoal.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),           // 74: shoal.v1.ListNetworksResponse
+	(*RemoveNetworkRequest)(nil),           // 75: shoal.v1.RemoveNetworkRequest
+	(*RemoveNetworkResponse)(nil),          // 76: shoal.v1.RemoveNetworkResponse
+	nil,                                    // 77: shoal.v1.ClusterEvent.AttributesEntry
+	(*TaskUsage)(nil),                      // 78: shoal.v1.TaskUsage
+	(*ServiceSpec)(nil),                    // 79: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 80: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 81: shoal.v1.Service
+	(*Task)(nil),                           // 82: shoal.v1.Task
+	(NodeRole)(0),                          // 83: shoal.v1.NodeRole
+	(*Node)(nil),                           // 84: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 85: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 86: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 87: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 88: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 89: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 90: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 91: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 92: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 93: shoal.v1.Config
+	(*NetworkSpec)(nil),                    // 94: shoal.v1.NetworkSpec
+	(*Network)(nil),                        // 95: shoal.v1.Network
 }
 var file_control_proto_depIdxs = []int32{
-	70, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
+	78, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
 	2,  // 1: shoal.v1.TaskStatsResponse.stats:type_name -> shoal.v1.TaskStat
-	71, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	79, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 3: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	72, // 4: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	73, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	73, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	73, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	80, // 4: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	81, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	81, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	81, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	9,  // 8: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	71, // 9: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	79, // 9: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 10: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	72, // 11: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	73, // 12: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	74, // 13: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	75, // 14: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	76, // 15: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	76, // 16: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	77, // 17: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	76, // 18: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	78, // 19: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	79, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	80, // 11: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	81, // 12: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	82, // 13: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	83, // 14: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	84, // 15: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	84, // 16: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	85, // 17: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	84, // 18: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	86, // 19: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	87, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	30, // 21: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	75, // 22: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	75, // 23: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	80, // 24: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	75, // 25: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	83, // 22: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	83, // 23: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	88, // 24: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	83, // 25: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	30, // 26: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	81, // 27: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	82, // 28: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	83, // 29: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	83, // 30: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	83, // 31: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	84, // 32: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	85, // 33: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	85, // 34: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	85, // 35: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	69, // 36: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	21, // 37: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	23, // 38: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	25, // 39: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	27, // 40: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	29, // 41: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	32, // 42: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	4,  // 43: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	6,  // 44: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	8,  // 45: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	11, // 46: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	13, // 47: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	15, // 48: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	17, // 49: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	67, // 50: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	43, // 51: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	45, // 52: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	47, // 53: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	51, // 54: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	53, // 55: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	55, // 56: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	57, // 57: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	59, // 58: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	61, // 59: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	63, // 60: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	65, // 61: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	1,  // 62: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
-	19, // 63: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	36, // 64: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	38, // 65: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	40, // 66: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	41, // 67: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	34, // 68: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	49, // 69: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	22, // 70: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	24, // 71: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	26, // 72: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	28, // 73: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	31, // 74: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	33, // 75: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	5,  // 76: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	7,  // 77: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	10, // 78: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	12, // 79: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	14, // 80: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	16, // 81: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	18, // 82: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	68, // 83: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	44, // 84: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	46, // 85: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	48, // 86: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	52, // 87: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	54, // 88: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	56, // 89: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	58, // 90: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	60, // 91: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	62, // 92: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	64, // 93: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	66, // 94: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	3,  // 95: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
-	20, // 96: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	37, // 97: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	39, // 98: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	30, // 99: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	42, // 100: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	35, // 101: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	50, // 102: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	70, // [70:103] is the sub-list for method output_type
-	37, // [37:70] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	89, // 27: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	90, // 28: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	91, // 29: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	91, // 30: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	91, // 31: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	92, // 32: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	93, // 33: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	93, // 34: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	93, // 35: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	77, // 36: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	94, // 37: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
+	95, // 38: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
+	95, // 39: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
+	95, // 40: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
+	21, // 41: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	23, // 42: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	25, // 43: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	27, // 44: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	29, // 45: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	32, // 46: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	4,  // 47: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	6,  // 48: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	8,  // 49: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	11, // 50: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	13, // 51: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	15, // 52: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	17, // 53: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	67, // 54: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	43, // 55: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	45, // 56: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	47, // 57: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	51, // 58: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	53, // 59: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	55, // 60: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	57, // 61: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	59, // 62: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	61, // 63: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	63, // 64: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	65, // 65: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	69, // 66: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
+	71, // 67: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
+	73, // 68: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
+	75, // 69: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
+	1,  // 70: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
+	19, // 71: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	36, // 72: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	38, // 73: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	40, // 74: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	41, // 75: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	34, // 76: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	49, // 77: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	22, // 78: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	24, // 79: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	26, // 80: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	28, // 81: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	31, // 82: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	33, // 83: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	5,  // 84: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	7,  // 85: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	10, // 86: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	12, // 87: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	14, // 88: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	16, // 89: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	18, // 90: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	68, // 91: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	44, // 92: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	46, // 93: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	48, // 94: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	52, // 95: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	54, // 96: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	56, // 97: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	58, // 98: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	60, // 99: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	62, // 100: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	64, // 101: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	66, // 102: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	70, // 103: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
+	72, // 104: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
+	74, // 105: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
+	76, // 106: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
+	3,  // 107: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
+	20, // 108: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	37, // 109: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	39, // 110: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	30, // 111: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	42, // 112: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	35, // 113: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	50, // 114: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	78, // [78:115] is the sub-list for method output_type
+	41, // [41:78] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -4237,7 +4627,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   69,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -791,8 +791,11 @@ type ServiceEndpoints struct {
 	// on every node.
 	VirtualAddr string `protobuf:"bytes,3,opt,name=virtual_addr,json=virtualAddr,proto3" json:"virtual_addr,omitempty"`
 	// ports are the service's port configs (target, published, mode).
-	Ports         []*PortConfig   `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
-	Tasks         []*TaskEndpoint `protobuf:"bytes,5,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Ports []*PortConfig   `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	Tasks []*TaskEndpoint `protobuf:"bytes,5,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// aliases are further names the service answers to in DNS: the aliases
+	// of its network attachments.
+	Aliases       []string `protobuf:"bytes,190,rep,name=aliases,proto3" json:"aliases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -858,6 +861,13 @@ func (x *ServiceEndpoints) GetPorts() []*PortConfig {
 func (x *ServiceEndpoints) GetTasks() []*TaskEndpoint {
 	if x != nil {
 		return x.Tasks
+	}
+	return nil
+}
+
+func (x *ServiceEndpoints) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
 	}
 	return nil
 }
@@ -1107,14 +1117,15 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04slot\x18\x03 \x01(\x04R\x04slot\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12+\n" +
-	"\x05ports\x18\x05 \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\"\xd1\x01\n" +
+	"\x05ports\x18\x05 \x03(\v2\x15.shoal.v1.PortBindingR\x05ports\"\xec\x01\n" +
 	"\x10ServiceEndpoints\x12\x1d\n" +
 	"\n" +
 	"service_id\x18\x01 \x01(\tR\tserviceId\x12!\n" +
 	"\fservice_name\x18\x02 \x01(\tR\vserviceName\x12!\n" +
 	"\fvirtual_addr\x18\x03 \x01(\tR\vvirtualAddr\x12*\n" +
 	"\x05ports\x18\x04 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\x12,\n" +
-	"\x05tasks\x18\x05 \x03(\v2\x16.shoal.v1.TaskEndpointR\x05tasks\"|\n" +
+	"\x05tasks\x18\x05 \x03(\v2\x16.shoal.v1.TaskEndpointR\x05tasks\x12\x19\n" +
+	"\aaliases\x18\xbe\x01 \x03(\tR\aaliases\"|\n" +
 	"\x0eEndpointUpdate\x12\x1a\n" +
 	"\bcomplete\x18\x01 \x01(\bR\bcomplete\x124\n" +
 	"\aupdated\x18\x02 \x03(\v2\x1a.shoal.v1.ServiceEndpointsR\aupdated\x12\x18\n" +

@@ -2302,7 +2302,12 @@ type TaskSpec struct {
 	Restart   *RestartPolicy        `protobuf:"bytes,4,opt,name=restart,proto3" json:"restart,omitempty"`
 	Placement *Placement            `protobuf:"bytes,5,opt,name=placement,proto3" json:"placement,omitempty"`
 	// force_update changes to force a rolling restart with the same spec.
-	ForceUpdate   uint64 `protobuf:"varint,6,opt,name=force_update,json=forceUpdate,proto3" json:"force_update,omitempty"`
+	ForceUpdate uint64 `protobuf:"varint,6,opt,name=force_update,json=forceUpdate,proto3" json:"force_update,omitempty"`
+	// networks are the networks the service's tasks are attached to (Docker's
+	// TaskTemplate.Networks), each with the extra names the service answers
+	// to in the cluster's DNS. Reachability is the routing mesh's: every
+	// service reaches every other, attached or not.
+	Networks      []*NetworkAttachment `protobuf:"bytes,190,rep,name=networks,proto3" json:"networks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2379,6 +2384,77 @@ func (x *TaskSpec) GetForceUpdate() uint64 {
 	return 0
 }
 
+func (x *TaskSpec) GetNetworks() []*NetworkAttachment {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+// NetworkAttachment attaches a service to a network. network_id is the
+// stored network's ID (the routing mesh's when the target is "shoal");
+// network_name is its name as it was when the service was written.
+// aliases are extra DNS names of the service (Docker's network aliases).
+type NetworkAttachment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NetworkId     string                 `protobuf:"bytes,1,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	NetworkName   string                 `protobuf:"bytes,2,opt,name=network_name,json=networkName,proto3" json:"network_name,omitempty"`
+	Aliases       []string               `protobuf:"bytes,3,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkAttachment) Reset() {
+	*x = NetworkAttachment{}
+	mi := &file_objects_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkAttachment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkAttachment) ProtoMessage() {}
+
+func (x *NetworkAttachment) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkAttachment.ProtoReflect.Descriptor instead.
+func (*NetworkAttachment) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *NetworkAttachment) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *NetworkAttachment) GetNetworkName() string {
+	if x != nil {
+		return x.NetworkName
+	}
+	return ""
+}
+
+func (x *NetworkAttachment) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
 // UpdateConfig says how a spec change rolls across tasks.
 type UpdateConfig struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -2394,7 +2470,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2482,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2495,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -2485,7 +2561,7 @@ type PortConfig struct {
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2497,7 +2573,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2510,7 +2586,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PortConfig) GetName() string {
@@ -2573,7 +2649,7 @@ type EndpointSpec struct {
 
 func (x *EndpointSpec) Reset() {
 	*x = EndpointSpec{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2661,7 @@ func (x *EndpointSpec) String() string {
 func (*EndpointSpec) ProtoMessage() {}
 
 func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2674,7 @@ func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointSpec.ProtoReflect.Descriptor instead.
 func (*EndpointSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EndpointSpec) GetMode() ResolutionMode {
@@ -2628,7 +2704,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2716,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2729,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Endpoint) GetSpec() *EndpointSpec {
@@ -2701,7 +2777,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2789,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2802,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ServiceSpec) GetAnnotations() *Annotations {
@@ -2865,7 +2941,7 @@ type TaskUsage struct {
 
 func (x *TaskUsage) Reset() {
 	*x = TaskUsage{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +2953,7 @@ func (x *TaskUsage) String() string {
 func (*TaskUsage) ProtoMessage() {}
 
 func (x *TaskUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +2966,7 @@ func (x *TaskUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUsage.ProtoReflect.Descriptor instead.
 func (*TaskUsage) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TaskUsage) GetTaskId() string {
@@ -2966,7 +3042,7 @@ type AutoscaleSpec struct {
 
 func (x *AutoscaleSpec) Reset() {
 	*x = AutoscaleSpec{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3054,7 @@ func (x *AutoscaleSpec) String() string {
 func (*AutoscaleSpec) ProtoMessage() {}
 
 func (x *AutoscaleSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3067,7 @@ func (x *AutoscaleSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutoscaleSpec.ProtoReflect.Descriptor instead.
 func (*AutoscaleSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AutoscaleSpec) GetTargetCpuPercent() uint32 {
@@ -3044,7 +3120,7 @@ type AutoscaleStatus struct {
 
 func (x *AutoscaleStatus) Reset() {
 	*x = AutoscaleStatus{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3056,7 +3132,7 @@ func (x *AutoscaleStatus) String() string {
 func (*AutoscaleStatus) ProtoMessage() {}
 
 func (x *AutoscaleStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3145,7 @@ func (x *AutoscaleStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutoscaleStatus.ProtoReflect.Descriptor instead.
 func (*AutoscaleStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AutoscaleStatus) GetDecidedAt() int64 {
@@ -3115,7 +3191,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3203,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3216,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JobStatus) GetJobIteration() uint64 {
@@ -3170,7 +3246,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3258,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3271,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -3254,7 +3330,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3266,7 +3342,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3279,7 +3355,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Service) GetId() string {
@@ -3377,7 +3453,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3465,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +3478,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RegistryAuth) GetServer() string {
@@ -3453,7 +3529,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3465,7 +3541,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3478,7 +3554,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -3533,7 +3609,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3621,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3634,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3657,7 +3733,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3669,7 +3745,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3682,7 +3758,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Task) GetId() string {
@@ -3787,7 +3863,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3799,7 +3875,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3812,7 +3888,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3844,7 +3920,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3856,7 +3932,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3869,7 +3945,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -3930,7 +4006,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3942,7 +4018,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3955,7 +4031,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -4017,7 +4093,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4029,7 +4105,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4042,7 +4118,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{41}
+	return file_objects_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Cluster) GetId() string {
@@ -4139,7 +4215,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4151,7 +4227,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4164,7 +4240,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{42}
+	return file_objects_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -4229,7 +4305,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4241,7 +4317,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4254,7 +4330,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{43}
+	return file_objects_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -4304,7 +4380,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[44]
+	mi := &file_objects_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4316,7 +4392,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[44]
+	mi := &file_objects_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4329,7 +4405,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{44}
+	return file_objects_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -4365,7 +4441,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[45]
+	mi := &file_objects_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4377,7 +4453,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[45]
+	mi := &file_objects_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4390,7 +4466,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{45}
+	return file_objects_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Secret) GetId() string {
@@ -4440,7 +4516,7 @@ type ConfigSpec struct {
 
 func (x *ConfigSpec) Reset() {
 	*x = ConfigSpec{}
-	mi := &file_objects_proto_msgTypes[46]
+	mi := &file_objects_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4452,7 +4528,7 @@ func (x *ConfigSpec) String() string {
 func (*ConfigSpec) ProtoMessage() {}
 
 func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[46]
+	mi := &file_objects_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4465,7 +4541,7 @@ func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
 func (*ConfigSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{46}
+	return file_objects_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ConfigSpec) GetAnnotations() *Annotations {
@@ -4498,7 +4574,7 @@ type Config struct {
 
 func (x *Config) Reset() {
 	*x = Config{}
-	mi := &file_objects_proto_msgTypes[47]
+	mi := &file_objects_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4510,7 +4586,7 @@ func (x *Config) String() string {
 func (*Config) ProtoMessage() {}
 
 func (x *Config) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[47]
+	mi := &file_objects_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4523,7 +4599,7 @@ func (x *Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Config.ProtoReflect.Descriptor instead.
 func (*Config) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{47}
+	return file_objects_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Config) GetId() string {
@@ -4552,6 +4628,124 @@ func (x *Config) GetSize() uint64 {
 		return x.Size
 	}
 	return 0
+}
+
+// NetworkSpec declares a network: a name and labels (stacks label theirs
+// with com.docker.stack.namespace). Shoal's networks are overlay networks
+// in name: every service reaches every other through the routing mesh, and
+// a network groups services and carries their DNS aliases.
+type NetworkSpec struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Annotations *Annotations           `protobuf:"bytes,1,opt,name=annotations,proto3" json:"annotations,omitempty"`
+	// driver is "overlay", the only driver Shoal offers.
+	Driver        string `protobuf:"bytes,2,opt,name=driver,proto3" json:"driver,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkSpec) Reset() {
+	*x = NetworkSpec{}
+	mi := &file_objects_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkSpec) ProtoMessage() {}
+
+func (x *NetworkSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkSpec.ProtoReflect.Descriptor instead.
+func (*NetworkSpec) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *NetworkSpec) GetAnnotations() *Annotations {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+func (x *NetworkSpec) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
+}
+
+// Network is a stored network.
+type Network struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta          *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec          *NetworkSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Network) Reset() {
+	*x = Network{}
+	mi := &file_objects_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Network) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Network) ProtoMessage() {}
+
+func (x *Network) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Network.ProtoReflect.Descriptor instead.
+func (*Network) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *Network) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Network) GetMeta() *Meta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Network) GetSpec() *NetworkSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
 }
 
 var File_objects_proto protoreflect.FileDescriptor
@@ -4685,14 +4879,20 @@ const file_objects_proto_rawDesc = "" +
 	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x02\n" +
 	"\bTaskSpec\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x125\n" +
 	"\tcontainer\x18\x02 \x01(\v2\x17.shoal.v1.ContainerSpecR\tcontainer\x12<\n" +
 	"\tresources\x18\x03 \x01(\v2\x1e.shoal.v1.ResourceRequirementsR\tresources\x121\n" +
 	"\arestart\x18\x04 \x01(\v2\x17.shoal.v1.RestartPolicyR\arestart\x121\n" +
 	"\tplacement\x18\x05 \x01(\v2\x13.shoal.v1.PlacementR\tplacement\x12!\n" +
-	"\fforce_update\x18\x06 \x01(\x04R\vforceUpdate\"\xff\x01\n" +
+	"\fforce_update\x18\x06 \x01(\x04R\vforceUpdate\x128\n" +
+	"\bnetworks\x18\xbe\x01 \x03(\v2\x1b.shoal.v1.NetworkAttachmentR\bnetworks\"o\n" +
+	"\x11NetworkAttachment\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x01 \x01(\tR\tnetworkId\x12!\n" +
+	"\fnetwork_name\x18\x02 \x01(\tR\vnetworkName\x12\x18\n" +
+	"\aaliases\x18\x03 \x03(\tR\aaliases\"\xff\x01\n" +
 	"\fUpdateConfig\x12 \n" +
 	"\vparallelism\x18\x01 \x01(\x04R\vparallelism\x12\x14\n" +
 	"\x05delay\x18\x02 \x01(\x03R\x05delay\x12D\n" +
@@ -4887,7 +5087,14 @@ const file_objects_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12(\n" +
 	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\x04R\x04size*R\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\"^\n" +
+	"\vNetworkSpec\x127\n" +
+	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x12\x16\n" +
+	"\x06driver\x18\x02 \x01(\tR\x06driver\"h\n" +
+	"\aNetwork\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
+	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
+	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.NetworkSpecR\x04spec*R\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_WORKER\x10\x01\x12\x15\n" +
@@ -4971,7 +5178,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -5010,43 +5217,46 @@ var file_objects_proto_goTypes = []any{
 	(*ConfigReference)(nil),      // 34: shoal.v1.ConfigReference
 	(*ContainerSpec)(nil),        // 35: shoal.v1.ContainerSpec
 	(*TaskSpec)(nil),             // 36: shoal.v1.TaskSpec
-	(*UpdateConfig)(nil),         // 37: shoal.v1.UpdateConfig
-	(*PortConfig)(nil),           // 38: shoal.v1.PortConfig
-	(*EndpointSpec)(nil),         // 39: shoal.v1.EndpointSpec
-	(*Endpoint)(nil),             // 40: shoal.v1.Endpoint
-	(*ServiceSpec)(nil),          // 41: shoal.v1.ServiceSpec
-	(*TaskUsage)(nil),            // 42: shoal.v1.TaskUsage
-	(*AutoscaleSpec)(nil),        // 43: shoal.v1.AutoscaleSpec
-	(*AutoscaleStatus)(nil),      // 44: shoal.v1.AutoscaleStatus
-	(*JobStatus)(nil),            // 45: shoal.v1.JobStatus
-	(*UpdateStatus)(nil),         // 46: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 47: shoal.v1.Service
-	(*RegistryAuth)(nil),         // 48: shoal.v1.RegistryAuth
-	(*PortBinding)(nil),          // 49: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 50: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 51: shoal.v1.Task
-	(*JoinTokens)(nil),           // 52: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 53: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 54: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 55: shoal.v1.Cluster
-	(*RootCA)(nil),               // 56: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 57: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 58: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 59: shoal.v1.Secret
-	(*ConfigSpec)(nil),           // 60: shoal.v1.ConfigSpec
-	(*Config)(nil),               // 61: shoal.v1.Config
-	nil,                          // 62: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 63: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 64: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 65: shoal.v1.Cluster.DemotedManagersEntry
+	(*NetworkAttachment)(nil),    // 37: shoal.v1.NetworkAttachment
+	(*UpdateConfig)(nil),         // 38: shoal.v1.UpdateConfig
+	(*PortConfig)(nil),           // 39: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),         // 40: shoal.v1.EndpointSpec
+	(*Endpoint)(nil),             // 41: shoal.v1.Endpoint
+	(*ServiceSpec)(nil),          // 42: shoal.v1.ServiceSpec
+	(*TaskUsage)(nil),            // 43: shoal.v1.TaskUsage
+	(*AutoscaleSpec)(nil),        // 44: shoal.v1.AutoscaleSpec
+	(*AutoscaleStatus)(nil),      // 45: shoal.v1.AutoscaleStatus
+	(*JobStatus)(nil),            // 46: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 47: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 48: shoal.v1.Service
+	(*RegistryAuth)(nil),         // 49: shoal.v1.RegistryAuth
+	(*PortBinding)(nil),          // 50: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 51: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 52: shoal.v1.Task
+	(*JoinTokens)(nil),           // 53: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 54: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 55: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 56: shoal.v1.Cluster
+	(*RootCA)(nil),               // 57: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 58: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 59: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 60: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 61: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 62: shoal.v1.Config
+	(*NetworkSpec)(nil),          // 63: shoal.v1.NetworkSpec
+	(*Network)(nil),              // 64: shoal.v1.Network
+	nil,                          // 65: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 66: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 67: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 68: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	62, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	65, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	63, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	66, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	19, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
 	2,  // 7: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
 	3,  // 8: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
@@ -5056,13 +5266,13 @@ var file_objects_proto_depIdxs = []int32{
 	20, // 12: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	21, // 13: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	57, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	58, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
 	4,  // 16: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
 	28, // 17: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
 	16, // 18: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	16, // 19: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 20: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	64, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	67, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
 	31, // 22: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
 	32, // 23: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
 	33, // 24: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
@@ -5071,59 +5281,63 @@ var file_objects_proto_depIdxs = []int32{
 	30, // 27: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
 	27, // 28: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
 	29, // 29: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
-	6,  // 30: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
-	7,  // 31: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
-	8,  // 32: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
-	9,  // 33: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
-	10, // 34: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
-	38, // 35: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	39, // 36: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
-	38, // 37: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
-	15, // 38: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
-	36, // 39: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
-	23, // 40: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	24, // 41: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	25, // 42: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
-	26, // 43: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
-	37, // 44: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
-	37, // 45: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
-	39, // 46: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	43, // 47: shoal.v1.ServiceSpec.autoscale:type_name -> shoal.v1.AutoscaleSpec
-	11, // 48: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 49: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	41, // 50: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	41, // 51: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	40, // 52: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	46, // 53: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	45, // 54: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
-	44, // 55: shoal.v1.Service.autoscale_status:type_name -> shoal.v1.AutoscaleStatus
-	8,  // 56: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 57: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 58: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	49, // 59: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 60: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	36, // 61: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 62: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	50, // 63: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	40, // 64: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 65: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 66: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	54, // 67: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	52, // 68: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	56, // 69: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	65, // 70: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 71: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 72: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 73: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	58, // 74: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	15, // 75: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 76: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
-	60, // 77: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
-	78, // [78:78] is the sub-list for method output_type
-	78, // [78:78] is the sub-list for method input_type
-	78, // [78:78] is the sub-list for extension type_name
-	78, // [78:78] is the sub-list for extension extendee
-	0,  // [0:78] is the sub-list for field type_name
+	37, // 30: shoal.v1.TaskSpec.networks:type_name -> shoal.v1.NetworkAttachment
+	6,  // 31: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
+	7,  // 32: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
+	8,  // 33: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
+	9,  // 34: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
+	10, // 35: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
+	39, // 36: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	40, // 37: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
+	39, // 38: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
+	15, // 39: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
+	36, // 40: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
+	23, // 41: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	24, // 42: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	25, // 43: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
+	26, // 44: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
+	38, // 45: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
+	38, // 46: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
+	40, // 47: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	44, // 48: shoal.v1.ServiceSpec.autoscale:type_name -> shoal.v1.AutoscaleSpec
+	11, // 49: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 50: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	42, // 51: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	42, // 52: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	41, // 53: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	47, // 54: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	46, // 55: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	45, // 56: shoal.v1.Service.autoscale_status:type_name -> shoal.v1.AutoscaleStatus
+	8,  // 57: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 58: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 59: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	50, // 60: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 61: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	36, // 62: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 63: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	51, // 64: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	41, // 65: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 66: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 67: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	55, // 68: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	53, // 69: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	57, // 70: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	68, // 71: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 72: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 73: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 74: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	59, // 75: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 76: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 77: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	61, // 78: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	15, // 79: shoal.v1.NetworkSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 80: shoal.v1.Network.meta:type_name -> shoal.v1.Meta
+	63, // 81: shoal.v1.Network.spec:type_name -> shoal.v1.NetworkSpec
+	82, // [82:82] is the sub-list for method output_type
+	82, // [82:82] is the sub-list for method input_type
+	82, // [82:82] is the sub-list for extension type_name
+	82, // [82:82] is the sub-list for extension extendee
+	0,  // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -5131,7 +5345,7 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[27].OneofWrappers = []any{
+	file_objects_proto_msgTypes[28].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 		(*ServiceSpec_ReplicatedJob)(nil),
@@ -5143,7 +5357,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   52,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

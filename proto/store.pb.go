@@ -90,6 +90,7 @@ type StoreAction struct {
 	//	*StoreAction_Cluster
 	//	*StoreAction_Secret
 	//	*StoreAction_Config
+	//	*StoreAction_Network
 	Target        isStoreAction_Target `protobuf_oneof:"target"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -200,6 +201,15 @@ func (x *StoreAction) GetConfig() *Config {
 	return nil
 }
 
+func (x *StoreAction) GetNetwork() *Network {
+	if x != nil {
+		if x, ok := x.Target.(*StoreAction_Network); ok {
+			return x.Network
+		}
+	}
+	return nil
+}
+
 type isStoreAction_Target interface {
 	isStoreAction_Target()
 }
@@ -228,6 +238,10 @@ type StoreAction_Config struct {
 	Config *Config `protobuf:"bytes,120,opt,name=config,proto3,oneof"`
 }
 
+type StoreAction_Network struct {
+	Network *Network `protobuf:"bytes,190,opt,name=network,proto3,oneof"`
+}
+
 func (*StoreAction_Node) isStoreAction_Target() {}
 
 func (*StoreAction_Service) isStoreAction_Target() {}
@@ -239,6 +253,8 @@ func (*StoreAction_Cluster) isStoreAction_Target() {}
 func (*StoreAction_Secret) isStoreAction_Target() {}
 
 func (*StoreAction_Config) isStoreAction_Target() {}
+
+func (*StoreAction_Network) isStoreAction_Target() {}
 
 // Transaction is one Raft log entry: all its actions apply, or none.
 type Transaction struct {
@@ -368,6 +384,7 @@ type Snapshot struct {
 	AppliedRequests []*AppliedRequest      `protobuf:"bytes,7,rep,name=applied_requests,json=appliedRequests,proto3" json:"applied_requests,omitempty"`
 	Index           uint64                 `protobuf:"varint,8,opt,name=index,proto3" json:"index,omitempty"`
 	Configs         []*Config              `protobuf:"bytes,121,rep,name=configs,proto3" json:"configs,omitempty"`
+	Networks        []*Network             `protobuf:"bytes,190,rep,name=networks,proto3" json:"networks,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -465,11 +482,18 @@ func (x *Snapshot) GetConfigs() []*Config {
 	return nil
 }
 
+func (x *Snapshot) GetNetworks() []*Network {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
 var File_store_proto protoreflect.FileDescriptor
 
 const file_store_proto_rawDesc = "" +
 	"\n" +
-	"\vstore.proto\x12\bshoal.v1\x1a\robjects.proto\"\xf3\x02\n" +
+	"\vstore.proto\x12\bshoal.v1\x1a\robjects.proto\"\xa3\x03\n" +
 	"\vStoreAction\x12-\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x19.shoal.v1.StoreActionKindR\x04kind\x12)\n" +
 	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\x12$\n" +
@@ -478,7 +502,8 @@ const file_store_proto_rawDesc = "" +
 	"\x04task\x18\x05 \x01(\v2\x0e.shoal.v1.TaskH\x00R\x04task\x12-\n" +
 	"\acluster\x18\x06 \x01(\v2\x11.shoal.v1.ClusterH\x00R\acluster\x12*\n" +
 	"\x06secret\x18\a \x01(\v2\x10.shoal.v1.SecretH\x00R\x06secret\x12*\n" +
-	"\x06config\x18x \x01(\v2\x10.shoal.v1.ConfigH\x00R\x06configB\b\n" +
+	"\x06config\x18x \x01(\v2\x10.shoal.v1.ConfigH\x00R\x06config\x12.\n" +
+	"\anetwork\x18\xbe\x01 \x01(\v2\x11.shoal.v1.NetworkH\x00R\anetworkB\b\n" +
 	"\x06target\"{\n" +
 	"\vTransaction\x12\x1d\n" +
 	"\n" +
@@ -488,7 +513,7 @@ const file_store_proto_rawDesc = "" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xff\x02\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xaf\x03\n" +
 	"\bSnapshot\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12$\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x0e.shoal.v1.NodeR\x05nodes\x12-\n" +
@@ -498,7 +523,8 @@ const file_store_proto_rawDesc = "" +
 	"\asecrets\x18\x06 \x03(\v2\x10.shoal.v1.SecretR\asecrets\x12C\n" +
 	"\x10applied_requests\x18\a \x03(\v2\x18.shoal.v1.AppliedRequestR\x0fappliedRequests\x12\x14\n" +
 	"\x05index\x18\b \x01(\x04R\x05index\x12*\n" +
-	"\aconfigs\x18y \x03(\v2\x10.shoal.v1.ConfigR\aconfigs*\x8e\x01\n" +
+	"\aconfigs\x18y \x03(\v2\x10.shoal.v1.ConfigR\aconfigs\x12.\n" +
+	"\bnetworks\x18\xbe\x01 \x03(\v2\x11.shoal.v1.NetworkR\bnetworks*\x8e\x01\n" +
 	"\x0fStoreActionKind\x12!\n" +
 	"\x1dSTORE_ACTION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18STORE_ACTION_KIND_CREATE\x10\x01\x12\x1c\n" +
@@ -531,6 +557,7 @@ var file_store_proto_goTypes = []any{
 	(*Cluster)(nil),        // 8: shoal.v1.Cluster
 	(*Secret)(nil),         // 9: shoal.v1.Secret
 	(*Config)(nil),         // 10: shoal.v1.Config
+	(*Network)(nil),        // 11: shoal.v1.Network
 }
 var file_store_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreActionKind
@@ -540,19 +567,21 @@ var file_store_proto_depIdxs = []int32{
 	8,  // 4: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
 	9,  // 5: shoal.v1.StoreAction.secret:type_name -> shoal.v1.Secret
 	10, // 6: shoal.v1.StoreAction.config:type_name -> shoal.v1.Config
-	1,  // 7: shoal.v1.Transaction.actions:type_name -> shoal.v1.StoreAction
-	5,  // 8: shoal.v1.Snapshot.nodes:type_name -> shoal.v1.Node
-	6,  // 9: shoal.v1.Snapshot.services:type_name -> shoal.v1.Service
-	7,  // 10: shoal.v1.Snapshot.tasks:type_name -> shoal.v1.Task
-	8,  // 11: shoal.v1.Snapshot.clusters:type_name -> shoal.v1.Cluster
-	9,  // 12: shoal.v1.Snapshot.secrets:type_name -> shoal.v1.Secret
-	3,  // 13: shoal.v1.Snapshot.applied_requests:type_name -> shoal.v1.AppliedRequest
-	10, // 14: shoal.v1.Snapshot.configs:type_name -> shoal.v1.Config
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	11, // 7: shoal.v1.StoreAction.network:type_name -> shoal.v1.Network
+	1,  // 8: shoal.v1.Transaction.actions:type_name -> shoal.v1.StoreAction
+	5,  // 9: shoal.v1.Snapshot.nodes:type_name -> shoal.v1.Node
+	6,  // 10: shoal.v1.Snapshot.services:type_name -> shoal.v1.Service
+	7,  // 11: shoal.v1.Snapshot.tasks:type_name -> shoal.v1.Task
+	8,  // 12: shoal.v1.Snapshot.clusters:type_name -> shoal.v1.Cluster
+	9,  // 13: shoal.v1.Snapshot.secrets:type_name -> shoal.v1.Secret
+	3,  // 14: shoal.v1.Snapshot.applied_requests:type_name -> shoal.v1.AppliedRequest
+	10, // 15: shoal.v1.Snapshot.configs:type_name -> shoal.v1.Config
+	11, // 16: shoal.v1.Snapshot.networks:type_name -> shoal.v1.Network
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_store_proto_init() }
@@ -568,6 +597,7 @@ func file_store_proto_init() {
 		(*StoreAction_Cluster)(nil),
 		(*StoreAction_Secret)(nil),
 		(*StoreAction_Config)(nil),
+		(*StoreAction_Network)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -109,6 +109,8 @@ func (st *state) apply(txn *pb.Transaction, index uint64) ([]Event, error) {
 			ev, u, chk, err = applyAction(st.secrets, KindSecret, a, t.Secret, index, txn.GetTimestamp())
 		case *pb.StoreAction_Config:
 			ev, u, chk, err = applyAction(st.configs, KindConfig, a, t.Config, index, txn.GetTimestamp())
+		case *pb.StoreAction_Network:
+			ev, u, chk, err = applyAction(st.networks, KindNetwork, a, t.Network, index, txn.GetTimestamp())
 		default:
 			err = fmt.Errorf("action without a target")
 		}
@@ -220,6 +222,8 @@ func setMeta(o Object, m *pb.Meta) {
 		v.Meta = m
 	case *pb.Config:
 		v.Meta = m
+	case *pb.Network:
+		v.Meta = m
 	}
 }
 
@@ -240,6 +244,7 @@ func (st *state) capture() *pb.Snapshot {
 		Clusters:        st.clusters.all(),
 		Secrets:         st.secrets.all(),
 		Configs:         st.configs.all(),
+		Networks:        st.networks.all(),
 		AppliedRequests: st.requests.entries(),
 		Index:           st.index,
 	}
@@ -293,6 +298,9 @@ func decodeSnapshot(data []byte) (*state, error) {
 	}
 	for _, o := range snap.GetConfigs() {
 		st.configs.put(o)
+	}
+	for _, o := range snap.GetNetworks() {
+		st.networks.put(o)
 	}
 	for _, r := range snap.GetAppliedRequests() {
 		st.requests.add(r.GetRequestId(), r.GetIndex())

@@ -62,6 +62,9 @@ func populate(t testing.TB, h *fsmHarness) []string {
 		if err := tx.Configs().Create(testConfig("cfg-1", "app.conf", "port=80")); err != nil {
 			return err
 		}
+		if err := tx.Networks().Create(&pb.Network{Id: "net-1", Spec: &pb.NetworkSpec{Annotations: &pb.Annotations{Name: "app_default"}, Driver: "overlay"}}); err != nil {
+			return err
+		}
 		return tx.Secrets().Create(testSecret("sec-2", "token", "t0k3n"))
 	})
 	commit(func(tx *Tx) error {
@@ -93,6 +96,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 		{"clusters", msgs(orig.Clusters), msgs(got.Clusters)},
 		{"secrets", msgs(orig.Secrets), msgs(got.Secrets)},
 		{"configs", msgs(orig.Configs), msgs(got.Configs)},
+		{"networks", msgs(orig.Networks), msgs(got.Networks)},
 		{"applied requests", msgs(orig.AppliedRequests), msgs(got.AppliedRequests)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -141,6 +145,9 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 		}
 		if got := ids(tx.Configs().Find(IndexName, "app.conf")); !sameStrings(got, []string{"cfg-1"}) {
 			t.Errorf("config app.conf after restore: %v", got)
+		}
+		if got := ids(tx.Networks().Find(IndexName, "app_default")); !sameStrings(got, []string{"net-1"}) {
+			t.Errorf("network app_default after restore: %v", got)
 		}
 	})
 	// Unique names still hold after a restore.

@@ -16,8 +16,8 @@ type Object interface {
 
 // Index names used by the tables.
 const (
-	// IndexName indexes nodes by hostname and services, secrets and configs
-	// by name.
+	// IndexName indexes nodes by hostname and services, secrets, configs
+	// and networks by name.
 	IndexName = "name"
 	// IndexService indexes tasks by service ID.
 	IndexService = "service"
@@ -145,6 +145,7 @@ type state struct {
 	clusters *table[*pb.Cluster]
 	secrets  *table[*pb.Secret]
 	configs  *table[*pb.Config]
+	networks *table[*pb.Network]
 	requests *requestLog
 	index    uint64
 }
@@ -167,6 +168,9 @@ func newState() *state {
 		}}),
 		configs: newTable(indexDef[*pb.Config]{name: IndexName, unique: true, key: func(c *pb.Config) string {
 			return c.GetSpec().GetAnnotations().GetName()
+		}}),
+		networks: newTable(indexDef[*pb.Network]{name: IndexName, unique: true, key: func(n *pb.Network) string {
+			return n.GetSpec().GetAnnotations().GetName()
 		}}),
 		requests: newRequestLog(requestLogSize),
 	}

@@ -21,6 +21,7 @@ const (
 	KindCluster
 	KindSecret
 	KindConfig
+	KindNetwork
 )
 
 func (k Kind) String() string {
@@ -37,6 +38,8 @@ func (k Kind) String() string {
 		return "secret"
 	case KindConfig:
 		return "config"
+	case KindNetwork:
+		return "network"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -110,6 +113,11 @@ func (tx *Tx) Configs() Table[*pb.Config] {
 	return Table[*pb.Config]{tx: tx, t: tx.st.configs, kind: KindConfig}
 }
 
+// Networks is the network table.
+func (tx *Tx) Networks() Table[*pb.Network] {
+	return Table[*pb.Network]{tx: tx, t: tx.st.networks, kind: KindNetwork}
+}
+
 // Cluster returns the cluster object, or nil before initialisation.
 func (tx *Tx) Cluster() *pb.Cluster {
 	all := tx.Clusters().List()
@@ -141,6 +149,8 @@ func (tx *Tx) actions() []*pb.StoreAction {
 			a.Target = &pb.StoreAction_Secret{Secret: o}
 		case *pb.Config:
 			a.Target = &pb.StoreAction_Config{Config: o}
+		case *pb.Network:
+			a.Target = &pb.StoreAction_Network{Network: o}
 		}
 		out = append(out, a)
 	}

@@ -271,14 +271,14 @@ func checkReplicas(n int64) (uint64, error) {
 	return uint64(n), nil
 }
 
-var serviceNameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var serviceNameRE = regexp.MustCompile(`^[a-z]([a-z0-9_-]{0,61}[a-z0-9])?$`)
 
 // validateServiceName checks that a name is a DNS label: lower-case
-// letters, digits and '-', 1 to 63 characters, starting with a letter and
-// not ending with '-'.
+// letters, digits, '-' and '_' (a stack's services are STACK_NAME), 1 to
+// 63 characters, starting with a letter and ending with a letter or digit.
 func validateServiceName(name string) error {
 	if !serviceNameRE.MatchString(name) {
-		return usagef("--name %q: use 1 to 63 lower-case letters, digits and '-', starting with a letter and not ending with '-' (it becomes a DNS name)", name)
+		return usagef("--name %q: use 1 to 63 lower-case letters, digits, '-' and '_', starting with a letter and ending with a letter or digit (it becomes a DNS name)", name)
 	}
 	return nil
 }

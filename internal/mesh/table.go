@@ -36,14 +36,28 @@ func (t table) apply(u *pb.EndpointUpdate) table {
 	return next
 }
 
-// byName finds a service by name (case-insensitive, as DNS is).
+// byName finds a service by name (case-insensitive, as DNS is): a
+// service's own name first, then the aliases of its network attachments.
+// Names are cluster-wide, not per network: of several services with the
+// alias, the one whose name sorts first answers, so that every node
+// answers alike.
 func (t table) byName(name string) *pb.ServiceEndpoints {
+	var byAlias *pb.ServiceEndpoints
 	for _, s := range t {
 		if equalFold(s.GetServiceName(), name) {
 			return s
 		}
+		if byAlias != nil && byAlias.GetServiceName() < s.GetServiceName() {
+			continue
+		}
+		for _, a := range s.GetAliases() {
+			if equalFold(a, name) {
+				byAlias = s
+				break
+			}
+		}
 	}
-	return nil
+	return byAlias
 }
 
 func equalFold(a, b string) bool {

@@ -27,8 +27,10 @@ const (
 	maxServiceNameLen = 63
 )
 
-// serviceName is a DNS label: lower-case letters, digits and '-'.
-var serviceName = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
+// serviceName is a DNS label: lower-case letters, digits, '-' and '_'
+// (Docker's stacks name their services STACK_SERVICE), starting with a
+// letter and ending with a letter or digit.
+var serviceName = regexp.MustCompile(`^[a-z]([a-z0-9_-]*[a-z0-9])?$`)
 
 // knownRuntimes are the runtimes a task may ask for.
 var knownRuntimes = map[string]bool{"process": true, "docker": true}
@@ -103,6 +105,7 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 	if err != nil {
 		return nil, err
 	}
+	s.store.View(func(tx *raftstore.Tx) { warnings = append(warnings, aliasWarnings(tx, svc.GetSpec(), id)...) })
 	s.log.Info("service created", "service", svc.GetSpec().GetAnnotations().GetName(), "id", id, "image", svc.GetSpec().GetTask().GetContainer().GetImage())
 	return &pb.CreateServiceResponse{Service: svc, Warnings: warnings}, nil
 }
@@ -175,7 +178,7 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 	}
 	name := spec.GetAnnotations().GetName()
 	if name != "" && (len(name) > maxServiceNameLen || !serviceName.MatchString(name)) {
-		return bad("service name %q is not DNS-safe: use 1-63 lower-case letters, digits and '-', starting with a letter", name)
+		return bad("service name %q is not DNS-safe: use 1-63 lower-case letters, digits, '-' and '_', starting with a letter and ending with a letter or digit", name)
 	}
 	if name != "" {
 		for _, other := range tx.Services().Find(raftstore.IndexName, name) {
@@ -227,6 +230,9 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 		return err
 	}
 	if err := resolveConfigRefs(tx, c, secretPaths); err != nil {
+		return err
+	}
+	if err := resolveNetworkAttachments(tx, task); err != nil {
 		return err
 	}
 	if _, err := scheduler.ParseConstraints(task.GetPlacement().GetConstraints()); err != nil {
@@ -530,6 +536,9 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 	svc, err := s.readService(id)
 	if err != nil {
 		return nil, err
+	}
+	if !req.GetRollback() {
+		s.store.View(func(tx *raftstore.Tx) { warn = append(warn, aliasWarnings(tx, svc.GetSpec(), id)...) })
 	}
 	return &pb.UpdateServiceResponse{Service: svc, Warnings: warn}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -251,6 +252,7 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 		ServiceName: svc.GetSpec().GetAnnotations().GetName(),
 		VirtualAddr: svc.GetEndpoint().GetVirtualAddr(),
 		Ports:       svc.GetSpec().GetEndpoint().GetPorts(),
+		Aliases:     aliases(svc.GetSpec()),
 	}
 	// A service without ports is only ever resolved (tasks.<service>
 	// wants addresses): one entry per node then, so the set, and the
@@ -356,4 +358,20 @@ func CheckHostPorts(ip string, spec *pb.ServiceSpec, old *pb.ServiceSpec) error 
 		_ = ln.Close()
 	}
 	return nil
+}
+
+// aliases are the distinct names a service's network attachments add to
+// its own in DNS, in order.
+func aliases(spec *pb.ServiceSpec) []string {
+	var out []string
+	seen := map[string]bool{strings.ToLower(spec.GetAnnotations().GetName()): true}
+	for _, a := range spec.GetTask().GetNetworks() {
+		for _, al := range a.GetAliases() {
+			if k := strings.ToLower(al); !seen[k] {
+				seen[k] = true
+				out = append(out, al)
+			}
+		}
+	}
+	return out
 }
