@@ -18,7 +18,7 @@ import (
 )
 
 // Types are the event types a client may filter on.
-var Types = []string{"service", "node", "task", "secret", "config"}
+var Types = []string{"service", "node", "task", "secret", "config", "network"}
 
 // Translate derives the events one committed change gives; most changes
 // give one, some none (a task's heartbeat-only update), a node change may
@@ -39,6 +39,8 @@ func Translate(ev raftstore.Event) []*pb.ClusterEvent {
 		translateBlob(ev, "secret", o.GetId(), o.GetSpec().GetAnnotations().GetName(), add)
 	case *pb.Config:
 		translateBlob(ev, "config", o.GetId(), o.GetSpec().GetAnnotations().GetName(), add)
+	case *pb.Network:
+		translateBlob(ev, "network", o.GetId(), o.GetSpec().GetAnnotations().GetName(), add)
 	case *pb.Cluster:
 		old, _ := any(ev.Old).(*pb.Cluster)
 		if o.GetLeader() != "" && (old.GetLeader() != o.GetLeader() || old.GetLeaderTerm() != o.GetLeaderTerm()) {
@@ -50,8 +52,8 @@ func Translate(ev raftstore.Event) []*pb.ClusterEvent {
 
 type addFunc func(typ, action, id, name string, attrs map[string]string)
 
-// translateBlob gives a secret's or config's events: created and removed
-// (they cannot change).
+// translateBlob gives a secret's, config's or network's events: created
+// and removed (they cannot change).
 func translateBlob(ev raftstore.Event, typ, id, name string, add addFunc) {
 	switch ev.Kind {
 	case raftstore.EventCreate:

@@ -105,6 +105,11 @@ func TestTranslate(t *testing.T) {
 		{"config removed", del, &pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}}},
 			&pb.Config{Id: "c1", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}}},
 			[]brief{{"config", "remove", "c1", "app.conf", nil}}},
+		{"network created", create, nil, &pb.Network{Id: "n1", Spec: &pb.NetworkSpec{Annotations: &pb.Annotations{Name: "demo_default"}}},
+			[]brief{{"network", "create", "n1", "demo_default", nil}}},
+		{"network removed", del, &pb.Network{Id: "n1", Spec: &pb.NetworkSpec{Annotations: &pb.Annotations{Name: "demo_default"}}},
+			&pb.Network{Id: "n1", Spec: &pb.NetworkSpec{Annotations: &pb.Annotations{Name: "demo_default"}}},
+			[]brief{{"network", "remove", "n1", "demo_default", nil}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
