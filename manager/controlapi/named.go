@@ -27,6 +27,11 @@ const maxBlobNameLen = 64
 // name).
 var blobName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
+// StillUsedByTasks ends the message of a refusal to remove a secret or
+// config that no service uses but tasks that still run do (those of a
+// service just removed): a retry once they have stopped succeeds.
+const StillUsedByTasks = "retry once they have stopped"
+
 // blobKind describes one kind of named blob (secret or config) to the
 // shared helpers.
 type blobKind[T raftstore.Object] struct {
@@ -146,7 +151,7 @@ func removeBlob[T raftstore.Object](ctx context.Context, store raftstore.StateSt
 				k.noun, name, plural(len(users), "service", "services"), strings.Join(users, ", "), k.rmFlag, name)
 		}
 		if n := liveTasksUsing(tx, k, id); n > 0 {
-			return status.Errorf(codes.FailedPrecondition, "%s %q is still used by %d running %s; retry once they have stopped", k.noun, name, n, plural(n, "task", "tasks"))
+			return status.Errorf(codes.FailedPrecondition, "%s %q is still used by %d running %s; "+StillUsedByTasks, k.noun, name, n, plural(n, "task", "tasks"))
 		}
 		return k.table(tx).Delete(id)
 	})

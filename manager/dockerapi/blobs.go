@@ -1,10 +1,16 @@
 package dockerapi
 
 import (
+	"context"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/moby/moby/api/types/swarm"
+	"github.com/shoal-cluster/shoal/manager/controlapi"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func (s *Server) createSecret(w http.ResponseWriter, r *http.Request) error {
@@ -63,7 +69,10 @@ func (s *Server) updateSecret(_ http.ResponseWriter, _ *http.Request) error {
 }
 
 func (s *Server) removeSecret(w http.ResponseWriter, r *http.Request) error {
-	if _, err := s.cfg.Control.RemoveSecret(r.Context(), &pb.RemoveSecretRequest{Ref: r.PathValue("id")}); err != nil {
+	if err := whenTasksStopped(r.Context(), func() error {
+		_, err := s.cfg.Control.RemoveSecret(r.Context(), &pb.RemoveSecretRequest{Ref: r.PathValue("id")})
+		return err
+	}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -124,9 +133,39 @@ func (s *Server) updateConfig(_ http.ResponseWriter, _ *http.Request) error {
 }
 
 func (s *Server) removeConfig(w http.ResponseWriter, r *http.Request) error {
-	if _, err := s.cfg.Control.RemoveConfig(r.Context(), &pb.RemoveConfigRequest{Ref: r.PathValue("id")}); err != nil {
+	if err := whenTasksStopped(r.Context(), func() error {
+		_, err := s.cfg.Control.RemoveConfig(r.Context(), &pb.RemoveConfigRequest{Ref: r.PathValue("id")})
+		return err
+	}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// tasksStopWait bounds how long a remove waits for the tasks of removed
+// services to stop.
+const tasksStopWait = 60 * time.Second
+
+// whenTasksStopped runs remove, again while it is refused only because
+// tasks still run that use the object (no service does): Docker removes a
+// secret or config once no service uses it, and `docker stack rm` removes
+// a stack's secrets and configs right after its services. The tasks stop
+// within their stop grace period; Shoal keeps an object until they have.
+func whenTasksStopped(ctx context.Context, remove func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, tasksStopWait)
+	defer cancel()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := remove()
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), controlapi.StillUsedByTasks) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-tick.C:
+		}
+	}
 }

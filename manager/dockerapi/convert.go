@@ -45,13 +45,9 @@ func (r refusals) err() error {
 	return badRequest("Shoal does not support %s in a service spec; leave it out", strings.Join(r, ", "))
 }
 
-// networkLookup resolves a network attachment's target (a name or ID) to
-// a network Shoal knows of, or says why not.
-type networkLookup func(target string) error
-
 // serviceSpecFromDocker converts a Docker service spec to Shoal's,
 // refusing every field Shoal would not honour.
-func serviceSpecFromDocker(d swarm.ServiceSpec, nets networkLookup) (*pb.ServiceSpec, error) {
+func serviceSpecFromDocker(d swarm.ServiceSpec) (*pb.ServiceSpec, error) {
 	var no refusals
 	t := d.TaskTemplate
 	no.add(t.PluginSpec != nil, "TaskTemplate.PluginSpec (plugins)")
@@ -121,13 +117,13 @@ func serviceSpecFromDocker(d swarm.ServiceSpec, nets networkLookup) (*pb.Service
 		}
 	}
 	for _, n := range t.Networks {
-		no.add(len(n.DriverOpts) > 0, "network attachment DriverOpts")
-		if nets == nil {
-			continue
+		no.add(len(n.DriverOpts) > 0, "network attachment DriverOpts (compose networks.NAME.driver_opts)")
+		if n.Target == "" {
+			return nil, badRequest("a network attachment needs a Target: the network's name or ID")
 		}
-		if err := nets(n.Target); err != nil {
-			return nil, err
-		}
+		// The managers resolve the target (a name or an ID) and check
+		// the aliases.
+		spec.Task.Networks = append(spec.Task.Networks, &pb.NetworkAttachment{NetworkName: n.Target, Aliases: n.Aliases})
 	}
 	m := d.Mode
 	modes := 0
@@ -441,6 +437,13 @@ func taskSpecToDocker(t *pb.TaskSpec) swarm.TaskSpec {
 			File: &swarm.ConfigReferenceFileTarget{Name: cf.GetTarget(), UID: cf.GetUid(), GID: cf.GetGid(), Mode: os.FileMode(cf.GetMode())}})
 	}
 	d := swarm.TaskSpec{ContainerSpec: cs, ForceUpdate: t.GetForceUpdate()}
+	for _, n := range t.GetNetworks() {
+		target := n.GetNetworkId()
+		if target == "" {
+			target = n.GetNetworkName()
+		}
+		d.Networks = append(d.Networks, swarm.NetworkAttachmentConfig{Target: target, Aliases: n.GetAliases()})
+	}
 	if r := t.GetResources(); r != nil {
 		d.Resources = &swarm.ResourceRequirements{}
 		if l := r.GetLimits(); l != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/protobuf/proto"
@@ -32,6 +33,7 @@ func richSpec() *pb.ServiceSpec {
 			Restart:     &pb.RestartPolicy{Condition: pb.RestartCondition_RESTART_CONDITION_ON_FAILURE, Delay: int64(time.Second), MaxAttempts: 3, Window: int64(time.Minute)},
 			Placement:   &pb.Placement{Constraints: []string{"node.labels.zone==a"}, Preferences: []*pb.PlacementPreference{{SpreadDescriptor: "node.labels.rack"}}, MaxReplicas: 2},
 			ForceUpdate: 2,
+			Networks:    []*pb.NetworkAttachment{{NetworkName: "n1", Aliases: []string{"www", "front"}}, {NetworkName: "shoal"}},
 		},
 		Mode:     &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: 3}},
 		Update:   &pb.UpdateConfig{Parallelism: 2, Delay: int64(time.Second), FailureAction: pb.UpdateFailureAction_UPDATE_FAILURE_ACTION_ROLLBACK, Monitor: int64(2 * time.Second), MaxFailureRatio: 0.5, Order: pb.UpdateOrder_UPDATE_ORDER_START_FIRST},
@@ -81,7 +83,7 @@ func TestSpecRoundTrip(t *testing.T) {
 			if err := dec.Decode(&d); err != nil {
 				t.Fatal(err)
 			}
-			back, err := serviceSpecFromDocker(d, nil)
+			back, err := serviceSpecFromDocker(d)
 			if err != nil {
 				t.Fatalf("the spec as read is refused when sent back: %v\n%s", err, body)
 			}
@@ -112,7 +114,8 @@ func TestSpecRefusals(t *testing.T) {
 		{"two modes", `{"TaskTemplate":{"ContainerSpec":{"Image":"x"}},"Mode":{"Global":{},"Replicated":{}}}`, "one mode"},
 		{"bad health test", `{"TaskTemplate":{"ContainerSpec":{"Image":"x","Healthcheck":{"Test":["WHAT"]}}}}`, "invalid health check test"},
 		{"no container", `{"Name":"x"}`, "ContainerSpec"},
-		{"network", `{"TaskTemplate":{"ContainerSpec":{"Image":"x"},"Networks":[{"Target":"backend"}]}}`, "network backend not found"},
+		{"network driver options", `{"TaskTemplate":{"ContainerSpec":{"Image":"x"},"Networks":[{"Target":"backend","DriverOpts":{"a":"b"}}]}}`, "network attachment DriverOpts"},
+		{"network without target", `{"TaskTemplate":{"ContainerSpec":{"Image":"x"},"Networks":[{"Aliases":["a"]}]}}`, "needs a Target"},
 		{"rollback on rollback", `{"TaskTemplate":{"ContainerSpec":{"Image":"x"}},"RollbackConfig":{"FailureAction":"rollback"}}`, "cannot roll back"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -120,8 +123,7 @@ func TestSpecRefusals(t *testing.T) {
 			if err := json.Unmarshal([]byte(tc.json), &d); err != nil {
 				t.Fatal(err)
 			}
-			s := &Server{}
-			_, err := serviceSpecFromDocker(d, s.networkExists(nil))
+			_, err := serviceSpecFromDocker(d)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one naming %q", err, tc.want)
 			}
@@ -141,8 +143,7 @@ func TestSpecDefaults(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &d); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{}
-	spec, err := serviceSpecFromDocker(d, s.networkExists(nil))
+	spec, err := serviceSpecFromDocker(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,11 +222,11 @@ func FuzzServiceSpec(f *testing.F) {
 		if err := decode(r, &d); err != nil {
 			return
 		}
-		spec, err := serviceSpecFromDocker(d, nil)
+		spec, err := serviceSpecFromDocker(d)
 		if err != nil {
 			return
 		}
-		again, err := serviceSpecFromDocker(serviceSpecToDocker(spec), nil)
+		again, err := serviceSpecFromDocker(serviceSpecToDocker(spec))
 		if err != nil {
 			t.Fatalf("a converted spec is refused when converted back: %v", err)
 		}
@@ -279,4 +280,68 @@ func TestRegistryAuthHeader(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNetworkCreateRefusals: options Shoal's networks cannot honour are
+// refused by name; what docker stack deploy sends is accepted.
+func TestNetworkCreateRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name, json, want string
+	}{
+		{"stack network", `{"Name":"demo_default","Driver":"overlay","Labels":{"com.docker.stack.namespace":"demo"}}`, ""},
+		{"no driver", `{"Name":"n"}`, ""},
+		{"default ipam", `{"Name":"n","IPAM":{"Driver":"default"}}`, ""},
+		{"no name", `{"Driver":"overlay"}`, "needs a name"},
+		{"bridge", `{"Name":"n","Driver":"bridge"}`, `driver "bridge" is not supported`},
+		{"subnet", `{"Name":"n","IPAM":{"Config":[{"Subnet":"10.9.0.0/24"}]}}`, "IPAM"},
+		{"internal", `{"Name":"n","Internal":true}`, "Internal"},
+		{"attachable", `{"Name":"n","Attachable":true}`, "Attachable"},
+		{"ingress", `{"Name":"n","Ingress":true}`, "Ingress"},
+		{"ipv6", `{"Name":"n","EnableIPv6":true}`, "EnableIPv6"},
+		{"options", `{"Name":"n","Options":{"encrypted":"","com.docker.network.driver.mtu":"1400"}}`, "driver options com.docker.network.driver.mtu, encrypted"},
+		{"local scope", `{"Name":"n","Scope":"local"}`, "Scope local"},
+		{"config only", `{"Name":"n","ConfigOnly":true}`, "ConfigOnly"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/networks/create", strings.NewReader(tc.json))
+			var d network.CreateRequest
+			if err := decode(r, &d); err != nil {
+				t.Fatal(err)
+			}
+			spec, err := networkSpecFromDocker(d)
+			if tc.want == "" {
+				if err != nil || spec.GetDriver() != "overlay" || spec.GetAnnotations().GetName() != d.Name {
+					t.Fatalf("got %v, %v; want an overlay network %s", spec, err, d.Name)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzNetworkCreate feeds network create bodies through the decoding and
+// the conversion: never a panic; an accepted one is an overlay network
+// with the name asked for.
+func FuzzNetworkCreate(f *testing.F) {
+	f.Add([]byte(`{"Name":"demo_default","Driver":"overlay","Labels":{"com.docker.stack.namespace":"demo"}}`))
+	f.Add([]byte(`{"Name":"n","IPAM":{"Driver":"default","Config":[{"Subnet":"10.0.0.0/24","Gateway":"10.0.0.1"}]},"Options":{"a":"b"}}`))
+	f.Add([]byte(`{"Name":"n","EnableIPv4":false,"ConfigFrom":{"Network":"x"}}`))
+	f.Add([]byte(`[`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest(http.MethodPost, "/networks/create", bytes.NewReader(body))
+		var d network.CreateRequest
+		if err := decode(r, &d); err != nil {
+			return
+		}
+		spec, err := networkSpecFromDocker(d)
+		if err != nil {
+			return
+		}
+		if spec.GetDriver() != "overlay" || spec.GetAnnotations().GetName() != d.Name || d.Name == "" {
+			t.Fatalf("accepted %s as %v", body, spec)
+		}
+	})
 }

@@ -71,6 +71,20 @@ func (f filters) prefix(key, v string) bool {
 	return false
 }
 
+// contains reports whether one of key's values is in v (true when key is
+// unset), as the Engine's name filters match.
+func (f filters) contains(key, v string) bool {
+	if !f.has(key) {
+		return true
+	}
+	for _, want := range f[key] {
+		if strings.Contains(v, want) {
+			return true
+		}
+	}
+	return false
+}
+
 // labels reports whether labels match every label filter of key
 // ("k" or "k=v").
 func (f filters) labels(key string, labels map[string]string) bool {

@@ -54,7 +54,7 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &d); err != nil {
 		return err
 	}
-	spec, err := serviceSpecFromDocker(d, s.networkExists(r))
+	spec, err := serviceSpecFromDocker(d)
 	if err != nil {
 		return err
 	}
@@ -148,7 +148,7 @@ func (s *Server) updateService(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !req.Rollback {
-		if req.Spec, err = serviceSpecFromDocker(d, s.networkExists(r)); err != nil {
+		if req.Spec, err = serviceSpecFromDocker(d); err != nil {
 			return err
 		}
 		// Docker's spec has no place for "pulls with stored credentials":
@@ -188,7 +188,14 @@ func serviceToDocker(svc *pb.Service) swarm.Service {
 	}
 	d.Endpoint = swarm.Endpoint{Spec: *d.Spec.EndpointSpec, Ports: portsToDocker(svc.GetEndpoint().GetPorts())}
 	if vip, err := netip.ParseAddr(svc.GetEndpoint().GetVirtualAddr()); err == nil {
+		// One address, on the mesh and on every network the service is
+		// attached to.
 		d.Endpoint.VirtualIPs = []swarm.EndpointVirtualIP{{NetworkID: meshNetworkID, Addr: netip.PrefixFrom(vip, vip.BitLen())}}
+		for _, n := range svc.GetSpec().GetTask().GetNetworks() {
+			if n.GetNetworkId() != meshNetworkID {
+				d.Endpoint.VirtualIPs = append(d.Endpoint.VirtualIPs, swarm.EndpointVirtualIP{NetworkID: n.GetNetworkId(), Addr: netip.PrefixFrom(vip, vip.BitLen())})
+			}
+		}
 	}
 	if u := svc.GetUpdateStatus(); u != nil && u.GetState() != pb.UpdateState_UPDATE_STATE_UNKNOWN {
 		us := &swarm.UpdateStatus{Message: u.GetMessage()}
@@ -467,7 +474,3 @@ func (s *Server) findTask(r *http.Request, ref string) (*pb.Task, error) {
 	}
 	return nil, badRequest("task %s is ambiguous (%d matches): use a longer ID", ref, len(match))
 }
-
-// meshNetworkID names the one cluster-wide network Shoal has: its routing
-// mesh and service DNS, which every service is on.
-const meshNetworkID = "shoalmesh0000000000000000"
