@@ -107,11 +107,25 @@ func (d *dockerCLI) step(s dockerStep) string {
 	return out
 }
 
-// TestDockerCLI drives a cluster of three managers and two workers with
-// the unmodified docker CLI: through the leader's unix socket, through a
-// follower over TLS with an admin certificate, and through that follower
-// again after the leader is killed.
-func TestDockerCLI(t *testing.T) {
+// dockerAPICluster is three managers serving the Docker Engine API and
+// two workers, as shoal processes, with the docker CLI pointed at the
+// first manager's unix socket.
+type dockerAPICluster struct {
+	base  string // the nodes' data dirs and the hello binary are under it
+	bin   string // the docker CLI
+	hello string // the sample app, built for the process runtime
+	ips   []string
+	names []string
+	nodes map[string]*node
+	dport int    // the managers' Docker API port (TLS)
+	certs string // the admin certificate for TLS, as the docker CLI reads it
+	d     *dockerCLI
+}
+
+// startDockerAPICluster starts the cluster (skipping where there is no
+// docker CLI, except in CI) on the loopback addresses ips (five).
+func startDockerAPICluster(t *testing.T, ips []string) *dockerAPICluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a five-node cluster")
 	}
@@ -141,10 +155,8 @@ func TestDockerCLI(t *testing.T) {
 		t.Fatalf("build hello: %v\n%s", err, out)
 	}
 
-	ips := []string{"127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44", "127.0.0.45"}
 	port := freePort(t, ips...)
 	dport := freePort(t, ips...)
-	webPort := freePort(t, ips...)
 	names := []string{"m1", "m2", "m3", "w1", "w2"}
 	nodes := map[string]*node{}
 	daemonArgs := func(i int) []string {
@@ -195,6 +207,18 @@ func TestDockerCLI(t *testing.T) {
 	if out, errOut, code := cli(t, "cluster", "client-config", "--docker", certs, "--host", m1); code != 0 {
 		t.Fatalf("client-config --docker: %s%s", out, errOut)
 	}
+	return &dockerAPICluster{base: base, bin: bin, hello: hello, ips: ips, names: names, nodes: nodes, dport: dport, certs: certs, d: d}
+}
+
+// TestDockerCLI drives a cluster of three managers and two workers with
+// the unmodified docker CLI: through the leader's unix socket, through a
+// follower over TLS with an admin certificate, and through that follower
+// again after the leader is killed.
+func TestDockerCLI(t *testing.T) {
+	ips := []string{"127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44", "127.0.0.45"}
+	c := startDockerAPICluster(t, ips)
+	base, bin, hello, names, nodes, dport, certs, d := c.base, c.bin, c.hello, c.names, c.nodes, c.dport, c.certs, c.d
+	webPort := freePort(t, ips...)
 
 	web := func(ip string) (string, error) {
 		c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -309,19 +333,25 @@ func TestDockerCLI(t *testing.T) {
 
 	// Bad input: Docker-shaped errors that change nothing.
 	compose := filepath.Join(t.TempDir(), "compose.yml")
-	if err := os.WriteFile(compose, []byte("services:\n  api:\n    image: shoal/hello:v1\n"), 0o644); err != nil {
+	if err := os.WriteFile(compose, []byte("services:\n  api:\n    image: shoal/hello:v1\n    hostname: h\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []dockerStep{
 		{name: "unsupported field", args: []string{"service", "create", "--name", "bad", "--hostname", "h", hello}, code: 1,
-			want: []string{`Shoal does not support ContainerSpec.Hostname \(--hostname\)`}},
+			want: []string{`Shoal does not support ContainerSpec.Hostname \(--hostname; compose hostname\)`}},
 		{name: "container endpoints", args: []string{"run", "--rm", "alpine"}, code: 125, want: []string{`Shoal runs containers only as services: use docker service create`}},
 		{name: "docker ps", args: []string{"ps"}, code: 1, want: []string{`Shoal runs containers only as services`}},
 		{name: "unknown filter", args: []string{"service", "ls", "--filter", "nosuch=1"}, code: 1, want: []string{`invalid filter 'nosuch'`}},
 		{name: "unknown service", args: []string{"service", "inspect", "nosuch"}, code: 1, want: []string{`no such service: nosuch`}},
-		{name: "network create", args: []string{"network", "create", "-d", "overlay", "mynet"}, code: 1, want: []string{`Shoal does not create networks`}},
-		{name: "stack deploy", args: []string{"stack", "deploy", "-c", compose, "demo"}, code: 1, want: []string{`demo_default`, `Shoal does not create networks`}},
+		{name: "network create bridge", args: []string{"network", "create", "-d", "bridge", "mynet"}, code: 1, want: []string{`driver "bridge" is not supported`}},
+		{name: "network create attachable", args: []string{"network", "create", "-d", "overlay", "--attachable", "mynet"}, code: 1, want: []string{`Shoal does not support Attachable`}},
+		{name: "stack deploy refused", args: []string{"stack", "deploy", "-c", compose, "demo"}, code: 1, want: []string{`hostname`, `Shoal does not support ContainerSpec.Hostname`}},
 		{name: "stack ls", args: []string{"stack", "ls"}, want: []string{`^NAME +SERVICES\n$`}},
+		// As Docker's, the deploy made the stack's network before a service
+		// was refused; stack rm removes it.
+		{name: "the stack's network", args: []string{"network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"}, want: []string{`^demo_default overlay swarm\nshoal overlay swarm\n$`}},
+		{name: "stack rm of the failed deploy", args: []string{"stack", "rm", "demo"}, want: []string{`Removing network demo_default`}},
+		{name: "no network left", args: []string{"network", "ls", "--format", "{{.Name}}"}, want: []string{`^shoal\n$`}},
 		{name: "nothing created", args: []string{"service", "ls", "--format", "{{.Name}}"}, want: []string{`^web\n$`}},
 	} {
 		d.step(s)

@@ -52,7 +52,7 @@ func serviceSpecFromDocker(d swarm.ServiceSpec) (*pb.ServiceSpec, error) {
 	t := d.TaskTemplate
 	no.add(t.PluginSpec != nil, "TaskTemplate.PluginSpec (plugins)")
 	no.add(t.NetworkAttachmentSpec != nil, "TaskTemplate.NetworkAttachmentSpec")
-	no.add(t.LogDriver != nil && t.LogDriver.Name != "", "TaskTemplate.LogDriver (--log-driver)")
+	no.add(t.LogDriver != nil && t.LogDriver.Name != "", "TaskTemplate.LogDriver (--log-driver; compose logging)")
 	no.add(t.Runtime != "" && t.Runtime != swarm.RuntimeContainer, fmt.Sprintf("TaskTemplate.Runtime %q", t.Runtime))
 	spec := &pb.ServiceSpec{
 		Annotations: &pb.Annotations{Name: d.Name, Labels: d.Labels},
@@ -71,11 +71,11 @@ func serviceSpecFromDocker(d swarm.ServiceSpec) (*pb.ServiceSpec, error) {
 		no.add(res.MemorySwappiness != nil, "Resources.MemorySwappiness")
 		rr := &pb.ResourceRequirements{}
 		if l := res.Limits; l != nil {
-			no.add(l.Pids != 0, "Resources.Limits.Pids (--limit-pids)")
+			no.add(l.Pids != 0, "Resources.Limits.Pids (--limit-pids; compose deploy.resources.limits.pids)")
 			rr.Limits = &pb.Resources{NanoCpus: l.NanoCPUs, MemoryBytes: l.MemoryBytes}
 		}
 		if rv := res.Reservations; rv != nil {
-			no.add(len(rv.GenericResources) > 0, "Resources.Reservations.GenericResources (--generic-resource)")
+			no.add(len(rv.GenericResources) > 0, "Resources.Reservations.GenericResources (--generic-resource; compose deploy.resources.reservations.generic_resources)")
 			rr.Reservations = &pb.Resources{NanoCpus: rv.NanoCPUs, MemoryBytes: rv.MemoryBytes}
 		}
 		spec.Task.Resources = rr
@@ -198,22 +198,22 @@ func serviceSpecFromDocker(d swarm.ServiceSpec) (*pb.ServiceSpec, error) {
 }
 
 func containerFromDocker(c *swarm.ContainerSpec, no *refusals) (*pb.ContainerSpec, error) {
-	no.add(c.Hostname != "", "ContainerSpec.Hostname (--hostname)")
+	no.add(c.Hostname != "", "ContainerSpec.Hostname (--hostname; compose hostname)")
 	no.add(len(c.Groups) > 0, "ContainerSpec.Groups (--group)")
 	no.add(c.Privileges != nil && (c.Privileges.CredentialSpec != nil || c.Privileges.SELinuxContext != nil ||
-		c.Privileges.Seccomp != nil || c.Privileges.AppArmor != nil || c.Privileges.NoNewPrivileges), "ContainerSpec.Privileges")
-	no.add(c.Init != nil && *c.Init, "ContainerSpec.Init (--init)")
-	no.add(c.StopSignal != "", "ContainerSpec.StopSignal (--stop-signal)")
-	no.add(c.TTY, "ContainerSpec.TTY (--tty)")
-	no.add(c.OpenStdin, "ContainerSpec.OpenStdin")
-	no.add(c.ReadOnly, "ContainerSpec.ReadOnly (--read-only)")
-	no.add(len(c.Hosts) > 0, "ContainerSpec.Hosts (--host)")
-	no.add(c.DNSConfig != nil && (len(c.DNSConfig.Nameservers) > 0 || len(c.DNSConfig.Search) > 0 || len(c.DNSConfig.Options) > 0), "ContainerSpec.DNSConfig (--dns*)")
-	no.add(c.Isolation != "" && c.Isolation != container.IsolationDefault, "ContainerSpec.Isolation (--isolation)")
-	no.add(len(c.Sysctls) > 0, "ContainerSpec.Sysctls (--sysctl)")
-	no.add(len(c.CapabilityAdd) > 0 || len(c.CapabilityDrop) > 0, "ContainerSpec.CapabilityAdd/Drop (--cap-add, --cap-drop)")
-	no.add(len(c.Ulimits) > 0, "ContainerSpec.Ulimits (--ulimit)")
-	no.add(c.OomScoreAdj != 0, "ContainerSpec.OomScoreAdj (--oom-score-adj)")
+		c.Privileges.Seccomp != nil || c.Privileges.AppArmor != nil || c.Privileges.NoNewPrivileges), "ContainerSpec.Privileges (--credential-spec; compose credential_spec)")
+	no.add(c.Init != nil && *c.Init, "ContainerSpec.Init (--init; compose init)")
+	no.add(c.StopSignal != "", "ContainerSpec.StopSignal (--stop-signal; compose stop_signal)")
+	no.add(c.TTY, "ContainerSpec.TTY (--tty; compose tty)")
+	no.add(c.OpenStdin, "ContainerSpec.OpenStdin (compose stdin_open)")
+	no.add(c.ReadOnly, "ContainerSpec.ReadOnly (--read-only; compose read_only)")
+	no.add(len(c.Hosts) > 0, "ContainerSpec.Hosts (--host; compose extra_hosts)")
+	no.add(c.DNSConfig != nil && (len(c.DNSConfig.Nameservers) > 0 || len(c.DNSConfig.Search) > 0 || len(c.DNSConfig.Options) > 0), "ContainerSpec.DNSConfig (--dns*; compose dns, dns_search)")
+	no.add(c.Isolation != "" && c.Isolation != container.IsolationDefault, "ContainerSpec.Isolation (--isolation; compose isolation)")
+	no.add(len(c.Sysctls) > 0, "ContainerSpec.Sysctls (--sysctl; compose sysctls)")
+	no.add(len(c.CapabilityAdd) > 0 || len(c.CapabilityDrop) > 0, "ContainerSpec.CapabilityAdd/Drop (--cap-add, --cap-drop; compose cap_add, cap_drop)")
+	no.add(len(c.Ulimits) > 0, "ContainerSpec.Ulimits (--ulimit; compose ulimits)")
+	no.add(c.OomScoreAdj != 0, "ContainerSpec.OomScoreAdj (--oom-score-adj; compose oom_score_adj)")
 	out := &pb.ContainerSpec{
 		Image:   c.Image,
 		Command: c.Command,
@@ -238,16 +238,16 @@ func containerFromDocker(c *swarm.ContainerSpec, no *refusals) (*pb.ContainerSpe
 		default:
 			return nil, badRequest("Shoal mounts bind, volume and tmpfs only, not %s (mount at %s)", m.Type, m.Target)
 		}
-		no.add(m.Consistency != "" && m.Consistency != mount.ConsistencyDefault, "Mount.Consistency")
-		no.add(m.BindOptions != nil && (m.BindOptions.Propagation != "" || m.BindOptions.NonRecursive || m.BindOptions.CreateMountpoint || m.BindOptions.ReadOnlyNonRecursive || m.BindOptions.ReadOnlyForceRecursive), "Mount.BindOptions")
-		no.add(m.VolumeOptions != nil && (m.VolumeOptions.NoCopy || len(m.VolumeOptions.Labels) > 0 || m.VolumeOptions.DriverConfig != nil || m.VolumeOptions.Subpath != ""), "Mount.VolumeOptions")
-		no.add(m.TmpfsOptions != nil && (m.TmpfsOptions.SizeBytes != 0 || m.TmpfsOptions.Mode != 0 || len(m.TmpfsOptions.Options) > 0), "Mount.TmpfsOptions")
+		no.add(m.Consistency != "" && m.Consistency != mount.ConsistencyDefault, "Mount.Consistency (compose volumes consistency)")
+		no.add(m.BindOptions != nil && (m.BindOptions.Propagation != "" || m.BindOptions.NonRecursive || m.BindOptions.CreateMountpoint || m.BindOptions.ReadOnlyNonRecursive || m.BindOptions.ReadOnlyForceRecursive), "Mount.BindOptions (compose volumes bind.*)")
+		no.add(m.VolumeOptions != nil && (m.VolumeOptions.NoCopy || len(m.VolumeOptions.Labels) > 0 || m.VolumeOptions.DriverConfig != nil || m.VolumeOptions.Subpath != ""), "Mount.VolumeOptions (compose volumes volume.* and top-level volumes: labels, driver, nocopy)")
+		no.add(m.TmpfsOptions != nil && (m.TmpfsOptions.SizeBytes != 0 || m.TmpfsOptions.Mode != 0 || len(m.TmpfsOptions.Options) > 0), "Mount.TmpfsOptions (compose volumes tmpfs.*)")
 		no.add(m.ImageOptions != nil || m.ClusterOptions != nil, "Mount.ImageOptions/ClusterOptions")
 		out.Mounts = append(out.Mounts, pm)
 	}
 	if h := c.Healthcheck; h != nil {
 		hc := &pb.HealthCheck{Interval: int64(h.Interval), Timeout: int64(h.Timeout), StartPeriod: int64(h.StartPeriod), Retries: uint32(max(h.Retries, 0))}
-		no.add(h.StartInterval != 0, "Healthcheck.StartInterval (--health-start-interval)")
+		no.add(h.StartInterval != 0, "Healthcheck.StartInterval (--health-start-interval; compose healthcheck.start_interval)")
 		switch kind := first(h.Test); {
 		case len(h.Test) == 0:
 			// The image's own check, with these timings.
@@ -273,13 +273,13 @@ func containerFromDocker(c *swarm.ContainerSpec, no *refusals) (*pb.ContainerSpe
 	for _, s := range c.Secrets {
 		ref := &pb.SecretReference{SecretId: s.SecretID, SecretName: s.SecretName}
 		if s.File != nil {
-			no.add(s.File.UID != "" && s.File.UID != "0" || s.File.GID != "" && s.File.GID != "0", "SecretReference.File.UID/GID")
+			no.add(s.File.UID != "" && s.File.UID != "0" || s.File.GID != "" && s.File.GID != "0", "SecretReference.File.UID/GID (compose secrets uid, gid)")
 			ref.Target, ref.Mode = s.File.Name, uint32(s.File.Mode.Perm())
 		}
 		out.Secrets = append(out.Secrets, ref)
 	}
 	for _, cf := range c.Configs {
-		no.add(cf.Runtime != nil, "ConfigReference.Runtime (credential specs)")
+		no.add(cf.Runtime != nil, "ConfigReference.Runtime (credential specs; compose credential_spec.config)")
 		ref := &pb.ConfigReference{ConfigId: cf.ConfigID, ConfigName: cf.ConfigName}
 		if cf.File != nil {
 			ref.Target, ref.Mode, ref.Uid, ref.Gid = cf.File.Name, uint32(cf.File.Mode.Perm()), cf.File.UID, cf.File.GID
