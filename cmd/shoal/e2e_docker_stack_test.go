@@ -110,6 +110,10 @@ func TestDockerStack(t *testing.T) {
     image: shoal/hello:v1
     environment:
       HELLO_VERSION: api-v1
+    # The port others reach it on by name: a target port without a
+    # published one (Shoal publishes nothing for it).
+    ports:
+      - target: 80
     deploy:
       replicas: 2
     networks: [back]
@@ -174,10 +178,10 @@ configs:
 	// name, its short name (the alias the CLI gives each service on its
 	// networks) and itself by the alias www.
 	for _, c := range []struct{ path, want string }{
-		{"/", `hello from ` + stack + `_web\.[12] \(stack-v1\)`},
-		{"/call/api/", `-> hello from ` + stack + `_api\.[12] \(api-v1\)`},
-		{"/call/" + stack + "_api/", `-> hello from ` + stack + `_api\.[12] \(api-v1\)`},
-		{"/call/www/", `-> hello from ` + stack + `_web\.[12] \(stack-v1\)`},
+		{"/", `hello from ` + stack + `_web\.[12]\.\w+ \(stack-v1\)`},
+		{"/call/api/", `-> hello from ` + stack + `_api\.[12]\.\w+ \(api-v1\)`},
+		{"/call/" + stack + "_api/", `-> hello from ` + stack + `_api\.[12]\.\w+ \(api-v1\)`},
+		{"/call/www/", `-> hello from ` + stack + `_web\.[12]\.\w+ \(stack-v1\)`},
 	} {
 		re := regexp.MustCompile(c.want)
 		eventually(t, 30*time.Second, "GET "+c.path+" through the ingress port", func() (bool, string) {
