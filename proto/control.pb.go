@@ -991,7 +991,13 @@ type ServiceLogsRequest struct {
 	Ref    string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
 	Follow bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
 	// tail is how many lines per task from the end; 0 means all.
-	Tail          int32 `protobuf:"varint,3,opt,name=tail,proto3" json:"tail,omitempty"`
+	Tail int32 `protobuf:"varint,3,opt,name=tail,proto3" json:"tail,omitempty"`
+	// timestamps asks for each line's time (LogLine.timestamp); since and
+	// until (Unix nanoseconds, 0 for none) keep the lines written in that
+	// window. Only the docker runtime keeps times with its tasks' output.
+	Timestamps    bool  `protobuf:"varint,190,opt,name=timestamps,proto3" json:"timestamps,omitempty"`
+	Since         int64 `protobuf:"varint,191,opt,name=since,proto3" json:"since,omitempty"`
+	Until         int64 `protobuf:"varint,192,opt,name=until,proto3" json:"until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1047,14 +1053,38 @@ func (x *ServiceLogsRequest) GetTail() int32 {
 	return 0
 }
 
+func (x *ServiceLogsRequest) GetTimestamps() bool {
+	if x != nil {
+		return x.Timestamps
+	}
+	return false
+}
+
+func (x *ServiceLogsRequest) GetSince() int64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+func (x *ServiceLogsRequest) GetUntil() int64 {
+	if x != nil {
+		return x.Until
+	}
+	return 0
+}
+
 // LogLine is one line of a task's output.
 type LogLine struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Slot          uint64                 `protobuf:"varint,3,opt,name=slot,proto3" json:"slot,omitempty"`
-	ServiceName   string                 `protobuf:"bytes,4,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
-	Data          []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TaskId      string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	NodeId      string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Slot        uint64                 `protobuf:"varint,3,opt,name=slot,proto3" json:"slot,omitempty"`
+	ServiceName string                 `protobuf:"bytes,4,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	Data        []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// timestamp is when the task wrote the line (Unix nanoseconds), when
+	// the request asked for timestamps.
+	Timestamp     int64 `protobuf:"varint,190,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1124,11 +1154,24 @@ func (x *LogLine) GetData() []byte {
 	return nil
 }
 
+func (x *LogLine) GetTimestamp() int64 {
+	if x != nil {
+		return x.Timestamp
+	}
+	return 0
+}
+
 type TaskLogsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	Follow        bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
-	Tail          int32                  `protobuf:"varint,3,opt,name=tail,proto3" json:"tail,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Follow bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	Tail   int32                  `protobuf:"varint,3,opt,name=tail,proto3" json:"tail,omitempty"`
+	// timestamps prefixes each line with its time (RFC 3339, nanoseconds,
+	// then a space); since and until (Unix nanoseconds, 0 for none) keep
+	// the lines written in that window.
+	Timestamps    bool  `protobuf:"varint,190,opt,name=timestamps,proto3" json:"timestamps,omitempty"`
+	Since         int64 `protobuf:"varint,191,opt,name=since,proto3" json:"since,omitempty"`
+	Until         int64 `protobuf:"varint,192,opt,name=until,proto3" json:"until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1180,6 +1223,27 @@ func (x *TaskLogsRequest) GetFollow() bool {
 func (x *TaskLogsRequest) GetTail() int32 {
 	if x != nil {
 		return x.Tail
+	}
+	return 0
+}
+
+func (x *TaskLogsRequest) GetTimestamps() bool {
+	if x != nil {
+		return x.Timestamps
+	}
+	return false
+}
+
+func (x *TaskLogsRequest) GetSince() int64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+func (x *TaskLogsRequest) GetUntil() int64 {
+	if x != nil {
+		return x.Until
 	}
 	return 0
 }
@@ -4142,21 +4206,32 @@ const file_control_proto_rawDesc = "" +
 	"\bnode_ref\x18\x02 \x01(\tR\anodeRef\x12!\n" +
 	"\frunning_only\x18\x03 \x01(\bR\vrunningOnly\"9\n" +
 	"\x11ListTasksResponse\x12$\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x0e.shoal.v1.TaskR\x05tasks\"R\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x0e.shoal.v1.TaskR\x05tasks\"\xa1\x01\n" +
 	"\x12ServiceLogsRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x12\n" +
-	"\x04tail\x18\x03 \x01(\x05R\x04tail\"\x86\x01\n" +
+	"\x04tail\x18\x03 \x01(\x05R\x04tail\x12\x1f\n" +
+	"\n" +
+	"timestamps\x18\xbe\x01 \x01(\bR\n" +
+	"timestamps\x12\x15\n" +
+	"\x05since\x18\xbf\x01 \x01(\x03R\x05since\x12\x15\n" +
+	"\x05until\x18\xc0\x01 \x01(\x03R\x05until\"\xa5\x01\n" +
 	"\aLogLine\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04slot\x18\x03 \x01(\x04R\x04slot\x12!\n" +
 	"\fservice_name\x18\x04 \x01(\tR\vserviceName\x12\x12\n" +
-	"\x04data\x18\x05 \x01(\fR\x04data\"V\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x1d\n" +
+	"\ttimestamp\x18\xbe\x01 \x01(\x03R\ttimestamp\"\xa5\x01\n" +
 	"\x0fTaskLogsRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x12\n" +
-	"\x04tail\x18\x03 \x01(\x05R\x04tail\"\x1e\n" +
+	"\x04tail\x18\x03 \x01(\x05R\x04tail\x12\x1f\n" +
+	"\n" +
+	"timestamps\x18\xbe\x01 \x01(\bR\n" +
+	"timestamps\x12\x15\n" +
+	"\x05since\x18\xbf\x01 \x01(\x03R\x05since\x12\x15\n" +
+	"\x05until\x18\xc0\x01 \x01(\x03R\x05until\"\x1e\n" +
 	"\bLogChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\":\n" +
 	"\x10ListNodesRequest\x12&\n" +

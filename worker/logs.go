@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/rpc"
@@ -31,7 +32,17 @@ func (s *logServer) Logs(req *pb.TaskLogsRequest, stream grpc.ServerStreamingSer
 	if err != nil {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
-	rc, err := rt.Logs(stream.Context(), t.GetId(), LogOptions{Tail: int(req.GetTail()), Follow: req.GetFollow()})
+	opts := LogOptions{Tail: int(req.GetTail()), Follow: req.GetFollow(), Timestamps: req.GetTimestamps()}
+	if req.GetSince() != 0 {
+		opts.Since = time.Unix(0, req.GetSince())
+	}
+	if req.GetUntil() != 0 {
+		opts.Until = time.Unix(0, req.GetUntil())
+	}
+	rc, err := rt.Logs(stream.Context(), t.GetId(), opts)
+	if errors.Is(err, ErrNoLogTimes) {
+		return status.Errorf(codes.FailedPrecondition, "task %s: %v: leave out timestamps, since and until", t.GetId(), err)
+	}
 	if errors.Is(err, ErrTaskNotFound) {
 		return status.Errorf(codes.NotFound, "task %s has no logs on node %s (it never started here)", t.GetId(), s.a.id.NodeID)
 	}

@@ -97,7 +97,17 @@ type LogOptions struct {
 	Tail int
 	// Follow keeps the stream open for new output until ctx ends.
 	Follow bool
+	// Timestamps prefixes each line with the time it was written (RFC
+	// 3339 with nanoseconds, then a space); Since and Until, when not
+	// zero, keep only the lines written in that window. A runtime that
+	// keeps no times refuses them (ErrNoLogTimes).
+	Timestamps   bool
+	Since, Until time.Time
 }
+
+// ErrNoLogTimes is a runtime's refusal of LogOptions that need the times
+// output was written at, which it does not keep.
+var ErrNoLogTimes = errors.New("this runtime keeps no times with a task's output")
 
 // PermanentError is a failure that retrying will not fix: the task is
 // rejected rather than tried again.

@@ -323,6 +323,8 @@ func TestDockerCLI(t *testing.T) {
 		return out == "rollback_completed null\n", out + errOut
 	})
 	d.step(dockerStep{name: "service logs", args: []string{"service", "logs", "web"}, want: []string{`web\.[1-4]\.[a-z0-9]+@w[12] +\| .*hello listening`}})
+	d.step(dockerStep{name: "logs --timestamps of a process service", args: []string{"service", "logs", "--timestamps", "web"}, code: 1,
+		want: []string{`service web runs on the process runtime, which keeps no times with its tasks' output`}})
 	d.step(dockerStep{name: "task logs", args: []string{"service", "logs", "--raw", "--tail", "1", "web"}, want: []string{`msg=`}, not: []string{`\| `}})
 	// Following: lines of the tasks running now come, and the stream stays
 	// open (it ends with the command's deadline).

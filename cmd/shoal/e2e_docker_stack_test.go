@@ -190,6 +190,17 @@ configs:
 		})
 	}
 
+	// Logs of container tasks carry their times: --timestamps, --since,
+	// --until and --tail as Docker's.
+	for _, s := range []dockerStep{
+		{name: "logs with timestamps", args: []string{"service", "logs", "--timestamps", "--since", "10m", "--tail", "1", stack + "_api"},
+			want: []string{`(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ` + stack + `_api\.[12]\.\w+@\w+ +\| .*hello listening`}},
+		{name: "logs until long ago", args: []string{"service", "logs", "--until", "2020-01-01T00:00:00Z", stack + "_api"}, want: []string{`^$`}},
+		{name: "logs since later", args: []string{"service", "logs", "--since", "2099-01-01T00:00:00Z", stack + "_api"}, want: []string{`^$`}},
+	} {
+		d.step(s)
+	}
+
 	// A network in use by a service cannot be removed.
 	d.step(dockerStep{name: "network rm in use", args: []string{"network", "rm", stack + "_back"}, code: 1,
 		want: []string{`network ` + q(stack) + `_back is in use by services ` + q(stack) + `_api, ` + q(stack) + `_web`}})

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -42,6 +44,13 @@ func (s *Server) Logs(ctx context.Context, req *pb.ServiceLogsRequest, send func
 	})
 	if err != nil {
 		return err
+	}
+	if (req.GetTimestamps() || req.GetSince() != 0 || req.GetUntil() != 0) && svc.GetSpec().GetTask().GetRuntime() != "docker" {
+		return status.Errorf(codes.FailedPrecondition, "service %s runs on the %s runtime, which keeps no times with its tasks' output: leave out timestamps, since and until (tail works)",
+			svc.GetSpec().GetAnnotations().GetName(), svc.GetSpec().GetTask().GetRuntime())
+	}
+	if req.GetSince() != 0 && req.GetUntil() != 0 && req.GetUntil() < req.GetSince() {
+		return status.Error(codes.InvalidArgument, "until is before since: no line can be in that window")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -83,13 +92,17 @@ func (s *Server) taskLogs(ctx context.Context, t *pb.Task, n *pb.Node, req *pb.S
 	if err != nil {
 		return err
 	}
-	rs, err := pb.NewTaskLogsClient(conn).Logs(ctx, &pb.TaskLogsRequest{TaskId: t.GetId(), Follow: req.GetFollow(), Tail: req.GetTail()})
+	rs, err := pb.NewTaskLogsClient(conn).Logs(ctx, &pb.TaskLogsRequest{TaskId: t.GetId(), Follow: req.GetFollow(), Tail: req.GetTail(),
+		Timestamps: req.GetTimestamps(), Since: req.GetSince(), Until: req.GetUntil()})
 	if err != nil {
 		return err
 	}
 	var partial []byte
 	emit := func(data []byte) bool {
 		line := &pb.LogLine{TaskId: t.GetId(), NodeId: n.GetId(), Slot: t.GetSlot(), ServiceName: t.GetServiceName(), Data: data}
+		if req.GetTimestamps() {
+			line.Timestamp, line.Data = splitTimestamp(data)
+		}
 		select {
 		case out <- line:
 			return true
@@ -121,4 +134,19 @@ func (s *Server) taskLogs(ctx context.Context, t *pb.Task, n *pb.Node, req *pb.S
 		}
 		partial = append([]byte(nil), data...)
 	}
+}
+
+// splitTimestamp cuts the time a worker put before a line (RFC 3339 with
+// nanoseconds, then a space) off it: the time in Unix nanoseconds (0 when
+// the line has none) and the rest.
+func splitTimestamp(line []byte) (int64, []byte) {
+	ts, rest, ok := bytes.Cut(line, []byte(" "))
+	if !ok {
+		ts, rest = line, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(ts))
+	if err != nil {
+		return 0, line
+	}
+	return t.UnixNano(), rest
 }

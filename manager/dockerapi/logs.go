@@ -2,10 +2,12 @@ package dockerapi
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc/codes"
@@ -39,16 +41,14 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, ref, taskID string
 	if !boolQuery(r, "stdout") && !boolQuery(r, "stderr") {
 		return badRequest("logs need stdout=1, stderr=1 or both")
 	}
-	if boolQuery(r, "timestamps") {
-		return badRequest("Shoal's task logs carry no timestamps: leave out --timestamps")
+	req := &pb.ServiceLogsRequest{Ref: ref, Follow: boolQuery(r, "follow"), Timestamps: boolQuery(r, "timestamps")}
+	for name, into := range map[string]*int64{"since": &req.Since, "until": &req.Until} {
+		t, err := parseLogTime(q.Get(name))
+		if err != nil {
+			return badRequest("invalid %s %q: give a Unix time (seconds[.nanoseconds]) or an RFC 3339 time", name, q.Get(name))
+		}
+		*into = t
 	}
-	if v := q.Get("since"); v != "" && v != "0" {
-		return badRequest("Shoal's task logs carry no timestamps, so --since cannot select lines: use --tail")
-	}
-	if v := q.Get("until"); v != "" && v != "0" {
-		return badRequest("Shoal's task logs carry no timestamps, so --until cannot select lines: use --tail")
-	}
-	req := &pb.ServiceLogsRequest{Ref: ref, Follow: boolQuery(r, "follow")}
 	switch tail := q.Get("tail"); tail {
 	case "", "all":
 	default:
@@ -73,6 +73,11 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, ref, taskID string
 	if svc.GetService().GetSpec().GetTask().GetContainer() == nil {
 		return status.Error(codes.FailedPrecondition, "the service has no container spec")
 	}
+	// Refused before the stream starts, with a status the CLI shows.
+	if rt := svc.GetService().GetSpec().GetTask().GetRuntime(); rt != "docker" && (req.Timestamps || req.Since != 0 || req.Until != 0) {
+		return badRequest("service %s runs on the %s runtime, which keeps no times with its tasks' output: leave out --timestamps, --since and --until (--tail works)",
+			svc.GetService().GetSpec().GetAnnotations().GetName(), rt)
+	}
 	req.Ref = svc.GetService().GetId()
 	details := boolQuery(r, "details")
 	stream := byte(streamStdout)
@@ -91,6 +96,11 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, ref, taskID string
 			return nil
 		}
 		var line strings.Builder
+		if req.Timestamps {
+			// Docker's fixed-width form, before the details: the CLI
+			// finds the details as the second field then.
+			line.WriteString(time.Unix(0, l.GetTimestamp()).UTC().Format(rfc3339NanoFixed) + " ")
+		}
 		if details {
 			line.WriteString("com.docker.swarm.node.id=" + l.GetNodeId() +
 				",com.docker.swarm.service.id=" + req.Ref +
@@ -122,3 +132,37 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, ref, taskID string
 
 // isNotFound reports whether err is a "no such object".
 func isNotFound(err error) bool { return status.Code(err) == codes.NotFound }
+
+// rfc3339NanoFixed is the Engine's time format for log lines: RFC 3339
+// with nanoseconds always nine digits.
+const rfc3339NanoFixed = "2006-01-02T15:04:05.000000000Z07:00"
+
+// parseLogTime reads a logs request's since or until: "" or "0" is none
+// (0), else Unix seconds with optional nanoseconds ("1700000000.5", as
+// the CLI sends them) or an RFC 3339 time. The result is Unix
+// nanoseconds.
+func parseLogTime(v string) (int64, error) {
+	if v == "" || v == "0" {
+		return 0, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t.UnixNano(), nil
+	}
+	secs, frac, _ := strings.Cut(v, ".")
+	s, err := strconv.ParseInt(secs, 10, 64)
+	if err != nil || s < 0 || s > 1<<33 {
+		return 0, fmt.Errorf("invalid time %q", v)
+	}
+	var ns int64
+	if frac != "" {
+		if len(frac) > 9 {
+			return 0, fmt.Errorf("invalid time %q", v)
+		}
+		n, err := strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("invalid time %q", v)
+		}
+		ns = n
+	}
+	return s*int64(time.Second) + ns, nil
+}

@@ -793,9 +793,15 @@ func (r *Runtime) Logs(ctx context.Context, taskID string, opts worker.LogOption
 	if err != nil {
 		return nil, err
 	}
-	lo := client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Follow: opts.Follow}
+	lo := client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Follow: opts.Follow, Timestamps: opts.Timestamps}
 	if opts.Tail > 0 {
 		lo.Tail = strconv.Itoa(opts.Tail)
+	}
+	if !opts.Since.IsZero() {
+		lo.Since = engineTime(opts.Since)
+	}
+	if !opts.Until.IsZero() {
+		lo.Until = engineTime(opts.Until)
 	}
 	rc, err := r.cli.ContainerLogs(ctx, id, lo)
 	if err != nil {
@@ -853,4 +859,10 @@ func statsUsage(st container.StatsResponse) worker.Usage {
 	// The Engine reports the host's memory as the limit of a container
 	// without one: the agent takes the limit from the task's spec.
 	return worker.Usage{CPUTotal: st.CPUStats.CPUUsage.TotalUsage, MemoryBytes: int64(mem)}
+}
+
+// engineTime is a time as the Engine's log options take it: Unix seconds
+// and nanoseconds.
+func engineTime(t time.Time) string {
+	return fmt.Sprintf("%d.%09d", t.Unix(), t.Nanosecond())
 }

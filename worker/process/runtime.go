@@ -728,6 +728,10 @@ func (r *Runtime) List(ctx context.Context) ([]worker.TaskInfo, error) {
 // stream stays open for new output until the task has exited and all of it
 // is read, ctx ends, or the reader is closed.
 func (r *Runtime) Logs(ctx context.Context, id string, opts worker.LogOptions) (io.ReadCloser, error) {
+	if opts.Timestamps || !opts.Since.IsZero() || !opts.Until.IsZero() {
+		// The task's output goes to its log file as it is written.
+		return nil, worker.ErrNoLogTimes
+	}
 	dir, _, err := r.readTaskSpec(id)
 	if err != nil {
 		return nil, err
