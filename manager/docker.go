@@ -28,6 +28,7 @@ func (m *Manager) startDockerAPI(control *controlapi.Server, router *leaderroute
 	api := dockerapi.New(dockerapi.Config{
 		Control:     pb.NewControlClient(router.InProcess(&pb.Control_ServiceDesc, control)),
 		Logs:        control.Logs,
+		Events:      control.StreamEvents,
 		NodeID:      m.id.NodeID,
 		Hostname:    m.cfg.Hostname,
 		AdvertiseIP: m.cfg.AdvertiseIP,

@@ -136,6 +136,7 @@ configs:
 		}
 	}
 	compose := filepath.Join(dir, "compose.yml")
+	since := strconv.FormatInt(time.Now().Add(-2*time.Second).Unix(), 10)
 	conv := 120 * time.Second
 	d.step(dockerStep{name: "stack deploy", timeout: conv, args: []string{"stack", "deploy", "--detach=false", "-c", compose, stack},
 		want: []string{`Creating network ` + stack + `_front`, `Creating network ` + stack + `_back`, `Creating secret ` + stack + `_token`,
@@ -226,6 +227,17 @@ configs:
 	} {
 		d.step(s)
 	}
+	// docker events: the stack's history, in Docker's swarm event types.
+	until := strconv.FormatInt(time.Now().Add(time.Second).Unix(), 10)
+	d.step(dockerStep{name: "events", args: []string{"events", "--since", since, "--until", until, "--filter", "scope=swarm",
+		"--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"},
+		want: []string{`(?m)^network create ` + stack + `_front$`, `(?m)^secret create ` + stack + `_token$`, `(?m)^config create ` + stack + `_conf$`,
+			`(?m)^service create ` + stack + `_web$`, `(?m)^service create ` + stack + `_api$`, `(?m)^service remove ` + stack + `_web$`,
+			`(?m)^secret remove ` + stack + `_token$`, `(?m)^config remove ` + stack + `_conf$`, `(?m)^network remove ` + stack + `_back$`},
+		not: []string{`(?m)^task `}})
+	d.step(dockerStep{name: "events filtered", args: []string{"events", "--since", since, "--until", until, "--filter", "type=service", "--filter", "event=remove",
+		"--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"},
+		want: []string{`^service remove ` + stack + `_(api|web)\nservice remove ` + stack + `_(api|web)\n$`}})
 	eventually(t, 60*time.Second, "the stack's containers gone from the Engine", func() (bool, string) {
 		out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.stack.namespace="+stack).Output()
 		return err == nil && strings.TrimSpace(string(out)) == "", string(out)

@@ -51,6 +51,8 @@ type Config struct {
 	Control pb.ControlClient
 	// Logs streams a service's logs.
 	Logs Logs
+	// Events streams the cluster's events (nil: /events is not served).
+	Events Events
 	// NodeID, Hostname and AdvertiseIP describe this manager.
 	NodeID      string
 	Hostname    string
@@ -205,6 +207,7 @@ func (s *Server) routes() {
 	s.handle("DELETE /networks/{id}", s.removeNetwork)
 
 	s.handle("GET /swarm", s.getSwarm)
+	s.handle("GET /events", s.events)
 
 	// Everything else: say what Shoal is and is not.
 	s.handle("/", s.unsupported)
@@ -310,7 +313,7 @@ func (s *Server) unsupported(_ http.ResponseWriter, r *http.Request) error {
 	switch first {
 	case "containers", "exec", "commit":
 		return notImplemented("Shoal runs containers only as services: use docker service create (%s %s is not served)", r.Method, p)
-	case "images", "build", "images-search", "auth", "volumes", "plugins", "system", "events", "session", "grpc":
+	case "images", "build", "images-search", "auth", "volumes", "plugins", "system", "session", "grpc":
 		return notImplemented("Shoal does not serve /%s: it is a cluster manager, not a Docker Engine (%s %s)", first, r.Method, p)
 	case "swarm":
 		return notImplemented("Shoal clusters are formed with `shoal init` and `shoal join`, not docker swarm (%s %s)", r.Method, p)
