@@ -4143,6 +4143,215 @@ func (*RemoveNetworkResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{75}
 }
 
+type UpdateSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ref   string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// version is the Meta.version read; 0 skips the check.
+	Version       uint64      `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Spec          *SecretSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSecretRequest) Reset() {
+	*x = UpdateSecretRequest{}
+	mi := &file_control_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSecretRequest) ProtoMessage() {}
+
+func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSecretRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSecretRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *UpdateSecretRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *UpdateSecretRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UpdateSecretRequest) GetSpec() *SecretSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type UpdateSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        *Secret                `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSecretResponse) Reset() {
+	*x = UpdateSecretResponse{}
+	mi := &file_control_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSecretResponse) ProtoMessage() {}
+
+func (x *UpdateSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSecretResponse.ProtoReflect.Descriptor instead.
+func (*UpdateSecretResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *UpdateSecretResponse) GetSecret() *Secret {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+type UpdateConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Spec          *ConfigSpec            `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConfigRequest) Reset() {
+	*x = UpdateConfigRequest{}
+	mi := &file_control_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConfigRequest) ProtoMessage() {}
+
+func (x *UpdateConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConfigRequest.ProtoReflect.Descriptor instead.
+func (*UpdateConfigRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *UpdateConfigRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *UpdateConfigRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UpdateConfigRequest) GetSpec() *ConfigSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type UpdateConfigResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *Config                `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConfigResponse) Reset() {
+	*x = UpdateConfigResponse{}
+	mi := &file_control_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConfigResponse) ProtoMessage() {}
+
+func (x *UpdateConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConfigResponse.ProtoReflect.Descriptor instead.
+func (*UpdateConfigResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *UpdateConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -4401,11 +4610,23 @@ const file_control_proto_rawDesc = "" +
 	"\bnetworks\x18\x01 \x03(\v2\x11.shoal.v1.NetworkR\bnetworks\"(\n" +
 	"\x14RemoveNetworkRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\x17\n" +
-	"\x15RemoveNetworkResponse*\\\n" +
+	"\x15RemoveNetworkResponse\"k\n" +
+	"\x13UpdateSecretRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12(\n" +
+	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.SecretSpecR\x04spec\"@\n" +
+	"\x14UpdateSecretResponse\x12(\n" +
+	"\x06secret\x18\x01 \x01(\v2\x10.shoal.v1.SecretR\x06secret\"k\n" +
+	"\x13UpdateConfigRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12(\n" +
+	"\x04spec\x18\x03 \x01(\v2\x14.shoal.v1.ConfigSpecR\x04spec\"@\n" +
+	"\x14UpdateConfigResponse\x12(\n" +
+	"\x06config\x18\x01 \x01(\v2\x10.shoal.v1.ConfigR\x06config*\\\n" +
 	"\fResolveImage\x12\x18\n" +
 	"\x14RESOLVE_IMAGE_ALWAYS\x10\x00\x12\x19\n" +
 	"\x15RESOLVE_IMAGE_CHANGED\x10\x01\x12\x17\n" +
-	"\x13RESOLVE_IMAGE_NEVER\x10\x022\x8b\x12\n" +
+	"\x13RESOLVE_IMAGE_NEVER\x10\x022\xa9\x13\n" +
 	"\aControl\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12G\n" +
@@ -4435,7 +4656,9 @@ const file_control_proto_rawDesc = "" +
 	"\fCreateConfig\x12\x1d.shoal.v1.CreateConfigRequest\x1a\x1e.shoal.v1.CreateConfigResponse\x12D\n" +
 	"\tGetConfig\x12\x1a.shoal.v1.GetConfigRequest\x1a\x1b.shoal.v1.GetConfigResponse\x12J\n" +
 	"\vListConfigs\x12\x1c.shoal.v1.ListConfigsRequest\x1a\x1d.shoal.v1.ListConfigsResponse\x12M\n" +
-	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse\x12P\n" +
+	"\fRemoveConfig\x12\x1d.shoal.v1.RemoveConfigRequest\x1a\x1e.shoal.v1.RemoveConfigResponse\x12M\n" +
+	"\fUpdateSecret\x12\x1d.shoal.v1.UpdateSecretRequest\x1a\x1e.shoal.v1.UpdateSecretResponse\x12M\n" +
+	"\fUpdateConfig\x12\x1d.shoal.v1.UpdateConfigRequest\x1a\x1e.shoal.v1.UpdateConfigResponse\x12P\n" +
 	"\rCreateNetwork\x12\x1e.shoal.v1.CreateNetworkRequest\x1a\x1f.shoal.v1.CreateNetworkResponse\x12G\n" +
 	"\n" +
 	"GetNetwork\x12\x1b.shoal.v1.GetNetworkRequest\x1a\x1c.shoal.v1.GetNetworkResponse\x12M\n" +
@@ -4468,7 +4691,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_control_proto_goTypes = []any{
 	(ResolveImage)(0),                      // 0: shoal.v1.ResolveImage
 	(*TaskStatsRequest)(nil),               // 1: shoal.v1.TaskStatsRequest
@@ -4547,147 +4770,159 @@ var file_control_proto_goTypes = []any{
 	(*ListNetworksResponse)(nil),           // 74: shoal.v1.ListNetworksResponse
 	(*RemoveNetworkRequest)(nil),           // 75: shoal.v1.RemoveNetworkRequest
 	(*RemoveNetworkResponse)(nil),          // 76: shoal.v1.RemoveNetworkResponse
-	nil,                                    // 77: shoal.v1.ClusterEvent.AttributesEntry
-	(*TaskUsage)(nil),                      // 78: shoal.v1.TaskUsage
-	(*ServiceSpec)(nil),                    // 79: shoal.v1.ServiceSpec
-	(*RegistryAuth)(nil),                   // 80: shoal.v1.RegistryAuth
-	(*Service)(nil),                        // 81: shoal.v1.Service
-	(*Task)(nil),                           // 82: shoal.v1.Task
-	(NodeRole)(0),                          // 83: shoal.v1.NodeRole
-	(*Node)(nil),                           // 84: shoal.v1.Node
-	(*NodeSpec)(nil),                       // 85: shoal.v1.NodeSpec
-	(Reachability)(0),                      // 86: shoal.v1.Reachability
-	(*Cluster)(nil),                        // 87: shoal.v1.Cluster
-	(*NodeDescription)(nil),                // 88: shoal.v1.NodeDescription
-	(*RaftSettings)(nil),                   // 89: shoal.v1.RaftSettings
-	(*SecretSpec)(nil),                     // 90: shoal.v1.SecretSpec
-	(*Secret)(nil),                         // 91: shoal.v1.Secret
-	(*ConfigSpec)(nil),                     // 92: shoal.v1.ConfigSpec
-	(*Config)(nil),                         // 93: shoal.v1.Config
-	(*NetworkSpec)(nil),                    // 94: shoal.v1.NetworkSpec
-	(*Network)(nil),                        // 95: shoal.v1.Network
+	(*UpdateSecretRequest)(nil),            // 77: shoal.v1.UpdateSecretRequest
+	(*UpdateSecretResponse)(nil),           // 78: shoal.v1.UpdateSecretResponse
+	(*UpdateConfigRequest)(nil),            // 79: shoal.v1.UpdateConfigRequest
+	(*UpdateConfigResponse)(nil),           // 80: shoal.v1.UpdateConfigResponse
+	nil,                                    // 81: shoal.v1.ClusterEvent.AttributesEntry
+	(*TaskUsage)(nil),                      // 82: shoal.v1.TaskUsage
+	(*ServiceSpec)(nil),                    // 83: shoal.v1.ServiceSpec
+	(*RegistryAuth)(nil),                   // 84: shoal.v1.RegistryAuth
+	(*Service)(nil),                        // 85: shoal.v1.Service
+	(*Task)(nil),                           // 86: shoal.v1.Task
+	(NodeRole)(0),                          // 87: shoal.v1.NodeRole
+	(*Node)(nil),                           // 88: shoal.v1.Node
+	(*NodeSpec)(nil),                       // 89: shoal.v1.NodeSpec
+	(Reachability)(0),                      // 90: shoal.v1.Reachability
+	(*Cluster)(nil),                        // 91: shoal.v1.Cluster
+	(*NodeDescription)(nil),                // 92: shoal.v1.NodeDescription
+	(*RaftSettings)(nil),                   // 93: shoal.v1.RaftSettings
+	(*SecretSpec)(nil),                     // 94: shoal.v1.SecretSpec
+	(*Secret)(nil),                         // 95: shoal.v1.Secret
+	(*ConfigSpec)(nil),                     // 96: shoal.v1.ConfigSpec
+	(*Config)(nil),                         // 97: shoal.v1.Config
+	(*NetworkSpec)(nil),                    // 98: shoal.v1.NetworkSpec
+	(*Network)(nil),                        // 99: shoal.v1.Network
 }
 var file_control_proto_depIdxs = []int32{
-	78, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
+	82, // 0: shoal.v1.TaskStat.usage:type_name -> shoal.v1.TaskUsage
 	2,  // 1: shoal.v1.TaskStatsResponse.stats:type_name -> shoal.v1.TaskStat
-	79, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	83, // 2: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 3: shoal.v1.CreateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	80, // 4: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	81, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	81, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	81, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	84, // 4: shoal.v1.CreateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	85, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	85, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	85, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
 	9,  // 8: shoal.v1.ListServicesResponse.counts:type_name -> shoal.v1.ServiceTaskCounts
-	79, // 9: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	83, // 9: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
 	0,  // 10: shoal.v1.UpdateServiceRequest.resolve_image:type_name -> shoal.v1.ResolveImage
-	80, // 11: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
-	81, // 12: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	82, // 13: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	83, // 14: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
-	84, // 15: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	84, // 16: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	85, // 17: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	84, // 18: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	86, // 19: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
-	87, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	84, // 11: shoal.v1.UpdateServiceRequest.registry_auth:type_name -> shoal.v1.RegistryAuth
+	85, // 12: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	86, // 13: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	87, // 14: shoal.v1.ListNodesRequest.role:type_name -> shoal.v1.NodeRole
+	88, // 15: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	88, // 16: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	89, // 17: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	88, // 18: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	90, // 19: shoal.v1.ManagerRaftStatus.reachability:type_name -> shoal.v1.Reachability
+	91, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	30, // 21: shoal.v1.GetClusterResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	83, // 22: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	83, // 23: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
-	88, // 24: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
-	83, // 25: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
+	87, // 22: shoal.v1.RotateJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	87, // 23: shoal.v1.CheckTokenResponse.role:type_name -> shoal.v1.NodeRole
+	92, // 24: shoal.v1.JoinRequest.description:type_name -> shoal.v1.NodeDescription
+	87, // 25: shoal.v1.JoinResponse.role:type_name -> shoal.v1.NodeRole
 	30, // 26: shoal.v1.JoinResponse.managers:type_name -> shoal.v1.ManagerRaftStatus
-	89, // 27: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
-	90, // 28: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
-	91, // 29: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
-	91, // 30: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
-	91, // 31: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
-	92, // 32: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
-	93, // 33: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
-	93, // 34: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
-	93, // 35: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
-	77, // 36: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
-	94, // 37: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
-	95, // 38: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
-	95, // 39: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
-	95, // 40: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
-	21, // 41: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	23, // 42: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	25, // 43: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	27, // 44: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	29, // 45: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	32, // 46: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
-	4,  // 47: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	6,  // 48: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	8,  // 49: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	11, // 50: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	13, // 51: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	15, // 52: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	17, // 53: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	67, // 54: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
-	43, // 55: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
-	45, // 56: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
-	47, // 57: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	51, // 58: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
-	53, // 59: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
-	55, // 60: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
-	57, // 61: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
-	59, // 62: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
-	61, // 63: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
-	63, // 64: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
-	65, // 65: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
-	69, // 66: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
-	71, // 67: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
-	73, // 68: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
-	75, // 69: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
-	1,  // 70: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
-	19, // 71: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
-	36, // 72: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
-	38, // 73: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
-	40, // 74: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
-	41, // 75: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
-	34, // 76: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
-	49, // 77: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
-	22, // 78: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	24, // 79: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	26, // 80: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	28, // 81: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	31, // 82: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	33, // 83: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
-	5,  // 84: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	7,  // 85: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	10, // 86: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	12, // 87: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	14, // 88: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	16, // 89: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	18, // 90: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
-	68, // 91: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
-	44, // 92: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
-	46, // 93: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
-	48, // 94: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	52, // 95: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
-	54, // 96: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
-	56, // 97: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
-	58, // 98: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
-	60, // 99: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
-	62, // 100: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
-	64, // 101: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
-	66, // 102: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
-	70, // 103: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
-	72, // 104: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
-	74, // 105: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
-	76, // 106: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
-	3,  // 107: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
-	20, // 108: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
-	37, // 109: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
-	39, // 110: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
-	30, // 111: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
-	42, // 112: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
-	35, // 113: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
-	50, // 114: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
-	78, // [78:115] is the sub-list for method output_type
-	41, // [41:78] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	93, // 27: shoal.v1.JoinResponse.raft:type_name -> shoal.v1.RaftSettings
+	94, // 28: shoal.v1.CreateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	95, // 29: shoal.v1.CreateSecretResponse.secret:type_name -> shoal.v1.Secret
+	95, // 30: shoal.v1.GetSecretResponse.secret:type_name -> shoal.v1.Secret
+	95, // 31: shoal.v1.ListSecretsResponse.secrets:type_name -> shoal.v1.Secret
+	96, // 32: shoal.v1.CreateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	97, // 33: shoal.v1.CreateConfigResponse.config:type_name -> shoal.v1.Config
+	97, // 34: shoal.v1.GetConfigResponse.config:type_name -> shoal.v1.Config
+	97, // 35: shoal.v1.ListConfigsResponse.configs:type_name -> shoal.v1.Config
+	81, // 36: shoal.v1.ClusterEvent.attributes:type_name -> shoal.v1.ClusterEvent.AttributesEntry
+	98, // 37: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
+	99, // 38: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
+	99, // 39: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
+	99, // 40: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
+	94, // 41: shoal.v1.UpdateSecretRequest.spec:type_name -> shoal.v1.SecretSpec
+	95, // 42: shoal.v1.UpdateSecretResponse.secret:type_name -> shoal.v1.Secret
+	96, // 43: shoal.v1.UpdateConfigRequest.spec:type_name -> shoal.v1.ConfigSpec
+	97, // 44: shoal.v1.UpdateConfigResponse.config:type_name -> shoal.v1.Config
+	21, // 45: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	23, // 46: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	25, // 47: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	27, // 48: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	29, // 49: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	32, // 50: shoal.v1.Control.RotateJoinToken:input_type -> shoal.v1.RotateJoinTokenRequest
+	4,  // 51: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	6,  // 52: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	8,  // 53: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	11, // 54: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	13, // 55: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	15, // 56: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	17, // 57: shoal.v1.Control.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	67, // 58: shoal.v1.Control.Events:input_type -> shoal.v1.EventsRequest
+	43, // 59: shoal.v1.Control.IssueClientCertificate:input_type -> shoal.v1.IssueClientCertificateRequest
+	45, // 60: shoal.v1.Control.RotateRootCA:input_type -> shoal.v1.RotateRootCARequest
+	47, // 61: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	51, // 62: shoal.v1.Control.CreateSecret:input_type -> shoal.v1.CreateSecretRequest
+	53, // 63: shoal.v1.Control.GetSecret:input_type -> shoal.v1.GetSecretRequest
+	55, // 64: shoal.v1.Control.ListSecrets:input_type -> shoal.v1.ListSecretsRequest
+	57, // 65: shoal.v1.Control.RemoveSecret:input_type -> shoal.v1.RemoveSecretRequest
+	59, // 66: shoal.v1.Control.CreateConfig:input_type -> shoal.v1.CreateConfigRequest
+	61, // 67: shoal.v1.Control.GetConfig:input_type -> shoal.v1.GetConfigRequest
+	63, // 68: shoal.v1.Control.ListConfigs:input_type -> shoal.v1.ListConfigsRequest
+	65, // 69: shoal.v1.Control.RemoveConfig:input_type -> shoal.v1.RemoveConfigRequest
+	77, // 70: shoal.v1.Control.UpdateSecret:input_type -> shoal.v1.UpdateSecretRequest
+	79, // 71: shoal.v1.Control.UpdateConfig:input_type -> shoal.v1.UpdateConfigRequest
+	69, // 72: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
+	71, // 73: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
+	73, // 74: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
+	75, // 75: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
+	1,  // 76: shoal.v1.Control.TaskStats:input_type -> shoal.v1.TaskStatsRequest
+	19, // 77: shoal.v1.TaskLogs.Logs:input_type -> shoal.v1.TaskLogsRequest
+	36, // 78: shoal.v1.Membership.Join:input_type -> shoal.v1.JoinRequest
+	38, // 79: shoal.v1.Membership.Leave:input_type -> shoal.v1.LeaveRequest
+	40, // 80: shoal.v1.Membership.RaftStatus:input_type -> shoal.v1.RaftStatusRequest
+	41, // 81: shoal.v1.Membership.CheckMember:input_type -> shoal.v1.CheckMemberRequest
+	34, // 82: shoal.v1.Membership.CheckToken:input_type -> shoal.v1.CheckTokenRequest
+	49, // 83: shoal.v1.Membership.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	22, // 84: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	24, // 85: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	26, // 86: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	28, // 87: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	31, // 88: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	33, // 89: shoal.v1.Control.RotateJoinToken:output_type -> shoal.v1.RotateJoinTokenResponse
+	5,  // 90: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	7,  // 91: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	10, // 92: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	12, // 93: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	14, // 94: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	16, // 95: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	18, // 96: shoal.v1.Control.ServiceLogs:output_type -> shoal.v1.LogLine
+	68, // 97: shoal.v1.Control.Events:output_type -> shoal.v1.ClusterEvent
+	44, // 98: shoal.v1.Control.IssueClientCertificate:output_type -> shoal.v1.IssueClientCertificateResponse
+	46, // 99: shoal.v1.Control.RotateRootCA:output_type -> shoal.v1.RotateRootCAResponse
+	48, // 100: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	52, // 101: shoal.v1.Control.CreateSecret:output_type -> shoal.v1.CreateSecretResponse
+	54, // 102: shoal.v1.Control.GetSecret:output_type -> shoal.v1.GetSecretResponse
+	56, // 103: shoal.v1.Control.ListSecrets:output_type -> shoal.v1.ListSecretsResponse
+	58, // 104: shoal.v1.Control.RemoveSecret:output_type -> shoal.v1.RemoveSecretResponse
+	60, // 105: shoal.v1.Control.CreateConfig:output_type -> shoal.v1.CreateConfigResponse
+	62, // 106: shoal.v1.Control.GetConfig:output_type -> shoal.v1.GetConfigResponse
+	64, // 107: shoal.v1.Control.ListConfigs:output_type -> shoal.v1.ListConfigsResponse
+	66, // 108: shoal.v1.Control.RemoveConfig:output_type -> shoal.v1.RemoveConfigResponse
+	78, // 109: shoal.v1.Control.UpdateSecret:output_type -> shoal.v1.UpdateSecretResponse
+	80, // 110: shoal.v1.Control.UpdateConfig:output_type -> shoal.v1.UpdateConfigResponse
+	70, // 111: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
+	72, // 112: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
+	74, // 113: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
+	76, // 114: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
+	3,  // 115: shoal.v1.Control.TaskStats:output_type -> shoal.v1.TaskStatsResponse
+	20, // 116: shoal.v1.TaskLogs.Logs:output_type -> shoal.v1.LogChunk
+	37, // 117: shoal.v1.Membership.Join:output_type -> shoal.v1.JoinResponse
+	39, // 118: shoal.v1.Membership.Leave:output_type -> shoal.v1.LeaveResponse
+	30, // 119: shoal.v1.Membership.RaftStatus:output_type -> shoal.v1.ManagerRaftStatus
+	42, // 120: shoal.v1.Membership.CheckMember:output_type -> shoal.v1.CheckMemberResponse
+	35, // 121: shoal.v1.Membership.CheckToken:output_type -> shoal.v1.CheckTokenResponse
+	50, // 122: shoal.v1.Membership.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	84, // [84:123] is the sub-list for method output_type
+	45, // [45:84] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -4702,7 +4937,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   77,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -371,7 +371,7 @@ func TestDockerCLI(t *testing.T) {
 		{"no version", "POST", "/v1.50/services/web/update", `{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"/bin/true"}}}`, 400, "version=N"},
 		{"too new an API version", "GET", "/v9.99/services", "", 400, "not supported"},
 		{"unknown node", "GET", "/v1.50/nodes/nosuch", "", 404, "no node"},
-		{"secret update", "POST", "/v1.50/secrets/dbpass/update?version=1", `{"Name":"dbpass"}`, 501, "cannot change"},
+		{"secret update with a stale version", "POST", "/v1.50/secrets/dbpass/update?version=1", `{"Name":"dbpass","Data":"b3RoZXI="}`, 409, "changed by someone else"},
 	} {
 		resp, body := raw(c.method, c.path, c.body)
 		if resp.StatusCode != c.code || !strings.Contains(body, c.want) {

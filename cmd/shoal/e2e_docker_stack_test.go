@@ -191,6 +191,12 @@ configs:
 		})
 	}
 
+	// A second deploy of the same file: the secret and config are sent
+	// again unchanged (accepted), the services updated in place.
+	d.step(dockerStep{name: "stack deploy again", timeout: conv, args: []string{"stack", "deploy", "--detach=false", "-c", compose, stack},
+		want: []string{`Updating service ` + stack + `_web`, `Updating service ` + stack + `_api`}, not: []string{`failed`}})
+	d.step(dockerStep{name: "still two services", args: []string{"stack", "ls"}, want: []string{`(?m)^` + stack + ` +2$`}})
+
 	// Logs of container tasks carry their times: --timestamps, --since,
 	// --until and --tail as Docker's.
 	for _, s := range []dockerStep{

@@ -1,6 +1,7 @@
 package controlapi
 
 import (
+	"bytes"
 	"context"
 	"path"
 	"slices"
@@ -158,4 +159,24 @@ func validateConfigTarget(name, target string) error {
 		return status.Errorf(codes.InvalidArgument, "config %q: invalid target %q: use an absolute file path such as /etc/app.conf (no '..', no trailing '/'); a process task finds it under $SHOAL_CONFIGS_DIR", name, target)
 	}
 	return nil
+}
+
+// UpdateConfig changes a config's labels. The name and the data cannot
+// change: a spec that repeats them (docker stack deploy sends the whole
+// spec again) or leaves the data out is accepted.
+func (s *Server) UpdateConfig(ctx context.Context, req *pb.UpdateConfigRequest) (*pb.UpdateConfigResponse, error) {
+	data := req.GetSpec().GetData()
+	out, err := updateBlob(ctx, s.store, configs, req.GetRef(), req.GetVersion(), req.GetSpec().GetAnnotations(),
+		func(c *pb.Config) (bool, error) {
+			return len(data) == 0 || bytes.Equal(c.GetSpec().GetData(), data), nil
+		},
+		func(c *pb.Config, labels map[string]string) *pb.Config {
+			next := proto.Clone(c).(*pb.Config)
+			next.Spec.Annotations.Labels = labels
+			return next
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.UpdateConfigResponse{Config: withoutData(out)}, nil
 }

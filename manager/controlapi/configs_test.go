@@ -195,3 +195,65 @@ func TestConfigRemoveInUse(t *testing.T) {
 		t.Fatalf("inspect after rm: %v, want NotFound", err)
 	}
 }
+
+// TestBlobUpdates: a secret's or config's labels may change; its name and
+// value may not, but a spec repeating them is accepted (docker stack
+// deploy sends it on every deploy) and one without the value too.
+func TestBlobUpdates(t *testing.T) {
+	s, store := newConfigServer(t)
+	ctx := context.Background()
+	sec, err := s.GetSecret(ctx, &pb.GetSecretRequest{Ref: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := sec.GetSecret().GetMeta().GetVersion()
+	before := storeIndex(store)
+	if _, err := s.UpdateSecret(ctx, &pb.UpdateSecretRequest{Ref: "pw", Version: v, Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "pw"}, Data: []byte("hunter2")}}); err != nil {
+		t.Fatalf("the same secret again: %v", err)
+	}
+	if storeIndex(store) != before {
+		t.Fatal("an update that changes nothing wrote to the store")
+	}
+	for _, c := range []struct {
+		name string
+		err  error
+		code codes.Code
+		sub  string
+	}{
+		{"secret value", func() error {
+			_, err := s.UpdateSecret(ctx, &pb.UpdateSecretRequest{Ref: "pw", Version: v, Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "pw"}, Data: []byte("other")}})
+			return err
+		}(), codes.InvalidArgument, "secret pw cannot change its value"},
+		{"secret name", func() error {
+			_, err := s.UpdateSecret(ctx, &pb.UpdateSecretRequest{Ref: "pw", Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "pw2"}}})
+			return err
+		}(), codes.InvalidArgument, "name cannot change"},
+		{"stale version", func() error {
+			_, err := s.UpdateSecret(ctx, &pb.UpdateSecretRequest{Ref: "pw", Version: v + 100, Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "pw"}}})
+			return err
+		}(), codes.Aborted, "changed by someone else"},
+		{"config data", func() error {
+			_, err := s.UpdateConfig(ctx, &pb.UpdateConfigRequest{Ref: "app.conf", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf"}, Data: []byte("port=81")}})
+			return err
+		}(), codes.InvalidArgument, "config app.conf cannot change its value"},
+	} {
+		if st, _ := status.FromError(c.err); st.Code() != c.code || !strings.Contains(st.Message(), c.sub) {
+			t.Errorf("%s: got %v, want %v with %q", c.name, c.err, c.code, c.sub)
+		}
+	}
+	if storeIndex(store) != before {
+		t.Fatal("a refused update changed the store")
+	}
+	up, err := s.UpdateSecret(ctx, &pb.UpdateSecretRequest{Ref: "pw", Version: v, Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: "pw", Labels: map[string]string{"team": "a"}}}})
+	if err != nil || up.GetSecret().GetSpec().GetAnnotations().GetLabels()["team"] != "a" || len(up.GetSecret().GetSealedData()) != 0 {
+		t.Fatalf("relabel the secret: %v %v", up, err)
+	}
+	cf, err := s.UpdateConfig(ctx, &pb.UpdateConfigRequest{Ref: "app.conf", Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: "app.conf", Labels: map[string]string{"x": "y"}}, Data: []byte("port=80")}})
+	if err != nil || cf.GetConfig().GetSpec().GetAnnotations().GetLabels()["x"] != "y" {
+		t.Fatalf("relabel the config: %v %v", cf, err)
+	}
+	got, _ := s.GetConfig(ctx, &pb.GetConfigRequest{Ref: "app.conf"})
+	if string(got.GetConfig().GetSpec().GetData()) != "port=80" {
+		t.Fatalf("config data after relabel: %q", got.GetConfig().GetSpec().GetData())
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // maxBlobNameLen bounds a secret's or config's name (it is also the
@@ -214,4 +215,64 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// updateBlob changes an object's labels and nothing else: the name must
+// stay and same must report that the value sent (if any) is the stored
+// one. An update that changes nothing writes nothing. relabel returns a
+// copy of the object with the labels given.
+func updateBlob[T raftstore.Object](ctx context.Context, store raftstore.StateStore, k blobKind[T], ref string, version uint64, ann *pb.Annotations,
+	same func(T) (bool, error), relabel func(T, map[string]string) T) (T, error) {
+	var zero T
+	if err := validateLabels(ann.GetLabels()); err != nil {
+		return zero, err
+	}
+	var id string
+	_, err := store.Update(ctx, func(tx *raftstore.Tx) error {
+		o, err := resolveRef(k.table(tx), k.noun, ref)
+		if err != nil {
+			return err
+		}
+		id = o.GetId()
+		name := k.nameOf(o)
+		if version != 0 && version != o.GetMeta().GetVersion() {
+			return status.Errorf(codes.Aborted, "%s %s was changed by someone else since version %d (now %d); read it again and retry", k.noun, name, version, o.GetMeta().GetVersion())
+		}
+		if ann.GetName() != "" && ann.GetName() != name {
+			return status.Errorf(codes.InvalidArgument, "a %s's name cannot change (%s to %s): create a new %s", k.noun, name, ann.GetName(), k.noun)
+		}
+		ok, err := same(o)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return status.Errorf(codes.InvalidArgument, "%s %s cannot change its value: only its labels can be updated; create a new %s under another name and move services to it with `shoal service update %s %s --%s-add NEW`",
+				k.noun, name, k.noun, k.rmFlag, name, k.noun)
+		}
+		next := relabel(o, ann.GetLabels())
+		if proto.Equal(next, o) {
+			return nil
+		}
+		return k.table(tx).Update(next)
+	})
+	if err != nil {
+		return zero, err
+	}
+	var out T
+	found := false
+	store.View(func(tx *raftstore.Tx) { out, found = k.table(tx).Get(id) })
+	if !found {
+		return zero, status.Errorf(codes.NotFound, "%s %s was removed meanwhile", k.noun, ref)
+	}
+	return out, nil
+}
+
+// validateLabels checks label keys: no spaces or '='.
+func validateLabels(labels map[string]string) error {
+	for k := range labels {
+		if k == "" || strings.ContainsAny(k, " =\t\n") {
+			return status.Errorf(codes.InvalidArgument, "invalid label key %q: no spaces or '='", k)
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package controlapi
 
 import (
 	"context"
+	"crypto/subtle"
 	"regexp"
 	"slices"
 
@@ -163,4 +164,41 @@ func validateSecretTarget(target string) error {
 		return status.Errorf(codes.InvalidArgument, "invalid secret target %q: a file name of letters, digits, '-', '_' and '.' (no '/'); the task finds it in $SHOAL_SECRETS_DIR (process) or /run/secrets (docker)", target)
 	}
 	return nil
+}
+
+// UpdateSecret changes a secret's labels. The name and the value cannot
+// change: a spec that repeats them (docker stack deploy sends the whole
+// spec again) or leaves the value out is accepted.
+func (s *Server) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRequest) (*pb.UpdateSecretResponse, error) {
+	data := req.GetSpec().GetData()
+	var key interface {
+		Open(id string, sealed []byte) ([]byte, error)
+	}
+	if len(data) > 0 {
+		k, err := s.keys.Key()
+		if err != nil {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		key = k
+	}
+	out, err := updateBlob(ctx, s.store, secrets, req.GetRef(), req.GetVersion(), req.GetSpec().GetAnnotations(),
+		func(sec *pb.Secret) (bool, error) {
+			if len(data) == 0 {
+				return true, nil
+			}
+			plain, err := key.Open(sec.GetId(), sec.GetSealedData())
+			if err != nil {
+				return false, status.Errorf(codes.Internal, "open secret %s: %v", secretName(sec), err)
+			}
+			return subtle.ConstantTimeCompare(plain, data) == 1, nil
+		},
+		func(sec *pb.Secret, labels map[string]string) *pb.Secret {
+			next := proto.Clone(sec).(*pb.Secret)
+			next.Spec.Annotations.Labels = labels
+			return next
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.UpdateSecretResponse{Secret: withoutValue(out)}, nil
 }

@@ -64,8 +64,30 @@ func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, secretToDocker(resp.GetSecret()))
 }
 
-func (s *Server) updateSecret(_ http.ResponseWriter, _ *http.Request) error {
-	return notImplemented("Shoal secrets cannot change once created: create a new secret and point the service at it (docker service update --secret-rm/--secret-add)")
+// updateSecret changes a secret's labels; its name and value cannot
+// change (as Docker's), but a spec that repeats them is accepted, as
+// docker stack deploy sends on every deploy.
+func (s *Server) updateSecret(w http.ResponseWriter, r *http.Request) error {
+	version, err := queryVersion(r)
+	if err != nil {
+		return err
+	}
+	var d swarm.SecretSpec
+	if err := decode(r, &d); err != nil {
+		return err
+	}
+	if d.Driver != nil && d.Driver.Name != "" {
+		return badRequest("Shoal keeps secrets itself: secret drivers (--driver) are not supported")
+	}
+	if d.Templating != nil && d.Templating.Name != "" {
+		return badRequest("Shoal does not template secrets (--template-driver)")
+	}
+	if _, err := s.cfg.Control.UpdateSecret(r.Context(), &pb.UpdateSecretRequest{Ref: r.PathValue("id"), Version: version,
+		Spec: &pb.SecretSpec{Annotations: &pb.Annotations{Name: d.Name, Labels: d.Labels}, Data: d.Data}}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
 }
 
 func (s *Server) removeSecret(w http.ResponseWriter, r *http.Request) error {
@@ -128,8 +150,26 @@ func (s *Server) getConfig(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, configToDocker(resp.GetConfig()))
 }
 
-func (s *Server) updateConfig(_ http.ResponseWriter, _ *http.Request) error {
-	return notImplemented("Shoal configs cannot change once created: create a new config and point the service at it (docker service update --config-rm/--config-add)")
+// updateConfig changes a config's labels; its name and data cannot change
+// (as Docker's), but a spec that repeats them is accepted.
+func (s *Server) updateConfig(w http.ResponseWriter, r *http.Request) error {
+	version, err := queryVersion(r)
+	if err != nil {
+		return err
+	}
+	var d swarm.ConfigSpec
+	if err := decode(r, &d); err != nil {
+		return err
+	}
+	if d.Templating != nil && d.Templating.Name != "" {
+		return badRequest("Shoal does not template configs (--template-driver)")
+	}
+	if _, err := s.cfg.Control.UpdateConfig(r.Context(), &pb.UpdateConfigRequest{Ref: r.PathValue("id"), Version: version,
+		Spec: &pb.ConfigSpec{Annotations: &pb.Annotations{Name: d.Name, Labels: d.Labels}, Data: d.Data}}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
 }
 
 func (s *Server) removeConfig(w http.ResponseWriter, r *http.Request) error {
