@@ -438,3 +438,48 @@ func (s *Store) commitImage(si storedImage, refs, digests []string) (Image, erro
 	s.log.Info("image stored", "id", si.ID, "refs", r, "layers", len(si.Layers), "bytes", si.Size)
 	return Image{ID: si.ID, Refs: r, Digests: d, Layers: si.Layers, Config: si.Config, Created: si.Created, Size: si.Size}, nil
 }
+
+// LoadReader is Load of a stream (`shoal image load -`): it is spooled to
+// the store's tmp/ first, since both formats need to be read more than
+// once.
+func (s *Store) LoadReader(ctx context.Context, r io.Reader) ([]Image, error) {
+	f, err := os.CreateTemp(s.tmpDir(), tmpName("stdin", "load")+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = io.Copy(f, readerCtx{ctx, r})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load: read the image: %w", err)
+	}
+	imgs, err := s.Load(ctx, f.Name())
+	if err != nil {
+		return nil, renamedErr{strings.Replace(err.Error(), f.Name(), "standard input", 1), err}
+	}
+	return imgs, nil
+}
+
+// readerCtx stops a copy when ctx ends.
+type readerCtx struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r readerCtx) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+// renamedErr is an error reworded, still wrapping what it was.
+type renamedErr struct {
+	msg string
+	err error
+}
+
+func (e renamedErr) Error() string { return e.msg }
+func (e renamedErr) Unwrap() error { return e.err }
