@@ -197,10 +197,24 @@ func TestPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Pull(ctx, ref, nil)
+	var (
+		mu   sync.Mutex
+		msgs []string
+	)
+	pctx := WithProgress(ctx, func(m string) {
+		mu.Lock()
+		msgs = append(msgs, m)
+		mu.Unlock()
+	})
+	got, err := s.Pull(pctx, ref, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	mu.Lock()
+	if len(msgs) < 3 || msgs[0] != "pulling "+ref || msgs[len(msgs)-1] != "pulling 2/2 layers" {
+		t.Errorf("progress %q, want \"pulling %s\" first and \"pulling 2/2 layers\" last", msgs, ref)
+	}
+	mu.Unlock()
 	id, _ := img.ConfigName()
 	if got.ID != id.String() || !slices.Equal(got.Config.Cmd, []string{"/pulled"}) || len(got.Layers) != 2 {
 		t.Fatalf("pulled %+v", got)
@@ -217,8 +231,11 @@ func TestPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Pull(ctx, pref, nil); err == nil || !strings.Contains(strings.ToLower(err.Error()), "unauthorized") {
+	if _, err := s.Pull(ctx, pref, nil); !errors.Is(err, registry.ErrUnauthorized) || !strings.Contains(err.Error(), "--with-registry-auth") {
 		t.Fatalf("pull without credentials: %v", err)
+	}
+	if _, err := s.Pull(ctx, pref, &authn.Basic{Username: "alice", Password: "wrong"}); !errors.Is(err, registry.ErrUnauthorized) || strings.Contains(err.Error(), "--with-registry-auth") {
+		t.Fatalf("pull with a wrong password: %v", err)
 	}
 	if _, err := s.Pull(ctx, pref, &authn.Basic{Username: "alice", Password: "right"}); err != nil {
 		t.Fatal(err)
@@ -227,8 +244,23 @@ func TestPull(t *testing.T) {
 	if got := names(t, filepath.Join(s.Root(), "layers")); len(got) != 3 {
 		t.Errorf("layers %v, want 3", got)
 	}
-	if _, err := s.Pull(ctx, plain.Host+"/test/none:v1", nil); err == nil || !strings.Contains(strings.ToUpper(err.Error()), "UNKNOWN") {
-		t.Errorf("pull of a missing image: %v", err)
+	for _, c := range []struct {
+		ref  string
+		is   error
+		want string
+	}{
+		{plain.Host + "/test/none:v1", registry.ErrNotFound, "MANIFEST_UNKNOWN"},
+		{plain.Host + "/test/pull:v9", registry.ErrNotFound, "MANIFEST_UNKNOWN"},
+		{"127.0.0.1:1/test/pull:v1", nil, "registry 127.0.0.1:1 cannot be reached"},
+		{"Bad//Ref", nil, "not a valid image reference"},
+	} {
+		_, err := s.Pull(ctx, c.ref, nil)
+		if err == nil || c.is != nil && !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("pull %s: %v, want %v and %q", c.ref, err, c.is, c.want)
+		}
+	}
+	if imgs, _ := s.List(); len(imgs) != 2 {
+		t.Errorf("%d images after failed pulls, want the 2 pulled", len(imgs))
 	}
 }
 
