@@ -140,7 +140,8 @@ func (s *Store) Close() error { return s.lock.Close() }
 // cleanTmp removes what tmp/ holds: layers whose unpack, and layers or
 // tasks whose removal, a crash interrupted. Unpacks run outside the
 // store's lock, so an entry goes only when the process its name records
-// is gone.
+// is gone. It also removes task directories a crash left without their
+// record.
 func (s *Store) cleanTmp() error {
 	if err := s.lockStore(); err != nil {
 		return err
@@ -159,6 +160,22 @@ func (s *Store) cleanTmp() error {
 			return fmt.Errorf("image store: remove the leftover %s: %w", p, err)
 		}
 		s.log.Info("removed a leftover of an interrupted unpack or removal", "path", p)
+	}
+	// A task directory without its record is a mount a crash cut short
+	// (MountRootFS sets one up wholly under the lock).
+	tasks, err := os.ReadDir(s.tasksDir())
+	if err != nil {
+		return fmt.Errorf("image store: read %s: %w", s.tasksDir(), err)
+	}
+	for _, e := range tasks {
+		dir := filepath.Join(s.tasksDir(), e.Name())
+		if _, err := os.Stat(filepath.Join(dir, "task.json")); !errors.Is(err, os.ErrNotExist) || isOverlay(filepath.Join(dir, "rootfs")) {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("image store: remove the leftover %s: %w", dir, err)
+		}
+		s.log.Info("removed a task directory a crash left half set up", "path", dir)
 	}
 	return nil
 }

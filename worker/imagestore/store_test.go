@@ -254,6 +254,8 @@ func TestUnpackNeverHalf(t *testing.T) {
 	must(t, os.MkdirAll(filepath.Join(dead, "diff", "half"), 0o700))
 	live := filepath.Join(s.Root(), "tmp", "layer-1-abc-0000") // PID 1 lives
 	must(t, os.MkdirAll(live, 0o700))
+	halfTask := filepath.Join(s.Root(), "tasks", "half", "upper")
+	must(t, os.MkdirAll(halfTask, 0o700))
 	s2, err := Open(s.Root(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -261,6 +263,9 @@ func TestUnpackNeverHalf(t *testing.T) {
 	defer s2.Close()
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
 		t.Fatalf("a crashed unpack's leftover stays after Open: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(halfTask)); !os.IsNotExist(err) {
+		t.Fatalf("a task directory without its record stays after Open: %v", err)
 	}
 	if _, err := os.Stat(live); err != nil {
 		t.Fatalf("Open removed a live process's unpack: %v", err)
@@ -423,4 +428,34 @@ func maps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestManyLayers: an image with more layers than mount(2)'s one-page
+// options hold mounts (through fsconfig, one lower directory at a time),
+// with the upper layers' files over the lower ones'.
+func TestManyLayers(t *testing.T) {
+	s := openStore(t)
+	ctx := t.Context()
+	var layers []v1.Layer
+	const n = 60
+	for i := range n {
+		layers = append(layers, layerOf(t, file("f"+strings.Repeat("x", i%5)+string(rune('a'+i%26))+string(rune('a'+i/26)), "x"), file("top", string(rune('a'+i%26))+string(rune('a'+i/26)))))
+	}
+	imgs, err := s.Load(ctx, saveTar(t, imageOf(t, "/x", layers...), "test/many:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data := len(strings.Join(s.lowerDirs(imgs[0].Layers), ":")); data < 4096 {
+		t.Fatalf("lowerdir is %d bytes: not beyond a page, the test proves nothing", data)
+	}
+	root, err := s.MountRootFS(ctx, "many", imgs[0], false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(names(t, root)); got != n+1 {
+		t.Errorf("the root holds %d names, want %d", got, n+1)
+	}
+	if got := readFile(t, filepath.Join(root, "top")); got != "hc" { // layer 59: 'a'+59%26, 'a'+59/26
+		t.Errorf("top reads %q, want the top layer's \"hc\"", got)
+	}
 }
