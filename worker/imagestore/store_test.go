@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -457,5 +458,37 @@ func TestManyLayers(t *testing.T) {
 	}
 	if got := readFile(t, filepath.Join(root, "top")); got != "hc" { // layer 59: 'a'+59%26, 'a'+59/26
 		t.Errorf("top reads %q, want the top layer's \"hc\"", got)
+	}
+}
+
+// TestStoreLockAcrossOpens: two opens of one store (the agent and the
+// CLI) take turns: a change through one waits while the other holds the
+// store's file lock, then sees its result.
+func TestStoreLockAcrossOpens(t *testing.T) {
+	s1 := openStore(t)
+	s2, err := Open(s1.Root(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	ctx := t.Context()
+	if _, err := s1.Load(ctx, saveTar(t, imageOf(t, "/x", layerOf(t, file("x", "x"))), "test/lock:v1")); err != nil {
+		t.Fatal(err)
+	}
+	must(t, s1.lockStore())
+	done := make(chan error, 1)
+	go func() { done <- s2.Remove("test/lock:v1", false) }()
+	select {
+	case err := <-done:
+		s1.unlockStore()
+		t.Fatalf("remove went ahead while the other open held the lock: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	s1.unlockStore()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.Resolve("test/lock:v1"); !errors.Is(err, ErrImageNotFound) {
+		t.Fatalf("the other open does not see the removal: %v", err)
 	}
 }
