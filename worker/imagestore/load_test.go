@@ -15,8 +15,12 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/internal/registrytest"
 )
@@ -261,6 +265,35 @@ func TestPull(t *testing.T) {
 	}
 	if imgs, _ := s.List(); len(imgs) != 2 {
 		t.Errorf("%d images after failed pulls, want the 2 pulled", len(imgs))
+	}
+
+	// A multi-platform index: this machine's platform is chosen, and the
+	// index's digest (what a service is pinned to) finds it.
+	mine := imageOf(t, "/mine", layerOf(t, file("platform", "mine")))
+	other := imageOf(t, "/other", layerOf(t, file("platform", "other")))
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: other, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "s390x"}}},
+		mutate.IndexAddendum{Add: mine, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: Platform().Architecture}}})
+	mref := plain.Host + "/test/multi:v1"
+	tag, err := name.NewTag(mref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(tag, idx, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	idxDigest, _ := idx.Digest()
+	got, err = s.Pull(ctx, mref+"@"+idxDigest.String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mineID, _ := mine.ConfigName(); got.ID != mineID.String() {
+		t.Fatalf("pulled %s from a multi-platform index, want this platform's %s", got.ID, mineID)
+	}
+	for _, r := range []string{mref, mref + "@" + idxDigest.String()} {
+		if res, err := s.Resolve(r); err != nil || res.ID != got.ID {
+			t.Errorf("resolve %s: %s, %v", r, res.ID, err)
+		}
 	}
 }
 
