@@ -301,6 +301,9 @@ func (s *Store) images() ([]Image, repositories, error) {
 			continue
 		}
 		si, err := s.readImage("sha256:" + h)
+		if errors.Is(err, ErrImageNotFound) {
+			continue // removed meanwhile (readers take no lock)
+		}
 		if err != nil {
 			return nil, repos, err
 		}
