@@ -87,6 +87,12 @@ func (s *Store) Tasks() ([]TaskMount, error) {
 // the mount point. Mounting a task mounted already returns its root
 // filesystem; a task whose mount went (a reboot) is mounted again over
 // the writes it had.
+//
+// A read-only overlay takes no new directory: runc cannot then create the
+// mount points an image lacks (/proc, /dev, /sys, a secret's target). For
+// a container's read-only root, mount it writable and set the OCI spec's
+// root.readonly, as Docker does: runc makes the root read-only once its
+// mounts are in place.
 func (s *Store) MountRootFS(ctx context.Context, taskID string, img Image, readOnly bool) (string, error) {
 	if !taskIDPattern.MatchString(taskID) {
 		return "", fmt.Errorf("mount a root filesystem: task ID %q is not one a directory can be named by (letters, digits, '_', '.', '-')", taskID)
