@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +98,20 @@ func TestTaskRootFS(t *testing.T) {
 	if again, err := s.MountRootFS(ctx, "task1", img, false); err != nil || again != r1 {
 		t.Fatalf("mount task1 again: %q, %v; want %q", again, err, r1)
 	}
+	// The mount gone (a reboot), the record stays: mounted again over the
+	// writes it had.
+	must(t, os.WriteFile(filepath.Join(r2, "kept"), []byte("kept\n"), 0o644))
+	must(t, unix.Unmount(r2, 0))
+	if tasks, _ := s.Tasks(); len(tasks) != 2 || tasks[1].TaskID != "task2" || tasks[1].Mounted {
+		t.Fatalf("tasks after task2's mount went: %+v", tasks)
+	}
+	if again, err := s.MountRootFS(ctx, "task2", img, false); err != nil || again != r2 {
+		t.Fatalf("mount task2 again after its mount went: %q, %v", again, err)
+	}
+	if got := readFile(t, filepath.Join(r2, "kept")); got != "kept\n" {
+		t.Fatalf("task2's write after its mount came back: %q", got)
+	}
+	must(t, os.Remove(filepath.Join(r2, "kept")))
 	if got := readFile(t, filepath.Join(r1, "etc/conf")); got != "original\n" {
 		t.Fatalf("etc/conf in the task: %q", got)
 	}
@@ -490,5 +505,33 @@ func TestStoreLockAcrossOpens(t *testing.T) {
 	}
 	if _, err := s1.Resolve("test/lock:v1"); !errors.Is(err, ErrImageNotFound) {
 		t.Fatalf("the other open does not see the removal: %v", err)
+	}
+}
+
+// BenchmarkMountRootFS: mount and unmount a task's root filesystem (the
+// container runtime does both per task).
+func BenchmarkMountRootFS(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	s, err := Open(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := b.Context()
+	imgs, err := s.Load(ctx, saveTar(b, imageOf(b, "/x", layerOf(b, file("f", "x")), layerOf(b, file("g", "y"))), "test/bench:v1"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		id := "bench" + strconv.Itoa(i)
+		if _, err := s.MountRootFS(ctx, id, imgs[0], false); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.UnmountRootFS(ctx, id); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
