@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/shoal-cluster/shoal/internal/registrytest"
 )
 
 // TestImageCommands: `shoal image load|ls|df|rm|prune` on a node's image
@@ -120,4 +122,53 @@ func testLayer(t *testing.T, name, body string) v1.Layer {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// TestImagePull: `shoal image pull` fills the node's store from a real
+// registry, with the credentials of the Docker client config, and says
+// why when the registry refuses.
+func TestImagePull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the image store needs root")
+	}
+	reg := registrytest.StartT(t, registrytest.Options{Users: map[string]string{"alice": "right"}})
+	img, err := mutate.AppendLayers(empty.Image, testLayer(t, "pulled", "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ref, digest, err := reg.PushImage(ctx, img, "test/pulled:v1", "alice", "right")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	run := func(dockerConfig string, args ...string) (string, string, int) {
+		cmd := cliCommand(ctx, args...)
+		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+dockerConfig)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	}
+	_, errOut, code := run(t.TempDir(), "image", "pull", "--data-dir", data, ref)
+	if code != 1 || !strings.Contains(errOut, "the registry refused access") || !strings.Contains(errOut, "--with-registry-auth") {
+		t.Fatalf("pull without credentials: %d %q", code, errOut)
+	}
+	cfg, err := reg.DockerConfig(filepath.Join(t.TempDir(), "docker"), "alice", "right")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(cfg, "image", "pull", "--data-dir", data, ref)
+	if code != 0 || !strings.Contains(out, "Digest: "+reg.Host+"/test/pulled@"+digest) || !strings.Contains(errOut, "pulling 1/1 layers") {
+		t.Fatalf("pull: %d %q %q", code, out, errOut)
+	}
+	out, _, code = cli(t, "image", "ls", "--data-dir", data)
+	if code != 0 || !strings.Contains(out, reg.Host+"/test/pulled   v1") {
+		t.Fatalf("ls after the pull: %d %q", code, out)
+	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
 	"github.com/shoal-cluster/shoal/worker/imagestore"
@@ -44,6 +46,19 @@ func imageCommand(g *globalFlags) *cobra.Command {
 	}
 	load.Flags().BoolVar(&docker, "docker", false, "load into this machine's Docker Engine (the docker runtime's images), not the node's image store")
 	load.Flags().StringVar(&host, "docker-host", "", "the Docker Engine to load into, implies --docker (default $DOCKER_HOST, else the local socket)")
+
+	pull := &cobra.Command{
+		Use:   "pull IMAGE",
+		Short: "Pull an image from its registry into this node's image store",
+		Long: "Pull an image (name:tag, name@digest or name:tag@digest) from its registry into this node's\n" +
+			"image store, for this machine's platform, with the credentials the Docker client config holds for\n" +
+			"its registry (`docker login`), if any; a TLS registry's CA is trusted from\n" +
+			"/etc/docker/certs.d/HOST:PORT/, as the Docker Engine does. Tasks pull what they lack themselves:\n" +
+			"this fills a node ahead of them.\n\n" + imageHelp,
+		Args:    exactArgs(1, "image pull takes one IMAGE reference"),
+		PreRunE: refuseClientFlags("image pull pulls into this node's image store (see --data-dir)"),
+		RunE:    func(_ *cobra.Command, pos []string) error { return runImagePull(g.dataDir, pos[0]) },
+	}
 
 	var quiet bool
 	ls := &cobra.Command{
@@ -88,7 +103,7 @@ func imageCommand(g *globalFlags) *cobra.Command {
 		PreRunE: refuseClientFlags("image df reports on this node's image store (see --data-dir)"),
 		RunE:    func(*cobra.Command, []string) error { return runImageDF(g.dataDir) },
 	}
-	return group("image", "Manage this node's images (load, ls, rm, prune, df)", load, ls, rm, prune, df)
+	return group("image", "Manage this node's images (load, pull, ls, rm, prune, df)", load, pull, ls, rm, prune, df)
 }
 
 // openImageStore opens the image store of the node in dataDir. create
@@ -148,6 +163,39 @@ func runStoreLoad(dataDir, file string) error {
 		}
 	}
 	fmt.Fprintf(os.Stderr, "Loaded into the image store of this node only (%s): load it on every node that runs its tasks.\n", s.Root())
+	return nil
+}
+
+// runImagePull pulls ref into the node's store with the user's Docker
+// client credentials for its registry, if any.
+func runImagePull(dataDir, ref string) error {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return usagef("image pull: %q is not a valid image reference: %v", ref, err)
+	}
+	auth, err := authn.DefaultKeychain.Resolve(r.Context())
+	if err != nil {
+		return fmt.Errorf("image pull: read the Docker client config: %w", err)
+	}
+	if auth == authn.Anonymous {
+		auth = nil
+	}
+	s, err := openImageStore(dataDir, true)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx = imagestore.WithProgress(ctx, func(msg string) { fmt.Fprintln(os.Stderr, msg) })
+	img, err := s.Pull(ctx, ref, auth)
+	if err != nil {
+		return err
+	}
+	for _, d := range img.Digests {
+		fmt.Println("Digest:", imagestore.FamiliarRef(d))
+	}
+	fmt.Println("Pulled:", imagestore.FamiliarRef(r.Name()), img.ID)
 	return nil
 }
 
