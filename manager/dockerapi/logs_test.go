@@ -13,6 +13,8 @@ import (
 	"github.com/shoal-cluster/shoal/internal/pki"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestParseLogTime(t *testing.T) {
@@ -82,5 +84,47 @@ func TestLogsTimestamps(t *testing.T) {
 	s.ServeHTTP(w, r)
 	if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), `invalid since \"soon\"`) {
 		t.Fatalf("bad since: %d %s", w.Code, w.Body.String())
+	}
+}
+
+// flakyControl fails GetService as Unavailable a number of times first,
+// as a manager does while an election runs.
+type flakyControl struct {
+	logsControl
+	fails int
+	calls int
+}
+
+func (f *flakyControl) GetService(ctx context.Context, req *pb.GetServiceRequest, opts ...grpc.CallOption) (*pb.GetServiceResponse, error) {
+	f.calls++
+	if f.calls <= f.fails {
+		return nil, status.Error(codes.Unavailable, "this manager is not the Raft leader")
+	}
+	return f.logsControl.GetService(ctx, req, opts...)
+}
+
+// TestReadsWaitOutAnElection: a GET that fails as Unavailable is tried
+// again until it answers (within readRetry); one that keeps failing
+// answers 503.
+func TestReadsWaitOutAnElection(t *testing.T) {
+	for _, tc := range []struct {
+		fails, code int
+	}{
+		{2, http.StatusOK},
+		{1000, http.StatusServiceUnavailable},
+	} {
+		fc := &flakyControl{fails: tc.fails}
+		s := New(Config{Control: fc})
+		r := httptest.NewRequest(http.MethodGet, "/services/web", nil)
+		r = r.WithContext(WithClient(r.Context(), pki.Identity{Role: pki.RoleAdmin}))
+		w := httptest.NewRecorder()
+		start := time.Now()
+		s.ServeHTTP(w, r)
+		if w.Code != tc.code {
+			t.Fatalf("%d failures: status %d %s, want %d", tc.fails, w.Code, w.Body.String(), tc.code)
+		}
+		if tc.code == http.StatusServiceUnavailable && time.Since(start) < readRetry {
+			t.Fatalf("gave up after %s, before %s", time.Since(start), readRetry)
+		}
 	}
 }

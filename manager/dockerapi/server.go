@@ -161,10 +161,64 @@ type handler func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, h handler) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		if err := h(w, r); err != nil {
+		if err := s.retryReads(w, r, h); err != nil {
 			s.fail(w, r, err)
 		}
 	})
+}
+
+// readRetry bounds how long a read waits out an election: a manager that
+// stops leading while it answers fails the call as Unavailable, and the
+// CLI's wait loops (service create, stack deploy) give up on one error.
+const (
+	readRetry      = 5 * time.Second
+	readRetryPause = 100 * time.Millisecond
+)
+
+// retryReads runs a GET handler again while it fails as Unavailable (no
+// leader, or the leader changed under the call) before answering
+// anything, for up to readRetry. Writes are never retried here: the
+// router already resends them to a new leader under one request ID.
+func (s *Server) retryReads(w http.ResponseWriter, r *http.Request, h handler) error {
+	if r.Method != http.MethodGet {
+		return h(w, r)
+	}
+	deadline := time.Now().Add(readRetry)
+	for {
+		tw := &trackingWriter{ResponseWriter: w}
+		err := h(tw, r)
+		if err == nil || tw.wrote || status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-r.Context().Done():
+			return err
+		case <-time.After(readRetryPause):
+		}
+	}
+}
+
+// trackingWriter notes whether a handler has answered.
+type trackingWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (t *trackingWriter) WriteHeader(code int) {
+	t.wrote = true
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *trackingWriter) Write(b []byte) (int, error) {
+	t.wrote = true
+	return t.ResponseWriter.Write(b)
+}
+
+// Flush passes a streaming handler's flushes on.
+func (t *trackingWriter) Flush() {
+	if f, ok := t.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func (s *Server) routes() {
