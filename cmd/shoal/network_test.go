@@ -44,6 +44,24 @@ func TestNetworkCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "Driver:    overlay\nLabels:    team=a\n") || !strings.Contains(out, "Services:  app_api\n") {
 		t.Errorf("inspect --pretty: exit %d:\n%s", code, out)
 	}
+	// service create --network and update --network-rm/--network-add.
+	svc := func(args ...string) []string { return append(append([]string{"service", args[0]}, host...), args[1:]...) }
+	if code, out, errOut := captureRun(t, svc("create", "--detach", "--name", "app_web", "--network", "name=backend,alias=web,alias=front", "/bin/app")...); code != 0 {
+		t.Fatalf("service create --network: exit %d %s %s", code, out, errOut)
+	}
+	web, err := api.GetService(context.Background(), &pb.GetServiceRequest{Ref: "app_web"})
+	if att := web.GetService().GetSpec().GetTask().GetNetworks(); err != nil || len(att) != 1 || att[0].GetNetworkId() != id || strings.Join(att[0].GetAliases(), ",") != "web,front" {
+		t.Fatalf("app_web attached as %v (%v)", att, err)
+	}
+	if code, out, errOut := captureRun(t, svc("update", "--detach", "--network-rm", "backend", "app_web")...); code != 0 {
+		t.Fatalf("service update --network-rm: exit %d %s %s", code, out, errOut)
+	}
+	if web, _ = api.GetService(context.Background(), &pb.GetServiceRequest{Ref: "app_web"}); len(web.GetService().GetSpec().GetTask().GetNetworks()) != 0 {
+		t.Fatalf("app_web still attached: %v", web.GetService().GetSpec().GetTask().GetNetworks())
+	}
+	if code, _, errOut := captureRun(t, svc("create", "--detach", "--network", "name=backend,driver-opt=x", "/bin/app")...); code != 2 || !strings.Contains(errOut, `"driver-opt=x" is not a field Shoal takes`) {
+		t.Fatalf("--network with a driver option: exit %d %s", code, errOut)
+	}
 	code, _, errOut = captureRun(t, cmd("rm", "backend")...)
 	if code != 1 || !strings.Contains(errOut, "network backend is in use by service app_api") {
 		t.Errorf("rm in use: exit %d, stderr %q", code, errOut)

@@ -15,22 +15,28 @@ import (
 )
 
 // portFlags are --publish (create), --publish-add and --publish-rm
-// (update), and --endpoint-mode.
+// (update), and --endpoint-mode; and the networks, --network (create),
+// --network-add and --network-rm (update).
 type portFlags struct {
 	publish               []string
 	publishAdd, publishRm []string
 	endpointMode          string
+	network               []string
+	networkAdd, networkRm []string
 }
 
 func (f *portFlags) registerCreate(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a `port`: PUBLISHED:TARGET[/udp] or published=P,target=T[,protocol=udp][,mode=host][,local=true][,proxy-protocol=true] (repeatable); local: each node sends connections only to its own tasks, which see the client's address; proxy-protocol: the mesh's proxy sends tasks a PROXY v2 header")
 	fs.StringVar(&f.endpointMode, "endpoint-mode", "vip", "how the service is reached: vip or dnsrr")
+	fs.StringArrayVar(&f.network, "network", nil, "attach to a `network`: NAME or name=NAME[,alias=A]... (repeatable); every service reaches every other through the mesh, a network gives the service its aliases as DNS names")
 }
 
 func (f *portFlags) registerUpdate(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.publishAdd, "publish-add", nil, "publish a `port`, as --publish of create: PUBLISHED:TARGET[/udp] (repeatable)")
 	fs.StringArrayVar(&f.publishRm, "publish-rm", nil, "stop publishing a `port`: TARGET[/PROTOCOL] or PUBLISHED:TARGET[/PROTOCOL] (repeatable)")
 	fs.StringVar(&f.endpointMode, "endpoint-mode", "", "how the service is reached: vip or dnsrr")
+	fs.StringArrayVar(&f.networkAdd, "network-add", nil, "attach to a `network`, as --network of create: NAME or name=NAME[,alias=A]... (repeatable)")
+	fs.StringArrayVar(&f.networkRm, "network-rm", nil, "detach from a `network` (NAME; repeatable)")
 }
 
 func (f *portFlags) create(spec *pb.ServiceSpec, set map[string]bool) error {
@@ -40,6 +46,13 @@ func (f *portFlags) create(spec *pb.ServiceSpec, set map[string]bool) error {
 			return err
 		}
 		endpoint(spec).Ports = append(endpoint(spec).Ports, port)
+	}
+	for _, s := range f.network {
+		a, err := parseNetwork("--network", s)
+		if err != nil {
+			return err
+		}
+		spec.Task.Networks = append(spec.Task.Networks, a)
 	}
 	return f.applyMode(spec, set)
 }
@@ -72,7 +85,54 @@ func (f *portFlags) update(spec *pb.ServiceSpec, set map[string]bool) error {
 		})
 		e.Ports = append(e.Ports, port)
 	}
+	for _, s := range f.networkRm {
+		before := len(spec.Task.Networks)
+		spec.Task.Networks = slices.DeleteFunc(spec.Task.Networks, func(a *pb.NetworkAttachment) bool {
+			return a.GetNetworkName() == s || a.GetNetworkId() == s
+		})
+		if len(spec.Task.Networks) == before {
+			return fmt.Errorf("--network-rm %s: the service is not attached to that network", s)
+		}
+	}
+	for _, s := range f.networkAdd {
+		a, err := parseNetwork("--network-add", s)
+		if err != nil {
+			return err
+		}
+		// Attached again: the new aliases replace the old.
+		spec.Task.Networks = slices.DeleteFunc(spec.Task.Networks, func(o *pb.NetworkAttachment) bool {
+			return o.GetNetworkName() == a.GetNetworkName() || o.GetNetworkId() == a.GetNetworkName()
+		})
+		spec.Task.Networks = append(spec.Task.Networks, a)
+	}
 	return f.applyMode(spec, set)
+}
+
+// parseNetwork reads a network attachment: NAME, or name=NAME (also
+// target=) with alias=A fields (repeatable), as Docker's --network.
+func parseNetwork(flagName, s string) (*pb.NetworkAttachment, error) {
+	if !strings.Contains(s, "=") {
+		if s == "" {
+			return nil, usagef("%s: give a network name", flagName)
+		}
+		return &pb.NetworkAttachment{NetworkName: s}, nil
+	}
+	a := &pb.NetworkAttachment{}
+	for _, field := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(field, "=")
+		switch {
+		case (k == "name" || k == "target") && v != "":
+			a.NetworkName = v
+		case k == "alias" && v != "":
+			a.Aliases = append(a.Aliases, v)
+		default:
+			return nil, usagef("%s %q: use NAME or name=NAME[,alias=A]... (%q is not a field Shoal takes: driver options are not supported)", flagName, s, field)
+		}
+	}
+	if a.NetworkName == "" {
+		return nil, usagef("%s %q: give the network's name=", flagName, s)
+	}
+	return a, nil
 }
 
 func (f *portFlags) applyMode(spec *pb.ServiceSpec, set map[string]bool) error {
