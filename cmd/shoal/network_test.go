@@ -45,7 +45,9 @@ func TestNetworkCommands(t *testing.T) {
 		t.Errorf("inspect --pretty: exit %d:\n%s", code, out)
 	}
 	// service create --network and update --network-rm/--network-add.
-	svc := func(args ...string) []string { return append(append([]string{"service", args[0]}, host...), args[1:]...) }
+	svc := func(args ...string) []string {
+		return append(append([]string{"service", args[0]}, host...), args[1:]...)
+	}
 	if code, out, errOut := captureRun(t, svc("create", "--detach", "--name", "app_web", "--network", "name=backend,alias=web,alias=front", "/bin/app")...); code != 0 {
 		t.Fatalf("service create --network: exit %d %s %s", code, out, errOut)
 	}
