@@ -4,12 +4,18 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
+	"net/netip"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -117,4 +123,92 @@ func lookupIn(ctx context.Context, nsPath string, resolvConf []byte, name string
 		return c, err
 	}}
 	return r.LookupHost(ctx, name)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// outsideNS makes a namespace that stands for a host beyond the node's
+// uplink: a veth pair, 10.252.<x>.1/30 on the host, .2 in the namespace.
+// It returns the namespace's path and address; the namespace has no route
+// to the task subnets (only masqueraded traffic can come back).
+func outsideNS(t *testing.T) (string, string) {
+	t.Helper()
+	x := byte(rand.IntN(250))
+	path := filepath.Join(t.TempDir(), "outside")
+	if err := newNetNS(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unmountNetNS(path) })
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	name := "shto" + strconv.Itoa(int(x))
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "up0", PeerNamespace: netlink.NsFd(int(nsh))}
+	if err := netlink.LinkAdd(v); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(v) })
+	hostP := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 252, x, 1}), 30)
+	peerP := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 252, x, 2}), 30)
+	if err := netlink.AddrAdd(v, &netlink.Addr{IPNet: ipNet(hostP)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(v); err != nil {
+		t.Fatal(err)
+	}
+	err = inNS(path, func() error {
+		l, err := netlink.LinkByName("up0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(peerP)}); err != nil {
+			return err
+		}
+		if lo, err := netlink.LinkByName("lo"); err == nil {
+			_ = netlink.LinkSetUp(lo)
+		}
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, peerP.Addr().String()
+}
+
+// listenPeer serves "outside" on addr in a namespace; last returns the
+// last client's address.
+func listenPeer(t *testing.T, nsPath, addr string) (_ string, last func() string) {
+	t.Helper()
+	var ln net.Listener
+	err := inNS(nsPath, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	var peer string
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			peer = c.RemoteAddr().(*net.TCPAddr).IP.String()
+			mu.Unlock()
+			_, _ = io.WriteString(c, "outside\n")
+			_ = c.Close()
+		}
+	}()
+	return ln.Addr().String(), func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return peer
+	}
 }

@@ -49,14 +49,19 @@ func testSubnet(i int) netip.Prefix {
 // newTestNetwork makes a network on subnet i and destroys it at the end.
 func newTestNetwork(t *testing.T, i int, dns netip.AddrPort) (*Network, Config) {
 	t.Helper()
+	return newTestNetworkOn(t, testSubnet(i), dns)
+}
+
+func newTestNetworkOn(t *testing.T, subnet netip.Prefix, dns netip.AddrPort) (*Network, Config) {
+	t.Helper()
 	requireRoot(t)
-	cfg := Config{Subnet: testSubnet(i), DNS: dns, StateDir: filepath.Join(t.TempDir(), "tasknet"),
+	cfg := Config{Subnet: subnet, DNS: dns, StateDir: filepath.Join(t.TempDir(), "tasknet"),
 		Log: slog.New(slog.DiscardHandler)}
 	n, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = DestroyState(context.Background(), cfg.StateDir, nil) })
+	t.Cleanup(func() { _ = DestroyState(context.Background(), cfg.StateDir, slog.New(slog.DiscardHandler)) })
 	return n, cfg
 }
 
@@ -168,3 +173,268 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestTasksReachEachOtherAndTheHost checks two tasks on one bridge reach
+// each other (by their own addresses) and the host, and that traffic
+// leaving the subnet is masqueraded (the host's server outside the subnet
+// sees a host address, not the task's).
+func TestTasksReachEachOtherAndTheHost(t *testing.T) {
+	n, cfg := newTestNetwork(t, 2, netip.AddrPort{})
+	ctx := context.Background()
+	a, err := n.Attach(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.Attach(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.IP == b.IP {
+		t.Fatalf("both tasks have %s", a.IP)
+	}
+	bAddr := listenOn(t, b.NetNSPath, b.IP.String()+":8080", "b")
+	if got, err := dialIn(a.NetNSPath, bAddr); err != nil || got != "b" {
+		t.Fatalf("a -> b %s: %q, %v", bAddr, got, err)
+	}
+	aAddr := listenOn(t, a.NetNSPath, "0.0.0.0:8080", "a")
+	_ = aAddr
+	if got, err := dialIn(b.NetNSPath, a.IP.String()+":8080"); err != nil || got != "a" {
+		t.Fatalf("b -> a: %q, %v", got, err)
+	}
+	// The host reaches a task directly (the mesh dials tasks so).
+	if got, err := dialIn("", bAddr); err != nil || got != "b" {
+		t.Fatalf("host -> b %s: %q, %v", bAddr, got, err)
+	}
+	// The outside: a host beyond the uplink, with no route back to the
+	// subnet: tasks reach it, masqueraded to the host's address.
+	outPath, outIP := outsideNS(t)
+	ln, peer := listenPeer(t, outPath, outIP+":0")
+	for _, task := range []Attachment{a, b} {
+		if got, err := dialIn(task.NetNSPath, ln); err != nil || got != "outside" {
+			t.Fatalf("task %s -> outside %s: %q, %v", task.IP, ln, got, err)
+		}
+		if p := peer(); cfg.Subnet.Contains(netip.MustParseAddr(p)) {
+			t.Fatalf("the outside saw the task's own address %s: not masqueraded", p)
+		}
+	}
+}
+
+// TestRestartKeepsAllocations checks a second New on the same state (an
+// agent restart) adopts the bridge and keeps every task's address and
+// namespace, that Detach frees an address (and is idempotent), and that
+// a namespace lost while the agent was away (a reboot) is made again with
+// the same address.
+func TestRestartKeepsAllocations(t *testing.T) {
+	// A /28: 13 addresses for tasks.
+	n, cfg := newTestNetworkOn(t, netip.PrefixFrom(testSubnet(6).Addr(), 28), netip.AddrPort{})
+	ctx := context.Background()
+	a, err := n.Attach(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.Attach(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bAddr := listenOn(t, b.NetNSPath, b.IP.String()+":8080", "b")
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Attach(ctx, "c"); err == nil {
+		t.Fatal("attach on a closed network succeeded")
+	}
+
+	n2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n2.Attached(); len(got) != 2 || got["a"] != a.IP || got["b"] != b.IP {
+		t.Fatalf("after restart: %v", got)
+	}
+	// The task's namespace and veth were left alone: its connections work.
+	if got, err := dialIn(a.NetNSPath, bAddr); err != nil || got != "b" {
+		t.Fatalf("a -> b after restart: %q, %v", got, err)
+	}
+	a2, err := n2.Attach(ctx, "a")
+	if err != nil || a2.IP != a.IP || a2.NetNSPath != a.NetNSPath {
+		t.Fatalf("attach a after restart: %+v, %v; before %+v", a2, err, a)
+	}
+
+	// Detach frees: b's namespace and veth go; the address is free again.
+	for range 2 {
+		if err := n2.Detach(ctx, "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if isNetNS(b.NetNSPath) {
+		t.Fatalf("%s still a namespace after detach", b.NetNSPath)
+	}
+	if _, err := os.Stat(b.NetNSPath); !os.IsNotExist(err) {
+		t.Fatalf("%s left after detach: %v", b.NetNSPath, err)
+	}
+	host, _ := vethNames(cfg.Bridge, "b")
+	if _, err := netlink.LinkByName(host); err == nil {
+		t.Fatalf("veth %s left after detach", host)
+	}
+	if _, ok := n2.Attached()["b"]; ok {
+		t.Fatal("b still has an address after detach")
+	}
+	// The freed address is handed out again once the others are used.
+	seen := map[netip.Addr]bool{}
+	for i := range 12 {
+		c, err := n2.Attach(ctx, "c"+itoa(i))
+		if err != nil {
+			t.Fatalf("attach #%d: %v", i, err)
+		}
+		if seen[c.IP] || c.IP == a.IP {
+			t.Fatalf("attach #%d got %s twice", i, c.IP)
+		}
+		seen[c.IP] = true
+	}
+	if !seen[b.IP] {
+		t.Fatalf("b's freed address %s was never handed out again", b.IP)
+	}
+	if _, err := n2.Attach(ctx, "one-too-many"); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("attach to a full subnet: %v", err)
+	}
+
+	// A namespace lost while the agent was away is made again.
+	if err := unmountNetNS(a.NetNSPath); err != nil {
+		t.Fatal(err)
+	}
+	a3, err := n2.Attach(ctx, "a")
+	if err != nil || a3.IP != a.IP {
+		t.Fatalf("attach a after its namespace was lost: %+v, %v", a3, err)
+	}
+	echo(t, a3, a.IP.String())
+}
+
+// TestDestroyLeavesNothing checks Destroy removes the bridge, the veths,
+// the namespace files, the nftables table, the firewall's accept rules,
+// the peer routes and the state, and that several networks in one kernel
+// (in-process nodes) keep apart: each its own bridge and table, and
+// destroying one leaves the other working.
+func TestDestroyLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	n1, cfg1 := newTestNetwork(t, 7, netip.AddrPort{})
+	n2, cfg2 := newTestNetwork(t, 8, netip.AddrPort{})
+	if n1.Bridge() == n2.Bridge() || n1.Table() == n2.Table() {
+		t.Fatalf("two networks share %s / %s", n1.Bridge(), n1.Table())
+	}
+	a1, err := n1.Attach(ctx, "same-task-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := n2.Attach(ctx, "same-task-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Tasks of two nodes on one kernel reach each other (their bridges
+	// are both local: no peer route needed, and none is installed).
+	addr2 := listenOn(t, a2.NetNSPath, a2.IP.String()+":8080", "n2")
+	if got, err := dialIn(a1.NetNSPath, addr2); err != nil || got != "n2" {
+		t.Fatalf("n1 task -> n2 task: %q, %v", got, err)
+	}
+	if err := n1.SetPeerRoutes(ctx, map[netip.Prefix]netip.Addr{cfg2.Subnet: netip.MustParseAddr("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	if r := n1.PeerRoutes(); len(r) != 0 {
+		t.Fatalf("peer routes for local subnets: %v", r)
+	}
+
+	if err := n1.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName(cfg1.Bridge); err == nil {
+		t.Fatalf("bridge %s left", cfg1.Bridge)
+	}
+	if _, err := os.Stat(cfg1.StateDir); !os.IsNotExist(err) {
+		t.Fatalf("state dir %s left: %v", cfg1.StateDir, err)
+	}
+	tables, _ := exec.Command("nft", "list", "tables").CombinedOutput()
+	if strings.Contains(string(tables), TableName(cfg1.Bridge)+"\n") {
+		t.Fatalf("table %s left:\n%s", TableName(cfg1.Bridge), tables)
+	}
+	if !strings.Contains(string(tables), TableName(cfg2.Bridge)) {
+		t.Fatalf("the other network's table %s is gone:\n%s", TableName(cfg2.Bridge), tables)
+	}
+	if fw, err := exec.Command("iptables", "-w", "-S", "FORWARD").CombinedOutput(); err == nil && strings.Contains(string(fw), "shoal tasknet "+cfg1.Bridge+"\"") {
+		t.Fatalf("accept rules left:\n%s", fw)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), cfg1.StateDir) {
+		t.Fatalf("namespace mounts left under %s", cfg1.StateDir)
+	}
+	// The other network is untouched.
+	echo(t, a2, a2.IP.String())
+	if got, err := dialIn("", addr2); err != nil || got != "n2" {
+		t.Fatalf("host -> n2 task after n1 was destroyed: %q, %v", got, err)
+	}
+	if err := n1.Destroy(ctx); err != nil {
+		t.Fatalf("second destroy: %v", err)
+	}
+}
+
+// TestNodeWaitsForSubnet checks a Node: Attach waits until the managers
+// hand the node its subnet, peer routes given before are kept, and a node
+// restarted on the same state is ready at once with the same subnet.
+func TestNodeWaitsForSubnet(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "tasknet")
+	t.Cleanup(func() { _ = DestroyState(context.Background(), dir, slog.New(slog.DiscardHandler)) })
+	nd, err := NewNode(ctx, Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := nd.Attach(short, "early"); err == nil || !strings.Contains(err.Error(), "not handed this node a task subnet") {
+		t.Fatalf("attach before the subnet: %v", err)
+	}
+	if err := nd.SetPeerRoutes(ctx, map[netip.Prefix]netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Attachment, 1)
+	go func() {
+		a, err := nd.Attach(ctx, "waits")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- a
+	}()
+	subnet := testSubnet(9)
+	if err := nd.SetSubnet(ctx, subnet); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if !subnet.Contains(a.IP) {
+		t.Fatalf("attached at %s, subnet %s", a.IP, subnet)
+	}
+	if err := nd.SetSubnet(ctx, subnet); err != nil {
+		t.Fatalf("same subnet again: %v", err)
+	}
+	if err := nd.SetSubnet(ctx, testSubnet(10)); err == nil || !strings.Contains(err.Error(), "attached") {
+		t.Fatalf("another subnet while a task is attached: %v", err)
+	}
+	if err := nd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	nd2, err := NewNode(ctx, Config{StateDir: dir, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-nd2.Ready():
+	default:
+		t.Fatal("a node with a kept subnet is not ready at once")
+	}
+	if got := nd2.Network().Attached()["waits"]; got != a.IP {
+		t.Fatalf("after restart the task has %s, want %s", got, a.IP)
+	}
+	if err := nd2.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName(BridgeName(subnet)); err == nil {
+		t.Fatal("bridge left after the node's network was destroyed")
+	}
+}
