@@ -369,7 +369,7 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 	var taskNet *tasknet.Node
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
 		taskNet = newTaskNetwork(cfg.DataDir, cfg.Logger)
-		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), cfg.Logger)
+		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), taskNet, cfg.Logger)
 	}
 	wcfg.TaskNetwork = func() *tasknet.Node { return taskNet }
 	return wcfg, nil

@@ -56,7 +56,10 @@ func newTaskNetwork(dataDir string, log *slog.Logger) *tasknet.Node {
 
 // newRuntimes builds the runtimes a worker offers: always the process
 // runtime, and the docker runtime when the local Docker Engine answers.
-func newRuntimes(dataDir, advertiseIP, dnsAddr string, log *slog.Logger) ([]worker.Runtime, error) {
+// taskNet is the node's task network (nil without one), for runtimes that
+// give tasks their own network namespaces.
+func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, log *slog.Logger) ([]worker.Runtime, error) {
+	_ = taskNet // the container runtime's
 	proc, err := process.New(process.Config{
 		Dir:               filepath.Join(dataDir, "worker", "process"),
 		AdvertiseIP:       advertiseIP,
