@@ -162,7 +162,7 @@ func unmountNetNS(path string) error {
 }
 
 // plumb makes whatever of a task's namespace, veth, address and routes is
-// missing. n.mu is held.
+// missing. The task's lock is held.
 func (n *Network) plumb(_ context.Context, taskID string, ip netip.Addr) error {
 	path := n.NetNSPath(taskID)
 	hostName, peerName := vethNames(n.cfg.Bridge, taskID)
@@ -290,7 +290,8 @@ func (n *Network) plumbed(path, hostName string, ip netip.Addr) bool {
 	return err == nil
 }
 
-// unplumb removes a task's veth and namespace file. n.mu is held.
+// unplumb removes a task's veth and namespace file. The task's lock (or
+// every task's) is held.
 func (n *Network) unplumb(taskID string) error {
 	hostName, _ := vethNames(n.cfg.Bridge, taskID)
 	var errs []error

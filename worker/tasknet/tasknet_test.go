@@ -63,6 +63,7 @@ func newTestNetworkOn(t *testing.T, subnet netip.Prefix, dns netip.AddrPort) (*N
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = DestroyState(context.Background(), cfg.StateDir, slog.New(slog.DiscardHandler)) })
+	cfg.Bridge = n.Bridge() // as New derived it
 	return n, cfg
 }
 
