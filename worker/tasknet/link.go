@@ -321,7 +321,7 @@ func destroyKernelState(ctx context.Context, bridge string, routes map[netip.Pre
 	if err := removeForwardAccept(ctx, bridge); err != nil {
 		log.Warn("remove the firewall's accept rules", "err", err)
 	}
-	if l, err := netlink.LinkByName(bridge); err == nil {
+	if l, err := netlink.LinkByName(bridge); err == nil && l.Type() == "bridge" {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("tasknet: delete bridge %s: %w", bridge, err))
 		}

@@ -515,3 +515,34 @@ func TestPeerRoutes(t *testing.T) {
 		t.Fatal("the other node's task is still reachable after its route went")
 	}
 }
+
+// TestNodeFailsFastWithoutNetwork checks a task waiting for the network
+// hears at once why it could not be made, and a later SetSubnet that
+// succeeds serves it.
+func TestNodeFailsFastWithoutNetwork(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "tasknet")
+	t.Cleanup(func() { _ = DestroyState(context.Background(), dir, slog.New(slog.DiscardHandler)) })
+	// "lo" is no bridge: New refuses it.
+	nd, err := NewNode(ctx, Config{StateDir: dir, Bridge: "lo", Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := nd.Attach(ctx, "waits")
+		errc <- err
+	}()
+	if err := nd.SetSubnet(ctx, testSubnet(17)); err == nil {
+		t.Fatal("SetSubnet with lo as the bridge succeeded")
+	}
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "not a bridge") {
+			t.Fatalf("waiting attach: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting attach did not hear of the failure")
+	}
+}
