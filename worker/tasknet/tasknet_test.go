@@ -546,3 +546,44 @@ func TestNodeFailsFastWithoutNetwork(t *testing.T) {
 		t.Fatal("the waiting attach did not hear of the failure")
 	}
 }
+
+// TestSubnetOfAnotherNodeRefused checks a second node on this host given
+// the same subnet (two clusters with one pool) is refused, saying what to
+// do, and leaves the first's bridge and tasks alone.
+func TestSubnetOfAnotherNodeRefused(t *testing.T) {
+	n, cfg := newTestNetwork(t, 18, netip.AddrPort{})
+	a, err := n.Attach(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := Config{Subnet: cfg.Subnet, StateDir: filepath.Join(t.TempDir(), "other"), Log: slog.New(slog.DiscardHandler)}
+	if _, err := New(context.Background(), other); err == nil || !strings.Contains(err.Error(), "belongs to another node") || !strings.Contains(err.Error(), "--task-subnet-pool") {
+		t.Fatalf("second node on the same subnet: %v", err)
+	}
+	echo(t, a, a.IP.String())
+	// The owner itself adopts it again.
+	if _, err := New(context.Background(), cfg); err != nil {
+		t.Fatalf("the owner again: %v", err)
+	}
+}
+
+// TestStaleBridgeAdopted checks a bridge left by a node whose state is
+// gone (a killed test cluster) is taken over by the next node with its
+// subnet.
+func TestStaleBridgeAdopted(t *testing.T) {
+	_, cfg := newTestNetwork(t, 19, netip.AddrPort{})
+	if err := os.RemoveAll(cfg.StateDir); err != nil { // as if its cluster were killed and its dir removed
+		t.Fatal(err)
+	}
+	next := Config{Subnet: cfg.Subnet, StateDir: filepath.Join(t.TempDir(), "next"), Log: slog.New(slog.DiscardHandler)}
+	t.Cleanup(func() { _ = DestroyState(context.Background(), next.StateDir, slog.New(slog.DiscardHandler)) })
+	n, err := New(context.Background(), next)
+	if err != nil {
+		t.Fatalf("a node on a stale bridge's subnet: %v", err)
+	}
+	a, err := n.Attach(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, a, a.IP.String())
+}
