@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/poll"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
 
 // shoalBin is the binary under test, built once in TestMain.
@@ -91,6 +92,26 @@ func freePort(t *testing.T, ips ...string) int {
 	return 0
 }
 
+// taskPoolSalt spreads the task subnet pools of this test process's
+// clusters from those of other processes on the host.
+var taskPoolSalt = rand.IntN(100)
+
+// withTaskPool gives a daemon command its cluster's task subnet pool, a
+// /16 of 10.120-219 chosen from the cluster's port (tests/ takes
+// 10.20-119), unless the test gives one: clusters sharing this host never
+// share a subnet, hence a bridge.
+func withTaskPool(port int, args []string) []string {
+	if len(args) == 0 || slices.Contains(args, "--task-subnet-pool") {
+		return args
+	}
+	switch args[0] {
+	case "init", "join", "start":
+		pool := fmt.Sprintf("10.%d.0.0/16", 120+(port*7+taskPoolSalt)%100)
+		return append([]string{args[0], "--task-subnet-pool", pool}, args[1:]...)
+	}
+	return args
+}
+
 // startDaemon runs `shoal <args>` in the background and stops it with the test.
 func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...string) *node {
 	t.Helper()
@@ -99,7 +120,7 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(shoalBin, args...)
+	cmd := exec.Command(shoalBin, withTaskPool(port, args)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -113,7 +134,8 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 		// resolver address to lo; a killed node leaves it there.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		mesh.RemoveNodeContainerAddrs(ctx, dataDir)
-		mesh.RemoveNodeTable(ctx, dataDir) // and a killed node its mesh's nftables table
+		mesh.RemoveNodeTable(ctx, dataDir)      // and a killed node its mesh's nftables table
+		tasknet.RemoveNodeNetwork(ctx, dataDir) // a stopped worker leaves its task network for a restart
 		cancel()
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
