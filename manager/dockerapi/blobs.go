@@ -192,14 +192,22 @@ const tasksStopWait = 60 * time.Second
 // secret or config once no service uses it, and `docker stack rm` removes
 // a stack's secrets and configs right after its services. The tasks stop
 // within their stop grace period; Shoal keeps an object until they have.
+// A remove whose outcome is unknown (the leader changed under it) is
+// tried again, and "not found" then means the first one did it.
 func whenTasksStopped(ctx context.Context, remove func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, tasksStopWait)
 	defer cancel()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	unknown := false
 	for {
 		err := remove()
-		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), controlapi.StillUsedByTasks) {
+		switch {
+		case unknown && isNotFound(err):
+			return nil
+		case status.Code(err) == codes.Unavailable:
+			unknown = true
+		case status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), controlapi.StillUsedByTasks):
 			return err
 		}
 		select {

@@ -128,3 +128,33 @@ func TestReadsWaitOutAnElection(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveRetries: a remove refused while tasks still stop, or whose
+// outcome is unknown, is tried again; "not found" after an unknown
+// outcome is success; other refusals answer at once.
+func TestRemoveRetries(t *testing.T) {
+	tasks := status.Error(codes.FailedPrecondition, `secret "s" is still used by 1 running task; retry once they have stopped`)
+	unknown := status.Error(codes.Unavailable, "leadership lost while the write was in flight; its outcome is unknown")
+	gone := status.Error(codes.NotFound, "no secret")
+	inUse := status.Error(codes.FailedPrecondition, "in use by service web")
+	for _, tc := range []struct {
+		name    string
+		answers []error
+		want    codes.Code
+		calls   int
+	}{
+		{"tasks stop", []error{tasks, tasks, nil}, codes.OK, 3},
+		{"unknown outcome, then gone", []error{unknown, gone}, codes.OK, 2},
+		{"not found at first", []error{gone}, codes.NotFound, 1},
+		{"in use by a service", []error{inUse}, codes.FailedPrecondition, 1},
+	} {
+		calls := 0
+		err := whenTasksStopped(context.Background(), func() error {
+			calls++
+			return tc.answers[min(calls, len(tc.answers))-1]
+		})
+		if status.Code(err) != tc.want || calls != tc.calls {
+			t.Errorf("%s: %v after %d calls, want %v after %d", tc.name, err, calls, tc.want, tc.calls)
+		}
+	}
+}

@@ -192,7 +192,10 @@ func (s *Server) removeNetwork(w http.ResponseWriter, r *http.Request) error {
 	if isMesh(ref) {
 		return &apiError{code: http.StatusForbidden, msg: meshNetworkName + " is a pre-defined network (Shoal's routing mesh) and cannot be removed"}
 	}
-	if _, err := s.cfg.Control.RemoveNetwork(r.Context(), &pb.RemoveNetworkRequest{Ref: ref}); err != nil {
+	if err := whenTasksStopped(r.Context(), func() error {
+		_, err := s.cfg.Control.RemoveNetwork(r.Context(), &pb.RemoveNetworkRequest{Ref: ref})
+		return err
+	}); err != nil {
 		if isNotFound(err) {
 			return notFound("network %s not found", ref)
 		}
