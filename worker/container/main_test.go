@@ -146,7 +146,7 @@ var (
 )
 
 // taskImage is a directory with the conformance task program, static, as
-// /conformance-task, and a passwd with a user "app" (uid 1000): an image
+// /conformance-task, the isolation tests' /probe, and a passwd with a user "app" (uid 1000): an image
 // FROM scratch, as it were. Built once per test binary.
 func taskImage(t *testing.T) string {
 	t.Helper()
@@ -161,6 +161,12 @@ func taskImage(t *testing.T) string {
 			"github.com/shoal-cluster/shoal/worker/runtimetest/cmd/conformance-task")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
+			taskImageErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		probe := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, "probe"), "./testdata/probe")
+		probe.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := probe.CombinedOutput(); err != nil {
 			taskImageErr = fmt.Errorf("go build: %v\n%s", err, out)
 			return
 		}

@@ -68,8 +68,10 @@ const (
 	// exit to be recorded before it kills runc itself.
 	killWait = 5 * time.Second
 	// runcTimeout bounds one runc command (kill, delete, state).
-	runcTimeout = 30 * time.Second
-	pollInterval = 50 * time.Millisecond
+	runcTimeout  = 30 * time.Second
+	// startTimeout bounds how long Start waits for runc to start the
+	// container.
+	startTimeout = 30 * time.Second
 )
 
 // Config configures a container runtime.
@@ -424,7 +426,39 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if !r.prepared(id) {
 		return notFound(id)
 	}
-	return r.inner.Start(ctx, id)
+	if err := r.inner.Start(ctx, id); err != nil {
+		return err
+	}
+	return r.waitRunning(ctx, id)
+}
+
+// waitRunning waits until runc has started the container's process (its
+// state is saved and its exec FIFO gone), or the task has exited.
+func (r *Runtime) waitRunning(ctx context.Context, id string) error {
+	deadline := time.NewTimer(startTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	state := filepath.Join(r.runcRoot, id)
+	for {
+		if fileExistsAt(filepath.Join(state, "state.json")) && !fileExistsAt(filepath.Join(state, "exec.fifo")) {
+			return nil
+		}
+		info, err := r.inner.Inspect(ctx, id)
+		if err != nil {
+			return r.mapErr(id, err)
+		}
+		if info.State == worker.RunExited {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("start task %s: %w", id, ctx.Err())
+		case <-deadline.C:
+			return fmt.Errorf("start task %s: runc did not start its container within %s", id, startTimeout)
+		case <-tick.C:
+		}
+	}
 }
 
 // Wait blocks until the task has exited and returns how.
