@@ -68,7 +68,7 @@ const (
 	// exit to be recorded before it kills runc itself.
 	killWait = 5 * time.Second
 	// runcTimeout bounds one runc command (kill, delete, state).
-	runcTimeout  = 30 * time.Second
+	runcTimeout = 30 * time.Second
 	// startTimeout bounds how long Start waits for runc to start the
 	// container.
 	startTimeout = 30 * time.Second
