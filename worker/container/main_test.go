@@ -216,10 +216,14 @@ func testConfig(t testing.TB, dir string, imgs Images) Config {
 
 // newStateDir is a fresh state directory whose tasks are all removed when
 // the test ends.
-func newStateDir(t *testing.T, imgs Images) string {
+func newStateDir(t *testing.T, imgs Images, opts ...func(*Config)) string {
 	dir := filepath.Join(t.TempDir(), "container")
 	t.Cleanup(func() {
-		r, err := New(testConfig(t, dir, imgs))
+		cfg := testConfig(t, dir, imgs)
+		for _, o := range opts {
+			o(&cfg)
+		}
+		r, err := New(cfg)
 		if err != nil {
 			t.Errorf("cleanup: %v", err)
 			return
@@ -239,9 +243,13 @@ func newStateDir(t *testing.T, imgs Images) string {
 	return dir
 }
 
-func newRuntime(t *testing.T, dir string, imgs Images) *Runtime {
+func newRuntime(t *testing.T, dir string, imgs Images, opts ...func(*Config)) *Runtime {
 	t.Helper()
-	r, err := New(testConfig(t, dir, imgs))
+	cfg := testConfig(t, dir, imgs)
+	for _, o := range opts {
+		o(&cfg)
+	}
+	r, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -255,4 +263,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 	defer func() { _ = recover() }() // a log line after the test ended
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// withNetwork puts the runtime's tasks on a task network.
+func withNetwork(n Network) func(*Config) {
+	return func(c *Config) { c.Network = n }
 }

@@ -5,11 +5,13 @@
 //	probe hostname      prints the hostname
 //	probe cat FILE      prints FILE, or "missing" when it cannot be read
 //	probe hog MIB       allocates and touches MIB MiB, then prints "survived"
+//	probe addrs         prints the network interfaces' addresses
 //	probe id            prints the uid, gid and groups
 package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -51,6 +53,13 @@ func main() {
 			keep = append(keep, b)
 		}
 		fmt.Println("survived", len(keep))
+	case "addrs":
+		addrs, _ := net.InterfaceAddrs()
+		var out []string
+		for _, a := range addrs {
+			out = append(out, a.String())
+		}
+		fmt.Println("addrs:", strings.Join(out, " "))
 	case "id":
 		groups, _ := os.Getgroups()
 		fmt.Println("uid:", os.Getuid(), "gid:", os.Getgid(), "groups:", groups)
