@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -48,6 +49,10 @@ type Config struct {
 	// Runtimes builds the runtimes that run the tasks. It is called once
 	// the data dir is known to be this node's (runtimes keep state there).
 	Runtimes func() ([]Runtime, error)
+	// NotOffered reports the runtimes this node knows but does not offer,
+	// by name, with why (called after Runtimes; nil: none), for `node
+	// inspect`.
+	NotOffered func() map[string]string
 	// Labels are engine labels the node reports.
 	Labels map[string]string
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
@@ -973,6 +978,12 @@ func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
 		EngineLabels: cfg.Labels,
 	}
 	d.Runtimes = runtimes
+	if cfg.NotOffered != nil {
+		reasons := cfg.NotOffered()
+		for _, name := range slices.Sorted(maps.Keys(reasons)) {
+			d.RuntimesNotOffered = append(d.RuntimesNotOffered, &pb.RuntimeNotOffered{Name: name, Reason: reasons[name]})
+		}
+	}
 	return d
 }
 

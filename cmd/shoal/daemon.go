@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -351,8 +352,17 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 	if d.dockerAPIAddr != "" {
 		cfg.Logger.Warn("this node is a worker: --docker-api-addr serves nothing until it is promoted to a manager")
 	}
+	var notOffered atomic.Pointer[map[string]string]
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
-		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), cfg.Logger)
+		rts, why, err := newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), cfg.Logger)
+		notOffered.Store(&why)
+		return rts, err
+	}
+	wcfg.NotOffered = func() map[string]string {
+		if p := notOffered.Load(); p != nil {
+			return *p
+		}
+		return nil
 	}
 	return wcfg, nil
 }

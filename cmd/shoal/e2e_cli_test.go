@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-cluster/shoal/worker/container"
 )
 
 func TestCompletionAndRuntimeChoice(t *testing.T) {
@@ -23,6 +25,7 @@ func TestCompletionAndRuntimeChoice(t *testing.T) {
 	// The worker started below finds no Docker Engine, whatever this
 	// machine has.
 	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(t.TempDir(), "no-docker.sock"))
+	t.Setenv(container.RuncEnv, "/nonexistent/runc") // nor the container runtime
 	ips := []string{"127.0.0.31", "127.0.0.32"}
 	port := freePort(t, ips...)
 	base := t.TempDir()

@@ -120,9 +120,14 @@ type Runtime struct {
 	health   map[string]*imageHealth
 }
 
+// RuncEnv names the environment variable that, when set, is the runc
+// executable Check looks for instead of runc in PATH (tests set it to a
+// path that does not exist to keep the runtime from being offered).
+const RuncEnv = "SHOAL_RUNC"
+
 // Check reports why this node cannot run containers with runc: it must
-// run as root, have OverlayFS, and have runc (path "" looks in PATH).
-// It returns the runc executable found.
+// run as root, have OverlayFS, and have runc (path "" looks for $SHOAL_RUNC,
+// else runc in PATH). It returns the runc executable found.
 func Check(runc string) (string, error) {
 	if os.Geteuid() != 0 {
 		return "", errors.New("the agent does not run as root")
@@ -133,6 +138,9 @@ func Check(runc string) (string, error) {
 	}
 	if !regexp.MustCompile(`(?m)\soverlay$`).Match(fs) {
 		return "", errors.New("the kernel has no OverlayFS (overlay is not in /proc/filesystems; try modprobe overlay)")
+	}
+	if runc == "" {
+		runc = os.Getenv(RuncEnv)
 	}
 	if runc == "" {
 		runc = "runc"
