@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -62,6 +63,11 @@ type Config struct {
 	// MeshDatapath is the routing mesh's datapath: mesh.DatapathAuto (the
 	// default: nftables when possible) or mesh.DatapathUserspace.
 	MeshDatapath string
+	// TaskSubnetPool is where this manager, while it leads, hands out
+	// workers' task subnets (/24s; default tasksubnet.DefaultPool,
+	// 10.201.0.0/16). Give every manager the same: a node keeps the subnet
+	// it got, whichever manager led then.
+	TaskSubnetPool netip.Prefix
 	// EventHistory is how many events this manager keeps for `shoal
 	// events --since` and for clients resuming after a failover (default
 	// 10,000).

@@ -423,6 +423,8 @@ func (m *Manager) assemble() (*controlapi.Server, *leaderroute.Router) {
 		APIAddr:    cfg.APIAddr(),
 		Period:     cfg.HeartbeatPeriod,
 		Log:        m.log,
+
+		TaskSubnetPool: cfg.TaskSubnetPool,
 	})
 	control := controlapi.New(controlapi.Config{
 		Store:       m.store,

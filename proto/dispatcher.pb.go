@@ -274,7 +274,11 @@ type SessionMessage struct {
 	Secrets *SecretAssignments `protobuf:"bytes,7,opt,name=secrets,proto3" json:"secrets,omitempty"`
 	// configs are the config contents the node's tasks need, in the same
 	// shape as secrets (a SecretValue carries a config's ID, name and data).
-	Configs       *SecretAssignments `protobuf:"bytes,122,opt,name=configs,proto3" json:"configs,omitempty"`
+	Configs *SecretAssignments `protobuf:"bytes,122,opt,name=configs,proto3" json:"configs,omitempty"`
+	// task_networks are every node's task subnet and address, sent when the
+	// session opens and whenever one changes: the worker routes the other
+	// nodes' subnets through their addresses.
+	TaskNetworks  *TaskNetworks `protobuf:"bytes,185,opt,name=task_networks,json=taskNetworks,proto3" json:"task_networks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,6 +376,120 @@ func (x *SessionMessage) GetConfigs() *SecretAssignments {
 	return nil
 }
 
+func (x *SessionMessage) GetTaskNetworks() *TaskNetworks {
+	if x != nil {
+		return x.TaskNetworks
+	}
+	return nil
+}
+
+// NodeTaskSubnet is one node's task subnet and the address to route it
+// through.
+type NodeTaskSubnet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Subnet        string                 `protobuf:"bytes,2,opt,name=subnet,proto3" json:"subnet,omitempty"`
+	Addr          string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeTaskSubnet) Reset() {
+	*x = NodeTaskSubnet{}
+	mi := &file_dispatcher_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeTaskSubnet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeTaskSubnet) ProtoMessage() {}
+
+func (x *NodeTaskSubnet) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeTaskSubnet.ProtoReflect.Descriptor instead.
+func (*NodeTaskSubnet) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *NodeTaskSubnet) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeTaskSubnet) GetSubnet() string {
+	if x != nil {
+		return x.Subnet
+	}
+	return ""
+}
+
+func (x *NodeTaskSubnet) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+// TaskNetworks is the cluster's task subnets (complete).
+type TaskNetworks struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeTaskSubnet      `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskNetworks) Reset() {
+	*x = TaskNetworks{}
+	mi := &file_dispatcher_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskNetworks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskNetworks) ProtoMessage() {}
+
+func (x *TaskNetworks) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskNetworks.ProtoReflect.Descriptor instead.
+func (*TaskNetworks) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TaskNetworks) GetNodes() []*NodeTaskSubnet {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 type HeartbeatRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -385,7 +503,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_dispatcher_proto_msgTypes[4]
+	mi := &file_dispatcher_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +515,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[4]
+	mi := &file_dispatcher_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +528,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{4}
+	return file_dispatcher_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HeartbeatRequest) GetSessionId() string {
@@ -443,7 +561,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_dispatcher_proto_msgTypes[5]
+	mi := &file_dispatcher_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +573,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[5]
+	mi := &file_dispatcher_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +586,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{5}
+	return file_dispatcher_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HeartbeatResponse) GetPeriod() int64 {
@@ -488,7 +606,7 @@ type TaskStatusUpdate struct {
 
 func (x *TaskStatusUpdate) Reset() {
 	*x = TaskStatusUpdate{}
-	mi := &file_dispatcher_proto_msgTypes[6]
+	mi := &file_dispatcher_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +618,7 @@ func (x *TaskStatusUpdate) String() string {
 func (*TaskStatusUpdate) ProtoMessage() {}
 
 func (x *TaskStatusUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[6]
+	mi := &file_dispatcher_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +631,7 @@ func (x *TaskStatusUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatusUpdate.ProtoReflect.Descriptor instead.
 func (*TaskStatusUpdate) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{6}
+	return file_dispatcher_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TaskStatusUpdate) GetTaskId() string {
@@ -541,7 +659,7 @@ type UpdateTaskStatusRequest struct {
 
 func (x *UpdateTaskStatusRequest) Reset() {
 	*x = UpdateTaskStatusRequest{}
-	mi := &file_dispatcher_proto_msgTypes[7]
+	mi := &file_dispatcher_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +671,7 @@ func (x *UpdateTaskStatusRequest) String() string {
 func (*UpdateTaskStatusRequest) ProtoMessage() {}
 
 func (x *UpdateTaskStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[7]
+	mi := &file_dispatcher_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +684,7 @@ func (x *UpdateTaskStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTaskStatusRequest.ProtoReflect.Descriptor instead.
 func (*UpdateTaskStatusRequest) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{7}
+	return file_dispatcher_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateTaskStatusRequest) GetSessionId() string {
@@ -598,7 +716,7 @@ type UpdateTaskStatusResponse struct {
 
 func (x *UpdateTaskStatusResponse) Reset() {
 	*x = UpdateTaskStatusResponse{}
-	mi := &file_dispatcher_proto_msgTypes[8]
+	mi := &file_dispatcher_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +728,7 @@ func (x *UpdateTaskStatusResponse) String() string {
 func (*UpdateTaskStatusResponse) ProtoMessage() {}
 
 func (x *UpdateTaskStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[8]
+	mi := &file_dispatcher_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +741,7 @@ func (x *UpdateTaskStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTaskStatusResponse.ProtoReflect.Descriptor instead.
 func (*UpdateTaskStatusResponse) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{8}
+	return file_dispatcher_proto_rawDescGZIP(), []int{10}
 }
 
 // SecurityUpdate is what a worker must know to keep trusting the cluster
@@ -647,7 +765,7 @@ type SecurityUpdate struct {
 
 func (x *SecurityUpdate) Reset() {
 	*x = SecurityUpdate{}
-	mi := &file_dispatcher_proto_msgTypes[9]
+	mi := &file_dispatcher_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +777,7 @@ func (x *SecurityUpdate) String() string {
 func (*SecurityUpdate) ProtoMessage() {}
 
 func (x *SecurityUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[9]
+	mi := &file_dispatcher_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +790,7 @@ func (x *SecurityUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecurityUpdate.ProtoReflect.Descriptor instead.
 func (*SecurityUpdate) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{9}
+	return file_dispatcher_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SecurityUpdate) GetRootCas() []byte {
@@ -719,7 +837,7 @@ type TaskEndpoint struct {
 
 func (x *TaskEndpoint) Reset() {
 	*x = TaskEndpoint{}
-	mi := &file_dispatcher_proto_msgTypes[10]
+	mi := &file_dispatcher_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +849,7 @@ func (x *TaskEndpoint) String() string {
 func (*TaskEndpoint) ProtoMessage() {}
 
 func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[10]
+	mi := &file_dispatcher_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +862,7 @@ func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEndpoint.ProtoReflect.Descriptor instead.
 func (*TaskEndpoint) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{10}
+	return file_dispatcher_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TaskEndpoint) GetTaskId() string {
@@ -799,7 +917,7 @@ type ServiceEndpoints struct {
 
 func (x *ServiceEndpoints) Reset() {
 	*x = ServiceEndpoints{}
-	mi := &file_dispatcher_proto_msgTypes[11]
+	mi := &file_dispatcher_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +929,7 @@ func (x *ServiceEndpoints) String() string {
 func (*ServiceEndpoints) ProtoMessage() {}
 
 func (x *ServiceEndpoints) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[11]
+	mi := &file_dispatcher_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +942,7 @@ func (x *ServiceEndpoints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEndpoints.ProtoReflect.Descriptor instead.
 func (*ServiceEndpoints) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{11}
+	return file_dispatcher_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ServiceEndpoints) GetServiceId() string {
@@ -876,7 +994,7 @@ type EndpointUpdate struct {
 
 func (x *EndpointUpdate) Reset() {
 	*x = EndpointUpdate{}
-	mi := &file_dispatcher_proto_msgTypes[12]
+	mi := &file_dispatcher_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1006,7 @@ func (x *EndpointUpdate) String() string {
 func (*EndpointUpdate) ProtoMessage() {}
 
 func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[12]
+	mi := &file_dispatcher_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1019,7 @@ func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointUpdate.ProtoReflect.Descriptor instead.
 func (*EndpointUpdate) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{12}
+	return file_dispatcher_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EndpointUpdate) GetComplete() bool {
@@ -938,7 +1056,7 @@ type SecretValue struct {
 
 func (x *SecretValue) Reset() {
 	*x = SecretValue{}
-	mi := &file_dispatcher_proto_msgTypes[13]
+	mi := &file_dispatcher_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1068,7 @@ func (x *SecretValue) String() string {
 func (*SecretValue) ProtoMessage() {}
 
 func (x *SecretValue) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[13]
+	mi := &file_dispatcher_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1081,7 @@ func (x *SecretValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
 func (*SecretValue) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{13}
+	return file_dispatcher_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SecretValue) GetId() string {
@@ -1002,7 +1120,7 @@ type SecretAssignments struct {
 
 func (x *SecretAssignments) Reset() {
 	*x = SecretAssignments{}
-	mi := &file_dispatcher_proto_msgTypes[14]
+	mi := &file_dispatcher_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1132,7 @@ func (x *SecretAssignments) String() string {
 func (*SecretAssignments) ProtoMessage() {}
 
 func (x *SecretAssignments) ProtoReflect() protoreflect.Message {
-	mi := &file_dispatcher_proto_msgTypes[14]
+	mi := &file_dispatcher_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1145,7 @@ func (x *SecretAssignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretAssignments.ProtoReflect.Descriptor instead.
 func (*SecretAssignments) Descriptor() ([]byte, []int) {
-	return file_dispatcher_proto_rawDescGZIP(), []int{14}
+	return file_dispatcher_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SecretAssignments) GetType() AssignmentsType {
@@ -1067,7 +1185,7 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.shoal.v1.AssignmentsTypeR\x04type\x12(\n" +
 	"\aupdated\x18\x02 \x03(\v2\x0e.shoal.v1.TaskR\aupdated\x12\x18\n" +
 	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xc6\x03\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\x84\x04\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -1078,7 +1196,14 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\bsecurity\x18\b \x01(\v2\x18.shoal.v1.SecurityUpdateR\bsecurity\x126\n" +
 	"\tendpoints\x18\x06 \x01(\v2\x18.shoal.v1.EndpointUpdateR\tendpoints\x125\n" +
 	"\asecrets\x18\a \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\asecrets\x125\n" +
-	"\aconfigs\x18z \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\aconfigs\"v\n" +
+	"\aconfigs\x18z \x01(\v2\x1b.shoal.v1.SecretAssignmentsR\aconfigs\x12<\n" +
+	"\rtask_networks\x18\xb9\x01 \x01(\v2\x16.shoal.v1.TaskNetworksR\ftaskNetworks\"U\n" +
+	"\x0eNodeTaskSubnet\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06subnet\x18\x02 \x01(\tR\x06subnet\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\">\n" +
+	"\fTaskNetworks\x12.\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x18.shoal.v1.NodeTaskSubnetR\x05nodes\"v\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
@@ -1149,63 +1274,67 @@ func file_dispatcher_proto_rawDescGZIP() []byte {
 }
 
 var file_dispatcher_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_dispatcher_proto_goTypes = []any{
 	(AssignmentsType)(0),             // 0: shoal.v1.AssignmentsType
 	(*SessionRequest)(nil),           // 1: shoal.v1.SessionRequest
 	(*ManagerAddr)(nil),              // 2: shoal.v1.ManagerAddr
 	(*Assignments)(nil),              // 3: shoal.v1.Assignments
 	(*SessionMessage)(nil),           // 4: shoal.v1.SessionMessage
-	(*HeartbeatRequest)(nil),         // 5: shoal.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),        // 6: shoal.v1.HeartbeatResponse
-	(*TaskStatusUpdate)(nil),         // 7: shoal.v1.TaskStatusUpdate
-	(*UpdateTaskStatusRequest)(nil),  // 8: shoal.v1.UpdateTaskStatusRequest
-	(*UpdateTaskStatusResponse)(nil), // 9: shoal.v1.UpdateTaskStatusResponse
-	(*SecurityUpdate)(nil),           // 10: shoal.v1.SecurityUpdate
-	(*TaskEndpoint)(nil),             // 11: shoal.v1.TaskEndpoint
-	(*ServiceEndpoints)(nil),         // 12: shoal.v1.ServiceEndpoints
-	(*EndpointUpdate)(nil),           // 13: shoal.v1.EndpointUpdate
-	(*SecretValue)(nil),              // 14: shoal.v1.SecretValue
-	(*SecretAssignments)(nil),        // 15: shoal.v1.SecretAssignments
-	(*NodeDescription)(nil),          // 16: shoal.v1.NodeDescription
-	(*Task)(nil),                     // 17: shoal.v1.Task
-	(*Node)(nil),                     // 18: shoal.v1.Node
-	(*TaskUsage)(nil),                // 19: shoal.v1.TaskUsage
-	(*TaskStatus)(nil),               // 20: shoal.v1.TaskStatus
-	(*PortBinding)(nil),              // 21: shoal.v1.PortBinding
-	(*PortConfig)(nil),               // 22: shoal.v1.PortConfig
+	(*NodeTaskSubnet)(nil),           // 5: shoal.v1.NodeTaskSubnet
+	(*TaskNetworks)(nil),             // 6: shoal.v1.TaskNetworks
+	(*HeartbeatRequest)(nil),         // 7: shoal.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),        // 8: shoal.v1.HeartbeatResponse
+	(*TaskStatusUpdate)(nil),         // 9: shoal.v1.TaskStatusUpdate
+	(*UpdateTaskStatusRequest)(nil),  // 10: shoal.v1.UpdateTaskStatusRequest
+	(*UpdateTaskStatusResponse)(nil), // 11: shoal.v1.UpdateTaskStatusResponse
+	(*SecurityUpdate)(nil),           // 12: shoal.v1.SecurityUpdate
+	(*TaskEndpoint)(nil),             // 13: shoal.v1.TaskEndpoint
+	(*ServiceEndpoints)(nil),         // 14: shoal.v1.ServiceEndpoints
+	(*EndpointUpdate)(nil),           // 15: shoal.v1.EndpointUpdate
+	(*SecretValue)(nil),              // 16: shoal.v1.SecretValue
+	(*SecretAssignments)(nil),        // 17: shoal.v1.SecretAssignments
+	(*NodeDescription)(nil),          // 18: shoal.v1.NodeDescription
+	(*Task)(nil),                     // 19: shoal.v1.Task
+	(*Node)(nil),                     // 20: shoal.v1.Node
+	(*TaskUsage)(nil),                // 21: shoal.v1.TaskUsage
+	(*TaskStatus)(nil),               // 22: shoal.v1.TaskStatus
+	(*PortBinding)(nil),              // 23: shoal.v1.PortBinding
+	(*PortConfig)(nil),               // 24: shoal.v1.PortConfig
 }
 var file_dispatcher_proto_depIdxs = []int32{
-	16, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
+	18, // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
 	0,  // 1: shoal.v1.Assignments.type:type_name -> shoal.v1.AssignmentsType
-	17, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
+	19, // 2: shoal.v1.Assignments.updated:type_name -> shoal.v1.Task
 	2,  // 3: shoal.v1.SessionMessage.managers:type_name -> shoal.v1.ManagerAddr
 	3,  // 4: shoal.v1.SessionMessage.assignments:type_name -> shoal.v1.Assignments
-	18, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
-	10, // 6: shoal.v1.SessionMessage.security:type_name -> shoal.v1.SecurityUpdate
-	13, // 7: shoal.v1.SessionMessage.endpoints:type_name -> shoal.v1.EndpointUpdate
-	15, // 8: shoal.v1.SessionMessage.secrets:type_name -> shoal.v1.SecretAssignments
-	15, // 9: shoal.v1.SessionMessage.configs:type_name -> shoal.v1.SecretAssignments
-	19, // 10: shoal.v1.HeartbeatRequest.usage:type_name -> shoal.v1.TaskUsage
-	20, // 11: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	7,  // 12: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	21, // 13: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
-	22, // 14: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
-	11, // 15: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
-	12, // 16: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
-	0,  // 17: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
-	14, // 18: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
-	1,  // 19: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	5,  // 20: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	8,  // 21: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	4,  // 22: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	6,  // 23: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	9,  // 24: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	22, // [22:25] is the sub-list for method output_type
-	19, // [19:22] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	20, // 5: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
+	12, // 6: shoal.v1.SessionMessage.security:type_name -> shoal.v1.SecurityUpdate
+	15, // 7: shoal.v1.SessionMessage.endpoints:type_name -> shoal.v1.EndpointUpdate
+	17, // 8: shoal.v1.SessionMessage.secrets:type_name -> shoal.v1.SecretAssignments
+	17, // 9: shoal.v1.SessionMessage.configs:type_name -> shoal.v1.SecretAssignments
+	6,  // 10: shoal.v1.SessionMessage.task_networks:type_name -> shoal.v1.TaskNetworks
+	5,  // 11: shoal.v1.TaskNetworks.nodes:type_name -> shoal.v1.NodeTaskSubnet
+	21, // 12: shoal.v1.HeartbeatRequest.usage:type_name -> shoal.v1.TaskUsage
+	22, // 13: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	9,  // 14: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	23, // 15: shoal.v1.TaskEndpoint.ports:type_name -> shoal.v1.PortBinding
+	24, // 16: shoal.v1.ServiceEndpoints.ports:type_name -> shoal.v1.PortConfig
+	13, // 17: shoal.v1.ServiceEndpoints.tasks:type_name -> shoal.v1.TaskEndpoint
+	14, // 18: shoal.v1.EndpointUpdate.updated:type_name -> shoal.v1.ServiceEndpoints
+	0,  // 19: shoal.v1.SecretAssignments.type:type_name -> shoal.v1.AssignmentsType
+	16, // 20: shoal.v1.SecretAssignments.updated:type_name -> shoal.v1.SecretValue
+	1,  // 21: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	7,  // 22: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	10, // 23: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	4,  // 24: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	8,  // 25: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	11, // 26: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	24, // [24:27] is the sub-list for method output_type
+	21, // [21:24] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }
@@ -1220,7 +1349,7 @@ func file_dispatcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dispatcher_proto_rawDesc), len(file_dispatcher_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

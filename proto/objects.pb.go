@@ -1379,7 +1379,12 @@ type Node struct {
 	// workers alike).
 	ApiAddr string `protobuf:"bytes,8,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
 	// certificate describes the node's current TLS certificate.
-	Certificate   *NodeCertificate `protobuf:"bytes,10,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Certificate *NodeCertificate `protobuf:"bytes,10,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// task_subnet is the node's task subnet (e.g. "10.201.3.0/24"), handed
+	// out by the leader from the cluster's pool when the worker first opens
+	// a session, unique in the cluster, freed when the node is removed. The
+	// node's tasks get their own addresses in it, on the node's bridge.
+	TaskSubnet    string `protobuf:"bytes,184,opt,name=task_subnet,json=taskSubnet,proto3" json:"task_subnet,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1475,6 +1480,13 @@ func (x *Node) GetCertificate() *NodeCertificate {
 		return x.Certificate
 	}
 	return nil
+}
+
+func (x *Node) GetTaskSubnet() string {
+	if x != nil {
+		return x.TaskSubnet
+	}
+	return ""
 }
 
 // ServiceMode says how many tasks a service wants.
@@ -4672,7 +4684,7 @@ const file_objects_proto_rawDesc = "" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12:\n" +
 	"\freachability\x18\x04 \x01(\x0e2\x16.shoal.v1.ReachabilityR\freachability\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\x93\x03\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xb5\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12&\n" +
@@ -4683,7 +4695,9 @@ const file_objects_proto_rawDesc = "" +
 	"\x04role\x18\a \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x12\x19\n" +
 	"\bapi_addr\x18\b \x01(\tR\aapiAddr\x12;\n" +
 	"\vcertificate\x18\n" +
-	" \x01(\v2\x19.shoal.v1.NodeCertificateR\vcertificateJ\x04\b\t\x10\n" +
+	" \x01(\v2\x19.shoal.v1.NodeCertificateR\vcertificate\x12 \n" +
+	"\vtask_subnet\x18\xb8\x01 \x01(\tR\n" +
+	"taskSubnetJ\x04\b\t\x10\n" +
 	"\"/\n" +
 	"\x11ReplicatedService\x12\x1a\n" +
 	"\breplicas\x18\x01 \x01(\x04R\breplicas\"\x0f\n" +

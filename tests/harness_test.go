@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 )
@@ -105,7 +107,12 @@ type cluster struct {
 	workers  []*wrk
 	// certExpiry, if set, is the certificate lifetime the cluster is made with.
 	certExpiry time.Duration
-	logs       *lockedBuffer // every node's log, when captureLogs was called
+	// taskPool is where the cluster's workers get their task subnets: a
+	// random /16, so that clusters sharing this host never share a bridge.
+	taskPool netip.Prefix
+	// taskNetworks gives workers a task network (root only).
+	taskNetworks bool
+	logs         *lockedBuffer // every node's log, when captureLogs was called
 }
 
 // lockedBuffer is a bytes.Buffer safe for concurrent writers.
@@ -142,6 +149,7 @@ type wrk struct {
 	cfg     worker.Config
 	a       *worker.Agent
 	runtime *process.Runtime
+	taskNet *tasknet.Node // with cluster.taskNetworks
 }
 
 // Timings that stay stable under -race on two cores.
@@ -157,7 +165,8 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	t.Logf("cluster dir %s", base)
-	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base, secrets: filepath.Join(base, "secrets")}
+	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base, secrets: filepath.Join(base, "secrets"),
+		taskPool: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(120 + rand.IntN(100)), 0, 0}), 16)}
 	if shm, err := os.MkdirTemp("/dev/shm", tmpPrefix); err == nil {
 		c.secrets = shm
 	}
@@ -233,6 +242,7 @@ func (c *cluster) managerConfig(i int) manager.Config {
 		MeshDatapath:      testMeshDatapath(),
 		CertExpiry:        c.certExpiry,
 		CertCheckInterval: 200 * time.Millisecond,
+		TaskSubnetPool:    c.taskPool,
 		Logger:            c.logger(fmt.Sprintf("m%d", i)),
 	}
 }
@@ -310,8 +320,20 @@ func (c *cluster) workerConfig(i int, w *wrk) worker.Config {
 			return nil, err
 		}
 		w.runtime = r
+		if c.taskNetworks {
+			id, err := datadir.Load(cfg.DataDir)
+			if err != nil {
+				return nil, err
+			}
+			dns := netip.AddrPortFrom(netip.MustParseAddr(mesh.ContainerResolverIP(id.ClusterID)), 53)
+			w.taskNet, err = tasknet.NewNode(context.Background(), tasknet.Config{StateDir: tasknet.StateDirOf(cfg.DataDir), DNS: dns, Log: cfg.Logger})
+			if err != nil {
+				return nil, err
+			}
+		}
 		return []worker.Runtime{r}, nil
 	}
+	cfg.TaskNetwork = func() *tasknet.Node { return w.taskNet }
 	w.cfg = cfg
 	return cfg
 }
@@ -405,6 +427,9 @@ func (c *cluster) stopAll() {
 		}
 		if w.runtime != nil {
 			killAll(w.runtime)
+		}
+		if c.taskNetworks {
+			tasknet.RemoveNodeNetwork(context.Background(), w.cfg.DataDir)
 		}
 	}
 	for _, m := range c.managers {

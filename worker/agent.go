@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -27,6 +28,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/registry"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -53,6 +55,12 @@ type Config struct {
 	// by name, with why (called after Runtimes; nil: none), for `node
 	// inspect`.
 	NotOffered func() map[string]string
+	// TaskNetwork, when set, is called after Runtimes and returns the
+	// node's task network (nil for none): the agent gives it the node's
+	// task subnet and the routes to the other nodes' subnets as the
+	// managers send them, serves the tasks' resolver, and removes it when
+	// the node leaves the cluster.
+	TaskNetwork func() *tasknet.Node
 	// Labels are engine labels the node reports.
 	Labels map[string]string
 	// GossipFast uses LAN-local gossip timings (loopback clusters, tests).
@@ -144,6 +152,7 @@ type Agent struct {
 	gossip       *gossip.Gossip
 	grpc         *grpc.Server
 	mesh         *mesh.Mesh
+	taskNet      *tasknet.Node // nil without task networking
 	metrics      *agentMetrics
 	usage        usageSampler
 
@@ -156,6 +165,7 @@ type Agent struct {
 	secretFiles *taskFiles
 	configFiles *taskFiles
 	session     *activeSession
+	taskSubnet  netip.Prefix  // the node's task subnet, as the managers said
 	leaderHint  string        // where a manager said the leader is
 	period      time.Duration // the heartbeat period the last leader asked for
 	connected   chan struct{} // closed when the first session opens
@@ -307,6 +317,9 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		removed:     make(chan struct{}),
 		promoted:    make(chan struct{}),
 	}
+	if cfg.TaskNetwork != nil {
+		a.taskNet = cfg.TaskNetwork()
+	}
 	a.metrics = newAgentMetrics(a)
 	for _, rt := range rts {
 		a.runtimes[rt.Name()] = rt
@@ -341,7 +354,9 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	mcfg := mesh.Config{IP: cfg.AdvertiseIP, DNSPort: cfg.DNSPort(), NodeID: id.NodeID, Datapath: cfg.MeshDatapath, Log: a.log}
-	if _, ok := a.runtimes["docker"]; ok {
+	if _, ok := a.runtimes["docker"]; ok || a.taskNet != nil {
+		// Containers and tasks in their own network namespaces cannot
+		// reach the node's loopback: they get a resolver of their own.
 		mcfg.ContainerResolver = mesh.ContainerResolverIP(id.ClusterID)
 	}
 	a.mesh = mesh.New(mcfg)
@@ -793,6 +808,7 @@ func (a *Agent) forget() {
 		a.log.Error("mark data dir removed", "err", err)
 	}
 	_ = a.gossip.Leave(time.Second)
+	a.destroyTaskNetwork()
 	close(a.removed)
 }
 
@@ -928,6 +944,9 @@ func (a *Agent) Close() error {
 		a.wg.Wait()
 		if err := a.mesh.Close(); err != nil {
 			a.log.Warn("stop mesh", "err", err)
+		}
+		if a.taskNet != nil {
+			_ = a.taskNet.Close() // the bridge and the tasks' namespaces stay for the next agent
 		}
 		if err := a.gossip.Shutdown(); err != nil {
 			a.log.Warn("stop gossip", "err", err)

@@ -302,6 +302,7 @@ func (a *Agent) serveSession(o *openedSession) error {
 	a.applyAssignments(first.GetAssignments())
 	a.mesh.Apply(first.GetEndpoints())
 	a.noteNode(first.GetNode())
+	a.noteTaskNetworks(first.GetNode(), first.GetTaskNetworks())
 	a.noteSecurity(first.GetSecurity())
 	a.mu.Lock()
 	a.session = sess
@@ -360,6 +361,7 @@ func (a *Agent) serveSession(o *openedSession) error {
 			a.applyAssignments(m.GetAssignments())
 			a.mesh.Apply(m.GetEndpoints())
 			a.noteNode(m.GetNode())
+			a.noteTaskNetworks(m.GetNode(), m.GetTaskNetworks())
 			a.noteSecurity(m.GetSecurity())
 		case <-a.ctx.Done():
 			return nil

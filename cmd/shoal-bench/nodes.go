@@ -14,6 +14,7 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"google.golang.org/grpc"
 )
 
@@ -239,7 +240,8 @@ func (w *workerNode) stop() {
 	// resolver address to lo, and leaves it there when it stops.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	mesh.RemoveNodeContainerAddrs(ctx, w.dataDir)
-	mesh.RemoveNodeTable(ctx, w.dataDir) // left when it had to be killed
+	mesh.RemoveNodeTable(ctx, w.dataDir)      // left when it had to be killed
+	tasknet.RemoveNodeNetwork(ctx, w.dataDir) // a stopped worker leaves its task network for a restart
 	cancel()
 }
 

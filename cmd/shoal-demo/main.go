@@ -33,6 +33,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"google.golang.org/grpc"
 )
 
@@ -580,6 +581,7 @@ func (d *demo) shutdown() {
 		// A node killed after the grace period left its mesh's nftables table.
 		for _, p := range d.nodes {
 			mesh.RemoveNodeTable(ctx, filepath.Join(d.dir, p.name))
+			tasknet.RemoveNodeNetwork(ctx, filepath.Join(d.dir, p.name)) // a stopped worker leaves it for a restart
 		}
 		cancel()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,9 +20,11 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/metrics"
 	"github.com/shoal-cluster/shoal/manager"
+	"github.com/shoal-cluster/shoal/manager/tasksubnet"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -40,6 +43,7 @@ type daemonFlags struct {
 	meshDatapath    string
 	metricsAddr     string
 	dockerAPIAddr   string
+	taskSubnetPool  string
 
 	metrics *metrics.Server // bound by the first config() when --metrics-addr is set
 }
@@ -54,6 +58,7 @@ func (d *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&d.meshDatapath, "mesh-datapath", mesh.DatapathAuto, "routing mesh datapath: auto (nftables rules when root with the nft command, else the user-space proxy) or userspace")
 	fs.BoolVar(&d.leaveOnStop, "leave-on-stop", false, "workers: leave the cluster on Ctrl-C or SIGTERM instead of just stopping")
 	fs.StringVar(&d.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `IP:PORT`/metrics (off by default)")
+	fs.StringVar(&d.taskSubnetPool, "task-subnet-pool", tasksubnet.DefaultPool.String(), "managers: `CIDR` the leader hands workers' task subnets (/24s) out of; give every manager the same")
 	fs.StringVar(&d.dockerAPIAddr, "docker-api-addr", "", "managers: serve the Docker Engine API on `IP:PORT` with TLS, for admin client certificates (`shoal cluster client-config --docker DIR`); it is always served on DATA_DIR/docker.sock")
 }
 
@@ -87,6 +92,16 @@ func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
 			return cfg, usagef("--docker-api-addr %q: give IP:PORT, e.g. 10.0.0.5:2376", d.dockerAPIAddr)
 		}
 		cfg.DockerAPIAddr = d.dockerAPIAddr
+	}
+	if d.taskSubnetPool != "" {
+		pool, err := netip.ParsePrefix(d.taskSubnetPool)
+		if err == nil {
+			err = tasksubnet.CheckPool(pool)
+		}
+		if err != nil {
+			return cfg, usagef("--task-subnet-pool %q: %v", d.taskSubnetPool, err)
+		}
+		cfg.TaskSubnetPool = pool.Masked()
 	}
 	switch d.meshDatapath {
 	case mesh.DatapathAuto, mesh.DatapathUserspace:
@@ -353,8 +368,10 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 		cfg.Logger.Warn("this node is a worker: --docker-api-addr serves nothing until it is promoted to a manager")
 	}
 	var notOffered atomic.Pointer[map[string]string]
+	var taskNet *tasknet.Node
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
-		rts, why, err := newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), cfg.Logger)
+		taskNet = newTaskNetwork(cfg.DataDir, cfg.Logger)
+		rts, why, err := newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), taskNet, cfg.Logger)
 		notOffered.Store(&why)
 		return rts, err
 	}
@@ -364,6 +381,7 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 		}
 		return nil
 	}
+	wcfg.TaskNetwork = func() *tasknet.Node { return taskNet }
 	return wcfg, nil
 }
 

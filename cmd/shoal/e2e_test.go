@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/poll"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
 
 // shoalBin is the binary under test, built once in TestMain.
@@ -113,7 +114,8 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 		// resolver address to lo; a killed node leaves it there.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		mesh.RemoveNodeContainerAddrs(ctx, dataDir)
-		mesh.RemoveNodeTable(ctx, dataDir) // and a killed node its mesh's nftables table
+		mesh.RemoveNodeTable(ctx, dataDir)      // and a killed node its mesh's nftables table
+		tasknet.RemoveNodeNetwork(ctx, dataDir) // a stopped worker leaves its task network for a restart
 		cancel()
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -13,17 +16,53 @@ import (
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
 	"github.com/shoal-cluster/shoal/worker/imagestore"
 	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
 
 // supervisorCommand is the hidden subcommand the process runtime re-executes
 // this binary with, to supervise one task outside the agent.
 const supervisorCommand = process.SupervisorSubcommand
 
+// newTaskNetwork returns the node's task network (tasks in their own
+// network namespaces, each with its own address on the node's bridge), or
+// nil, logging why, when this node cannot have one: it needs root, the nft
+// command and runc (the runtime that runs such tasks). The tasks' resolver
+// is the node's containers' resolver, which answers with addresses a task
+// can reach.
+func newTaskNetwork(dataDir string, log *slog.Logger) *tasknet.Node {
+	if os.Geteuid() != 0 {
+		log.Info("no task network: the agent does not run as root")
+		return nil
+	}
+	for _, tool := range []string{"nft", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			log.Info("no task network: the "+tool+" command is missing", "err", err)
+			return nil
+		}
+	}
+	id, err := datadir.Load(dataDir)
+	if err != nil {
+		log.Warn("no task network: cannot read the node's identity", "err", err)
+		return nil
+	}
+	dns := netip.AddrPortFrom(netip.MustParseAddr(mesh.ContainerResolverIP(id.ClusterID)), 53)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tn, err := tasknet.NewNode(ctx, tasknet.Config{StateDir: tasknet.StateDirOf(dataDir), DNS: dns, Log: log})
+	if err != nil {
+		log.Error("no task network", "err", err)
+		return nil
+	}
+	return tn
+}
+
 // newRuntimes builds the runtimes a worker offers: always the process
 // runtime, the docker runtime when the local Docker Engine answers, and
 // the container runtime when this node can run containers with runc. It
-// also returns, by name, those it does not offer and why.
-func newRuntimes(dataDir, advertiseIP, dnsAddr string, log *slog.Logger) ([]worker.Runtime, map[string]string, error) {
+// also returns, by name, those it does not offer and why. taskNet is the
+// node's task network (nil without one), on which the container runtime
+// gives each task its own network namespace and address.
+func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, log *slog.Logger) ([]worker.Runtime, map[string]string, error) {
 	proc, err := process.New(process.Config{
 		Dir:               filepath.Join(dataDir, "worker", "process"),
 		AdvertiseIP:       advertiseIP,
@@ -41,7 +80,7 @@ func newRuntimes(dataDir, advertiseIP, dnsAddr string, log *slog.Logger) ([]work
 	} else {
 		notOffered[dockerrt.Name] = why
 	}
-	if c, why := newContainerRuntime(dataDir, advertiseIP, log); c != nil {
+	if c, why := newContainerRuntime(dataDir, advertiseIP, taskNet, log); c != nil {
 		rts = append(rts, c)
 	} else {
 		notOffered[container.Name] = why
@@ -71,9 +110,10 @@ func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) (worker.Run
 // newContainerRuntime returns the container runtime on the node's image
 // store (DATA/worker/images), or nil and why (logged) when this node
 // cannot run containers: the agent must run as root, the kernel have
-// OverlayFS and runc be installed. Its tasks share the node's network,
-// their ports allocated on the node, until the node has a task network.
-func newContainerRuntime(dataDir, advertiseIP string, log *slog.Logger) (worker.Runtime, string) {
+// OverlayFS and runc be installed. Each task gets its own network
+// namespace and address on taskNet; without one (nil), tasks share the
+// node's network, their ports allocated on the node.
+func newContainerRuntime(dataDir, advertiseIP string, taskNet *tasknet.Node, log *slog.Logger) (worker.Runtime, string) {
 	if _, err := container.Check(""); err != nil {
 		log.Info("container runtime not offered", "reason", err.Error())
 		return nil, err.Error()
@@ -83,13 +123,19 @@ func newContainerRuntime(dataDir, advertiseIP string, log *slog.Logger) (worker.
 		log.Warn("container runtime not offered: cannot open the node's image store", "err", err)
 		return nil, "cannot open the node's image store: " + err.Error()
 	}
-	c, err := container.New(container.Config{
+	cfg := container.Config{
 		Dir:               filepath.Join(dataDir, "worker", "container"),
 		Images:            container.StoreImages(store),
 		AdvertiseIP:       advertiseIP,
 		SupervisorCommand: []string{selfExecutable(), supervisorCommand},
 		Logger:            log,
-	})
+	}
+	if taskNet != nil {
+		cfg.Network = container.TaskNetwork(taskNet)
+	} else {
+		log.Info("container runtime: no task network on this node; its tasks share the node's network")
+	}
+	c, err := container.New(cfg)
 	if err != nil {
 		store.Close()
 		log.Warn("container runtime not offered", "err", err)

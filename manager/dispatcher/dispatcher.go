@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/shoal-cluster/shoal/manager/endpoints"
 	"github.com/shoal-cluster/shoal/manager/orchestrator"
 	"github.com/shoal-cluster/shoal/manager/sealer"
+	"github.com/shoal-cluster/shoal/manager/tasksubnet"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -102,7 +104,10 @@ type Config struct {
 	APIAddr string
 	// Period is the heartbeat period workers are told to keep.
 	Period time.Duration
-	Log    *slog.Logger
+	// TaskSubnetPool is where workers' task subnets come from (default
+	// tasksubnet.DefaultPool).
+	TaskSubnetPool netip.Prefix
+	Log            *slog.Logger
 }
 
 // Dispatcher serves worker sessions on the leader: it registers workers,
@@ -119,6 +124,8 @@ type Dispatcher struct {
 	self   string
 	period time.Duration
 	log    *slog.Logger
+	// subnets hands out workers' task subnets.
+	subnets *tasksubnet.Allocator
 
 	mu        sync.Mutex
 	active    bool
@@ -161,6 +168,7 @@ func New(cfg Config) *Dispatcher {
 		self:      cfg.APIAddr,
 		period:    cfg.Period,
 		log:       cfg.Log,
+		subnets:   tasksubnet.New(cfg.TaskSubnetPool),
 		sessions:  map[string]*workerSession{},
 		deadlines: map[string]*deadline{},
 		beats:     map[string]time.Time{},

@@ -8,6 +8,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/rpc"
 	"github.com/shoal-cluster/shoal/manager/ca"
 	"github.com/shoal-cluster/shoal/manager/endpoints"
+	"github.com/shoal-cluster/shoal/manager/tasksubnet"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc"
@@ -70,6 +71,10 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		if n.Status.Addr == "" {
 			n.Status.Addr = addr
 		}
+		// The worker's task subnet, handed out once and kept.
+		if _, err := d.subnets.Ensure(tx, n); err != nil {
+			d.log.Error("no task subnet for the worker: its tasks cannot get their own addresses", "worker", nodeID, "err", err)
+		}
 		return tx.Nodes().Update(n)
 	}); err != nil {
 		return err
@@ -84,19 +89,25 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		node     *pb.Node
 		index    uint64
 		security *pb.SecurityUpdate
+		nets     *pb.TaskNetworks
 	)
 	sub := d.store.ViewAndWatch(func(tx *raftstore.Tx) {
 		tasks = tx.Tasks().Find(raftstore.IndexNode, nodeID)
 		node, _ = tx.Nodes().Get(nodeID)
 		index = tx.Index()
 		security = securityUpdate(tx.Cluster())
+		nets = tasksubnet.Networks(tx)
 	}, func(ev raftstore.Event) bool {
 		switch o := ev.Object.(type) {
 		case *pb.Task:
 			old, _ := ev.Old.(*pb.Task)
 			return o.GetNodeId() == nodeID || (old != nil && old.GetNodeId() == nodeID)
 		case *pb.Node:
-			return o.GetId() == nodeID
+			// This node, and any node whose task subnet or address
+			// changed (the worker routes other nodes' subnets).
+			old, _ := ev.Old.(*pb.Node)
+			return o.GetId() == nodeID || old == nil || ev.Kind == raftstore.EventDelete ||
+				old.GetTaskSubnet() != o.GetTaskSubnet() || old.GetStatus().GetAddr() != o.GetStatus().GetAddr()
 		case *pb.Cluster:
 			return true
 		case *pb.Service:
@@ -127,6 +138,7 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		Endpoints:       endpoints.Complete(sentEndpoints),
 		Secrets:         secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
 		Configs:         configs.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_COMPLETE),
+		TaskNetworks:    nets,
 	}
 	for _, m := range splitValues(first, maxValueBytes) {
 		if err := stream.Send(m); err != nil {
@@ -175,10 +187,15 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			}
 		}
 		inc := &pb.Assignments{Type: pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL}
+		netsChanged := false
 		for _, ev := range batch {
 			inc.Index = ev.Index
 			switch o := ev.Object.(type) {
 			case *pb.Node:
+				netsChanged = true
+				if o.GetId() != nodeID {
+					continue
+				}
 				if ev.Kind == raftstore.EventDelete {
 					return status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster", nodeID)
 				}
@@ -205,7 +222,14 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 		}
 		msg.Secrets = secrets.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
 		msg.Configs = configs.changes(pb.AssignmentsType_ASSIGNMENTS_TYPE_INCREMENTAL)
-		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil && msg.Secrets == nil && msg.Configs == nil {
+		if netsChanged {
+			var now *pb.TaskNetworks
+			d.store.View(func(tx *raftstore.Tx) { now = tasksubnet.Networks(tx) })
+			if !proto.Equal(now, nets) {
+				nets, msg.TaskNetworks = now, now
+			}
+		}
+		if len(inc.Updated) == 0 && len(inc.Removed) == 0 && msg.Node == nil && msg.Security == nil && msg.Secrets == nil && msg.Configs == nil && msg.TaskNetworks == nil {
 			continue
 		}
 		if len(inc.Updated) > 0 || len(inc.Removed) > 0 {

@@ -187,7 +187,7 @@ func (n *Network) SetPeerRoutes(ctx context.Context, peers map[netip.Prefix]neti
 	want := map[netip.Prefix]netip.Addr{}
 	for p, via := range peers {
 		p = p.Masked()
-		if !p.Addr().Is4() || !via.Is4() || p.Overlaps(n.cfg.Subnet) || local[via] {
+		if !p.Addr().Is4() || !via.Is4() || p.Overlaps(n.cfg.Subnet) || local[via] || via.IsLoopback() || isLocalAddr(via) {
 			continue
 		}
 		isLocal := false
@@ -251,6 +251,22 @@ func delRoute(dst netip.Prefix, via netip.Addr) error {
 		return fmt.Errorf("tasknet: delete route %s via %s: %w", dst, via, err)
 	}
 	return nil
+}
+
+// isLocalAddr tells whether the host delivers packets for ip to itself
+// (one of its addresses, or in a local route such as 127.0.0.0/8): a peer
+// there shares this kernel, and its subnet needs no route.
+func isLocalAddr(ip netip.Addr) bool {
+	routes, err := netlink.RouteGet(net.IP(ip.AsSlice()))
+	if err != nil {
+		return false
+	}
+	for _, r := range routes {
+		if r.Type == unix.RTN_LOCAL {
+			return true
+		}
+	}
+	return false
 }
 
 // localAddrs are this host's IPv4 addresses.

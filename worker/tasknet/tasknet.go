@@ -442,6 +442,19 @@ func DestroyState(ctx context.Context, stateDir string, log *slog.Logger) error 
 	return n.Destroy(ctx)
 }
 
+// StateDirOf is where the agent of the node whose data dir is dataDir
+// keeps its task network.
+func StateDirOf(dataDir string) string {
+	return filepath.Join(dataDir, "worker", "tasknet")
+}
+
+// RemoveNodeNetwork removes the task network of the node whose data dir
+// is dataDir, if it has one: for harnesses that stopped or killed the
+// nodes they ran (a stopping agent leaves its network for the next one).
+func RemoveNodeNetwork(ctx context.Context, dataDir string) {
+	_ = DestroyState(ctx, StateDirOf(dataDir), slog.New(slog.DiscardHandler))
+}
+
 // vethNames are a task's veth ends on the host (a bridge port) and, until
 // it is moved and renamed eth0, in the task's namespace.
 func vethNames(bridge, taskID string) (host, peer string) {

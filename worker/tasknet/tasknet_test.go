@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -436,5 +437,80 @@ func TestNodeWaitsForSubnet(t *testing.T) {
 	}
 	if _, err := netlink.LinkByName(BridgeName(subnet)); err == nil {
 		t.Fatal("bridge left after the node's network was destroyed")
+	}
+}
+
+// TestPeerRoutes checks routes to another node's subnet: added through the
+// node's address, traffic to its tasks keeps the task's own source address
+// (not masqueraded), kept across a restart, and removed when the node is
+// gone from the list (and with the network).
+func TestPeerRoutes(t *testing.T) {
+	n, cfg := newTestNetwork(t, 11, netip.AddrPort{})
+	ctx := context.Background()
+	a, err := n.Attach(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The other node: a namespace beyond a veth, whose task subnet holds a
+	// "task" (an address on its lo); it routes our subnet back through us.
+	peerPath, peerIP := outsideNS(t)
+	peerSubnet := testSubnet(12)
+	peerTask := Gateway(peerSubnet).Next()
+	hostEnd := netip.MustParseAddr(peerIP).Prev()
+	err = inNS(peerPath, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(peerTask, 32))}); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{Dst: ipNet(cfg.Subnet), Gw: net.IP(hostEnd.AsSlice())})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, peer := listenPeer(t, peerPath, peerTask.String()+":8080")
+	if _, err := dialIn(a.NetNSPath, ln); err == nil {
+		t.Fatal("the other node's task is reachable without a route")
+	}
+	routes := map[netip.Prefix]netip.Addr{
+		peerSubnet:     netip.MustParseAddr(peerIP),
+		cfg.Subnet:     netip.MustParseAddr(peerIP),      // our own: skipped
+		testSubnet(13): netip.MustParseAddr("127.0.0.1"), // a node on this host: skipped
+	}
+	if err := n.SetPeerRoutes(ctx, routes); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.PeerRoutes(); len(got) != 1 || got[peerSubnet].String() != peerIP {
+		t.Fatalf("peer routes %v", got)
+	}
+	if got, err := dialIn(a.NetNSPath, ln); err != nil || got != "outside" {
+		t.Fatalf("task -> the other node's task: %q, %v", got, err)
+	}
+	if p := peer(); p != a.IP.String() {
+		t.Fatalf("the other node's task saw %s, want the task's own %s", p, a.IP)
+	}
+	out, _ := exec.Command("ip", "route", "show", "proto", "186").CombinedOutput()
+	if !strings.Contains(string(out), peerSubnet.String()+" via "+peerIP) {
+		t.Fatalf("ip route show proto 186:\n%s", out)
+	}
+	// Kept across a restart; removed when the node leaves the list.
+	_ = n.Close()
+	n2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n2.PeerRoutes(); len(got) != 1 {
+		t.Fatalf("peer routes after restart %v", got)
+	}
+	if err := n2.SetPeerRoutes(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("ip", "route", "show", peerSubnet.String()).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("route left: %s", out)
+	}
+	if _, err := dialIn(a.NetNSPath, ln); err == nil {
+		t.Fatal("the other node's task is still reachable after its route went")
 	}
 }
