@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/docker"
 )
 
 // defaultPath is a container's PATH when neither its image nor its task
@@ -137,6 +138,8 @@ func buildSpec(in specInput) (*specs.Spec, error) {
 	env := mergeEnv([]string{"PATH=" + defaultPath}, in.image.Config.Env, []string{
 		"HOSTNAME=" + in.hostname,
 		"SHOAL_TASK_ID=" + t.GetId(),
+		// The name the docker runtime gives the task's container.
+		"SHOAL_TASK_NAME=" + docker.ContainerName(t),
 		"SHOAL_SERVICE_ID=" + t.GetServiceId(),
 		"SHOAL_SERVICE_NAME=" + t.GetServiceName(),
 		"SHOAL_TASK_SLOT=" + strconv.FormatUint(t.GetSlot(), 10),
