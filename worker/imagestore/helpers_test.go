@@ -72,7 +72,7 @@ func file(name, body string) entry { return entry{name: name, body: body} }
 func dir(name string) entry        { return entry{name: name, typ: tar.TypeDir} }
 
 // tarOf is a layer's tar stream.
-func tarOf(t *testing.T, entries ...entry) []byte {
+func tarOf(t testing.TB, entries ...entry) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -106,7 +106,7 @@ func tarOf(t *testing.T, entries ...entry) []byte {
 }
 
 // layerOf is a layer holding entries.
-func layerOf(t *testing.T, entries ...entry) v1.Layer {
+func layerOf(t testing.TB, entries ...entry) v1.Layer {
 	t.Helper()
 	data := tarOf(t, entries...)
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
@@ -117,7 +117,7 @@ func layerOf(t *testing.T, entries ...entry) v1.Layer {
 }
 
 // imageOf is an image of layers (base first) running cmd.
-func imageOf(t *testing.T, cmd string, layers ...v1.Layer) v1.Image {
+func imageOf(t testing.TB, cmd string, layers ...v1.Layer) v1.Image {
 	t.Helper()
 	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
@@ -141,7 +141,7 @@ func imageOf(t *testing.T, cmd string, layers ...v1.Layer) v1.Image {
 
 // saveTar writes img as `docker save` does, tagged tag, and returns the
 // file.
-func saveTar(t *testing.T, img v1.Image, tag string) string {
+func saveTar(t testing.TB, img v1.Image, tag string) string {
 	t.Helper()
 	ref, err := name.NewTag(tag)
 	if err != nil {

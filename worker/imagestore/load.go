@@ -8,17 +8,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/shoal-cluster/shoal/internal/registry"
 )
@@ -182,7 +186,7 @@ func extractTar(ctx context.Context, opener tarball.Opener, dir string) error {
 			if err := os.MkdirAll(target, 0o700); err != nil {
 				return err
 			}
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg:
 			f, err := os.OpenFile(target, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 			if err != nil {
 				return err
@@ -325,8 +329,12 @@ func platformImage(idx v1.ImageIndex, h v1.Hash) (v1.Image, error) {
 
 // Pull fetches an image from its registry (by tag, digest or
 // "name:tag@digest"), for this machine's platform, with auth (nil:
-// anonymous), trusting the registry's CA as the Docker Engine does
-// (/etc/docker/certs.d). Layers the store has are not fetched.
+// anonymous; a service's credentials are registry.Authenticator(
+// TaskFiles.RegistryAuth)), trusting the registry's CA as the Docker
+// Engine does (/etc/docker/certs.d). Layers the store has are not
+// fetched; the others come a few at a time, reported through ctx (see
+// WithProgress). Errors wrap registry.ErrNotFound or
+// registry.ErrUnauthorized when the registry said so.
 func (s *Store) Pull(ctx context.Context, ref string, auth authn.Authenticator) (Image, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
@@ -337,9 +345,10 @@ func (s *Store) Pull(ctx context.Context, ref string, auth authn.Authenticator) 
 	if auth != nil {
 		opts = append(opts, remote.WithAuth(auth))
 	}
+	reportProgress(ctx, "pulling "+ref)
 	desc, err := remote.Get(r, opts...)
 	if err != nil {
-		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+		return Image{}, pullError(ref, r.Context().RegistryStr(), err, auth != nil)
 	}
 	img, err := desc.Image()
 	if err != nil {
@@ -360,7 +369,7 @@ func (s *Store) Pull(ctx context.Context, ref string, auth authn.Authenticator) 
 	}
 	got, err := s.importImage(ctx, img, refs, digests)
 	if err != nil {
-		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+		return Image{}, pullError(ref, r.Context().RegistryStr(), err, auth != nil)
 	}
 	s.log.Info("image pulled", "ref", ref, "id", got.ID, "layers", len(got.Layers))
 	return got, nil
@@ -393,11 +402,11 @@ func (s *Store) importImage(ctx context.Context, img v1.Image, refs, digests []s
 	// unpack again what went.
 	for attempt := 0; ; attempt++ {
 		si := storedImage{ID: id, Config: cf.Config, Created: cf.Created.Time}
-		for _, l := range layers {
-			m, err := s.ensureLayer(ctx, l)
-			if err != nil {
-				return Image{}, fmt.Errorf("image %s: %w", shortID(id), err)
-			}
+		metas, err := s.ensureLayers(ctx, layers)
+		if err != nil {
+			return Image{}, fmt.Errorf("image %s: %w", shortID(id), err)
+		}
+		for _, m := range metas {
 			si.Layers = append(si.Layers, m.DiffID)
 			si.Size += m.Size
 		}
@@ -420,6 +429,111 @@ func (s *Store) importImage(ctx context.Context, img v1.Image, refs, digests []s
 	}
 }
 
+// parallelLayers is how many layers of an image are fetched and unpacked
+// at once.
+const parallelLayers = 3
+
+// ensureLayers is ensureLayer for each layer, a few at a time, reporting
+// "pulling N/M layers" through ctx (see WithProgress).
+func (s *Store) ensureLayers(ctx context.Context, layers []v1.Layer) ([]layerMeta, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	metas := make([]layerMeta, len(layers))
+	errs := make([]error, len(layers))
+	sem := make(chan struct{}, parallelLayers)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	done := 0
+	reportProgress(ctx, fmt.Sprintf("pulling 0/%d layers", len(layers)))
+	for i, l := range layers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				errs[i] = ctx.Err()
+				return
+			}
+			defer func() { <-sem }()
+			metas[i], errs[i] = s.ensureLayer(ctx, l)
+			if errs[i] != nil {
+				cancel()
+				return
+			}
+			mu.Lock()
+			done++
+			reportProgress(ctx, fmt.Sprintf("pulling %d/%d layers", done, len(layers)))
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return nil, err
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return metas, nil
+}
+
+type progressKey struct{}
+
+// WithProgress returns a context through which Pull and Load report
+// their progress ("pulling 2/5 layers") to report.
+func WithProgress(ctx context.Context, report func(msg string)) context.Context {
+	return context.WithValue(ctx, progressKey{}, report)
+}
+
+func reportProgress(ctx context.Context, msg string) {
+	if report, ok := ctx.Value(progressKey{}).(func(string)); ok && report != nil {
+		report(msg)
+	}
+}
+
+// pullError says which pull failed and why, in the registry's words:
+// wrapping registry.ErrNotFound or registry.ErrUnauthorized when it said
+// so, and, for a refusal of a pull without credentials, how to send some.
+func pullError(ref, host string, err error, withAuth bool) error {
+	var terr *transport.Error
+	if !errors.As(err, &terr) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("pull %s: %w", ref, err)
+		}
+		var nerr net.Error
+		var oerr *net.OpError
+		if errors.As(err, &nerr) || errors.As(err, &oerr) {
+			return fmt.Errorf("pull %s: registry %s cannot be reached: %w", ref, host, err)
+		}
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	var words []string
+	for _, d := range terr.Errors {
+		w := string(d.Code)
+		if d.Message != "" {
+			w += ": " + d.Message
+		}
+		words = append(words, w)
+	}
+	reason := strings.Join(words, "; ")
+	if reason == "" {
+		reason = http.StatusText(terr.StatusCode)
+	}
+	switch terr.StatusCode {
+	case http.StatusNotFound:
+		return fmt.Errorf("pull %s: %w (%s): %s", ref, registry.ErrNotFound, host, reason)
+	case http.StatusUnauthorized, http.StatusForbidden:
+		hint := ""
+		if !withAuth {
+			hint = " (pulled without registry credentials: if the registry needs some, update the service with --with-registry-auth)"
+		}
+		return fmt.Errorf("pull %s: %w (%s): %s%s", ref, registry.ErrUnauthorized, host, reason, hint)
+	}
+	return fmt.Errorf("pull %s: registry %s answered %d: %s", ref, host, terr.StatusCode, reason)
+}
+
 // commitImage writes an image's file and points refs at it (the caller
 // holds the lock).
 func (s *Store) commitImage(si storedImage, refs, digests []string) (Image, error) {
@@ -438,3 +552,48 @@ func (s *Store) commitImage(si storedImage, refs, digests []string) (Image, erro
 	s.log.Info("image stored", "id", si.ID, "refs", r, "layers", len(si.Layers), "bytes", si.Size)
 	return Image{ID: si.ID, Refs: r, Digests: d, Layers: si.Layers, Config: si.Config, Created: si.Created, Size: si.Size}, nil
 }
+
+// LoadReader is Load of a stream (`shoal image load -`): it is spooled to
+// the store's tmp/ first, since both formats need to be read more than
+// once.
+func (s *Store) LoadReader(ctx context.Context, r io.Reader) ([]Image, error) {
+	f, err := os.CreateTemp(s.tmpDir(), tmpName("stdin", "load")+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = io.Copy(f, readerCtx{ctx, r})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load: read the image: %w", err)
+	}
+	imgs, err := s.Load(ctx, f.Name())
+	if err != nil {
+		return nil, renamedErr{strings.Replace(err.Error(), f.Name(), "standard input", 1), err}
+	}
+	return imgs, nil
+}
+
+// readerCtx stops a copy when ctx ends.
+type readerCtx struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r readerCtx) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+// renamedErr is an error reworded, still wrapping what it was.
+type renamedErr struct {
+	msg string
+	err error
+}
+
+func (e renamedErr) Error() string { return e.msg }
+func (e renamedErr) Unwrap() error { return e.err }

@@ -140,7 +140,8 @@ func (s *Store) Close() error { return s.lock.Close() }
 // cleanTmp removes what tmp/ holds: layers whose unpack, and layers or
 // tasks whose removal, a crash interrupted. Unpacks run outside the
 // store's lock, so an entry goes only when the process its name records
-// is gone.
+// is gone. It also removes task directories a crash left without their
+// record.
 func (s *Store) cleanTmp() error {
 	if err := s.lockStore(); err != nil {
 		return err
@@ -159,6 +160,22 @@ func (s *Store) cleanTmp() error {
 			return fmt.Errorf("image store: remove the leftover %s: %w", p, err)
 		}
 		s.log.Info("removed a leftover of an interrupted unpack or removal", "path", p)
+	}
+	// A task directory without its record is a mount a crash cut short
+	// (MountRootFS sets one up wholly under the lock).
+	tasks, err := os.ReadDir(s.tasksDir())
+	if err != nil {
+		return fmt.Errorf("image store: read %s: %w", s.tasksDir(), err)
+	}
+	for _, e := range tasks {
+		dir := filepath.Join(s.tasksDir(), e.Name())
+		if _, err := os.Stat(filepath.Join(dir, "task.json")); !errors.Is(err, os.ErrNotExist) || isOverlay(filepath.Join(dir, "rootfs")) {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("image store: remove the leftover %s: %w", dir, err)
+		}
+		s.log.Info("removed a task directory a crash left half set up", "path", dir)
 	}
 	return nil
 }
@@ -284,6 +301,9 @@ func (s *Store) images() ([]Image, repositories, error) {
 			continue
 		}
 		si, err := s.readImage("sha256:" + h)
+		if errors.Is(err, ErrImageNotFound) {
+			continue // removed meanwhile (readers take no lock)
+		}
 		if err != nil {
 			return nil, repos, err
 		}
@@ -415,6 +435,24 @@ func writeJSON(path string, v any) error {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}
 	return writeFileAtomic(path, append(data, '\n'))
+}
+
+// writeJSONNoSync writes v to path atomically but not durably: for
+// records a power loss makes moot (a task's mount does not survive one).
+func writeJSONNoSync(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 func writeFileAtomic(path string, data []byte) error {

@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -96,6 +98,20 @@ func TestTaskRootFS(t *testing.T) {
 	if again, err := s.MountRootFS(ctx, "task1", img, false); err != nil || again != r1 {
 		t.Fatalf("mount task1 again: %q, %v; want %q", again, err, r1)
 	}
+	// The mount gone (a reboot), the record stays: mounted again over the
+	// writes it had.
+	must(t, os.WriteFile(filepath.Join(r2, "kept"), []byte("kept\n"), 0o644))
+	must(t, unix.Unmount(r2, 0))
+	if tasks, _ := s.Tasks(); len(tasks) != 2 || tasks[1].TaskID != "task2" || tasks[1].Mounted {
+		t.Fatalf("tasks after task2's mount went: %+v", tasks)
+	}
+	if again, err := s.MountRootFS(ctx, "task2", img, false); err != nil || again != r2 {
+		t.Fatalf("mount task2 again after its mount went: %q, %v", again, err)
+	}
+	if got := readFile(t, filepath.Join(r2, "kept")); got != "kept\n" {
+		t.Fatalf("task2's write after its mount came back: %q", got)
+	}
+	must(t, os.Remove(filepath.Join(r2, "kept")))
 	if got := readFile(t, filepath.Join(r1, "etc/conf")); got != "original\n" {
 		t.Fatalf("etc/conf in the task: %q", got)
 	}
@@ -254,6 +270,8 @@ func TestUnpackNeverHalf(t *testing.T) {
 	must(t, os.MkdirAll(filepath.Join(dead, "diff", "half"), 0o700))
 	live := filepath.Join(s.Root(), "tmp", "layer-1-abc-0000") // PID 1 lives
 	must(t, os.MkdirAll(live, 0o700))
+	halfTask := filepath.Join(s.Root(), "tasks", "half", "upper")
+	must(t, os.MkdirAll(halfTask, 0o700))
 	s2, err := Open(s.Root(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -261,6 +279,9 @@ func TestUnpackNeverHalf(t *testing.T) {
 	defer s2.Close()
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
 		t.Fatalf("a crashed unpack's leftover stays after Open: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(halfTask)); !os.IsNotExist(err) {
+		t.Fatalf("a task directory without its record stays after Open: %v", err)
 	}
 	if _, err := os.Stat(live); err != nil {
 		t.Fatalf("Open removed a live process's unpack: %v", err)
@@ -423,4 +444,94 @@ func maps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestManyLayers: an image with more layers than mount(2)'s one-page
+// options hold mounts (through fsconfig, one lower directory at a time),
+// with the upper layers' files over the lower ones'.
+func TestManyLayers(t *testing.T) {
+	s := openStore(t)
+	ctx := t.Context()
+	var layers []v1.Layer
+	const n = 60
+	for i := range n {
+		layers = append(layers, layerOf(t, file("f"+strings.Repeat("x", i%5)+string(rune('a'+i%26))+string(rune('a'+i/26)), "x"), file("top", string(rune('a'+i%26))+string(rune('a'+i/26)))))
+	}
+	imgs, err := s.Load(ctx, saveTar(t, imageOf(t, "/x", layers...), "test/many:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data := len(strings.Join(s.lowerDirs(imgs[0].Layers), ":")); data < 4096 {
+		t.Fatalf("lowerdir is %d bytes: not beyond a page, the test proves nothing", data)
+	}
+	root, err := s.MountRootFS(ctx, "many", imgs[0], false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(names(t, root)); got != n+1 {
+		t.Errorf("the root holds %d names, want %d", got, n+1)
+	}
+	if got := readFile(t, filepath.Join(root, "top")); got != "hc" { // layer 59: 'a'+59%26, 'a'+59/26
+		t.Errorf("top reads %q, want the top layer's \"hc\"", got)
+	}
+}
+
+// TestStoreLockAcrossOpens: two opens of one store (the agent and the
+// CLI) take turns: a change through one waits while the other holds the
+// store's file lock, then sees its result.
+func TestStoreLockAcrossOpens(t *testing.T) {
+	s1 := openStore(t)
+	s2, err := Open(s1.Root(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	ctx := t.Context()
+	if _, err := s1.Load(ctx, saveTar(t, imageOf(t, "/x", layerOf(t, file("x", "x"))), "test/lock:v1")); err != nil {
+		t.Fatal(err)
+	}
+	must(t, s1.lockStore())
+	done := make(chan error, 1)
+	go func() { done <- s2.Remove("test/lock:v1", false) }()
+	select {
+	case err := <-done:
+		s1.unlockStore()
+		t.Fatalf("remove went ahead while the other open held the lock: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	s1.unlockStore()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.Resolve("test/lock:v1"); !errors.Is(err, ErrImageNotFound) {
+		t.Fatalf("the other open does not see the removal: %v", err)
+	}
+}
+
+// BenchmarkMountRootFS: mount and unmount a task's root filesystem (the
+// container runtime does both per task).
+func BenchmarkMountRootFS(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	s, err := Open(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := b.Context()
+	imgs, err := s.Load(ctx, saveTar(b, imageOf(b, "/x", layerOf(b, file("f", "x")), layerOf(b, file("g", "y"))), "test/bench:v1"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		id := "bench" + strconv.Itoa(i)
+		if _, err := s.MountRootFS(ctx, id, imgs[0], false); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.UnmountRootFS(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

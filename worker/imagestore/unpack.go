@@ -234,7 +234,7 @@ func unpack(ctx context.Context, r io.Reader, dir string) (int64, error) {
 				if err := removeExisting(hidden); err != nil {
 					return 0, fmt.Errorf("entry %s: %w", hdr.Name, err)
 				}
-				if err := unix.Mknod(hidden, unix.S_IFCHR|0o000, 0); err != nil {
+				if err := unix.Mknod(hidden, unix.S_IFCHR, 0); err != nil {
 					return 0, fmt.Errorf("entry %s: whiteout: %w", hdr.Name, err)
 				}
 			}
@@ -257,7 +257,7 @@ func unpack(ctx context.Context, r io.Reader, dir string) (int64, error) {
 				}
 			}
 			dirs = append(dirs, dirTimes{target, hdr.AccessTime, hdr.ModTime})
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg:
 			if err := removeExisting(target); err != nil {
 				return 0, fmt.Errorf("entry %s: %w", hdr.Name, err)
 			}
