@@ -94,11 +94,8 @@ func (d *daemonFlags) config(needAdvertise bool) (manager.Config, error) {
 		cfg.DockerAPIAddr = d.dockerAPIAddr
 	}
 	if d.taskSubnetPool != "" {
-		pool, err := netip.ParsePrefix(d.taskSubnetPool)
-		if err == nil {
-			err = tasksubnet.CheckPool(pool)
-		}
-		if err != nil {
+		pool, _ := netip.ParsePrefix(d.taskSubnetPool) // an invalid prefix fails CheckPool
+		if err := tasksubnet.CheckPool(pool); err != nil {
 			return cfg, usagef("--task-subnet-pool %q: %v", d.taskSubnetPool, err)
 		}
 		cfg.TaskSubnetPool = pool.Masked()

@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
 
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 )
@@ -189,6 +191,9 @@ func printNodePretty(n *pb.Node) {
 			fmt.Printf("Mesh datapath:\t\t%s (%s)\n", dp.GetName(), dp.GetReason())
 		}
 	}
+	if sub := n.GetTaskSubnet(); sub != "" {
+		fmt.Printf("Task subnet:\t\t%s (bridge %s)\n", sub, taskBridge(sub))
+	}
 	if c := n.GetCertificate(); c != nil {
 		fmt.Printf("TLS certificate:\n Role:\t\t\t%s\n Expires:\t\t%s\n Root CA:\t\t%s\n",
 			roleWord(c.GetRole()), time.Unix(0, c.GetNotAfter()).UTC().Format(time.RFC3339), c.GetRootDigest())
@@ -355,4 +360,13 @@ func runNodeRm(c *clientFlags, force bool, pos []string) error {
 		fmt.Println(ref)
 	}
 	return nil
+}
+
+// taskBridge is the bridge a node makes for its task subnet.
+func taskBridge(subnet string) string {
+	p, err := netip.ParsePrefix(subnet)
+	if err != nil {
+		return "?"
+	}
+	return tasknet.BridgeName(p)
 }

@@ -37,10 +37,10 @@ func New(pool netip.Prefix) *Allocator {
 // otherwise.
 func CheckPool(pool netip.Prefix) error {
 	if !pool.IsValid() || !pool.Addr().Is4() {
-		return fmt.Errorf("task subnet pool %q is not an IPv4 prefix: give one such as %s", pool, DefaultPool)
+		return fmt.Errorf("not an IPv4 prefix: give one such as %s", DefaultPool)
 	}
 	if pool.Bits() > Bits {
-		return fmt.Errorf("task subnet pool %s is smaller than one node's /%d: give a /%d or larger", pool, Bits, Bits)
+		return fmt.Errorf("%s is smaller than one node's /%d: give a /%d or larger", pool, Bits, Bits)
 	}
 	return nil
 }
@@ -92,7 +92,7 @@ func (a *Allocator) Ensure(tx *raftstore.Tx, node *pb.Node) (bool, error) {
 // free is the first /24 of the pool not in used.
 func (a *Allocator) free(used map[netip.Prefix]bool) (netip.Prefix, error) {
 	if err := CheckPool(a.Pool); err != nil {
-		return netip.Prefix{}, err
+		return netip.Prefix{}, fmt.Errorf("task subnet pool: %w", err)
 	}
 	n := 1 << (Bits - a.Pool.Bits())
 	base := a.Pool.Addr().As4()

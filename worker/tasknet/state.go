@@ -53,7 +53,7 @@ func (s *state) save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("tasknet: write state: %w", err)
 	}
-	if _, err := tmp.Write(data); err == nil {
+	if _, err = tmp.Write(data); err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
