@@ -2242,8 +2242,11 @@ type ContainerSpec struct {
 	// sealed in Service.sealed_registry_auth and hand them only to workers
 	// running the service's tasks.
 	WithRegistryAuth bool `protobuf:"varint,130,opt,name=with_registry_auth,json=withRegistryAuth,proto3" json:"with_registry_auth,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// read_only mounts the container's root filesystem read-only
+	// (`--read-only`); its mounts, /dev, /dev/shm and the like stay writable.
+	ReadOnly      bool `protobuf:"varint,181,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
@@ -2363,6 +2366,13 @@ func (x *ContainerSpec) GetConfigs() []*ConfigReference {
 func (x *ContainerSpec) GetWithRegistryAuth() bool {
 	if x != nil {
 		return x.WithRegistryAuth
+	}
+	return false
+}
+
+func (x *ContainerSpec) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
 	}
 	return false
 }
@@ -4748,7 +4758,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
 	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
 	"\x03uid\x18\x05 \x01(\tR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xaa\x04\n" +
+	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xc8\x04\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -4763,7 +4773,8 @@ const file_objects_proto_rawDesc = "" +
 	" \x01(\v2\x15.shoal.v1.HealthCheckR\vhealthcheck\x123\n" +
 	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x123\n" +
 	"\aconfigs\x18x \x03(\v2\x19.shoal.v1.ConfigReferenceR\aconfigs\x12-\n" +
-	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x1a9\n" +
+	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x12\x1c\n" +
+	"\tread_only\x18\xb5\x01 \x01(\bR\breadOnly\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +

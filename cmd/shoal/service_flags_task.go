@@ -44,6 +44,7 @@ type taskFlags struct {
 
 	workdir, user string
 	stopGrace     time.Duration
+	readOnly      bool
 }
 
 func (f *taskFlags) registerCreate(fs *pflag.FlagSet) {
@@ -68,6 +69,7 @@ func (f *taskFlags) registerShared(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.workdir, "workdir", "w", "", "working directory of the task (absolute `path`)")
 	fs.StringVarP(&f.user, "user", "u", "", "`user` the task runs as (name or UID)")
 	fs.DurationVar(&f.stopGrace, "stop-grace-period", defaultStopGrace, "how long a task has to stop before it is killed")
+	fs.BoolVar(&f.readOnly, "read-only", false, "mount the container's root filesystem read-only (docker and container runtimes)")
 }
 
 // base builds the spec of `service create` from IMAGE [COMMAND] [ARG...],
@@ -238,7 +240,8 @@ func (f *taskFlags) update(spec *pb.ServiceSpec, set map[string]bool) error {
 	return nil
 }
 
-// applyShared sets what --workdir, --user and --stop-grace-period say.
+// applyShared sets what --workdir, --user, --stop-grace-period and
+// --read-only say.
 func (f *taskFlags) applyShared(spec *pb.ServiceSpec, set map[string]bool) error {
 	c := spec.Task.Container
 	if set["workdir"] {
@@ -255,6 +258,9 @@ func (f *taskFlags) applyShared(spec *pb.ServiceSpec, set map[string]bool) error
 			return usagef("--stop-grace-period %s: must not be negative", f.stopGrace)
 		}
 		c.StopGracePeriod = int64(f.stopGrace)
+	}
+	if set["read-only"] {
+		c.ReadOnly = f.readOnly
 	}
 	return nil
 }

@@ -124,6 +124,22 @@ func TestIsolation(t *testing.T) {
 					t.Errorf("output %q; want uid 1000, gid 1000, groups [2000]", out)
 				}
 			}},
+		{name: "writes to its own layer, never the image's", args: []string{"write", "/written"},
+			check: func(t *testing.T, _ string, _ worker.Exit, out string) {
+				if out != "wrote /written\n" {
+					t.Errorf("output %q; want the write to succeed", out)
+				}
+				if _, err := os.Stat(filepath.Join(taskImage(t), "written")); err == nil {
+					t.Errorf("the task's write reached the image's directory")
+				}
+			}},
+		{name: "cannot write to a read-only root", args: []string{"write", "/written"},
+			setup: func(task *pb.Task) { task.Spec.Container.ReadOnly = true },
+			check: func(t *testing.T, _ string, _ worker.Exit, out string) {
+				if !strings.Contains(out, "read-only file system") {
+					t.Errorf("output %q; want the write refused", out)
+				}
+			}},
 		{name: "is held to its memory limit", args: []string{"hog", "200"},
 			setup: func(task *pb.Task) {
 				task.Spec.Resources = &pb.ResourceRequirements{Limits: &pb.Resources{MemoryBytes: 32 << 20}}

@@ -194,7 +194,7 @@ func buildSpec(in specInput) (*specs.Spec, error) {
 			NoNewPrivileges: true,
 			Rlimits:         rlimits,
 		},
-		Root:     &specs.Root{Path: in.rootfs},
+		Root:     &specs.Root{Path: in.rootfs, Readonly: c.GetReadOnly()},
 		Hostname: in.hostname,
 		Mounts:   defaultMounts(),
 		Linux: &specs.Linux{

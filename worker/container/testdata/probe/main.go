@@ -5,6 +5,7 @@
 //	probe hostname      prints the hostname
 //	probe cat FILE      prints FILE, or "missing" when it cannot be read
 //	probe hog MIB       allocates and touches MIB MiB, then prints "survived"
+//	probe write FILE    writes FILE, or says why it cannot
 //	probe addrs         prints the network interfaces' addresses
 //	probe id            prints the uid, gid and groups
 package main
@@ -53,6 +54,12 @@ func main() {
 			keep = append(keep, b)
 		}
 		fmt.Println("survived", len(keep))
+	case "write":
+		if err := os.WriteFile(os.Args[2], []byte("written by the task"), 0o644); err != nil {
+			fmt.Println("cannot write:", err)
+			return
+		}
+		fmt.Println("wrote", os.Args[2])
 	case "addrs":
 		addrs, _ := net.InterfaceAddrs()
 		var out []string
