@@ -145,7 +145,7 @@ func buildSpec(t *pb.Task, nodeID string, hostIP netip.Addr, files worker.TaskFi
 
 	host := &container.HostConfig{
 		ReadonlyRootfs: c.GetReadOnly(),
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyDisabled},
 	}
 	if l := t.GetSpec().GetResources().GetLimits(); l != nil {
 		host.Memory = l.GetMemoryBytes()
