@@ -77,6 +77,11 @@ func TestCompletionAndRuntimeChoice(t *testing.T) {
 		out, errOut, code := cli(t, "node", "inspect", "--pretty", "w1", "--host", m.addr(), "--timeout", "2s")
 		return code == 0 && strings.Contains(out, "State:\t\t\tReady") && strings.Contains(out, "Runtimes:\t\tprocess\n"), out + errOut
 	})
+	// It says why it offers neither container runtime.
+	if out, errOut, _ := cli(t, "node", "inspect", "--pretty", "w1", "--host", m.addr(), "--timeout", "2s"); !strings.Contains(out, "Runtime not offered:\tcontainer (") ||
+		!strings.Contains(out, "Runtime not offered:\tdocker (") {
+		t.Errorf("node inspect of w1 does not say why it offers neither container runtime:\n%s%s", out, errOut)
+	}
 
 	// The runtime follows IMAGE; one no worker offers is refused, saying
 	// which offer what.

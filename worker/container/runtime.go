@@ -867,27 +867,42 @@ func readJSON(dir, name string, v any) (bool, error) {
 	return true, nil
 }
 
-// keyedMutex is a set of mutexes by key whose lock honours a context.
+// keyedMutex is a set of mutexes by key whose lock honours a context; a
+// key's mutex is forgotten once nobody holds or waits for it.
 type keyedMutex struct {
 	mu sync.Mutex
-	m  map[string]chan struct{}
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	sem  chan struct{}
+	refs int
 }
 
 func (k *keyedMutex) lock(ctx context.Context, key string) (func(), error) {
 	k.mu.Lock()
 	if k.m == nil {
-		k.m = map[string]chan struct{}{}
+		k.m = map[string]*keyedEntry{}
 	}
-	sem := k.m[key]
-	if sem == nil {
-		sem = make(chan struct{}, 1)
-		k.m[key] = sem
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{sem: make(chan struct{}, 1)}
+		k.m[key] = e
 	}
+	e.refs++
 	k.mu.Unlock()
+	release := func() {
+		k.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
 	select {
-	case sem <- struct{}{}:
-		return func() { <-sem }, nil
+	case e.sem <- struct{}{}:
+		return func() { <-e.sem; release() }, nil
 	case <-ctx.Done():
+		release()
 		return nil, ctx.Err()
 	}
 }
