@@ -78,6 +78,11 @@ func benchmarks() []bench {
 			run:  runAssign,
 		},
 		{
+			name: "runtimes",
+			desc: "the container (runc on OverlayFS), docker and process runtimes on the same program, shoal/hello, through the runtime API: Prepare+Start of one task → running, its Stop, resident memory per running task, 20 tasks started at once → all running (needs root, runc and the Docker Engine)",
+			run:  runRuntimes,
+		},
+		{
 			name: "dead-worker",
 			desc: "1 manager + 1 worker process, heartbeat period 1s: kill -9 the worker → Down in ListNodes, with default and --gossip-fast gossip",
 			run:  runDeadWorker,
