@@ -46,7 +46,7 @@ func (s *Store) RemoveImage(ref string, force bool) (RemoveReport, error) {
 		return rep, err
 	}
 	refs, digests := refsOf(repos, id)
-	// By reference (a tag or a digest, normalised), or by ID.
+	// By reference (a tag or a digest, normalised), or by ID ("").
 	var named string
 	if isRef(ref, refs, digests) {
 		named = normalizedAny(ref)
@@ -55,24 +55,22 @@ func (s *Store) RemoveImage(ref string, force bool) (RemoveReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	// A reference of an image others name too: only untagged.
+	untag := false
 	switch {
 	case slices.Contains(refs, named) && len(refs) > 1:
-		delete(repos.Refs, named) // other tags keep the image
+		delete(repos.Refs, named)
+		untag = true
 	case slices.Contains(digests, named) && (len(refs) > 0 || len(digests) > 1):
 		delete(repos.Digests, named)
-	default:
-		named = ""
+		untag = true
 	}
-	if named != "" {
+	if untag {
 		if err := s.writeRepos(repos); err != nil {
 			return rep, err
 		}
 		rep.Untagged = []string{FamiliarRef(named)}
 		return rep, nil
-	}
-	named = ""
-	if isRef(ref, refs, digests) {
-		named = normalizedAny(ref)
 	}
 	if named == "" && len(refs) > 1 && !force {
 		return rep, fmt.Errorf("conflict: unable to delete %s (must be forced) - image is referenced in multiple repositories", shortID(id))

@@ -193,7 +193,7 @@ func unpack(ctx context.Context, r io.Reader, dir string) (int64, error) {
 	tr := tar.NewReader(r)
 	var size int64
 	type dirTimes struct {
-		path         string
+		path, rel    string
 		atime, mtime time.Time
 	}
 	var dirs []dirTimes
@@ -256,7 +256,7 @@ func unpack(ctx context.Context, r io.Reader, dir string) (int64, error) {
 					return 0, fmt.Errorf("entry %s: %w", hdr.Name, err)
 				}
 			}
-			dirs = append(dirs, dirTimes{target, hdr.AccessTime, hdr.ModTime})
+			dirs = append(dirs, dirTimes{target, rel, hdr.AccessTime, hdr.ModTime})
 		case tar.TypeReg:
 			if err := removeExisting(target); err != nil {
 				return 0, fmt.Errorf("entry %s: %w", hdr.Name, err)
@@ -338,7 +338,12 @@ func unpack(ctx context.Context, r io.Reader, dir string) (int64, error) {
 		}
 	}
 	// Directories' times last: writing into them changed them.
+	// A later entry may have replaced a parent by a symbolic link: such
+	// a directory is not the layer's any more.
 	for i := len(dirs) - 1; i >= 0; i-- {
+		if !realParents(dir, path.Dir(dirs[i].rel)) {
+			continue
+		}
 		if err := setTimes(dirs[i].path, dirs[i].atime, dirs[i].mtime); err != nil {
 			return 0, err
 		}
@@ -370,6 +375,24 @@ func mkdirParents(root, rel string) error {
 		}
 	}
 	return nil
+}
+
+// realParents reports whether every directory of rel under root is a
+// real directory (no symbolic link).
+func realParents(root, rel string) bool {
+	rel = strings.Trim(rel, "/")
+	if rel == "" || rel == "." {
+		return true
+	}
+	cur := root
+	for _, part := range strings.Split(rel, "/") {
+		cur = filepath.Join(cur, part)
+		fi, err := os.Lstat(cur)
+		if err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 // removeExisting removes what a path holds, if anything (a later tar
