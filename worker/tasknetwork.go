@@ -33,7 +33,9 @@ func (a *Agent) noteTaskNetworks(node *pb.Node, nets *pb.TaskNetworks) {
 			changed := a.taskSubnet != p
 			a.taskSubnet = p
 			a.mu.Unlock()
-			if changed && a.taskNet != nil {
+			// A network that could not be made is tried again at each
+			// message that carries the node's record.
+			if a.taskNet != nil && (changed || a.taskNet.Network() == nil) {
 				ctx, cancel := context.WithTimeout(a.ctx, taskNetTimeout)
 				if err := a.taskNet.SetSubnet(ctx, p); err != nil {
 					a.log.Error("task network: tasks that need their own address cannot start on this node", "subnet", p, "err", err)

@@ -92,6 +92,25 @@ func freePort(t *testing.T, ips ...string) int {
 	return 0
 }
 
+// taskPoolSalt spreads the task subnet pools of this test process's
+// clusters from those of other processes on the host.
+var taskPoolSalt = rand.IntN(100)
+
+// withTaskPool gives a daemon command its cluster's task subnet pool, a
+// /16 chosen from the cluster's port, unless the test gives one: clusters
+// sharing this host never share a subnet, hence a bridge.
+func withTaskPool(port int, args []string) []string {
+	if len(args) == 0 || slices.Contains(args, "--task-subnet-pool") {
+		return args
+	}
+	switch args[0] {
+	case "init", "join", "start":
+		pool := fmt.Sprintf("10.%d.0.0/16", 120+(port*7+taskPoolSalt)%100)
+		return append([]string{args[0], "--task-subnet-pool", pool}, args[1:]...)
+	}
+	return args
+}
+
 // startDaemon runs `shoal <args>` in the background and stops it with the test.
 func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...string) *node {
 	t.Helper()
@@ -100,7 +119,7 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(shoalBin, args...)
+	cmd := exec.Command(shoalBin, withTaskPool(port, args)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -65,6 +66,23 @@ func (n *Network) setupBridge() error {
 	case link.Type() != "bridge":
 		return fmt.Errorf("tasknet: %s exists and is a %s, not a bridge: choose another bridge name or remove it", name, link.Type())
 	}
+	// The bridge's alias names the state directory that owns it: another
+	// node on this host with the same subnet (two clusters with one pool)
+	// must not share it, nor its addresses.
+	owner := "shoal tasknet " + n.cfg.StateDir
+	if len(owner) > 128 {
+		owner = owner[:128]
+	}
+	switch alias := link.Attrs().Alias; {
+	case alias == "" || ownerGone(alias):
+		// New, or left by a node whose state is gone (a killed test
+		// cluster): this node's now.
+		if err := netlink.LinkSetAlias(link, owner); err != nil {
+			return fmt.Errorf("tasknet: mark bridge %s as this node's: %w", name, err)
+		}
+	case alias != owner:
+		return fmt.Errorf("tasknet: bridge %s for subnet %s belongs to another node on this host (%q): give this cluster another task subnet pool (--task-subnet-pool)", name, n.cfg.Subnet, alias)
+	}
 	gw := netip.PrefixFrom(n.gateway, n.cfg.Subnet.Bits())
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: ipNet(gw)}); err != nil {
 		return fmt.Errorf("tasknet: add %s to %s: %w", gw, name, err)
@@ -84,6 +102,17 @@ func (n *Network) setupBridge() error {
 		return fmt.Errorf("tasknet: %w", err)
 	}
 	return nil
+}
+
+// ownerGone tells whether a bridge's alias names a state directory that no
+// longer exists.
+func ownerGone(alias string) bool {
+	dir, ok := strings.CutPrefix(alias, "shoal tasknet ")
+	if !ok || len(alias) >= 128 {
+		return false // not ours to judge, or cut short
+	}
+	_, err := os.Stat(dir)
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // inNetNS runs f on a locked thread in the namespace at path; the thread
@@ -162,7 +191,7 @@ func unmountNetNS(path string) error {
 }
 
 // plumb makes whatever of a task's namespace, veth, address and routes is
-// missing. n.mu is held.
+// missing. The task's lock is held.
 func (n *Network) plumb(_ context.Context, taskID string, ip netip.Addr) error {
 	path := n.NetNSPath(taskID)
 	hostName, peerName := vethNames(n.cfg.Bridge, taskID)
@@ -290,7 +319,8 @@ func (n *Network) plumbed(path, hostName string, ip netip.Addr) bool {
 	return err == nil
 }
 
-// unplumb removes a task's veth and namespace file. n.mu is held.
+// unplumb removes a task's veth and namespace file. The task's lock (or
+// every task's) is held.
 func (n *Network) unplumb(taskID string) error {
 	hostName, _ := vethNames(n.cfg.Bridge, taskID)
 	var errs []error
@@ -320,7 +350,7 @@ func destroyKernelState(ctx context.Context, bridge string, routes map[netip.Pre
 	if err := removeForwardAccept(ctx, bridge); err != nil {
 		log.Warn("remove the firewall's accept rules", "err", err)
 	}
-	if l, err := netlink.LinkByName(bridge); err == nil {
+	if l, err := netlink.LinkByName(bridge); err == nil && l.Type() == "bridge" {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("tasknet: delete bridge %s: %w", bridge, err))
 		}

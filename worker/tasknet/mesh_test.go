@@ -19,15 +19,25 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 )
 
-// freePort is a TCP port nothing listens on at ip.
+// freePort is a port nothing holds at ip, TCP and UDP alike (the
+// resolver takes both).
 func freePort(t *testing.T, ip string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp4", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp4", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp4", net.JoinHostPort(ip, strconv.Itoa(port)))
+		ln.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no port free for TCP and UDP")
+	return 0
 }
 
 // startMesh runs a node's mesh on ip, as the worker agent does.

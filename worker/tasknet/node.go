@@ -21,6 +21,7 @@ type Node struct {
 	net    *Network
 	err    error // the last SetSubnet failure
 	ready  chan struct{}
+	wake   chan struct{}               // closed and replaced at every SetSubnet
 	peers  map[netip.Prefix]netip.Addr // the last SetPeerRoutes, applied to each new network
 	closed bool
 }
@@ -32,7 +33,7 @@ func NewNode(ctx context.Context, base Config) (*Node, error) {
 	if base.StateDir == "" {
 		return nil, errors.New("tasknet: a state directory is required")
 	}
-	nd := &Node{base: base, ready: make(chan struct{})}
+	nd := &Node{base: base, ready: make(chan struct{}), wake: make(chan struct{})}
 	st, err := loadState(base.StateDir)
 	if err != nil {
 		return nil, err
@@ -54,6 +55,10 @@ func (nd *Node) SetSubnet(ctx context.Context, subnet netip.Prefix) error {
 	if nd.closed {
 		return errors.New("tasknet: the node's network is closed")
 	}
+	defer func() { // waiters look again, at the network or the failure
+		close(nd.wake)
+		nd.wake = make(chan struct{})
+	}()
 	subnet = subnet.Masked()
 	if nd.net != nil {
 		if nd.net.Subnet() == subnet {
@@ -103,7 +108,7 @@ func (nd *Node) Ready() <-chan struct{} { return nd.ready }
 func (nd *Node) Wait(ctx context.Context) (*Network, error) {
 	for {
 		nd.mu.Lock()
-		n, lastErr, closed := nd.net, nd.err, nd.closed
+		n, lastErr, closed, wake := nd.net, nd.err, nd.closed, nd.wake
 		nd.mu.Unlock()
 		if closed {
 			return nil, errors.New("tasknet: the node's network is closed")
@@ -111,20 +116,15 @@ func (nd *Node) Wait(ctx context.Context) (*Network, error) {
 		if n != nil {
 			return n, nil
 		}
-		select {
-		case <-nd.ready:
-			if lastErr != nil {
-				return nil, fmt.Errorf("tasknet: no task network on this node: %w", lastErr)
-			}
-		default:
+		if lastErr != nil {
+			// The subnet came but the network could not be made: tasks
+			// fail now, with why, rather than wait.
+			return nil, fmt.Errorf("tasknet: no task network on this node: %w", lastErr)
 		}
 		select {
 		case <-ctx.Done():
-			if lastErr != nil {
-				return nil, fmt.Errorf("tasknet: no task network on this node: %w", lastErr)
-			}
 			return nil, fmt.Errorf("tasknet: the managers have not handed this node a task subnet yet: %w", ctx.Err())
-		case <-nd.ready:
+		case <-wake:
 		}
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -98,7 +99,10 @@ type Network struct {
 	table   string // bare nftables table name
 	nsDir   string
 
-	mu     sync.Mutex
+	// taskLocks serialise the plumbing of one task (striped by task ID).
+	taskLocks [32]sync.Mutex
+
+	mu     sync.Mutex // guards state and closed
 	state  *state
 	closed bool
 }
@@ -269,30 +273,39 @@ func (n *Network) Attach(ctx context.Context, taskID string) (Attachment, error)
 	if !validTaskID.MatchString(taskID) {
 		return Attachment{}, fmt.Errorf("tasknet: task ID %q is not usable as a file name (letters, digits, _.-)", taskID)
 	}
+	// The task's own lock covers its links and namespace; n.mu only the
+	// allocations, so tasks attach in parallel.
+	unlock := n.lockTask(taskID)
+	defer unlock()
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return Attachment{}, errors.New("tasknet: the network is closed")
 	}
 	ip, had := n.state.Tasks[taskID]
 	if !had {
 		var err error
 		ip, err = n.state.allocate(n.cfg.Subnet)
-		if err != nil {
-			return Attachment{}, err
+		if err == nil {
+			n.state.Tasks[taskID] = ip
+			if err = n.state.save(n.cfg.StateDir); err != nil {
+				delete(n.state.Tasks, taskID)
+			}
 		}
-		n.state.Tasks[taskID] = ip
-		if err := n.state.save(n.cfg.StateDir); err != nil {
-			delete(n.state.Tasks, taskID)
+		if err != nil {
+			n.mu.Unlock()
 			return Attachment{}, err
 		}
 	}
+	n.mu.Unlock()
 	att := n.attachment(taskID, ip)
 	if err := n.plumb(ctx, taskID, ip); err != nil {
 		if !had {
-			n.unplumb(taskID)
+			_ = n.unplumb(taskID)
+			n.mu.Lock()
 			delete(n.state.Tasks, taskID)
 			_ = n.state.save(n.cfg.StateDir)
+			n.mu.Unlock()
 		}
 		return Attachment{}, fmt.Errorf("tasknet: attach task %s: %w", taskID, err)
 	}
@@ -300,6 +313,16 @@ func (n *Network) Attach(ctx context.Context, taskID string) (Attachment, error)
 		n.log.Info("task attached", "task", taskID, "ip", ip)
 	}
 	return att, nil
+}
+
+// lockTask takes the lock of a task's links and namespace (one of
+// taskLocks, by the ID's hash) and returns its release.
+func (n *Network) lockTask(taskID string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(taskID))
+	mu := &n.taskLocks[h.Sum32()%uint32(len(n.taskLocks))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 func (n *Network) attachment(taskID string, ip netip.Addr) Attachment {
@@ -353,11 +376,13 @@ func (n *Network) Detach(ctx context.Context, taskID string) error {
 	if !validTaskID.MatchString(taskID) {
 		return fmt.Errorf("tasknet: task ID %q is not usable as a file name (letters, digits, _.-)", taskID)
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	unlock := n.lockTask(taskID)
+	defer unlock()
 	if err := n.unplumb(taskID); err != nil {
 		return fmt.Errorf("tasknet: detach task %s: %w", taskID, err)
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	ip, ok := n.state.Tasks[taskID]
 	if !ok {
 		return nil
@@ -383,6 +408,10 @@ func (n *Network) Close() error {
 // nftables table and the firewall accept rules, and the state: for a node
 // leaving the cluster.
 func (n *Network) Destroy(ctx context.Context) error {
+	for i := range n.taskLocks {
+		n.taskLocks[i].Lock()
+		defer n.taskLocks[i].Unlock()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.closed = true

@@ -63,6 +63,7 @@ func newTestNetworkOn(t *testing.T, subnet netip.Prefix, dns netip.AddrPort) (*N
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = DestroyState(context.Background(), cfg.StateDir, slog.New(slog.DiscardHandler)) })
+	cfg.Bridge = n.Bridge() // as New derived it
 	return n, cfg
 }
 
@@ -513,4 +514,76 @@ func TestPeerRoutes(t *testing.T) {
 	if _, err := dialIn(a.NetNSPath, ln); err == nil {
 		t.Fatal("the other node's task is still reachable after its route went")
 	}
+}
+
+// TestNodeFailsFastWithoutNetwork checks a task waiting for the network
+// hears at once why it could not be made, and a later SetSubnet that
+// succeeds serves it.
+func TestNodeFailsFastWithoutNetwork(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "tasknet")
+	t.Cleanup(func() { _ = DestroyState(context.Background(), dir, slog.New(slog.DiscardHandler)) })
+	// "lo" is no bridge: New refuses it.
+	nd, err := NewNode(ctx, Config{StateDir: dir, Bridge: "lo", Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := nd.Attach(ctx, "waits")
+		errc <- err
+	}()
+	if err := nd.SetSubnet(ctx, testSubnet(17)); err == nil {
+		t.Fatal("SetSubnet with lo as the bridge succeeded")
+	}
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "not a bridge") {
+			t.Fatalf("waiting attach: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting attach did not hear of the failure")
+	}
+}
+
+// TestSubnetOfAnotherNodeRefused checks a second node on this host given
+// the same subnet (two clusters with one pool) is refused, saying what to
+// do, and leaves the first's bridge and tasks alone.
+func TestSubnetOfAnotherNodeRefused(t *testing.T) {
+	n, cfg := newTestNetwork(t, 18, netip.AddrPort{})
+	a, err := n.Attach(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := Config{Subnet: cfg.Subnet, StateDir: filepath.Join(t.TempDir(), "other"), Log: slog.New(slog.DiscardHandler)}
+	if _, err := New(context.Background(), other); err == nil || !strings.Contains(err.Error(), "belongs to another node") || !strings.Contains(err.Error(), "--task-subnet-pool") {
+		t.Fatalf("second node on the same subnet: %v", err)
+	}
+	echo(t, a, a.IP.String())
+	// The owner itself adopts it again.
+	if _, err := New(context.Background(), cfg); err != nil {
+		t.Fatalf("the owner again: %v", err)
+	}
+}
+
+// TestStaleBridgeAdopted checks a bridge left by a node whose state is
+// gone (a killed test cluster) is taken over by the next node with its
+// subnet.
+func TestStaleBridgeAdopted(t *testing.T) {
+	_, cfg := newTestNetwork(t, 19, netip.AddrPort{})
+	if err := os.RemoveAll(cfg.StateDir); err != nil { // as if its cluster were killed and its dir removed
+		t.Fatal(err)
+	}
+	next := Config{Subnet: cfg.Subnet, StateDir: filepath.Join(t.TempDir(), "next"), Log: slog.New(slog.DiscardHandler)}
+	t.Cleanup(func() { _ = DestroyState(context.Background(), next.StateDir, slog.New(slog.DiscardHandler)) })
+	n, err := New(context.Background(), next)
+	if err != nil {
+		t.Fatalf("a node on a stale bridge's subnet: %v", err)
+	}
+	a, err := n.Attach(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, a, a.IP.String())
 }
