@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
-	"github.com/shoal-cluster/shoal/internal/mesh"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/container"
@@ -200,19 +199,9 @@ func TestContainerRuntimeServiceRollingUpdateAndRollback(t *testing.T) {
 		seen[p[0].GetHostIp()] = true
 	}
 	// Through the mesh: the published port on every node reaches every
-	// task, on its own node or another. On the kernel datapath a node's
-	// mesh does not yet reach tasks on another node's bridge when the
-	// nodes share one kernel (the in-process cluster here): there each
-	// container worker is only asked to reach the service.
-	kernel := testMeshDatapath() != mesh.DatapathUserspace
+	// task, on its own node or another.
 	for _, w := range cc.workers {
-		if kernel && w.a.ID() == procOnly {
-			continue
-		}
 		want := 3
-		if kernel {
-			want = 1
-		}
 		url := fmt.Sprintf("http://%s:%d/", w.cfg.AdvertiseIP, published)
 		answered := map[string]bool{}
 		cc.eventually(30*time.Second, fmt.Sprintf("the mesh on %s reaching %d tasks", url, want), func() (bool, string) {
