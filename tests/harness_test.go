@@ -108,7 +108,8 @@ type cluster struct {
 	// certExpiry, if set, is the certificate lifetime the cluster is made with.
 	certExpiry time.Duration
 	// taskPool is where the cluster's workers get their task subnets: a
-	// random /16, so that clusters sharing this host never share a bridge.
+	// random /16 of 10.20-119 (cmd/shoal's end-to-end clusters take
+	// 10.120-219), so that clusters sharing this host never share a bridge.
 	taskPool netip.Prefix
 	// taskNetworks gives workers a task network (root only).
 	taskNetworks bool
@@ -166,7 +167,7 @@ func newCluster(t *testing.T) *cluster {
 	}
 	t.Logf("cluster dir %s", base)
 	c := &cluster{t: t, net: 100 + rand.IntN(150), base: base, secrets: filepath.Join(base, "secrets"),
-		taskPool: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(120 + rand.IntN(100)), 0, 0}), 16)}
+		taskPool: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(20 + rand.IntN(100)), 0, 0}), 16)}
 	if shm, err := os.MkdirTemp("/dev/shm", tmpPrefix); err == nil {
 		c.secrets = shm
 	}

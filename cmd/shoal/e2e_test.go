@@ -97,8 +97,9 @@ func freePort(t *testing.T, ips ...string) int {
 var taskPoolSalt = rand.IntN(100)
 
 // withTaskPool gives a daemon command its cluster's task subnet pool, a
-// /16 chosen from the cluster's port, unless the test gives one: clusters
-// sharing this host never share a subnet, hence a bridge.
+// /16 of 10.120-219 chosen from the cluster's port (tests/ takes
+// 10.20-119), unless the test gives one: clusters sharing this host never
+// share a subnet, hence a bridge.
 func withTaskPool(port int, args []string) []string {
 	if len(args) == 0 || slices.Contains(args, "--task-subnet-pool") {
 		return args
