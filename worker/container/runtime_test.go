@@ -227,3 +227,41 @@ func randomSuffix() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// TestStraysListedAndRemoved checks that a container whose bundle is gone
+// (an agent that died while removing it) is still listed, from runc's
+// state and the supervisor's directory, and that Remove deletes what is
+// left of it.
+func TestStraysListedAndRemoved(t *testing.T) {
+	requireRunc(t)
+	imgs := testImages(t)
+	r := newRuntime(t, newStateDir(t, imgs), imgs)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	task := &pb.Task{Id: "stray-" + randomSuffix(), Spec: &pb.TaskSpec{Runtime: Name,
+		Container: &pb.ContainerSpec{Image: "task:1", Args: []string{"sleep"}}}}
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(ctx, task.Id); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(r.bundle(task.Id)); err != nil {
+		t.Fatal(err)
+	}
+	list, err := r.List(ctx)
+	if err != nil || len(list) != 1 || list[0].TaskID != task.Id || list[0].State != worker.RunExited {
+		t.Fatalf("List = %+v, %v; want the stray, exited", list, err)
+	}
+	if err := r.Remove(ctx, task.Id); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := r.List(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("List after Remove = %+v, %v; want nothing", list, err)
+	}
+	for _, d := range []string{filepath.Join(r.runcRoot, task.Id), filepath.Join(r.dir, "tasks", task.Id)} {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("%s is left", d)
+		}
+	}
+}
