@@ -121,6 +121,15 @@ func startHTTPBackends(n int) ([]string, func(), error) {
 	return addrs, stop, nil
 }
 
+// runMeshWrk is the mesh-wrk benchmark: 5 s per wrk run (2 s quick).
+func runMeshWrk(ctx context.Context, e *env) ([]series, error) {
+	dur := 5 * time.Second
+	if e.opts.quick {
+		dur = 2 * time.Second
+	}
+	return meshWrkRows(ctx, e, dur)
+}
+
 // meshWrkRows measures one backend directly and the published port on
 // each datapath this host offers, with wrk; nothing (and a note) without
 // wrk. Every run gets backends on fresh ports: at thousands of new
