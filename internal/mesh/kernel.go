@@ -36,8 +36,8 @@ import (
 // backend on this node sees the client's own address. Every endpoint
 // change is one nftables transaction that updates the maps (and replaces
 // a frontend's single rule when its backend count changes), so a
-// connection never sees a half-applied change: a netlink batch, well
-// under a millisecond, for changes to existing frontends (a frontend that
+// connection never sees a half-applied change: a netlink batch, about a
+// millisecond, for changes to existing frontends (a frontend that
 // loses its last backend is parked, its chain and map kept empty, for
 // that reason), and `nft -f -` for what declares a new frontend's map or
 // rebuilds the table (running nft costs tens of milliseconds on a busy
@@ -126,7 +126,7 @@ func (f kernelFront) masqElems() []string {
 // frontends. Changes go to the kernel over netlink, one batch (one
 // transaction) each, without running a program: a change that only
 // touches existing frontends (a backend leaving or joining, a frontend
-// parked or unparked, a frontend removed) costs well under a millisecond.
+// parked or unparked, a frontend removed) costs about a millisecond.
 // What needs a new map (a new frontend, whose map is declared with
 // `typeof` so that `nft list` shows it readably) and rebuilding the
 // whole table go through `nft -f -`, also one transaction.

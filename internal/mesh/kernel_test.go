@@ -431,7 +431,8 @@ func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 }
 
 // BenchmarkKernelSync measures one endpoint change on the kernel
-// datapath: a backend leaves or joins a frontend of three (one nft run).
+// datapath: a backend leaves or joins a frontend of three (one netlink
+// batch; the first change, which declares the frontend, runs nft).
 func BenchmarkKernelSync(b *testing.B) {
 	cfg := Config{IP: "127.0.0.1", NodeID: testNode, Log: slog.New(slog.DiscardHandler)}
 	k, dp := newKernel(cfg, cfg.Log)
