@@ -105,8 +105,10 @@ demo-autoscale: build
 	BIN=$(BIN) scripts/demo-autoscale.sh
 
 # The sample images shoal/hello:v1, :v2 and :unhealthy, built offline into
-# the local Docker Engine (FROM scratch), then pushed to the local registry
-# at REGISTRY (default 127.0.0.1:5000) when one runs (scripts/registry.sh).
+# the local Docker Engine (FROM scratch) and saved as tarballs in
+# bin/images/hello-TAG.tar (for `shoal image load` on nodes without an
+# Engine), then pushed to the local registry at REGISTRY (default
+# 127.0.0.1:5000) when one runs (scripts/registry.sh).
 images:
 	GO=$(GO) scripts/images.sh
 	scripts/push-images.sh

@@ -4,13 +4,18 @@
 # from cmd/hello. The binary is built with Go on this machine (static,
 # CGO_ENABLED=0) and `docker build` gets a context holding only the binary
 # and a Dockerfile; the images are FROM scratch, so nothing is pulled.
+# Each is also saved as a tarball (`docker save`), for nodes without a
+# Docker Engine: bin/images/hello-TAG.tar, loaded with
+# `shoal image load bin/images/hello-TAG.tar` into a node's image store.
 #
 # Usage: scripts/images.sh [TAG...]   (default: v1 v2 unhealthy)
-# Env:   GO (default go), DOCKER (default docker).
+# Env:   GO (default go), DOCKER (default docker),
+#        IMAGES_DIR (default bin/images; empty: no tarballs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 DOCKER=${DOCKER:-docker}
+IMAGES_DIR=${IMAGES_DIR-bin/images}
 
 if ! "$DOCKER" info >/dev/null 2>&1; then
   echo "images.sh: the Docker Engine does not answer ($DOCKER info failed)" >&2
@@ -49,6 +54,18 @@ image() {
     exit 1
   fi
   echo "built shoal/hello:$tag"
+  if [ -n "$IMAGES_DIR" ]; then
+    # Saved under a temporary name, then renamed: never a half tarball.
+    mkdir -p "$IMAGES_DIR"
+    local tarball="$IMAGES_DIR/hello-$tag.tar"
+    if ! out=$("$DOCKER" save -o "$tarball.tmp" "shoal/hello:$tag" 2>&1); then
+      rm -f "$tarball.tmp"
+      echo "$out" >&2
+      exit 1
+    fi
+    mv -f "$tarball.tmp" "$tarball"
+    echo "saved shoal/hello:$tag as $tarball"
+  fi
 }
 
 tags=("$@")

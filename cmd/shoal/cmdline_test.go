@@ -95,7 +95,7 @@ func TestWrongCommandLinesExit2(t *testing.T) {
 		{[]string{"version", "now"}, "version takes no arguments", "shoal version"},
 		{[]string{"completion", "bash", "extra"}, `unknown command "extra" for "shoal completion bash"`, "shoal completion bash"},
 		{[]string{"init", "--host", "m1"}, "--host is for client commands: init runs a node on this machine", "shoal init"},
-		{[]string{"image", "load", "image.tar"}, "--host is for client commands: image load loads into the Docker Engine of this machine", "shoal image load"},
+		{[]string{"image", "load", "image.tar"}, "--host is for client commands: image load loads into this node's image store (see --data-dir), or with --docker into the Docker Engine of this machine", "shoal image load"},
 		{[]string{"service", "ls", "--format", "yaml"}, `--format "yaml": use table or json`, "shoal service ls"},
 		{[]string{"service", "inspect", "web\xff"}, `argument "web\xff" is not valid UTF-8 text`, "shoal service inspect"},
 		{[]string{"dashboard", "--addr", "0.0.0.0:8080"}, "--addr 0.0.0.0:8080 serves on 0.0.0.0, not only loopback: give --tls-cert and --tls-key to serve HTTPS there, or use 127.0.0.1:PORT", "shoal dashboard"},

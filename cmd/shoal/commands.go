@@ -58,7 +58,7 @@ func newRootCommand() *cobra.Command {
 	g.register(root.PersistentFlags())
 	root.AddCommand(
 		initCommand(g), joinCommand(g), startCommand(g), leaveCommand(g),
-		nodeCommand(g), clusterCommand(g), serviceCommand(g), secretCommand(g), configCommand(g), eventsCommand(g), dashboardCommand(g), imageCommand(),
+		nodeCommand(g), clusterCommand(g), serviceCommand(g), secretCommand(g), configCommand(g), eventsCommand(g), dashboardCommand(g), imageCommand(g),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print the version",
