@@ -539,7 +539,12 @@ func (a *Agent) task(id string) *pb.Task {
 }
 
 // setStatus records a task's new observed status and queues its report.
+// A task that stopped serving (exited, or failed its health check)
+// leaves this node's mesh first, without waiting for the managers.
 func (a *Agent) setStatus(id string, s *pb.TaskStatus) {
+	if a.mesh != nil && (s.GetState() > pb.TaskState_TASK_STATE_RUNNING || s.GetHealth() == pb.HealthState_HEALTH_STATE_UNHEALTHY) {
+		a.mesh.TaskGone(id)
+	}
 	a.mu.Lock()
 	t, ok := a.tasks[id]
 	if ok {
