@@ -996,9 +996,12 @@ type NodeDescription struct {
 	Version      string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	EngineLabels map[string]string      `protobuf:"bytes,7,rep,name=engine_labels,json=engineLabels,proto3" json:"engine_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// mesh_datapath is how the node's routing mesh forwards connections.
-	MeshDatapath  *MeshDatapath `protobuf:"bytes,100,opt,name=mesh_datapath,json=meshDatapath,proto3" json:"mesh_datapath,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MeshDatapath *MeshDatapath `protobuf:"bytes,100,opt,name=mesh_datapath,json=meshDatapath,proto3" json:"mesh_datapath,omitempty"`
+	// runtimes_not_offered are the runtimes this node's agent knows but does
+	// not offer, each with why (e.g. container: runc is not installed).
+	RuntimesNotOffered []*RuntimeNotOffered `protobuf:"bytes,180,rep,name=runtimes_not_offered,json=runtimesNotOffered,proto3" json:"runtimes_not_offered,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *NodeDescription) Reset() {
@@ -1087,6 +1090,66 @@ func (x *NodeDescription) GetMeshDatapath() *MeshDatapath {
 	return nil
 }
 
+func (x *NodeDescription) GetRuntimesNotOffered() []*RuntimeNotOffered {
+	if x != nil {
+		return x.RuntimesNotOffered
+	}
+	return nil
+}
+
+// RuntimeNotOffered is a runtime a node does not offer, and why.
+type RuntimeNotOffered struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuntimeNotOffered) Reset() {
+	*x = RuntimeNotOffered{}
+	mi := &file_objects_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuntimeNotOffered) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuntimeNotOffered) ProtoMessage() {}
+
+func (x *RuntimeNotOffered) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuntimeNotOffered.ProtoReflect.Descriptor instead.
+func (*RuntimeNotOffered) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RuntimeNotOffered) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RuntimeNotOffered) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // MeshDatapath says which datapath a node's routing mesh uses and why.
 type MeshDatapath struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1102,7 +1165,7 @@ type MeshDatapath struct {
 
 func (x *MeshDatapath) Reset() {
 	*x = MeshDatapath{}
-	mi := &file_objects_proto_msgTypes[5]
+	mi := &file_objects_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1177,7 @@ func (x *MeshDatapath) String() string {
 func (*MeshDatapath) ProtoMessage() {}
 
 func (x *MeshDatapath) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[5]
+	mi := &file_objects_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1190,7 @@ func (x *MeshDatapath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeshDatapath.ProtoReflect.Descriptor instead.
 func (*MeshDatapath) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{5}
+	return file_objects_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MeshDatapath) GetName() string {
@@ -1165,7 +1228,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_objects_proto_msgTypes[6]
+	mi := &file_objects_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1240,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[6]
+	mi := &file_objects_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1253,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{6}
+	return file_objects_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NodeStatus) GetState() NodeState {
@@ -1238,7 +1301,7 @@ type ManagerStatus struct {
 
 func (x *ManagerStatus) Reset() {
 	*x = ManagerStatus{}
-	mi := &file_objects_proto_msgTypes[7]
+	mi := &file_objects_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1313,7 @@ func (x *ManagerStatus) String() string {
 func (*ManagerStatus) ProtoMessage() {}
 
 func (x *ManagerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[7]
+	mi := &file_objects_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1326,7 @@ func (x *ManagerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManagerStatus.ProtoReflect.Descriptor instead.
 func (*ManagerStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{7}
+	return file_objects_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ManagerStatus) GetRaftId() string {
@@ -1328,7 +1391,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_objects_proto_msgTypes[8]
+	mi := &file_objects_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1403,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[8]
+	mi := &file_objects_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1416,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{8}
+	return file_objects_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Node) GetId() string {
@@ -1436,7 +1499,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[9]
+	mi := &file_objects_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1511,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[9]
+	mi := &file_objects_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1524,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{9}
+	return file_objects_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -1479,7 +1542,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[10]
+	mi := &file_objects_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1554,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[10]
+	mi := &file_objects_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1567,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{10}
+	return file_objects_proto_rawDescGZIP(), []int{11}
 }
 
 type ReplicatedJob struct {
@@ -1517,7 +1580,7 @@ type ReplicatedJob struct {
 
 func (x *ReplicatedJob) Reset() {
 	*x = ReplicatedJob{}
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1592,7 @@ func (x *ReplicatedJob) String() string {
 func (*ReplicatedJob) ProtoMessage() {}
 
 func (x *ReplicatedJob) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1605,7 @@ func (x *ReplicatedJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedJob.ProtoReflect.Descriptor instead.
 func (*ReplicatedJob) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{11}
+	return file_objects_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReplicatedJob) GetMaxConcurrent() uint64 {
@@ -1567,7 +1630,7 @@ type GlobalJob struct {
 
 func (x *GlobalJob) Reset() {
 	*x = GlobalJob{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1642,7 @@ func (x *GlobalJob) String() string {
 func (*GlobalJob) ProtoMessage() {}
 
 func (x *GlobalJob) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1655,7 @@ func (x *GlobalJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalJob.ProtoReflect.Descriptor instead.
 func (*GlobalJob) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{13}
 }
 
 // RestartPolicy says when a failed or finished task is replaced.
@@ -1609,7 +1672,7 @@ type RestartPolicy struct {
 
 func (x *RestartPolicy) Reset() {
 	*x = RestartPolicy{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1684,7 @@ func (x *RestartPolicy) String() string {
 func (*RestartPolicy) ProtoMessage() {}
 
 func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1697,7 @@ func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartPolicy.ProtoReflect.Descriptor instead.
 func (*RestartPolicy) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RestartPolicy) GetCondition() RestartCondition {
@@ -1676,7 +1739,7 @@ type PlacementPreference struct {
 
 func (x *PlacementPreference) Reset() {
 	*x = PlacementPreference{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1751,7 @@ func (x *PlacementPreference) String() string {
 func (*PlacementPreference) ProtoMessage() {}
 
 func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1764,7 @@ func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementPreference.ProtoReflect.Descriptor instead.
 func (*PlacementPreference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PlacementPreference) GetSpreadDescriptor() string {
@@ -1725,7 +1788,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1800,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1813,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -1785,7 +1848,7 @@ type ResourceRequirements struct {
 
 func (x *ResourceRequirements) Reset() {
 	*x = ResourceRequirements{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1860,7 @@ func (x *ResourceRequirements) String() string {
 func (*ResourceRequirements) ProtoMessage() {}
 
 func (x *ResourceRequirements) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1873,7 @@ func (x *ResourceRequirements) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceRequirements.ProtoReflect.Descriptor instead.
 func (*ResourceRequirements) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResourceRequirements) GetLimits() *Resources {
@@ -1840,7 +1903,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +1915,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +1928,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Mount) GetType() MountType {
@@ -1916,7 +1979,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +1991,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2004,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HealthCheck) GetCommand() []string {
@@ -2013,7 +2076,7 @@ type SecretReference struct {
 
 func (x *SecretReference) Reset() {
 	*x = SecretReference{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2088,7 @@ func (x *SecretReference) String() string {
 func (*SecretReference) ProtoMessage() {}
 
 func (x *SecretReference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2101,7 @@ func (x *SecretReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretReference.ProtoReflect.Descriptor instead.
 func (*SecretReference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SecretReference) GetSecretId() string {
@@ -2087,7 +2150,7 @@ type ConfigReference struct {
 
 func (x *ConfigReference) Reset() {
 	*x = ConfigReference{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2162,7 @@ func (x *ConfigReference) String() string {
 func (*ConfigReference) ProtoMessage() {}
 
 func (x *ConfigReference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2175,7 @@ func (x *ConfigReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigReference.ProtoReflect.Descriptor instead.
 func (*ConfigReference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConfigReference) GetConfigId() string {
@@ -2179,13 +2242,16 @@ type ContainerSpec struct {
 	// sealed in Service.sealed_registry_auth and hand them only to workers
 	// running the service's tasks.
 	WithRegistryAuth bool `protobuf:"varint,130,opt,name=with_registry_auth,json=withRegistryAuth,proto3" json:"with_registry_auth,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// read_only mounts the container's root filesystem read-only
+	// (`--read-only`); its mounts, /dev, /dev/shm and the like stay writable.
+	ReadOnly      bool `protobuf:"varint,181,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
 	*x = ContainerSpec{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2263,7 @@ func (x *ContainerSpec) String() string {
 func (*ContainerSpec) ProtoMessage() {}
 
 func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2276,7 @@ func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSpec.ProtoReflect.Descriptor instead.
 func (*ContainerSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ContainerSpec) GetImage() string {
@@ -2304,6 +2370,13 @@ func (x *ContainerSpec) GetWithRegistryAuth() bool {
 	return false
 }
 
+func (x *ContainerSpec) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 // TaskSpec is the template every task of a service is made from.
 type TaskSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2326,7 +2399,7 @@ type TaskSpec struct {
 
 func (x *TaskSpec) Reset() {
 	*x = TaskSpec{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2411,7 @@ func (x *TaskSpec) String() string {
 func (*TaskSpec) ProtoMessage() {}
 
 func (x *TaskSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2424,7 @@ func (x *TaskSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
 func (*TaskSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TaskSpec) GetRuntime() string {
@@ -2418,7 +2491,7 @@ type NetworkAttachment struct {
 
 func (x *NetworkAttachment) Reset() {
 	*x = NetworkAttachment{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2503,7 @@ func (x *NetworkAttachment) String() string {
 func (*NetworkAttachment) ProtoMessage() {}
 
 func (x *NetworkAttachment) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2516,7 @@ func (x *NetworkAttachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkAttachment.ProtoReflect.Descriptor instead.
 func (*NetworkAttachment) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NetworkAttachment) GetNetworkId() string {
@@ -2482,7 +2555,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2494,7 +2567,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2507,7 +2580,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -2573,7 +2646,7 @@ type PortConfig struct {
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2658,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2671,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PortConfig) GetName() string {
@@ -2661,7 +2734,7 @@ type EndpointSpec struct {
 
 func (x *EndpointSpec) Reset() {
 	*x = EndpointSpec{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2746,7 @@ func (x *EndpointSpec) String() string {
 func (*EndpointSpec) ProtoMessage() {}
 
 func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2759,7 @@ func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointSpec.ProtoReflect.Descriptor instead.
 func (*EndpointSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EndpointSpec) GetMode() ResolutionMode {
@@ -2716,7 +2789,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2801,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2814,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Endpoint) GetSpec() *EndpointSpec {
@@ -2789,7 +2862,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2874,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2887,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServiceSpec) GetAnnotations() *Annotations {
@@ -2953,7 +3026,7 @@ type TaskUsage struct {
 
 func (x *TaskUsage) Reset() {
 	*x = TaskUsage{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3038,7 @@ func (x *TaskUsage) String() string {
 func (*TaskUsage) ProtoMessage() {}
 
 func (x *TaskUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3051,7 @@ func (x *TaskUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUsage.ProtoReflect.Descriptor instead.
 func (*TaskUsage) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TaskUsage) GetTaskId() string {
@@ -3054,7 +3127,7 @@ type AutoscaleSpec struct {
 
 func (x *AutoscaleSpec) Reset() {
 	*x = AutoscaleSpec{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3066,7 +3139,7 @@ func (x *AutoscaleSpec) String() string {
 func (*AutoscaleSpec) ProtoMessage() {}
 
 func (x *AutoscaleSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3079,7 +3152,7 @@ func (x *AutoscaleSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutoscaleSpec.ProtoReflect.Descriptor instead.
 func (*AutoscaleSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AutoscaleSpec) GetTargetCpuPercent() uint32 {
@@ -3132,7 +3205,7 @@ type AutoscaleStatus struct {
 
 func (x *AutoscaleStatus) Reset() {
 	*x = AutoscaleStatus{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3144,7 +3217,7 @@ func (x *AutoscaleStatus) String() string {
 func (*AutoscaleStatus) ProtoMessage() {}
 
 func (x *AutoscaleStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3157,7 +3230,7 @@ func (x *AutoscaleStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutoscaleStatus.ProtoReflect.Descriptor instead.
 func (*AutoscaleStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AutoscaleStatus) GetDecidedAt() int64 {
@@ -3203,7 +3276,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3215,7 +3288,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3228,7 +3301,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JobStatus) GetJobIteration() uint64 {
@@ -3258,7 +3331,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3270,7 +3343,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3283,7 +3356,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -3342,7 +3415,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3354,7 +3427,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3367,7 +3440,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Service) GetId() string {
@@ -3465,7 +3538,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3477,7 +3550,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3490,7 +3563,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RegistryAuth) GetServer() string {
@@ -3541,7 +3614,7 @@ type PortBinding struct {
 
 func (x *PortBinding) Reset() {
 	*x = PortBinding{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3626,7 @@ func (x *PortBinding) String() string {
 func (*PortBinding) ProtoMessage() {}
 
 func (x *PortBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3639,7 @@ func (x *PortBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortBinding.ProtoReflect.Descriptor instead.
 func (*PortBinding) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PortBinding) GetTargetPort() uint32 {
@@ -3621,7 +3694,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3633,7 +3706,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3646,7 +3719,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TaskStatus) GetTimestamp() int64 {
@@ -3745,7 +3818,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3757,7 +3830,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[38]
+	mi := &file_objects_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3770,7 +3843,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{38}
+	return file_objects_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Task) GetId() string {
@@ -3875,7 +3948,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3887,7 +3960,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[39]
+	mi := &file_objects_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3900,7 +3973,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{39}
+	return file_objects_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3932,7 +4005,7 @@ type RaftSettings struct {
 
 func (x *RaftSettings) Reset() {
 	*x = RaftSettings{}
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3944,7 +4017,7 @@ func (x *RaftSettings) String() string {
 func (*RaftSettings) ProtoMessage() {}
 
 func (x *RaftSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[40]
+	mi := &file_objects_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3957,7 +4030,7 @@ func (x *RaftSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftSettings.ProtoReflect.Descriptor instead.
 func (*RaftSettings) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{40}
+	return file_objects_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RaftSettings) GetHeartbeatTimeout() int64 {
@@ -4018,7 +4091,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4030,7 +4103,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[41]
+	mi := &file_objects_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4043,7 +4116,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{41}
+	return file_objects_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ClusterSpec) GetAnnotations() *Annotations {
@@ -4105,7 +4178,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4117,7 +4190,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[42]
+	mi := &file_objects_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4130,7 +4203,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{42}
+	return file_objects_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Cluster) GetId() string {
@@ -4227,7 +4300,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4239,7 +4312,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[43]
+	mi := &file_objects_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4252,7 +4325,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{43}
+	return file_objects_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RootCA) GetCert() []byte {
@@ -4317,7 +4390,7 @@ type NodeCertificate struct {
 
 func (x *NodeCertificate) Reset() {
 	*x = NodeCertificate{}
-	mi := &file_objects_proto_msgTypes[44]
+	mi := &file_objects_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4329,7 +4402,7 @@ func (x *NodeCertificate) String() string {
 func (*NodeCertificate) ProtoMessage() {}
 
 func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[44]
+	mi := &file_objects_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4342,7 +4415,7 @@ func (x *NodeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificate.ProtoReflect.Descriptor instead.
 func (*NodeCertificate) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{44}
+	return file_objects_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeCertificate) GetSerial() string {
@@ -4392,7 +4465,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_objects_proto_msgTypes[45]
+	mi := &file_objects_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4404,7 +4477,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[45]
+	mi := &file_objects_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4417,7 +4490,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{45}
+	return file_objects_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SecretSpec) GetAnnotations() *Annotations {
@@ -4453,7 +4526,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_objects_proto_msgTypes[46]
+	mi := &file_objects_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4465,7 +4538,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[46]
+	mi := &file_objects_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4478,7 +4551,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{46}
+	return file_objects_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Secret) GetId() string {
@@ -4528,7 +4601,7 @@ type ConfigSpec struct {
 
 func (x *ConfigSpec) Reset() {
 	*x = ConfigSpec{}
-	mi := &file_objects_proto_msgTypes[47]
+	mi := &file_objects_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4540,7 +4613,7 @@ func (x *ConfigSpec) String() string {
 func (*ConfigSpec) ProtoMessage() {}
 
 func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[47]
+	mi := &file_objects_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4553,7 +4626,7 @@ func (x *ConfigSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigSpec.ProtoReflect.Descriptor instead.
 func (*ConfigSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{47}
+	return file_objects_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ConfigSpec) GetAnnotations() *Annotations {
@@ -4586,7 +4659,7 @@ type Config struct {
 
 func (x *Config) Reset() {
 	*x = Config{}
-	mi := &file_objects_proto_msgTypes[48]
+	mi := &file_objects_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4598,7 +4671,7 @@ func (x *Config) String() string {
 func (*Config) ProtoMessage() {}
 
 func (x *Config) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[48]
+	mi := &file_objects_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4611,7 +4684,7 @@ func (x *Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Config.ProtoReflect.Descriptor instead.
 func (*Config) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{48}
+	return file_objects_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Config) GetId() string {
@@ -4657,7 +4730,7 @@ type NetworkSpec struct {
 
 func (x *NetworkSpec) Reset() {
 	*x = NetworkSpec{}
-	mi := &file_objects_proto_msgTypes[49]
+	mi := &file_objects_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4669,7 +4742,7 @@ func (x *NetworkSpec) String() string {
 func (*NetworkSpec) ProtoMessage() {}
 
 func (x *NetworkSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[49]
+	mi := &file_objects_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4682,7 +4755,7 @@ func (x *NetworkSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkSpec.ProtoReflect.Descriptor instead.
 func (*NetworkSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{49}
+	return file_objects_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *NetworkSpec) GetAnnotations() *Annotations {
@@ -4711,7 +4784,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_objects_proto_msgTypes[50]
+	mi := &file_objects_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4723,7 +4796,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[50]
+	mi := &file_objects_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4736,7 +4809,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{50}
+	return file_objects_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Network) GetId() string {
@@ -4783,7 +4856,7 @@ const file_objects_proto_rawDesc = "" +
 	"\bNodeSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x125\n" +
 	"\fdesired_role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\vdesiredRole\x12>\n" +
-	"\favailability\x18\x03 \x01(\x0e2\x1a.shoal.v1.NodeAvailabilityR\favailability\"\x8a\x03\n" +
+	"\favailability\x18\x03 \x01(\x0e2\x1a.shoal.v1.NodeAvailabilityR\favailability\"\xda\x03\n" +
 	"\x0fNodeDescription\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -4792,10 +4865,14 @@ const file_objects_proto_rawDesc = "" +
 	"\bruntimes\x18\x05 \x03(\tR\bruntimes\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12P\n" +
 	"\rengine_labels\x18\a \x03(\v2+.shoal.v1.NodeDescription.EngineLabelsEntryR\fengineLabels\x12;\n" +
-	"\rmesh_datapath\x18d \x01(\v2\x16.shoal.v1.MeshDatapathR\fmeshDatapath\x1a?\n" +
+	"\rmesh_datapath\x18d \x01(\v2\x16.shoal.v1.MeshDatapathR\fmeshDatapath\x12N\n" +
+	"\x14runtimes_not_offered\x18\xb4\x01 \x03(\v2\x1b.shoal.v1.RuntimeNotOfferedR\x12runtimesNotOffered\x1a?\n" +
 	"\x11EngineLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\x11RuntimeNotOffered\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"P\n" +
 	"\fMeshDatapath\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
@@ -4875,7 +4952,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x12\n" +
 	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
 	"\x03uid\x18\x05 \x01(\tR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xaa\x04\n" +
+	"\x03gid\x18\x06 \x01(\tR\x03gid\"\xc8\x04\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -4890,7 +4967,8 @@ const file_objects_proto_rawDesc = "" +
 	" \x01(\v2\x15.shoal.v1.HealthCheckR\vhealthcheck\x123\n" +
 	"\asecrets\x18\v \x03(\v2\x19.shoal.v1.SecretReferenceR\asecrets\x123\n" +
 	"\aconfigs\x18x \x03(\v2\x19.shoal.v1.ConfigReferenceR\aconfigs\x12-\n" +
-	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x1a9\n" +
+	"\x12with_registry_auth\x18\x82\x01 \x01(\bR\x10withRegistryAuth\x12\x1c\n" +
+	"\tread_only\x18\xb5\x01 \x01(\bR\breadOnly\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x02\n" +
@@ -5192,7 +5270,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.v1.NodeAvailability
@@ -5213,145 +5291,147 @@ var file_objects_proto_goTypes = []any{
 	(*Resources)(nil),            // 16: shoal.v1.Resources
 	(*NodeSpec)(nil),             // 17: shoal.v1.NodeSpec
 	(*NodeDescription)(nil),      // 18: shoal.v1.NodeDescription
-	(*MeshDatapath)(nil),         // 19: shoal.v1.MeshDatapath
-	(*NodeStatus)(nil),           // 20: shoal.v1.NodeStatus
-	(*ManagerStatus)(nil),        // 21: shoal.v1.ManagerStatus
-	(*Node)(nil),                 // 22: shoal.v1.Node
-	(*ReplicatedService)(nil),    // 23: shoal.v1.ReplicatedService
-	(*GlobalService)(nil),        // 24: shoal.v1.GlobalService
-	(*ReplicatedJob)(nil),        // 25: shoal.v1.ReplicatedJob
-	(*GlobalJob)(nil),            // 26: shoal.v1.GlobalJob
-	(*RestartPolicy)(nil),        // 27: shoal.v1.RestartPolicy
-	(*PlacementPreference)(nil),  // 28: shoal.v1.PlacementPreference
-	(*Placement)(nil),            // 29: shoal.v1.Placement
-	(*ResourceRequirements)(nil), // 30: shoal.v1.ResourceRequirements
-	(*Mount)(nil),                // 31: shoal.v1.Mount
-	(*HealthCheck)(nil),          // 32: shoal.v1.HealthCheck
-	(*SecretReference)(nil),      // 33: shoal.v1.SecretReference
-	(*ConfigReference)(nil),      // 34: shoal.v1.ConfigReference
-	(*ContainerSpec)(nil),        // 35: shoal.v1.ContainerSpec
-	(*TaskSpec)(nil),             // 36: shoal.v1.TaskSpec
-	(*NetworkAttachment)(nil),    // 37: shoal.v1.NetworkAttachment
-	(*UpdateConfig)(nil),         // 38: shoal.v1.UpdateConfig
-	(*PortConfig)(nil),           // 39: shoal.v1.PortConfig
-	(*EndpointSpec)(nil),         // 40: shoal.v1.EndpointSpec
-	(*Endpoint)(nil),             // 41: shoal.v1.Endpoint
-	(*ServiceSpec)(nil),          // 42: shoal.v1.ServiceSpec
-	(*TaskUsage)(nil),            // 43: shoal.v1.TaskUsage
-	(*AutoscaleSpec)(nil),        // 44: shoal.v1.AutoscaleSpec
-	(*AutoscaleStatus)(nil),      // 45: shoal.v1.AutoscaleStatus
-	(*JobStatus)(nil),            // 46: shoal.v1.JobStatus
-	(*UpdateStatus)(nil),         // 47: shoal.v1.UpdateStatus
-	(*Service)(nil),              // 48: shoal.v1.Service
-	(*RegistryAuth)(nil),         // 49: shoal.v1.RegistryAuth
-	(*PortBinding)(nil),          // 50: shoal.v1.PortBinding
-	(*TaskStatus)(nil),           // 51: shoal.v1.TaskStatus
-	(*Task)(nil),                 // 52: shoal.v1.Task
-	(*JoinTokens)(nil),           // 53: shoal.v1.JoinTokens
-	(*RaftSettings)(nil),         // 54: shoal.v1.RaftSettings
-	(*ClusterSpec)(nil),          // 55: shoal.v1.ClusterSpec
-	(*Cluster)(nil),              // 56: shoal.v1.Cluster
-	(*RootCA)(nil),               // 57: shoal.v1.RootCA
-	(*NodeCertificate)(nil),      // 58: shoal.v1.NodeCertificate
-	(*SecretSpec)(nil),           // 59: shoal.v1.SecretSpec
-	(*Secret)(nil),               // 60: shoal.v1.Secret
-	(*ConfigSpec)(nil),           // 61: shoal.v1.ConfigSpec
-	(*Config)(nil),               // 62: shoal.v1.Config
-	(*NetworkSpec)(nil),          // 63: shoal.v1.NetworkSpec
-	(*Network)(nil),              // 64: shoal.v1.Network
-	nil,                          // 65: shoal.v1.Annotations.LabelsEntry
-	nil,                          // 66: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                          // 67: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                          // 68: shoal.v1.Cluster.DemotedManagersEntry
+	(*RuntimeNotOffered)(nil),    // 19: shoal.v1.RuntimeNotOffered
+	(*MeshDatapath)(nil),         // 20: shoal.v1.MeshDatapath
+	(*NodeStatus)(nil),           // 21: shoal.v1.NodeStatus
+	(*ManagerStatus)(nil),        // 22: shoal.v1.ManagerStatus
+	(*Node)(nil),                 // 23: shoal.v1.Node
+	(*ReplicatedService)(nil),    // 24: shoal.v1.ReplicatedService
+	(*GlobalService)(nil),        // 25: shoal.v1.GlobalService
+	(*ReplicatedJob)(nil),        // 26: shoal.v1.ReplicatedJob
+	(*GlobalJob)(nil),            // 27: shoal.v1.GlobalJob
+	(*RestartPolicy)(nil),        // 28: shoal.v1.RestartPolicy
+	(*PlacementPreference)(nil),  // 29: shoal.v1.PlacementPreference
+	(*Placement)(nil),            // 30: shoal.v1.Placement
+	(*ResourceRequirements)(nil), // 31: shoal.v1.ResourceRequirements
+	(*Mount)(nil),                // 32: shoal.v1.Mount
+	(*HealthCheck)(nil),          // 33: shoal.v1.HealthCheck
+	(*SecretReference)(nil),      // 34: shoal.v1.SecretReference
+	(*ConfigReference)(nil),      // 35: shoal.v1.ConfigReference
+	(*ContainerSpec)(nil),        // 36: shoal.v1.ContainerSpec
+	(*TaskSpec)(nil),             // 37: shoal.v1.TaskSpec
+	(*NetworkAttachment)(nil),    // 38: shoal.v1.NetworkAttachment
+	(*UpdateConfig)(nil),         // 39: shoal.v1.UpdateConfig
+	(*PortConfig)(nil),           // 40: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),         // 41: shoal.v1.EndpointSpec
+	(*Endpoint)(nil),             // 42: shoal.v1.Endpoint
+	(*ServiceSpec)(nil),          // 43: shoal.v1.ServiceSpec
+	(*TaskUsage)(nil),            // 44: shoal.v1.TaskUsage
+	(*AutoscaleSpec)(nil),        // 45: shoal.v1.AutoscaleSpec
+	(*AutoscaleStatus)(nil),      // 46: shoal.v1.AutoscaleStatus
+	(*JobStatus)(nil),            // 47: shoal.v1.JobStatus
+	(*UpdateStatus)(nil),         // 48: shoal.v1.UpdateStatus
+	(*Service)(nil),              // 49: shoal.v1.Service
+	(*RegistryAuth)(nil),         // 50: shoal.v1.RegistryAuth
+	(*PortBinding)(nil),          // 51: shoal.v1.PortBinding
+	(*TaskStatus)(nil),           // 52: shoal.v1.TaskStatus
+	(*Task)(nil),                 // 53: shoal.v1.Task
+	(*JoinTokens)(nil),           // 54: shoal.v1.JoinTokens
+	(*RaftSettings)(nil),         // 55: shoal.v1.RaftSettings
+	(*ClusterSpec)(nil),          // 56: shoal.v1.ClusterSpec
+	(*Cluster)(nil),              // 57: shoal.v1.Cluster
+	(*RootCA)(nil),               // 58: shoal.v1.RootCA
+	(*NodeCertificate)(nil),      // 59: shoal.v1.NodeCertificate
+	(*SecretSpec)(nil),           // 60: shoal.v1.SecretSpec
+	(*Secret)(nil),               // 61: shoal.v1.Secret
+	(*ConfigSpec)(nil),           // 62: shoal.v1.ConfigSpec
+	(*Config)(nil),               // 63: shoal.v1.Config
+	(*NetworkSpec)(nil),          // 64: shoal.v1.NetworkSpec
+	(*Network)(nil),              // 65: shoal.v1.Network
+	nil,                          // 66: shoal.v1.Annotations.LabelsEntry
+	nil,                          // 67: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                          // 68: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                          // 69: shoal.v1.Cluster.DemotedManagersEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	65, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
+	66, // 0: shoal.v1.Annotations.labels:type_name -> shoal.v1.Annotations.LabelsEntry
 	15, // 1: shoal.v1.NodeSpec.annotations:type_name -> shoal.v1.Annotations
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
 	16, // 4: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	66, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
-	19, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
-	2,  // 7: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	3,  // 8: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
-	14, // 9: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
-	17, // 10: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
-	18, // 11: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
-	20, // 12: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
-	21, // 13: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	58, // 15: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
-	4,  // 16: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
-	28, // 17: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
-	16, // 18: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
-	16, // 19: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
-	5,  // 20: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
-	67, // 21: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	31, // 22: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
-	32, // 23: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
-	33, // 24: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
-	34, // 25: shoal.v1.ContainerSpec.configs:type_name -> shoal.v1.ConfigReference
-	35, // 26: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
-	30, // 27: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
-	27, // 28: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
-	29, // 29: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
-	37, // 30: shoal.v1.TaskSpec.networks:type_name -> shoal.v1.NetworkAttachment
-	6,  // 31: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
-	7,  // 32: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
-	8,  // 33: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
-	9,  // 34: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
-	10, // 35: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
-	39, // 36: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	40, // 37: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
-	39, // 38: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
-	15, // 39: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
-	36, // 40: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
-	23, // 41: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	24, // 42: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	25, // 43: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
-	26, // 44: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
-	38, // 45: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
-	38, // 46: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
-	40, // 47: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	44, // 48: shoal.v1.ServiceSpec.autoscale:type_name -> shoal.v1.AutoscaleSpec
-	11, // 49: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
-	14, // 50: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	42, // 51: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	42, // 52: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
-	41, // 53: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
-	47, // 54: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
-	46, // 55: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
-	45, // 56: shoal.v1.Service.autoscale_status:type_name -> shoal.v1.AutoscaleStatus
-	8,  // 57: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
-	12, // 58: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	13, // 59: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	50, // 60: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
-	14, // 61: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	36, // 62: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
-	12, // 63: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	51, // 64: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	41, // 65: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
-	15, // 66: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 67: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	55, // 68: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	53, // 69: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
-	57, // 70: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
-	68, // 71: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
-	0,  // 72: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
-	15, // 73: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 74: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
-	59, // 75: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
-	15, // 76: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 77: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
-	61, // 78: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
-	15, // 79: shoal.v1.NetworkSpec.annotations:type_name -> shoal.v1.Annotations
-	14, // 80: shoal.v1.Network.meta:type_name -> shoal.v1.Meta
-	63, // 81: shoal.v1.Network.spec:type_name -> shoal.v1.NetworkSpec
-	82, // [82:82] is the sub-list for method output_type
-	82, // [82:82] is the sub-list for method input_type
-	82, // [82:82] is the sub-list for extension type_name
-	82, // [82:82] is the sub-list for extension extendee
-	0,  // [0:82] is the sub-list for field type_name
+	67, // 5: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	20, // 6: shoal.v1.NodeDescription.mesh_datapath:type_name -> shoal.v1.MeshDatapath
+	19, // 7: shoal.v1.NodeDescription.runtimes_not_offered:type_name -> shoal.v1.RuntimeNotOffered
+	2,  // 8: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
+	3,  // 9: shoal.v1.ManagerStatus.reachability:type_name -> shoal.v1.Reachability
+	14, // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
+	17, // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
+	18, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
+	21, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
+	22, // 14: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
+	0,  // 15: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
+	59, // 16: shoal.v1.Node.certificate:type_name -> shoal.v1.NodeCertificate
+	4,  // 17: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartCondition
+	29, // 18: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
+	16, // 19: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
+	16, // 20: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
+	5,  // 21: shoal.v1.Mount.type:type_name -> shoal.v1.MountType
+	68, // 22: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	32, // 23: shoal.v1.ContainerSpec.mounts:type_name -> shoal.v1.Mount
+	33, // 24: shoal.v1.ContainerSpec.healthcheck:type_name -> shoal.v1.HealthCheck
+	34, // 25: shoal.v1.ContainerSpec.secrets:type_name -> shoal.v1.SecretReference
+	35, // 26: shoal.v1.ContainerSpec.configs:type_name -> shoal.v1.ConfigReference
+	36, // 27: shoal.v1.TaskSpec.container:type_name -> shoal.v1.ContainerSpec
+	31, // 28: shoal.v1.TaskSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	28, // 29: shoal.v1.TaskSpec.restart:type_name -> shoal.v1.RestartPolicy
+	30, // 30: shoal.v1.TaskSpec.placement:type_name -> shoal.v1.Placement
+	38, // 31: shoal.v1.TaskSpec.networks:type_name -> shoal.v1.NetworkAttachment
+	6,  // 32: shoal.v1.UpdateConfig.failure_action:type_name -> shoal.v1.UpdateFailureAction
+	7,  // 33: shoal.v1.UpdateConfig.order:type_name -> shoal.v1.UpdateOrder
+	8,  // 34: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortProtocol
+	9,  // 35: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PublishMode
+	10, // 36: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.ResolutionMode
+	40, // 37: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	41, // 38: shoal.v1.Endpoint.spec:type_name -> shoal.v1.EndpointSpec
+	40, // 39: shoal.v1.Endpoint.ports:type_name -> shoal.v1.PortConfig
+	15, // 40: shoal.v1.ServiceSpec.annotations:type_name -> shoal.v1.Annotations
+	37, // 41: shoal.v1.ServiceSpec.task:type_name -> shoal.v1.TaskSpec
+	24, // 42: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	25, // 43: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	26, // 44: shoal.v1.ServiceSpec.replicated_job:type_name -> shoal.v1.ReplicatedJob
+	27, // 45: shoal.v1.ServiceSpec.global_job:type_name -> shoal.v1.GlobalJob
+	39, // 46: shoal.v1.ServiceSpec.update:type_name -> shoal.v1.UpdateConfig
+	39, // 47: shoal.v1.ServiceSpec.rollback:type_name -> shoal.v1.UpdateConfig
+	41, // 48: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	45, // 49: shoal.v1.ServiceSpec.autoscale:type_name -> shoal.v1.AutoscaleSpec
+	11, // 50: shoal.v1.UpdateStatus.state:type_name -> shoal.v1.UpdateState
+	14, // 51: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	43, // 52: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	43, // 53: shoal.v1.Service.previous_spec:type_name -> shoal.v1.ServiceSpec
+	42, // 54: shoal.v1.Service.endpoint:type_name -> shoal.v1.Endpoint
+	48, // 55: shoal.v1.Service.update_status:type_name -> shoal.v1.UpdateStatus
+	47, // 56: shoal.v1.Service.job_status:type_name -> shoal.v1.JobStatus
+	46, // 57: shoal.v1.Service.autoscale_status:type_name -> shoal.v1.AutoscaleStatus
+	8,  // 58: shoal.v1.PortBinding.protocol:type_name -> shoal.v1.PortProtocol
+	12, // 59: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	13, // 60: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	51, // 61: shoal.v1.TaskStatus.ports:type_name -> shoal.v1.PortBinding
+	14, // 62: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	37, // 63: shoal.v1.Task.spec:type_name -> shoal.v1.TaskSpec
+	12, // 64: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	52, // 65: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	42, // 66: shoal.v1.Task.endpoint:type_name -> shoal.v1.Endpoint
+	15, // 67: shoal.v1.ClusterSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 68: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	56, // 69: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	54, // 70: shoal.v1.Cluster.join_tokens:type_name -> shoal.v1.JoinTokens
+	58, // 71: shoal.v1.Cluster.root_ca:type_name -> shoal.v1.RootCA
+	69, // 72: shoal.v1.Cluster.demoted_managers:type_name -> shoal.v1.Cluster.DemotedManagersEntry
+	0,  // 73: shoal.v1.NodeCertificate.role:type_name -> shoal.v1.NodeRole
+	15, // 74: shoal.v1.SecretSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 75: shoal.v1.Secret.meta:type_name -> shoal.v1.Meta
+	60, // 76: shoal.v1.Secret.spec:type_name -> shoal.v1.SecretSpec
+	15, // 77: shoal.v1.ConfigSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 78: shoal.v1.Config.meta:type_name -> shoal.v1.Meta
+	62, // 79: shoal.v1.Config.spec:type_name -> shoal.v1.ConfigSpec
+	15, // 80: shoal.v1.NetworkSpec.annotations:type_name -> shoal.v1.Annotations
+	14, // 81: shoal.v1.Network.meta:type_name -> shoal.v1.Meta
+	64, // 82: shoal.v1.Network.spec:type_name -> shoal.v1.NetworkSpec
+	83, // [83:83] is the sub-list for method output_type
+	83, // [83:83] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -5359,7 +5439,7 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[28].OneofWrappers = []any{
+	file_objects_proto_msgTypes[29].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 		(*ServiceSpec_ReplicatedJob)(nil),
@@ -5371,7 +5451,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   55,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

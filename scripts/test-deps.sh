@@ -21,6 +21,10 @@ done
 if [ "$(id -u)" -eq 0 ] && ! command -v nft >/dev/null 2>&1; then
   missing+=(nftables)
 fi
+# As root the container runtime runs tasks with runc, and its tests need it.
+if [ "$(id -u)" -eq 0 ] && ! command -v runc >/dev/null 2>&1; then
+  missing+=(runc)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "test-deps: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2

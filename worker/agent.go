@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -50,6 +51,10 @@ type Config struct {
 	// Runtimes builds the runtimes that run the tasks. It is called once
 	// the data dir is known to be this node's (runtimes keep state there).
 	Runtimes func() ([]Runtime, error)
+	// NotOffered reports the runtimes this node knows but does not offer,
+	// by name, with why (called after Runtimes; nil: none), for `node
+	// inspect`.
+	NotOffered func() map[string]string
 	// TaskNetwork, when set, is called after Runtimes and returns the
 	// node's task network (nil for none): the agent gives it the node's
 	// task subnet and the routes to the other nodes' subnets as the
@@ -534,7 +539,12 @@ func (a *Agent) task(id string) *pb.Task {
 }
 
 // setStatus records a task's new observed status and queues its report.
+// A task that stopped serving (exited, or failed its health check)
+// leaves this node's mesh first, without waiting for the managers.
 func (a *Agent) setStatus(id string, s *pb.TaskStatus) {
+	if a.mesh != nil && (s.GetState() > pb.TaskState_TASK_STATE_RUNNING || s.GetHealth() == pb.HealthState_HEALTH_STATE_UNHEALTHY) {
+		a.mesh.TaskGone(id)
+	}
 	a.mu.Lock()
 	t, ok := a.tasks[id]
 	if ok {
@@ -992,6 +1002,12 @@ func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
 		EngineLabels: cfg.Labels,
 	}
 	d.Runtimes = runtimes
+	if cfg.NotOffered != nil {
+		reasons := cfg.NotOffered()
+		for _, name := range slices.Sorted(maps.Keys(reasons)) {
+			d.RuntimesNotOffered = append(d.RuntimesNotOffered, &pb.RuntimeNotOffered{Name: name, Reason: reasons[name]})
+		}
+	}
 	return d
 }
 

@@ -47,6 +47,15 @@ type Runtime interface {
 	Logs(ctx context.Context, taskID string, opts LogOptions) (io.ReadCloser, error)
 }
 
+// ExitWatcher is a Runtime that can tell the moment a running task's
+// main process ends, before the runtime has recorded how (Wait waits for
+// that): the agent takes the task out of its node's mesh at once.
+type ExitWatcher interface {
+	// WatchExit returns a channel closed when the task's main process has
+	// ended; never closed once ctx is done.
+	WatchExit(ctx context.Context, taskID string) (<-chan struct{}, error)
+}
+
 // RunState is where a task stands in its runtime.
 type RunState int
 

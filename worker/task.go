@@ -181,6 +181,21 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 		e, err := rt.Wait(wctx, t.GetId())
 		exited <- result{e, err}
 	}()
+	// The mesh hears of the end first: new connections stop reaching
+	// the task before its exit is even recorded.
+	if ew, ok := rt.(ExitWatcher); ok && c.a.mesh != nil {
+		if gone, err := ew.WatchExit(wctx, t.GetId()); err == nil {
+			go func() {
+				select {
+				case <-gone:
+					c.a.mesh.TaskGone(t.GetId())
+				case <-wctx.Done():
+				}
+			}()
+		} else {
+			c.a.log.Debug("no early exit watch for the task", "task", t.GetId(), "err", err)
+		}
+	}
 	var health chan healthEvent
 	if healthCheck(t) != nil {
 		health = make(chan healthEvent)

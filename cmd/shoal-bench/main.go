@@ -78,6 +78,11 @@ func benchmarks() []bench {
 			run:  runAssign,
 		},
 		{
+			name: "runtimes",
+			desc: "the container (runc on OverlayFS), docker and process runtimes on the same program, shoal/hello, through the runtime API: Prepare+Start of one task → running, its Stop, resident memory per running task, 20 tasks started at once → all running (needs root, runc and the Docker Engine)",
+			run:  runRuntimes,
+		},
+		{
 			name: "dead-worker",
 			desc: "1 manager + 1 worker process, heartbeat period 1s: kill -9 the worker → Down in ListNodes, with default and --gossip-fast gossip",
 			run:  runDeadWorker,
@@ -99,8 +104,18 @@ func benchmarks() []bench {
 		},
 		{
 			name: "mesh",
-			desc: "routing mesh on loopback: 16 HTTP clients against 3 backends directly and through a node's proxy (keep-alive and a new connection per request); the same with wrk (16 connections, 2 threads) against one backend directly and the published port on the kernel (nftables) and user-space datapaths; then, with a manager and a worker in process, kill -9 of a task → its endpoint gone from the worker's proxy, and its replacement's RUNNING commit → endpoint added",
+			desc: "routing mesh on loopback: 16 HTTP clients (Go) against 3 backends directly and through a node's proxy, keep-alive and a new connection per request",
 			run:  runMesh,
+		},
+		{
+			name: "mesh-wrk",
+			desc: "routing mesh on loopback with wrk (16 connections, 2 threads): one backend directly, and the published port in front of three backends on the kernel (nftables) and user-space datapaths, keep-alive and a new connection per request",
+			run:  runMeshWrk,
+		},
+		{
+			name: "mesh-change",
+			desc: "routing mesh endpoint changes, with a manager and a worker in process: kill -9 of a task → its endpoint gone from the worker's datapath (and from the manager's), and its replacement's RUNNING commit → endpoint added",
+			run:  runEndpointChange,
 		},
 		{
 			name: "autoscale",

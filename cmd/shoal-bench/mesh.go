@@ -28,8 +28,9 @@ import (
 // The routing mesh: a load generator on loopback against three small HTTP
 // backends, directly and through a node's mesh (the same proxy code a
 // node runs, in this process), with keep-alive connections and with one
-// connection per request. Then the time an endpoint change takes from its
-// commit to a worker's proxy.
+// connection per request (runMesh); the same with wrk (meshwrk.go); and
+// the time an endpoint change takes from its cause to a node's datapath
+// (runEndpointChange). `-only mesh` runs all three.
 const (
 	meshClients  = 16
 	meshBackends = 3
@@ -92,24 +93,11 @@ func runMesh(ctx context.Context, e *env) ([]series, error) {
 			p99[i].samples = append(p99[i].samples, r.p99)
 		}
 	}
-	wrkDur := 5 * time.Second
-	if e.opts.quick {
-		wrkDur = 2 * time.Second
-	}
-	wrkRows, err := meshWrkRows(ctx, e, wrkDur)
-	if err != nil {
-		return nil, err
-	}
-	change, err := runEndpointChange(ctx, e)
-	if err != nil {
-		return nil, fmt.Errorf("endpoint change: %w", err)
-	}
 	var out []series
 	for i := range names {
 		out = append(out, rps[i], p99[i])
 	}
-	out = append(out, wrkRows...)
-	return append(out, change...), nil
+	return out, nil
 }
 
 type loadResult struct{ rps, p99 float64 }
@@ -261,24 +249,27 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 	}()
 
 	addr := net.JoinHostPort(workerIP, strconv.Itoa(published))
-	// waitFor waits, without polling, until the worker's proxy sends addr's
-	// connections to a set of endpoints that satisfies ok.
-	waitFor := func(what string, ok func([]string) bool) error {
+	mAddr := net.JoinHostPort(managerIPs[0], strconv.Itoa(published))
+	// waitOn waits, without polling, until a node's mesh sends addr's
+	// connections (on its datapath, kernel or proxy) to a set of
+	// endpoints that satisfies ok.
+	waitOn := func(who string, mm *mesh.Mesh, addr, what string, ok func([]string) bool) error {
 		deadline := time.After(20 * time.Second)
 		for {
-			changed := a.Mesh().Changed()
-			if ok(a.Mesh().Backends(addr)) {
+			changed := mm.Changed()
+			if ok(mm.Backends(addr)) {
 				return nil
 			}
 			select {
 			case <-changed:
 			case <-deadline:
-				return fmt.Errorf("the worker's proxy did not %s", what)
+				return fmt.Errorf("the %s's mesh did not %s", who, what)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
 	}
+	waitFor := func(what string, ok func([]string) bool) error { return waitOn("worker", a.Mesh(), addr, what, ok) }
 	endpointOf := func(t *pb.Task) string {
 		for _, b := range t.GetStatus().GetPorts() {
 			if b.GetTargetPort() == 80 {
@@ -302,14 +293,20 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 		return nil, err
 	}
 	in := series{name: "mesh: endpoint added (RUNNING commit → worker proxy)", unit: "ms"}
+	// The worker that ran the task takes it out of its own datapath as
+	// soon as it sees the exit; another node (here the manager's own
+	// mesh) waits for the managers: the worker's report, the commit, the
+	// endpoint feed.
 	out := series{name: "mesh: endpoint removed (kill -9 of the task → worker proxy)", unit: "ms"}
+	outOther := series{name: "mesh: endpoint removed (kill -9 of the task → another node's (the manager's) datapath)", unit: "ms"}
 	n := 20
 	if e.opts.quick {
 		n = 8
 	}
 	type seen struct {
-		task *pb.Task
-		at   time.Time
+		task    *pb.Task
+		at      time.Time // its RUNNING commit
+		addedAt time.Time // its endpoint in the worker's mesh
 	}
 	for i := range n {
 		// Samples are apart by more than the feed's 100 ms interval, as
@@ -327,13 +324,35 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 			t, ok := ev.Object.(*pb.Task)
 			return ok && t.GetId() != victim.GetId() && t.GetStatus().GetState() == pb.TaskState_TASK_STATE_RUNNING
 		})
-		// The replacement's RUNNING commit is timed as it arrives, even
-		// while the removal is still being waited for.
+		// The replacement's RUNNING commit is timed as it arrives, and so is
+		// its endpoint's arrival in the worker's mesh, even while the
+		// removal is still being waited for.
 		replaced := make(chan seen, 1)
+		addedIn := make(chan error, 1)
 		go func() {
-			if ev, ok := <-sub.C(); ok {
-				replaced <- seen{ev.Object.(*pb.Task), time.Now()}
+			ev, ok := <-sub.C()
+			if !ok {
+				return
 			}
+			r := seen{task: ev.Object.(*pb.Task), at: time.Now()}
+			added := endpointOf(r.task)
+			err := waitFor("add the replacement's endpoint", func(b []string) bool { return slices.Contains(b, added) })
+			r.addedAt = time.Now()
+			replaced <- r
+			addedIn <- err
+		}()
+		// The manager's mesh is watched meanwhile (from when it has the
+		// endpoint: the replacement reaches it after the worker).
+		if err := waitOn("manager", m.Mesh(), mAddr, "add the task's endpoint", func(b []string) bool { return slices.Contains(b, gone) }); err != nil {
+			sub.Close()
+			return nil, fmt.Errorf("sample %d: %w", i+1, err)
+		}
+		otherGone := make(chan error, 1)
+		otherAt := make(chan time.Time, 1)
+		go func() {
+			err := waitOn("manager", m.Mesh(), mAddr, "drop the killed task's endpoint", func(b []string) bool { return !slices.Contains(b, gone) })
+			otherAt <- time.Now()
+			otherGone <- err
 		}()
 		t0 := time.Now()
 		if err := syscall.Kill(int(victim.GetStatus().GetPid()), syscall.SIGKILL); err != nil {
@@ -345,6 +364,11 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 			return nil, fmt.Errorf("sample %d: %w", i+1, err)
 		}
 		out.samples = append(out.samples, ms(time.Since(t0)))
+		if err := <-otherGone; err != nil {
+			sub.Close()
+			return nil, fmt.Errorf("sample %d: %w", i+1, err)
+		}
+		outOther.samples = append(outOther.samples, ms((<-otherAt).Sub(t0)))
 		var r seen
 		select {
 		case r = <-replaced:
@@ -352,12 +376,12 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 			sub.Close()
 			return nil, fmt.Errorf("sample %d: no replacement task running", i+1)
 		}
+		err := <-addedIn
 		sub.Close()
-		added := endpointOf(r.task)
-		if err := waitFor("add the replacement's endpoint", func(b []string) bool { return slices.Contains(b, added) }); err != nil {
+		if err != nil {
 			return nil, fmt.Errorf("sample %d: %w", i+1, err)
 		}
-		in.samples = append(in.samples, ms(time.Since(r.at)))
+		in.samples = append(in.samples, ms(r.addedAt.Sub(r.at)))
 	}
-	return []series{in, out}, nil
+	return []series{in, out, outOther}, nil
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/mesh"
@@ -30,8 +31,9 @@ import (
 // and the rows are many.
 const wrkMaxRuns = 3
 
-// wrkResult is one wrk run's request rate and 99th percentile latency.
-type wrkResult struct{ rps, p99 float64 }
+// wrkResult is one wrk run's request rate, 99th percentile latency and
+// requests completed.
+type wrkResult struct{ rps, p99, requests float64 }
 
 // runWrk runs wrk against url for d.
 func runWrk(ctx context.Context, url string, closeEach bool, d time.Duration) (wrkResult, error) {
@@ -61,6 +63,10 @@ func parseWrk(out []byte) (wrkResult, error) {
 				return r, fmt.Errorf("wrk: requests/sec %q: %w", f[1], err)
 			}
 			r.rps, haveRPS = v, true
+		case len(f) >= 5 && f[1] == "requests" && f[2] == "in":
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				r.requests = v
+			}
 		case len(f) == 2 && f[0] == "99%":
 			v, err := parseWrkDuration(f[1])
 			if err != nil {
@@ -121,13 +127,31 @@ func startHTTPBackends(n int) ([]string, func(), error) {
 	return addrs, stop, nil
 }
 
+// runMeshWrk is the mesh-wrk benchmark: 5 s per wrk run (2 s quick).
+func runMeshWrk(ctx context.Context, e *env) ([]series, error) {
+	dur := 5 * time.Second
+	if e.opts.quick {
+		dur = 2 * time.Second
+	}
+	return meshWrkRows(ctx, e, dur)
+}
+
 // meshWrkRows measures one backend directly and the published port on
 // each datapath this host offers, with wrk; nothing (and a note) without
-// wrk. Every run gets backends on fresh ports: at thousands of new
-// connections a second the client's ports come round within seconds, and
-// a backend's TIME_WAIT sockets from a run through another path (whose
-// TCP timestamps differ) would refuse reused ports (PAWS), costing 1 s
-// SYN retransmits that have nothing to do with the path measured.
+// wrk. The kernel datapath is measured in front of the same single
+// backend too (the datapath's own cost, like for like) and in front of
+// three (the comparison: the mesh over three backends against a
+// single direct one); every backend is an HTTP server in this process.
+// The targets take turns within each run (in a rotating order), so that
+// what else the host runs weighs on all of them alike. Every run gets
+// backends on fresh ports: at thousands of new connections a second the
+// client's ports come round within seconds, and a backend's TIME_WAIT
+// sockets from a run through another path (whose TCP timestamps differ)
+// would refuse reused ports (PAWS), costing 1 s SYN retransmits that have
+// nothing to do with the path measured. Besides wrk's figures, each row
+// has this process's CPU time per request (user and system: the
+// backends, and the proxy on the user-space datapath), which other load
+// on the host disturbs far less than the rate or the latency.
 func meshWrkRows(ctx context.Context, e *env, dur time.Duration) ([]series, error) {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		e.notef("mesh: wrk is not installed (apt-get install wrk): the wrk rows are skipped")
@@ -135,11 +159,12 @@ func meshWrkRows(ctx context.Context, e *env, dur time.Duration) ([]series, erro
 	}
 	nodeID := fmt.Sprintf("bench%08x", rand.Uint32())
 	type target struct {
-		name string
-		m    *mesh.Mesh // nil: one backend directly
-		port int
+		name     string
+		m        *mesh.Mesh // nil: one backend directly
+		port     int
+		backends int
 	}
-	targets := []target{{name: "direct, one backend"}}
+	targets := []target{{name: "direct, one backend", backends: 1}}
 	for _, dp := range []string{mesh.DatapathAuto, mesh.DatapathUserspace} {
 		m := mesh.New(mesh.Config{IP: "127.0.0.1", NodeID: nodeID, Datapath: dp, Log: slog.New(slog.DiscardHandler)})
 		defer m.Close()
@@ -152,15 +177,16 @@ func meshWrkRows(ctx context.Context, e *env, dur time.Duration) ([]series, erro
 		if err != nil {
 			return nil, err
 		}
-		targets = append(targets, target{name: "mesh " + got.Name, m: m, port: port})
+		if got.Name == mesh.DatapathKernel {
+			// The same published port, before the three-backend row's
+			// turn: one backend behind it.
+			targets = append(targets, target{name: "mesh kernel, one backend", m: m, port: port, backends: 1})
+		}
+		targets = append(targets, target{name: "mesh " + got.Name, m: m, port: port, backends: meshBackends})
 	}
 	// url starts a run's backends and points the target at them.
 	url := func(tg target) (string, func(), error) {
-		n := meshBackends
-		if tg.m == nil {
-			n = 1
-		}
-		backends, stop, err := startHTTPBackends(n)
+		backends, stop, err := startHTTPBackends(tg.backends)
 		if err != nil {
 			return "", nil, err
 		}
@@ -188,24 +214,50 @@ func meshWrkRows(ctx context.Context, e *env, dur time.Duration) ([]series, erro
 		if closeEach {
 			mode = "new-conn"
 		}
-		for _, tg := range targets {
-			rps := series{name: fmt.Sprintf("mesh (wrk): %s %s throughput", tg.name, mode), unit: "req/s"}
-			p99 := series{name: fmt.Sprintf("mesh (wrk): %s %s p99 latency", tg.name, mode), unit: "ms"}
-			for run := range min(e.opts.runs, wrkMaxRuns) {
-				u, stop, err := url(tg)
+		rps := make([]series, len(targets))
+		p99 := make([]series, len(targets))
+		cpu := make([]series, len(targets))
+		for i, tg := range targets {
+			rps[i] = series{name: fmt.Sprintf("mesh (wrk): %s %s throughput", tg.name, mode), unit: "req/s"}
+			p99[i] = series{name: fmt.Sprintf("mesh (wrk): %s %s p99 latency", tg.name, mode), unit: "ms"}
+			cpu[i] = series{name: fmt.Sprintf("mesh (wrk): %s %s CPU per request (backends and proxy)", tg.name, mode), unit: "µs"}
+		}
+		for run := range min(e.opts.runs, wrkMaxRuns) {
+			for j := range targets {
+				i := (run + j) % len(targets)
+				u, stop, err := url(targets[i])
 				if err != nil {
 					return nil, err
 				}
+				cpu0, cpuErr := processCPU()
 				r, err := runWrk(ctx, u, closeEach, dur)
+				cpu1, cpuErr1 := processCPU()
 				stop()
 				if err != nil {
-					return nil, fmt.Errorf("%s run %d: %w", rps.name, run+1, err)
+					return nil, fmt.Errorf("%s run %d: %w", rps[i].name, run+1, err)
 				}
-				rps.samples = append(rps.samples, r.rps)
-				p99.samples = append(p99.samples, r.p99)
+				rps[i].samples = append(rps[i].samples, r.rps)
+				p99[i].samples = append(p99[i].samples, r.p99)
+				if cpuErr == nil && cpuErr1 == nil && r.requests > 0 {
+					cpu[i].samples = append(cpu[i].samples, float64((cpu1-cpu0).Microseconds())/r.requests)
+				}
 			}
-			out = append(out, rps, p99)
+		}
+		for i := range targets {
+			out = append(out, rps[i], p99[i])
+			if len(cpu[i].samples) > 0 {
+				out = append(out, cpu[i])
+			}
 		}
 	}
 	return out, nil
+}
+
+// processCPU is the CPU time (user and system) this process used so far.
+func processCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }

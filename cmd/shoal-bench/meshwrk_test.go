@@ -22,13 +22,14 @@ Transfer/sec:      4.92MB
 		out     string
 		rps     float64
 		p99     float64
+		reqs    float64
 		wantErr bool
 	}{
-		{name: "keep-alive", out: out, rps: 40021.87, p99: 1.52},
+		{name: "keep-alive", out: out, rps: 40021.87, p99: 1.52, reqs: 200110},
 		{name: "microseconds", out: "     99%  850.00us\nRequests/sec:  10.5\n", rps: 10.5, p99: 0.85},
 		{name: "seconds", out: "     99%    1.20s\nRequests/sec:  3\n", rps: 3, p99: 1200},
 		{name: "connect errors", out: out + "  Socket errors: connect 16, read 0, write 0, timeout 0\n", wantErr: true},
-		{name: "read errors are fine", out: out + "  Socket errors: connect 0, read 12, write 0, timeout 0\n", rps: 40021.87, p99: 1.52},
+		{name: "read errors are fine", out: out + "  Socket errors: connect 0, read 12, write 0, timeout 0\n", rps: 40021.87, p99: 1.52, reqs: 200110},
 		{name: "no latency", out: "Requests/sec:  3\n", wantErr: true},
 		{name: "garbage", out: "     99%  fast\nRequests/sec:  3\n", wantErr: true},
 	}
@@ -41,8 +42,8 @@ Transfer/sec:      4.92MB
 				}
 				return
 			}
-			if err != nil || r.rps != tc.rps || r.p99 != tc.p99 {
-				t.Fatalf("got %+v, %v; want rps %v p99 %v", r, err, tc.rps, tc.p99)
+			if err != nil || r.rps != tc.rps || r.p99 != tc.p99 || r.requests != tc.reqs {
+				t.Fatalf("got %+v, %v; want rps %v p99 %v requests %v", r, err, tc.rps, tc.p99, tc.reqs)
 			}
 		})
 	}

@@ -222,7 +222,7 @@ func TestCompletionFakeCluster(t *testing.T) {
 		{[]string{"service", "create", "--constraint", "node.r"}, []string{"node.role=="}, ":6"},
 		{[]string{"service", "create", "--mode", ""}, []string{"replicated", "global", "replicated-job", "global-job"}, ":4"},
 		{[]string{"service", "update", "web", "--update-failure-action", "r"}, []string{"rollback"}, ":4"},
-		{[]string{"service", "create", "--runtime", ""}, []string{"process", "docker"}, ":4"},
+		{[]string{"service", "create", "--runtime", ""}, []string{"process", "docker", "container"}, ":4"},
 		{[]string{"node", "update", "--availability", ""}, []string{"active", "pause", "drain"}, ":4"},
 		{[]string{"service", "ls", "--format", ""}, []string{"table", "json"}, ":4"},
 		{[]string{"service", "ps", "--filter", "node="}, []string{"node=w1", "node=w2"}, ":4"},

@@ -70,7 +70,7 @@ func registerCompletions(root *cobra.Command, g *globalFlags) {
 	create, update := at(root, "service create"), at(root, "service update")
 	create.ValidArgsFunction = files // IMAGE, when it is a path; then the task's arguments
 	onFlag(create, "mode", oneOf("replicated", "global", "replicated-job", "global-job"))
-	onFlag(create, "runtime", oneOf(runtimeProcess, runtimeDocker))
+	onFlag(create, "runtime", oneOf(runtimeProcess, runtimeDocker, runtimeContainer))
 	for _, cmd := range []*cobra.Command{create, update} {
 		onFlag(cmd, "restart-condition", oneOf("none", "on-failure", "any"))
 		onFlag(cmd, "update-order", oneOf("stop-first", "start-first"))

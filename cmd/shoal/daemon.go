@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -363,10 +364,19 @@ func workerConfig(cfg manager.Config, d *daemonFlags) (worker.Config, error) {
 	if d.dockerAPIAddr != "" {
 		cfg.Logger.Warn("this node is a worker: --docker-api-addr serves nothing until it is promoted to a manager")
 	}
+	var notOffered atomic.Pointer[map[string]string]
 	var taskNet *tasknet.Node
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
 		taskNet = newTaskNetwork(cfg.DataDir, cfg.Logger)
-		return newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), taskNet, cfg.Logger)
+		rts, why, err := newRuntimes(cfg.DataDir, wcfg.AdvertiseIP, wcfg.DNSAddr(), taskNet, cfg.Logger)
+		notOffered.Store(&why)
+		return rts, err
+	}
+	wcfg.NotOffered = func() map[string]string {
+		if p := notOffered.Load(); p != nil {
+			return *p
+		}
+		return nil
 	}
 	wcfg.TaskNetwork = func() *tasknet.Node { return taskNet }
 	return wcfg, nil

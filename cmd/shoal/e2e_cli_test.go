@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-cluster/shoal/worker/container"
 )
 
 func TestCompletionAndRuntimeChoice(t *testing.T) {
@@ -23,6 +25,7 @@ func TestCompletionAndRuntimeChoice(t *testing.T) {
 	// The worker started below finds no Docker Engine, whatever this
 	// machine has.
 	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(t.TempDir(), "no-docker.sock"))
+	t.Setenv(container.RuncEnv, "/nonexistent/runc") // nor the container runtime
 	ips := []string{"127.0.0.31", "127.0.0.32"}
 	port := freePort(t, ips...)
 	base := t.TempDir()
@@ -74,6 +77,11 @@ func TestCompletionAndRuntimeChoice(t *testing.T) {
 		out, errOut, code := cli(t, "node", "inspect", "--pretty", "w1", "--host", m.addr(), "--timeout", "2s")
 		return code == 0 && strings.Contains(out, "State:\t\t\tReady") && strings.Contains(out, "Runtimes:\t\tprocess\n"), out + errOut
 	})
+	// It says why it offers neither container runtime.
+	if out, errOut, _ := cli(t, "node", "inspect", "--pretty", "w1", "--host", m.addr(), "--timeout", "2s"); !strings.Contains(out, "Runtime not offered:\tcontainer (") ||
+		!strings.Contains(out, "Runtime not offered:\tdocker (") {
+		t.Errorf("node inspect of w1 does not say why it offers neither container runtime:\n%s%s", out, errOut)
+	}
 
 	// The runtime follows IMAGE; one no worker offers is refused, saying
 	// which offer what.

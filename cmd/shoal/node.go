@@ -180,6 +180,9 @@ func printNodePretty(n *pb.Node) {
 	if len(d.GetRuntimes()) > 0 {
 		fmt.Printf("Runtimes:\t\t%s\n", strings.Join(d.GetRuntimes(), ", "))
 	}
+	for _, no := range d.GetRuntimesNotOffered() {
+		fmt.Printf("Runtime not offered:\t%s (%s)\n", no.GetName(), no.GetReason())
+	}
 	if dp := d.GetMeshDatapath(); dp != nil {
 		switch {
 		case dp.GetTable() != "":

@@ -12,7 +12,9 @@ import (
 	"github.com/shoal-cluster/shoal/internal/datadir"
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/container"
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
+	"github.com/shoal-cluster/shoal/worker/imagestore"
 	"github.com/shoal-cluster/shoal/worker/process"
 	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
@@ -55,11 +57,12 @@ func newTaskNetwork(dataDir string, log *slog.Logger) *tasknet.Node {
 }
 
 // newRuntimes builds the runtimes a worker offers: always the process
-// runtime, and the docker runtime when the local Docker Engine answers.
-// taskNet is the node's task network (nil without one), for runtimes that
-// give tasks their own network namespaces.
-func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, log *slog.Logger) ([]worker.Runtime, error) {
-	_ = taskNet // the container runtime's
+// runtime, the docker runtime when the local Docker Engine answers, and
+// the container runtime when this node can run containers with runc. It
+// also returns, by name, those it does not offer and why. taskNet is the
+// node's task network (nil without one), on which the container runtime
+// gives each task its own network namespace and address.
+func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, log *slog.Logger) ([]worker.Runtime, map[string]string, error) {
 	proc, err := process.New(process.Config{
 		Dir:               filepath.Join(dataDir, "worker", "process"),
 		AdvertiseIP:       advertiseIP,
@@ -68,22 +71,30 @@ func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, lo
 		Logger:            log,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rts := []worker.Runtime{proc}
-	if d := newDockerRuntime(dataDir, advertiseIP, log); d != nil {
+	notOffered := map[string]string{}
+	if d, why := newDockerRuntime(dataDir, advertiseIP, log); d != nil {
 		rts = append(rts, d)
+	} else {
+		notOffered[dockerrt.Name] = why
 	}
-	return rts, nil
+	if c, why := newContainerRuntime(dataDir, advertiseIP, taskNet, log); c != nil {
+		rts = append(rts, c)
+	} else {
+		notOffered[container.Name] = why
+	}
+	return rts, notOffered, nil
 }
 
-// newDockerRuntime returns the docker runtime, or nil (logging why) when
-// the Engine does not answer: the node then does not advertise it.
-func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) worker.Runtime {
+// newDockerRuntime returns the docker runtime, or nil and why (logged)
+// when the Engine does not answer: the node then does not advertise it.
+func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) (worker.Runtime, string) {
 	id, err := datadir.Load(dataDir)
 	if err != nil {
 		log.Warn("docker runtime not offered: cannot read the node's identity", "err", err)
-		return nil
+		return nil, "cannot read the node's identity: " + err.Error()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -91,7 +102,44 @@ func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) worker.Runt
 		DNS: []string{mesh.ContainerResolverIP(id.ClusterID)}, Logger: log})
 	if err != nil {
 		log.Info("docker runtime not offered: no Docker Engine answers on this node", "err", err)
-		return nil
+		return nil, "no Docker Engine answers on this node: " + err.Error()
 	}
-	return d
+	return d, ""
+}
+
+// newContainerRuntime returns the container runtime on the node's image
+// store (DATA/worker/images), or nil and why (logged) when this node
+// cannot run containers: the agent must run as root, the kernel have
+// OverlayFS and runc be installed. Each task gets its own network
+// namespace and address on taskNet; without one (nil), tasks share the
+// node's network, their ports allocated on the node.
+func newContainerRuntime(dataDir, advertiseIP string, taskNet *tasknet.Node, log *slog.Logger) (worker.Runtime, string) {
+	if _, err := container.Check(""); err != nil {
+		log.Info("container runtime not offered", "reason", err.Error())
+		return nil, err.Error()
+	}
+	store, err := imagestore.Open(filepath.Join(dataDir, "worker", "images"), log)
+	if err != nil {
+		log.Warn("container runtime not offered: cannot open the node's image store", "err", err)
+		return nil, "cannot open the node's image store: " + err.Error()
+	}
+	cfg := container.Config{
+		Dir:               filepath.Join(dataDir, "worker", "container"),
+		Images:            container.StoreImages(store),
+		AdvertiseIP:       advertiseIP,
+		SupervisorCommand: []string{selfExecutable(), supervisorCommand},
+		Logger:            log,
+	}
+	if taskNet != nil {
+		cfg.Network = container.TaskNetwork(taskNet)
+	} else {
+		log.Info("container runtime: no task network on this node; its tasks share the node's network")
+	}
+	c, err := container.New(cfg)
+	if err != nil {
+		store.Close()
+		log.Warn("container runtime not offered", "err", err)
+		return nil, err.Error()
+	}
+	return c, ""
 }

@@ -29,6 +29,7 @@ const (
 	defaultStopGrace = 10 * time.Second
 	runtimeProcess   = "process"
 	runtimeDocker    = "docker"
+	runtimeContainer = "container"
 )
 
 // taskFlags are --name, --mode, --replicas, --runtime and --max-concurrent
@@ -43,13 +44,14 @@ type taskFlags struct {
 
 	workdir, user string
 	stopGrace     time.Duration
+	readOnly      bool
 }
 
 func (f *taskFlags) registerCreate(fs *pflag.FlagSet) {
 	fs.StringVar(&f.name, "name", "", "service name (default: chosen by the cluster)")
 	fs.StringVar(&f.mode, "mode", "replicated", "replicated, global, replicated-job or global-job")
 	fs.Int64Var(&f.replicas, "replicas", 1, "number of tasks (replicated jobs: completions)")
-	fs.StringVar(&f.runtime, "runtime", "", "process (IMAGE is an absolute path to an executable) or docker (IMAGE is a container image); by default the IMAGE decides: a path runs as a process, anything else as a container")
+	fs.StringVar(&f.runtime, "runtime", "", "process (IMAGE is an absolute path to an executable), docker (IMAGE is a container image, run by the Docker Engine) or container (IMAGE is a container image, run by runc from the node's own image store); by default the IMAGE decides: a path runs as a process, anything else as a container")
 	fs.Int64Var(&f.maxConcurrent, "max-concurrent", 1, "replicated jobs: how many tasks run at once")
 	f.registerShared(fs)
 }
@@ -67,6 +69,7 @@ func (f *taskFlags) registerShared(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.workdir, "workdir", "w", "", "working directory of the task (absolute `path`)")
 	fs.StringVarP(&f.user, "user", "u", "", "`user` the task runs as (name or UID)")
 	fs.DurationVar(&f.stopGrace, "stop-grace-period", defaultStopGrace, "how long a task has to stop before it is killed")
+	fs.BoolVar(&f.readOnly, "read-only", false, "mount the container's root filesystem read-only (docker and container runtimes)")
 }
 
 // base builds the spec of `service create` from IMAGE [COMMAND] [ARG...],
@@ -86,7 +89,7 @@ func (f *taskFlags) base(pos []string) (*pb.ServiceSpec, error) {
 	image := pos[0]
 	runtime := f.runtime
 	switch runtime {
-	case runtimeProcess, runtimeDocker:
+	case runtimeProcess, runtimeDocker, runtimeContainer:
 		if err := validateImage("IMAGE", runtime, image); err != nil {
 			return nil, err
 		}
@@ -96,7 +99,7 @@ func (f *taskFlags) base(pos []string) (*pb.ServiceSpec, error) {
 			return nil, err
 		}
 	default:
-		return nil, usagef("--runtime %q: use process or docker", f.runtime)
+		return nil, usagef("--runtime %q: use process, docker or container", f.runtime)
 	}
 	return &pb.ServiceSpec{
 		Annotations: &pb.Annotations{Name: f.name},
@@ -237,7 +240,8 @@ func (f *taskFlags) update(spec *pb.ServiceSpec, set map[string]bool) error {
 	return nil
 }
 
-// applyShared sets what --workdir, --user and --stop-grace-period say.
+// applyShared sets what --workdir, --user, --stop-grace-period and
+// --read-only say.
 func (f *taskFlags) applyShared(spec *pb.ServiceSpec, set map[string]bool) error {
 	c := spec.Task.Container
 	if set["workdir"] {
@@ -254,6 +258,9 @@ func (f *taskFlags) applyShared(spec *pb.ServiceSpec, set map[string]bool) error
 			return usagef("--stop-grace-period %s: must not be negative", f.stopGrace)
 		}
 		c.StopGracePeriod = int64(f.stopGrace)
+	}
+	if set["read-only"] {
+		c.ReadOnly = f.readOnly
 	}
 	return nil
 }
@@ -295,9 +302,9 @@ func validateImage(flagName, runtime, image string) error {
 	if image == "" {
 		return usagef("%s is empty", flagName)
 	}
-	if runtime == runtimeDocker {
+	if runtime == runtimeDocker || runtime == runtimeContainer {
 		if strings.HasPrefix(image, "/") {
-			return usagef("%s %q is a path, not a container image%s", flagName, image, hint(": drop --runtime docker to run an executable"))
+			return usagef("%s %q is a path, not a container image%s", flagName, image, hint(": drop --runtime "+runtime+" to run an executable"))
 		}
 		if strings.ContainsAny(image, " \t\n") || strings.HasPrefix(image, "-") {
 			return usagef("%s %q is not a container image name", flagName, image)

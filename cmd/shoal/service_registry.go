@@ -44,8 +44,8 @@ func (o *registryOptions) auth(spec *pb.ServiceSpec) (*pb.RegistryAuth, error) {
 	if !o.withRegistryAuth {
 		return nil, nil
 	}
-	if rt := spec.GetTask().GetRuntime(); rt != "" && rt != runtimeDocker {
-		return nil, usagef("--with-registry-auth is for container images (the docker runtime); this service runs on the %s runtime", rt)
+	if rt := spec.GetTask().GetRuntime(); rt != "" && rt != runtimeDocker && rt != runtimeContainer {
+		return nil, usagef("--with-registry-auth is for container images (the docker and container runtimes); this service runs on the %s runtime", rt)
 	}
 	image := registry.StripDigest(spec.GetTask().GetContainer().GetImage())
 	auth, err := registry.CredentialsFor(image)

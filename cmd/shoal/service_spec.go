@@ -224,6 +224,9 @@ func validateSpec(spec *pb.ServiceSpec, changed map[string]bool) error {
 	if runtime == runtimeProcess && len(c.GetMounts()) > 0 && touched("mount-add") {
 		return usagef("the process runtime does not support mounts: drop --mount, or use --runtime docker")
 	}
+	if runtime == runtimeProcess && c.GetReadOnly() && touched("read-only") {
+		return usagef("the process runtime has no root filesystem of its own to make read-only: drop --read-only, or use --runtime container or docker")
+	}
 	if hc := c.GetHealthcheck(); runtime == runtimeProcess && hc != nil && !hc.GetDisable() && !hasProbe(hc) &&
 		touched("health-interval", "health-timeout", "health-start-period", "health-retries") {
 		return usagef("the process runtime has no built-in health check: give %s with the --health-* timings", healthProbeFlagsUsage)

@@ -272,7 +272,7 @@ func TestServiceCreateFlagErrors(t *testing.T) {
 		{"update flags on a job", []string{"--mode", "replicated-job", "--update-parallelism", "2", "/bin/app"}, "--update-parallelism: a job (replicated job) has no rolling update or rollback"},
 		{"rollback flags on a global job", []string{"--mode", "global-job", "--rollback-order", "start-first", "/bin/app"}, "--rollback-order: a job (global job) has no rolling update or rollback"},
 		{"bad mode", []string{"--mode", "daemonset", "/bin/app"}, `--mode "daemonset": use replicated, global, replicated-job or global-job`},
-		{"bad runtime", []string{"--runtime", "podman", "/bin/app"}, `--runtime "podman": use process or docker`},
+		{"bad runtime", []string{"--runtime", "podman", "/bin/app"}, `--runtime "podman": use process, docker or container`},
 		{"relative path", []string{"./app"}, `IMAGE "./app": the process runtime runs an executable: give its absolute path`},
 		{"relative path in a dir", []string{"--runtime", "process", "bin/app"}, "give its absolute path"},
 		{"bare name", []string{"--runtime", "process", "sleep", "10"}, "give its absolute path"},

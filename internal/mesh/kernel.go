@@ -13,10 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/shoal-cluster/shoal/internal/datadir"
 )
 
-// The kernel datapath. With root and the nft command, a node's mesh
+// The kernel datapath. With root and nftables, a node's mesh
 // forwards TCP connections to published ports and virtual IPs with
 // nftables rules in a table of its own (TableName), so connections are
 // NATed by the kernel instead of copied twice through the proxy:
@@ -33,9 +34,16 @@ import (
 // A backend on another node gets the connection from this node's address
 // (SNAT), so its replies come back through this node to be un-NATed; a
 // backend on this node sees the client's own address. Every endpoint
-// change is one `nft -f -` transaction that updates the maps (and
-// replaces a frontend's single rule when its backend count changes), so
-// a connection never sees a half-applied change. The proxy's listeners
+// change is one nftables transaction that updates the maps (and replaces
+// a frontend's single rule when its backend count changes), so a
+// connection never sees a half-applied change: a netlink batch, about a
+// millisecond, for changes to existing frontends (a frontend that
+// loses its last backend is parked, its chain and map kept empty, for
+// that reason), and `nft -f -` for what declares a new frontend's map or
+// rebuilds the table (running nft costs tens of milliseconds on a busy
+// host; a netlink batch that deletes rules and elements commits as fast
+// as one that only adds: the kernel frees what a transaction removed
+// after it returns). The proxy's listeners
 // stay bound on every address: they hold the ports (a port another
 // program holds is never redirected), serve what the kernel does not
 // (UDP, container twins, ports asking for the PROXY protocol, a frontend
@@ -87,7 +95,10 @@ func runNFT(ctx context.Context, nft, script string) error {
 	return nil
 }
 
-// kernelFront is one frontend address the kernel forwards.
+// kernelFront is one frontend address the kernel forwards. A frontend
+// without backends is parked: its chain and map stay, empty, and no
+// element of the frontends map leads to them (the proxy serves, closing
+// each connection at once), so its next backend needs no new map.
 type kernelFront struct {
 	ip       string
 	port     int
@@ -96,15 +107,7 @@ type kernelFront struct {
 }
 
 func (f kernelFront) sameBackends(g kernelFront) bool {
-	if len(f.backends) != len(g.backends) {
-		return false
-	}
-	for i := range f.backends {
-		if f.backends[i] != g.backends[i] {
-			return false
-		}
-	}
-	return true
+	return equalStrings(f.backends, g.backends)
 }
 
 // masqElems are the masq set's elements for this frontend.
@@ -120,12 +123,19 @@ func (f kernelFront) masqElems() []string {
 }
 
 // kernel keeps a node's nftables table in step with the mesh's TCP
-// frontends.
+// frontends. Changes go to the kernel over netlink, one batch (one
+// transaction) each, without running a program: a change that only
+// touches existing frontends (a backend leaving or joining, a frontend
+// parked or unparked, a frontend removed) costs about a millisecond.
+// What needs a new map (a new frontend, whose map is declared with
+// `typeof` so that `nft list` shows it readably) and rebuilding the
+// whole table go through `nft -f -`, also one transaction.
 type kernel struct {
-	nft    string
-	table  string // bare name, family ip
-	snatIP string
-	log    *slog.Logger
+	nft     string
+	netlink bool   // changes over netlink when they can; false: every change through nft
+	table   string // bare name, family ip
+	snatIP  string
+	log     *slog.Logger
 
 	applied map[string]kernelFront // by "ip:port", as the table holds them
 	dirty   bool                   // the table's content is unknown: rebuild it whole
@@ -163,7 +173,21 @@ func newKernel(cfg Config, log *slog.Logger) (*kernel, DatapathInfo) {
 	if err := k.sync(map[string]kernelFront{}); err != nil {
 		return user(fmt.Sprintf("nftables rules could not be installed: %v", err))
 	}
-	return k, DatapathInfo{Name: DatapathKernel, Reason: "root and nftables available", Table: "ip " + k.table}
+	reason := "root and nftables available"
+	if _, err := newNetlinkConn().ListTableOfFamily(k.table, nftables.TableFamilyIPv4); err != nil {
+		log.Warn("mesh: nftables over netlink does not work here; every change runs nft", "err", err)
+		reason += " (changes through the nft command: netlink failed)"
+	} else {
+		k.netlink = true
+	}
+	return k, DatapathInfo{Name: DatapathKernel, Reason: reason, Table: "ip " + k.table}
+}
+
+// newNetlinkConn returns a connection that opens a netlink socket for
+// each batch it sends (Flush) and holds none meanwhile.
+func newNetlinkConn() *nftables.Conn {
+	nl, _ := nftables.New() // only a lasting connection can fail here
+	return nl
 }
 
 // frontName names a frontend's chain and map: its address and port with
@@ -181,11 +205,11 @@ func frontName(key string) string {
 func (k *kernel) sync(want map[string]kernelFront) error {
 	var err error
 	if !k.dirty {
-		script := k.diffScript(want)
-		if script == "" {
+		ops := k.diff(want)
+		if len(ops) == 0 {
 			return nil
 		}
-		if err = runNFT(context.Background(), k.nft, script); err != nil {
+		if err = k.apply(ops); err != nil {
 			k.log.Warn("mesh: nftables update failed; rebuilding the table", "table", k.table, "err", err)
 		}
 	}
@@ -206,6 +230,32 @@ func (k *kernel) sync(want map[string]kernelFront) error {
 	return nil
 }
 
+// apply makes one transaction of ops: over netlink, unless one of them
+// declares a new frontend's map (only nft writes the map's typeof).
+func (k *kernel) apply(ops []kernelOp) error {
+	viaNFT := !k.netlink
+	for _, op := range ops {
+		viaNFT = viaNFT || op.kind == opDeclare
+	}
+	if viaNFT {
+		var b strings.Builder
+		for _, op := range ops {
+			op.script(&b, k)
+		}
+		return runNFT(context.Background(), k.nft, b.String())
+	}
+	nl := newNetlinkConn()
+	for _, op := range ops {
+		if err := op.netlink(nl, k.table); err != nil {
+			return err // nothing was sent
+		}
+	}
+	if err := nl.Flush(); err != nil {
+		return fmt.Errorf("nftables (netlink): %w", err)
+	}
+	return nil
+}
+
 func (k *kernel) fullScript(want map[string]kernelFront) string {
 	var b strings.Builder
 	t := "ip " + k.table
@@ -221,77 +271,78 @@ func (k *kernel) fullScript(want map[string]kernelFront) string {
 	fmt.Fprintf(&b, "add chain %s postrouting { type nat hook postrouting priority 100; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add rule %s postrouting ct status dnat ct original ip daddr . ip daddr . tcp dport @masq snat ip to %s\n", t, k.snatIP)
 	for _, key := range sortedKeys(want) {
-		k.addFront(&b, key, want[key])
+		for _, op := range addFrontOps(key, want[key]) {
+			op.script(&b, k)
+		}
 	}
 	return b.String()
 }
 
-func (k *kernel) addFront(b *strings.Builder, key string, f kernelFront) {
-	t, n := "ip "+k.table, frontName(key)
-	fmt.Fprintf(b, "add map %s be_%s { typeof numgen inc mod 1 : ip daddr . tcp dport; }\n", t, n)
-	fmt.Fprintf(b, "add chain %s fe_%s\n", t, n)
-	fmt.Fprintf(b, "add rule %s fe_%s meta l4proto tcp dnat ip to numgen inc mod %d map @be_%s\n", t, n, len(f.backends), n)
-	k.addBackends(b, key, f)
-	fmt.Fprintf(b, "add element %s frontends { %s . %d : goto fe_%s }\n", t, f.ip, f.port, n)
+// addFrontOps declares a frontend and fills it.
+func addFrontOps(key string, f kernelFront) []kernelOp {
+	ops := []kernelOp{{kind: opDeclare, key: key}}
+	if len(f.backends) == 0 {
+		return ops // parked
+	}
+	ops = append(ops,
+		kernelOp{kind: opRule, key: key, n: len(f.backends)},
+		kernelOp{kind: opBackends, key: key, front: f},
+		kernelOp{kind: opFrontAdd, key: key, front: f})
 	if m := f.masqElems(); len(m) > 0 {
-		fmt.Fprintf(b, "add element %s masq { %s }\n", t, strings.Join(m, ", "))
+		ops = append(ops, kernelOp{kind: opMasqAdd, elems: m})
 	}
+	return ops
 }
 
-func (k *kernel) addBackends(b *strings.Builder, key string, f kernelFront) {
-	elems := make([]string, len(f.backends))
-	for i, be := range f.backends {
-		host, port, _ := net.SplitHostPort(be)
-		elems[i] = fmt.Sprintf("%d : %s . %s", i, host, port)
-	}
-	fmt.Fprintf(b, "add element ip %s be_%s { %s }\n", k.table, frontName(key), strings.Join(elems, ", "))
-}
-
-func (k *kernel) removeFront(b *strings.Builder, key string, f kernelFront) {
-	t, n := "ip "+k.table, frontName(key)
-	fmt.Fprintf(b, "delete element %s frontends { %s . %d }\n", t, f.ip, f.port)
-	if m := f.masqElems(); len(m) > 0 {
-		fmt.Fprintf(b, "delete element %s masq { %s }\n", t, strings.Join(m, ", "))
-	}
-	fmt.Fprintf(b, "flush chain %s fe_%s\ndelete chain %s fe_%s\ndelete map %s be_%s\n", t, n, t, n, t, n)
-}
-
-func (k *kernel) diffScript(want map[string]kernelFront) string {
-	var b strings.Builder
-	t := "ip " + k.table
+// diff is what takes the table from k.applied to want. Within it, a
+// frontends element goes before its chain and comes after it, and a
+// frontend's rule and map change together.
+func (k *kernel) diff(want map[string]kernelFront) []kernelOp {
+	var ops []kernelOp
 	for _, key := range sortedKeys(k.applied) {
-		if _, ok := want[key]; !ok {
-			k.removeFront(&b, key, k.applied[key])
+		old := k.applied[key]
+		if _, ok := want[key]; ok {
+			continue
 		}
+		if len(old.backends) > 0 {
+			ops = append(ops, kernelOp{kind: opFrontDel, key: key, front: old})
+		}
+		if m := old.masqElems(); len(m) > 0 {
+			ops = append(ops, kernelOp{kind: opMasqDel, elems: m})
+		}
+		ops = append(ops, kernelOp{kind: opUndeclare, key: key})
 	}
 	for _, key := range sortedKeys(want) {
 		f := want[key]
 		old, ok := k.applied[key]
-		switch {
-		case !ok:
-			k.addFront(&b, key, f)
-			continue
-		case old.sameBackends(f) && equalStrings(old.masqElems(), f.masqElems()):
+		if !ok {
+			ops = append(ops, addFrontOps(key, f)...)
 			continue
 		}
-		n := frontName(key)
+		if old.sameBackends(f) && equalStrings(old.masqElems(), f.masqElems()) {
+			continue
+		}
+		if len(f.backends) == 0 {
+			ops = append(ops, kernelOp{kind: opFrontDel, key: key, front: old})
+		}
 		if len(old.backends) != len(f.backends) {
-			fmt.Fprintf(&b, "flush chain %s fe_%s\n", t, n)
-			fmt.Fprintf(&b, "add rule %s fe_%s meta l4proto tcp dnat ip to numgen inc mod %d map @be_%s\n", t, n, len(f.backends), n)
+			ops = append(ops, kernelOp{kind: opRule, key: key, n: len(f.backends)})
 		}
 		if !old.sameBackends(f) {
-			fmt.Fprintf(&b, "flush map %s be_%s\n", t, n)
-			k.addBackends(&b, key, f)
+			ops = append(ops, kernelOp{kind: opBackends, key: key, front: f})
 		}
 		oldM, newM := old.masqElems(), f.masqElems()
 		if gone := minus(oldM, newM); len(gone) > 0 {
-			fmt.Fprintf(&b, "delete element %s masq { %s }\n", t, strings.Join(gone, ", "))
+			ops = append(ops, kernelOp{kind: opMasqDel, elems: gone})
 		}
 		if added := minus(newM, oldM); len(added) > 0 {
-			fmt.Fprintf(&b, "add element %s masq { %s }\n", t, strings.Join(added, ", "))
+			ops = append(ops, kernelOp{kind: opMasqAdd, elems: added})
+		}
+		if len(old.backends) == 0 && len(f.backends) > 0 {
+			ops = append(ops, kernelOp{kind: opFrontAdd, key: key, front: f})
 		}
 	}
-	return b.String()
+	return ops
 }
 
 // remove deletes the table.

@@ -74,7 +74,9 @@ func listTable(t *testing.T, table string) (nftTable, bool) {
 }
 
 // expectTable builds the table a mesh on 127.0.0.1 must hold for the
-// given frontends: "ip:port" -> backends, with remote ones marked.
+// given frontends: "ip:port" -> backends, with remote ones marked. A
+// frontend without backends is parked: an empty chain and map, and no
+// frontends element.
 func expectTable(fronts map[string][]string, remote map[string]bool) nftTable {
 	tab := nftTable{
 		Elements: map[string][]string{"frontends": {}, "masq": {}},
@@ -87,6 +89,10 @@ func expectTable(fronts map[string][]string, remote map[string]bool) nftTable {
 	for key, bes := range fronts {
 		host, port, _ := net.SplitHostPort(key)
 		n := frontName(key)
+		if len(bes) == 0 {
+			tab.Elements["be_"+n], tab.Rules["fe_"+n] = []string{}, []string{}
+			continue
+		}
 		tab.Elements["frontends"] = append(tab.Elements["frontends"], fmt.Sprintf("%s . %s : goto fe_%s", host, port, n))
 		sorted := append([]string(nil), bes...)
 		sort.Strings(sorted)
@@ -123,12 +129,33 @@ func addrOf(b *backend) string { return b.addr.String() }
 
 // TestKernelTableFollowsEndpoints checks the nftables table holds exactly
 // the expected rules and map elements through scale up, scale down, a
-// backend's death, a node restart (after a crash) and the service's
-// removal, that connections spread evenly over it, and that the table is
-// gone once the mesh stops.
+// backend's death, every backend gone and one back, a node restart (after
+// a crash) and the service's removal, that connections spread evenly over
+// it, and that the table is gone once the mesh stops: with changes over
+// netlink (as a node makes them) and with every change through nft.
 func TestKernelTableFollowsEndpoints(t *testing.T) {
+	for _, netlink := range []bool{true, false} {
+		name := "netlink"
+		if !netlink {
+			name = "nft"
+		}
+		t.Run(name, func(t *testing.T) { testKernelTable(t, netlink) })
+	}
+}
+
+func testKernelTable(t *testing.T, netlink bool) {
 	bes := startBackends(t, 4)
-	m := newTestMeshOn(t, DatapathKernel, false)
+	newMesh := func() *Mesh {
+		m := newTestMeshOn(t, DatapathKernel, false)
+		m.mu.Lock()
+		if !m.kern.netlink {
+			t.Fatalf("no netlink connection to nftables: %s", m.dp.Reason)
+		}
+		m.kern.netlink = netlink
+		m.mu.Unlock()
+		return m
+	}
+	m := newMesh()
 	table := TableName(testNode)
 	if got := m.Datapath(); got.Table != "ip "+table {
 		t.Fatalf("datapath %+v, want table ip %s", got, table)
@@ -193,10 +220,27 @@ func TestKernelTableFollowsEndpoints(t *testing.T) {
 		t.Fatalf("after a backend's death: %v", counts)
 	}
 
+	// Every backend gone: the frontends are parked (the proxy serves,
+	// closing each connection); one back: served by the kernel again.
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{svc()}})
+	checkTable(t, table, "every backend gone", expectTable(map[string][]string{addr: nil, vipKey: nil}, nil))
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, _ := c.Read(make([]byte, 1)); n != 0 {
+			t.Fatal("with no backend, a connection got data")
+		}
+		c.Close()
+	}
+	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{svc(bes[0])}})
+	checkTable(t, table, "one backend back", expect(bes[:1], nil))
+	if counts := spread(t, addr, 3); counts[bes[0].name] != 3 {
+		t.Fatalf("one backend back: %v", counts)
+	}
+
 	// The node crashes (its table stays) and restarts with another set:
 	// the new table holds exactly the current set, nothing stale.
 	m.crash()
-	m = newTestMeshOn(t, DatapathKernel, false)
+	m = newMesh()
 	checkTable(t, table, "restarted, before any update", expectTable(nil, nil))
 	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{svc(bes[2])}})
 	checkTable(t, table, "restarted", expect([]*backend{bes[2]}, nil))
@@ -335,9 +379,9 @@ func TestClientAddressKept(t *testing.T) {
 }
 
 // TestKernelFallsBackWhenRulesFail: a table changed behind the mesh's back
-// is rebuilt at the next update; when nft fails altogether the table is
-// removed and the proxy serves, and the next update that succeeds
-// rebuilds it.
+// is rebuilt at the next update (the netlink change fails, the rebuild
+// through nft succeeds); when the rebuild fails too the table is removed
+// and the proxy serves, and the next update that succeeds rebuilds it.
 func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 	bes := startBackends(t, 2)
 	m := newTestMeshOn(t, DatapathKernel, false)
@@ -356,7 +400,11 @@ func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 	m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0])}})
 	checkTable(t, table, "rebuilt after the table was deleted", one)
 
-	// nft fails: no table, the proxy serves.
+	// Someone deletes the table again and nft fails: the netlink change
+	// finds no table, the rebuild fails, the proxy serves.
+	if err := RemoveTable(context.Background(), table); err != nil {
+		t.Fatal(err)
+	}
 	m.mu.Lock()
 	nft := m.kern.nft
 	m.kern.nft = "false"
@@ -383,7 +431,8 @@ func TestKernelFallsBackWhenRulesFail(t *testing.T) {
 }
 
 // BenchmarkKernelSync measures one endpoint change on the kernel
-// datapath: a backend leaves or joins a frontend of three (one nft run).
+// datapath: a backend leaves or joins a frontend of three (one netlink
+// batch; the first change, which declares the frontend, runs nft).
 func BenchmarkKernelSync(b *testing.B) {
 	cfg := Config{IP: "127.0.0.1", NodeID: testNode, Log: slog.New(slog.DiscardHandler)}
 	k, dp := newKernel(cfg, cfg.Log)

@@ -61,7 +61,10 @@ type Mesh struct {
 	errs      map[string]error // addresses that could not be bound
 	retry     *time.Timer      // retries errs; set while one is scheduled
 	closed    bool
-	changed   chan struct{} // closed and replaced on every applied update
+	changed   chan struct{} // closed and replaced on every applied update or TaskGone
+	// gone are tasks of this node that stopped serving (TaskGone) while
+	// the endpoint sets may still name them: they are left out.
+	gone map[string]bool
 
 	dns      *resolver
 	ctrDNS   *resolver       // the containers' resolver, if any
@@ -87,6 +90,7 @@ func New(cfg Config) *Mesh {
 		errs:      map[string]error{},
 		changed:   make(chan struct{}),
 		ctrAddrs:  map[string]bool{},
+		gone:      map[string]bool{},
 	}
 	m.tab.Store(&table{})
 	m.kern, m.dp = newKernel(cfg, m.log)
@@ -164,12 +168,42 @@ func (m *Mesh) Apply(u *pb.EndpointUpdate) {
 	}
 	next := m.tab.Load().apply(u)
 	m.tab.Store(&next)
+	// A gone task is forgotten once no set names it (task IDs are never
+	// reused, so it never comes back).
+	for id := range m.gone {
+		if !next.hasTask(id) {
+			delete(m.gone, id)
+		}
+	}
 	m.reconcile()
 	close(m.changed)
 	m.changed = make(chan struct{})
 }
 
-// Changed returns a channel closed at the next applied update.
+// TaskGone takes a task of this node out of the node's datapath at once:
+// its worker saw it exit (or fail its health check), so new connections
+// must not reach it, and the managers' update that removes it from the
+// endpoint sets is a round trip away (the worker's report, a Raft commit,
+// the push back). Other nodes wait for that update.
+func (m *Mesh) TaskGone(taskID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.gone[taskID] {
+		return
+	}
+	// Marked even when no set names it yet: an update naming it may be on
+	// its way (its RUNNING commit sent before it died).
+	m.gone[taskID] = true
+	if !m.tab.Load().hasTask(taskID) {
+		return
+	}
+	m.reconcile()
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next applied update (or
+// TaskGone).
 func (m *Mesh) Changed() <-chan struct{} {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -244,7 +278,7 @@ func (m *Mesh) desired() map[string]wanted {
 		for _, p := range s.GetPorts() {
 			proto := p.GetProtocol()
 			w := wanted{service: s.GetServiceName(), proxyProto: p.GetProxyProtocol()}
-			w.backends, w.nodes = backends(s, p.GetTargetPort(), proto, "")
+			w.backends, w.nodes = backends(s, p.GetTargetPort(), proto, "", m.gone)
 			if p.GetPublishMode() == pb.PublishMode_PUBLISH_MODE_INGRESS && p.GetPublishedPort() != 0 && m.cfg.IP != "" {
 				in := w
 				if p.GetLocal() {
@@ -253,7 +287,7 @@ func (m *Mesh) desired() map[string]wanted {
 					if onNode == "" {
 						onNode = "\x00"
 					}
-					in.backends, in.nodes = backends(s, p.GetTargetPort(), proto, onNode)
+					in.backends, in.nodes = backends(s, p.GetTargetPort(), proto, onNode, m.gone)
 				}
 				out[proxyKey(m.cfg.IP, p.GetPublishedPort(), proto)] = in
 			}
@@ -341,10 +375,11 @@ func (m *Mesh) reconcile() {
 
 // syncKernel hands the kernel datapath the TCP addresses it forwards:
 // every proxied TCP address whose listener is bound (so a port another
-// program holds is never redirected) and has backends, except container
-// twins (the kernel would have to route containers' packets to loopback)
-// and ports asking for the PROXY protocol (only the proxy can add it).
-// m.mu is held.
+// program holds is never redirected), except container twins (the kernel
+// would have to route containers' packets to loopback) and ports asking
+// for the PROXY protocol (only the proxy can add it). One without
+// backends is parked in the table (the proxy serves it) so that its next
+// backend goes in without declaring anything. m.mu is held.
 func (m *Mesh) syncKernel(want map[string]wanted) {
 	if m.kern == nil {
 		return
@@ -352,7 +387,7 @@ func (m *Mesh) syncKernel(want map[string]wanted) {
 	fronts := map[string]kernelFront{}
 	probed := map[string]bool{}
 	for key, w := range want {
-		if _, bound := m.listeners[key]; !bound || strings.HasSuffix(key, "/udp") || w.localIP != "" || w.proxyProto || len(w.backends) == 0 {
+		if _, bound := m.listeners[key]; !bound || strings.HasSuffix(key, "/udp") || w.localIP != "" || w.proxyProto {
 			continue
 		}
 		// Backends the probes found dead or silent are left out, unless

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -742,4 +743,53 @@ func TestSilentEndpointIsEjected(t *testing.T) {
 	if left != 0 {
 		t.Fatalf("%d ejections kept for endpoints no longer in the set", left)
 	}
+}
+
+// TestTaskGoneLeavesAtOnce: a task its worker saw exit leaves the node's
+// datapath before the managers' update does, stays out while updates
+// still name it, and is forgotten once none does; a task not yet in any
+// set is left out when an update brings it.
+func TestTaskGoneLeavesAtOnce(t *testing.T) {
+	forEachDatapath(t, func(t *testing.T, datapath string) {
+		bes := startBackends(t, 3)
+		m := newTestMeshOn(t, datapath, false)
+		defer m.Close()
+		port := freeTCPPort(t, "127.0.0.1")
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[:2]...)}})
+
+		changed := m.Changed()
+		m.TaskGone(bes[1].name)
+		select {
+		case <-changed:
+		default:
+			t.Fatal("TaskGone did not announce a change")
+		}
+		if got := m.Backends(addr); !reflect.DeepEqual(got, []string{addrOf(bes[0])}) {
+			t.Fatalf("backends after TaskGone: %v", got)
+		}
+		if counts := spread(t, addr, 4); counts[bes[0].name] != 4 {
+			t.Fatalf("after TaskGone: %v, want every request on %s", counts, bes[0].name)
+		}
+		if datapath == DatapathKernel {
+			checkTable(t, TableName(testNode), "after TaskGone", expectTable(map[string][]string{addr: {addrOf(bes[0])}}, nil))
+		}
+
+		// An update that still names it (sent before its exit was
+		// committed), and one that names a task that died before any set
+		// named it.
+		m.TaskGone(bes[2].name)
+		m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+		if got := m.Backends(addr); !reflect.DeepEqual(got, []string{addrOf(bes[0])}) {
+			t.Fatalf("backends while updates name the gone tasks: %v", got)
+		}
+		// The managers' update without them: both are forgotten.
+		m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[0])}})
+		m.mu.Lock()
+		left := len(m.gone)
+		m.mu.Unlock()
+		if left != 0 {
+			t.Fatalf("%d gone tasks still remembered after no set names them", left)
+		}
+	})
 }

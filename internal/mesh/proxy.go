@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,7 +22,7 @@ type listener struct {
 	key      string // "ip:port"
 	service  string // service name, for logs
 	ln       net.Listener
-	backends atomic.Pointer[[]string]
+	backends atomic.Pointer[backendSet]
 	next     atomic.Uint64
 	// proxyProto makes each backend connection start with a PROXY
 	// protocol v2 header carrying the client's address.
@@ -42,6 +43,13 @@ type listener struct {
 	counters proxyCounters
 }
 
+// backendSet is where a listener's new connections go: the addresses,
+// and each one parsed once (dials need no resolving).
+type backendSet struct {
+	addrs  []string
+	parsed map[string]netip.AddrPort
+}
+
 // ejectFor is how long a backend that failed a dial is tried only after
 // every other one: long enough that a silent node does not cost each new
 // connection a dial timeout, short enough that a backend that recovers
@@ -58,8 +66,44 @@ const acceptPause = 10 * time.Millisecond
 // the host is an error.
 func listen(ctx context.Context, addr string, reusePort bool) (net.Listener, error) {
 	lc := listenConfig(reusePort)
+	// TCP keep-alive (so a vanished client's connection is closed in the
+	// end) is set once on the listening socket, whose accepted sockets
+	// inherit it, rather than with four system calls per connection.
+	lc.KeepAlive = -1
+	reuse := lc.Control
+	lc.Control = func(network, address string, c syscall.RawConn) error {
+		if reuse != nil {
+			if err := reuse(network, address, c); err != nil {
+				return err
+			}
+		}
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			for _, o := range []struct{ level, opt, v int }{
+				{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+				{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle},
+				{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveIdle},
+				{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+			} {
+				if serr == nil {
+					serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
 	return lc.Listen(ctx, "tcp4", addr)
 }
+
+// Keep-alive probes on proxied connections, as Go's defaults: the first
+// after 15 s idle, then every 15 s, 9 unanswered ones end the connection.
+const (
+	keepAliveIdle  = 15 // seconds
+	keepAliveCount = 9
+)
 
 // listenConfig sets SO_REUSEPORT when asked.
 func listenConfig(reusePort bool) net.ListenConfig {
@@ -82,8 +126,7 @@ func newListener(ln net.Listener, key, service string, log *slog.Logger, dialTim
 	l := &listener{key: key, service: service, ln: ln, log: log, dialTimeout: dialTimeout, conns: map[net.Conn]struct{}{},
 		ejected: map[string]time.Time{}}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	empty := []string{}
-	l.backends.Store(&empty)
+	l.backends.Store(&backendSet{})
 	return l
 }
 
@@ -93,13 +136,21 @@ func (l *listener) stats() ProxyStats { return l.counters.snapshot(l.service, l.
 
 func (l *listener) setProxyProtocol(on bool) { l.proxyProto.Store(on) }
 
-func (l *listener) currentBackends() []string { return append([]string(nil), *l.backends.Load()...) }
+func (l *listener) currentBackends() []string {
+	return append([]string(nil), l.backends.Load().addrs...)
+}
 
 // setBackends replaces the addresses new connections go to; connections
 // already proxied are left alone.
 func (l *listener) setBackends(addrs []string) {
 	cp := append([]string(nil), addrs...)
-	l.backends.Store(&cp)
+	parsed := make(map[string]netip.AddrPort, len(cp))
+	for _, a := range cp {
+		if ap, err := netip.ParseAddrPort(a); err == nil {
+			parsed[a] = ap
+		}
+	}
+	l.backends.Store(&backendSet{addrs: cp, parsed: parsed})
 	keep := make(map[string]bool, len(cp))
 	for _, a := range cp {
 		keep[a] = true
@@ -205,14 +256,23 @@ func (l *listener) handle(client net.Conn) {
 	defer l.untrack(client)
 	defer client.Close()
 
-	addrs := *l.backends.Load()
-	if len(addrs) == 0 {
+	set := l.backends.Load()
+	if len(set.addrs) == 0 {
 		return
 	}
 	d := net.Dialer{Timeout: l.dialTimeout}
 	var upstream net.Conn
-	for _, addr := range l.dialOrder(addrs) {
-		c, err := d.DialContext(l.ctx, "tcp", addr)
+	for _, addr := range l.dialOrder(set.addrs) {
+		var c net.Conn
+		var err error
+		if ap, ok := set.parsed[addr]; ok {
+			var tc *net.TCPConn
+			if tc, err = d.DialTCP(l.ctx, "tcp", netip.AddrPort{}, ap); err == nil {
+				c = tc
+			}
+		} else {
+			c, err = d.DialContext(l.ctx, "tcp", addr)
+		}
 		if err == nil {
 			l.readmit(addr)
 			upstream = c
@@ -226,7 +286,7 @@ func (l *listener) handle(client net.Conn) {
 		l.log.Debug("mesh dial failed; trying the next endpoint", "service", l.service, "endpoint", addr, "err", err)
 	}
 	if upstream == nil {
-		l.log.Warn("mesh: no endpoint of the service answered", "service", l.service, "addr", l.key, "endpoints", len(addrs))
+		l.log.Warn("mesh: no endpoint of the service answered", "service", l.service, "addr", l.key, "endpoints", len(set.addrs))
 		return
 	}
 	if !l.track(upstream) {
@@ -250,14 +310,16 @@ func (l *listener) handle(client net.Conn) {
 // relay copies both ways until both directions are done, passing on
 // half-closes so request/response protocols see end of input, and returns
 // the bytes copied from a to b and from b to a. One direction runs in the
-// caller's goroutine.
+// caller's goroutine. The direction that ends second passes on no
+// half-close: both connections are closed right after.
 func relay(a, b net.Conn) (aToB, bToA int64) {
 	done := make(chan struct{})
+	var ended atomic.Int32
 	go func() {
-		bToA = pipe(a, b)
+		bToA = pipe(a, b, &ended)
 		close(done)
 	}()
-	aToB = pipe(b, a)
+	aToB = pipe(b, a, &ended)
 	<-done
 	return aToB, bToA
 }
@@ -267,15 +329,19 @@ const copyBufSize = 32 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// pipe copies src to dst through a pooled buffer, then half-closes dst.
+// pipe copies src to dst through a pooled buffer, then half-closes dst
+// unless the other direction has ended already (ended counts them).
 // Plain reads and writes, not splice(2) (what io.Copy between two TCP
 // connections does): for the small messages of request/response traffic
 // a splice costs two system calls and a pipe per chunk, and measured the
 // proxy's CPU per keep-alive request fell by about a third without it.
-func pipe(dst, src net.Conn) int64 {
+func pipe(dst, src net.Conn, ended *atomic.Int32) int64 {
 	bp := copyBufs.Get().(*[]byte)
 	n, _ := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 	copyBufs.Put(bp)
+	if ended.Add(1) == 2 {
+		return n
+	}
 	if tc, ok := dst.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	} else {

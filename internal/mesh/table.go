@@ -36,6 +36,18 @@ func (t table) apply(u *pb.EndpointUpdate) table {
 	return next
 }
 
+// hasTask reports whether some set names the task.
+func (t table) hasTask(id string) bool {
+	for _, s := range t {
+		for _, te := range s.GetTasks() {
+			if te.GetTaskId() == id {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // byName finds a service by name (case-insensitive, as DNS is): a
 // service's own name first, then the aliases of its network attachments.
 // Names are cluster-wide, not per network: of several services with the
@@ -81,12 +93,13 @@ func equalFold(a, b string) bool {
 
 // backends returns the addresses (host:port) where a service's target port
 // is served, one per running, healthy task, in a stable order, and the
-// node each one is on. With onNode set, only that node's tasks count.
-func backends(s *pb.ServiceEndpoints, target uint32, protocol pb.PortProtocol, onNode string) ([]string, map[string]string) {
+// node each one is on. With onNode set, only that node's tasks count;
+// tasks in skip do not.
+func backends(s *pb.ServiceEndpoints, target uint32, protocol pb.PortProtocol, onNode string, skip map[string]bool) ([]string, map[string]string) {
 	var out []string
 	nodes := map[string]string{}
 	for _, t := range s.GetTasks() {
-		if onNode != "" && t.GetNodeId() != onNode {
+		if (onNode != "" && t.GetNodeId() != onNode) || skip[t.GetTaskId()] {
 			continue
 		}
 		for _, b := range t.GetPorts() {

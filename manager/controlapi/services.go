@@ -33,7 +33,7 @@ const (
 var serviceName = regexp.MustCompile(`^[a-z]([a-z0-9_-]*[a-z0-9])?$`)
 
 // knownRuntimes are the runtimes a task may ask for.
-var knownRuntimes = map[string]bool{"process": true, "docker": true}
+var knownRuntimes = map[string]bool{"process": true, "docker": true, "container": true}
 
 // CreateService stores a new service; the orchestrator makes its tasks.
 func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest) (*pb.CreateServiceResponse, error) {
@@ -208,7 +208,7 @@ func validateServiceSpec(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) 
 	task := spec.GetTask()
 	rt := task.GetRuntime()
 	if !knownRuntimes[rt] {
-		return bad("unknown runtime %q: use process or docker", rt)
+		return bad("unknown runtime %q: use process, docker or container", rt)
 	}
 	if err := runtimeOffered(tx, rt, selfID); err != nil {
 		return err
@@ -318,8 +318,11 @@ func runtimeOffered(tx *raftstore.Tx, rt, selfID string) error {
 		who = append(who, fmt.Sprintf("%s %s %s", strings.Join(hosts, ", "), verb, rts))
 	}
 	hint := "join a worker that offers it"
-	if rt == "docker" {
+	switch rt {
+	case "docker":
 		hint = "start the Docker Engine on a worker or use --runtime process with an absolute path"
+	case "container":
+		hint = "run a worker as root on a kernel with OverlayFS and with runc installed (apt-get install runc); `shoal node inspect` says why a worker does not offer it"
 	}
 	return status.Errorf(codes.FailedPrecondition, "no node offers the %s runtime (%s; %s)", rt, strings.Join(who, "; "), hint)
 }

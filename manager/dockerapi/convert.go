@@ -206,7 +206,6 @@ func containerFromDocker(c *swarm.ContainerSpec, no *refusals) (*pb.ContainerSpe
 	no.add(c.StopSignal != "", "ContainerSpec.StopSignal (--stop-signal; compose stop_signal)")
 	no.add(c.TTY, "ContainerSpec.TTY (--tty; compose tty)")
 	no.add(c.OpenStdin, "ContainerSpec.OpenStdin (compose stdin_open)")
-	no.add(c.ReadOnly, "ContainerSpec.ReadOnly (--read-only; compose read_only)")
 	no.add(len(c.Hosts) > 0, "ContainerSpec.Hosts (--host; compose extra_hosts)")
 	no.add(c.DNSConfig != nil && (len(c.DNSConfig.Nameservers) > 0 || len(c.DNSConfig.Search) > 0 || len(c.DNSConfig.Options) > 0), "ContainerSpec.DNSConfig (--dns*; compose dns, dns_search)")
 	no.add(c.Isolation != "" && c.Isolation != container.IsolationDefault, "ContainerSpec.Isolation (--isolation; compose isolation)")
@@ -222,6 +221,9 @@ func containerFromDocker(c *swarm.ContainerSpec, no *refusals) (*pb.ContainerSpe
 		Dir:     c.Dir,
 		User:    c.User,
 		Labels:  c.Labels,
+		// The container and docker runtimes honour it; the process
+		// runtime refuses such a task.
+		ReadOnly: c.ReadOnly,
 	}
 	if c.StopGracePeriod != nil {
 		out.StopGracePeriod = int64(*c.StopGracePeriod)
@@ -390,13 +392,14 @@ func updateConfigToDocker(u *pb.UpdateConfig) *swarm.UpdateConfig {
 func taskSpecToDocker(t *pb.TaskSpec) swarm.TaskSpec {
 	c := t.GetContainer()
 	cs := &swarm.ContainerSpec{
-		Image:   c.GetImage(),
-		Labels:  c.GetLabels(),
-		Command: c.GetCommand(),
-		Args:    c.GetArgs(),
-		Env:     c.GetEnv(),
-		Dir:     c.GetDir(),
-		User:    c.GetUser(),
+		Image:    c.GetImage(),
+		Labels:   c.GetLabels(),
+		Command:  c.GetCommand(),
+		Args:     c.GetArgs(),
+		Env:      c.GetEnv(),
+		Dir:      c.GetDir(),
+		User:     c.GetUser(),
+		ReadOnly: c.GetReadOnly(),
 	}
 	if g := c.GetStopGracePeriod(); g != 0 {
 		cs.StopGracePeriod = ptr(time.Duration(g))

@@ -23,7 +23,7 @@ func richSpec() *pb.ServiceSpec {
 		Task: &pb.TaskSpec{
 			Container: &pb.ContainerSpec{
 				Image: "/usr/local/bin/hello", Command: []string{"/bin/hello"}, Args: []string{"-v"}, Env: []string{"A=1"},
-				Dir: "/tmp", User: "1000", Labels: map[string]string{"l": "v"}, StopGracePeriod: int64(3 * time.Second),
+				Dir: "/tmp", User: "1000", Labels: map[string]string{"l": "v"}, StopGracePeriod: int64(3 * time.Second), ReadOnly: true,
 				Mounts:      []*pb.Mount{{Type: pb.MountType_MOUNT_TYPE_VOLUME, Source: "data", Target: "/data", ReadOnly: true}},
 				Healthcheck: &pb.HealthCheck{HttpGet: "/healthz", Interval: int64(time.Second), Timeout: int64(time.Second), Retries: 3},
 				Secrets:     []*pb.SecretReference{{SecretId: "s1", SecretName: "db", Target: "db", Mode: 0o400}},

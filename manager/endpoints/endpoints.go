@@ -107,10 +107,13 @@ func (f *Feed) Run(ctx context.Context) {
 	}
 }
 
-// feedInterval spaces the feed's refreshes: changes arriving meanwhile are
-// gathered into the next one, so a burst of task changes (a rolling update
-// of thousands of tasks) costs each session one message per interval
-// rather than one per commit.
+// feedInterval spaces the feed's changes: events arriving within it of
+// the last refresh that changed a set are gathered into the next one, so
+// a burst of task changes (a rolling update of thousands of tasks) costs
+// each session one message per interval rather than one per commit. A
+// refresh that changed nothing (a task went PREPARING or STARTING) sent
+// nothing and does not count: the commit that makes the task RUNNING is
+// not held back by its task's own earlier steps.
 const feedInterval = 100 * time.Millisecond
 
 // follow applies events until the subscription ends; the services touched
@@ -173,7 +176,6 @@ func (f *Feed) follow(ctx context.Context, sub *raftstore.Subscription) {
 				break drain
 			}
 		}
-		last = time.Now()
 		f.store.View(func(tx *raftstore.Tx) {
 			for id := range nodes {
 				for _, t := range tx.Tasks().Find(raftstore.IndexNode, id) {
@@ -182,14 +184,16 @@ func (f *Feed) follow(ctx context.Context, sub *raftstore.Subscription) {
 					}
 				}
 			}
-			f.refresh(tx, touched)
+			if f.refresh(tx, touched) {
+				last = time.Now()
+			}
 		})
 	}
 }
 
 // refresh recomputes the given services and announces a change if any set
-// differs from before.
-func (f *Feed) refresh(tx *raftstore.Tx, ids map[string]bool) {
+// differs from before; it reports whether one did.
+func (f *Feed) refresh(tx *raftstore.Tx, ids map[string]bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	changed := false
@@ -213,6 +217,7 @@ func (f *Feed) refresh(tx *raftstore.Tx, ids map[string]bool) {
 		close(f.changed)
 		f.changed = make(chan struct{})
 	}
+	return changed
 }
 
 // Routable reports whether a task belongs in its service's endpoint set:

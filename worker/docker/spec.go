@@ -144,7 +144,8 @@ func buildSpec(t *pb.Task, nodeID string, hostIP netip.Addr, files worker.TaskFi
 	}
 
 	host := &container.HostConfig{
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		ReadonlyRootfs: c.GetReadOnly(),
+		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyDisabled},
 	}
 	if l := t.GetSpec().GetResources().GetLimits(); l != nil {
 		host.Memory = l.GetMemoryBytes()

@@ -43,7 +43,8 @@ func runNFT(ctx context.Context, script string) error {
 //	table ip shoal_tasknet_<bridge>
 //	  set peers: other nodes' task subnets (not masqueraded)
 //	  chain prerouting (nat): the gateway's port 53 -> the resolver, when needed
-//	  chain postrouting (nat): task egress leaving the subnet is masqueraded;
+//	  chain postrouting (nat, priority 90, before the mesh's): task egress
+//	    leaving the subnet is masqueraded;
 //	    so are connections from loopback addresses into the bridge, and a
 //	    task's DNATed connection back into the bridge (hairpin)
 //	  chain input (filter): drops packets from the bridge for 127.0.0.0/8
@@ -63,7 +64,12 @@ func (n *Network) rulesScript() string {
 			fmt.Fprintf(&b, "add rule %s prerouting iifname %q ip daddr %s %s dport 53 dnat ip to %s\n", t, br, n.gateway, proto, n.cfg.DNS)
 		}
 	}
-	fmt.Fprintf(&b, "add chain %s postrouting { type nat hook postrouting priority 100; policy accept; }\n", t)
+	// Before the mesh's source NAT (priority 100): a connection from a
+	// loopback address into the bridge is masqueraded to the gateway here,
+	// not given the node's address by the mesh, which on a loopback
+	// advertise address (nodes sharing one host) the task would drop as a
+	// martian.
+	fmt.Fprintf(&b, "add chain %s postrouting { type nat hook postrouting priority 90; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add rule %s postrouting ip saddr %s oifname != %q ip daddr != @peers masquerade\n", t, n.cfg.Subnet, br)
 	fmt.Fprintf(&b, "add rule %s postrouting oifname %q ip saddr 127.0.0.0/8 masquerade\n", t, br)
 	fmt.Fprintf(&b, "add rule %s postrouting iifname %q oifname %q ct status dnat masquerade\n", t, br, br)
