@@ -76,6 +76,7 @@ func FuzzUnpack(f *testing.F) {
 		"f a 1\nd a\nf a/b 2\nl a x\nf a 3\nc dev\np fifo",
 		"l x /\nl y x\nf y/etc/z x",
 		"d a\nd a/b\nl a OUT\nd c\nf c x",
+		"c .wh...\nd a\nc a/.wh...\nc a/.wh..\nc .wh..", // whiteouts of "..", "." and ""
 	} {
 		f.Add(seed)
 	}

@@ -230,7 +230,13 @@ func unpack(ctx context.Context, r io.Reader, dir string) (int64, error) {
 			case strings.HasPrefix(base, whiteoutMeta):
 				// AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): nothing for OverlayFS.
 			default:
-				hidden := filepath.Join(parentDir, strings.TrimPrefix(base, whiteoutPrefix))
+				name := strings.TrimPrefix(base, whiteoutPrefix)
+				if name == "" || name == "." || name == ".." {
+					// ".wh.." and ".wh..." would whiteout the directory
+					// itself or its parent, outside the layer at the top.
+					return 0, fmt.Errorf("entry %s: a whiteout must name a file, not %q: the layer is malformed", hdr.Name, name)
+				}
+				hidden := filepath.Join(parentDir, name)
 				if err := removeExisting(hidden); err != nil {
 					return 0, fmt.Errorf("entry %s: %w", hdr.Name, err)
 				}
