@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -117,6 +118,8 @@ type Gossip struct {
 	meta   []byte
 	log    *slog.Logger
 	events chan Event
+	// msgs holds the user messages others sent this member (Messages).
+	msgs chan []byte
 
 	mu       sync.Mutex
 	shutdown bool
@@ -142,7 +145,7 @@ func New(cfg Config) (*Gossip, error) {
 		cfg.Logger = slog.Default()
 	}
 	g := &Gossip{cfg: cfg.Meta, meta: meta, log: cfg.Logger.With("component", "gossip"), events: make(chan Event, 1024),
-		members: map[string]Member{}}
+		msgs: make(chan []byte, 1024), members: map[string]Member{}}
 
 	mc := memberlist.DefaultLANConfig()
 	if cfg.Fast {
@@ -339,7 +342,48 @@ func (g *Gossip) emit(kind EventKind, n *memberlist.Node) {
 	}
 }
 
-// delegate serves this member's metadata; Shoal sends no user messages.
+// MaxMessage is the largest user message SendToAll sends: one UDP packet
+// with room for memberlist's framing and encryption.
+const MaxMessage = 1024
+
+// SendToAll sends msg to every other live member, best effort: one UDP
+// packet each, encrypted with the cluster's gossip key, neither retried
+// nor relayed (what must arrive goes through the managers too). It
+// returns how many members it was sent to.
+func (g *Gossip) SendToAll(msg []byte) (int, error) {
+	if len(msg) == 0 || len(msg) > MaxMessage {
+		return 0, fmt.Errorf("gossip: a message is 1 to %d bytes, not %d", MaxMessage, len(msg))
+	}
+	g.mu.Lock()
+	down := g.shutdown
+	g.mu.Unlock()
+	if down {
+		return 0, fmt.Errorf("gossip: send: this member has shut down")
+	}
+	self := g.ml.LocalNode().Name
+	sent := 0
+	var errs []error
+	for _, n := range g.ml.Members() {
+		if n.Name == self {
+			continue
+		}
+		if err := g.ml.SendBestEffort(n, msg); err != nil {
+			errs = append(errs, fmt.Errorf("to %s: %w", n.Name, err))
+			continue
+		}
+		sent++
+	}
+	if len(errs) > 0 {
+		return sent, fmt.Errorf("gossip: send: %w", errors.Join(errs...))
+	}
+	return sent, nil
+}
+
+// Messages delivers the messages other members sent with SendToAll. A
+// message that arrives while 1024 wait unread is dropped.
+func (g *Gossip) Messages() <-chan []byte { return g.msgs }
+
+// delegate serves this member's metadata and takes in user messages.
 type delegate struct{ g *Gossip }
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -350,7 +394,17 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	}
 	return d.g.meta
 }
-func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	msg := append([]byte(nil), b...) // memberlist reuses b
+	select {
+	case d.g.msgs <- msg:
+	default:
+		d.g.log.Warn("gossip message dropped: nobody is reading")
+	}
+}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}

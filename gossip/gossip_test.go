@@ -200,3 +200,74 @@ func TestMetaTooLarge(t *testing.T) {
 		t.Fatal("metadata over 512 bytes was accepted")
 	}
 }
+
+func TestSendToAll(t *testing.T) {
+	a := startMember(t, 20, "msgs", RoleWorker)
+	b := startMember(t, 21, "msgs", RoleManager)
+	c := startMember(t, 22, "msgs", RoleWorker)
+	for _, g := range []*Gossip{b, c} {
+		if _, err := g.Join([]string{a.LocalAddr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range []*Gossip{a, b, c} {
+		waitFor(t, "three members everywhere", func() bool { return len(g.Members()) == 3 })
+	}
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+		ok   bool
+	}{
+		{"empty", nil, false},
+		{"too large", make([]byte, MaxMessage+1), false},
+		{"task gone", []byte("gone task-1"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := a.SendToAll(tc.msg)
+			if (err == nil) != tc.ok {
+				t.Fatalf("SendToAll(%d bytes) = %d, %v; want ok=%v", len(tc.msg), n, err, tc.ok)
+			}
+			if !tc.ok {
+				return
+			}
+			if n != 2 {
+				t.Fatalf("sent to %d members, want 2 (not itself)", n)
+			}
+			for _, g := range []*Gossip{b, c} {
+				select {
+				case got := <-g.Messages():
+					if string(got) != string(tc.msg) {
+						t.Fatalf("got %q, want %q", got, tc.msg)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("a member did not get the message")
+				}
+			}
+		})
+	}
+	// Nothing reaches the sender itself.
+	if _, err := a.SendToAll([]byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []*Gossip{b, c} {
+		select {
+		case got := <-g.Messages():
+			if string(got) != "second" {
+				t.Fatalf("got %q", got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a member did not get the second message")
+		}
+	}
+	select {
+	case got := <-a.Messages():
+		t.Fatalf("the sender got its own message %q", got)
+	default:
+	}
+	if err := a.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SendToAll([]byte("late")); err == nil {
+		t.Fatal("a member that shut down sent a message")
+	}
+}

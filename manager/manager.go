@@ -379,6 +379,7 @@ func start(ctx context.Context, cfg Config, id *datadir.Identity, forceNew bool,
 		}
 	}()
 	m.loop(m.feed.Run)
+	m.loop(func(ctx context.Context) { m.mesh.FollowTaskGone(ctx, m.gossip.Messages()) })
 	m.loop(m.journal.Run)
 	m.metrics.Attach(m.store, m.disp)
 	m.loop(m.metrics.Run)

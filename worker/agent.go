@@ -374,7 +374,11 @@ func start(cfg Config, id *datadir.Identity) (*Agent, error) {
 		a.Close()
 		return nil, err
 	}
-	a.wg.Add(4)
+	a.wg.Add(5)
+	go func() {
+		defer a.wg.Done()
+		a.mesh.FollowTaskGone(a.ctx, a.gossip.Messages())
+	}()
 	go a.keepCredentials()
 	go a.joinGossip()
 	go a.sessionLoop()
@@ -538,12 +542,24 @@ func (a *Agent) task(id string) *pb.Task {
 	return proto.Clone(t).(*pb.Task)
 }
 
+// taskGone takes a task of this node out of the node's mesh at once and
+// tells the other nodes' meshes over gossip (best effort: the managers'
+// endpoint update follows either way).
+func (a *Agent) taskGone(id string) {
+	if a.mesh == nil || !a.mesh.TaskGone(id) || a.gossip == nil {
+		return
+	}
+	if _, err := a.gossip.SendToAll(mesh.TaskGoneMessage(id)); err != nil {
+		a.log.Debug("tell other nodes a task left the mesh", "task", id, "err", err)
+	}
+}
+
 // setStatus records a task's new observed status and queues its report.
 // A task that stopped serving (exited, or failed its health check)
 // leaves this node's mesh first, without waiting for the managers.
 func (a *Agent) setStatus(id string, s *pb.TaskStatus) {
-	if a.mesh != nil && (s.GetState() > pb.TaskState_TASK_STATE_RUNNING || s.GetHealth() == pb.HealthState_HEALTH_STATE_UNHEALTHY) {
-		a.mesh.TaskGone(id)
+	if s.GetState() > pb.TaskState_TASK_STATE_RUNNING || s.GetHealth() == pb.HealthState_HEALTH_STATE_UNHEALTHY {
+		a.taskGone(id)
 	}
 	a.mu.Lock()
 	t, ok := a.tasks[id]

@@ -188,7 +188,7 @@ func (c *taskController) waitRunning(ctx context.Context, rt Runtime, t *pb.Task
 			go func() {
 				select {
 				case <-gone:
-					c.a.mesh.TaskGone(t.GetId())
+					c.a.taskGone(t.GetId())
 				case <-wctx.Done():
 				}
 			}()

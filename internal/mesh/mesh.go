@@ -180,26 +180,62 @@ func (m *Mesh) Apply(u *pb.EndpointUpdate) {
 	m.changed = make(chan struct{})
 }
 
-// TaskGone takes a task of this node out of the node's datapath at once:
-// its worker saw it exit (or fail its health check), so new connections
-// must not reach it, and the managers' update that removes it from the
-// endpoint sets is a round trip away (the worker's report, a Raft commit,
-// the push back). Other nodes wait for that update.
-func (m *Mesh) TaskGone(taskID string) {
+// TaskGone takes a task out of the node's datapath at once: its worker
+// saw it exit (or fail its health check), so new connections must not
+// reach it, and the managers' update that removes it from the endpoint
+// sets is a round trip away (the worker's report, a Raft commit, the push
+// back). The worker calls it for its own tasks and tells the other nodes
+// (TaskGoneMessage), whose meshes call it too. It reports whether this
+// call took the task out (it was in the datapath, and not gone already).
+func (m *Mesh) TaskGone(taskID string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed || m.gone[taskID] {
-		return
+		return false
 	}
 	// Marked even when no set names it yet: an update naming it may be on
 	// its way (its RUNNING commit sent before it died).
 	m.gone[taskID] = true
 	if !m.tab.Load().hasTask(taskID) {
-		return
+		return false
 	}
 	m.reconcile()
 	close(m.changed)
 	m.changed = make(chan struct{})
+	return true
+}
+
+// taskGonePrefix starts a task-gone message between nodes' meshes.
+const taskGonePrefix = "shoal-mesh/task-gone/1 "
+
+// TaskGoneMessage is the message a worker sends the other nodes (over
+// gossip) when one of its tasks leaves its datapath, so that their
+// meshes drop it without waiting for the managers' update.
+func TaskGoneMessage(taskID string) []byte { return []byte(taskGonePrefix + taskID) }
+
+// ParseTaskGoneMessage returns the task a TaskGoneMessage names.
+func ParseTaskGoneMessage(b []byte) (string, bool) {
+	id, ok := strings.CutPrefix(string(b), taskGonePrefix)
+	if !ok || id == "" || len(id) > 128 || strings.ContainsAny(id, " \n\x00") {
+		return "", false
+	}
+	return id, true
+}
+
+// FollowTaskGone applies the task-gone messages other nodes send (msgs,
+// the node's gossip messages) until ctx ends; anything else in msgs is
+// ignored.
+func (m *Mesh) FollowTaskGone(ctx context.Context, msgs <-chan []byte) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b := <-msgs:
+			if id, ok := ParseTaskGoneMessage(b); ok && m.TaskGone(id) {
+				m.log.Debug("task left the datapath on its node's word", "task", id)
+			}
+		}
+	}
 }
 
 // Changed returns a channel closed at the next applied update (or

@@ -759,7 +759,12 @@ func TestTaskGoneLeavesAtOnce(t *testing.T) {
 		m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes[:2]...)}})
 
 		changed := m.Changed()
-		m.TaskGone(bes[1].name)
+		if !m.TaskGone(bes[1].name) {
+			t.Fatal("TaskGone of a task in the datapath reported that it took nothing out")
+		}
+		if m.TaskGone(bes[1].name) {
+			t.Fatal("a second TaskGone of the same task reported that it took it out again")
+		}
 		select {
 		case <-changed:
 		default:
@@ -778,7 +783,9 @@ func TestTaskGoneLeavesAtOnce(t *testing.T) {
 		// An update that still names it (sent before its exit was
 		// committed), and one that names a task that died before any set
 		// named it.
-		m.TaskGone(bes[2].name)
+		if m.TaskGone(bes[2].name) {
+			t.Fatal("TaskGone of a task no set names reported that it took it out")
+		}
 		m.Apply(&pb.EndpointUpdate{Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
 		if got := m.Backends(addr); !reflect.DeepEqual(got, []string{addrOf(bes[0])}) {
 			t.Fatalf("backends while updates name the gone tasks: %v", got)
@@ -792,4 +799,54 @@ func TestTaskGoneLeavesAtOnce(t *testing.T) {
 			t.Fatalf("%d gone tasks still remembered after no set names them", left)
 		}
 	})
+}
+
+// TestFollowTaskGone: another node's word that a task is gone (its gossip
+// message) takes the task out of this node's datapath; messages that are
+// not task-gone messages change nothing.
+func TestFollowTaskGone(t *testing.T) {
+	bes := startBackends(t, 2)
+	m := newTestMeshOn(t, DatapathUserspace, false)
+	defer m.Close()
+	port := freeTCPPort(t, "127.0.0.1")
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	m.Apply(&pb.EndpointUpdate{Complete: true, Updated: []*pb.ServiceEndpoints{service("s1", "web", "", uint32(port), 80, bes...)}})
+
+	msgs := make(chan []byte, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.FollowTaskGone(ctx, msgs) }()
+	defer func() { cancel(); <-done }()
+
+	changed := m.Changed()
+	msgs <- []byte("something else " + bes[0].name)
+	msgs <- TaskGoneMessage(bes[1].name)
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a task-gone message changed nothing")
+	}
+	if got := m.Backends(addr); !reflect.DeepEqual(got, []string{addrOf(bes[0])}) {
+		t.Fatalf("backends after the message: %v, want only %s", got, addrOf(bes[0]))
+	}
+}
+
+func TestParseTaskGoneMessage(t *testing.T) {
+	for _, tc := range []struct {
+		in     []byte
+		want   string
+		wantOK bool
+	}{
+		{TaskGoneMessage("abc123"), "abc123", true},
+		{[]byte("abc123"), "", false},
+		{TaskGoneMessage(""), "", false},
+		{TaskGoneMessage("a b"), "", false},
+		{TaskGoneMessage(strings.Repeat("x", 129)), "", false},
+		{nil, "", false},
+	} {
+		got, ok := ParseTaskGoneMessage(tc.in)
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("ParseTaskGoneMessage(%q) = %q, %v; want %q, %v", tc.in, got, ok, tc.want, tc.wantOK)
+		}
+	}
 }

@@ -270,6 +270,23 @@ func aliasWarnings(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) []stri
 	return warn
 }
 
+// portWarnings says when a service on a network of its own declares no
+// ports: Docker's virtual IPs pass every port, Shoal's mesh only the ports
+// a service declares, so a service others call by name on such a network
+// (a compose service without `ports`) would not answer them.
+func portWarnings(spec *pb.ServiceSpec) []string {
+	if isJob(spec) || len(spec.GetEndpoint().GetPorts()) > 0 {
+		return nil
+	}
+	for _, a := range spec.GetTask().GetNetworks() {
+		if a.GetNetworkId() != MeshNetworkID {
+			return []string{fmt.Sprintf("service %s declares no ports: other services reach a service by name only on the ports it declares (unlike Docker, which passes every port); if other services call it, declare them (compose: ports: [{target: PORT}], or --publish target=PORT)",
+				spec.GetAnnotations().GetName())}
+		}
+	}
+	return nil
+}
+
 // serviceAliases are the distinct aliases of a service's network
 // attachments, in order.
 func serviceAliases(spec *pb.ServiceSpec) []string {

@@ -58,6 +58,9 @@ func TestNetworks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if w := strings.Join(resp.GetWarnings(), "\n"); !strings.Contains(w, "service demo_api declares no ports") {
+		t.Fatalf("a service on a network of its own without ports got warnings %q, want the one on ports", w)
+	}
 	att := resp.GetService().GetSpec().GetTask().GetNetworks()
 	if len(att) != 1 || att[0].GetNetworkId() != n.GetId() || att[0].GetNetworkName() != "demo_default" {
 		t.Fatalf("attachment stored as %v", att)
@@ -70,6 +73,9 @@ func TestNetworks(t *testing.T) {
 	}
 	if w := strings.Join(resp.GetWarnings(), "\n"); !strings.Contains(w, `network alias "api" of service other_api is also an alias of service demo_api`) {
 		t.Fatalf("warnings %q", w)
+	}
+	if w := strings.Join(resp.GetWarnings(), "\n"); strings.Contains(w, "declares no ports") {
+		t.Fatalf("a service on the mesh network alone got the ports warning: %q", w)
 	}
 	if got := resp.GetService().GetSpec().GetTask().GetNetworks()[0].GetNetworkId(); got != MeshNetworkID {
 		t.Fatalf("attachment to the mesh stored as %q", got)

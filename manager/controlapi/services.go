@@ -106,6 +106,7 @@ func (s *Server) CreateService(ctx context.Context, req *pb.CreateServiceRequest
 		return nil, err
 	}
 	s.store.View(func(tx *raftstore.Tx) { warnings = append(warnings, aliasWarnings(tx, svc.GetSpec(), id)...) })
+	warnings = append(warnings, portWarnings(svc.GetSpec())...)
 	s.log.Info("service created", "service", svc.GetSpec().GetAnnotations().GetName(), "id", id, "image", svc.GetSpec().GetTask().GetContainer().GetImage())
 	return &pb.CreateServiceResponse{Service: svc, Warnings: warnings}, nil
 }
@@ -542,6 +543,7 @@ func (s *Server) UpdateService(ctx context.Context, req *pb.UpdateServiceRequest
 	}
 	if !req.GetRollback() {
 		s.store.View(func(tx *raftstore.Tx) { warn = append(warn, aliasWarnings(tx, svc.GetSpec(), id)...) })
+		warn = append(warn, portWarnings(svc.GetSpec())...)
 	}
 	return &pb.UpdateServiceResponse{Service: svc, Warnings: warn}, nil
 }

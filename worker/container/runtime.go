@@ -45,6 +45,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/shoal-cluster/shoal/internal/keylock"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process"
@@ -114,7 +115,7 @@ type Runtime struct {
 	inner     *process.Runtime
 	log       *slog.Logger
 
-	locks keyedMutex
+	locks keylock.Map
 	// health holds the image health checks' state by task.
 	healthMu sync.Mutex
 	health   map[string]*imageHealth
@@ -291,7 +292,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 	if !taskIDPattern.MatchString(id) {
 		return permanent("invalid task ID %q", id)
 	}
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -500,7 +501,7 @@ func (r *Runtime) exit(id string, ex worker.Exit) worker.Exit {
 	}
 	rec = exitRecord{Code: ex.Code, Signal: ex.Signal, Message: ex.Message, ExitedAt: ex.ExitedAt}
 	if rec.Signal == "" && rec.Code > 128 && rec.Code < 128+65 {
-		rec.Signal = signalName(syscall.Signal(rec.Code - 128))
+		rec.Signal = process.SignalName(syscall.Signal(rec.Code - 128))
 		rec.Message = "killed by " + rec.Signal
 	}
 	var stop stopRecord
@@ -552,7 +553,7 @@ func (r *Runtime) Stop(ctx context.Context, id string, grace time.Duration) erro
 	if !r.prepared(id) {
 		return nil
 	}
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -624,7 +625,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	if !taskIDPattern.MatchString(id) {
 		return nil
 	}
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -865,60 +866,4 @@ func readJSON(dir, name string, v any) (bool, error) {
 		return false, fmt.Errorf("decode %s: %w", filepath.Join(dir, name), err)
 	}
 	return true, nil
-}
-
-// keyedMutex is a set of mutexes by key whose lock honours a context; a
-// key's mutex is forgotten once nobody holds or waits for it.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	sem  chan struct{}
-	refs int
-}
-
-func (k *keyedMutex) lock(ctx context.Context, key string) (func(), error) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{sem: make(chan struct{}, 1)}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	release := func() {
-		k.mu.Lock()
-		if e.refs--; e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-	select {
-	case e.sem <- struct{}{}:
-		return func() { <-e.sem; release() }, nil
-	case <-ctx.Done():
-		release()
-		return nil, ctx.Err()
-	}
-}
-
-var signalNames = map[syscall.Signal]string{
-	syscall.SIGABRT: "SIGABRT", syscall.SIGALRM: "SIGALRM", syscall.SIGBUS: "SIGBUS",
-	syscall.SIGFPE: "SIGFPE", syscall.SIGHUP: "SIGHUP", syscall.SIGILL: "SIGILL",
-	syscall.SIGINT: "SIGINT", syscall.SIGKILL: "SIGKILL", syscall.SIGPIPE: "SIGPIPE",
-	syscall.SIGQUIT: "SIGQUIT", syscall.SIGSEGV: "SIGSEGV", syscall.SIGSYS: "SIGSYS",
-	syscall.SIGTERM: "SIGTERM", syscall.SIGTRAP: "SIGTRAP", syscall.SIGUSR1: "SIGUSR1",
-	syscall.SIGUSR2: "SIGUSR2", syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ",
-}
-
-func signalName(sig syscall.Signal) string {
-	if n, ok := signalNames[sig]; ok {
-		return n
-	}
-	return fmt.Sprintf("SIG%d", int(sig))
 }

@@ -41,7 +41,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 	if !ok {
 		return permanent("invalid task ID %q", id)
 	}
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/keylock"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 )
@@ -105,8 +106,8 @@ type Runtime struct {
 	cgroups     *cgroupManager // nil: no cgroups
 	isolation   string
 
-	locks  keyedMutex // per task: Prepare, Start, Stop, Remove
-	portMu sync.Mutex // port allocation across tasks
+	locks  keylock.Map // per task: Prepare, Start, Stop, Remove
+	portMu sync.Mutex  // port allocation across tasks
 
 	supMu sync.Mutex
 	sups  map[string]chan struct{} // closed when a supervisor we started exits
@@ -242,7 +243,7 @@ func (r *Runtime) readTaskSpec(id string) (string, *taskSpec, error) {
 // nothing; a task whose program could not be started returns a
 // *worker.PermanentError, then and on every later Start.
 func (r *Runtime) Start(ctx context.Context, id string) error {
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -502,7 +503,7 @@ func (r *Runtime) supervisorDone(id string) <-chan struct{} {
 // stopping; a prepared task that never started is marked exited so it
 // never will.
 func (r *Runtime) Stop(ctx context.Context, id string, grace time.Duration) error {
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -633,7 +634,7 @@ func (r *Runtime) waitExited(ctx context.Context, id, dir string, deadline time.
 // Remove stops the task if it runs (with its own stop grace period) and
 // deletes its cgroup and directory. An unknown task is already removed.
 func (r *Runtime) Remove(ctx context.Context, id string) error {
-	unlock, err := r.locks.lock(ctx, id)
+	unlock, err := r.locks.Lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -740,45 +741,6 @@ func (r *Runtime) Logs(ctx context.Context, id string, opts worker.LogOptions) (
 		return followLogs(ctx, dir, opts.Tail, 100*time.Millisecond)
 	}
 	return readLogs(dir, opts.Tail)
-}
-
-// keyedMutex is a set of mutexes by key whose lock honours a context.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	sem  chan struct{}
-	refs int
-}
-
-func (k *keyedMutex) lock(ctx context.Context, key string) (func(), error) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{sem: make(chan struct{}, 1)}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	release := func() {
-		k.mu.Lock()
-		if e.refs--; e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-	select {
-	case e.sem <- struct{}{}:
-		return func() { <-e.sem; release() }, nil
-	case <-ctx.Done():
-		release()
-		return nil, ctx.Err()
-	}
 }
 
 // portBindings are the task's ports as the agent reports them.

@@ -336,7 +336,7 @@ func describeExit(ps *os.ProcessState, waitErr error) exitRecord {
 	switch {
 	case ok && ws.Signaled():
 		ex.Code = 128 + int(ws.Signal())
-		ex.Signal = signalName(ws.Signal())
+		ex.Signal = SignalName(ws.Signal())
 		ex.Message = "killed by " + ex.Signal
 	default:
 		ex.Code = ps.ExitCode()
@@ -358,7 +358,9 @@ var signalNames = map[syscall.Signal]string{
 	syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ",
 }
 
-func signalName(sig syscall.Signal) string {
+// SignalName is a signal's conventional name ("SIGKILL"), or SIG<n>
+// for one without.
+func SignalName(sig syscall.Signal) string {
 	if n, ok := signalNames[sig]; ok {
 		return n
 	}
