@@ -106,6 +106,13 @@ func (a *Agent) watchHealth(ctx context.Context, rt Runtime, t *pb.Task, status 
 		}
 	}
 	current := pb.HealthState_HEALTH_STATE_STARTING
+	if status.GetHealth() == pb.HealthState_HEALTH_STATE_HEALTHY {
+		// A task this agent found running after a restart was healthy:
+		// it stays so, and routed to, until its checks say otherwise
+		// (its first failure counts at once), rather than leaving the
+		// mesh for a probe interval.
+		current = pb.HealthState_HEALTH_STATE_HEALTHY
+	}
 	if !send(healthEvent{state: current}) {
 		return
 	}
