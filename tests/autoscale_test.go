@@ -87,7 +87,9 @@ func TestAutoscaleOnCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := proto.Clone(got.GetService().GetSpec()).(*pb.ServiceSpec)
-	spec.GetReplicated().Replicas = 2
+	// A count the autoscaler cannot reach meanwhile (past its maximum):
+	// one it can may be the service's own by the time the update lands.
+	spec.GetReplicated().Replicas = spec.GetAutoscale().GetMaxReplicas() + 5
 	_, err = c.control(c.leader()).UpdateService(ctx, &pb.UpdateServiceRequest{Ref: "burn", Spec: spec})
 	cancel()
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--autoscale-max") {
