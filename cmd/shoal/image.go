@@ -320,22 +320,23 @@ func runImagePrune(dataDir string) error {
 	}
 	defer s.Close()
 	rep, err := s.Prune()
-	if len(rep.ImagesDeleted) > 0 {
-		fmt.Println("Deleted Images:")
-		for _, id := range rep.ImagesDeleted {
-			fmt.Println("deleted:", id)
-		}
-		fmt.Println()
-	}
-	if len(rep.LayersDeleted) > 0 {
-		fmt.Println("Deleted Layers:")
-		for _, id := range rep.LayersDeleted {
-			fmt.Println("deleted:", id)
-		}
-		fmt.Println()
-	}
+	printDeleted("Deleted Images:", rep.ImagesDeleted)
+	printDeleted("Deleted Layers:", rep.LayersDeleted)
 	fmt.Println("Total reclaimed space:", humanBytes(rep.SpaceReclaimed))
 	return err
+}
+
+// printDeleted lists what a prune deleted under its heading, as docker
+// image prune does; nothing when ids is empty.
+func printDeleted(heading string, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	fmt.Println(heading)
+	for _, id := range ids {
+		fmt.Println("deleted:", id)
+	}
+	fmt.Println()
 }
 
 func runImageDF(dataDir string) error {
