@@ -292,9 +292,16 @@ func TestRoutingMesh(t *testing.T) {
 	if _, err := ask("http://" + sickEP + "/"); err != nil {
 		t.Fatalf("the unhealthy replica left the rotation only once it had stopped: %v", err)
 	}
-	if st := c.task(sick.GetId()).GetStatus(); st.GetState() != pb.TaskState_TASK_STATE_RUNNING || st.GetHealth() != pb.HealthState_HEALTH_STATE_UNHEALTHY {
-		t.Fatalf("the unhealthy replica while it stops: %v, want RUNNING and UNHEALTHY", st)
-	}
+	// The worker's gossip word can take it out of the rotation before its
+	// status report is committed, so wait for the report; it must say
+	// RUNNING and UNHEALTHY before any stopped state.
+	c.eventually(10*time.Second, "the unhealthy replica reported RUNNING and UNHEALTHY", func() (bool, string) {
+		st := c.task(sick.GetId()).GetStatus()
+		if st.GetState() > pb.TaskState_TASK_STATE_RUNNING {
+			t.Fatalf("the unhealthy replica was reported %v before it was reported RUNNING and UNHEALTHY", st)
+		}
+		return st.GetState() == pb.TaskState_TASK_STATE_RUNNING && st.GetHealth() == pb.HealthState_HEALTH_STATE_UNHEALTHY, st.String()
+	})
 	if st := c.waitTaskState(sick.GetId(), pb.TaskState_TASK_STATE_FAILED, 30*time.Second).GetStatus(); st.GetHealth() != pb.HealthState_HEALTH_STATE_UNHEALTHY || !strings.Contains(st.GetErr(), "unhealthy") {
 		t.Fatalf("the unhealthy replica once stopped: %v", st)
 	}
