@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // env is what every benchmark shares: the shoal binary, a temp dir, the
@@ -74,10 +76,13 @@ func newEnv(ctx context.Context, o options, log *slog.Logger) (*env, error) {
 		log.Info("building shoal", "out", e.bin)
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(bctx, "go", "build", "-o", e.bin, "./cmd/shoal")
-		cmd.Dir = e.moduleRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build ./cmd/shoal: %w\n%s", err, out)
+		// shoal-supervise beside shoal, as make build installs them.
+		for _, b := range []struct{ out, pkg string }{{e.bin, "./cmd/shoal"}, {filepath.Join(tmp, supervise.Binary), "./cmd/shoal-supervise"}} {
+			cmd := exec.CommandContext(bctx, "go", "build", "-o", b.out, b.pkg)
+			cmd.Dir = e.moduleRoot
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
+			}
 		}
 	}
 	e.shoalVersion = gitVersion(e.moduleRoot)

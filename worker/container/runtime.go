@@ -49,6 +49,7 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 var (
@@ -501,7 +502,7 @@ func (r *Runtime) exit(id string, ex worker.Exit) worker.Exit {
 	}
 	rec = exitRecord{Code: ex.Code, Signal: ex.Signal, Message: ex.Message, ExitedAt: ex.ExitedAt}
 	if rec.Signal == "" && rec.Code > 128 && rec.Code < 128+65 {
-		rec.Signal = process.SignalName(syscall.Signal(rec.Code - 128))
+		rec.Signal = supervise.SignalName(syscall.Signal(rec.Code - 128))
 		rec.Message = "killed by " + rec.Signal
 	}
 	var stop stopRecord
