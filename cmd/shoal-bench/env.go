@@ -127,6 +127,16 @@ func gitVersion(root string) string {
 	return v
 }
 
+// supervisorCommand is how the in-process workers start a task's
+// supervisor, as `shoal start` does: shoal-supervise beside the shoal
+// binary when it is there, else shoal __supervise.
+func (e *env) supervisorCommand() []string {
+	if standalone := filepath.Join(filepath.Dir(e.bin), supervise.Binary); supervise.CheckStandalone(context.Background(), standalone) == nil {
+		return []string{standalone}
+	}
+	return []string{e.bin, supervise.SupervisorSubcommand}
+}
+
 // notef records a note for the report.
 func (e *env) notef(format string, args ...any) {
 	e.mu.Lock()

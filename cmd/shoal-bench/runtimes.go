@@ -18,7 +18,6 @@ import (
 	"github.com/shoal-cluster/shoal/worker/docker"
 	"github.com/shoal-cluster/shoal/worker/imagestore"
 	"github.com/shoal-cluster/shoal/worker/process"
-	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // runtimesBatch is how many tasks the runtimes benchmark starts at once.
@@ -51,7 +50,7 @@ func runRuntimes(ctx context.Context, e *env) ([]series, error) {
 		return nil, err
 	}
 	log := slog.New(slog.DiscardHandler)
-	sup := []string{e.bin, supervise.SupervisorSubcommand}
+	sup := e.supervisorCommand()
 	ctr, err := container.New(container.Config{Dir: filepath.Join(dir, "container"), Images: container.StoreImages(store),
 		AdvertiseIP: workerIP, SupervisorCommand: sup, CgroupParent: "shoal-bench-runtimes", Logger: log})
 	if err != nil {
