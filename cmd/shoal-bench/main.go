@@ -84,7 +84,7 @@ func benchmarks() []bench {
 		},
 		{
 			name: "runtimes-service",
-			desc: "1 manager + 1 worker process (needs root, runc and the Docker Engine): a service of 20 shoal/hello replicas placed on the worker, from the CreateService call until all are RUNNING, on the container, docker and process runtimes",
+			desc: "1 manager + 1 worker process (needs root, runc and the Docker Engine): services of shoal/hello placed on the worker, from the CreateService call until all replicas are RUNNING, one replica at a time and 20 at once, on the container, docker and process runtimes",
 			run:  runRuntimesService,
 		},
 		{

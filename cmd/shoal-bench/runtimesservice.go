@@ -21,7 +21,8 @@ import (
 // the Docker Engine. For each runtime a service of svcReplicas replicas,
 // placed on the worker, is created through the Control API; the time runs
 // from the CreateService call until ListTasks shows every replica
-// RUNNING. The service is then removed and its tasks waited out before
+// RUNNING; services of one replica are measured the same way first. Each
+// service is then removed and its tasks waited out before
 // the next runtime's turn. Container tasks get their own network
 // namespace and address on the worker's task bridge, as in production.
 const (
@@ -90,16 +91,22 @@ func runRuntimesService(ctx context.Context, e *env) (_ []series, err error) {
 		if !offered[rc.runtime] {
 			continue
 		}
-		var samples []float64
-		for i := range svcRuns(e.opts.quick) {
+		// One replica at a time first (the first warms the caches and is
+		// not counted), then svcReplicas at once.
+		var singles, batches []float64
+		for i := range assignSamples(e.opts.quick) + 1 + svcRuns(e.opts.quick) {
+			replicas, run := uint64(1), i
+			if i > assignSamples(e.opts.quick) {
+				replicas, run = svcReplicas, i-assignSamples(e.opts.quick)-1
+			}
 			spec := &pb.ServiceSpec{
-				Annotations: &pb.Annotations{Name: fmt.Sprintf("bench-%s-%d", rc.runtime, i+1)},
+				Annotations: &pb.Annotations{Name: fmt.Sprintf("bench-%s-%d-%d", rc.runtime, replicas, run+1)},
 				Task: &pb.TaskSpec{
 					Runtime:   rc.runtime,
 					Container: rc.spec,
 					Placement: &pb.Placement{Constraints: []string{"node.hostname==" + w.name}},
 				},
-				Mode:     &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: svcReplicas}},
+				Mode:     &pb.ServiceSpec_Replicated{Replicated: &pb.ReplicatedService{Replicas: replicas}},
 				Endpoint: &pb.EndpointSpec{Ports: []*pb.PortConfig{{TargetPort: 80}}},
 			}
 			took, err := createUntilRunning(ctx, ctl, spec)
@@ -107,18 +114,25 @@ func runRuntimesService(ctx context.Context, e *env) (_ []series, err error) {
 				err = rerr
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s runtime, run %d: %w", rc.runtime, i+1, err)
+				return nil, fmt.Errorf("%s runtime, %d replicas, run %d: %w", rc.runtime, replicas, run+1, err)
 			}
-			samples = append(samples, ms(took))
-			e.log.Info("service converged", "runtime", rc.runtime, "replicas", svcReplicas, "took", took.Round(time.Millisecond))
-			if err := sleepCtx(ctx, svcSettle); err != nil {
-				return nil, err
+			switch {
+			case replicas == svcReplicas:
+				batches = append(batches, ms(took))
+				e.log.Info("service converged", "runtime", rc.runtime, "replicas", replicas, "took", took.Round(time.Millisecond))
+			case i > 0:
+				singles = append(singles, ms(took))
+			}
+			if replicas == svcReplicas || i == assignSamples(e.opts.quick) {
+				if err := sleepCtx(ctx, svcSettle); err != nil {
+					return nil, err
+				}
 			}
 		}
-		out = append(out, series{
-			name: fmt.Sprintf("%s runtime: service create of %d replicas on one worker → all RUNNING (shoal/hello)", rc.runtime, svcReplicas),
-			unit: "ms", samples: samples,
-		})
+		out = append(out,
+			series{name: fmt.Sprintf("%s runtime: service create of 1 replica → RUNNING (shoal/hello)", rc.runtime), unit: "ms", samples: singles},
+			series{name: fmt.Sprintf("%s runtime: service create of %d replicas on one worker → all RUNNING (shoal/hello)", rc.runtime, svcReplicas),
+				unit: "ms", samples: batches})
 	}
 	return out, nil
 }
@@ -126,13 +140,14 @@ func runRuntimesService(ctx context.Context, e *env) (_ []series, err error) {
 // createUntilRunning creates the service and returns how long it took
 // until ListTasks showed every replica RUNNING.
 func createUntilRunning(ctx context.Context, ctl pb.ControlClient, spec *pb.ServiceSpec) (time.Duration, error) {
+	want := int(spec.GetReplicated().GetReplicas())
 	begin := time.Now()
 	if _, err := ctl.CreateService(ctx, &pb.CreateServiceRequest{Spec: spec}); err != nil {
 		return 0, fmt.Errorf("create service: %w", err)
 	}
 	name := spec.GetAnnotations().GetName()
 	var took time.Duration
-	err := poll(ctx, svcWait, svcPoll, fmt.Sprintf("%d replicas of %s running", svcReplicas, name), func(ctx context.Context) (bool, error) {
+	err := poll(ctx, svcWait, svcPoll, fmt.Sprintf("%d replicas of %s running", want, name), func(ctx context.Context) (bool, error) {
 		resp, err := ctl.ListTasks(ctx, &pb.ListTasksRequest{ServiceRef: name, RunningOnly: true})
 		if err != nil {
 			return false, err
@@ -146,8 +161,8 @@ func createUntilRunning(ctx context.Context, ctl pb.ControlClient, spec *pb.Serv
 				return false, fatal(fmt.Errorf("task %s ended: %s %s", t.GetId(), st.GetState(), st.GetErr()))
 			}
 		}
-		if running < svcReplicas {
-			return false, fmt.Errorf("%d of %d running", running, svcReplicas)
+		if running < want {
+			return false, fmt.Errorf("%d of %d running", running, want)
 		}
 		took = time.Since(begin)
 		return true, nil
