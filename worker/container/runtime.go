@@ -477,6 +477,58 @@ func (r *Runtime) waitRunning(ctx context.Context, id string) error {
 	}
 }
 
+// termWait bounds how long a stop waits for a container's first process
+// to handle SIGTERM before sending it (within the stop's grace period).
+const termWait = time.Second
+
+// awaitTermHandler waits, up to limit, until the container's first process
+// catches or ignores SIGTERM. As PID 1 of its namespace it never gets a
+// signal left at its default action (the kernel drops it), so a stop that
+// lands while the program is still starting, before it has installed its
+// handler, would be lost and the stop would wait out the whole grace
+// period before SIGKILL. A program that never handles SIGTERM costs the
+// stop limit more, within its grace period.
+func (r *Runtime) awaitTermHandler(ctx context.Context, id string, limit time.Duration) {
+	var st struct {
+		Pid int `json:"init_process_pid"`
+	}
+	if ok, err := readJSON(filepath.Join(r.runcRoot, id), "state.json", &st); !ok || err != nil || st.Pid <= 0 {
+		return
+	}
+	const sigterm = 1 << (syscall.SIGTERM - 1)
+	deadline := time.Now().Add(limit)
+	for {
+		caught, ignored, err := signalMasks(st.Pid)
+		if err != nil || (caught|ignored)&sigterm != 0 || time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// signalMasks reads the signals a process catches and ignores.
+func signalMasks(pid int) (caught, ignored uint64, err error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			caught, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		} else if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			ignored, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	return caught, ignored, nil
+}
+
 // Wait blocks until the task has exited and returns how.
 func (r *Runtime) Wait(ctx context.Context, id string) (worker.Exit, error) {
 	if !r.prepared(id) {
@@ -585,13 +637,15 @@ func (r *Runtime) stop(ctx context.Context, id string, grace time.Duration) erro
 	if err := writeJSONAtomic(bundle, stopFile, stopRecord{Grace: grace}); err != nil {
 		return err
 	}
+	deadline := time.Now().Add(grace)
+	r.awaitTermHandler(ctx, id, min(termWait, grace))
 	if err := r.runcCmd(ctx, "kill", id, "TERM"); err != nil {
 		// Not created yet by runc, or gone: the supervisor signals runc,
 		// which forwards to the container.
 		r.log.Debug("runc kill TERM failed; stopping through the supervisor", "task_id", id, "err", err)
 		return r.inner.Stop(ctx, id, grace)
 	}
-	if done, err := r.waitExited(ctx, id, time.Now().Add(grace)); done || err != nil {
+	if done, err := r.waitExited(ctx, id, deadline); done || err != nil {
 		return err
 	}
 	if err := writeJSONAtomic(bundle, stopFile, stopRecord{Grace: grace, Killed: true}); err != nil {
