@@ -12,6 +12,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/shoal ./cmd/shoal
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/shoal-supervise ./cmd/shoal-supervise
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/hello ./cmd/hello
 
 # The test command (CI runs it through .ci/run): the Go suite with the race

@@ -31,6 +31,7 @@ import (
 	"github.com/shoal-cluster/shoal/raftstore"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 	"github.com/shoal-cluster/shoal/worker/tasknet"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -45,7 +46,7 @@ const tmpPrefix = "shoal-it-"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(superviseEnv) == "1" {
-		os.Exit(process.Supervise(os.Args[1:]))
+		os.Exit(supervise.Supervise(os.Args[1:]))
 	}
 	code := m.Run()
 	if code == 0 {

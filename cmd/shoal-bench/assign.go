@@ -21,8 +21,8 @@ import (
 // Assignment to running: a manager and a worker run in this process
 // (there is no service API yet, so tasks are assigned by writing the
 // leader's store, as tests/harness_test.go does); the worker's process
-// runtime starts each task through a supervisor, the shoal binary
-// re-executed as `shoal __supervise`. Times are read from the leader's
+// runtime starts each task through a supervisor, the shoal-supervise
+// built beside shoal (as `shoal start` does). Times are read from the leader's
 // store with a watch.
 const (
 	assignTaskWait  = 30 * time.Second
@@ -114,7 +114,7 @@ func runAssign(ctx context.Context, e *env) (_ []series, err error) {
 		r, err := process.New(process.Config{
 			Dir:               filepath.Join(wdir, "worker", "process"),
 			AdvertiseIP:       workerIP,
-			SupervisorCommand: []string{e.bin, "__supervise"},
+			SupervisorCommand: e.supervisorCommand(),
 			Logger:            wlog,
 		})
 		if err != nil {

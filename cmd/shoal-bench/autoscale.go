@@ -47,7 +47,7 @@ func runAutoscale(ctx context.Context, e *env) (_ []series, err error) {
 	wcfg := worker.Config{DataDir: wdir, Hostname: "w1", AdvertiseIP: workerIP, APIPort: port, Logger: wlog}
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
 		r, err := process.New(process.Config{Dir: filepath.Join(wdir, "worker", "process"), AdvertiseIP: workerIP,
-			SupervisorCommand: []string{e.bin, "__supervise"}, Logger: wlog})
+			SupervisorCommand: e.supervisorCommand(), Logger: wlog})
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // env is what every benchmark shares: the shoal binary, a temp dir, the
@@ -74,10 +76,13 @@ func newEnv(ctx context.Context, o options, log *slog.Logger) (*env, error) {
 		log.Info("building shoal", "out", e.bin)
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(bctx, "go", "build", "-o", e.bin, "./cmd/shoal")
-		cmd.Dir = e.moduleRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build ./cmd/shoal: %w\n%s", err, out)
+		// shoal-supervise beside shoal, as make build installs them.
+		for _, b := range []struct{ out, pkg string }{{e.bin, "./cmd/shoal"}, {filepath.Join(tmp, supervise.Binary), "./cmd/shoal-supervise"}} {
+			cmd := exec.CommandContext(bctx, "go", "build", "-o", b.out, b.pkg)
+			cmd.Dir = e.moduleRoot
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
+			}
 		}
 	}
 	e.shoalVersion = gitVersion(e.moduleRoot)
@@ -120,6 +125,16 @@ func gitVersion(root string) string {
 		v += " with uncommitted changes"
 	}
 	return v
+}
+
+// supervisorCommand is how the in-process workers start a task's
+// supervisor, as `shoal start` does: shoal-supervise beside the shoal
+// binary when it is there, else shoal __supervise.
+func (e *env) supervisorCommand() []string {
+	if standalone := filepath.Join(filepath.Dir(e.bin), supervise.Binary); supervise.CheckStandalone(context.Background(), standalone) == nil {
+		return []string{standalone}
+	}
+	return []string{e.bin, supervise.SupervisorSubcommand}
 }
 
 // notef records a note for the report.

@@ -83,6 +83,11 @@ func benchmarks() []bench {
 			run:  runRuntimes,
 		},
 		{
+			name: "runtimes-service",
+			desc: "1 manager + 1 worker process (needs root, runc and the Docker Engine): services of shoal/hello placed on the worker, from the CreateService call until all replicas are RUNNING, one replica at a time and 20 at once, on the container, docker and process runtimes",
+			run:  runRuntimesService,
+		},
+		{
 			name: "dead-worker",
 			desc: "1 manager + 1 worker process, heartbeat period 1s: kill -9 the worker → Down in ListNodes, with default and --gossip-fast gossip",
 			run:  runDeadWorker,

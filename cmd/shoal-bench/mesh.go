@@ -181,7 +181,7 @@ func runEndpointChange(ctx context.Context, e *env) ([]series, error) {
 	var rt *process.Runtime
 	wcfg.Runtimes = func() ([]worker.Runtime, error) {
 		r, err := process.New(process.Config{Dir: filepath.Join(wdir, "worker", "process"), AdvertiseIP: workerIP,
-			SupervisorCommand: []string{e.bin, "__supervise"}, Logger: wcfg.Logger})
+			SupervisorCommand: e.supervisorCommand(), Logger: wcfg.Logger})
 		if err != nil {
 			return nil, err
 		}

@@ -37,23 +37,9 @@ func runRuntimes(ctx context.Context, e *env) ([]series, error) {
 		return nil, nil
 	}
 	dir := filepath.Join(e.tmp, "runtimes")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	hello, tarball, err := helloArtifacts(ctx, e, "runtimes", dir)
+	if err != nil || hello == "" {
 		return nil, err
-	}
-	if out, err := exec.CommandContext(ctx, filepath.Join(e.moduleRoot, "scripts", "images.sh"), "v1").CombinedOutput(); err != nil {
-		e.notef("runtimes: cannot build shoal/hello:v1 in the Docker Engine (%v: %s): skipped", err, strings.TrimSpace(string(out)))
-		return nil, nil
-	}
-	hello := filepath.Join(dir, "hello")
-	build := exec.CommandContext(ctx, "go", "build", "-o", hello, "./cmd/hello")
-	build.Dir = e.moduleRoot
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build cmd/hello: %v: %s", err, out)
-	}
-	tarball := filepath.Join(dir, "hello.tar")
-	if out, err := exec.CommandContext(ctx, "docker", "save", "-o", tarball, "shoal/hello:v1").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("docker save shoal/hello:v1: %v: %s", err, out)
 	}
 	store, err := imagestore.Open(filepath.Join(dir, "images"), slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -64,7 +50,7 @@ func runRuntimes(ctx context.Context, e *env) ([]series, error) {
 		return nil, err
 	}
 	log := slog.New(slog.DiscardHandler)
-	sup := []string{e.bin, process.SupervisorSubcommand}
+	sup := e.supervisorCommand()
 	ctr, err := container.New(container.Config{Dir: filepath.Join(dir, "container"), Images: container.StoreImages(store),
 		AdvertiseIP: workerIP, SupervisorCommand: sup, CgroupParent: "shoal-bench-runtimes", Logger: log})
 	if err != nil {
@@ -188,6 +174,33 @@ func runRuntimes(ctx context.Context, e *env) ([]series, error) {
 		)
 	}
 	return out, nil
+}
+
+// helloArtifacts builds what the runtime benchmarks run: shoal/hello:v1
+// in the Docker Engine, the hello binary (for the process runtime) and
+// the image saved with `docker save` (for the container runtime's store),
+// in dir. With no Engine to build the image in it notes why and returns
+// "" (the benchmark is skipped).
+func helloArtifacts(ctx context.Context, e *env, bench, dir string) (hello, tarball string, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	if out, err := exec.CommandContext(ctx, filepath.Join(e.moduleRoot, "scripts", "images.sh"), "v1").CombinedOutput(); err != nil {
+		e.notef("%s: cannot build shoal/hello:v1 in the Docker Engine (%v: %s): skipped", bench, err, strings.TrimSpace(string(out)))
+		return "", "", nil
+	}
+	hello = filepath.Join(dir, "hello")
+	build := exec.CommandContext(ctx, "go", "build", "-o", hello, "./cmd/hello")
+	build.Dir = e.moduleRoot
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("go build cmd/hello: %v: %s", err, out)
+	}
+	tarball = filepath.Join(dir, "hello.tar")
+	if out, err := exec.CommandContext(ctx, "docker", "save", "-o", tarball, "shoal/hello:v1").CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("docker save shoal/hello:v1: %v: %s", err, out)
+	}
+	return hello, tarball, nil
 }
 
 // parentPid is pid's parent (0 when unknown).

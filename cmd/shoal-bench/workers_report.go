@@ -46,7 +46,7 @@ func workerMethod(o options) string {
 	p("  for each N measured; CPU in ms per second (10 ms/s = 1%% of a core). The load generator runs\n")
 	p("  on the same cores; gossip traffic of real workers (one memberlist member each) is not simulated.\n")
 	p("- **Assign.** A manager (`manager.Init`) and a worker (`worker.Join`) run inside the bench process,\n")
-	p("  the worker on %s with the process runtime, whose supervisor is the built `shoal __supervise`.\n", workerIP)
+	p("  the worker on %s with the process runtime, whose supervisor is the built `shoal-supervise`.\n", workerIP)
 	p("  Tasks are written to the leader's store as standalone tasks (no service, so neither orchestrator\n")
 	p("  nor scheduler touches them), already on the worker: `ASSIGNED`, desired `RUNNING`, `/bin/sleep %s`,\n", assignSleep)
 	p("  stop grace %s. Times run from just before the write to the first store event showing the state,\n", assignStopGrace)

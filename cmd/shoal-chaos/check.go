@@ -341,7 +341,7 @@ type procFact struct {
 	Version string
 }
 
-// supervisorFact is a `shoal __supervise` process and the task it runs.
+// supervisorFact is a task supervisor process and the task it runs.
 type supervisorFact struct {
 	PID    int
 	TaskID string

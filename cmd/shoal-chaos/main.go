@@ -52,6 +52,7 @@ import (
 
 	"github.com/shoal-cluster/shoal/internal/faultreport"
 	pb "github.com/shoal-cluster/shoal/proto"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // options are the suite's flags.
@@ -286,6 +287,7 @@ func build(ctx context.Context, bin string, race bool) (string, error) {
 	}
 	steps := []*exec.Cmd{
 		exec.CommandContext(ctx, "go", append(args, "github.com/shoal-cluster/shoal/cmd/shoal")...),
+		exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, supervise.Binary), "github.com/shoal-cluster/shoal/cmd/shoal-supervise"),
 		exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, "hello"), "github.com/shoal-cluster/shoal/cmd/hello"),
 	}
 	for _, cmd := range steps {

@@ -6,12 +6,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // machine is what runs on this host on behalf of the suite's cluster.
 type machine struct {
 	tasks       []procFact       // hello processes started as tasks
-	supervisors []supervisorFact // `shoal __supervise` processes
+	supervisors []supervisorFact // task supervisors (shoal-supervise)
 	other       []int            // any other process whose command line names the suite's dir
 }
 
@@ -40,13 +42,19 @@ func scanProcesses(dir, helloPath string, daemons map[int]bool) machine {
 			slot, _ := strconv.ParseUint(env["SHOAL_TASK_SLOT"], 10, 64)
 			m.tasks = append(m.tasks, procFact{PID: pid, TaskID: env["SHOAL_TASK_ID"], Service: env["SHOAL_SERVICE_NAME"],
 				Slot: slot, Version: env["HELLO_VERSION"]})
-		case len(args) > 1 && args[1] == "__supervise" && strings.Contains(string(cmdline), dir):
+		case isSupervisor(args) && strings.Contains(string(cmdline), dir):
 			m.supervisors = append(m.supervisors, supervisorFact{PID: pid, TaskID: filepath.Base(args[len(args)-1])})
 		case bytes.Contains(cmdline, []byte(dir)):
 			m.other = append(m.other, pid)
 		}
 	}
 	return m
+}
+
+// isSupervisor tells a task supervisor's command line: shoal-supervise, or
+// shoal __supervise where it is not installed.
+func isSupervisor(args []string) bool {
+	return filepath.Base(args[0]) == supervise.Binary || (len(args) > 1 && args[1] == supervise.SupervisorSubcommand)
 }
 
 // readEnviron reads a process's environment.

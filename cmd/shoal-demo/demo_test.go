@@ -24,7 +24,7 @@ func buildDemo(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, b := range []struct{ out, pkg string }{
-		{"shoal", "../shoal"}, {"hello", "../hello"}, {"shoal-demo", "."},
+		{"shoal", "../shoal"}, {"shoal-supervise", "../shoal-supervise"}, {"hello", "../hello"}, {"shoal-demo", "."},
 	} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

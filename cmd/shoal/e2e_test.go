@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/mesh"
 	"github.com/shoal-cluster/shoal/internal/pki"
 	"github.com/shoal-cluster/shoal/internal/poll"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
 
@@ -36,11 +37,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	shoalBin = filepath.Join(dir, "shoal")
-	build := exec.Command("go", "build", "-race", "-o", shoalBin, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build shoal:", err)
-		os.Exit(1)
+	// shoal-supervise beside shoal, as make build installs them: the
+	// runtimes supervise tasks with it.
+	for _, b := range []struct{ out, pkg string }{{shoalBin, "."}, {filepath.Join(dir, supervise.Binary), "../shoal-supervise"}} {
+		build := exec.Command("go", "build", "-race", "-o", b.out, b.pkg)
+		build.Stderr = os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", b.pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -10,8 +10,9 @@ import (
 	"io"
 	"os"
 
-	"github.com/shoal-cluster/shoal/worker/process"
 	"github.com/spf13/cobra"
+
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -34,7 +35,7 @@ func main() {
 // line; output goes to standard output.
 func run(args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == supervisorCommand {
-		return process.Supervise(args[1:])
+		return supervise.Supervise(args[1:])
 	}
 	root := newRootCommand()
 	root.SetErr(stderr)

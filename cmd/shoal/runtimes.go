@@ -16,12 +16,32 @@ import (
 	dockerrt "github.com/shoal-cluster/shoal/worker/docker"
 	"github.com/shoal-cluster/shoal/worker/imagestore"
 	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
 
-// supervisorCommand is the hidden subcommand the process runtime re-executes
-// this binary with, to supervise one task outside the agent.
-const supervisorCommand = process.SupervisorSubcommand
+// supervisorCommand is the hidden subcommand the runtimes re-execute this
+// binary with, to supervise one task outside the agent, when no
+// standalone supervisor is installed next to it.
+const supervisorCommand = supervise.SupervisorSubcommand
+
+// supervisorCommandLine is the command line the runtimes start each
+// task's supervisor with: shoal-supervise next to this binary when it is
+// there and built for this shoal (it starts in about a tenth of the CPU
+// and memory), else this binary with supervisorCommand.
+func supervisorCommandLine(log *slog.Logger) []string {
+	self := selfExecutable()
+	standalone := filepath.Join(filepath.Dir(self), supervise.Binary)
+	if _, err := os.Stat(standalone); err != nil {
+		log.Info("tasks are supervised by shoal itself: install "+supervise.Binary+" next to it (make build does) for a lighter supervisor", "missing", standalone)
+		return []string{self, supervisorCommand}
+	}
+	if err := supervise.CheckStandalone(context.Background(), standalone); err != nil {
+		log.Warn("tasks are supervised by shoal itself: the standalone supervisor cannot be used", "err", err)
+		return []string{self, supervisorCommand}
+	}
+	return []string{standalone}
+}
 
 // newTaskNetwork returns the node's task network (tasks in their own
 // network namespaces, each with its own address on the node's bridge), or
@@ -63,11 +83,12 @@ func newTaskNetwork(dataDir string, log *slog.Logger) *tasknet.Node {
 // node's task network (nil without one), on which the container runtime
 // gives each task its own network namespace and address.
 func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, log *slog.Logger) ([]worker.Runtime, map[string]string, error) {
+	sup := supervisorCommandLine(log)
 	proc, err := process.New(process.Config{
 		Dir:               filepath.Join(dataDir, "worker", "process"),
 		AdvertiseIP:       advertiseIP,
 		DNSAddr:           dnsAddr,
-		SupervisorCommand: []string{selfExecutable(), supervisorCommand},
+		SupervisorCommand: sup,
 		Logger:            log,
 	})
 	if err != nil {
@@ -80,7 +101,7 @@ func newRuntimes(dataDir, advertiseIP, dnsAddr string, taskNet *tasknet.Node, lo
 	} else {
 		notOffered[dockerrt.Name] = why
 	}
-	if c, why := newContainerRuntime(dataDir, advertiseIP, taskNet, log); c != nil {
+	if c, why := newContainerRuntime(dataDir, advertiseIP, sup, taskNet, log); c != nil {
 		rts = append(rts, c)
 	} else {
 		notOffered[container.Name] = why
@@ -113,7 +134,7 @@ func newDockerRuntime(dataDir, advertiseIP string, log *slog.Logger) (worker.Run
 // OverlayFS and runc be installed. Each task gets its own network
 // namespace and address on taskNet; without one (nil), tasks share the
 // node's network, their ports allocated on the node.
-func newContainerRuntime(dataDir, advertiseIP string, taskNet *tasknet.Node, log *slog.Logger) (worker.Runtime, string) {
+func newContainerRuntime(dataDir, advertiseIP string, sup []string, taskNet *tasknet.Node, log *slog.Logger) (worker.Runtime, string) {
 	if _, err := container.Check(""); err != nil {
 		log.Info("container runtime not offered", "reason", err.Error())
 		return nil, err.Error()
@@ -127,7 +148,7 @@ func newContainerRuntime(dataDir, advertiseIP string, taskNet *tasknet.Node, log
 		Dir:               filepath.Join(dataDir, "worker", "container"),
 		Images:            container.StoreImages(store),
 		AdvertiseIP:       advertiseIP,
-		SupervisorCommand: []string{selfExecutable(), supervisorCommand},
+		SupervisorCommand: sup,
 		Logger:            log,
 	}
 	if taskNet != nil {

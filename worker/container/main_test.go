@@ -17,7 +17,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	pb "github.com/shoal-cluster/shoal/proto"
-	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // The test binary doubles as the task supervisor (SHOAL_SUPERVISE=1, the
@@ -26,7 +26,7 @@ var testCgroupParent string
 
 func TestMain(m *testing.M) {
 	if os.Getenv("SHOAL_SUPERVISE") == "1" {
-		os.Exit(process.Supervise(os.Args[1:]))
+		os.Exit(supervise.Supervise(os.Args[1:]))
 	}
 	testCgroupParent = "shoal-container-test-" + strconv.Itoa(os.Getpid())
 	code := m.Run()

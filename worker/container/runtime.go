@@ -49,6 +49,7 @@ import (
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 var (
@@ -449,16 +450,22 @@ func (r *Runtime) waitRunning(ctx context.Context, id string) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	state := filepath.Join(r.runcRoot, id)
-	for {
+	for n := 0; ; n++ {
 		if fileExistsAt(filepath.Join(state, "state.json")) && !fileExistsAt(filepath.Join(state, "exec.fifo")) {
 			return nil
 		}
-		info, err := r.inner.Inspect(ctx, id)
-		if err != nil {
-			return r.mapErr(id, err)
-		}
-		if info.State == worker.RunExited {
-			return nil
+		// runc's files are two stats; the inner task's state reads and
+		// decodes several files, so it is looked at every tenth tick:
+		// with 20 containers starting at once, every tick cost about a
+		// fifth of a core.
+		if n%10 == 0 {
+			info, err := r.inner.Inspect(ctx, id)
+			if err != nil {
+				return r.mapErr(id, err)
+			}
+			if info.State == worker.RunExited {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -468,6 +475,58 @@ func (r *Runtime) waitRunning(ctx context.Context, id string) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// termWait bounds how long a stop waits for a container's first process
+// to handle SIGTERM before sending it (within the stop's grace period).
+const termWait = time.Second
+
+// awaitTermHandler waits, up to limit, until the container's first process
+// catches or ignores SIGTERM. As PID 1 of its namespace it never gets a
+// signal left at its default action (the kernel drops it), so a stop that
+// lands while the program is still starting, before it has installed its
+// handler, would be lost and the stop would wait out the whole grace
+// period before SIGKILL. A program that never handles SIGTERM costs the
+// stop limit more, within its grace period.
+func (r *Runtime) awaitTermHandler(ctx context.Context, id string, limit time.Duration) {
+	var st struct {
+		Pid int `json:"init_process_pid"`
+	}
+	if ok, err := readJSON(filepath.Join(r.runcRoot, id), "state.json", &st); !ok || err != nil || st.Pid <= 0 {
+		return
+	}
+	const sigterm = 1 << (syscall.SIGTERM - 1)
+	deadline := time.Now().Add(limit)
+	for {
+		caught, ignored, err := signalMasks(st.Pid)
+		if err != nil || (caught|ignored)&sigterm != 0 || time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// signalMasks reads the signals a process catches and ignores.
+func signalMasks(pid int) (caught, ignored uint64, err error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			caught, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		} else if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			ignored, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	return caught, ignored, nil
 }
 
 // Wait blocks until the task has exited and returns how.
@@ -501,7 +560,7 @@ func (r *Runtime) exit(id string, ex worker.Exit) worker.Exit {
 	}
 	rec = exitRecord{Code: ex.Code, Signal: ex.Signal, Message: ex.Message, ExitedAt: ex.ExitedAt}
 	if rec.Signal == "" && rec.Code > 128 && rec.Code < 128+65 {
-		rec.Signal = process.SignalName(syscall.Signal(rec.Code - 128))
+		rec.Signal = supervise.SignalName(syscall.Signal(rec.Code - 128))
 		rec.Message = "killed by " + rec.Signal
 	}
 	var stop stopRecord
@@ -578,13 +637,15 @@ func (r *Runtime) stop(ctx context.Context, id string, grace time.Duration) erro
 	if err := writeJSONAtomic(bundle, stopFile, stopRecord{Grace: grace}); err != nil {
 		return err
 	}
+	deadline := time.Now().Add(grace)
+	r.awaitTermHandler(ctx, id, min(termWait, grace))
 	if err := r.runcCmd(ctx, "kill", id, "TERM"); err != nil {
 		// Not created yet by runc, or gone: the supervisor signals runc,
 		// which forwards to the container.
 		r.log.Debug("runc kill TERM failed; stopping through the supervisor", "task_id", id, "err", err)
 		return r.inner.Stop(ctx, id, grace)
 	}
-	if done, err := r.waitExited(ctx, id, time.Now().Add(grace)); done || err != nil {
+	if done, err := r.waitExited(ctx, id, deadline); done || err != nil {
 		return err
 	}
 	if err := writeJSONAtomic(bundle, stopFile, stopRecord{Grace: grace, Killed: true}); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/internal/poll"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 )
@@ -218,6 +219,57 @@ func TestCommandProbe(t *testing.T) {
 	}
 	if u, err := r.Usage(ctx, task.Id); err != nil || u.MemoryBytes <= 0 {
 		t.Errorf("Usage = %+v, %v; want the container's memory", u, err)
+	}
+}
+
+// TestStopWhileTheProgramStarts stops a container whose program has not
+// yet set up its SIGTERM handling: as PID 1 of its namespace it would never
+// get a SIGTERM sent then, and the stop would wait out the grace period
+// before SIGKILL. The stop waits for the handler instead, so the program
+// ends on SIGTERM, cleanly and long before the grace period is over.
+func TestStopWhileTheProgramStarts(t *testing.T) {
+	requireRunc(t)
+	imgs := testImages(t)
+	r := newRuntime(t, newStateDir(t, imgs), imgs)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	task := &pb.Task{Id: "late-" + randomSuffix(), Spec: &pb.TaskSpec{Runtime: Name,
+		Container: &pb.ContainerSpec{Image: "task:1", Args: []string{"late-trap", "300"}}}}
+	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Remove(context.Background(), task.Id)
+	if err := r.Start(ctx, task.Id); err != nil {
+		t.Fatal(err)
+	}
+	logs := func() string {
+		rc, err := r.Logs(ctx, task.Id, worker.LogOptions{})
+		if err != nil {
+			t.Fatalf("Logs: %v", err)
+		}
+		defer rc.Close()
+		out, _ := io.ReadAll(rc)
+		return string(out)
+	}
+	poll.Until(t, 10*time.Second, "the program to start, its SIGTERM at the default action", func() (bool, string) {
+		out := logs()
+		return strings.Contains(out, "starting"), out
+	})
+	const grace = 20 * time.Second
+	begin := time.Now()
+	if err := r.Stop(ctx, task.Id, grace); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(begin)
+	ex, err := r.Wait(ctx, task.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.Code != 0 || ex.Signal != "" || !strings.Contains(logs(), "got SIGTERM") {
+		t.Fatalf("stopped after %s: exit %+v, output %q; want the program's own clean exit on SIGTERM", took, ex, logs())
+	}
+	if took >= grace/2 {
+		t.Fatalf("the stop took %s (grace %s): the SIGTERM was lost", took, grace)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // WatchExit returns a channel closed as soon as a running task's main
@@ -21,8 +23,8 @@ func (r *Runtime) WatchExit(ctx context.Context, id string) (<-chan struct{}, er
 	if !ok {
 		return nil, notFound(id)
 	}
-	var st stateRecord
-	if ok, err := readJSON(dir, stateFile, &st); err != nil {
+	var st supervise.StateRecord
+	if ok, err := supervise.ReadJSON(dir, supervise.StateFile, &st); err != nil {
 		return nil, err
 	} else if !ok || st.Pid <= 0 {
 		return nil, fmt.Errorf("task %s has no process to watch", id)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 	"github.com/shoal-cluster/shoal/worker/runtimetest/taskprog"
 	"go.uber.org/goleak"
 )
@@ -25,7 +26,7 @@ var (
 
 func TestMain(m *testing.M) {
 	if os.Getenv("SHOAL_SUPERVISE") == "1" {
-		os.Exit(Supervise(os.Args[1:]))
+		os.Exit(supervise.Supervise(os.Args[1:]))
 	}
 	if n := os.Getenv("SHOAL_TEST_HOG"); n != "" {
 		hog(n)
@@ -100,19 +101,19 @@ func markedProcesses() []int {
 }
 
 func removeTestCgroupParents() {
-	mounts, err := readCgroupMounts()
+	mounts, err := supervise.ReadCgroupMounts()
 	if err != nil {
 		return
 	}
 	for _, m := range mounts {
-		dir := filepath.Join(m.mount, testCgroupParent)
-		if fileExists(dir) {
+		dir := filepath.Join(m.Mount, testCgroupParent)
+		if supervise.FileExists(dir) {
 			// Task cgroups are removed by the tests; only the parent is left.
 			deadline := time.Now().Add(2 * time.Second)
 			subs, _ := os.ReadDir(dir)
 			for _, s := range subs {
 				if s.IsDir() {
-					_ = removeCgroups([]string{filepath.Join(dir, s.Name())}, deadline)
+					_ = supervise.RemoveCgroups([]string{filepath.Join(dir, s.Name())}, deadline)
 				}
 			}
 			_ = syscall.Rmdir(dir)

@@ -17,6 +17,7 @@ import (
 
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // defaultPath is the PATH a task gets unless its env sets one; bare
@@ -46,7 +47,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 		return err
 	}
 	defer unlock()
-	if fileExists(filepath.Join(dir, specFile)) {
+	if supervise.FileExists(filepath.Join(dir, supervise.SpecFile)) {
 		return nil
 	}
 
@@ -70,7 +71,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 		os.RemoveAll(dir)
 		return err
 	}
-	home := filepath.Join(dir, workDir)
+	home := filepath.Join(dir, supervise.WorkDir)
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return fail(fmt.Errorf("prepare task %s: %w", id, err))
 	}
@@ -80,7 +81,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 		}
 	}
 	// The lock file exists before any supervisor, which only opens it.
-	lf, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	lf, err := os.OpenFile(filepath.Join(dir, supervise.LockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fail(fmt.Errorf("prepare task %s: %w", id, err))
 	}
@@ -96,7 +97,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 	}
 	spec.Ports = ports
 	spec.Env = portEnv(spec.Env, ports, t.GetSpec().GetContainer().GetEnv())
-	if err := writeJSONAtomic(dir, specFile, spec, 0o600); err != nil {
+	if err := supervise.WriteJSONAtomic(dir, supervise.SpecFile, spec, 0o600); err != nil {
 		return fail(fmt.Errorf("prepare task %s: %w", id, err))
 	}
 	r.log.Debug("task prepared", "task_id", id, "argv", spec.Argv, "ports", len(ports))
@@ -104,7 +105,7 @@ func (r *Runtime) Prepare(ctx context.Context, t *pb.Task, files worker.TaskFile
 }
 
 // buildSpec resolves everything about a task but its ports.
-func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
+func (r *Runtime) buildSpec(t *pb.Task, dir string) (*supervise.Spec, error) {
 	c := t.GetSpec().GetContainer()
 	if c == nil {
 		return nil, permanent("task %s has no container spec", t.GetId())
@@ -123,7 +124,7 @@ func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
 		r.log.Warn("the process runtime ignores mounts", "task_id", t.GetId())
 	}
 
-	home := filepath.Join(dir, workDir)
+	home := filepath.Join(dir, supervise.WorkDir)
 	env := []string{
 		"PATH=" + defaultPath,
 		"HOME=" + home,
@@ -192,8 +193,8 @@ func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
 	if l := t.GetSpec().GetResources().GetLimits(); l != nil {
 		memory, cpus = l.GetMemoryBytes(), l.GetNanoCpus()
 	}
-	return &taskSpec{
-		Version:     specVersion,
+	return &supervise.Spec{
+		Version:     supervise.SpecVersion,
 		TaskID:      t.GetId(),
 		ServiceID:   t.GetServiceId(),
 		ServiceName: t.GetServiceName(),
@@ -214,7 +215,7 @@ func (r *Runtime) buildSpec(t *pb.Task, dir string) (*taskSpec, error) {
 // blockedFor returns the first existing path component, from / down to
 // path itself, that cred may not search (directories) or execute (path),
 // or "" when none. Mode bits only: ACLs are not consulted.
-func blockedFor(path string, cred *credential) string {
+func blockedFor(path string, cred *supervise.Credential) string {
 	if cred.UID == 0 {
 		return ""
 	}
@@ -281,7 +282,7 @@ func lookupEnv(env []string, key string) string {
 
 // portEnv adds PORT (the first port) and PORT_<target> (each) to env,
 // under the task's own env, which may override them.
-func portEnv(env []string, ports []portBinding, taskEnv []string) []string {
+func portEnv(env []string, ports []supervise.PortBinding, taskEnv []string) []string {
 	if len(ports) == 0 {
 		return env
 	}
@@ -344,7 +345,7 @@ func checkExecutable(path string) error {
 // resolveUser turns "user", "uid", "user:group" or "uid:gid" into a
 // credential. Switching user needs root; asking for the agent's own user
 // is allowed (and switches nothing).
-func resolveUser(spec string) (*credential, error) {
+func resolveUser(spec string) (*supervise.Credential, error) {
 	if spec == "" {
 		return nil, nil
 	}
@@ -352,7 +353,7 @@ func resolveUser(spec string) (*credential, error) {
 	if name == "" || (hasGroup && group == "") {
 		return nil, permanent("invalid user %q: want user, uid, user:group or uid:gid", spec)
 	}
-	var cred credential
+	var cred supervise.Credential
 	var u *user.User
 	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
 		cred.UID = uint32(n)
@@ -408,7 +409,7 @@ func resolveUser(spec string) (*credential, error) {
 // task's ports, avoiding ports already given to other tasks of this
 // runtime. A host-mode port with a published port keeps that port. The
 // caller holds portMu.
-func (r *Runtime) allocatePorts(t *pb.Task) ([]portBinding, error) {
+func (r *Runtime) allocatePorts(t *pb.Task) ([]supervise.PortBinding, error) {
 	configs := t.GetEndpoint().GetPorts()
 	if len(configs) == 0 {
 		configs = t.GetEndpoint().GetSpec().GetPorts()
@@ -421,7 +422,7 @@ func (r *Runtime) allocatePorts(t *pb.Task) ([]portBinding, error) {
 	if hostIP == "" {
 		hostIP = "0.0.0.0"
 	}
-	var out []portBinding
+	var out []supervise.PortBinding
 	for _, pc := range configs {
 		proto := "tcp"
 		if pc.GetProtocol() == pb.PortProtocol_PORT_PROTOCOL_UDP {
@@ -446,7 +447,7 @@ func (r *Runtime) allocatePorts(t *pb.Task) ([]portBinding, error) {
 			}
 		}
 		used[proto+"/"+strconv.Itoa(int(port))] = true
-		out = append(out, portBinding{TargetPort: pc.GetTargetPort(), HostIP: hostIP, HostPort: port, Protocol: proto})
+		out = append(out, supervise.PortBinding{TargetPort: pc.GetTargetPort(), HostIP: hostIP, HostPort: port, Protocol: proto})
 	}
 	return out, nil
 }
@@ -459,8 +460,8 @@ func (r *Runtime) portsInUse() map[string]bool {
 		if !e.IsDir() {
 			continue
 		}
-		var spec taskSpec
-		if ok, _ := readJSON(filepath.Join(r.dir, e.Name()), specFile, &spec); !ok {
+		var spec supervise.Spec
+		if ok, _ := supervise.ReadJSON(filepath.Join(r.dir, e.Name()), supervise.SpecFile, &spec); !ok {
 			continue
 		}
 		for _, p := range spec.Ports {
@@ -493,7 +494,7 @@ func freePort(proto, ip string) (uint32, error) {
 // below it and its files to the user the task runs as (nil: the agent's
 // own user, who owns them already); a file whose reference named an owner
 // keeps that owner.
-func giveFiles(set worker.FileSet, cred *credential) error {
+func giveFiles(set worker.FileSet, cred *supervise.Credential) error {
 	if cred == nil {
 		return nil
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/poll"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // ---------------------------------------------------------------- helpers
@@ -60,7 +61,7 @@ func newStateDir(t *testing.T) string {
 }
 
 func cleanupStateDir(t *testing.T, dir string) {
-	if !fileExists(dir) {
+	if !supervise.FileExists(dir) {
 		return
 	}
 	r, err := New(testConfig(t, dir))
@@ -72,7 +73,7 @@ func cleanupStateDir(t *testing.T, dir string) {
 	defer cancel()
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		sup, _ := os.ReadFile(filepath.Join(dir, e.Name(), supervisorLogFile))
+		sup, _ := os.ReadFile(filepath.Join(dir, e.Name(), supervise.SupervisorLogFile))
 		if bytes.Contains(sup, []byte("DATA RACE")) {
 			t.Errorf("the supervisor of %s found a data race:\n%s", e.Name(), sup)
 		}
@@ -306,10 +307,10 @@ func TestReadLogsAcrossRotation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			if tc.oldExists {
-				os.WriteFile(filepath.Join(dir, logFile+".1"), []byte(tc.old), 0o644)
+				os.WriteFile(filepath.Join(dir, supervise.LogFile+".1"), []byte(tc.old), 0o644)
 			}
-			os.WriteFile(filepath.Join(dir, logFile), []byte(tc.cur), 0o644)
-			rc, err := readLogs(dir, tc.tail)
+			os.WriteFile(filepath.Join(dir, supervise.LogFile), []byte(tc.cur), 0o644)
+			rc, err := supervise.ReadLogs(dir, tc.tail)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -342,7 +343,7 @@ func TestFollowLogs(t *testing.T) {
 		if got != want.String() {
 			t.Errorf("followed logs:\n%s\nwant:\n%s", got, want.String())
 		}
-		if !fileExists(filepath.Join(dir, task.Id, logFile+".1")) {
+		if !supervise.FileExists(filepath.Join(dir, task.Id, supervise.LogFile+".1")) {
 			t.Error("the log never rotated")
 		}
 	})
@@ -379,7 +380,7 @@ func TestEnvDirAndPorts(t *testing.T) {
 	mustWait(t, r, b.Id)
 
 	envA := readEnvFile(t, filepath.Join(out, "env-"+a.Id))
-	home := filepath.Join(dir, a.Id, workDir)
+	home := filepath.Join(dir, a.Id, supervise.WorkDir)
 	for k, want := range map[string]string{
 		"HOME":               home,
 		"PATH":               defaultPath,
@@ -404,7 +405,7 @@ func TestEnvDirAndPorts(t *testing.T) {
 	if logs, want := mustLogs(t, r, a.Id, worker.LogOptions{}), inheritedSignalState(t); logs != want {
 		t.Errorf("task signal state:\n%s\nwant (as inherited by the test):\n%s", logs, want)
 	}
-	if !fileExists(filepath.Join(home, "written")) {
+	if !supervise.FileExists(filepath.Join(home, "written")) {
 		t.Error("the task could not write in its HOME")
 	}
 	if pwd, _ := os.ReadFile(filepath.Join(out, "pwd-"+b.Id)); strings.TrimSpace(string(pwd)) != out {
@@ -508,7 +509,7 @@ func TestUser(t *testing.T) {
 			if ex := mustWait(t, r, task.Id); ex.Code != 0 {
 				t.Fatalf("exit %+v, logs %q", ex, mustLogs(t, r, task.Id, worker.LogOptions{}))
 			}
-			b, err := os.ReadFile(filepath.Join(r.dir, task.Id, workDir, "id"))
+			b, err := os.ReadFile(filepath.Join(r.dir, task.Id, supervise.WorkDir, "id"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -679,8 +680,8 @@ func TestSupervisorKilled(t *testing.T) {
 	mustRun(t, r, task)
 	grandchild := readPidFile(t, filepath.Join(out, "grandchild"))
 	info := mustInspect(t, r, task.Id)
-	var sup supervisorRecord
-	if ok, err := readJSON(filepath.Join(dir, task.Id), supervisorFile, &sup); !ok || err != nil {
+	var sup supervise.SupervisorRecord
+	if ok, err := supervise.ReadJSON(filepath.Join(dir, task.Id), supervise.SupervisorFile, &sup); !ok || err != nil {
 		t.Fatalf("supervisor.json: %v", err)
 	}
 	if err := syscall.Kill(sup.Pid, syscall.SIGKILL); err != nil {
@@ -712,9 +713,9 @@ func TestLogRotationBounded(t *testing.T) {
 		t.Fatalf("exit %+v", ex)
 	}
 	var total int64
-	for _, name := range []string{logFile, logFile + ".1", logFile + ".2"} {
+	for _, name := range []string{supervise.LogFile, supervise.LogFile + ".1", supervise.LogFile + ".2"} {
 		fi, err := os.Stat(filepath.Join(dir, task.Id, name))
-		if name == logFile+".2" {
+		if name == supervise.LogFile+".2" {
 			if err == nil {
 				t.Error("more than one rotated file kept")
 			}
@@ -749,7 +750,7 @@ func TestRemove(t *testing.T) {
 	if err := r.Remove(testCtx(t, 20*time.Second), task.Id); err != nil {
 		t.Fatal(err)
 	}
-	if fileExists(filepath.Join(dir, task.Id)) {
+	if supervise.FileExists(filepath.Join(dir, task.Id)) {
 		t.Error("the task directory is still there")
 	}
 	if !processGone(pid) {
@@ -762,15 +763,15 @@ func cgroupsWritable() string {
 	if os.Geteuid() != 0 {
 		return "not running as root"
 	}
-	mounts, err := readCgroupMounts()
+	mounts, err := supervise.ReadCgroupMounts()
 	if err != nil {
 		return err.Error()
 	}
 	for _, m := range mounts {
-		v1 := m.fstype == "cgroup" && slices.Contains(strings.Split(m.superOpts, ","), "memory")
-		v2 := m.fstype == "cgroup2" && slices.Contains(strings.Fields(readString(filepath.Join(m.mount, "cgroup.controllers"))), "memory")
+		v1 := m.FSType == "cgroup" && slices.Contains(strings.Split(m.SuperOpts, ","), "memory")
+		v2 := m.FSType == "cgroup2" && slices.Contains(strings.Fields(readString(filepath.Join(m.Mount, "cgroup.controllers"))), "memory")
 		if v1 || v2 {
-			probe := filepath.Join(m.mount, testCgroupParent+"-probe")
+			probe := filepath.Join(m.Mount, testCgroupParent+"-probe")
 			if err := os.Mkdir(probe, 0o755); err != nil {
 				return "cannot create a cgroup: " + err.Error()
 			}
@@ -804,8 +805,8 @@ func TestCgroupLimits(t *testing.T) {
 		mustRun(t, r, task)
 		grandchild := readPidFile(t, filepath.Join(out, "grandchild"))
 		pid := mustInspect(t, r, task.Id).Pid
-		var plan cgroupPlan
-		if ok, err := readJSON(filepath.Join(r.dir, task.Id), cgroupFile, &plan); !ok || err != nil {
+		var plan supervise.CgroupPlan
+		if ok, err := supervise.ReadJSON(filepath.Join(r.dir, task.Id), supervise.CgroupFile, &plan); !ok || err != nil {
 			t.Fatalf("cgroup.json: %v", err)
 		}
 		want := map[string]string{}
@@ -827,7 +828,7 @@ func TestCgroupLimits(t *testing.T) {
 					}
 				}
 			}
-			pids, err := cgroupPids(e.Dir)
+			pids, err := supervise.CgroupPids(e.Dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -841,8 +842,8 @@ func TestCgroupLimits(t *testing.T) {
 			t.Errorf("found %d of the %d limit files in %+v", found, len(want), plan.Entries)
 		}
 		// The supervisor went back to its own cgroup.
-		var sup supervisorRecord
-		readJSON(filepath.Join(r.dir, task.Id), supervisorFile, &sup)
+		var sup supervise.SupervisorRecord
+		supervise.ReadJSON(filepath.Join(r.dir, task.Id), supervise.SupervisorFile, &sup)
 		if cg := readString(fmt.Sprintf("/proc/%d/cgroup", sup.Pid)); strings.Contains(cg, task.Id) {
 			t.Errorf("the supervisor stayed in the task's cgroup:\n%s", cg)
 		}
@@ -850,7 +851,7 @@ func TestCgroupLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, e := range plan.Entries {
-			if fileExists(e.Dir) {
+			if supervise.FileExists(e.Dir) {
 				t.Errorf("cgroup %s survived Remove", e.Dir)
 			}
 		}
@@ -878,8 +879,8 @@ func TestStopUnresponsiveSupervisor(t *testing.T) {
 	task := shTask(`exec sleep 1000`)
 	mustRun(t, r, task)
 	pid := mustInspect(t, r, task.Id).Pid
-	var sup supervisorRecord
-	if ok, err := readJSON(filepath.Join(dir, task.Id), supervisorFile, &sup); !ok || err != nil {
+	var sup supervise.SupervisorRecord
+	if ok, err := supervise.ReadJSON(filepath.Join(dir, task.Id), supervise.SupervisorFile, &sup); !ok || err != nil {
 		t.Fatalf("supervisor.json: %v", err)
 	}
 	// A supervisor that cannot act: Stop must kill everything itself.
@@ -909,13 +910,13 @@ func TestCgroupV2Placement(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("cgroups need root")
 	}
-	mounts, err := readCgroupMounts()
+	mounts, err := supervise.ReadCgroupMounts()
 	if err != nil {
 		t.Skipf("cannot read mounts: %v", err)
 	}
-	var v2 *mountInfo
+	var v2 *supervise.MountInfo
 	for _, m := range mounts {
-		if m.fstype == "cgroup2" {
+		if m.FSType == "cgroup2" {
 			v2 = &m
 			break
 		}
@@ -924,36 +925,36 @@ func TestCgroupV2Placement(t *testing.T) {
 		t.Skip("no cgroup v2 hierarchy mounted")
 	}
 	parent := testCgroupParent + "-v2"
-	if err := os.MkdirAll(filepath.Join(v2.mount, parent), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(v2.Mount, parent), 0o755); err != nil {
 		t.Skipf("cgroup v2 hierarchy not writable: %v", err)
 	}
-	t.Cleanup(func() { syscall.Rmdir(filepath.Join(v2.mount, parent)) })
+	t.Cleanup(func() { syscall.Rmdir(filepath.Join(v2.Mount, parent)) })
 
 	dir := newStateDir(t)
 	r := newRuntime(t, dir)
-	r.cgroups = &cgroupManager{version: 2, unified: &cgroupMount{v2.mount, v2.root}, parent: parent}
+	r.cgroups = supervise.NewCgroupV2Manager(v2.Mount, v2.Root, parent)
 	task := shTask(`sleep 1000 & cat /proc/self/cgroup; wait`)
 	mustRun(t, r, task)
 	want := "0::" + filepath.Join("/", parent, task.Id) + "\n"
 	waitLog(t, r, task.Id, want)
-	var sup supervisorRecord
-	readJSON(filepath.Join(dir, task.Id), supervisorFile, &sup)
+	var sup supervise.SupervisorRecord
+	supervise.ReadJSON(filepath.Join(dir, task.Id), supervise.SupervisorFile, &sup)
 	if cg := readString(fmt.Sprintf("/proc/%d/cgroup", sup.Pid)); strings.Contains(cg, task.Id) {
 		t.Errorf("the supervisor is in the task's cgroup:\n%s", cg)
 	}
-	if log := readString(filepath.Join(dir, task.Id, supervisorLogFile)); strings.Contains(log, "retrying by joining") {
+	if log := readString(filepath.Join(dir, task.Id, supervise.SupervisorLogFile)); strings.Contains(log, "retrying by joining") {
 		t.Errorf("clone into the cgroup failed:\n%s", log)
 	}
-	cgDir := filepath.Join(v2.mount, parent, task.Id)
+	cgDir := filepath.Join(v2.Mount, parent, task.Id)
 	// sh and sleep (cat, whose output was just read, may still be exiting).
 	eventually(t, 10*time.Second, fmt.Sprintf("cgroup %s to hold the task's 2 processes", cgDir), func() bool {
-		pids, _ := cgroupPids(cgDir)
+		pids, _ := supervise.CgroupPids(cgDir)
 		return len(pids) == 2
 	})
 	if err := r.Remove(testCtx(t, 20*time.Second), task.Id); err != nil {
 		t.Fatal(err)
 	}
-	if fileExists(cgDir) {
+	if supervise.FileExists(cgDir) {
 		t.Errorf("cgroup %s survived Remove", cgDir)
 	}
 }
@@ -1022,7 +1023,7 @@ func TestSecretsDir(t *testing.T) {
 		if ex := mustWait(t, r, task.Id); ex.Code != 0 {
 			t.Fatalf("user %q: exit %+v, logs %q", user, ex, mustLogs(t, r, task.Id, worker.LogOptions{}))
 		}
-		b, err := os.ReadFile(filepath.Join(r.dir, task.Id, workDir, "out"))
+		b, err := os.ReadFile(filepath.Join(r.dir, task.Id, supervise.WorkDir, "out"))
 		if err != nil || string(b) != "hunter2 port=80" {
 			t.Errorf("user %q: the task read %q, %v", user, b, err)
 		}

@@ -37,6 +37,7 @@ import (
 	"github.com/shoal-cluster/shoal/internal/keylock"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 var _ worker.Runtime = (*Runtime)(nil)
@@ -103,7 +104,7 @@ type Runtime struct {
 	supEnv      []string
 	log         *slog.Logger
 	maxLogBytes int64
-	cgroups     *cgroupManager // nil: no cgroups
+	cgroups     *supervise.CgroupManager // nil: no cgroups
 	isolation   string
 
 	locks  keylock.Map // per task: Prepare, Start, Stop, Remove
@@ -154,7 +155,7 @@ func New(cfg Config) (*Runtime, error) {
 				return nil, fmt.Errorf("process runtime: find the shoal executable: %w", err)
 			}
 		}
-		r.supCmd = []string{exe, SupervisorSubcommand}
+		r.supCmd = []string{exe, supervise.SupervisorSubcommand}
 	}
 	if _, err := os.Stat(r.supCmd[0]); err != nil {
 		return nil, fmt.Errorf("process runtime: supervisor executable: %w", err)
@@ -172,12 +173,12 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.DisableCgroups {
 		why = errors.New("disabled by configuration")
 	} else {
-		r.cgroups, why = detectCgroups(parent)
+		r.cgroups, why = supervise.DetectCgroups(parent)
 	}
 	if r.cgroups != nil {
-		r.isolation = fmt.Sprintf("%s: per-task memory and CPU limits enforced; %s", r.cgroups.describe(), common)
-		if !r.cgroups.hasCPU() {
-			r.isolation = fmt.Sprintf("%s: per-task memory limits enforced, CPU limits not enforced; %s", r.cgroups.describe(), common)
+		r.isolation = fmt.Sprintf("%s: per-task memory and CPU limits enforced; %s", r.cgroups.Describe(), common)
+		if !r.cgroups.HasCPU() {
+			r.isolation = fmt.Sprintf("%s: per-task memory limits enforced, CPU limits not enforced; %s", r.cgroups.Describe(), common)
 		}
 		r.log.Info("task resource limits are enforced with cgroups", "isolation", r.isolation)
 	} else {
@@ -222,13 +223,13 @@ func notFound(id string) error {
 }
 
 // readTaskSpec reads a task's spec; a task without one does not exist.
-func (r *Runtime) readTaskSpec(id string) (string, *taskSpec, error) {
+func (r *Runtime) readTaskSpec(id string) (string, *supervise.Spec, error) {
 	dir, ok := r.taskDir(id)
 	if !ok {
 		return "", nil, notFound(id)
 	}
-	var spec taskSpec
-	ok, err := readJSON(dir, specFile, &spec)
+	var spec supervise.Spec
+	ok, err := supervise.ReadJSON(dir, supervise.SpecFile, &spec)
 	if err != nil {
 		return "", nil, err
 	}
@@ -257,10 +258,10 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	} else if ok {
 		return startError(id, ex)
 	}
-	if fileExists(filepath.Join(dir, supervisorFile)) {
+	if supervise.FileExists(filepath.Join(dir, supervise.SupervisorFile)) {
 		return nil // started already
 	}
-	if alive, err := supervisorAlive(dir); err != nil {
+	if alive, err := supervise.SupervisorAlive(dir); err != nil {
 		return err
 	} else if alive { // launched by an earlier agent, still starting
 		return r.waitStarted(ctx, id, dir, nil)
@@ -268,12 +269,12 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 
 	// Stale leftovers of an attempt that never got as far as the
 	// supervisor recording itself.
-	os.Remove(filepath.Join(dir, stateFile))
+	os.Remove(filepath.Join(dir, supervise.StateFile))
 	if r.cgroups == nil && spec.MemoryBytes > 0 {
 		r.log.Warn("the task's memory limit is not enforced: no cgroups on this node", "task_id", id, "memory_bytes", spec.MemoryBytes)
 	}
 	if r.cgroups != nil {
-		plan, err := r.cgroups.create(id, spec.MemoryBytes, spec.NanoCPUs)
+		plan, err := r.cgroups.Create(id, spec.MemoryBytes, spec.NanoCPUs)
 		switch {
 		case err != nil && spec.MemoryBytes > 0:
 			r.log.Warn("the task's memory limit is not enforced", "task_id", id, "err", err)
@@ -281,13 +282,13 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 			r.log.Info("the task's cgroup is incomplete", "task_id", id, "err", err)
 		}
 		if plan != nil {
-			if err := writeJSONAtomic(dir, cgroupFile, plan, 0o644); err != nil {
+			if err := supervise.WriteJSONAtomic(dir, supervise.CgroupFile, plan, 0o644); err != nil {
 				return err
 			}
 		}
 	}
 
-	logf, err := os.OpenFile(filepath.Join(dir, supervisorLogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	logf, err := os.OpenFile(filepath.Join(dir, supervise.SupervisorLogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return fmt.Errorf("start task %s: open supervisor log: %w", id, err)
 	}
@@ -339,12 +340,12 @@ func (r *Runtime) waitStarted(ctx context.Context, id, dir string, done <-chan s
 		} else if ok {
 			return startError(id, ex)
 		}
-		if fileExists(filepath.Join(dir, stateFile)) {
+		if supervise.FileExists(filepath.Join(dir, supervise.StateFile)) {
 			return nil
 		}
 		if exited {
 			return fmt.Errorf("start task %s: the supervisor exited without starting it: %s", id,
-				lastLines(filepath.Join(dir, supervisorLogFile), 3))
+				supervise.LastLines(filepath.Join(dir, supervise.SupervisorLogFile), 3))
 		}
 		select {
 		case <-ctx.Done():
@@ -358,20 +359,21 @@ func (r *Runtime) waitStarted(ctx context.Context, id, dir string, done <-chan s
 	}
 }
 
-func startError(id string, ex exitRecord) error {
+func startError(id string, ex supervise.ExitRecord) error {
 	if ex.StartFailed {
 		return &worker.PermanentError{Err: fmt.Errorf("start task %s: %s", id, ex.Message)}
 	}
 	return nil
 }
 
-func readExit(dir string) (exitRecord, bool, error) {
-	var ex exitRecord
-	ok, err := readJSON(dir, exitFile, &ex)
+func readExit(dir string) (supervise.ExitRecord, bool, error) {
+	var ex supervise.ExitRecord
+	ok, err := supervise.ReadJSON(dir, supervise.ExitFile, &ex)
 	return ex, ok, err
 }
 
-func (ex exitRecord) exit() worker.Exit {
+// exitOf is how a task's exit.json reads as the agent reports it.
+func exitOf(ex supervise.ExitRecord) worker.Exit {
 	return worker.Exit{Code: ex.Code, Signal: ex.Signal, Message: ex.Message, ExitedAt: ex.ExitedAt}
 }
 
@@ -380,21 +382,21 @@ func (r *Runtime) runState(id, dir string) (worker.RunState, int, worker.Exit, e
 	if ex, ok, err := readExit(dir); err != nil {
 		return 0, 0, worker.Exit{}, err
 	} else if ok {
-		return worker.RunExited, 0, ex.exit(), nil
+		return worker.RunExited, 0, exitOf(ex), nil
 	}
-	if !fileExists(filepath.Join(dir, supervisorFile)) {
-		if !fileExists(filepath.Join(dir, specFile)) {
+	if !supervise.FileExists(filepath.Join(dir, supervise.SupervisorFile)) {
+		if !supervise.FileExists(filepath.Join(dir, supervise.SpecFile)) {
 			return 0, 0, worker.Exit{}, notFound(id)
 		}
 		return worker.RunCreated, 0, worker.Exit{}, nil
 	}
-	alive, err := supervisorAlive(dir)
+	alive, err := supervise.SupervisorAlive(dir)
 	if err != nil {
 		return 0, 0, worker.Exit{}, err
 	}
 	if alive {
-		var st stateRecord
-		if _, err := readJSON(dir, stateFile, &st); err != nil {
+		var st supervise.StateRecord
+		if _, err := supervise.ReadJSON(dir, supervise.StateFile, &st); err != nil {
 			return 0, 0, worker.Exit{}, err
 		}
 		return worker.RunRunning, st.Pid, worker.Exit{}, nil
@@ -406,7 +408,7 @@ func (r *Runtime) runState(id, dir string) (worker.RunState, int, worker.Exit, e
 	if err != nil {
 		return 0, 0, worker.Exit{}, err
 	}
-	return worker.RunExited, 0, ex.exit(), nil
+	return worker.RunExited, 0, exitOf(ex), nil
 }
 
 var errSupervisorAlive = errors.New("the supervisor is alive")
@@ -415,29 +417,29 @@ var errSupervisorAlive = errors.New("the supervisor is alive")
 // it returns the recorded exit if there is one, or else kills whatever is
 // left of the task and records an exit with code -1 (message, or one
 // saying the supervisor died).
-func (r *Runtime) recordSupervisorDeath(id, dir, message string) (exitRecord, error) {
-	lock, err := tryLock(dir)
+func (r *Runtime) recordSupervisorDeath(id, dir, message string) (supervise.ExitRecord, error) {
+	lock, err := supervise.TryLock(dir)
 	if err != nil {
-		return exitRecord{}, err
+		return supervise.ExitRecord{}, err
 	}
 	if lock == nil {
-		return exitRecord{}, errSupervisorAlive
+		return supervise.ExitRecord{}, errSupervisorAlive
 	}
 	defer lock.Close()
 	if ex, ok, err := readExit(dir); err != nil || ok {
 		return ex, err
 	}
-	var sup supervisorRecord
-	var st stateRecord
-	_, _ = readJSON(dir, supervisorFile, &sup)
-	_, _ = readJSON(dir, stateFile, &st)
+	var sup supervise.SupervisorRecord
+	var st supervise.StateRecord
+	_, _ = supervise.ReadJSON(dir, supervise.SupervisorFile, &sup)
+	_, _ = supervise.ReadJSON(dir, supervise.StateFile, &st)
 	r.killLeftovers(id, dir, st.Pid)
 	if message == "" {
 		message = fmt.Sprintf("the task's supervisor (pid %d) died without recording its exit; the task's processes were killed", sup.Pid)
 	}
-	ex := exitRecord{Code: -1, Message: message, ExitedAt: time.Now()}
-	if err := writeJSONAtomic(dir, exitFile, ex, 0o644); err != nil {
-		return exitRecord{}, err
+	ex := supervise.ExitRecord{Code: -1, Message: message, ExitedAt: time.Now()}
+	if err := supervise.WriteJSONAtomic(dir, supervise.ExitFile, ex, 0o644); err != nil {
+		return supervise.ExitRecord{}, err
 	}
 	r.log.Warn("task supervisor died", "task_id", id, "supervisor_pid", sup.Pid, "pid", st.Pid)
 	ex, _, err = readExit(dir) // exactly as every later reader sees it
@@ -452,14 +454,14 @@ func (r *Runtime) killLeftovers(id, dir string, pgid int) {
 	if pgid > 0 {
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	}
-	killCgroup(r.cgroupDirs(id, dir))
+	supervise.KillCgroup(r.cgroupDirs(id, dir))
 }
 
 // cgroupDirs are a task's cgroup directories.
 func (r *Runtime) cgroupDirs(id, dir string) []string {
-	var plan cgroupPlan
-	if ok, _ := readJSON(dir, cgroupFile, &plan); ok {
-		return plan.dirs()
+	var plan supervise.CgroupPlan
+	if ok, _ := supervise.ReadJSON(dir, supervise.CgroupFile, &plan); ok {
+		return plan.Dirs()
 	}
 	return nil
 }
@@ -528,16 +530,16 @@ func (r *Runtime) stop(ctx context.Context, id string, grace time.Duration) erro
 	case worker.RunExited:
 		return nil
 	case worker.RunCreated:
-		lock, err := tryLock(dir)
+		lock, err := supervise.TryLock(dir)
 		if err != nil {
 			return err
 		}
 		if lock != nil {
-			if fileExists(filepath.Join(dir, exitFile)) || fileExists(filepath.Join(dir, supervisorFile)) {
+			if supervise.FileExists(filepath.Join(dir, supervise.ExitFile)) || supervise.FileExists(filepath.Join(dir, supervise.SupervisorFile)) {
 				lock.Close()
 				return r.stop(ctx, id, grace) // raced with a start
 			}
-			err := writeJSONAtomic(dir, exitFile, exitRecord{Message: "stopped before it was started", ExitedAt: time.Now()}, 0o644)
+			err := supervise.WriteJSONAtomic(dir, supervise.ExitFile, supervise.ExitRecord{Message: "stopped before it was started", ExitedAt: time.Now()}, 0o644)
 			lock.Close()
 			return err
 		}
@@ -546,7 +548,7 @@ func (r *Runtime) stop(ctx context.Context, id string, grace time.Duration) erro
 
 	// The supervisor reads the grace period from stop.json, or declines to
 	// start the task when it finds the file before starting it.
-	if err := writeJSONAtomic(dir, stopFile, stopRecord{Grace: grace, RequestedAt: time.Now()}, 0o644); err != nil {
+	if err := supervise.WriteJSONAtomic(dir, supervise.StopFile, supervise.StopRecord{Grace: grace, RequestedAt: time.Now()}, 0o644); err != nil {
 		return err
 	}
 	if err := r.signalSupervisor(dir, syscall.SIGTERM); err != nil {
@@ -559,12 +561,12 @@ func (r *Runtime) stop(ctx context.Context, id string, grace time.Duration) erro
 
 	// The supervisor did not record the exit in time: kill everything.
 	r.log.Warn("the task's supervisor did not stop it in time; killing it", "task_id", id, "grace", grace)
-	var st stateRecord
-	_, _ = readJSON(dir, stateFile, &st)
+	var st supervise.StateRecord
+	_, _ = supervise.ReadJSON(dir, supervise.StateFile, &st)
 	if st.Pid > 0 {
 		_ = syscall.Kill(-st.Pid, syscall.SIGKILL)
 	}
-	killCgroup(r.cgroupDirs(id, dir))
+	supervise.KillCgroup(r.cgroupDirs(id, dir))
 	if done, err := r.waitExited(ctx, id, dir, time.Now().Add(time.Second)); done || err != nil {
 		return err
 	}
@@ -592,12 +594,12 @@ func (r *Runtime) stop(ctx context.Context, id string, grace time.Duration) erro
 // in supervisor.json is the lock holder's own, so it cannot have been
 // reused while the lock is held.
 func (r *Runtime) signalSupervisor(dir string, sig syscall.Signal) error {
-	var sup supervisorRecord
-	ok, err := readJSON(dir, supervisorFile, &sup)
+	var sup supervise.SupervisorRecord
+	ok, err := supervise.ReadJSON(dir, supervise.SupervisorFile, &sup)
 	if err != nil || !ok || sup.Pid <= 0 {
 		return err // not yet recorded: it will find stop.json
 	}
-	if alive, err := supervisorAlive(dir); err != nil || !alive {
+	if alive, err := supervise.SupervisorAlive(dir); err != nil || !alive {
 		return err
 	}
 	if err := syscall.Kill(sup.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -640,11 +642,11 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	}
 	defer unlock()
 	dir, ok := r.taskDir(id)
-	if !ok || !fileExists(dir) {
+	if !ok || !supervise.FileExists(dir) {
 		return nil
 	}
-	var spec taskSpec
-	if ok, _ := readJSON(dir, specFile, &spec); ok {
+	var spec supervise.Spec
+	if ok, _ := supervise.ReadJSON(dir, supervise.SpecFile, &spec); ok {
 		grace := spec.StopGrace
 		if grace <= 0 {
 			grace = defaultStopGrace
@@ -656,7 +658,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	// Let a supervisor that just recorded the exit finish exiting.
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		alive, err := supervisorAlive(dir)
+		alive, err := supervise.SupervisorAlive(dir)
 		if err != nil || !alive {
 			break
 		}
@@ -671,9 +673,9 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	}
 	dirs := r.cgroupDirs(id, dir)
 	if len(dirs) == 0 {
-		dirs = r.cgroups.planDirs(id)
+		dirs = r.cgroups.PlanDirs(id)
 	}
-	if err := removeCgroups(dirs, time.Now().Add(2*time.Second)); err != nil {
+	if err := supervise.RemoveCgroups(dirs, time.Now().Add(2*time.Second)); err != nil {
 		r.log.Warn("cannot remove the task's cgroup", "task_id", id, "err", err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
@@ -696,7 +698,7 @@ func (r *Runtime) Inspect(ctx context.Context, id string) (worker.TaskInfo, erro
 	if err != nil {
 		return worker.TaskInfo{}, err
 	}
-	return worker.TaskInfo{TaskID: id, State: state, Pid: pid, Exit: ex, Ports: spec.portBindings()}, nil
+	return worker.TaskInfo{TaskID: id, State: state, Pid: pid, Exit: ex, Ports: portBindings(spec)}, nil
 }
 
 // List reports every task in the runtime's directory, by ID.
@@ -738,16 +740,20 @@ func (r *Runtime) Logs(ctx context.Context, id string, opts worker.LogOptions) (
 		return nil, err
 	}
 	if opts.Follow {
-		return followLogs(ctx, dir, opts.Tail, 100*time.Millisecond)
+		return supervise.FollowLogs(ctx, dir, opts.Tail, 100*time.Millisecond)
 	}
-	return readLogs(dir, opts.Tail)
+	return supervise.ReadLogs(dir, opts.Tail)
 }
 
 // portBindings are the task's ports as the agent reports them.
-func (s *taskSpec) portBindings() []*pb.PortBinding {
+func portBindings(s *supervise.Spec) []*pb.PortBinding {
 	var out []*pb.PortBinding
 	for _, p := range s.Ports {
-		out = append(out, p.proto())
+		b := &pb.PortBinding{TargetPort: p.TargetPort, HostIp: p.HostIP, HostPort: p.HostPort}
+		if p.Protocol == "udp" {
+			b.Protocol = pb.PortProtocol_PORT_PROTOCOL_UDP
+		}
+		out = append(out, b)
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // Usage reads a task's CPU and memory use from its cgroup: cgroup v1's
@@ -23,15 +24,15 @@ func (r *Runtime) Usage(_ context.Context, id string) (worker.Usage, error) {
 	if !ok {
 		return worker.Usage{}, worker.ErrTaskNotFound
 	}
-	var plan cgroupPlan
-	ok, err := readJSON(dir, cgroupFile, &plan)
+	var plan supervise.CgroupPlan
+	ok, err := supervise.ReadJSON(dir, supervise.CgroupFile, &plan)
 	if err != nil {
 		return worker.Usage{}, fmt.Errorf("task %s: %w", id, err)
 	}
 	if !ok {
 		return worker.Usage{}, fmt.Errorf("task %s has no cgroup: its use cannot be measured", id)
 	}
-	u, err := plan.usage()
+	u, err := usage(&plan)
 	if err != nil {
 		return worker.Usage{}, fmt.Errorf("task %s: %w", id, err)
 	}
@@ -39,7 +40,7 @@ func (r *Runtime) Usage(_ context.Context, id string) (worker.Usage, error) {
 }
 
 // usage reads the plan's cgroup files.
-func (p *cgroupPlan) usage() (worker.Usage, error) {
+func usage(p *supervise.CgroupPlan) (worker.Usage, error) {
 	u := worker.Usage{MemoryLimit: p.MemoryBytes}
 	var cpuOK, memOK, acct bool
 	for _, e := range p.Entries {

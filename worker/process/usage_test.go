@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/shoal-cluster/shoal/worker"
+	"github.com/shoal-cluster/shoal/worker/process/supervise"
 )
 
 // TestCgroupUsage reads fixture cgroup files of both versions, as the
@@ -16,13 +17,13 @@ func TestCgroupUsage(t *testing.T) {
 	dir := func(p string) string { return filepath.Join("testdata", "cgroup", p) }
 	tests := []struct {
 		name    string
-		plan    cgroupPlan
+		plan    supervise.CgroupPlan
 		want    worker.Usage
 		wantErr bool
 	}{
 		{
 			name: "v1 with cpuacct apart from cpu",
-			plan: cgroupPlan{Version: 1, MemoryBytes: 64 << 20, Entries: []cgroupEntry{
+			plan: supervise.CgroupPlan{Version: 1, MemoryBytes: 64 << 20, Entries: []supervise.CgroupEntry{
 				{Controller: "memory", Dir: dir("v1/memory")},
 				{Controller: "cpu", Dir: dir("v1/memory")}, // no cpuacct.usage here
 				{Controller: "cpuacct", Dir: dir("v1/cpuacct")},
@@ -31,7 +32,7 @@ func TestCgroupUsage(t *testing.T) {
 		},
 		{
 			name: "v1 with cpu and cpuacct mounted together",
-			plan: cgroupPlan{Version: 1, Entries: []cgroupEntry{
+			plan: supervise.CgroupPlan{Version: 1, Entries: []supervise.CgroupEntry{
 				{Controller: "memory", Dir: dir("v1/memory")},
 				{Controller: "cpu", Dir: dir("v1/cpu-cpuacct")},
 			}},
@@ -39,28 +40,28 @@ func TestCgroupUsage(t *testing.T) {
 		},
 		{
 			name:    "v1 without CPU accounting",
-			plan:    cgroupPlan{Version: 1, Entries: []cgroupEntry{{Controller: "memory", Dir: dir("v1/memory")}}},
+			plan:    supervise.CgroupPlan{Version: 1, Entries: []supervise.CgroupEntry{{Controller: "memory", Dir: dir("v1/memory")}}},
 			wantErr: true,
 		},
 		{
 			name: "v2",
-			plan: cgroupPlan{Version: 2, MemoryBytes: 32 << 20, Entries: []cgroupEntry{{Dir: dir("v2")}}},
+			plan: supervise.CgroupPlan{Version: 2, MemoryBytes: 32 << 20, Entries: []supervise.CgroupEntry{{Dir: dir("v2")}}},
 			want: worker.Usage{CPUTotal: 1500000000, MemoryBytes: 20971520 - 4194304, MemoryLimit: 32 << 20},
 		},
 		{
 			name:    "v2 cpu.stat without usage_usec",
-			plan:    cgroupPlan{Version: 2, Entries: []cgroupEntry{{Dir: dir("v2-bad")}}},
+			plan:    supervise.CgroupPlan{Version: 2, Entries: []supervise.CgroupEntry{{Dir: dir("v2-bad")}}},
 			wantErr: true,
 		},
 		{
 			name:    "v2 cgroup gone",
-			plan:    cgroupPlan{Version: 2, Entries: []cgroupEntry{{Dir: dir("nonexistent")}}},
+			plan:    supervise.CgroupPlan{Version: 2, Entries: []supervise.CgroupEntry{{Dir: dir("nonexistent")}}},
 			wantErr: true,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := tt.plan.usage()
+			got, err := usage(&tt.plan)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("usage() error = %v, want error %v", err, tt.wantErr)
 			}
@@ -83,7 +84,7 @@ func BenchmarkUsage100Tasks(b *testing.B) {
 		}
 		return a
 	}
-	plan := cgroupPlan{Version: 1, MemoryBytes: 64 << 20, Entries: []cgroupEntry{
+	plan := supervise.CgroupPlan{Version: 1, MemoryBytes: 64 << 20, Entries: []supervise.CgroupEntry{
 		{Controller: "memory", Dir: abs("v1/memory")},
 		{Controller: "cpu", Dir: abs("v1/memory")},
 		{Controller: "cpuacct", Dir: abs("v1/cpuacct")},
@@ -95,7 +96,7 @@ func BenchmarkUsage100Tasks(b *testing.B) {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			b.Fatal(err)
 		}
-		if err := writeJSONAtomic(dir, cgroupFile, &plan, 0o644); err != nil {
+		if err := supervise.WriteJSONAtomic(dir, supervise.CgroupFile, &plan, 0o644); err != nil {
 			b.Fatal(err)
 		}
 		ids = append(ids, id)

@@ -12,6 +12,10 @@
 //	print OUT ERR write the line OUT to stdout and the line ERR to stderr
 //	              (an empty one is not written), then exit 0
 //	ignore-term   ignore SIGTERM, print "ready", then run until killed
+//	late-trap MS  leave SIGTERM at its default action, print "starting",
+//	              and only after MS milliseconds handle it: print "ready",
+//	              run until SIGTERM and exit 0 (a program slow to set up
+//	              its signal handling)
 //	serve PORT    listen on TCP port PORT (on $SHOAL_HOST_IP:$PORT_<PORT>
 //	              when the runtime chose the port, as the process runtime
 //	              does), print "ready", greet every connection with
@@ -75,6 +79,29 @@ func Main(args []string) int {
 		for { // not select{}: with nothing else to wake it, Go calls that a deadlock
 			time.Sleep(time.Hour)
 		}
+	case "late-trap":
+		if len(args) != 2 {
+			return usage("late-trap wants milliseconds")
+		}
+		ms, err := strconv.Atoi(args[1])
+		if err != nil {
+			return usage(err.Error())
+		}
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		// The default action, as before a program installs its handler.
+		restore, err := defaultAction(syscall.SIGTERM)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println("starting")
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		restore()
+		fmt.Println("ready")
+		<-term
+		fmt.Println("got SIGTERM")
+		return 0
 	case "serve":
 		if len(args) != 2 {
 			return usage("serve wants a port")
@@ -85,7 +112,7 @@ func Main(args []string) int {
 }
 
 func usage(why string) int {
-	fmt.Fprintf(os.Stderr, "conformance task: %s (want sleep, exit CODE, print OUT ERR, ignore-term or serve PORT)\n", why)
+	fmt.Fprintf(os.Stderr, "conformance task: %s (want sleep, exit CODE, print OUT ERR, ignore-term, late-trap MS or serve PORT)\n", why)
 	return 2
 }
 

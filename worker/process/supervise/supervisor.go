@@ -1,4 +1,4 @@
-package process
+package supervise
 
 import (
 	"errors"
@@ -16,15 +16,16 @@ import (
 )
 
 // SupervisorSubcommand is the hidden shoal subcommand that runs a task's
-// supervisor. The default supervisor command line is
+// supervisor when no standalone supervisor (Binary) is installed next to
+// shoal:
 //
-//	<Config.Executable> __supervise [-grace DURATION] TASK_DIR
+//	shoal __supervise [-grace DURATION] TASK_DIR
 //
 // and cmd/shoal must dispatch it, before any other flag parsing or setup,
 // as
 //
-//	if len(os.Args) > 1 && os.Args[1] == process.SupervisorSubcommand {
-//		os.Exit(process.Supervise(os.Args[2:]))
+//	if len(os.Args) > 1 && os.Args[1] == supervise.SupervisorSubcommand {
+//		os.Exit(supervise.Supervise(os.Args[2:]))
 //	}
 const SupervisorSubcommand = "__supervise"
 
@@ -58,14 +59,18 @@ const (
 // status), 1 when it could not, 2 for a usage error, 3 when another
 // supervisor owns the task.
 func Supervise(args []string) int {
+	if len(args) == 1 && args[0] == ProtocolFlag {
+		fmt.Println(Protocol)
+		return 0
+	}
 	fs := flag.NewFlagSet(SupervisorSubcommand, flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
-	grace := fs.Duration("grace", defaultStopGrace, "how long a stopped task gets between SIGTERM and SIGKILL")
+	grace := fs.Duration("grace", DefaultStopGrace, "how long a stopped task gets between SIGTERM and SIGKILL")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 || !filepath.IsAbs(fs.Arg(0)) {
-		fmt.Fprintf(os.Stderr, "usage: shoal %s [-grace DURATION] TASK_DIR (absolute)\n", SupervisorSubcommand)
+		fmt.Fprintf(os.Stderr, "usage: %s [-grace DURATION] TASK_DIR (absolute), or %s %s\n", Binary, Binary, ProtocolFlag)
 		return 2
 	}
 	s := &supervisor{
@@ -113,17 +118,17 @@ func (s *supervisor) run() int {
 
 	// Exactly once: a supervisor that finds supervisor.json was started
 	// twice (an agent retry), or after one that died.
-	if fileExists(filepath.Join(s.dir, supervisorFile)) || fileExists(filepath.Join(s.dir, exitFile)) {
+	if FileExists(filepath.Join(s.dir, SupervisorFile)) || FileExists(filepath.Join(s.dir, ExitFile)) {
 		s.log.Warn("the task was already started by another supervisor, or stopped; exiting")
 		return 3
 	}
-	if err := writeJSONAtomic(s.dir, supervisorFile, supervisorRecord{Pid: os.Getpid(), StartedAt: time.Now()}, 0o644); err != nil {
+	if err := WriteJSONAtomic(s.dir, SupervisorFile, SupervisorRecord{Pid: os.Getpid(), StartedAt: time.Now()}, 0o644); err != nil {
 		s.log.Error("cannot record the supervisor", "err", err)
 		return 1
 	}
 
-	var spec taskSpec
-	if ok, err := readJSON(s.dir, specFile, &spec); err != nil || !ok {
+	var spec Spec
+	if ok, err := ReadJSON(s.dir, SpecFile, &spec); err != nil || !ok {
 		if err == nil {
 			err = errors.New("spec.json is missing")
 		}
@@ -132,11 +137,11 @@ func (s *supervisor) run() int {
 	s.log = s.log.With("task_id", spec.TaskID)
 
 	// A stop that came before the start: do not start.
-	if fileExists(filepath.Join(s.dir, stopFile)) || pending(sigc) {
-		return s.recordExit(exitRecord{Message: "stopped before it was started", ExitedAt: time.Now()})
+	if FileExists(filepath.Join(s.dir, StopFile)) || pending(sigc) {
+		return s.recordExit(ExitRecord{Message: "stopped before it was started", ExitedAt: time.Now()})
 	}
 
-	logw, err := openRotating(filepath.Join(s.dir, logFile), spec.MaxLogBytes)
+	logw, err := openRotating(filepath.Join(s.dir, LogFile), spec.MaxLogBytes)
 	if err != nil {
 		return s.startFailed(err)
 	}
@@ -145,9 +150,9 @@ func (s *supervisor) run() int {
 		logw.Close()
 		return s.startFailed(fmt.Errorf("create the output pipe: %w", err))
 	}
-	var plan *cgroupPlan
-	var p cgroupPlan
-	if ok, err := readJSON(s.dir, cgroupFile, &p); err != nil {
+	var plan *CgroupPlan
+	var p CgroupPlan
+	if ok, err := ReadJSON(s.dir, CgroupFile, &p); err != nil {
 		s.log.Warn("cannot read the task's cgroups; running without", "err", err)
 	} else if ok && len(p.Entries) > 0 {
 		plan = &p
@@ -163,7 +168,7 @@ func (s *supervisor) run() int {
 	}
 	pid := cmd.Process.Pid
 	s.log.Info("task started", "pid", pid, "argv", spec.Argv)
-	if err := writeJSONAtomic(s.dir, stateFile, stateRecord{Pid: pid, StartedAt: time.Now()}, 0o644); err != nil {
+	if err := WriteJSONAtomic(s.dir, StateFile, StateRecord{Pid: pid, StartedAt: time.Now()}, 0o644); err != nil {
 		s.log.Error("cannot record the task's pid", "err", err)
 	}
 
@@ -193,8 +198,8 @@ loop:
 			}
 			stopping = true
 			stopGrace = s.grace
-			var req stopRecord
-			if ok, err := readJSON(s.dir, stopFile, &req); err == nil && ok {
+			var req StopRecord
+			if ok, err := ReadJSON(s.dir, StopFile, &req); err == nil && ok {
 				stopGrace = max(req.Grace, 0)
 			}
 			s.log.Info("stopping the task", "signal", sig, "grace", stopGrace)
@@ -214,7 +219,7 @@ loop:
 
 	// The task's main process is gone: nothing of the task outlives it.
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	killCgroup(plan.dirs())
+	KillCgroup(plan.Dirs())
 	select {
 	case <-copied:
 	case <-time.After(logDrainWait):
@@ -228,7 +233,7 @@ loop:
 	}
 
 	ex := describeExit(cmd.ProcessState, waitErr)
-	if ex.Signal == "SIGKILL" && !killed && plan.oomKills() > 0 {
+	if ex.Signal == "SIGKILL" && !killed && plan.OOMKills() > 0 {
 		ex.OOMKilled = true
 		ex.Message = fmt.Sprintf("out of memory: killed by the kernel at its memory limit (%d bytes)", plan.MemoryBytes)
 	}
@@ -246,7 +251,7 @@ loop:
 func (s *supervisor) lock() (*os.File, error) {
 	deadline := time.Now().Add(lockWait)
 	for {
-		f, err := tryLock(s.dir)
+		f, err := TryLock(s.dir)
 		if err != nil || f != nil || time.Now().After(deadline) {
 			return f, err
 		}
@@ -255,7 +260,7 @@ func (s *supervisor) lock() (*os.File, error) {
 }
 
 // start starts the task in its own process group and cgroup.
-func (s *supervisor) start(spec *taskSpec, plan *cgroupPlan, out *os.File) (*exec.Cmd, error) {
+func (s *supervisor) start(spec *Spec, plan *CgroupPlan, out *os.File) (*exec.Cmd, error) {
 	if len(spec.Argv) == 0 {
 		return nil, errors.New("the task spec has no command")
 	}
@@ -289,7 +294,7 @@ func (s *supervisor) start(spec *taskSpec, plan *cgroupPlan, out *os.File) (*exe
 	}
 	// Join the cgroup, fork the task inside it, leave.
 	cmd := newCmd()
-	leave, err := plan.join()
+	leave, err := plan.Join()
 	if err != nil {
 		s.log.Warn("cannot join the task's cgroup; the task runs without its limits", "err", err)
 		return cmd, cmd.Start()
@@ -302,11 +307,11 @@ func (s *supervisor) start(spec *taskSpec, plan *cgroupPlan, out *os.File) (*exe
 // startFailed records that the task never ran.
 func (s *supervisor) startFailed(err error) int {
 	s.log.Error("cannot start the task", "err", err)
-	return s.recordExit(exitRecord{Code: -1, Message: "failed to start: " + err.Error(), ExitedAt: time.Now(), StartFailed: true})
+	return s.recordExit(ExitRecord{Code: -1, Message: "failed to start: " + err.Error(), ExitedAt: time.Now(), StartFailed: true})
 }
 
-func (s *supervisor) recordExit(ex exitRecord) int {
-	if err := writeJSONAtomic(s.dir, exitFile, ex, 0o644); err != nil {
+func (s *supervisor) recordExit(ex ExitRecord) int {
+	if err := WriteJSONAtomic(s.dir, ExitFile, ex, 0o644); err != nil {
 		s.log.Error("cannot record the task's exit", "err", err, "exit", ex.Message)
 		return 1
 	}
@@ -325,8 +330,8 @@ func pending(c <-chan os.Signal) bool {
 
 // describeExit turns a wait status into an exit record. A task killed by a
 // signal gets code 128+signal, as shells report it.
-func describeExit(ps *os.ProcessState, waitErr error) exitRecord {
-	ex := exitRecord{ExitedAt: time.Now()}
+func describeExit(ps *os.ProcessState, waitErr error) ExitRecord {
+	ex := ExitRecord{ExitedAt: time.Now()}
 	if ps == nil {
 		ex.Code = -1
 		ex.Message = fmt.Sprintf("lost the task: %v", waitErr)

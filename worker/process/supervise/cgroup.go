@@ -1,4 +1,4 @@
-package process
+package supervise
 
 import (
 	"bufio"
@@ -24,7 +24,7 @@ import (
 const cpuPeriodMicros = 100000
 
 // cgroupEntry is one task cgroup directory.
-type cgroupEntry struct {
+type CgroupEntry struct {
 	// Controller is "memory" or "cpu" (v1) or "" (v2).
 	Controller string `json:"controller,omitempty"`
 	// Mount is the hierarchy's mount point and MountRoot the cgroup path
@@ -36,15 +36,15 @@ type cgroupEntry struct {
 }
 
 // cgroupPlan is cgroup.json: where a task's processes go.
-type cgroupPlan struct {
+type CgroupPlan struct {
 	Version     int           `json:"version"`
-	Entries     []cgroupEntry `json:"entries"`
+	Entries     []CgroupEntry `json:"entries"`
 	MemoryBytes int64         `json:"memory_bytes,omitempty"`
 	NanoCPUs    int64         `json:"nano_cpus,omitempty"`
 }
 
 // cgroupManager creates and removes task cgroups.
-type cgroupManager struct {
+type CgroupManager struct {
 	version int
 	// v1: the memory and cpu hierarchies (cpu may be absent), and the
 	// cpuacct hierarchy where it is mounted apart from cpu (it measures a
@@ -60,13 +60,20 @@ type cgroupMount struct {
 
 func (m *cgroupMount) parentDir(parent string) string { return filepath.Join(m.mount, parent) }
 
-// detectCgroups finds writable cgroup hierarchies and creates the parent
+// NewCgroupV2Manager uses only the cgroup v2 hierarchy mounted at mount
+// (whose root in this namespace is root), with tasks' cgroups under
+// parent, which must exist.
+func NewCgroupV2Manager(mount, root, parent string) *CgroupManager {
+	return &CgroupManager{version: 2, unified: &cgroupMount{mount, root}, parent: parent}
+}
+
+// DetectCgroups finds writable cgroup hierarchies and creates the parent
 // cgroup(s). It returns why cgroups cannot be used when they cannot.
-func detectCgroups(parent string) (*cgroupManager, error) {
+func DetectCgroups(parent string) (*CgroupManager, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the agent is not running as root")
 	}
-	mounts, err := readCgroupMounts()
+	mounts, err := ReadCgroupMounts()
 	if err != nil {
 		return nil, err
 	}
@@ -74,33 +81,33 @@ func detectCgroups(parent string) (*cgroupManager, error) {
 	// actually holds the memory controller; in hybrid mode the v2 mount has
 	// no controllers and v1 is used).
 	for _, m := range mounts {
-		if m.fstype != "cgroup2" {
+		if m.FSType != "cgroup2" {
 			continue
 		}
-		ctrls, err := os.ReadFile(filepath.Join(m.mount, "cgroup.controllers"))
+		ctrls, err := os.ReadFile(filepath.Join(m.Mount, "cgroup.controllers"))
 		if err != nil || !slices.Contains(strings.Fields(string(ctrls)), "memory") {
 			continue
 		}
-		cm := &cgroupManager{version: 2, unified: &cgroupMount{m.mount, m.root}, parent: parent}
+		cm := &CgroupManager{version: 2, unified: &cgroupMount{m.Mount, m.Root}, parent: parent}
 		if err := cm.setupV2(); err != nil {
 			return nil, err
 		}
 		return cm, nil
 	}
-	cm := &cgroupManager{version: 1, parent: parent}
+	cm := &CgroupManager{version: 1, parent: parent}
 	for _, m := range mounts {
-		if m.fstype != "cgroup" {
+		if m.FSType != "cgroup" {
 			continue
 		}
-		opts := strings.Split(m.superOpts, ",")
+		opts := strings.Split(m.SuperOpts, ",")
 		if slices.Contains(opts, "memory") && cm.memory == nil {
-			cm.memory = &cgroupMount{m.mount, m.root}
+			cm.memory = &cgroupMount{m.Mount, m.Root}
 		}
 		if slices.Contains(opts, "cpu") && cm.cpu == nil {
-			cm.cpu = &cgroupMount{m.mount, m.root}
+			cm.cpu = &cgroupMount{m.Mount, m.Root}
 		}
 		if slices.Contains(opts, "cpuacct") && !slices.Contains(opts, "cpu") && cm.cpuacct == nil {
-			cm.cpuacct = &cgroupMount{m.mount, m.root}
+			cm.cpuacct = &cgroupMount{m.Mount, m.Root}
 		}
 	}
 	if cm.memory == nil {
@@ -111,7 +118,7 @@ func detectCgroups(parent string) (*cgroupManager, error) {
 	}
 	if cm.cpu != nil {
 		dir := cm.cpu.parentDir(parent)
-		if err := os.MkdirAll(dir, 0o755); err != nil || !fileExists(filepath.Join(dir, "cpu.cfs_quota_us")) {
+		if err := os.MkdirAll(dir, 0o755); err != nil || !FileExists(filepath.Join(dir, "cpu.cfs_quota_us")) {
 			cm.cpu = nil // no CPU limits, memory still works
 		}
 	}
@@ -123,7 +130,7 @@ func detectCgroups(parent string) (*cgroupManager, error) {
 	return cm, nil
 }
 
-func (c *cgroupManager) setupV2() error {
+func (c *CgroupManager) setupV2() error {
 	dir := c.unified.parentDir(c.parent)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create parent cgroup: %w", err)
@@ -156,7 +163,7 @@ func (c *cgroupManager) setupV2() error {
 }
 
 // hasCPU reports whether CPU quotas are enforced.
-func (c *cgroupManager) hasCPU() bool {
+func (c *CgroupManager) HasCPU() bool {
 	if c.version == 1 {
 		return c.cpu != nil
 	}
@@ -164,9 +171,9 @@ func (c *cgroupManager) hasCPU() bool {
 	return slices.Contains(strings.Fields(string(enabled)), "cpu")
 }
 
-func (c *cgroupManager) describe() string {
+func (c *CgroupManager) Describe() string {
 	ctrls := "memory"
-	if c.hasCPU() {
+	if c.HasCPU() {
 		ctrls += ", cpu"
 	}
 	return fmt.Sprintf("cgroup v%d (%s)", c.version, ctrls)
@@ -174,8 +181,8 @@ func (c *cgroupManager) describe() string {
 
 // create makes a task's cgroup(s) and writes its limits. The plan is
 // usable even with an error: the error says which limit is not enforced.
-func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgroupPlan, error) {
-	plan := &cgroupPlan{Version: c.version, MemoryBytes: memoryBytes, NanoCPUs: nanoCPUs}
+func (c *CgroupManager) Create(taskID string, memoryBytes, nanoCPUs int64) (*CgroupPlan, error) {
+	plan := &CgroupPlan{Version: c.version, MemoryBytes: memoryBytes, NanoCPUs: nanoCPUs}
 	var errs []error
 	quota := int64(0)
 	if nanoCPUs > 0 {
@@ -186,12 +193,12 @@ func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgr
 		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("create cgroup %s: %w", dir, err)
 		}
-		plan.Entries = append(plan.Entries, cgroupEntry{Mount: c.unified.mount, MountRoot: c.unified.root, Dir: dir})
+		plan.Entries = append(plan.Entries, CgroupEntry{Mount: c.unified.mount, MountRoot: c.unified.root, Dir: dir})
 		if memoryBytes > 0 {
 			if err := writeCgroupFile(dir, "memory.max", strconv.FormatInt(memoryBytes, 10)); err != nil {
 				errs = append(errs, fmt.Errorf("memory limit: %w", err))
 			}
-			if fileExists(filepath.Join(dir, "memory.swap.max")) {
+			if FileExists(filepath.Join(dir, "memory.swap.max")) {
 				_ = writeCgroupFile(dir, "memory.swap.max", "0")
 			}
 		}
@@ -207,11 +214,11 @@ func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgr
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("create cgroup %s: %w", dir, err)
 	}
-	plan.Entries = append(plan.Entries, cgroupEntry{Controller: "memory", Mount: c.memory.mount, MountRoot: c.memory.root, Dir: dir})
+	plan.Entries = append(plan.Entries, CgroupEntry{Controller: "memory", Mount: c.memory.mount, MountRoot: c.memory.root, Dir: dir})
 	if memoryBytes > 0 {
 		if err := writeCgroupFile(dir, "memory.limit_in_bytes", strconv.FormatInt(memoryBytes, 10)); err != nil {
 			errs = append(errs, fmt.Errorf("memory limit: %w", err))
-		} else if fileExists(filepath.Join(dir, "memory.memsw.limit_in_bytes")) {
+		} else if FileExists(filepath.Join(dir, "memory.memsw.limit_in_bytes")) {
 			// memory+swap; must not be below the memory limit, which it
 			// never is here.
 			_ = writeCgroupFile(dir, "memory.memsw.limit_in_bytes", strconv.FormatInt(memoryBytes, 10))
@@ -222,7 +229,7 @@ func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgr
 		if err := os.Mkdir(cdir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			errs = append(errs, fmt.Errorf("create cgroup %s: %w", cdir, err))
 		} else {
-			plan.Entries = append(plan.Entries, cgroupEntry{Controller: "cpu", Mount: c.cpu.mount, MountRoot: c.cpu.root, Dir: cdir})
+			plan.Entries = append(plan.Entries, CgroupEntry{Controller: "cpu", Mount: c.cpu.mount, MountRoot: c.cpu.root, Dir: cdir})
 			if quota > 0 {
 				if err := writeCgroupFile(cdir, "cpu.cfs_period_us", strconv.Itoa(cpuPeriodMicros)); err != nil {
 					errs = append(errs, fmt.Errorf("cpu limit: %w", err))
@@ -239,7 +246,7 @@ func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgr
 		if err := os.Mkdir(adir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			errs = append(errs, fmt.Errorf("create cgroup %s (CPU use will not be measured): %w", adir, err))
 		} else {
-			plan.Entries = append(plan.Entries, cgroupEntry{Controller: "cpuacct", Mount: c.cpuacct.mount, MountRoot: c.cpuacct.root, Dir: adir})
+			plan.Entries = append(plan.Entries, CgroupEntry{Controller: "cpuacct", Mount: c.cpuacct.mount, MountRoot: c.cpuacct.root, Dir: adir})
 		}
 	}
 	return plan, errors.Join(errs...)
@@ -247,7 +254,7 @@ func (c *cgroupManager) create(taskID string, memoryBytes, nanoCPUs int64) (*cgr
 
 // planDirs are the task cgroup directories a manager would create, for
 // cleaning up when cgroup.json is gone.
-func (c *cgroupManager) planDirs(taskID string) []string {
+func (c *CgroupManager) PlanDirs(taskID string) []string {
 	if c == nil {
 		return nil
 	}
@@ -281,7 +288,7 @@ func writeCgroupFile(dir, name, value string) error {
 }
 
 // cgroupPids lists the processes in a cgroup directory.
-func cgroupPids(dir string) ([]int, error) {
+func CgroupPids(dir string) ([]int, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return nil, err
@@ -297,13 +304,13 @@ func cgroupPids(dir string) ([]int, error) {
 
 // killCgroup SIGKILLs every process in the task's cgroups (except the
 // caller), through cgroup.kill where the kernel has it.
-func killCgroup(dirs []string) {
+func KillCgroup(dirs []string) {
 	self := os.Getpid()
 	for _, dir := range dirs {
-		if fileExists(filepath.Join(dir, "cgroup.kill")) {
+		if FileExists(filepath.Join(dir, "cgroup.kill")) {
 			_ = writeCgroupFile(dir, "cgroup.kill", "1")
 		}
-		pids, _ := cgroupPids(dir)
+		pids, _ := CgroupPids(dir)
 		for _, pid := range pids {
 			if pid != self && pid > 0 {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -314,7 +321,7 @@ func killCgroup(dirs []string) {
 
 // removeCgroups kills what is left in the task's cgroups and removes them,
 // retrying while the killed processes exit, until the deadline.
-func removeCgroups(dirs []string, deadline time.Time) error {
+func RemoveCgroups(dirs []string, deadline time.Time) error {
 	var errs []error
 	for _, dir := range dirs {
 		for {
@@ -326,7 +333,7 @@ func removeCgroups(dirs []string, deadline time.Time) error {
 				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
 				break
 			}
-			killCgroup([]string{dir})
+			KillCgroup([]string{dir})
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
@@ -334,7 +341,7 @@ func removeCgroups(dirs []string, deadline time.Time) error {
 }
 
 // oomKills reads how many processes of the task the kernel OOM-killed.
-func (p *cgroupPlan) oomKills() int {
+func (p *CgroupPlan) OOMKills() int {
 	if p == nil {
 		return 0
 	}
@@ -365,7 +372,7 @@ func (p *cgroupPlan) oomKills() int {
 	return 0
 }
 
-func (p *cgroupPlan) dirs() []string {
+func (p *CgroupPlan) Dirs() []string {
 	if p == nil {
 		return nil
 	}
@@ -382,7 +389,7 @@ func (p *cgroupPlan) dirs() []string {
 // the cgroup, with no window in which a child could escape; it leaves right
 // after the fork. Only the supervisor's own allocations during that window
 // are charged to the task.
-func (p *cgroupPlan) join() (leave func(), err error) {
+func (p *CgroupPlan) Join() (leave func(), err error) {
 	own, err := readOwnCgroups()
 	if err != nil {
 		return nil, err
@@ -437,18 +444,18 @@ func readOwnCgroups() (map[string]string, error) {
 	return own, nil
 }
 
-type mountInfo struct {
-	root, mount, fstype, superOpts string
+type MountInfo struct {
+	Root, Mount, FSType, SuperOpts string
 }
 
 // readCgroupMounts lists cgroup and cgroup2 mounts from mountinfo.
-func readCgroupMounts() ([]mountInfo, error) {
+func ReadCgroupMounts() ([]MountInfo, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
 	defer f.Close()
-	var out []mountInfo
+	var out []MountInfo
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
@@ -463,7 +470,7 @@ func readCgroupMounts() ([]mountInfo, error) {
 		if qf[0] != "cgroup" && qf[0] != "cgroup2" {
 			continue
 		}
-		out = append(out, mountInfo{root: unescapeMount(pf[3]), mount: unescapeMount(pf[4]), fstype: qf[0], superOpts: qf[2]})
+		out = append(out, MountInfo{Root: unescapeMount(pf[3]), Mount: unescapeMount(pf[4]), FSType: qf[0], SuperOpts: qf[2]})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)

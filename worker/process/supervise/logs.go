@@ -1,4 +1,4 @@
-package process
+package supervise
 
 import (
 	"bytes"
@@ -84,7 +84,7 @@ func (w *rotatingWriter) Close() error {
 // skipped.
 func logFiles(dir string) ([]*os.File, error) {
 	var files []*os.File
-	for _, name := range []string{logFile + ".1", logFile} {
+	for _, name := range []string{LogFile + ".1", LogFile} {
 		f, err := os.Open(filepath.Join(dir, name))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -162,7 +162,7 @@ func (m *multiFileReader) Close() error {
 
 // readLogs returns the task's output so far, its last tail lines when
 // tail > 0.
-func readLogs(dir string, tail int) (io.ReadCloser, error) {
+func ReadLogs(dir string, tail int) (io.ReadCloser, error) {
 	files, err := logFiles(dir)
 	if err != nil {
 		return nil, err
@@ -194,7 +194,7 @@ func readLogs(dir string, tail int) (io.ReadCloser, error) {
 // then whatever it writes, across rotations, until the task has exited and
 // everything is read, ctx ends, the task is removed, or the reader is
 // closed.
-func followLogs(ctx context.Context, dir string, tail int, poll time.Duration) (io.ReadCloser, error) {
+func FollowLogs(ctx context.Context, dir string, tail int, poll time.Duration) (io.ReadCloser, error) {
 	files, err := logFiles(dir)
 	if err != nil {
 		return nil, err
@@ -240,13 +240,13 @@ func follow(ctx context.Context, dir string, files []*os.File, idx int, off int6
 		// If only task.log.1 exists, the current file is the rotated one;
 		// the rotation check below moves on to task.log once it exists.
 	}
-	path := filepath.Join(dir, logFile)
+	path := filepath.Join(dir, LogFile)
 	ticker := time.NewTicker(poll)
 	defer ticker.Stop()
 	for {
 		// Look at the exit before draining: once the exit is recorded the
 		// supervisor has closed the log, so one more drain reads it all.
-		exited := fileExists(filepath.Join(dir, exitFile))
+		exited := FileExists(filepath.Join(dir, ExitFile))
 		for {
 			if cur != nil {
 				if _, err := io.Copy(w, cur); err != nil {
@@ -274,7 +274,7 @@ func follow(ctx context.Context, dir string, files []*os.File, idx int, off int6
 		if exited {
 			return nil
 		}
-		if !fileExists(filepath.Join(dir, specFile)) {
+		if !FileExists(filepath.Join(dir, SpecFile)) {
 			return nil // removed
 		}
 		select {
@@ -286,7 +286,7 @@ func follow(ctx context.Context, dir string, files []*os.File, idx int, off int6
 }
 
 // lastLines returns the last n lines of a small file, for error messages.
-func lastLines(path string, n int) string {
+func LastLines(path string, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return ""

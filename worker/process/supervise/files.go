@@ -1,4 +1,4 @@
-package process
+package supervise
 
 import (
 	"encoding/json"
@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
-
-	pb "github.com/shoal-cluster/shoal/proto"
 )
 
 // A task's state lives in DIR/<task-id>/. Every file but the logs is written
@@ -29,24 +27,28 @@ import (
 //	supervisor.log   the supervisor's own diagnostics
 //	work/            the task's HOME and default working directory
 const (
-	specFile          = "spec.json"
-	lockFile          = "lock"
-	cgroupFile        = "cgroup.json"
-	supervisorFile    = "supervisor.json"
-	stateFile         = "state.json"
-	stopFile          = "stop.json"
-	exitFile          = "exit.json"
-	logFile           = "task.log"
-	supervisorLogFile = "supervisor.log"
-	workDir           = "work"
+	SpecFile          = "spec.json"
+	LockFile          = "lock"
+	CgroupFile        = "cgroup.json"
+	SupervisorFile    = "supervisor.json"
+	StateFile         = "state.json"
+	StopFile          = "stop.json"
+	ExitFile          = "exit.json"
+	LogFile           = "task.log"
+	SupervisorLogFile = "supervisor.log"
+	WorkDir           = "work"
 )
 
-// specVersion is the layout version of spec.json.
-const specVersion = 1
+// DefaultStopGrace is how long a stopped task gets between SIGTERM and
+// SIGKILL when nothing says otherwise.
+const DefaultStopGrace = 10 * time.Second
+
+// SpecVersion is the layout version of spec.json.
+const SpecVersion = 1
 
 // taskSpec is spec.json: everything the supervisor needs to run the task,
 // resolved by Prepare.
-type taskSpec struct {
+type Spec struct {
 	Version     int    `json:"version"`
 	TaskID      string `json:"task_id"`
 	ServiceID   string `json:"service_id,omitempty"`
@@ -60,8 +62,8 @@ type taskSpec struct {
 	// User is the user as the task asked for it; Credential is what it
 	// resolved to (nil: run as the agent's user).
 	User        string        `json:"user,omitempty"`
-	Credential  *credential   `json:"credential,omitempty"`
-	Ports       []portBinding `json:"ports,omitempty"`
+	Credential  *Credential   `json:"credential,omitempty"`
+	Ports       []PortBinding `json:"ports,omitempty"`
 	MemoryBytes int64         `json:"memory_bytes,omitempty"`
 	NanoCPUs    int64         `json:"nano_cpus,omitempty"`
 	StopGrace   time.Duration `json:"stop_grace"`
@@ -70,49 +72,41 @@ type taskSpec struct {
 }
 
 // credential is the user a task runs as.
-type credential struct {
+type Credential struct {
 	UID    uint32   `json:"uid"`
 	GID    uint32   `json:"gid"`
 	Groups []uint32 `json:"groups,omitempty"`
 }
 
 // portBinding is a pb.PortBinding as stored in spec.json.
-type portBinding struct {
+type PortBinding struct {
 	TargetPort uint32 `json:"target_port"`
 	HostIP     string `json:"host_ip"`
 	HostPort   uint32 `json:"host_port"`
 	Protocol   string `json:"protocol"`
 }
 
-func (p portBinding) proto() *pb.PortBinding {
-	b := &pb.PortBinding{TargetPort: p.TargetPort, HostIp: p.HostIP, HostPort: p.HostPort}
-	if p.Protocol == "udp" {
-		b.Protocol = pb.PortProtocol_PORT_PROTOCOL_UDP
-	}
-	return b
-}
-
 // supervisorRecord is supervisor.json.
-type supervisorRecord struct {
+type SupervisorRecord struct {
 	Pid       int       `json:"pid"`
 	StartedAt time.Time `json:"started_at"`
 }
 
 // stateRecord is state.json: the task's main process. It leads its own
 // process group, so Pid is also the group ID.
-type stateRecord struct {
+type StateRecord struct {
 	Pid       int       `json:"pid"`
 	StartedAt time.Time `json:"started_at"`
 }
 
 // stopRecord is stop.json.
-type stopRecord struct {
+type StopRecord struct {
 	Grace       time.Duration `json:"grace"`
 	RequestedAt time.Time     `json:"requested_at"`
 }
 
 // exitRecord is exit.json.
-type exitRecord struct {
+type ExitRecord struct {
 	Code     int       `json:"code"`
 	Signal   string    `json:"signal,omitempty"`
 	Message  string    `json:"message"`
@@ -127,7 +121,7 @@ type exitRecord struct {
 
 // writeJSONAtomic writes v as JSON to dir/name through a temporary file and
 // a rename, so readers never see a partial file.
-func writeJSONAtomic(dir, name string, v any, perm fs.FileMode) error {
+func WriteJSONAtomic(dir, name string, v any, perm fs.FileMode) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", name, err)
@@ -165,7 +159,7 @@ func writeJSONAtomic(dir, name string, v any, perm fs.FileMode) error {
 
 // readJSON reads dir/name into v. ok is false, with a nil error, when the
 // file does not exist.
-func readJSON(dir, name string, v any) (ok bool, err error) {
+func ReadJSON(dir, name string, v any) (ok bool, err error) {
 	data, err := os.ReadFile(filepath.Join(dir, name))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -179,7 +173,7 @@ func readJSON(dir, name string, v any) (ok bool, err error) {
 	return true, nil
 }
 
-func fileExists(path string) bool {
+func FileExists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
 }
@@ -189,8 +183,8 @@ func fileExists(path string) bool {
 // description, i.e. a live supervisor, holds the lock. The lock is released
 // by the kernel when its holder dies, however it dies, which makes it a
 // liveness check that pid reuse cannot fool.
-func tryLock(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+func TryLock(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open task lock: %w", err)
 	}
@@ -207,15 +201,15 @@ func tryLock(dir string) (*os.File, error) {
 	if errors.Is(err, syscall.EWOULDBLOCK) {
 		return nil, nil
 	}
-	return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, lockFile), err)
+	return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, LockFile), err)
 }
 
 // supervisorAlive reports whether a supervisor holds the task's lock.
-func supervisorAlive(dir string) (bool, error) {
-	if !fileExists(filepath.Join(dir, lockFile)) {
+func SupervisorAlive(dir string) (bool, error) {
+	if !FileExists(filepath.Join(dir, LockFile)) {
 		return false, nil
 	}
-	f, err := tryLock(dir)
+	f, err := TryLock(dir)
 	if err != nil {
 		return false, err
 	}
