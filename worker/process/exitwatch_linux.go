@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"os"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shoal-cluster/shoal/worker/process/supervise"
+	"golang.org/x/sys/unix"
 )
 
 // WatchExit returns a channel closed as soon as a running task's main
