@@ -1000,8 +1000,11 @@ type NodeDescription struct {
 	// runtimes_not_offered are the runtimes this node's agent knows but does
 	// not offer, each with why (e.g. container: runc is not installed).
 	RuntimesNotOffered []*RuntimeNotOffered `protobuf:"bytes,180,rep,name=runtimes_not_offered,json=runtimesNotOffered,proto3" json:"runtimes_not_offered,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// task_network is set when the node has a task network (a bridge on which
+	// tasks get addresses of their own) and so needs a task subnet.
+	TaskNetwork   bool `protobuf:"varint,186,opt,name=task_network,json=taskNetwork,proto3" json:"task_network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeDescription) Reset() {
@@ -1095,6 +1098,13 @@ func (x *NodeDescription) GetRuntimesNotOffered() []*RuntimeNotOffered {
 		return x.RuntimesNotOffered
 	}
 	return nil
+}
+
+func (x *NodeDescription) GetTaskNetwork() bool {
+	if x != nil {
+		return x.TaskNetwork
+	}
+	return false
 }
 
 // RuntimeNotOffered is a runtime a node does not offer, and why.
@@ -4856,7 +4866,7 @@ const file_objects_proto_rawDesc = "" +
 	"\bNodeSpec\x127\n" +
 	"\vannotations\x18\x01 \x01(\v2\x15.shoal.v1.AnnotationsR\vannotations\x125\n" +
 	"\fdesired_role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\vdesiredRole\x12>\n" +
-	"\favailability\x18\x03 \x01(\x0e2\x1a.shoal.v1.NodeAvailabilityR\favailability\"\xda\x03\n" +
+	"\favailability\x18\x03 \x01(\x0e2\x1a.shoal.v1.NodeAvailabilityR\favailability\"\xfe\x03\n" +
 	"\x0fNodeDescription\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -4866,7 +4876,8 @@ const file_objects_proto_rawDesc = "" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12P\n" +
 	"\rengine_labels\x18\a \x03(\v2+.shoal.v1.NodeDescription.EngineLabelsEntryR\fengineLabels\x12;\n" +
 	"\rmesh_datapath\x18d \x01(\v2\x16.shoal.v1.MeshDatapathR\fmeshDatapath\x12N\n" +
-	"\x14runtimes_not_offered\x18\xb4\x01 \x03(\v2\x1b.shoal.v1.RuntimeNotOfferedR\x12runtimesNotOffered\x1a?\n" +
+	"\x14runtimes_not_offered\x18\xb4\x01 \x03(\v2\x1b.shoal.v1.RuntimeNotOfferedR\x12runtimesNotOffered\x12\"\n" +
+	"\ftask_network\x18\xba\x01 \x01(\bR\vtaskNetwork\x1a?\n" +
 	"\x11EngineLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +

@@ -221,7 +221,7 @@ func Join(ctx context.Context, cfg Config, remote, token string) (*Agent, error)
 		Token:       token,
 		NodeId:      id.NodeID,
 		ApiAddr:     cfg.apiAddr(),
-		Description: describe(&cfg, nil),
+		Description: describe(&cfg, nil, false),
 		Csr:         csr,
 	})
 	if err != nil {
@@ -1008,8 +1008,9 @@ func (a *Agent) Leave(ctx context.Context) error {
 	return a.Close()
 }
 
-// describe reports this node's resources and runtimes.
-func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
+// describe reports this node's resources and runtimes, and whether it
+// has a task network.
+func describe(cfg *Config, runtimes []string, taskNetwork bool) *pb.NodeDescription {
 	d := &pb.NodeDescription{
 		Hostname:     cfg.Hostname,
 		Os:           runtime.GOOS,
@@ -1018,6 +1019,7 @@ func describe(cfg *Config, runtimes []string) *pb.NodeDescription {
 		EngineLabels: cfg.Labels,
 	}
 	d.Runtimes = runtimes
+	d.TaskNetwork = taskNetwork
 	if cfg.NotOffered != nil {
 		reasons := cfg.NotOffered()
 		for _, name := range slices.Sorted(maps.Keys(reasons)) {

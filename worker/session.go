@@ -236,7 +236,7 @@ func (a *Agent) openSession(race context.Context, addr string, bound time.Durati
 		return nil, "", err
 	}
 	offered := a.offered()
-	desc := describe(&a.cfg, offered)
+	desc := describe(&a.cfg, offered, a.taskNet != nil)
 	desc.MeshDatapath = MeshDatapathOf(a.mesh)
 	stream, err := pb.NewDispatcherClient(conn).Session(ctx, &pb.SessionRequest{
 		NodeId: a.id.NodeID, Description: desc,

@@ -104,10 +104,11 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			return o.GetNodeId() == nodeID || (old != nil && old.GetNodeId() == nodeID)
 		case *pb.Node:
 			// This node, and any node whose task subnet or address
-			// changed (the worker routes other nodes' subnets).
+			// changed (the worker routes other nodes' subnets); not the
+			// comings and goings of nodes without one, which would wake
+			// every session for every node joining.
 			old, _ := ev.Old.(*pb.Node)
-			return o.GetId() == nodeID || old == nil || ev.Kind == raftstore.EventDelete ||
-				old.GetTaskSubnet() != o.GetTaskSubnet() || old.GetStatus().GetAddr() != o.GetStatus().GetAddr()
+			return o.GetId() == nodeID || tasksubnet.Affects(old, o, ev.Kind == raftstore.EventDelete)
 		case *pb.Cluster:
 			return true
 		case *pb.Service:
@@ -192,7 +193,10 @@ func (d *Dispatcher) Session(req *pb.SessionRequest, stream grpc.ServerStreaming
 			inc.Index = ev.Index
 			switch o := ev.Object.(type) {
 			case *pb.Node:
-				netsChanged = true
+				old, _ := ev.Old.(*pb.Node)
+				if tasksubnet.Affects(old, o, ev.Kind == raftstore.EventDelete) {
+					netsChanged = true
+				}
 				if o.GetId() != nodeID {
 					continue
 				}

@@ -55,16 +55,36 @@ func Parse(s string) (netip.Prefix, bool) {
 	return p, true
 }
 
-// Ensure gives node a subnet if it has none, in tx: the first /24 of the
-// pool no other node holds. It reports whether node changed (the caller
-// writes it). A node keeps a subnet it has, even one outside the pool.
+// Needs reports whether node uses a task subnet: it has a task network
+// (a bridge on which its tasks get addresses of their own). Other nodes
+// (not root, no runc or nft) get none, so that nodes which cannot use them
+// do not use up the pool, and their joining and leaving changes no
+// worker's routes.
+func Needs(node *pb.Node) bool {
+	return node.GetDescription().GetTaskNetwork()
+}
+
+// Affects reports whether a change of a node (from old, nil when created,
+// to cur; deleted when it was removed) changes the task networks every
+// worker routes (Networks): only a node that has or had a subnet can.
+func Affects(old, cur *pb.Node, deleted bool) bool {
+	if old.GetTaskSubnet() == "" && cur.GetTaskSubnet() == "" {
+		return false
+	}
+	return deleted || old == nil || old.GetTaskSubnet() != cur.GetTaskSubnet() || old.GetStatus().GetAddr() != cur.GetStatus().GetAddr()
+}
+
+// Ensure gives node a subnet if it needs one (Needs) and has none, in tx:
+// the first /24 of the pool no other node holds. It reports whether node
+// changed (the caller writes it). A node keeps a subnet it has, even one
+// outside the pool.
 //
 // The store detects conflicts on the objects a transaction writes, not on
 // the ones it lists, so an allocation also writes the cluster object
 // (unchanged): two allocations at once then conflict, and the later one
 // runs again and sees the other's subnet.
 func (a *Allocator) Ensure(tx *raftstore.Tx, node *pb.Node) (bool, error) {
-	if _, ok := Parse(node.GetTaskSubnet()); ok {
+	if _, ok := Parse(node.GetTaskSubnet()); ok || !Needs(node) {
 		return false, nil
 	}
 	used := map[netip.Prefix]bool{}

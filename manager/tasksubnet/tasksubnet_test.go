@@ -33,7 +33,8 @@ func register(t *testing.T, s raftstore.StateStore, a *Allocator, id string) (st
 	_, err := s.Update(context.Background(), func(tx *raftstore.Tx) error {
 		n, ok := tx.Nodes().Get(id)
 		if !ok {
-			n = &pb.Node{Id: id, Status: &pb.NodeStatus{Addr: "192.0.2." + id}}
+			n = &pb.Node{Id: id, Status: &pb.NodeStatus{Addr: "192.0.2." + id},
+				Description: &pb.NodeDescription{TaskNetwork: true}}
 			if err := tx.Nodes().Create(n); err != nil {
 				return err
 			}
@@ -130,6 +131,74 @@ func TestPoolUsedUpAndBadPools(t *testing.T) {
 	}
 	if err := CheckPool(DefaultPool); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNodesWithoutTaskNetworkGetNone: a node without a task network gets
+// no subnet and writes nothing (its joining wakes no other worker's
+// session), so a pool is not used up by nodes that cannot use it; nodes
+// with one still get theirs.
+func TestNodesWithoutTaskNetworkGetNone(t *testing.T) {
+	s := newStore(t)
+	a := &Allocator{Pool: netip.MustParsePrefix("10.201.0.0/23")} // two subnets
+	var clusterIndex uint64
+	s.View(func(tx *raftstore.Tx) { clusterIndex = tx.Cluster().GetMeta().GetVersion() })
+	for i := range 5 {
+		id := fmt.Sprintf("plain%d", i)
+		_, err := s.Update(context.Background(), func(tx *raftstore.Tx) error {
+			n := &pb.Node{Id: id, Description: &pb.NodeDescription{Runtimes: []string{"process", "container"}}}
+			if err := tx.Nodes().Create(n); err != nil {
+				return err
+			}
+			changed, err := a.Ensure(tx, n)
+			if changed || err != nil || n.GetTaskSubnet() != "" {
+				return fmt.Errorf("Ensure = %v, %v, subnet %q; want nothing", changed, err, n.GetTaskSubnet())
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("node %s: %v", id, err)
+		}
+	}
+	s.View(func(tx *raftstore.Tx) {
+		if got := tx.Cluster().GetMeta().GetVersion(); got != clusterIndex {
+			t.Errorf("the cluster object was written (index %d, was %d)", got, clusterIndex)
+		}
+	})
+	for _, id := range []string{"c1", "c2"} {
+		if got, err := register(t, s, a, id); err != nil || got == "" {
+			t.Fatalf("container node %s: %q, %v", id, got, err)
+		}
+	}
+}
+
+// TestAffects: only changes of nodes with a subnet change what workers
+// route.
+func TestAffects(t *testing.T) {
+	plain := &pb.Node{Id: "p", Status: &pb.NodeStatus{Addr: "192.0.2.1"}}
+	plainMoved := &pb.Node{Id: "p", Status: &pb.NodeStatus{Addr: "192.0.2.9"}}
+	sub := &pb.Node{Id: "s", TaskSubnet: "10.201.0.0/24", Status: &pb.NodeStatus{Addr: "192.0.2.2"}}
+	subMoved := &pb.Node{Id: "s", TaskSubnet: "10.201.0.0/24", Status: &pb.NodeStatus{Addr: "192.0.2.3"}}
+	subOther := &pb.Node{Id: "s", TaskSubnet: "10.201.1.0/24", Status: &pb.NodeStatus{Addr: "192.0.2.2"}}
+	for _, tt := range []struct {
+		name     string
+		old, cur *pb.Node
+		deleted  bool
+		want     bool
+	}{
+		{"a node without a subnet joins", nil, plain, false, false},
+		{"a node without a subnet moves", plain, plainMoved, false, false},
+		{"a node without a subnet leaves", plain, plain, true, false},
+		{"a node gets its subnet", plain, sub, false, true},
+		{"a node with a subnet is created", nil, sub, false, true},
+		{"a node with a subnet moves", sub, subMoved, false, true},
+		{"a node's subnet changes", sub, subOther, false, true},
+		{"a node with a subnet leaves", sub, sub, true, true},
+		{"a node with a subnet heartbeats", sub, sub, false, false},
+	} {
+		if got := Affects(tt.old, tt.cur, tt.deleted); got != tt.want {
+			t.Errorf("%s: Affects = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
 
