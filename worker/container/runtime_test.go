@@ -193,22 +193,31 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestCommandProbe runs a health command inside a running container.
-func TestCommandProbe(t *testing.T) {
+// startTaskProgram prepares and starts a container of the conformance
+// task program (image task:1) with args, removed when the test ends, and
+// returns a context for the test's calls.
+func startTaskProgram(t *testing.T, idPrefix string, args ...string) (context.Context, *Runtime, *pb.Task) {
+	t.Helper()
 	requireRunc(t)
 	imgs := testImages(t)
 	r := newRuntime(t, newStateDir(t, imgs), imgs)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	task := &pb.Task{Id: "probe-" + randomSuffix(), Spec: &pb.TaskSpec{Runtime: Name,
-		Container: &pb.ContainerSpec{Image: "task:1", Args: []string{"sleep"}}}}
+	t.Cleanup(cancel)
+	task := &pb.Task{Id: idPrefix + "-" + randomSuffix(), Spec: &pb.TaskSpec{Runtime: Name,
+		Container: &pb.ContainerSpec{Image: "task:1", Args: args}}}
 	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
 		t.Fatal(err)
 	}
-	defer r.Remove(context.Background(), task.Id)
+	t.Cleanup(func() { _ = r.Remove(context.Background(), task.Id) })
 	if err := r.Start(ctx, task.Id); err != nil {
 		t.Fatal(err)
 	}
+	return ctx, r, task
+}
+
+// TestCommandProbe runs a health command inside a running container.
+func TestCommandProbe(t *testing.T) {
+	ctx, r, task := startTaskProgram(t, "probe", "sleep")
 	code, out, err := r.ProbeCommand(ctx, task.Id, []string{"/probe", "hostname"}, 10*time.Second)
 	if err != nil || code != 0 || out != "hostname: "+hostnameFor(task.Id)+"\n" {
 		t.Errorf("ProbeCommand = %d, %q, %v; want 0 and the container's hostname", code, out, err)
@@ -228,20 +237,7 @@ func TestCommandProbe(t *testing.T) {
 // before SIGKILL. The stop waits for the handler instead, so the program
 // ends on SIGTERM, cleanly and long before the grace period is over.
 func TestStopWhileTheProgramStarts(t *testing.T) {
-	requireRunc(t)
-	imgs := testImages(t)
-	r := newRuntime(t, newStateDir(t, imgs), imgs)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	task := &pb.Task{Id: "late-" + randomSuffix(), Spec: &pb.TaskSpec{Runtime: Name,
-		Container: &pb.ContainerSpec{Image: "task:1", Args: []string{"late-trap", "300"}}}}
-	if err := r.Prepare(ctx, task, worker.TaskFiles{}); err != nil {
-		t.Fatal(err)
-	}
-	defer r.Remove(context.Background(), task.Id)
-	if err := r.Start(ctx, task.Id); err != nil {
-		t.Fatal(err)
-	}
+	ctx, r, task := startTaskProgram(t, "late", "late-trap", "300")
 	logs := func() string {
 		rc, err := r.Logs(ctx, task.Id, worker.LogOptions{})
 		if err != nil {
