@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/shoal-cluster/shoal/manager/endpoints"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/raftstore"
 	"google.golang.org/grpc/codes"
@@ -240,10 +241,7 @@ func resolveNetworkAttachments(tx *raftstore.Tx, task *pb.TaskSpec) error {
 func aliasWarnings(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) []string {
 	self := spec.GetAnnotations().GetName()
 	var warn []string
-	for _, al := range serviceAliases(spec) {
-		if strings.EqualFold(al, self) {
-			continue
-		}
+	for _, al := range endpoints.Aliases(spec) {
 		var holders []string
 		for _, other := range tx.Services().List() {
 			if other.GetId() == selfID {
@@ -254,7 +252,7 @@ func aliasWarnings(tx *raftstore.Tx, spec *pb.ServiceSpec, selfID string) []stri
 				holders = append(holders, "service "+name)
 				continue
 			}
-			for _, oal := range serviceAliases(other.GetSpec()) {
+			for _, oal := range endpoints.Aliases(other.GetSpec()) {
 				if strings.EqualFold(oal, al) {
 					holders = append(holders, "an alias of service "+name)
 					break
@@ -285,20 +283,4 @@ func portWarnings(spec *pb.ServiceSpec) []string {
 		}
 	}
 	return nil
-}
-
-// serviceAliases are the distinct aliases of a service's network
-// attachments, in order.
-func serviceAliases(spec *pb.ServiceSpec) []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, a := range spec.GetTask().GetNetworks() {
-		for _, al := range a.GetAliases() {
-			if k := strings.ToLower(al); !seen[k] {
-				seen[k] = true
-				out = append(out, al)
-			}
-		}
-	}
-	return out
 }

@@ -257,7 +257,7 @@ func serviceEndpoints(tx *raftstore.Tx, svc *pb.Service) *pb.ServiceEndpoints {
 		ServiceName: svc.GetSpec().GetAnnotations().GetName(),
 		VirtualAddr: svc.GetEndpoint().GetVirtualAddr(),
 		Ports:       svc.GetSpec().GetEndpoint().GetPorts(),
-		Aliases:     aliases(svc.GetSpec()),
+		Aliases:     Aliases(svc.GetSpec()),
 	}
 	// A service without ports is only ever resolved (tasks.<service>
 	// wants addresses): one entry per node then, so the set, and the
@@ -365,9 +365,9 @@ func CheckHostPorts(ip string, spec *pb.ServiceSpec, old *pb.ServiceSpec) error 
 	return nil
 }
 
-// aliases are the distinct names a service's network attachments add to
-// its own in DNS, in order.
-func aliases(spec *pb.ServiceSpec) []string {
+// Aliases are the distinct names a service's network attachments add to
+// its own in DNS, in order (its own name, in any case, is not one).
+func Aliases(spec *pb.ServiceSpec) []string {
 	var out []string
 	seen := map[string]bool{strings.ToLower(spec.GetAnnotations().GetName()): true}
 	for _, a := range spec.GetTask().GetNetworks() {
