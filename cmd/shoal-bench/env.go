@@ -131,10 +131,8 @@ func gitVersion(root string) string {
 // supervisor, as `shoal start` does: shoal-supervise beside the shoal
 // binary when it is there, else shoal __supervise.
 func (e *env) supervisorCommand() []string {
-	if standalone := filepath.Join(filepath.Dir(e.bin), supervise.Binary); supervise.CheckStandalone(context.Background(), standalone) == nil {
-		return []string{standalone}
-	}
-	return []string{e.bin, supervise.SupervisorSubcommand}
+	cmd, _ := supervise.CommandLine(context.Background(), e.bin)
+	return cmd
 }
 
 // notef records a note for the report.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,5 +76,29 @@ func TestCheckStandaloneRefuses(t *testing.T) {
 	}
 	if err := supervise.CheckStandalone(context.Background(), filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing binary was accepted")
+	}
+}
+
+// CommandLine picks the standalone supervisor next to shoal when it speaks
+// this protocol, and shoal __supervise otherwise, saying why.
+func TestCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	shoal := filepath.Join(dir, "shoal")
+	cmd, err := supervise.CommandLine(context.Background(), shoal)
+	if !errors.Is(err, os.ErrNotExist) || len(cmd) != 2 || cmd[0] != shoal || cmd[1] != supervise.SupervisorSubcommand {
+		t.Fatalf("without a standalone supervisor: %q, %v", cmd, err)
+	}
+	standalone := filepath.Join(dir, supervise.Binary)
+	if err := os.WriteFile(standalone, []byte("#!/bin/sh\necho shoal-supervise/0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if cmd, err := supervise.CommandLine(context.Background(), shoal); err == nil || cmd[0] != shoal {
+		t.Fatalf("with a standalone supervisor of another version: %q, %v", cmd, err)
+	}
+	if err := os.WriteFile(standalone, []byte("#!/bin/sh\necho "+supervise.Protocol+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if cmd, err := supervise.CommandLine(context.Background(), shoal); err != nil || len(cmd) != 1 || cmd[0] != standalone {
+		t.Fatalf("with the standalone supervisor: %q, %v", cmd, err)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -30,17 +31,14 @@ const supervisorCommand = supervise.SupervisorSubcommand
 // there and built for this shoal (it starts in about a tenth of the CPU
 // and memory), else this binary with supervisorCommand.
 func supervisorCommandLine(log *slog.Logger) []string {
-	self := selfExecutable()
-	standalone := filepath.Join(filepath.Dir(self), supervise.Binary)
-	if _, err := os.Stat(standalone); err != nil {
-		log.Info("tasks are supervised by shoal itself: install "+supervise.Binary+" next to it (make build does) for a lighter supervisor", "missing", standalone)
-		return []string{self, supervisorCommand}
-	}
-	if err := supervise.CheckStandalone(context.Background(), standalone); err != nil {
+	cmd, err := supervise.CommandLine(context.Background(), selfExecutable())
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		log.Info("tasks are supervised by shoal itself: install "+supervise.Binary+" next to it (make build does) for a lighter supervisor", "why", err)
+	case err != nil:
 		log.Warn("tasks are supervised by shoal itself: the standalone supervisor cannot be used", "err", err)
-		return []string{self, supervisorCommand}
 	}
-	return []string{standalone}
+	return cmd
 }
 
 // newTaskNetwork returns the node's task network (tasks in their own

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -42,4 +44,19 @@ func CheckStandalone(ctx context.Context, path string) error {
 		return fmt.Errorf("supervisor %s speaks %q, this shoal %q: install the %s built with this shoal", path, got, Protocol, Binary)
 	}
 	return nil
+}
+
+// CommandLine is the command line that starts a task's supervisor for the
+// shoal binary at shoal: the standalone supervisor next to it (Binary)
+// when it is there and speaks this Protocol, else shoal itself with
+// SupervisorSubcommand, and why the standalone one is not used.
+func CommandLine(ctx context.Context, shoal string) ([]string, error) {
+	standalone := filepath.Join(filepath.Dir(shoal), Binary)
+	if _, err := os.Stat(standalone); err != nil {
+		return []string{shoal, SupervisorSubcommand}, fmt.Errorf("no %s next to %s: %w", Binary, shoal, err)
+	}
+	if err := CheckStandalone(ctx, standalone); err != nil {
+		return []string{shoal, SupervisorSubcommand}, err
+	}
+	return []string{standalone}, nil
 }
