@@ -59,7 +59,7 @@ func selfSigned(t *testing.T) (string, string, *x509.CertPool) {
 func TestDashboardTLS(t *testing.T) {
 	addr, tlsFlags := fakeCluster(t)
 	certPath, keyPath, pool := selfSigned(t)
-	cmd := exec.Command(shoalBin, append([]string{"dashboard", "--host", addr, "--addr", "127.0.0.1:0", "--tls-cert", certPath, "--tls-key", keyPath}, tlsFlags...)...)
+	cmd := exec.Command(shoalBin(), append([]string{"dashboard", "--host", addr, "--addr", "127.0.0.1:0", "--tls-cert", certPath, "--tls-key", keyPath}, tlsFlags...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -87,7 +87,7 @@ func TestImageCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(binDir)
-	bin, err := os.ReadFile(shoalBin)
+	bin, err := os.ReadFile(shoalBin())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,28 +27,42 @@ import (
 	"github.com/shoal-cluster/shoal/worker/tasknet"
 )
 
-// shoalBin is the binary under test, built once in TestMain.
-var shoalBin string
+// binDir holds the binaries under test once shoalBin has built them.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// shoalBin is the path of the shoal binary under test, with shoal-supervise
+// beside it as make build installs them (the runtimes supervise tasks with
+// it). The first call builds both with -race; tests that run no binary, the
+// fuzz targets' workers among them, never pay for the build.
+func shoalBin() string {
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "shoal-e2e-bin")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []struct{ out, pkg string }{{filepath.Join(binDir, "shoal"), "."}, {filepath.Join(binDir, supervise.Binary), "../shoal-supervise"}} {
+			out, err := exec.Command("go", "build", "-race", "-o", b.out, b.pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		panic(buildErr)
+	}
+	return filepath.Join(binDir, "shoal")
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "shoal-e2e-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	shoalBin = filepath.Join(dir, "shoal")
-	// shoal-supervise beside shoal, as make build installs them: the
-	// runtimes supervise tasks with it.
-	for _, b := range []struct{ out, pkg string }{{shoalBin, "."}, {filepath.Join(dir, supervise.Binary), "../shoal-supervise"}} {
-		build := exec.Command("go", "build", "-race", "-o", b.out, b.pkg)
-		build.Stderr = os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", b.pkg+":", err)
-			os.Exit(1)
-		}
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
 	os.Exit(code)
 }
 
@@ -125,7 +139,7 @@ func startDaemon(t *testing.T, ip string, port int, dataDir string, args ...stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(shoalBin, withTaskPool(port, args)...)
+	cmd := exec.Command(shoalBin(), withTaskPool(port, args)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -193,7 +207,7 @@ func noteAdminDir(addr, dataDir string, args []string) {
 // manager's machine, with SHOAL_DATA_DIR pointing at its data dir when the
 // command talks to a cluster through --host.
 func cliCommand(ctx context.Context, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, shoalBin, args...)
+	cmd := exec.CommandContext(ctx, shoalBin(), args...)
 	for i, a := range args {
 		if a == "--host" && i+1 < len(args) {
 			if dir, ok := adminDirs.Load(args[i+1]); ok {
