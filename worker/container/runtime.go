@@ -46,6 +46,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/shoal-cluster/shoal/internal/keylock"
+	"github.com/shoal-cluster/shoal/internal/spreaddir"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process"
@@ -197,6 +198,12 @@ func New(cfg Config) (*Runtime, error) {
 	for _, d := range []string{r.runcRoot, r.bundles, r.volumes} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return nil, fmt.Errorf("container runtime: %w", err)
+		}
+	}
+	// runc's state and the bundles: a directory per task.
+	for _, d := range []string{r.runcRoot, r.bundles} {
+		if err := spreaddir.Mark(d); err != nil {
+			r.log.Warn("task directories will not be spread over the disk", "err", err)
 		}
 	}
 	r.inner, err = process.New(process.Config{

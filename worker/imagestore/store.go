@@ -44,6 +44,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-cluster/shoal/internal/spreaddir"
 )
 
 // Dir is where a node keeps its image store in its data dir.
@@ -123,6 +125,12 @@ func Open(root string, log *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("image store: open its lock: %w", err)
 	}
 	s := &Store{root: abs, log: log.With("component", "imagestore"), lock: lf}
+	// A directory per task and per layer come and go in these.
+	for _, d := range []string{s.tasksDir(), s.layersDir(), s.tmpDir()} {
+		if err := spreaddir.Mark(d); err != nil {
+			s.log.Warn("task directories will not be spread over the disk", "err", err)
+		}
+	}
 	if err := s.cleanTmp(); err != nil {
 		lf.Close()
 		return nil, err

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/shoal-cluster/shoal/internal/keylock"
+	"github.com/shoal-cluster/shoal/internal/spreaddir"
 	pb "github.com/shoal-cluster/shoal/proto"
 	"github.com/shoal-cluster/shoal/worker"
 	"github.com/shoal-cluster/shoal/worker/process/supervise"
@@ -144,6 +145,10 @@ func New(cfg Config) (*Runtime, error) {
 		r.log = slog.Default()
 	}
 	r.log = r.log.With("runtime", Name)
+	// A directory per task comes and goes in it.
+	if err := spreaddir.Mark(dir); err != nil {
+		r.log.Warn("task directories will not be spread over the disk", "err", err)
+	}
 	if r.maxLogBytes <= 0 {
 		r.maxLogBytes = DefaultMaxLogBytes
 	}
