@@ -28,20 +28,31 @@ func (r *Runtime) WatchExit(ctx context.Context, id string) (<-chan struct{}, er
 	} else if !ok || st.Pid <= 0 {
 		return nil, fmt.Errorf("task %s has no process to watch", id)
 	}
+	ch, err := watchPid(ctx, st.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("watch task %s: %w", id, err)
+	}
+	return ch, nil
+}
+
+// watchPid returns a channel closed when process pid ends (at once when
+// there is no such process), through a pidfd the runtime's poller waits
+// on. Cancelling ctx ends the watch and leaves the channel open.
+func watchPid(ctx context.Context, pid int) (<-chan struct{}, error) {
 	done := make(chan struct{})
-	fd, err := unix.PidfdOpen(st.Pid, unix.PIDFD_NONBLOCK)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if errors.Is(err, unix.ESRCH) {
 		close(done) // gone already
 		return done, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("watch task %s: pidfd_open: %w", id, err)
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
 	}
 	f := os.NewFile(uintptr(fd), "pidfd")
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("watch task %s: %w", id, err)
+		return nil, err
 	}
 	go func() {
 		defer f.Close()

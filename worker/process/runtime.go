@@ -61,6 +61,11 @@ const (
 	startTimeout = 15 * time.Second
 	// pollInterval is how often Wait and Stop look at a task's files.
 	pollInterval = 50 * time.Millisecond
+	// watchedPollInterval is how often Wait looks at them while it also
+	// watches the task's supervisor process, which ends right after it
+	// records the task's exit: a safety net only (20 running tasks polled
+	// every 50ms kept 6% of a core busy).
+	watchedPollInterval = time.Second
 )
 
 // Config configures a process runtime.
@@ -104,6 +109,8 @@ type Runtime struct {
 	supCmd      []string
 	supEnv      []string
 	log         *slog.Logger
+	// watchedPoll is Wait's poll interval while it watches a supervisor.
+	watchedPoll time.Duration
 	maxLogBytes int64
 	cgroups     *supervise.CgroupManager // nil: no cgroups
 	isolation   string
@@ -140,6 +147,7 @@ func New(cfg Config) (*Runtime, error) {
 		log:         cfg.Logger,
 		maxLogBytes: cfg.MaxLogBytes,
 		sups:        map[string]chan struct{}{},
+		watchedPoll: watchedPollInterval,
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -478,8 +486,12 @@ func (r *Runtime) Wait(ctx context.Context, id string) (worker.Exit, error) {
 	if !ok {
 		return worker.Exit{}, notFound(id)
 	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	var supervisorGone <-chan struct{}
+	watched := false
 	for {
 		state, _, ex, err := r.runState(id, dir)
 		if err != nil {
@@ -488,13 +500,39 @@ func (r *Runtime) Wait(ctx context.Context, id string) (worker.Exit, error) {
 		if state == worker.RunExited {
 			return ex, nil
 		}
+		// A running task's supervisor records its exit, then exits
+		// itself: watch the supervisor, whoever started it, and look
+		// at the files only now and then meanwhile.
+		if state == worker.RunRunning && !watched {
+			watched = true
+			if gone, err := r.watchSupervisor(wctx, dir); err == nil {
+				supervisorGone = gone
+				tick.Reset(r.watchedPoll)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return worker.Exit{}, ctx.Err()
 		case <-r.supervisorDone(id):
+		case <-supervisorGone:
+			// Once: should the files lag, poll as before.
+			supervisorGone = nil
+			tick.Reset(pollInterval)
 		case <-tick.C:
 		}
 	}
+}
+
+// watchSupervisor returns a channel closed when the task's supervisor
+// process ends.
+func (r *Runtime) watchSupervisor(ctx context.Context, dir string) (<-chan struct{}, error) {
+	var sup supervise.SupervisorRecord
+	if ok, err := supervise.ReadJSON(dir, supervise.SupervisorFile, &sup); err != nil {
+		return nil, err
+	} else if !ok || sup.Pid <= 0 {
+		return nil, errors.New("no supervisor pid recorded")
+	}
+	return watchPid(ctx, sup.Pid)
 }
 
 // supervisorDone is closed when the supervisor this Runtime started for
