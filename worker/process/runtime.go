@@ -63,8 +63,8 @@ const (
 	pollInterval = 50 * time.Millisecond
 	// watchedPollInterval is how often Wait looks at them while it also
 	// watches the task's supervisor process, which ends right after it
-	// records the task's exit: a safety net only (20 running tasks polled
-	// every 50ms kept 6% of a core busy).
+	// records the task's exit: a safety net only (with 20 idle container
+	// tasks polled every 50ms, the worker used 9.4% of a core; 3.5% so).
 	watchedPollInterval = time.Second
 )
 
