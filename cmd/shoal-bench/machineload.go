@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"os"
 	"strconv"
@@ -68,4 +69,24 @@ func otherCPU(a, b cpuSample) float64 {
 	}
 	other := (b.machineBusy - a.machineBusy) - (b.self - a.self)
 	return max(float64(other)/float64(wall), 0)
+}
+
+// idleLoad is the CPU the machine used over d while the bench itself
+// waits, as a share of one core: other processes' load before a
+// benchmark starts.
+func idleLoad(ctx context.Context, d time.Duration) (float64, error) {
+	a, err := readCPUSample()
+	if err != nil {
+		return 0, err
+	}
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(d):
+	}
+	b, err := readCPUSample()
+	if err != nil {
+		return 0, err
+	}
+	return otherCPU(a, b), nil
 }

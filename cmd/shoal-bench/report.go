@@ -217,6 +217,12 @@ func (r *report) markdown() string {
 	p("  the machine's busy CPU time (`/proc/stat`) with its own and its reaped children's (the manager\n")
 	p("  and worker processes it started); when other processes used more than 10%% of a core on\n")
 	p("  average, a note below says so and that benchmark's figures should not be trusted.\n")
+	for _, bm := range benchmarks() {
+		if bm.outside != "" {
+			p("  %s is checked over the second before it starts instead: part of its own work runs in\n", bm.name)
+			p("  processes the bench does not reap (%s).\n", bm.outside)
+		}
+	}
 	if len(r.notes) > 0 {
 		p("\n## Notes from this run\n\n")
 		for _, n := range r.notes {
