@@ -90,7 +90,7 @@ func benchmarks() []bench {
 		},
 		{
 			name:    "runtimes-service",
-			desc:    "1 manager + 1 worker process (needs root, runc and the Docker Engine): services of shoal/hello placed on the worker, from the CreateService call until all replicas are RUNNING, one replica at a time and 20 at once, on the container, docker and process runtimes",
+			desc:    "1 manager + 1 worker process (needs root, runc and the Docker Engine): services of shoal/hello placed on the worker, from the CreateService call until the managers' event stream reports all replicas RUNNING, one replica at a time and 20 at once, on the container, docker and process runtimes",
 			run:     runRuntimesService,
 			outside: "its tasks' supervisors, runc, containers and programs, and dockerd and containerd for the docker runtime",
 		},

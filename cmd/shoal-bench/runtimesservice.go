@@ -20,15 +20,15 @@ import (
 // shoal/hello:v1 in the worker's image store (`shoal image load`) and in
 // the Docker Engine. For each runtime a service of svcReplicas replicas,
 // placed on the worker, is created through the Control API; the time runs
-// from the CreateService call until ListTasks shows every replica
-// RUNNING; services of one replica are measured the same way first. Each
+// from the CreateService call until the managers' event stream has
+// reported every replica RUNNING; services of one replica are measured
+// the same way first. Each
 // service is then removed and its tasks waited out before
 // the next runtime's turn. Container tasks get their own network
 // namespace and address on the worker's task bridge, as in production.
 const (
 	svcReplicas = 20
 	svcWait     = 60 * time.Second
-	svcPoll     = 5 * time.Millisecond
 	svcSettle   = time.Second // after the previous service's tasks are gone
 )
 
@@ -138,36 +138,43 @@ func runRuntimesService(ctx context.Context, e *env) (_ []series, err error) {
 }
 
 // createUntilRunning creates the service and returns how long it took
-// until ListTasks showed every replica RUNNING.
+// until the managers' event stream reported every replica RUNNING (a
+// committed state, as ListTasks would show it). The stream carries each
+// change as it commits, so the bench loads neither the manager nor the
+// cores while it waits (polling ListTasks every 5 ms did both).
 func createUntilRunning(ctx context.Context, ctl pb.ControlClient, spec *pb.ServiceSpec) (time.Duration, error) {
 	want := int(spec.GetReplicated().GetReplicas())
+	name := spec.GetAnnotations().GetName()
+	ctx, cancel := context.WithTimeout(ctx, svcWait)
+	defer cancel()
 	begin := time.Now()
+	// Since begin: the events of changes proposed after it, the ones
+	// committed before the stream opened included.
+	events, err := ctl.Events(ctx, &pb.EventsRequest{Types: []string{"task"}, Since: begin.UnixNano()})
+	if err != nil {
+		return 0, fmt.Errorf("watch task events: %w", err)
+	}
 	if _, err := ctl.CreateService(ctx, &pb.CreateServiceRequest{Spec: spec}); err != nil {
 		return 0, fmt.Errorf("create service: %w", err)
 	}
-	name := spec.GetAnnotations().GetName()
-	var took time.Duration
-	err := poll(ctx, svcWait, svcPoll, fmt.Sprintf("%d replicas of %s running", want, name), func(ctx context.Context) (bool, error) {
-		resp, err := ctl.ListTasks(ctx, &pb.ListTasksRequest{ServiceRef: name, RunningOnly: true})
+	running := map[string]bool{}
+	for len(running) < want {
+		ev, err := events.Recv()
 		if err != nil {
-			return false, err
+			return 0, fmt.Errorf("waiting for %d replicas of %s running (%d are): %w", want, name, len(running), err)
 		}
-		running := 0
-		for _, t := range resp.GetTasks() {
-			switch st := t.GetStatus(); {
-			case st.GetState() == pb.TaskState_TASK_STATE_RUNNING:
-				running++
-			case st.GetState() > pb.TaskState_TASK_STATE_RUNNING:
-				return false, fatal(fmt.Errorf("task %s ended: %s %s", t.GetId(), st.GetState(), st.GetErr()))
-			}
+		attrs := ev.GetAttributes()
+		if attrs["service"] != name {
+			continue
 		}
-		if running < want {
-			return false, fmt.Errorf("%d of %d running", running, want)
+		switch attrs["state"] {
+		case "running":
+			running[ev.GetId()] = true
+		case "complete", "shutdown", "failed", "rejected", "orphaned", "remove":
+			return 0, fmt.Errorf("task %s ended: %s %s", ev.GetId(), attrs["state"], attrs["error"])
 		}
-		took = time.Since(begin)
-		return true, nil
-	})
-	return took, err
+	}
+	return time.Since(begin), nil
 }
 
 // removeAndWait removes the service and waits until none of its tasks
