@@ -35,7 +35,8 @@ test-go: test-deps
 
 # wrk for the mesh benchmark's rows (Debian's package; only as root, else
 # the bench notes that they were skipped).
-bench-deps:
+# The bench runs what the tests run (runc, nft, docker-registry), and wrk.
+bench-deps: test-deps
 	@[ "$$(id -u)" != 0 ] || command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 # The dashboard's browser test alone; it rewrites the screenshots in
