@@ -7,8 +7,8 @@
 // inodes freed in the last minutes. On a file system without a journal
 // that scan reads every recently freed inode: where tasks come and go in
 // one parent, each new task's files cost a scan past all of the previous
-// tasks' (20 containers started after a few rounds of churn spent a third
-// of the worker's CPU there). The top-directory attribute (chattr +T,
+// tasks' (while 20 containers started after a few rounds of churn, about
+// half of the worker's CPU went there). The top-directory attribute (chattr +T,
 // FS_TOPDIR_FL) makes ext4 place each new subdirectory as it places
 // top-level ones, in a group with free inodes and few directories.
 package spreaddir
