@@ -86,7 +86,7 @@ func containerVIP(resolverIP, vip string) string {
 // Another node of the cluster on the same host may have added it already.
 func addLocalAddr(ctx context.Context, ip string) error {
 	out, err := exec.CommandContext(ctx, "ip", "addr", "add", ip+"/32", "dev", "lo").CombinedOutput()
-	if err != nil && !strings.Contains(string(out), "File exists") {
+	if err != nil && !addrExists(string(out)) {
 		var ee *exec.Error
 		if errors.As(err, &ee) {
 			return fmt.Errorf("add %s to lo: the ip command (iproute2) is missing: %w", ip, err)
@@ -94,6 +94,13 @@ func addLocalAddr(ctx context.Context, ip string) error {
 		return fmt.Errorf("add %s to lo (needs root or CAP_NET_ADMIN): %v: %s", ip, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// addrExists reports whether `ip addr add` failed because the address is
+// there already: "RTNETLINK answers: File exists" from older iproute2 and
+// kernels, "Error: ipv4: Address already assigned." from newer ones.
+func addrExists(out string) bool {
+	return strings.Contains(out, "File exists") || strings.Contains(out, "already assigned")
 }
 
 // delLocalAddr removes an address addLocalAddr added.
