@@ -182,16 +182,16 @@ func (h *harness) waitState(what string, cond func(waitStats) bool) {
 	}
 }
 
-// drain drops the passes and waits reported so far.
-func (h *harness) drain() {
-	for {
-		select {
-		case <-h.passes:
-		case <-h.waits:
-		default:
-			return
-		}
-	}
+// settle takes the pass the scheduler reports next, then waits until it
+// waits again with nothing queued, so that what the test does next
+// arrives while it waits (and not during the pass, whose follow-up would
+// take it at once). A pass is reported after its writes are queued, so a
+// test that already sees them in the store may still get the report later.
+func (h *harness) settle() passStats {
+	h.t.Helper()
+	p := h.nextPass()
+	h.waitState("nothing queued after the pass", func(w waitStats) bool { return w.queued == 0 })
+	return p
 }
 
 // nextPass returns the next pass the scheduler reports.
@@ -597,13 +597,12 @@ func TestSchedulerFullBatchStartsAtOnce(t *testing.T) {
 	h := newManualHarness(t, func(s *Scheduler) { s.maxBatch = 10 })
 	h.createNodes(mkNode("a"))
 	h.createTasks(tasks("web", 10)...)
-	if p := h.nextPass(); p.tasks != 10 || p.placed != 10 {
+	if p := h.settle(); p.tasks != 10 || p.placed != 10 {
 		t.Fatalf("pass %+v, want the ten tasks at once", p)
 	}
 	if !h.clock.Now().Equal(epoch) {
 		t.Fatal("the clock moved")
 	}
-	h.drain()
 	h.createTasks(tasks("api", 4)...)
 	h.waitState("four tasks queued and its tick armed", func(w waitStats) bool { return w.queued == 4 && w.timer == defaultTick })
 	if len(h.passes) != 0 {
@@ -623,13 +622,17 @@ func TestSchedulerRetriesAfterRetryDelay(t *testing.T) {
 	h.createTasks(mkTask("first", "web", reserve(0, 768*mib)))
 	h.waitState("a task queued", func(w waitStats) bool { return w.queued == 1 && w.timer == defaultTick })
 	h.clock.Advance(defaultTick)
+	if p := h.settle(); p.placed != 1 {
+		t.Fatalf("pass %+v, want the first task placed", p)
+	}
 	h.waitAssigned("first")
-	h.drain()
 	h.createTasks(mkTask("second", "web", reserve(0, 768*mib)))
 	h.waitState("a task queued", func(w waitStats) bool { return w.queued == 1 && w.timer == defaultTick })
 	h.clock.Advance(defaultTick)
+	if p := h.settle(); p.tasks != 1 || p.placed != 0 {
+		t.Fatalf("pass %+v, want the second task left unplaced", p)
+	}
 	h.waitReason("second", "no suitable node (insufficient memory on 1 node)")
-	h.drain()
 
 	h.changeTask("first", func(t *pb.Task) { t.Status = &pb.TaskStatus{State: pb.TaskState_TASK_STATE_COMPLETE} })
 	h.waitState("its retry delay armed", func(w waitStats) bool { return w.queued == 0 && w.timer == defaultRetryDelay })
