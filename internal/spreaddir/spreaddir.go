@@ -13,9 +13,21 @@
 // top-level ones, in a group with free inodes and few directories.
 package spreaddir
 
+import "log/slog"
+
 // Mark sets the top-directory attribute on dir where the file system has
 // one (ext2/3/4); elsewhere it does nothing. It is idempotent and affects
 // subdirectories made afterwards only. An error means the attribute could
 // not be read or set on a file system that has it; callers may go on
 // without it, as it changes where things go on disk, not what they hold.
 func Mark(dir string) error { return mark(dir) }
+
+// MarkAll marks each of dirs, logging to log (a warning: the node works
+// on without the attribute) any that could not be marked.
+func MarkAll(log *slog.Logger, dirs ...string) {
+	for _, d := range dirs {
+		if err := Mark(d); err != nil {
+			log.Warn("task directories will not be spread over the disk", "err", err)
+		}
+	}
+}

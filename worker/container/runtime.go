@@ -201,11 +201,7 @@ func New(cfg Config) (*Runtime, error) {
 		}
 	}
 	// runc's state and the bundles: a directory per task.
-	for _, d := range []string{r.runcRoot, r.bundles} {
-		if err := spreaddir.Mark(d); err != nil {
-			r.log.Warn("task directories will not be spread over the disk", "err", err)
-		}
-	}
+	spreaddir.MarkAll(r.log, r.runcRoot, r.bundles)
 	r.inner, err = process.New(process.Config{
 		Dir:               filepath.Join(dir, "tasks"),
 		AdvertiseIP:       cfg.AdvertiseIP,

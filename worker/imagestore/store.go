@@ -126,11 +126,7 @@ func Open(root string, log *slog.Logger) (*Store, error) {
 	}
 	s := &Store{root: abs, log: log.With("component", "imagestore"), lock: lf}
 	// A directory per task and per layer come and go in these.
-	for _, d := range []string{s.tasksDir(), s.layersDir(), s.tmpDir()} {
-		if err := spreaddir.Mark(d); err != nil {
-			s.log.Warn("task directories will not be spread over the disk", "err", err)
-		}
-	}
+	spreaddir.MarkAll(s.log, s.tasksDir(), s.layersDir(), s.tmpDir())
 	if err := s.cleanTmp(); err != nil {
 		lf.Close()
 		return nil, err

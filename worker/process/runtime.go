@@ -154,9 +154,7 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	r.log = r.log.With("runtime", Name)
 	// A directory per task comes and goes in it.
-	if err := spreaddir.Mark(dir); err != nil {
-		r.log.Warn("task directories will not be spread over the disk", "err", err)
-	}
+	spreaddir.MarkAll(r.log, dir)
 	if r.maxLogBytes <= 0 {
 		r.maxLogBytes = DefaultMaxLogBytes
 	}
